@@ -1,0 +1,87 @@
+# One task runner. `make check` is what CI runs (.ci/run); `make up` runs the mesh.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+# Downloads are cached outside the clone so repeated runs are quick.
+export PIP_CACHE_DIR ?= $(HOME)/.cache/pip
+export LEAKY_TOOLS_DIR ?= $(HOME)/.cache/leaky-tokens/tools
+
+LEAKY_PROTOS := $(shell cd protos && find leaky -name '*.proto' | sort)
+DESCRIPTOR := envoy/leaky.pb
+
+.PHONY: install gen gen-check proto-lint proto-breaking lint typecheck layers envoy-validate \
+        test test-unit test-service test-integration test-e2e check up lock clean
+
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml requirements.lock
+	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+# Regenerate gen/ (python, grpc, .pyi stubs) and the Envoy descriptor set from protos/.
+gen: install
+	$(BIN)/buf format -w
+	$(BIN)/buf lint
+	rm -rf gen/leaky && mkdir -p gen
+	cd protos && PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(PY) -m grpc_tools.protoc -I . \
+	  --python_out=../gen --grpc_python_out=../gen --mypy_out=../gen --mypy_grpc_out=../gen \
+	  $(LEAKY_PROTOS)
+	find gen/leaky -type d -exec touch {}/__init__.py \;
+	touch gen/leaky/py.typed
+	cd protos && $(CURDIR)/$(PY) -m grpc_tools.protoc -I . --include_imports \
+	  --descriptor_set_out=../$(DESCRIPTOR) $(LEAKY_PROTOS) google/rpc/status.proto google/rpc/error_details.proto
+
+# CI: regeneration must not change anything that is committed.
+gen-check: gen
+	git diff --exit-code -- gen $(DESCRIPTOR) protos
+	test -z "$$(git status --porcelain -- gen $(DESCRIPTOR) protos)"
+
+proto-lint: install
+	$(BIN)/buf lint
+	$(BIN)/buf format -d --exit-code
+
+proto-breaking: install
+	@if git rev-parse --verify -q main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
+	  $(BIN)/buf breaking --against '.git#branch=main'; \
+	else echo "buf breaking: no main branch with protos to compare against"; fi
+
+lint: install
+	$(BIN)/ruff check services tests
+	$(BIN)/ruff format --check services tests
+
+typecheck: install
+	$(BIN)/mypy
+
+layers: install
+	$(BIN)/lint-imports
+
+envoy-validate: install
+	$(BIN)/leaky envoy-config --out $(VENV)/envoy-validate.yaml
+	$(BIN)/envoy --mode validate -c $(VENV)/envoy-validate.yaml --log-level warn
+
+test-unit: install
+	$(BIN)/pytest -q tests/unit
+test-service: install
+	$(BIN)/pytest -q tests/service
+test-integration: install
+	$(BIN)/pytest -q tests/integration
+test-e2e: install
+	$(BIN)/pytest -q tests/e2e
+
+# The README's test command: every tier; servers the tests need are started and stopped by the tests.
+test: install
+	$(BIN)/pytest -q -ra tests
+
+check: gen-check proto-lint proto-breaking lint typecheck layers envoy-validate test
+
+# The README's run command: the whole mesh on embedded defaults.
+up: install
+	$(BIN)/leaky up
+
+lock:
+	$(BIN)/pip freeze --all --exclude-editable --exclude pip --exclude leaky-tokens | sort > requirements.lock
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache data

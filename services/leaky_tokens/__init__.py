@@ -1,0 +1,1 @@
+"""leaky-tokens: hand-written services (generated code lives under the `leaky` import root)."""

@@ -1,0 +1,1 @@
+"""The analytics service: usage, reports and anomalies (contract only so far)."""

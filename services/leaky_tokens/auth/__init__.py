@@ -1,0 +1,1 @@
+"""The auth service: users, roles, organizations, API keys and JWT signing keys."""

@@ -1,0 +1,279 @@
+"""AuthStore over SQLAlchemy async: SQLite (embedded default) and PostgreSQL, same code."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from leaky_tokens.auth.adapters.schema import (
+    api_keys,
+    org_members,
+    organizations,
+    signing_keys,
+    user_roles,
+    users,
+)
+from leaky_tokens.auth.domain.model import ApiKey, Membership, Organization, SigningKey, User
+from leaky_tokens.auth.domain.ports import DuplicateError
+
+
+def make_engine(url: str) -> AsyncEngine:
+    """An async engine; SQLite gets foreign keys on and a busy timeout for concurrent writers."""
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.close()
+
+        return engine
+    return create_async_engine(url, pool_pre_ping=True, pool_size=10)
+
+
+def _duplicate_field(error: IntegrityError) -> str:
+    text = str(error.orig).lower()
+    for needle, field in (
+        ("username", "username"),
+        ("email", "email"),
+        ("organizations", "name"),
+        ("org_members", "member"),
+        ("key_hash", "api_key"),
+    ):
+        if needle in text:
+            return field
+    return "record"
+
+
+def _user(row: Any, roles: Sequence[str]) -> User:
+    return User(
+        id=row.id,
+        username=row.username,
+        email=row.email,
+        password_hash=row.password_hash,
+        created_at=row.created_at,
+        roles=frozenset(roles),
+    )
+
+
+def _api_key(row: Any) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        user_id=row.user_id,
+        name=row.name,
+        prefix=row.prefix,
+        key_hash=row.key_hash,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _org(row: Any) -> Organization:
+    return Organization(id=row.id, name=row.name, owner_id=row.owner_id, created_at=row.created_at)
+
+
+class SqlAuthStore:
+    """The AuthStore port on a relational database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def close(self) -> None:
+        """Dispose of pooled connections."""
+        await self._engine.dispose()
+
+    async def _roles(self, conn: Any, user_id: str) -> list[str]:
+        result = await conn.execute(
+            sa.select(user_roles.c.role).where(user_roles.c.user_id == user_id)
+        )
+        return sorted(r for (r,) in result)
+
+    async def add_user(self, user: User, roles: Sequence[str]) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    users.insert().values(
+                        id=user.id,
+                        username=user.username,
+                        username_key=user.username.lower(),
+                        email=user.email,
+                        password_hash=user.password_hash,
+                        created_at=user.created_at,
+                    )
+                )
+                for role in roles:
+                    await conn.execute(user_roles.insert().values(user_id=user.id, role=role))
+        except IntegrityError as exc:
+            raise DuplicateError(_duplicate_field(exc)) from exc
+
+    async def _get_user_where(self, clause: Any) -> User | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(sa.select(users).where(clause))).first()
+            if row is None:
+                return None
+            return _user(row, await self._roles(conn, row.id))
+
+    async def get_user(self, user_id: str) -> User | None:
+        return await self._get_user_where(users.c.id == user_id)
+
+    async def get_user_by_username(self, username: str) -> User | None:
+        return await self._get_user_where(users.c.username_key == username.lower())
+
+    async def grant_role(self, user_id: str, role: str) -> None:
+        async with self._engine.begin() as conn:
+            if role not in await self._roles(conn, user_id):
+                await conn.execute(user_roles.insert().values(user_id=user_id, role=role))
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                api_keys.insert().values(
+                    id=key.id,
+                    user_id=key.user_id,
+                    name=key.name,
+                    prefix=key.prefix,
+                    key_hash=key.key_hash,
+                    created_at=key.created_at,
+                    expires_at=key.expires_at,
+                    revoked_at=key.revoked_at,
+                )
+            )
+
+    async def list_api_keys(self, user_id: str) -> list[ApiKey]:
+        query = (
+            sa.select(api_keys)
+            .where(api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None))
+            .order_by(api_keys.c.created_at.desc(), api_keys.c.id)
+        )
+        async with self._engine.connect() as conn:
+            return [_api_key(r) for r in await conn.execute(query)]
+
+    async def get_api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(sa.select(api_keys).where(api_keys.c.key_hash == key_hash))
+            ).first()
+        return _api_key(row) if row else None
+
+    async def revoke_api_key(self, user_id: str, key_id: str, at: datetime) -> bool:
+        statement = (
+            api_keys.update()
+            .where(
+                api_keys.c.id == key_id,
+                api_keys.c.user_id == user_id,
+                api_keys.c.revoked_at.is_(None),
+            )
+            .values(revoked_at=at)
+        )
+        async with self._engine.begin() as conn:
+            result = await conn.execute(statement)
+        return bool(result.rowcount)
+
+    async def add_org(self, org: Organization, owner: Membership) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    organizations.insert().values(
+                        id=org.id, name=org.name, owner_id=org.owner_id, created_at=org.created_at
+                    )
+                )
+                await conn.execute(
+                    org_members.insert().values(
+                        org_id=owner.org_id,
+                        user_id=owner.user_id,
+                        role=owner.role,
+                        joined_at=owner.joined_at,
+                    )
+                )
+        except IntegrityError as exc:
+            raise DuplicateError(_duplicate_field(exc)) from exc
+
+    async def get_org(self, org_id: str) -> Organization | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(sa.select(organizations).where(organizations.c.id == org_id))
+            ).first()
+        return _org(row) if row else None
+
+    async def list_orgs_for_user(self, user_id: str) -> list[Organization]:
+        query = (
+            sa.select(organizations)
+            .join(org_members, org_members.c.org_id == organizations.c.id)
+            .where(org_members.c.user_id == user_id)
+            .order_by(organizations.c.name)
+        )
+        async with self._engine.connect() as conn:
+            return [_org(r) for r in await conn.execute(query)]
+
+    async def add_member(self, membership: Membership) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    org_members.insert().values(
+                        org_id=membership.org_id,
+                        user_id=membership.user_id,
+                        role=membership.role,
+                        joined_at=membership.joined_at,
+                    )
+                )
+        except IntegrityError as exc:
+            raise DuplicateError("member") from exc
+
+    async def remove_member(self, org_id: str, user_id: str) -> bool:
+        statement = org_members.delete().where(
+            org_members.c.org_id == org_id, org_members.c.user_id == user_id
+        )
+        async with self._engine.begin() as conn:
+            result = await conn.execute(statement)
+        return bool(result.rowcount)
+
+    def _memberships(self) -> sa.Select[Any]:
+        return sa.select(org_members, users.c.username).join(
+            users, users.c.id == org_members.c.user_id
+        )
+
+    async def get_membership(self, org_id: str, user_id: str) -> Membership | None:
+        query = self._memberships().where(
+            org_members.c.org_id == org_id, org_members.c.user_id == user_id
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return Membership(row.org_id, row.user_id, row.role, row.joined_at, row.username) if row else None
+
+    async def list_members(self, org_id: str) -> list[Membership]:
+        query = (
+            self._memberships().where(org_members.c.org_id == org_id).order_by(users.c.username)
+        )
+        async with self._engine.connect() as conn:
+            return [
+                Membership(r.org_id, r.user_id, r.role, r.joined_at, r.username)
+                for r in await conn.execute(query)
+            ]
+
+    async def add_signing_key(self, key: SigningKey) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                signing_keys.insert().values(
+                    kid=key.kid, private_pem=key.private_pem, created_at=key.created_at
+                )
+            )
+
+    async def list_signing_keys(self, limit: int) -> list[SigningKey]:
+        query = (
+            sa.select(signing_keys)
+            .order_by(signing_keys.c.created_at.desc(), signing_keys.c.kid)
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            return [
+                SigningKey(kid=r.kid, private_pem=r.private_pem, created_at=r.created_at)
+                for r in await conn.execute(query)
+            ]

@@ -1,0 +1,97 @@
+"""Composition root of the auth service: settings -> adapters -> domain -> servicer -> server."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import grpc
+
+from leaky.auth.v1 import auth_pb2_grpc
+from leaky_tokens.auth.adapters.argon2_password_hasher import Argon2PasswordHasher
+from leaky_tokens.auth.adapters.migrate import migrate
+from leaky_tokens.auth.adapters.rsa_token_crypto import RsaTokenCrypto
+from leaky_tokens.auth.adapters.sql_auth_store import SqlAuthStore, make_engine
+from leaky_tokens.auth.domain.service import AuthApp, AuthPolicy
+from leaky_tokens.auth.servicer import PUBLIC_METHODS, SERVICE_NAME, AuthServicer
+from leaky_tokens.runtime.jwt_verifier import JwtVerifier
+from leaky_tokens.runtime.paths import sqlite_url
+from leaky_tokens.runtime.server import ServerSettings, ServiceSpec
+from leaky_tokens.runtime.settings import doc
+from leaky_tokens.runtime.system import SystemClock, SystemRandomness
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "LEAKY_AUTH"
+
+
+@dataclass(frozen=True)
+class AuthSettings(ServerSettings):
+    """Auth service settings (LEAKY_AUTH_<FIELD>)."""
+
+    port: int = field(default=50051, metadata=doc("gRPC port."))
+    metrics_port: int = field(default=9101, metadata=doc("Prometheus /metrics port; 0 disables."))
+    database_url: str = field(
+        default="",
+        metadata=doc(
+            "SQLAlchemy URL (sqlite+aiosqlite:///... or postgresql+psycopg://...); "
+            "empty = SQLite file auth.db in LEAKY_DATA_DIR."
+        ),
+    )
+    auto_migrate: bool = field(default=True, metadata=doc("Apply schema migrations at start."))
+    token_ttl_seconds: int = field(default=3600, metadata=doc("Access-token lifetime."))
+    published_keys: int = field(
+        default=2, metadata=doc("Signing keys in the JWKS: the current one and previous ones.")
+    )
+    signing_key_passphrase: str = field(
+        default="", metadata=doc("Encrypts signing keys at rest; empty stores them unencrypted.")
+    )
+    argon2_time_cost: int = field(default=3, metadata=doc("argon2id iterations."))
+    argon2_memory_kib: int = field(default=65536, metadata=doc("argon2id memory in KiB."))
+
+
+@dataclass
+class AuthComponents:
+    """Everything the auth process runs, built once."""
+
+    app: AuthApp
+    store: SqlAuthStore
+    spec: ServiceSpec
+    verifier: JwtVerifier
+
+    async def close(self) -> None:
+        """Release database connections."""
+        await self.store.close()
+
+
+async def build(settings: AuthSettings) -> AuthComponents:
+    """Wire adapters, domain and servicer; migrate and ensure a signing key exists."""
+    engine = make_engine(settings.database_url or sqlite_url("auth.db"))
+    if settings.auto_migrate:
+        await migrate(engine)
+    store = SqlAuthStore(engine)
+    if not settings.signing_key_passphrase:
+        log.warning("signing keys are stored unencrypted; set LEAKY_AUTH_SIGNING_KEY_PASSPHRASE")
+    app = AuthApp(
+        store=store,
+        hasher=Argon2PasswordHasher(settings.argon2_time_cost, settings.argon2_memory_kib),
+        crypto=RsaTokenCrypto(settings.signing_key_passphrase),
+        clock=SystemClock(),
+        randomness=SystemRandomness(),
+        policy=AuthPolicy(
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            token_ttl=timedelta(seconds=settings.token_ttl_seconds),
+            published_keys=settings.published_keys,
+        ),
+    )
+    await app.ensure_signing_key()
+    servicer = AuthServicer(app)
+
+    def register(server: grpc.aio.Server) -> None:
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+
+    spec = ServiceSpec("auth", (SERVICE_NAME,), register, PUBLIC_METHODS)
+    verifier = JwtVerifier(app.jwks, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    return AuthComponents(app, store, spec, verifier)

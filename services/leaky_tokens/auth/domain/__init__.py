@@ -1,0 +1,1 @@
+"""Auth rules and use cases; no gRPC, protobuf, SQL or network here."""

@@ -1,0 +1,96 @@
+"""Interfaces the auth domain needs from the outside world (plus the shared Clock and Randomness)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from leaky_tokens.runtime.ports import Clock, Randomness  # noqa: F401  (re-exported ports)
+from leaky_tokens.auth.domain.model import ApiKey, Membership, Organization, SigningKey, User
+
+
+class DuplicateError(Exception):
+    """A unique constraint was violated; `field` names the clashing value."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"duplicate {field}")
+        self.field = field
+
+
+class AuthStore(Protocol):
+    """Persistence of users, roles, API keys, organizations and signing keys."""
+
+    async def add_user(self, user: User, roles: Sequence[str]) -> None:
+        """Insert a user with roles; DuplicateError('username'|'email') on a clash."""
+
+    async def get_user(self, user_id: str) -> User | None:
+        """The user with roles, or None."""
+
+    async def get_user_by_username(self, username: str) -> User | None:
+        """Case-insensitive lookup, with roles."""
+
+    async def grant_role(self, user_id: str, role: str) -> None:
+        """Give a user a role (idempotent)."""
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        """Insert an API key record."""
+
+    async def list_api_keys(self, user_id: str) -> list[ApiKey]:
+        """A user's unrevoked keys, newest first."""
+
+    async def get_api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        """The key whose secret hashes to `key_hash`, revoked or not."""
+
+    async def revoke_api_key(self, user_id: str, key_id: str, at: datetime) -> bool:
+        """Mark the user's key revoked; False if there is no such unrevoked key."""
+
+    async def add_org(self, org: Organization, owner: Membership) -> None:
+        """Insert an organization and its owner; DuplicateError('name') on a clash."""
+
+    async def get_org(self, org_id: str) -> Organization | None:
+        """The organization, or None."""
+
+    async def list_orgs_for_user(self, user_id: str) -> list[Organization]:
+        """Organizations the user belongs to, by name."""
+
+    async def add_member(self, membership: Membership) -> None:
+        """Insert a membership; DuplicateError('member') if it exists."""
+
+    async def remove_member(self, org_id: str, user_id: str) -> bool:
+        """Delete a membership; False if there was none."""
+
+    async def get_membership(self, org_id: str, user_id: str) -> Membership | None:
+        """One membership, or None."""
+
+    async def list_members(self, org_id: str) -> list[Membership]:
+        """An organization's members with usernames, by username."""
+
+    async def add_signing_key(self, key: SigningKey) -> None:
+        """Insert a signing key; the newest key is the current one."""
+
+    async def list_signing_keys(self, limit: int) -> list[SigningKey]:
+        """The newest `limit` signing keys, newest first."""
+
+
+class PasswordHasher(Protocol):
+    """Slow, salted password hashing."""
+
+    def hash(self, password: str) -> str:
+        """Hash a password."""
+
+    def verify(self, password_hash: str, password: str) -> bool:
+        """True if the password matches the hash (constant time)."""
+
+
+class TokenCrypto(Protocol):
+    """RSA key generation, JWT signing and JWK export."""
+
+    def generate_key(self, kid: str, now: datetime) -> SigningKey:
+        """A fresh RSA signing key."""
+
+    def sign(self, claims: dict[str, Any], key: SigningKey) -> str:
+        """An RS256 JWT with header kid = key.kid."""
+
+    def public_jwk(self, key: SigningKey) -> dict[str, str]:
+        """The key's public half as a JWK dict (kty, kid, use, alg, n, e)."""

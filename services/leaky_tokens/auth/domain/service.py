@@ -1,0 +1,339 @@
+"""Auth use cases: registration, login, API keys, organizations and signing keys."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from leaky_tokens.auth.domain import rules
+from leaky_tokens.auth.domain.model import (
+    ADMIN,
+    MEMBER,
+    OWNER,
+    USER,
+    ApiKey,
+    ApiKeyOwner,
+    IssuedApiKey,
+    Membership,
+    Organization,
+    Session,
+    SigningKey,
+    User,
+)
+from leaky_tokens.auth.domain.ports import (
+    AuthStore,
+    Clock,
+    DuplicateError,
+    PasswordHasher,
+    Randomness,
+    TokenCrypto,
+)
+from leaky_tokens.runtime.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+    Validator,
+)
+from leaky_tokens.runtime.identity import Caller
+
+API_KEY_PREFIX = "lt_"
+API_KEY_SECRET_BYTES = 32
+API_KEY_SHOWN_CHARS = 11  # "lt_" + 8 characters: enough to recognise, useless to an attacker
+
+
+@dataclass(frozen=True)
+class AuthPolicy:
+    """Tunable rules of the auth domain."""
+
+    issuer: str = "leaky-tokens-auth"
+    audience: str = "leaky-tokens"
+    token_ttl: timedelta = timedelta(hours=1)
+    published_keys: int = 2
+
+
+def hash_api_key(secret: str) -> str:
+    """SHA-256 hex of an API key: keys carry 256 random bits, so a fast hash is enough."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class AuthApp:
+    """The auth service's use cases over its ports."""
+
+    def __init__(
+        self,
+        store: AuthStore,
+        hasher: PasswordHasher,
+        crypto: TokenCrypto,
+        clock: Clock,
+        randomness: Randomness,
+        policy: AuthPolicy,
+    ) -> None:
+        self._store = store
+        self._hasher = hasher
+        self._crypto = crypto
+        self._clock = clock
+        self._random = randomness
+        self._policy = policy
+        # Verified against when a username is unknown, so timing does not reveal existence.
+        self._dummy_hash = hasher.hash(randomness.secret(16))
+
+    # -- users and sessions ---------------------------------------------------------------
+
+    async def register(self, username: str, email: str, password: str) -> Session:
+        """Create a USER and sign them in."""
+        v = Validator()
+        username = rules.check_username(v, username)
+        email = rules.check_email(v, email)
+        rules.check_password(v, password)
+        v.raise_if_any()
+        user = User(
+            id=self._random.new_id(),
+            username=username,
+            email=email,
+            password_hash=self._hasher.hash(password),
+            created_at=self._clock.now(),
+            roles=frozenset({USER}),
+        )
+        try:
+            await self._store.add_user(user, [USER])
+        except DuplicateError as dup:
+            raise AlreadyExistsError(
+                f"{dup.field} already exists", reason=f"{dup.field.upper()}_TAKEN"
+            ) from None
+        return await self._session(user)
+
+    async def login(self, username: str, password: str) -> Session:
+        """Check credentials; the error never says whether the username exists."""
+        v = Validator()
+        username = v.require("username", username)
+        if not password:
+            v.fail("password", "is required")
+        v.raise_if_any()
+        user = await self._store.get_user_by_username(username)
+        valid = self._hasher.verify(user.password_hash if user else self._dummy_hash, password)
+        if user is None or not valid:
+            raise UnauthenticatedError("invalid credentials", reason="INVALID_CREDENTIALS")
+        if not user.roles:
+            await self._store.grant_role(user.id, USER)
+            user = replace(user, roles=frozenset({USER}))
+        return await self._session(user)
+
+    async def grant_role(self, username: str, role: str) -> User:
+        """Operator action (CLI): give a user a role, e.g. bootstrap the first ADMIN."""
+        if role not in (USER, ADMIN):
+            raise NotFoundError(f"unknown role {role!r}", reason="ROLE_NOT_FOUND")
+        user = await self._store.get_user_by_username(username)
+        if user is None:
+            raise NotFoundError("user not found", reason="USER_NOT_FOUND")
+        await self._store.grant_role(user.id, role)
+        return replace(user, roles=user.roles | {role})
+
+    async def _session(self, user: User) -> Session:
+        now = self._clock.now()
+        expires = now + self._policy.token_ttl
+        orgs = await self._store.list_orgs_for_user(user.id)
+        claims = {
+            "iss": self._policy.issuer,
+            "aud": self._policy.audience,
+            "sub": user.id,
+            "roles": sorted(user.roles),
+            "orgs": sorted(o.id for o in orgs),
+            "iat": int(now.timestamp()),
+            "exp": int(expires.timestamp()),
+            "jti": self._random.new_id(),
+        }
+        token = self._crypto.sign(claims, await self._current_key())
+        return Session(user=user, token=token, expires_at=expires)
+
+    # -- API keys -------------------------------------------------------------------------
+
+    async def _owner(self, caller: Caller, user_id: str) -> str:
+        v = Validator()
+        user_id = rules.check_uuid(v, "userId", user_id)
+        v.raise_if_any()
+        if caller.user_id != user_id and not caller.is_admin:
+            raise PermissionDeniedError(
+                "only ADMIN may manage another user's API keys", reason="NOT_KEY_OWNER"
+            )
+        return user_id
+
+    async def create_api_key(
+        self, caller: Caller, user_id: str, name: str, expires_at: datetime | None
+    ) -> IssuedApiKey:
+        """Issue a key for the caller (or, for ADMIN, anyone); the secret is returned once."""
+        user_id = await self._owner(caller, user_id)
+        now = self._clock.now()
+        v = Validator()
+        name = name.strip()
+        if len(name) > rules.MAX_KEY_NAME:
+            v.fail("name", "must be at most 100 characters")
+        if expires_at is not None and expires_at <= now:
+            v.fail("expiresAt", "must be in the future")
+        v.raise_if_any()
+        if await self._store.get_user(user_id) is None:
+            raise NotFoundError("user not found", reason="USER_NOT_FOUND")
+        secret = API_KEY_PREFIX + self._random.secret(API_KEY_SECRET_BYTES)
+        key = ApiKey(
+            id=self._random.new_id(),
+            user_id=user_id,
+            name=name,
+            prefix=secret[:API_KEY_SHOWN_CHARS],
+            key_hash=hash_api_key(secret),
+            created_at=now,
+            expires_at=expires_at,
+        )
+        await self._store.add_api_key(key)
+        return IssuedApiKey(key=key, secret=secret)
+
+    async def list_api_keys(self, caller: Caller, user_id: str) -> list[ApiKey]:
+        """A user's keys (expired included, revoked not), without secrets."""
+        return await self._store.list_api_keys(await self._owner(caller, user_id))
+
+    async def revoke_api_key(self, caller: Caller, user_id: str, key_id: str) -> datetime:
+        """Revoke one of a user's keys; NOT_FOUND if it is not theirs or already revoked."""
+        user_id = await self._owner(caller, user_id)
+        v = Validator()
+        key_id = rules.check_uuid(v, "apiKeyId", key_id)
+        v.raise_if_any()
+        now = self._clock.now()
+        if not await self._store.revoke_api_key(user_id, key_id, now):
+            raise NotFoundError("api key not found", reason="API_KEY_NOT_FOUND")
+        return now
+
+    async def validate_api_key(self, secret: str) -> ApiKeyOwner:
+        """Resolve a key to its owner's current roles and organizations."""
+        secret = secret.strip()
+        if not secret:
+            raise UnauthenticatedError("api key is required", reason="MISSING_API_KEY")
+        digest = hash_api_key(secret)
+        key = await self._store.get_api_key_by_hash(digest)
+        if key is None or not hmac.compare_digest(key.key_hash, digest) or key.revoked_at:
+            raise UnauthenticatedError("invalid api key", reason="INVALID_API_KEY")
+        if key.expired(self._clock.now()):
+            raise UnauthenticatedError("api key expired", reason="API_KEY_EXPIRED")
+        user = await self._store.get_user(key.user_id)
+        if user is None:
+            raise UnauthenticatedError("invalid api key", reason="INVALID_API_KEY")
+        orgs = await self._store.list_orgs_for_user(user.id)
+        return ApiKeyOwner(key=key, roles=user.roles, org_ids=frozenset(o.id for o in orgs))
+
+    # -- signing keys ---------------------------------------------------------------------
+
+    async def ensure_signing_key(self) -> SigningKey:
+        """The current signing key, creating the first one if the store has none."""
+        keys = await self._store.list_signing_keys(1)
+        if keys:
+            return keys[0]
+        return await self._new_signing_key()
+
+    async def _current_key(self) -> SigningKey:
+        keys = await self._store.list_signing_keys(1)
+        if not keys:
+            raise FailedPreconditionError("no signing key", reason="NO_SIGNING_KEY")
+        return keys[0]
+
+    async def _new_signing_key(self) -> SigningKey:
+        key = self._crypto.generate_key(self._random.new_id(), self._clock.now())
+        await self._store.add_signing_key(key)
+        return key
+
+    async def rotate_signing_key(self, caller: Caller) -> tuple[str, list[str]]:
+        """ADMIN: a new current key; the previous stays published so live tokens still verify."""
+        if not caller.is_admin:
+            raise PermissionDeniedError("ADMIN role required", reason="ADMIN_REQUIRED")
+        key = await self._new_signing_key()
+        return key.kid, [k["kid"] for k in await self.jwks()]
+
+    async def jwks(self) -> list[dict[str, str]]:
+        """Public JWKs of the current and previous keys, current first."""
+        keys = await self._store.list_signing_keys(self._policy.published_keys)
+        return [self._crypto.public_jwk(k) for k in keys]
+
+    # -- organizations --------------------------------------------------------------------
+
+    async def create_org(self, caller: Caller, name: str) -> Organization:
+        """Create an organization owned by the caller."""
+        v = Validator()
+        name = v.require("name", name)
+        if len(name) > rules.MAX_ORG_NAME:
+            v.fail("name", "must be at most 100 characters")
+        v.raise_if_any()
+        now = self._clock.now()
+        org = Organization(
+            id=self._random.new_id(), name=name, owner_id=caller.user_id, created_at=now
+        )
+        try:
+            await self._store.add_org(org, Membership(org.id, caller.user_id, OWNER, now))
+        except DuplicateError:
+            raise AlreadyExistsError(
+                "organization name already exists", reason="ORG_NAME_TAKEN"
+            ) from None
+        return org
+
+    async def list_my_orgs(self, caller: Caller) -> list[Organization]:
+        """The caller's organizations."""
+        return await self._store.list_orgs_for_user(caller.user_id)
+
+    async def _org(self, org_id: str) -> Organization:
+        v = Validator()
+        org_id = rules.check_uuid(v, "orgId", org_id)
+        v.raise_if_any()
+        org = await self._store.get_org(org_id)
+        if org is None:
+            raise NotFoundError("organization not found", reason="ORG_NOT_FOUND")
+        return org
+
+    async def _require_manager(self, caller: Caller, org: Organization) -> None:
+        if caller.is_admin:
+            return
+        membership = await self._store.get_membership(org.id, caller.user_id)
+        if membership is None or membership.role != OWNER:
+            raise PermissionDeniedError(
+                "only the organization's owner or an ADMIN may manage members",
+                reason="NOT_ORG_OWNER",
+            )
+
+    async def add_member(self, caller: Caller, org_id: str, user_id: str) -> Membership:
+        """Owner or ADMIN: add an existing user to an organization."""
+        org = await self._org(org_id)
+        v = Validator()
+        user_id = rules.check_uuid(v, "userId", user_id)
+        v.raise_if_any()
+        await self._require_manager(caller, org)
+        user = await self._store.get_user(user_id)
+        if user is None:
+            raise NotFoundError("user not found", reason="USER_NOT_FOUND")
+        membership = Membership(org.id, user.id, MEMBER, self._clock.now(), user.username)
+        try:
+            await self._store.add_member(membership)
+        except DuplicateError:
+            raise AlreadyExistsError("user is already a member", reason="ALREADY_MEMBER") from None
+        return membership
+
+    async def remove_member(self, caller: Caller, org_id: str, user_id: str) -> None:
+        """Owner or ADMIN removes a member; any member may remove themselves (leave)."""
+        org = await self._org(org_id)
+        v = Validator()
+        user_id = rules.check_uuid(v, "userId", user_id)
+        v.raise_if_any()
+        if user_id != caller.user_id:
+            await self._require_manager(caller, org)
+        if user_id == org.owner_id:
+            raise FailedPreconditionError(
+                "the owner cannot be removed from their organization", reason="OWNER_REMOVAL"
+            )
+        if not await self._store.remove_member(org.id, user_id):
+            raise NotFoundError("membership not found", reason="MEMBERSHIP_NOT_FOUND")
+
+    async def list_members(self, caller: Caller, org_id: str) -> list[Membership]:
+        """Members of an organization; visible to its members and ADMIN."""
+        org = await self._org(org_id)
+        if not caller.is_admin and await self._store.get_membership(org.id, caller.user_id) is None:
+            raise PermissionDeniedError(
+                "only members may list an organization's members", reason="NOT_ORG_MEMBER"
+            )
+        return await self._store.list_members(org.id)

@@ -1,0 +1,161 @@
+"""AuthService over gRPC: decode the request, call the domain, encode the response."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from leaky.auth.v1 import auth_pb2 as pb
+from leaky.auth.v1 import auth_pb2_grpc
+from leaky_tokens.auth.domain.model import ApiKey, Membership, Organization, Session
+from leaky_tokens.auth.domain.service import AuthApp
+from leaky_tokens.runtime.convert import optional_datetime, timestamp
+from leaky_tokens.runtime.identity import current_caller
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AuthService"].full_name
+PUBLIC_METHODS = frozenset(
+    f"/{SERVICE_NAME}/{name}" for name in ("Register", "Login", "ValidateApiKey", "GetJwks")
+)
+
+
+def _api_key(key: ApiKey) -> pb.ApiKey:
+    return pb.ApiKey(
+        id=key.id,
+        user_id=key.user_id,
+        name=key.name,
+        created_at=timestamp(key.created_at),
+        expires_at=timestamp(key.expires_at),
+        prefix=key.prefix,
+    )
+
+
+def _org(org: Organization) -> pb.Organization:
+    return pb.Organization(
+        id=org.id, name=org.name, owner_id=org.owner_id, created_at=timestamp(org.created_at)
+    )
+
+
+def _member(m: Membership) -> pb.OrganizationMember:
+    return pb.OrganizationMember(
+        user_id=m.user_id, username=m.username, role=m.role, joined_at=timestamp(m.joined_at)
+    )
+
+
+def _session_fields(session: Session) -> dict[str, Any]:
+    return {
+        "user_id": session.user.id,
+        "username": session.user.username,
+        "token": session.token,
+        "roles": sorted(session.user.roles),
+        "expires_at": timestamp(session.expires_at),
+    }
+
+
+def _metadata(context: Context, key: str) -> str:
+    for k, v in context.invocation_metadata() or ():
+        if k == key and isinstance(v, str):
+            return v
+    return ""
+
+
+class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
+    """Thin translation layer; every rule lives in AuthApp."""
+
+    def __init__(self, app: AuthApp) -> None:
+        self._app = app
+
+    async def Register(self, request: pb.RegisterRequest, context: Context) -> pb.RegisterResponse:
+        session = await self._app.register(request.username, request.email, request.password)
+        return pb.RegisterResponse(**_session_fields(session))
+
+    async def Login(self, request: pb.LoginRequest, context: Context) -> pb.LoginResponse:
+        session = await self._app.login(request.username, request.password)
+        return pb.LoginResponse(**_session_fields(session))
+
+    async def CreateApiKey(
+        self, request: pb.CreateApiKeyRequest, context: Context
+    ) -> pb.CreateApiKeyResponse:
+        issued = await self._app.create_api_key(
+            current_caller(),
+            request.user_id,
+            request.name,
+            optional_datetime(request, "expires_at"),
+        )
+        key = issued.key
+        return pb.CreateApiKeyResponse(
+            id=key.id,
+            user_id=key.user_id,
+            name=key.name,
+            created_at=timestamp(key.created_at),
+            expires_at=timestamp(key.expires_at),
+            api_key=issued.secret,
+        )
+
+    async def ListApiKeys(
+        self, request: pb.ListApiKeysRequest, context: Context
+    ) -> pb.ListApiKeysResponse:
+        keys = await self._app.list_api_keys(current_caller(), request.user_id)
+        return pb.ListApiKeysResponse(api_keys=[_api_key(k) for k in keys])
+
+    async def RevokeApiKey(
+        self, request: pb.RevokeApiKeyRequest, context: Context
+    ) -> pb.RevokeApiKeyResponse:
+        at = await self._app.revoke_api_key(current_caller(), request.user_id, request.api_key_id)
+        return pb.RevokeApiKeyResponse(api_key_id=request.api_key_id, revoked_at=timestamp(at))
+
+    async def ValidateApiKey(
+        self, request: pb.ValidateApiKeyRequest, context: Context
+    ) -> pb.ValidateApiKeyResponse:
+        owner = await self._app.validate_api_key(
+            request.api_key or _metadata(context, "x-api-key")
+        )
+        return pb.ValidateApiKeyResponse(
+            user_id=owner.key.user_id,
+            name=owner.key.name,
+            expires_at=timestamp(owner.key.expires_at),
+            roles=sorted(owner.roles),
+            api_key_id=owner.key.id,
+            org_ids=sorted(owner.org_ids),
+        )
+
+    async def GetJwks(self, request: pb.GetJwksRequest, context: Context) -> pb.GetJwksResponse:
+        return pb.GetJwksResponse(keys=[pb.Jwk(**k) for k in await self._app.jwks()])
+
+    async def RotateSigningKey(
+        self, request: pb.RotateSigningKeyRequest, context: Context
+    ) -> pb.RotateSigningKeyResponse:
+        kid, published = await self._app.rotate_signing_key(current_caller())
+        return pb.RotateSigningKeyResponse(kid=kid, published_kids=published)
+
+    async def CreateOrganization(
+        self, request: pb.CreateOrganizationRequest, context: Context
+    ) -> pb.CreateOrganizationResponse:
+        org = await self._app.create_org(current_caller(), request.name)
+        return pb.CreateOrganizationResponse(organization=_org(org))
+
+    async def ListMyOrganizations(
+        self, request: pb.ListMyOrganizationsRequest, context: Context
+    ) -> pb.ListMyOrganizationsResponse:
+        orgs = await self._app.list_my_orgs(current_caller())
+        return pb.ListMyOrganizationsResponse(organizations=[_org(o) for o in orgs])
+
+    async def AddOrganizationMember(
+        self, request: pb.AddOrganizationMemberRequest, context: Context
+    ) -> pb.AddOrganizationMemberResponse:
+        member = await self._app.add_member(current_caller(), request.org_id, request.user_id)
+        return pb.AddOrganizationMemberResponse(member=_member(member))
+
+    async def RemoveOrganizationMember(
+        self, request: pb.RemoveOrganizationMemberRequest, context: Context
+    ) -> pb.RemoveOrganizationMemberResponse:
+        await self._app.remove_member(current_caller(), request.org_id, request.user_id)
+        return pb.RemoveOrganizationMemberResponse(org_id=request.org_id, user_id=request.user_id)
+
+    async def ListOrganizationMembers(
+        self, request: pb.ListOrganizationMembersRequest, context: Context
+    ) -> pb.ListOrganizationMembersResponse:
+        members = await self._app.list_members(current_caller(), request.org_id)
+        return pb.ListOrganizationMembersResponse(members=[_member(m) for m in members])

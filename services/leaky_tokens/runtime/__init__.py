@@ -1,0 +1,1 @@
+"""Shared service runtime: settings, logging, errors, auth, telemetry and the gRPC server lifecycle."""

@@ -1,0 +1,36 @@
+"""The verified caller of an RPC, set by the server interceptor and read by handlers."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+
+from leaky_tokens.runtime.errors import UnauthenticatedError
+
+ADMIN = "ADMIN"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Identity proven by a verified token: never taken from a client-supplied header."""
+
+    user_id: str
+    roles: frozenset[str]
+    org_ids: frozenset[str]
+    token_id: str = ""
+
+    @property
+    def is_admin(self) -> bool:
+        """True for the ADMIN role."""
+        return ADMIN in self.roles
+
+
+caller_var: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
+
+
+def current_caller() -> Caller:
+    """The verified caller of the RPC being handled; raises if the RPC is unauthenticated."""
+    caller = caller_var.get()
+    if caller is None:
+        raise UnauthenticatedError("authentication required", reason="MISSING_CREDENTIALS")
+    return caller

@@ -1,0 +1,126 @@
+"""grpc.aio server bootstrap: health, reflection, metrics, telemetry and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from leaky_tokens.runtime.interceptor import LeakyServerInterceptor, ServerMetrics
+from leaky_tokens.runtime.jwt_verifier import JwtVerifier
+from leaky_tokens.runtime.settings import doc
+from leaky_tokens.runtime.telemetry import server_interceptors
+
+log = logging.getLogger(__name__)
+
+# Hard cap enforced by gRPC core; the application limit below it answers INVALID_ARGUMENT.
+CORE_MESSAGE_CAP = 16 * 1024 * 1024
+# Probes (Consul, Envoy, operators) never carry credentials.
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Settings every gRPC service shares (prefix LEAKY_<SVC>_)."""
+
+    host: str = field(default="127.0.0.1", metadata=doc("Address the gRPC server binds."))
+    port: int = field(default=0, metadata=doc("gRPC port (0 picks a free one)."))
+    metrics_port: int = field(default=0, metadata=doc("Prometheus /metrics port; 0 disables."))
+    log_level: str = field(default="INFO", metadata=doc("Log level."))
+    max_message_bytes: int = field(
+        default=4 * 1024 * 1024, metadata=doc("Largest accepted request; larger gets 400.")
+    )
+    shutdown_grace_seconds: float = field(
+        default=5.0, metadata=doc("How long in-flight RPCs may finish after SIGTERM.")
+    )
+    otlp_endpoint: str = field(
+        default="", metadata=doc("OTLP gRPC endpoint for traces; empty turns tracing off.")
+    )
+    jwt_issuer: str = field(default="leaky-tokens-auth", metadata=doc("Expected JWT iss."))
+    jwt_audience: str = field(default="leaky-tokens", metadata=doc("Expected JWT aud."))
+
+
+@dataclass
+class ServiceSpec:
+    """What a service contributes to the shared server: its servicers and public RPCs."""
+
+    slug: str
+    service_names: tuple[str, ...]
+    register: Callable[[grpc.aio.Server], None]
+    public_methods: frozenset[str] = frozenset()
+    # Services this server describes through reflection without serving them (the catalog).
+    reflection_only: tuple[str, ...] = ()
+
+
+@dataclass
+class RunningServer:
+    """A started server and the port it bound."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: tuple[str, ...]
+    registry: CollectorRegistry
+
+    async def stop(self, grace: float) -> None:
+        """Health NOT_SERVING, let in-flight RPCs drain for `grace` seconds, then stop."""
+        for name in ("", *self.service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)
+
+
+async def start_server(
+    spec: ServiceSpec, settings: ServerSettings, verifier: JwtVerifier | None
+) -> RunningServer:
+    """Build, bind and start the server; mark every service SERVING."""
+    registry = CollectorRegistry()
+    interceptor = LeakyServerInterceptor(
+        verifier=verifier,
+        public_methods=spec.public_methods | {HEALTH_CHECK},
+        metrics=ServerMetrics(spec.slug, registry),
+        max_message_bytes=settings.max_message_bytes,
+    )
+    server = grpc.aio.server(
+        interceptors=[*server_interceptors(spec.slug, settings.otlp_endpoint), interceptor],
+        options=[
+            ("grpc.max_receive_message_length", CORE_MESSAGE_CAP),
+            ("grpc.max_send_message_length", CORE_MESSAGE_CAP),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    spec.register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*spec.service_names, *spec.reflection_only, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    await server.start()
+    for name in ("", *spec.service_names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+    log.info(
+        "serving",
+        extra={"service": spec.slug, "address": f"{settings.host}:{port}"},
+    )
+    return RunningServer(server, port, health_servicer, spec.service_names, registry)
+
+
+async def serve_until_signalled(running: RunningServer, settings: ServerSettings) -> None:
+    """Block until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
+    await running.stop(settings.shutdown_grace_seconds)

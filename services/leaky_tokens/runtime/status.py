@@ -1,0 +1,66 @@
+"""The one place that turns domain errors into gRPC status with google.rpc details."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from leaky_tokens.runtime import errors
+
+ERROR_DOMAIN = "leaky-tokens"
+
+_CODES: list[tuple[type[errors.DomainError], int]] = [
+    (errors.InvalidArgumentError, code_pb2.INVALID_ARGUMENT),
+    (errors.UnauthenticatedError, code_pb2.UNAUTHENTICATED),
+    (errors.PermissionDeniedError, code_pb2.PERMISSION_DENIED),
+    (errors.NotFoundError, code_pb2.NOT_FOUND),
+    (errors.AlreadyExistsError, code_pb2.ALREADY_EXISTS),
+    (errors.FailedPreconditionError, code_pb2.FAILED_PRECONDITION),
+    (errors.ResourceExhaustedError, code_pb2.RESOURCE_EXHAUSTED),
+    (errors.UnavailableError, code_pb2.UNAVAILABLE),
+    (errors.UnimplementedError, code_pb2.UNIMPLEMENTED),
+]
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def to_status(error: errors.DomainError) -> grpc.Status:
+    """Status with ErrorInfo always, BadRequest for field violations, RetryInfo when known."""
+    code = next((c for cls, c in _CODES if isinstance(error, cls)), code_pb2.UNKNOWN)
+    details = [
+        _pack(
+            error_details_pb2.ErrorInfo(
+                reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+            )
+        )
+    ]
+    if isinstance(error, errors.InvalidArgumentError):
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in error.violations
+                    ]
+                )
+            )
+        )
+    if isinstance(error, errors.ResourceExhaustedError) and error.retry_after_seconds > 0:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    status = status_pb2.Status(code=code, message=error.message, details=details)
+    return rpc_status.to_status(status)  # type: ignore[no-any-return]
+
+
+def invalid_argument(field: str, description: str) -> grpc.Status:
+    """A ready-made INVALID_ARGUMENT status for one field (used before the domain runs)."""
+    return to_status(errors.InvalidArgumentError([errors.FieldViolation(field, description)]))

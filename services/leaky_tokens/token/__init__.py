@@ -1,0 +1,1 @@
+"""The token service: quotas, leaky buckets, consume and purchase (contract only so far)."""

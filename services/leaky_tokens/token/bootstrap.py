@@ -1,0 +1,44 @@
+"""Composition root of the token service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+
+from leaky.token.v1 import token_pb2_grpc
+from leaky_tokens.runtime.peer_service import PeerComponents, PeerSettings, auth_verifier
+from leaky_tokens.runtime.server import ServiceSpec
+from leaky_tokens.runtime.settings import doc
+from leaky_tokens.runtime.system import SystemClock
+from leaky_tokens.token.servicer import (
+    PROVIDER_SERVICE,
+    PUBLIC_METHODS,
+    TOKEN_SERVICE,
+    ProviderServicer,
+    TokenServicer,
+)
+
+ENV_PREFIX = "LEAKY_TOKEN"
+
+
+@dataclass(frozen=True)
+class TokenSettings(PeerSettings):
+    """Token service settings (LEAKY_TOKEN_<FIELD>)."""
+
+    port: int = field(default=50052, metadata=doc("gRPC port."))
+    metrics_port: int = field(default=9102, metadata=doc("Prometheus /metrics port; 0 disables."))
+
+
+async def build(settings: TokenSettings) -> PeerComponents:
+    """Wire the token service."""
+    token, provider = TokenServicer(SystemClock()), ProviderServicer()
+
+    def register(server: grpc.aio.Server) -> None:
+        token_pb2_grpc.add_TokenServiceServicer_to_server(token, server)  # type: ignore[no-untyped-call]
+        token_pb2_grpc.add_ProviderServiceServicer_to_server(provider, server)  # type: ignore[no-untyped-call]
+
+    spec = ServiceSpec(
+        "token", (TOKEN_SERVICE.full_name, PROVIDER_SERVICE.full_name), register, PUBLIC_METHODS
+    )
+    return PeerComponents(spec, auth_verifier(settings))

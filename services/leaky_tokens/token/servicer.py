@@ -1,0 +1,36 @@
+"""TokenService and ProviderService over gRPC; only GetStatus is implemented so far."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from leaky.token.v1 import token_pb2 as pb
+from leaky.token.v1 import token_pb2_grpc
+from leaky_tokens.runtime.convert import timestamp
+from leaky_tokens.runtime.ports import Clock
+from leaky_tokens.runtime.unimplemented import with_unimplemented
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+TOKEN_SERVICE = pb.DESCRIPTOR.services_by_name["TokenService"]
+PROVIDER_SERVICE = pb.DESCRIPTOR.services_by_name["ProviderService"]
+PENDING = "the token service (quotas, buckets, consume, purchase) lands in its own issue"
+PUBLIC_METHODS = frozenset({f"/{TOKEN_SERVICE.full_name}/GetStatus"})
+
+
+class _TokenStatus(token_pb2_grpc.TokenServiceServicer):
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+
+    async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.GetStatusResponse:
+        return pb.GetStatusResponse(
+            service="token-service", status="ok", timestamp=timestamp(self._clock.now())
+        )
+
+
+TokenServicer = with_unimplemented(_TokenStatus, TOKEN_SERVICE, PENDING)
+ProviderServicer = with_unimplemented(
+    token_pb2_grpc.ProviderServiceServicer, PROVIDER_SERVICE, PENDING
+)
