@@ -10,7 +10,7 @@ from leaky_tokens.runtime.errors import UnimplementedError
 
 
 def with_unimplemented(base: type[Any], service: ServiceDescriptor, why: str) -> type[Any]:
-    """A subclass of `base` where every RPC not defined by `base`'s subclasses says `why`."""
+    """A subclass of `base` where every RPC that hand-written code does not define says `why`."""
 
     def make(name: str) -> Any:
         async def method(self: Any, request: Any, context: Any) -> Any:
@@ -19,5 +19,11 @@ def with_unimplemented(base: type[Any], service: ServiceDescriptor, why: str) ->
         method.__name__ = name
         return method
 
-    methods = {m.name: make(m.name) for m in service.methods}
+    implemented = {
+        name
+        for klass in base.__mro__
+        if not klass.__module__.endswith("_pb2_grpc")
+        for name in vars(klass)
+    }
+    methods = {m.name: make(m.name) for m in service.methods if m.name not in implemented}
     return type(f"Unimplemented{service.name}", (base,), methods)

