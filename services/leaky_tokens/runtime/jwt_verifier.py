@@ -31,7 +31,7 @@ class JwtVerifier:
         issuer: str,
         audience: str,
         leeway_seconds: float = 30.0,
-        min_refresh_interval: float = 5.0,
+        min_refresh_interval: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fetch = fetch_jwks
@@ -44,12 +44,21 @@ class JwtVerifier:
         self._last_refresh: float | None = None
         self._lock = asyncio.Lock()
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, kid: str) -> None:
+        """Fetch the key set; at most once per `min_refresh_interval`.
+
+        A caller arriving inside the interval waits for its end instead of failing, so a key
+        published by a rotation is accepted within that delay, while a flood of tokens with
+        made-up kids costs the auth service at most one JWKS call per interval.
+        """
         async with self._lock:
-            now = self._monotonic()
-            if self._last_refresh is not None and now - self._last_refresh < self._min_refresh:
+            if kid in self._keys:  # another caller refreshed while this one waited
                 return
-            self._last_refresh = now
+            if self._last_refresh is not None:
+                wait = self._last_refresh + self._min_refresh - self._monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            self._last_refresh = self._monotonic()
             try:
                 jwks = await self._fetch()
             except Exception:  # a JWKS outage must not crash the RPC; keep the cached keys
@@ -61,7 +70,7 @@ class JwtVerifier:
 
     async def _key_for(self, kid: str) -> Any:
         if kid not in self._keys:
-            await self._refresh()
+            await self._refresh(kid)
         key = self._keys.get(kid)
         if key is None:
             raise UnauthenticatedError("unknown signing key", reason="UNKNOWN_KEY_ID")
