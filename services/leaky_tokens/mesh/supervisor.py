@@ -35,6 +35,12 @@ class MeshPorts:
     token_metrics: int = 9102
     analytics_metrics: int = 9103
 
+    @classmethod
+    def from_bases(cls, gateway: int, admin: int, grpc_base: int, metrics_base: int) -> MeshPorts:
+        """Ports laid out from two bases; metrics_base 0 turns the metrics endpoints off."""
+        metrics = [metrics_base + i if metrics_base else 0 for i in range(3)]
+        return cls(gateway, admin, grpc_base, grpc_base + 1, grpc_base + 2, grpc_base + 3, *metrics)
+
 
 @dataclass
 class Child:

@@ -93,7 +93,9 @@ org_members = sa.Table(
 signing_keys = sa.Table(
     "signing_keys",
     metadata,
-    sa.Column("kid", sa.String(64), primary_key=True),
+    # Rotation order: the highest seq is the current key, whatever the clocks say.
+    sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("kid", sa.String(64), nullable=False, unique=True),
     sa.Column("private_pem", sa.LargeBinary(), nullable=False),
-    sa.Column("created_at", UtcDateTime(), nullable=False, index=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
 )

@@ -269,7 +269,7 @@ class SqlAuthStore:
     async def list_signing_keys(self, limit: int) -> list[SigningKey]:
         query = (
             sa.select(signing_keys)
-            .order_by(signing_keys.c.created_at.desc(), signing_keys.c.kid)
+            .order_by(signing_keys.c.seq.desc())
             .limit(limit)
         )
         async with self._engine.connect() as conn:

@@ -75,9 +75,11 @@ def upgrade() -> None:
     )
     op.create_table(
         "signing_keys",
-        sa.Column("kid", sa.String(64), primary_key=True),
+        # Rotation order: the highest seq is the current key, whatever the clocks say.
+        sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("kid", sa.String(64), nullable=False, unique=True),
         sa.Column("private_pem", sa.LargeBinary(), nullable=False),
-        sa.Column("created_at", UtcDateTime(), nullable=False, index=True),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
     )
 
 

@@ -1,0 +1,152 @@
+"""The AuthStore contract, run against SQLite and a real PostgreSQL: both must behave alike."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from leaky_tokens.auth.adapters.sql_auth_store import SqlAuthStore
+from leaky_tokens.auth.domain.model import ApiKey, Membership, Organization, SigningKey, User
+from leaky_tokens.auth.domain.ports import DuplicateError
+from tests.conftest import fresh_store
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlAuthStore]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    store = await fresh_store(url)
+    yield store
+    await store.close()
+
+
+def user(n: int, name: str | None = None) -> User:
+    return User(
+        id=f"00000000-0000-0000-0000-{n:012d}",
+        username=name or f"user{n}",
+        email=f"user{n}@example.com",
+        password_hash="$argon2id$fake",
+        created_at=T0,
+    )
+
+
+def key(n: int, owner: User, created: datetime = T0, **extra: object) -> ApiKey:
+    return ApiKey(
+        id=f"10000000-0000-0000-0000-{n:012d}",
+        user_id=owner.id,
+        name=f"key{n}",
+        prefix="lt_abcdefgh",
+        key_hash=f"{n:064x}",
+        created_at=created,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+async def test_user_round_trips_with_roles_and_aware_utc_times(store: SqlAuthStore) -> None:
+    alice = user(1, "Alice")
+    await store.add_user(alice, ["USER", "ADMIN"])
+    loaded = await store.get_user(alice.id)
+    assert loaded is not None
+    assert loaded.username == "Alice"
+    assert loaded.roles == frozenset({"USER", "ADMIN"})
+    assert loaded.created_at == T0
+    assert loaded.created_at.tzinfo is not None
+    assert await store.get_user_by_username("alice") == loaded
+    assert await store.get_user("00000000-0000-0000-0000-000000000099") is None
+
+
+async def test_duplicate_username_and_email_name_the_field(store: SqlAuthStore) -> None:
+    await store.add_user(user(1, "alice"), ["USER"])
+    clash_name = User(**{**user(2, "ALICE").__dict__})
+    with pytest.raises(DuplicateError) as by_name:
+        await store.add_user(clash_name, ["USER"])
+    assert by_name.value.field == "username"
+    clash_email = User(**{**user(3).__dict__, "email": "user1@example.com"})
+    with pytest.raises(DuplicateError) as by_email:
+        await store.add_user(clash_email, ["USER"])
+    assert by_email.value.field == "email"
+    assert await store.get_user(clash_name.id) is None
+
+
+async def test_concurrent_registrations_of_one_name_admit_exactly_one(store: SqlAuthStore) -> None:
+    attempts = [user(n, "racer") for n in range(1, 9)]
+    results = await asyncio.gather(
+        *(store.add_user(u, ["USER"]) for u in attempts), return_exceptions=True
+    )
+    assert sum(r is None for r in results) == 1
+    assert all(isinstance(r, DuplicateError) for r in results if r is not None)
+
+
+async def test_grant_role_is_idempotent(store: SqlAuthStore) -> None:
+    alice = user(1)
+    await store.add_user(alice, ["USER"])
+    await store.grant_role(alice.id, "ADMIN")
+    await store.grant_role(alice.id, "ADMIN")
+    loaded = await store.get_user(alice.id)
+    assert loaded is not None and loaded.roles == frozenset({"USER", "ADMIN"})
+
+
+async def test_api_keys_list_newest_first_and_revocation_hides_them(store: SqlAuthStore) -> None:
+    alice, bob = user(1), user(2)
+    await store.add_user(alice, ["USER"])
+    await store.add_user(bob, ["USER"])
+    older = key(1, alice, T0, expires_at=T0 + timedelta(days=1))
+    newer = key(2, alice, T0 + timedelta(seconds=1))
+    await store.add_api_key(older)
+    await store.add_api_key(newer)
+    await store.add_api_key(key(3, bob))
+    assert [k.id for k in await store.list_api_keys(alice.id)] == [newer.id, older.id]
+    assert (await store.get_api_key_by_hash(older.key_hash)) == older
+    assert not await store.revoke_api_key(bob.id, older.id, T0)  # not bob's key
+    assert await store.revoke_api_key(alice.id, older.id, T0 + timedelta(hours=1))
+    assert not await store.revoke_api_key(alice.id, older.id, T0)  # already revoked
+    assert [k.id for k in await store.list_api_keys(alice.id)] == [newer.id]
+    revoked = await store.get_api_key_by_hash(older.key_hash)
+    assert revoked is not None and revoked.revoked_at == T0 + timedelta(hours=1)
+
+
+async def test_orgs_and_memberships(store: SqlAuthStore) -> None:
+    alice, bob = user(1, "alice"), user(2, "bob")
+    await store.add_user(alice, ["USER"])
+    await store.add_user(bob, ["USER"])
+    acme = Organization("20000000-0000-0000-0000-000000000001", "acme", alice.id, T0)
+    zeta = Organization("20000000-0000-0000-0000-000000000002", "zeta", bob.id, T0)
+    await store.add_org(zeta, Membership(zeta.id, bob.id, "OWNER", T0))
+    await store.add_org(acme, Membership(acme.id, alice.id, "OWNER", T0))
+    with pytest.raises(DuplicateError) as dup:
+        await store.add_org(
+            Organization("20000000-0000-0000-0000-000000000003", "acme", bob.id, T0),
+            Membership("20000000-0000-0000-0000-000000000003", bob.id, "OWNER", T0),
+        )
+    assert dup.value.field == "name"
+    await store.add_member(Membership(acme.id, bob.id, "MEMBER", T0))
+    with pytest.raises(DuplicateError):
+        await store.add_member(Membership(acme.id, bob.id, "MEMBER", T0))
+    assert [o.name for o in await store.list_orgs_for_user(bob.id)] == ["acme", "zeta"]
+    assert await store.get_org(acme.id) == acme
+    members = await store.list_members(acme.id)
+    assert [(m.username, m.role) for m in members] == [("alice", "OWNER"), ("bob", "MEMBER")]
+    membership = await store.get_membership(acme.id, bob.id)
+    assert membership is not None and membership.joined_at == T0
+    assert await store.remove_member(acme.id, bob.id)
+    assert not await store.remove_member(acme.id, bob.id)
+    assert await store.get_membership(acme.id, bob.id) is None
+
+
+async def test_signing_keys_newest_first_even_with_equal_timestamps(store: SqlAuthStore) -> None:
+    for kid in ("k-b", "k-a", "k-c"):
+        await store.add_signing_key(SigningKey(kid=kid, private_pem=b"pem-" + kid.encode(),
+                                               created_at=T0))
+    keys = await store.list_signing_keys(2)
+    assert [k.kid for k in keys] == ["k-c", "k-a"]
+    assert keys[0].private_pem == b"pem-k-c"
