@@ -14,8 +14,9 @@ from leaky_tokens.runtime import settings as settings_mod
 def _up(args: argparse.Namespace) -> int:
     from leaky_tokens.mesh.supervisor import MeshPorts, run_mesh
 
-    ports = MeshPorts.from_bases(args.port, args.admin_port, args.grpc_base_port,
-                                 args.metrics_base_port)
+    ports = MeshPorts.from_bases(
+        args.port, args.admin_port, args.grpc_base_port, args.metrics_base_port
+    )
     data_dir = Path(args.data_dir or os.environ.get("LEAKY_DATA_DIR", "data")).resolve()
     return asyncio.run(run_mesh(ports, data_dir))
 
@@ -78,10 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--port", type=int, default=8080, help="gateway port (HTTP/JSON and gRPC)")
     up.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port")
     up.add_argument("--data-dir", help="state directory (default $LEAKY_DATA_DIR or ./data)")
-    up.add_argument("--grpc-base-port", type=int, default=50050,
-                    help="catalog, auth, token, analytics listen on this port and the next three")
-    up.add_argument("--metrics-base-port", type=int, default=9101,
-                    help="auth, token, analytics /metrics on this port and the next two; 0 = off")
+    up.add_argument(
+        "--grpc-base-port",
+        type=int,
+        default=50050,
+        help="catalog, auth, token, analytics listen on this port and the next three",
+    )
+    up.add_argument(
+        "--metrics-base-port",
+        type=int,
+        default=9101,
+        help="auth, token, analytics /metrics on this port and the next two; 0 = off",
+    )
     up.set_defaults(func=_up)
 
     envoy = sub.add_parser("envoy-config", help="print the Envoy config `leaky up` uses")

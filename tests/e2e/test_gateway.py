@@ -59,42 +59,56 @@ def test_register_login_and_api_key_lifecycle_over_http(gateway: Gateway) -> Non
     assert user["roles"] == ["USER"]
 
     status, _, login = call(
-        gateway, "POST", "/api/v1/auth/login",
+        gateway,
+        "POST",
+        "/api/v1/auth/login",
         {"username": user["username"], "password": "correct horse"},
     )
-    assert status == 200 and login["userId"] == user["userId"]
+    assert status == 200
+    assert login["userId"] == user["userId"]
     auth = {"authorization": f"Bearer {login['token']}"}
 
     status, _, created = call(
-        gateway, "POST", "/api/v1/auth/api-keys",
+        gateway,
+        "POST",
+        "/api/v1/auth/api-keys",
         {"userId": user["userId"], "name": "ci", "expiresAt": "2099-01-01T00:00:00Z"},
         auth,
     )
     assert status == 200, created
-    assert created["apiKey"].startswith("lt_") and created["expiresAt"] == "2099-01-01T00:00:00Z"
+    assert created["apiKey"].startswith("lt_")
+    assert created["expiresAt"] == "2099-01-01T00:00:00Z"
 
-    status, _, listed = call(gateway, "GET", f"/api/v1/auth/api-keys?userId={user['userId']}",
-                             headers=auth)
+    status, _, listed = call(
+        gateway, "GET", f"/api/v1/auth/api-keys?userId={user['userId']}", headers=auth
+    )
     assert status == 200
     assert [k["id"] for k in listed["apiKeys"]] == [created["id"]]
     assert created["apiKey"] not in json.dumps(listed)
 
-    status, _, validated = call(gateway, "GET", "/api/v1/auth/api-keys/validate",
-                                headers={"x-api-key": created["apiKey"]})
-    assert status == 200 and validated["userId"] == user["userId"]
+    status, _, validated = call(
+        gateway, "GET", "/api/v1/auth/api-keys/validate", headers={"x-api-key": created["apiKey"]}
+    )
+    assert status == 200
+    assert validated["userId"] == user["userId"]
 
     status, _, revoked = call(
-        gateway, "DELETE",
+        gateway,
+        "DELETE",
         f"/api/v1/auth/api-keys?userId={user['userId']}&apiKeyId={created['id']}",
         headers=auth,
     )
-    assert status == 200 and revoked["apiKeyId"] == created["id"]
-    status, _, listed = call(gateway, "GET", f"/api/v1/auth/api-keys?userId={user['userId']}",
-                             headers=auth)
+    assert status == 200
+    assert revoked["apiKeyId"] == created["id"]
+    status, _, listed = call(
+        gateway, "GET", f"/api/v1/auth/api-keys?userId={user['userId']}", headers=auth
+    )
     assert listed["apiKeys"] == []
-    status, _, rejected = call(gateway, "GET", "/api/v1/auth/api-keys/validate",
-                               headers={"x-api-key": created["apiKey"]})
-    assert status == 401 and rejected["message"] == "invalid api key"
+    status, _, rejected = call(
+        gateway, "GET", "/api/v1/auth/api-keys/validate", headers={"x-api-key": created["apiKey"]}
+    )
+    assert status == 401
+    assert rejected["message"] == "invalid api key"
 
 
 @pytest.mark.parametrize("path", ["/oauth2/jwks", "/.well-known/jwks.json"])
@@ -102,25 +116,30 @@ def test_jwks_is_served_at_both_paths(gateway: Gateway, path: str) -> None:
     status, _, jwks = call(gateway, "GET", path)
     assert status == 200
     key = jwks["keys"][0]
-    assert key["kty"] == "RSA" and key["alg"] == "RS256" and key["kid"] and key["n"]
+    assert key["kty"] == "RSA"
+    assert key["alg"] == "RS256"
+    assert key["kid"]
+    assert key["n"]
 
 
 def test_organizations_over_http(gateway: Gateway) -> None:
     owner, member = register(gateway), register(gateway)
     auth = {"authorization": f"Bearer {owner['token']}"}
-    status, _, created = call(gateway, "POST", "/api/v1/auth/orgs",
-                              {"name": f"org-{uuid.uuid4().hex[:8]}"}, auth)
+    status, _, created = call(
+        gateway, "POST", "/api/v1/auth/orgs", {"name": f"org-{uuid.uuid4().hex[:8]}"}, auth
+    )
     assert status == 200
     org_id = created["organization"]["id"]
-    status, _, added = call(gateway, "POST", f"/api/v1/auth/orgs/{org_id}/members",
-                            {"userId": member["userId"]}, auth)
-    assert status == 200 and added["member"]["role"] == "MEMBER"
-    status, _, members = call(gateway, "GET", f"/api/v1/auth/orgs/{org_id}/members",
-                              headers=auth)
+    status, _, added = call(
+        gateway, "POST", f"/api/v1/auth/orgs/{org_id}/members", {"userId": member["userId"]}, auth
+    )
+    assert status == 200
+    assert added["member"]["role"] == "MEMBER"
+    status, _, members = call(gateway, "GET", f"/api/v1/auth/orgs/{org_id}/members", headers=auth)
     assert sorted(m["userId"] for m in members["members"]) == sorted(
         [owner["userId"], member["userId"]]
     )
-    status, _, removed = call(
+    status, _, _removed = call(
         gateway, "DELETE", f"/api/v1/auth/orgs/{org_id}/members/{member['userId']}", headers=auth
     )
     assert status == 200
@@ -130,8 +149,10 @@ def test_organizations_over_http(gateway: Gateway) -> None:
     ("body", "fields"),
     [
         ({}, {"username", "email", "password"}),
-        ({"username": "valid_name", "email": "not-an-email", "password": "correct horse"},
-         {"email"}),
+        (
+            {"username": "valid_name", "email": "not-an-email", "password": "correct horse"},
+            {"email"},
+        ),
         ({"username": "valid_name", "email": "ok@example.com", "password": "short"}, {"password"}),
     ],
 )
@@ -149,7 +170,8 @@ def test_malformed_json_is_400_with_json_body(gateway: Gateway) -> None:
     status, headers, error = call(gateway, "POST", "/api/v1/auth/register", b'{"username": ')
     assert status == 400
     assert headers["content-type"].startswith("application/json")
-    assert error["code"] == 400 and error["message"]
+    assert error["code"] == 400
+    assert error["message"]
 
 
 def test_unknown_path_is_404_with_json_body(gateway: Gateway) -> None:
@@ -162,7 +184,9 @@ def test_unknown_path_is_404_with_json_body(gateway: Gateway) -> None:
 def test_duplicate_registration_is_409(gateway: Gateway) -> None:
     user = register(gateway)
     status, _, error = call(
-        gateway, "POST", "/api/v1/auth/register",
+        gateway,
+        "POST",
+        "/api/v1/auth/register",
         {"username": user["username"], "email": "other@example.com", "password": "correct horse"},
     )
     assert status == 409
@@ -183,8 +207,12 @@ def test_protected_call_without_token_is_401_and_other_users_keys_403(gateway: G
     alice, bob = register(gateway), register(gateway)
     status, _, _ = call(gateway, "GET", f"/api/v1/auth/api-keys?userId={alice['userId']}")
     assert status == 401
-    status, _, _ = call(gateway, "GET", f"/api/v1/auth/api-keys?userId={alice['userId']}",
-                        headers={"authorization": f"Bearer {bob['token']}"})
+    status, _, _ = call(
+        gateway,
+        "GET",
+        f"/api/v1/auth/api-keys?userId={alice['userId']}",
+        headers={"authorization": f"Bearer {bob['token']}"},
+    )
     assert status == 403
 
 
@@ -192,12 +220,20 @@ def test_token_and_analytics_say_unimplemented_never_invent_data(gateway: Gatewa
     user = register(gateway)
     auth = {"authorization": f"Bearer {user['token']}"}
     status, _, answer = call(gateway, "GET", "/api/v1/tokens/status")
-    assert status == 200 and answer["status"] == "ok"
-    status, _, answer = call(gateway, "POST", "/api/v1/tokens/consume",
-                             {"userId": user["userId"], "provider": "openai", "tokens": 5}, auth)
-    assert status == 501 and "not implemented yet" in answer["message"]
-    status, _, answer = call(gateway, "GET", "/api/v1/analytics/usage?provider=openai",
-                             headers=auth)
+    assert status == 200
+    assert answer["status"] == "ok"
+    status, _, answer = call(
+        gateway,
+        "POST",
+        "/api/v1/tokens/consume",
+        {"userId": user["userId"], "provider": "openai", "tokens": 5},
+        auth,
+    )
+    assert status == 501
+    assert "not implemented yet" in answer["message"]
+    status, _, answer = call(
+        gateway, "GET", "/api/v1/analytics/usage?provider=openai", headers=auth
+    )
     assert status == 501
 
 
@@ -221,23 +257,35 @@ def test_grpcurl_lists_services_through_the_gateway_port(grpcurl: Path, gateway:
 def test_grpcurl_calls_auth_through_the_gateway(grpcurl: Path, gateway: Gateway) -> None:
     name = f"g{uuid.uuid4().hex[:10]}"
     registered = grpcurl_run(
-        grpcurl, gateway, "-d",
+        grpcurl,
+        gateway,
+        "-d",
         json.dumps({"username": name, "email": f"{name}@example.com", "password": "correct horse"}),
-        gateway.grpc, "leaky.auth.v1.AuthService/Register",
+        gateway.grpc,
+        "leaky.auth.v1.AuthService/Register",
     )
     assert registered.returncode == 0, registered.stderr
     user = json.loads(registered.stdout)
     logged_in = grpcurl_run(
-        grpcurl, gateway, "-d", json.dumps({"username": name, "password": "correct horse"}),
-        gateway.grpc, "leaky.auth.v1.AuthService/Login",
+        grpcurl,
+        gateway,
+        "-d",
+        json.dumps({"username": name, "password": "correct horse"}),
+        gateway.grpc,
+        "leaky.auth.v1.AuthService/Login",
     )
     # grpcurl prints proto field names (user_id), unlike the transcoder's JSON names.
     assert logged_in.returncode == 0
     assert json.loads(logged_in.stdout)["user_id"] == user["user_id"]
     token = json.loads(logged_in.stdout)["token"]
     listed = grpcurl_run(
-        grpcurl, gateway, "-H", f"authorization: Bearer {token}", "-d",
-        json.dumps({"userId": user["user_id"]}), gateway.grpc,
+        grpcurl,
+        gateway,
+        "-H",
+        f"authorization: Bearer {token}",
+        "-d",
+        json.dumps({"userId": user["user_id"]}),
+        gateway.grpc,
         "leaky.auth.v1.AuthService/ListApiKeys",
     )
     assert listed.returncode == 0, listed.stderr
@@ -245,7 +293,11 @@ def test_grpcurl_calls_auth_through_the_gateway(grpcurl: Path, gateway: Gateway)
 
 def test_grpcurl_error_carries_status_and_details(grpcurl: Path, gateway: Gateway) -> None:
     result = grpcurl_run(
-        grpcurl, gateway, "-d", json.dumps({"username": "x"}), gateway.grpc,
+        grpcurl,
+        gateway,
+        "-d",
+        json.dumps({"username": "x"}),
+        gateway.grpc,
         "leaky.auth.v1.AuthService/Register",
     )
     assert result.returncode != 0

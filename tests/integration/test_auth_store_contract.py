@@ -93,7 +93,8 @@ async def test_grant_role_is_idempotent(store: SqlAuthStore) -> None:
     await store.grant_role(alice.id, "ADMIN")
     await store.grant_role(alice.id, "ADMIN")
     loaded = await store.get_user(alice.id)
-    assert loaded is not None and loaded.roles == frozenset({"USER", "ADMIN"})
+    assert loaded is not None
+    assert loaded.roles == frozenset({"USER", "ADMIN"})
 
 
 async def test_api_keys_list_newest_first_and_revocation_hides_them(store: SqlAuthStore) -> None:
@@ -112,7 +113,8 @@ async def test_api_keys_list_newest_first_and_revocation_hides_them(store: SqlAu
     assert not await store.revoke_api_key(alice.id, older.id, T0)  # already revoked
     assert [k.id for k in await store.list_api_keys(alice.id)] == [newer.id]
     revoked = await store.get_api_key_by_hash(older.key_hash)
-    assert revoked is not None and revoked.revoked_at == T0 + timedelta(hours=1)
+    assert revoked is not None
+    assert revoked.revoked_at == T0 + timedelta(hours=1)
 
 
 async def test_orgs_and_memberships(store: SqlAuthStore) -> None:
@@ -137,7 +139,8 @@ async def test_orgs_and_memberships(store: SqlAuthStore) -> None:
     members = await store.list_members(acme.id)
     assert [(m.username, m.role) for m in members] == [("alice", "OWNER"), ("bob", "MEMBER")]
     membership = await store.get_membership(acme.id, bob.id)
-    assert membership is not None and membership.joined_at == T0
+    assert membership is not None
+    assert membership.joined_at == T0
     assert await store.remove_member(acme.id, bob.id)
     assert not await store.remove_member(acme.id, bob.id)
     assert await store.get_membership(acme.id, bob.id) is None
@@ -145,8 +148,9 @@ async def test_orgs_and_memberships(store: SqlAuthStore) -> None:
 
 async def test_signing_keys_newest_first_even_with_equal_timestamps(store: SqlAuthStore) -> None:
     for kid in ("k-b", "k-a", "k-c"):
-        await store.add_signing_key(SigningKey(kid=kid, private_pem=b"pem-" + kid.encode(),
-                                               created_at=T0))
+        await store.add_signing_key(
+            SigningKey(kid=kid, private_pem=b"pem-" + kid.encode(), created_at=T0)
+        )
     keys = await store.list_signing_keys(2)
     assert [k.kid for k in keys] == ["k-c", "k-a"]
     assert keys[0].private_pem == b"pem-k-c"

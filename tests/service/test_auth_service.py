@@ -97,12 +97,11 @@ async def register(mesh: Mesh, name: str = "alice") -> pb.RegisterResponse:
 
 async def test_register_then_login_returns_token_for_same_user(mesh: Mesh) -> None:
     registered = await register(mesh)
-    logged_in = await mesh.auth.Login(
-        pb.LoginRequest(username="alice", password="correct horse")
-    )
+    logged_in = await mesh.auth.Login(pb.LoginRequest(username="alice", password="correct horse"))
     assert logged_in.user_id == registered.user_id
     assert list(logged_in.roles) == ["USER"]
-    assert logged_in.token and logged_in.expires_at.seconds > 0
+    assert logged_in.token
+    assert logged_in.expires_at.seconds > 0
 
 
 async def test_bad_registration_is_invalid_argument_with_field_violations(mesh: Mesh) -> None:
@@ -143,7 +142,8 @@ async def test_api_key_lifecycle_over_grpc(mesh: Mesh) -> None:
     by_header = await mesh.auth.ValidateApiKey(
         pb.ValidateApiKeyRequest(), metadata=(("x-api-key", created.api_key),)
     )
-    assert by_header.user_id == me.user_id and list(by_header.roles) == ["USER"]
+    assert by_header.user_id == me.user_id
+    assert list(by_header.roles) == ["USER"]
     await mesh.auth.RevokeApiKey(
         pb.RevokeApiKeyRequest(user_id=me.user_id, api_key_id=created.id), metadata=auth
     )
@@ -185,7 +185,8 @@ async def test_jwks_publishes_current_and_previous_key_after_rotation(mesh: Mesh
     me = await register(mesh)
     before = await mesh.auth.GetJwks(pb.GetJwksRequest())
     assert [k.kty for k in before.keys] == ["RSA"]
-    assert before.keys[0].alg == "RS256" and before.keys[0].use == "sig"
+    assert before.keys[0].alg == "RS256"
+    assert before.keys[0].use == "sig"
     await mesh.auth_components.app.grant_role("alice", "ADMIN")
     admin = await mesh.auth.Login(pb.LoginRequest(username="alice", password="correct horse"))
     rotated = await mesh.auth.RotateSigningKey(
@@ -194,7 +195,9 @@ async def test_jwks_publishes_current_and_previous_key_after_rotation(mesh: Mesh
     after = await mesh.auth.GetJwks(pb.GetJwksRequest())
     assert [k.kid for k in after.keys] == [rotated.kid, before.keys[0].kid]
     # A token signed with the previous key still works.
-    await mesh.auth.ListApiKeys(pb.ListApiKeysRequest(user_id=me.user_id), metadata=bearer(me.token))
+    await mesh.auth.ListApiKeys(
+        pb.ListApiKeysRequest(user_id=me.user_id), metadata=bearer(me.token)
+    )
 
 
 async def test_organizations_over_grpc(mesh: Mesh) -> None:

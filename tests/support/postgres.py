@@ -47,15 +47,41 @@ def postgres_server() -> Iterator[str]:
     port = free_port()
     run = {"check": True, "capture_output": True}
     subprocess.run(
-        _as_postgres([str(pg_bin / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-                      "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"]),
+        _as_postgres(
+            [
+                str(pg_bin / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ]
+        ),
         **run,  # type: ignore[arg-type]
     )
-    options = (f"-k {sock} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off "
-               "-c synchronous_commit=off -c full_page_writes=off")
+    options = (
+        f"-k {sock} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off "
+        "-c synchronous_commit=off -c full_page_writes=off"
+    )
     subprocess.run(
-        _as_postgres([str(pg_bin / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"),
-                      "-w", "-o", options, "start"]),
+        _as_postgres(
+            [
+                str(pg_bin / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(root / "server.log"),
+                "-w",
+                "-o",
+                options,
+                "start",
+            ]
+        ),
         **run,  # type: ignore[arg-type]
     )
     try:
@@ -63,6 +89,7 @@ def postgres_server() -> Iterator[str]:
     finally:
         subprocess.run(
             _as_postgres([str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-            check=False, capture_output=True,
+            check=False,
+            capture_output=True,
         )
         shutil.rmtree(root, ignore_errors=True)

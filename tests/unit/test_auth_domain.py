@@ -7,9 +7,9 @@ from datetime import timedelta
 import jwt
 import pytest
 
+from leaky_tokens.auth.adapters.sql_auth_store import SqlAuthStore
 from leaky_tokens.auth.domain.model import ADMIN
 from leaky_tokens.auth.domain.service import AuthApp, hash_api_key
-from leaky_tokens.auth.adapters.sql_auth_store import SqlAuthStore
 from leaky_tokens.runtime.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -105,8 +105,9 @@ async def test_token_carries_identity_roles_orgs_and_expiry(
 async def test_issued_token_verifies_against_published_jwks(auth_app: AuthApp) -> None:
     user_id = await register(auth_app)
     session = await auth_app.login("alice", "correct horse")
-    verifier = JwtVerifier(auth_app.jwks, issuer="leaky-tokens-auth", audience="leaky-tokens",
-                           leeway_seconds=10**9)
+    verifier = JwtVerifier(
+        auth_app.jwks, issuer="leaky-tokens-auth", audience="leaky-tokens", leeway_seconds=10**9
+    )
     caller = await verifier.verify(session.token)
     assert caller.user_id == user_id
     assert caller.roles == frozenset({"USER"})
@@ -140,7 +141,8 @@ async def test_api_key_secret_is_returned_once_and_stored_hashed(
     assert issued.secret.startswith("lt_")
     assert len(issued.secret) >= 3 + 43  # 32 random bytes, base64url
     stored = await sqlite_store.get_api_key_by_hash(hash_api_key(issued.secret))
-    assert stored is not None and stored.key_hash != issued.secret
+    assert stored is not None
+    assert stored.key_hash != issued.secret
     listed = await auth_app.list_api_keys(caller_of(user_id), user_id)
     assert [k.id for k in listed] == [issued.key.id]
     assert issued.secret not in repr(listed)

@@ -29,7 +29,7 @@ async def build(settings: AnalyticsSettings) -> PeerComponents:
     servicer = AnalyticsServicer(SystemClock())
 
     def register(server: grpc.aio.Server) -> None:
-        analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
 
     spec = ServiceSpec("analytics", (ANALYTICS_SERVICE.full_name,), register, PUBLIC_METHODS)
     return PeerComponents(spec, auth_verifier(settings))

@@ -23,7 +23,9 @@ class _AnalyticsHealth(analytics_pb2_grpc.AnalyticsServiceServicer):
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
 
-    async def GetHealth(self, request: pb.GetHealthRequest, context: Context) -> pb.GetHealthResponse:
+    async def GetHealth(
+        self, request: pb.GetHealthRequest, context: Context
+    ) -> pb.GetHealthResponse:
         return pb.GetHealthResponse(
             service="analytics-service", status="ok", timestamp=timestamp(self._clock.now())
         )

@@ -90,7 +90,7 @@ async def build(settings: AuthSettings) -> AuthComponents:
     servicer = AuthServicer(app)
 
     def register(server: grpc.aio.Server) -> None:
-        auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)
 
     spec = ServiceSpec("auth", (SERVICE_NAME,), register, PUBLIC_METHODS)
     verifier = JwtVerifier(app.jwks, issuer=settings.jwt_issuer, audience=settings.jwt_audience)

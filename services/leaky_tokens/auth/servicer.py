@@ -109,9 +109,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def ValidateApiKey(
         self, request: pb.ValidateApiKeyRequest, context: Context
     ) -> pb.ValidateApiKeyResponse:
-        owner = await self._app.validate_api_key(
-            request.api_key or _metadata(context, "x-api-key")
-        )
+        owner = await self._app.validate_api_key(request.api_key or _metadata(context, "x-api-key"))
         return pb.ValidateApiKeyResponse(
             user_id=owner.key.user_id,
             name=owner.key.name,

@@ -13,6 +13,13 @@ from leaky.token.v1 import token_pb2
 DESCRIPTOR = Path(__file__).resolve().parents[3] / "envoy" / "leaky.pb"
 
 # Which cluster serves each proto package's services.
+_T = "type.googleapis.com/envoy.extensions."
+HTTP_PROTOCOL_OPTIONS = _T + "upstreams.http.v3.HttpProtocolOptions"
+TRANSCODER = _T + "filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
+ROUTER = _T + "filters.http.router.v3.Router"
+HCM = _T + "filters.network.http_connection_manager.v3.HttpConnectionManager"
+UUID_REQUEST_ID = _T + "request_id.uuid.v3.UuidRequestIdConfig"
+
 CLUSTER_OF_MODULE = {"auth": auth_pb2, "token": token_pb2, "analytics": analytics_pb2}
 
 
@@ -40,7 +47,7 @@ def _cluster(upstream: Upstream) -> dict[str, Any]:
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "@type": HTTP_PROTOCOL_OPTIONS,
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
         },
@@ -49,7 +56,11 @@ def _cluster(upstream: Upstream) -> dict[str, Any]:
             "endpoints": [
                 {
                     "lb_endpoints": [
-                        {"endpoint": {"address": {"socket_address": {"address": h, "port_value": p}}}}
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": h, "port_value": p}}
+                            }
+                        }
                         for h, p in upstream.endpoints
                     ]
                 }
@@ -98,7 +109,7 @@ def render(
         {
             "name": "envoy.filters.http.grpc_json_transcoder",
             "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+                "@type": TRANSCODER,
                 "proto_descriptor": str(descriptor),
                 "services": sorted(public_services()),
                 "convert_grpc_status": True,
@@ -116,20 +127,14 @@ def render(
         },
         {
             "name": "envoy.filters.http.router",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-            },
+            "typed_config": {"@type": ROUTER},
         },
     ]
     hcm = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": HCM,
         "stat_prefix": "ingress",
         "codec_type": "AUTO",
-        "request_id_extension": {
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig"
-            }
-        },
+        "request_id_extension": {"typed_config": {"@type": UUID_REQUEST_ID}},
         "route_config": {
             "name": "leaky",
             "virtual_hosts": [{"name": "leaky", "domains": ["*"], "routes": _routes()}],
@@ -143,9 +148,7 @@ def render(
             "listeners": [
                 {
                     "name": "gateway",
-                    "address": {
-                        "socket_address": {"address": listen[0], "port_value": listen[1]}
-                    },
+                    "address": {"socket_address": {"address": listen[0], "port_value": listen[1]}},
                     "filter_chains": [
                         {
                             "filters": [

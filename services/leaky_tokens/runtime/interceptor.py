@@ -6,7 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -49,7 +49,7 @@ class ServerMetrics:
         )
 
 
-class LeakyServerInterceptor(grpc.aio.ServerInterceptor):
+class LeakyServerInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
     """Wraps every unary-unary handler; streaming handlers (health watch, reflection) pass."""
 
     def __init__(
@@ -67,15 +67,18 @@ class LeakyServerInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method
         return grpc.unary_unary_rpc_method_handler(
-            self._wrap(method, handler.unary_unary),
+            # grpc-stubs types handlers as sync; on an aio server they are coroutines.
+            self._wrap(method, handler.unary_unary),  # type: ignore[arg-type]
             request_deserializer=self._safe_deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
@@ -102,7 +105,7 @@ class LeakyServerInterceptor(grpc.aio.ServerInterceptor):
             return
         if self._verifier is None:
             raise_unauthenticated()
-        caller_var.set(await self._verifier.verify(token))  # type: ignore[union-attr]
+        caller_var.set(await self._verifier.verify(token))
 
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
         metrics = self._metrics
@@ -116,17 +119,15 @@ class LeakyServerInterceptor(grpc.aio.ServerInterceptor):
             try:
                 if isinstance(request, _Rejected):
                     code = grpc.StatusCode.INVALID_ARGUMENT
-                    await context.abort_with_status(
-                        status.invalid_argument("request", request.description)
-                    )
+                    await _abort(context, status.invalid_argument("request", request.description))
                 await self._authenticate(method, context)
                 return await behavior(request, context)
             except DomainError as error:
                 grpc_status = status.to_status(error)
                 code = grpc_status.code
-                await context.abort_with_status(grpc_status)
+                await _abort(context, grpc_status)
             except grpc.aio.AbortError:
-                code = context.code() or code  # type: ignore[assignment]
+                code = context.code() or code
                 raise
             except Exception:
                 code = grpc.StatusCode.INTERNAL
@@ -141,12 +142,17 @@ class LeakyServerInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
 
-def raise_unauthenticated() -> None:
+def raise_unauthenticated() -> NoReturn:
     """Raise the standard error for a protected RPC called without credentials."""
     raise UnauthenticatedError(
         "authentication required: send 'authorization: Bearer <token>'",
         reason="MISSING_CREDENTIALS",
     )
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], rpc_status: grpc.Status) -> None:
+    # grpc-stubs 1.53 lacks abort_with_status on the aio context; grpcio has it.
+    await context.abort_with_status(rpc_status)  # type: ignore[attr-defined]
 
 
 def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:

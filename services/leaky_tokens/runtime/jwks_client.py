@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import grpc
 from google.protobuf.json_format import MessageToDict
 
 from leaky.auth.v1 import auth_pb2, auth_pb2_grpc
 from leaky_tokens.runtime.jwt_verifier import JwksFetcher
-
-import grpc
 
 
 def grpc_jwks_fetcher(auth_target: str, timeout: float = 2.0) -> JwksFetcher:

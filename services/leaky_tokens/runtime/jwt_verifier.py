@@ -65,7 +65,9 @@ class JwtVerifier:
                 log.warning("JWKS refresh failed; keeping %d cached keys", len(self._keys))
                 return
             self._keys = {
-                k["kid"]: RSAAlgorithm.from_jwk(json.dumps(k)) for k in jwks if k.get("kty") == "RSA"
+                k["kid"]: RSAAlgorithm.from_jwk(json.dumps(k))
+                for k in jwks
+                if k.get("kty") == "RSA"
             }
 
     async def _key_for(self, kid: str) -> Any:

@@ -14,7 +14,6 @@ from leaky_tokens.runtime.server import (
     start_server,
 )
 
-
 S = TypeVar("S", bound=ServerSettings)
 
 

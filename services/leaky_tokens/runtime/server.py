@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+# `health.aio` is an alias of this module, which mypy cannot follow.
+from grpc_health.v1 import _async as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -65,7 +67,7 @@ class RunningServer:
 
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: health_aio.HealthServicer
     service_names: tuple[str, ...]
     registry: CollectorRegistry
 
@@ -96,7 +98,7 @@ async def start_server(
         ],
     )
     spec.register(server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*spec.service_names, *spec.reflection_only, health.SERVICE_NAME, reflection.SERVICE_NAME),

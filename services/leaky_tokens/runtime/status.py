@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -24,9 +25,9 @@ _CODES: list[tuple[type[errors.DomainError], int]] = [
 ]
 
 
-def _pack(message: object) -> any_pb2.Any:
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
+    packed.Pack(message)
     return packed
 
 
@@ -58,7 +59,7 @@ def to_status(error: errors.DomainError) -> grpc.Status:
         delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(code=code, message=error.message, details=details)
-    return rpc_status.to_status(status)  # type: ignore[no-any-return]
+    return rpc_status.to_status(status)
 
 
 def invalid_argument(field: str, description: str) -> grpc.Status:

@@ -18,7 +18,7 @@ def server_interceptors(slug: str, otlp_endpoint: str) -> list[Any]:
     provider = TracerProvider(resource=Resource.create({"service.name": f"leaky-{slug}"}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
     return [
-        aio_server_interceptor(
+        aio_server_interceptor(  # type: ignore[no-untyped-call]
             tracer_provider=provider, filter_=filters.negate(filters.health_check())
         )
     ]

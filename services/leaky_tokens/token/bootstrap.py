@@ -35,8 +35,8 @@ async def build(settings: TokenSettings) -> PeerComponents:
     token, provider = TokenServicer(SystemClock()), ProviderServicer()
 
     def register(server: grpc.aio.Server) -> None:
-        token_pb2_grpc.add_TokenServiceServicer_to_server(token, server)  # type: ignore[no-untyped-call]
-        token_pb2_grpc.add_ProviderServiceServicer_to_server(provider, server)  # type: ignore[no-untyped-call]
+        token_pb2_grpc.add_TokenServiceServicer_to_server(token, server)
+        token_pb2_grpc.add_ProviderServiceServicer_to_server(provider, server)
 
     spec = ServiceSpec(
         "token", (TOKEN_SERVICE.full_name, PROVIDER_SERVICE.full_name), register, PUBLIC_METHODS

@@ -24,7 +24,9 @@ class _TokenStatus(token_pb2_grpc.TokenServiceServicer):
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
 
-    async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.GetStatusResponse:
+    async def GetStatus(
+        self, request: pb.GetStatusRequest, context: Context
+    ) -> pb.GetStatusResponse:
         return pb.GetStatusResponse(
             service="token-service", status="ok", timestamp=timestamp(self._clock.now())
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -26,4 +27,3 @@ async def migrate(engine: AsyncEngine) -> None:
     """Bring the database to the newest schema; safe to run from several instances at once."""
     async with engine.begin() as conn:
         await conn.run_sync(_upgrade)
-

@@ -20,14 +20,17 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
         if value is None:
             return None
-        return value.astimezone(UTC) if dialect.name != "sqlite" else value.astimezone(UTC).replace(
-            tzinfo=None
+        return (
+            value.astimezone(UTC)
+            if dialect.name != "sqlite"
+            else value.astimezone(UTC).replace(tzinfo=None)
         )
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        aware: datetime = value.replace(tzinfo=UTC) if value.tzinfo is None else value
+        return aware.astimezone(UTC)
 
 
 users = sa.Table(
@@ -51,8 +54,9 @@ roles = sa.Table(
 user_roles = sa.Table(
     "user_roles",
     metadata,
-    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id", ondelete="CASCADE"),
-              primary_key=True),
+    sa.Column(
+        "user_id", sa.String(36), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    ),
     sa.Column("role", sa.String(50), sa.ForeignKey("roles.name"), primary_key=True),
 )
 
@@ -60,8 +64,13 @@ api_keys = sa.Table(
     "api_keys",
     metadata,
     sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id", ondelete="CASCADE"),
-              nullable=False, index=True),
+    sa.Column(
+        "user_id",
+        sa.String(36),
+        sa.ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
     sa.Column("name", sa.String(100), nullable=False, server_default=""),
     sa.Column("prefix", sa.String(16), nullable=False),
     sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
@@ -82,10 +91,19 @@ organizations = sa.Table(
 org_members = sa.Table(
     "org_members",
     metadata,
-    sa.Column("org_id", sa.String(36), sa.ForeignKey("organizations.id", ondelete="CASCADE"),
-              primary_key=True),
-    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id", ondelete="CASCADE"),
-              primary_key=True, index=True),
+    sa.Column(
+        "org_id",
+        sa.String(36),
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column(
+        "user_id",
+        sa.String(36),
+        sa.ForeignKey("users.id", ondelete="CASCADE"),
+        primary_key=True,
+        index=True,
+    ),
     sa.Column("role", sa.String(20), nullable=False),
     sa.Column("joined_at", UtcDateTime(), nullable=False),
 )

@@ -246,12 +246,14 @@ class SqlAuthStore:
         )
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
-        return Membership(row.org_id, row.user_id, row.role, row.joined_at, row.username) if row else None
+        return (
+            Membership(row.org_id, row.user_id, row.role, row.joined_at, row.username)
+            if row
+            else None
+        )
 
     async def list_members(self, org_id: str) -> list[Membership]:
-        query = (
-            self._memberships().where(org_members.c.org_id == org_id).order_by(users.c.username)
-        )
+        query = self._memberships().where(org_members.c.org_id == org_id).order_by(users.c.username)
         async with self._engine.connect() as conn:
             return [
                 Membership(r.org_id, r.user_id, r.role, r.joined_at, r.username)
@@ -267,11 +269,7 @@ class SqlAuthStore:
             )
 
     async def list_signing_keys(self, limit: int) -> list[SigningKey]:
-        query = (
-            sa.select(signing_keys)
-            .order_by(signing_keys.c.seq.desc())
-            .limit(limit)
-        )
+        query = sa.select(signing_keys).order_by(signing_keys.c.seq.desc()).limit(limit)
         async with self._engine.connect() as conn:
             return [
                 SigningKey(kid=r.kid, private_pem=r.private_pem, created_at=r.created_at)

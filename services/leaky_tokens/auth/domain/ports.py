@@ -1,4 +1,4 @@
-"""Interfaces the auth domain needs from the outside world (plus the shared Clock and Randomness)."""
+"""Interfaces the auth domain needs besides the shared Clock and Randomness."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from leaky_tokens.runtime.ports import Clock, Randomness  # noqa: F401  (re-exported ports)
 from leaky_tokens.auth.domain.model import ApiKey, Membership, Organization, SigningKey, User
 
 

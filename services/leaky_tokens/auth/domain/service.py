@@ -22,14 +22,7 @@ from leaky_tokens.auth.domain.model import (
     SigningKey,
     User,
 )
-from leaky_tokens.auth.domain.ports import (
-    AuthStore,
-    Clock,
-    DuplicateError,
-    PasswordHasher,
-    Randomness,
-    TokenCrypto,
-)
+from leaky_tokens.auth.domain.ports import AuthStore, DuplicateError, PasswordHasher, TokenCrypto
 from leaky_tokens.runtime.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -39,6 +32,7 @@ from leaky_tokens.runtime.errors import (
     Validator,
 )
 from leaky_tokens.runtime.identity import Caller
+from leaky_tokens.runtime.ports import Clock, Randomness
 
 API_KEY_PREFIX = "lt_"
 API_KEY_SECRET_BYTES = 32

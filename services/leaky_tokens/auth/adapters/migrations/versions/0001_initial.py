@@ -41,15 +41,24 @@ def upgrade() -> None:
     )
     op.create_table(
         "user_roles",
-        sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id", ondelete="CASCADE"),
-                  primary_key=True),
+        sa.Column(
+            "user_id",
+            sa.String(36),
+            sa.ForeignKey("users.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
         sa.Column("role", sa.String(50), sa.ForeignKey("roles.name"), primary_key=True),
     )
     op.create_table(
         "api_keys",
         sa.Column("id", sa.String(36), primary_key=True),
-        sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id", ondelete="CASCADE"),
-                  nullable=False, index=True),
+        sa.Column(
+            "user_id",
+            sa.String(36),
+            sa.ForeignKey("users.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        ),
         sa.Column("name", sa.String(100), nullable=False, server_default=""),
         sa.Column("prefix", sa.String(16), nullable=False),
         sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
@@ -66,10 +75,19 @@ def upgrade() -> None:
     )
     op.create_table(
         "org_members",
-        sa.Column("org_id", sa.String(36),
-                  sa.ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True),
-        sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id", ondelete="CASCADE"),
-                  primary_key=True, index=True),
+        sa.Column(
+            "org_id",
+            sa.String(36),
+            sa.ForeignKey("organizations.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        sa.Column(
+            "user_id",
+            sa.String(36),
+            sa.ForeignKey("users.id", ondelete="CASCADE"),
+            primary_key=True,
+            index=True,
+        ),
         sa.Column("role", sa.String(20), nullable=False),
         sa.Column("joined_at", UtcDateTime(), nullable=False),
     )
@@ -85,6 +103,13 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     """Drop everything."""
-    for table in ("signing_keys", "org_members", "organizations", "api_keys", "user_roles",
-                  "roles", "users"):
+    for table in (
+        "signing_keys",
+        "org_members",
+        "organizations",
+        "api_keys",
+        "user_roles",
+        "roles",
+        "users",
+    ):
         op.drop_table(table)
