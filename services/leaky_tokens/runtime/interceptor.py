@@ -6,7 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -21,6 +21,12 @@ from leaky_tokens.runtime.logging import request_id_var
 log = logging.getLogger(__name__)
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+if TYPE_CHECKING:  # grpc-stubs makes it generic; grpcio's class is not subscriptable
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.aio.ServerInterceptor
 
 
 class _Rejected:
@@ -49,7 +55,7 @@ class ServerMetrics:
         )
 
 
-class LeakyServerInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+class LeakyServerInterceptor(_Interceptor):
     """Wraps every unary-unary handler; streaming handlers (health watch, reflection) pass."""
 
     def __init__(
