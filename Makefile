@@ -10,10 +10,18 @@ export LEAKY_TOOLS_DIR ?= $(HOME)/.cache/leaky-tokens/tools
 LEAKY_PROTOS := $(shell cd protos && find leaky -name '*.proto' | sort)
 DESCRIPTOR := envoy/leaky.pb
 
-.PHONY: install gen gen-check proto-lint proto-breaking lint typecheck layers envoy-validate \
+.PHONY: install system-deps gen gen-check proto-lint proto-breaking lint typecheck layers envoy-validate \
         test test-unit test-service test-integration test-e2e check up lock clean
 
-install: $(VENV)/.installed
+install: system-deps $(VENV)/.installed
+
+# Debian packages the tests need (PostgreSQL server binaries); installed only when missing.
+system-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing postgresql (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	fi
+
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
