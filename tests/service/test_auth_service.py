@@ -57,14 +57,14 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
     servers: list[RunningServer] = [auth_server, token_server, analytics_server]
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{s.port}") for s in servers]
     yield Mesh(
-        auth=auth_pb2_grpc.AuthServiceStub(channels[0]),  # type: ignore[arg-type]
-        token=token_pb2_grpc.TokenServiceStub(channels[1]),  # type: ignore[arg-type]
-        analytics=analytics_pb2_grpc.AnalyticsServiceStub(channels[2]),  # type: ignore[arg-type]
+        auth=auth_pb2_grpc.AuthServiceStub(channels[0]),
+        token=token_pb2_grpc.TokenServiceStub(channels[1]),
+        analytics=analytics_pb2_grpc.AnalyticsServiceStub(channels[2]),
         auth_components=auth,
         auth_channel=channels[0],
     )
     for channel in channels:
-        await channel.close()
+        await channel.close(grace=None)
     for server in servers:
         await server.stop(0)
     await auth.close()
@@ -76,7 +76,7 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 def details(error: grpc.aio.AioRpcError) -> dict[str, object]:
     """The google.rpc details of an error, by type name."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]  # an AioRpcError is a Call
     found: dict[str, object] = {}
     assert status is not None
     for item in status.details:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from leaky_tokens.catalog.bootstrap import CatalogSettings
 from leaky_tokens.catalog.bootstrap import build as build_catalog
@@ -78,3 +80,42 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
     assert process.returncode == 0
     assert '"msg": "shutting down"' in stderr
     assert (tmp_path / "auth.db").exists()
+
+
+class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """A real OTLP/gRPC trace endpoint that keeps the span names it receives."""
+
+    def __init__(self) -> None:
+        self.spans: list[str] = []
+
+    async def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        for resource in request.resource_spans:
+            for scope in resource.scope_spans:
+                self.spans.extend(span.name for span in scope.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+async def test_traces_are_exported_over_otlp_only_when_configured() -> None:
+    collector = _Collector()
+    otlp = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, otlp)  # type: ignore[no-untyped-call]
+    otlp_port = otlp.add_insecure_port("127.0.0.1:0")
+    await otlp.start()
+    settings = CatalogSettings(port=0, otlp_endpoint=f"127.0.0.1:{otlp_port}")
+    catalog = await build_catalog(settings)
+    running = await start_server(catalog.spec, settings, catalog.verifier)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            async for _ in stub.ServerReflectionInfo(iter([request])):
+                break
+    finally:
+        await running.stop(0)  # flushes the batch processor
+        await otlp.stop(0)
+    assert "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" in collector.spans
+    unconfigured = await start_server(catalog.spec, CatalogSettings(port=0), None)
+    assert unconfigured.tracing.interceptors == []
+    await unconfigured.stop(0)

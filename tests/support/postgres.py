@@ -33,6 +33,10 @@ def _as_postgres(argv: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
 
+def _run(argv: list[str]) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """Start a cluster in a temp dir; yield its SQLAlchemy URL; stop and delete it."""
@@ -45,8 +49,7 @@ def postgres_server() -> Iterator[str]:
         shutil.chown(root, "postgres", "postgres")
         shutil.chown(sock, "postgres", "postgres")
     port = free_port()
-    run = {"check": True, "capture_output": True}
-    subprocess.run(
+    _run(
         _as_postgres(
             [
                 str(pg_bin / "initdb"),
@@ -61,14 +64,13 @@ def postgres_server() -> Iterator[str]:
                 "UTF8",
                 "--locale=C.UTF-8",
             ]
-        ),
-        **run,  # type: ignore[arg-type]
+        )
     )
     options = (
         f"-k {sock} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off "
         "-c synchronous_commit=off -c full_page_writes=off"
     )
-    subprocess.run(
+    _run(
         _as_postgres(
             [
                 str(pg_bin / "pg_ctl"),
@@ -81,8 +83,7 @@ def postgres_server() -> Iterator[str]:
                 options,
                 "start",
             ]
-        ),
-        **run,  # type: ignore[arg-type]
+        )
     )
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from leaky_tokens.runtime.interceptor import LeakyServerInterceptor, ServerMetrics
 from leaky_tokens.runtime.jwt_verifier import JwtVerifier
 from leaky_tokens.runtime.settings import doc
-from leaky_tokens.runtime.telemetry import server_interceptors
+from leaky_tokens.runtime.telemetry import Tracing, tracing
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,15 @@ class RunningServer:
     health: health_aio.HealthServicer
     service_names: tuple[str, ...]
     registry: CollectorRegistry
+    tracing: Tracing
 
     async def stop(self, grace: float) -> None:
         """Health NOT_SERVING, let in-flight RPCs drain for `grace` seconds, then stop."""
         for name in ("", *self.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
+        # Flush buffered spans; the exporter blocks, so keep it off the event loop.
+        await asyncio.to_thread(self.tracing.shutdown)
 
 
 async def start_server(
@@ -90,8 +93,9 @@ async def start_server(
         metrics=ServerMetrics(spec.slug, registry),
         max_message_bytes=settings.max_message_bytes,
     )
+    traces = tracing(spec.slug, settings.otlp_endpoint)
     server = grpc.aio.server(
-        interceptors=[*server_interceptors(spec.slug, settings.otlp_endpoint), interceptor],
+        interceptors=[*traces.interceptors, interceptor],
         options=[
             ("grpc.max_receive_message_length", CORE_MESSAGE_CAP),
             ("grpc.max_send_message_length", CORE_MESSAGE_CAP),
@@ -115,7 +119,7 @@ async def start_server(
         "serving",
         extra={"service": spec.slug, "address": f"{settings.host}:{port}"},
     )
-    return RunningServer(server, port, health_servicer, spec.service_names, registry)
+    return RunningServer(server, port, health_servicer, spec.service_names, registry, traces)
 
 
 async def serve_until_signalled(running: RunningServer, settings: ServerSettings) -> None:

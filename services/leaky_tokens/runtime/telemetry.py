@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 
-def server_interceptors(slug: str, otlp_endpoint: str) -> list[Any]:
-    """The OTel server interceptor exporting to `otlp_endpoint`, or nothing when it is empty."""
+@dataclass
+class Tracing:
+    """Server interceptors to install, and how to flush spans at shutdown."""
+
+    interceptors: list[Any] = field(default_factory=list)
+    shutdown: Callable[[], None] = lambda: None
+
+
+def tracing(slug: str, otlp_endpoint: str) -> Tracing:
+    """OTLP/gRPC span export to `otlp_endpoint`; nothing at all when it is empty."""
     if not otlp_endpoint:
-        return []
+        return Tracing()
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
     from opentelemetry.sdk.resources import Resource
@@ -16,9 +26,9 @@ def server_interceptors(slug: str, otlp_endpoint: str) -> list[Any]:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     provider = TracerProvider(resource=Resource.create({"service.name": f"leaky-{slug}"}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
-    return [
-        aio_server_interceptor(  # type: ignore[no-untyped-call]
-            tracer_provider=provider, filter_=filters.negate(filters.health_check())
-        )
-    ]
+    exporter = OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    interceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
+        tracer_provider=provider, filter_=filters.negate(filters.health_check())
+    )
+    return Tracing([interceptor], provider.shutdown)
