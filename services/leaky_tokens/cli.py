@@ -52,6 +52,38 @@ def _grant_role(args: argparse.Namespace) -> int:
     return asyncio.run(grant())
 
 
+def _stack(args: argparse.Namespace) -> int:
+    from leaky_tokens.stack.component import ComponentError, StackPaths
+    from leaky_tokens.stack.orchestrator import Stack, format_status
+    from leaky_tokens.stack.registry import default_components
+
+    stack = Stack(default_components(), StackPaths.default())
+    try:
+        if args.action == "up":
+            stack.up(args.components)
+            if args.watch:
+                print("supervising (Ctrl-C stops supervising; the servers keep running)")
+                stack.supervise(args.components)
+        elif args.action == "down":
+            stack.down(args.components)
+        elif args.action == "status":
+            rows = stack.status(args.components)
+            print(format_status(rows))
+            return 0 if all(r.state == "healthy" for r in rows) else 3
+        else:
+            for component in stack.select(args.components):
+                log = stack.paths.log(component.name)
+                lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+                print(f"==> {log} <==")
+                print("\n".join(lines[-args.lines :]))
+    except ComponentError as error:
+        print(f"leaky stack {args.action}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
 def _settings(args: argparse.Namespace) -> int:
     from leaky_tokens.analytics.bootstrap import AnalyticsSettings
     from leaky_tokens.auth.bootstrap import AuthSettings
@@ -105,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     grant.add_argument("--username", required=True)
     grant.add_argument("--role", default="ADMIN", choices=["ADMIN", "USER"])
     grant.set_defaults(func=_grant_role)
+
+    stack = sub.add_parser("stack", help="the real servers on loopback (no Docker)")
+    stack.add_argument("action", choices=["up", "down", "status", "logs"])
+    stack.add_argument("components", nargs="*", help="default: all, in stack order")
+    stack.add_argument("--watch", action="store_true", help="up: keep restarting crashed ones")
+    stack.add_argument("-n", "--lines", type=int, default=50, help="logs: lines per component")
+    stack.set_defaults(func=_stack)
 
     settings = sub.add_parser("settings", help="print every setting as a Markdown table")
     settings.set_defaults(func=_settings)

@@ -1,0 +1,107 @@
+"""What every stack component provides, and the paths they share."""
+
+from __future__ import annotations
+
+import os
+import socket
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    """Where state and caches live.
+
+    `root` is project-local and git-ignored (`.leaky/stack`): data, logs, pid files.
+    `cache` is outside the clone (`~/.cache/leaky-tokens`): downloaded jars, built binaries,
+    so a fresh clone's `up` reuses them.
+    """
+
+    root: Path
+    cache: Path
+
+    @classmethod
+    def default(cls) -> StackPaths:
+        root = Path(os.environ.get("LEAKY_STACK_DIR", ".leaky/stack")).resolve()
+        cache = Path(
+            os.environ.get("LEAKY_CACHE_DIR", Path.home() / ".cache" / "leaky-tokens")
+        ).resolve()
+        return cls(root, cache)
+
+    def data(self, name: str) -> Path:
+        """The component's data directory (created)."""
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def log(self, name: str) -> Path:
+        """The component's log file."""
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        return self.root / "logs" / f"{name}.log"
+
+    def pidfile(self, name: str) -> Path:
+        """Where the component's PID (and process start time) is recorded."""
+        (self.root / "run").mkdir(parents=True, exist_ok=True)
+        return self.root / "run" / f"{name}.pid"
+
+    def cached(self, *parts: str) -> Path:
+        """A path under the download/build cache (parent created)."""
+        path = self.cache.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to start a component's long-running process (in the foreground, no daemonizing)."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # added to os.environ
+    cwd: Path | None = None
+    user: str | None = None  # run as this user (PostgreSQL refuses root)
+
+
+class ComponentError(RuntimeError):
+    """A component could not be provisioned, prepared or started."""
+
+
+class Component(ABC):
+    """One server of the stack. Every method is idempotent."""
+
+    name: str
+    startup_timeout: float = 60.0
+
+    @property
+    @abstractmethod
+    def address(self) -> str:
+        """host:port clients use (shown by `status`)."""
+
+    def provision(self, paths: StackPaths) -> None:  # noqa: B027 (optional hook)
+        """Download or build what the component needs into `paths.cache` (cached)."""
+
+    def prepare(self, paths: StackPaths) -> None:  # noqa: B027 (optional hook)
+        """Initialise the data directory and config files, if not done yet."""
+
+    @abstractmethod
+    def launch(self, paths: StackPaths) -> Launch:
+        """The command that runs the server in the foreground."""
+
+    @abstractmethod
+    def ready(self, paths: StackPaths) -> bool:
+        """A quick probe (bounded to ~1 s): True once the server answers for real."""
+
+    def after_ready(self, paths: StackPaths) -> None:  # noqa: B027 (optional hook)
+        """One-time setup that needs the server up (databases, keyspaces); idempotent."""
+
+
+def tcp_open(address: str, timeout: float = 0.5) -> bool:
+    """True if something accepts TCP connections at host:port."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
