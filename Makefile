@@ -11,7 +11,7 @@ LEAKY_PROTOS := $(shell cd protos && find leaky -name '*.proto' | sort)
 DESCRIPTOR := envoy/leaky.pb
 
 .PHONY: install system-deps gen gen-check proto-lint proto-breaking lint typecheck layers envoy-validate \
-        test test-unit test-service test-integration test-e2e check up lock clean
+        docs test test-unit test-service test-integration test-e2e check up lock clean
 
 install: system-deps $(VENV)/.installed
 
@@ -87,6 +87,11 @@ check: gen-check proto-lint proto-breaking lint typecheck layers envoy-validate 
 # The README's run command: the whole mesh on embedded defaults.
 up: install
 	$(BIN)/leaky up
+
+# Regenerate docs/configuration.md from the settings classes (a test checks it).
+docs: install
+	{ sed '/^| variable/,$$d' docs/configuration.md; $(BIN)/leaky settings; } > docs/configuration.md.new
+	mv docs/configuration.md.new docs/configuration.md
 
 lock:
 	$(BIN)/pip freeze --all --exclude-editable --exclude pip --exclude leaky-tokens | sort > requirements.lock

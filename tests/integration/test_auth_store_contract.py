@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
-from leaky_tokens.auth.adapters.sql_auth_store import SqlAuthStore
+from leaky_tokens.auth.adapters.sql_auth_store import SqlAuthStore, make_engine
 from leaky_tokens.auth.domain.model import ApiKey, Membership, Organization, SigningKey, User
 from leaky_tokens.auth.domain.ports import DuplicateError
+from leaky_tokens.runtime.errors import UnavailableError
 from tests.conftest import fresh_store
 
 pytestmark = pytest.mark.integration
@@ -154,3 +156,47 @@ async def test_signing_keys_newest_first_even_with_equal_timestamps(store: SqlAu
     keys = await store.list_signing_keys(2)
     assert [k.kid for k in keys] == ["k-c", "k-a"]
     assert keys[0].private_pem == b"pem-k-c"
+
+
+async def test_duplicate_field_is_found_by_constraint_not_by_the_clashing_text(
+    store: SqlAuthStore,
+) -> None:
+    await store.add_user(
+        User(**{**user(1, "first").__dict__, "email": "username@example.com"}), ["USER"]
+    )
+    tricky = User(**{**user(2, "second").__dict__, "email": "username@example.com"})
+    with pytest.raises(DuplicateError) as info:
+        await store.add_user(tricky, ["USER"])
+    assert info.value.field == "email"
+
+
+async def test_store_errors_never_carry_secret_parameters(store: SqlAuthStore) -> None:
+    orphan = key(9, user(42))  # its user does not exist: a foreign-key violation
+    with pytest.raises(IntegrityError) as info:
+        await store.add_api_key(orphan)
+    assert orphan.key_hash not in str(info.value)
+
+
+async def test_concurrent_role_grants_all_succeed(store: SqlAuthStore) -> None:
+    alice = user(1)
+    await store.add_user(alice, ["USER"])
+    await asyncio.gather(*(store.grant_role(alice.id, "ADMIN") for _ in range(8)))
+    loaded = await store.get_user(alice.id)
+    assert loaded is not None
+    assert loaded.roles == frozenset({"USER", "ADMIN"})
+
+
+async def test_password_hash_can_be_replaced(store: SqlAuthStore) -> None:
+    alice = user(1)
+    await store.add_user(alice, ["USER"])
+    await store.set_password_hash(alice.id, "$argon2id$new")
+    loaded = await store.get_user(alice.id)
+    assert loaded is not None
+    assert loaded.password_hash == "$argon2id$new"
+
+
+async def test_lost_database_is_unavailable(tmp_path: Path) -> None:
+    dead = SqlAuthStore(make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none"))
+    with pytest.raises(UnavailableError):
+        await dead.get_user("00000000-0000-0000-0000-000000000001")
+    await dead.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from leaky.analytics.v1 import analytics_pb2, analytics_pb2_grpc
@@ -18,6 +20,7 @@ from leaky.auth.v1 import auth_pb2_grpc
 from leaky.token.v1 import token_pb2, token_pb2_grpc
 from leaky_tokens.analytics.bootstrap import AnalyticsSettings
 from leaky_tokens.analytics.bootstrap import build as build_analytics
+from leaky_tokens.auth.adapters.rsa_token_crypto import SigningKeyError
 from leaky_tokens.auth.bootstrap import AuthComponents, AuthSettings
 from leaky_tokens.auth.bootstrap import build as build_auth
 from leaky_tokens.runtime.server import RunningServer, start_server
@@ -148,7 +151,9 @@ async def test_api_key_lifecycle_over_grpc(mesh: Mesh) -> None:
         pb.RevokeApiKeyRequest(user_id=me.user_id, api_key_id=created.id), metadata=auth
     )
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await mesh.auth.ValidateApiKey(pb.ValidateApiKeyRequest(api_key=created.api_key))
+        await mesh.auth.ValidateApiKey(
+            pb.ValidateApiKeyRequest(), metadata=(("x-api-key", created.api_key),)
+        )
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -286,3 +291,58 @@ async def test_status_and_health_rpcs_are_public_and_real(mesh: Mesh) -> None:
     assert (status.service, status.status) == ("token-service", "ok")
     health = await mesh.analytics.GetHealth(analytics_pb2.GetHealthRequest())
     assert (health.service, health.status) == ("analytics-service", "ok")
+
+
+async def test_public_rpcs_ignore_stale_or_garbled_credentials(mesh: Mesh) -> None:
+    await register(mesh)
+    for header in ("Bearer not.a.jwt", "Basic dXNlcjpwYXNz"):
+        answer = await mesh.auth.Login(
+            pb.LoginRequest(username="alice", password="correct horse"),
+            metadata=(("authorization", header),),
+        )
+        assert answer.token
+
+
+async def test_out_of_range_expiry_is_invalid_argument(mesh: Mesh) -> None:
+    me = await register(mesh)
+    for expiry in (timestamp_pb2.Timestamp(seconds=10**12), timestamp_pb2.Timestamp(nanos=-5)):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await mesh.auth.CreateApiKey(
+                pb.CreateApiKeyRequest(user_id=me.user_id, expires_at=expiry),
+                metadata=bearer(me.token),
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_wrong_signing_key_passphrase_fails_at_start(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}"
+    first = await build_auth(AuthSettings(database_url=url, signing_key_passphrase="one"))
+    await first.close()
+    with pytest.raises(SigningKeyError, match="PASSPHRASE"):
+        await build_auth(AuthSettings(database_url=url, signing_key_passphrase="two"))
+
+
+async def test_stop_goes_not_serving_before_refusing_calls(tmp_path: Path) -> None:
+    settings = AuthSettings(
+        port=0, metrics_port=0, database_url=f"sqlite+aiosqlite:///{tmp_path / 'a.db'}"
+    )
+    auth = await build_auth(settings)
+    running = await start_server(auth.spec, settings, auth.verifier)
+    seen: list[int] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        first = await watch.read()
+        seen.append(first.status)
+        stopping = asyncio.create_task(running.stop(grace=1, delay=0.5))
+        second = await watch.read()
+        seen.append(second.status)
+        # Still answering during the delay: in-flight and new calls are not cut off yet.
+        jwks = await auth_pb2_grpc.AuthServiceStub(channel).GetJwks(pb.GetJwksRequest())
+        assert jwks.keys
+        await stopping
+    await auth.close()
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    assert seen == [serving, not_serving]

@@ -7,9 +7,11 @@ from datetime import timedelta
 import jwt
 import pytest
 
+from leaky_tokens.auth.adapters.argon2_password_hasher import Argon2PasswordHasher
+from leaky_tokens.auth.adapters.rsa_token_crypto import RsaTokenCrypto
 from leaky_tokens.auth.adapters.sql_auth_store import SqlAuthStore
 from leaky_tokens.auth.domain.model import ADMIN
-from leaky_tokens.auth.domain.service import AuthApp, hash_api_key
+from leaky_tokens.auth.domain.service import AuthApp, AuthPolicy, hash_api_key
 from leaky_tokens.runtime.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -20,6 +22,7 @@ from leaky_tokens.runtime.errors import (
 )
 from leaky_tokens.runtime.identity import Caller
 from leaky_tokens.runtime.jwt_verifier import JwtVerifier
+from leaky_tokens.runtime.system import SystemRandomness
 from tests.support.fakes import FakeClock
 
 
@@ -287,3 +290,65 @@ async def test_grant_role_bootstraps_an_admin(auth_app: AuthApp) -> None:
     assert session.user.roles == frozenset({"USER", "ADMIN"})
     with pytest.raises(NotFoundError):
         await auth_app.grant_role("nobody", ADMIN)
+
+
+class SpyHasher(Argon2PasswordHasher):
+    """The real hasher, recording what verify was asked to check."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_kib=1024)
+        self.verified: list[str | None] = []
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        self.verified.append(password_hash)
+        return await super().verify(password_hash, password)
+
+
+async def test_unknown_and_impossible_usernames_still_cost_a_hash_verification(
+    sqlite_store: SqlAuthStore, clock: FakeClock
+) -> None:
+    hasher = SpyHasher()
+    app = AuthApp(sqlite_store, hasher, RsaTokenCrypto(), clock, SystemRandomness(), AuthPolicy())
+    await app.ensure_signing_key()
+    for name in ("nobody", "bad\x00name", "x" * 500):
+        with pytest.raises(UnauthenticatedError):
+            await app.login(name, "whatever1")
+    assert hasher.verified == [None, None, None]  # verified against the dummy hash each time
+
+
+async def test_login_rehashes_a_password_hashed_with_old_parameters(
+    sqlite_store: SqlAuthStore, clock: FakeClock
+) -> None:
+    def app_with(cost: int) -> AuthApp:
+        hasher = Argon2PasswordHasher(time_cost=cost, memory_kib=1024)
+        return AuthApp(
+            sqlite_store, hasher, RsaTokenCrypto(), clock, SystemRandomness(), AuthPolicy()
+        )
+
+    old = app_with(1)
+    await old.ensure_signing_key()
+    user_id = (await old.register("alice", "alice@example.com", "correct horse")).user.id
+    await app_with(2).login("alice", "correct horse")
+    stored = await sqlite_store.get_user(user_id)
+    assert stored is not None
+    assert "t=2" in stored.password_hash
+    await old.login("alice", "correct horse")  # still the same password
+
+
+@pytest.mark.parametrize(
+    ("field", "call"),
+    [
+        ("email", lambda app, me: app.register("bob", "bob\x00@example.com", "correct horse")),
+        ("username", lambda app, me: app.register("bob\x00", "bob@example.com", "correct horse")),
+        ("password", lambda app, me: app.register("bob", "bob@example.com", "correct\x00horse")),
+        ("name", lambda app, me: app.create_org(caller_of(me), "acme\x00")),
+        ("name", lambda app, me: app.create_api_key(caller_of(me), me, "key\x1b[31m", None)),
+    ],
+)
+async def test_control_characters_are_invalid_arguments(
+    auth_app: AuthApp, field: str, call: object
+) -> None:
+    me = await register(auth_app)
+    with pytest.raises(InvalidArgumentError) as info:
+        await call(auth_app, me)  # type: ignore[operator]
+    assert field in violations(info.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import subprocess
@@ -195,21 +196,45 @@ async def test_unknown_kid_triggers_one_refresh_and_then_verifies() -> None:
     assert keys.fetches == 2
 
 
-async def test_made_up_kids_cost_at_most_one_fetch_per_interval() -> None:
+async def test_made_up_kids_are_rejected_together_without_queueing() -> None:
+    keys = KeySet()
+    verifier = JwtVerifier(keys.fetch, issuer="iss", audience="aud", min_refresh_interval=0.2)
+    await verifier.verify(keys.token())
+    bogus = [
+        jwt.encode({"sub": "x"}, keys.private["k1"], algorithm="RS256", headers={"kid": f"no-{n}"})
+        for n in range(8)
+    ]
+    results = await asyncio.gather(*(verifier.verify(t) for t in bogus), return_exceptions=True)
+    assert all(isinstance(r, errors.UnauthenticatedError) for r in results)
+    # One refresh served all eight: not eight refreshes one interval apart.
+    assert keys.fetches == 2
+    # Within the interval a known-missing kid is refused without any fetch.
+    with pytest.raises(errors.UnauthenticatedError):
+        await verifier.verify(bogus[0])
+    assert keys.fetches == 2
+
+
+async def test_keys_the_issuer_stopped_publishing_stop_verifying() -> None:
     keys = KeySet()
     clock = FakeMonotonic()
-    verifier = JwtVerifier(
-        keys.fetch, issuer="iss", audience="aud", monotonic=clock, min_refresh_interval=0.0
-    )
-    await verifier.verify(keys.token())
-    for n in range(3):
-        bogus = jwt.encode(
-            {"sub": "x"}, keys.private["k1"], algorithm="RS256", headers={"kid": f"nope-{n}"}
-        )
-        with pytest.raises(errors.UnauthenticatedError) as info:
-            await verifier.verify(bogus)
-        assert info.value.reason == "UNKNOWN_KEY_ID"
-    assert keys.fetches == 4  # interval 0: one fetch per unknown kid, never more
+    verifier = JwtVerifier(keys.fetch, issuer="iss", audience="aud", monotonic=clock, max_age=60)
+    old_token = keys.token("k1")
+    await verifier.verify(old_token)
+    keys.add("k2")
+    del keys.private["k1"]  # retired by rotation
+    clock.now += 61
+    with pytest.raises(errors.UnauthenticatedError) as info:
+        await verifier.verify(old_token)
+    assert info.value.reason == "UNKNOWN_KEY_ID"
+
+
+async def test_jwks_outage_before_any_key_is_unavailable_not_unauthenticated() -> None:
+    async def broken() -> list[dict[str, str]]:
+        raise ConnectionError("auth is down")
+
+    verifier = JwtVerifier(broken, issuer="iss", audience="aud")
+    with pytest.raises(errors.UnavailableError):
+        await verifier.verify(KeySet().token())
 
 
 @pytest.mark.parametrize(
@@ -223,6 +248,10 @@ async def test_made_up_kids_cost_at_most_one_fetch_per_interval() -> None:
             "MALFORMED_TOKEN",
         ),
         (lambda k: "garbage", "MALFORMED_TOKEN"),
+        (
+            lambda k: jwt.encode({"sub": "x"}, "", algorithm="none", headers={"kid": "k1"}),
+            "MALFORMED_TOKEN",
+        ),
     ],
 )
 async def test_bad_tokens_are_rejected_with_a_reason(make: object, reason: str) -> None:

@@ -8,7 +8,7 @@ import grpc
 
 from leaky.analytics.v1 import analytics_pb2_grpc
 from leaky_tokens.analytics.servicer import ANALYTICS_SERVICE, PUBLIC_METHODS, AnalyticsServicer
-from leaky_tokens.runtime.peer_service import PeerComponents, PeerSettings, auth_verifier
+from leaky_tokens.runtime.peer_service import PeerComponents, PeerSettings, peer_components
 from leaky_tokens.runtime.server import ServiceSpec
 from leaky_tokens.runtime.settings import doc
 from leaky_tokens.runtime.system import SystemClock
@@ -32,4 +32,4 @@ async def build(settings: AnalyticsSettings) -> PeerComponents:
         analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
 
     spec = ServiceSpec("analytics", (ANALYTICS_SERVICE.full_name,), register, PUBLIC_METHODS)
-    return PeerComponents(spec, auth_verifier(settings))
+    return peer_components(settings, spec)

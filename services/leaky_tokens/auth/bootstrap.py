@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leaky.auth.v1 import auth_pb2_grpc
 from leaky_tokens.auth.adapters.argon2_password_hasher import Argon2PasswordHasher
@@ -18,7 +19,7 @@ from leaky_tokens.auth.servicer import PUBLIC_METHODS, SERVICE_NAME, AuthService
 from leaky_tokens.runtime.jwt_verifier import JwtVerifier
 from leaky_tokens.runtime.paths import sqlite_url
 from leaky_tokens.runtime.server import ServerSettings, ServiceSpec
-from leaky_tokens.runtime.settings import doc
+from leaky_tokens.runtime.settings import SettingsError, doc
 from leaky_tokens.runtime.system import SystemClock, SystemRandomness
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,23 @@ class AuthComponents:
 
 
 async def build(settings: AuthSettings) -> AuthComponents:
-    """Wire adapters, domain and servicer; migrate and ensure a signing key exists."""
+    """Wire adapters, domain and servicer; migrate and ensure a usable signing key exists."""
+    if settings.published_keys < 1:
+        raise SettingsError("LEAKY_AUTH_PUBLISHED_KEYS must be at least 1")
     engine = make_engine(settings.database_url or sqlite_url("auth.db"))
+    store = SqlAuthStore(engine)
+    try:
+        return await _build(settings, store, engine)
+    except BaseException:
+        await store.close()
+        raise
+
+
+async def _build(
+    settings: AuthSettings, store: SqlAuthStore, engine: AsyncEngine
+) -> AuthComponents:
     if settings.auto_migrate:
         await migrate(engine)
-    store = SqlAuthStore(engine)
     if not settings.signing_key_passphrase:
         log.warning("signing keys are stored unencrypted; set LEAKY_AUTH_SIGNING_KEY_PASSPHRASE")
     app = AuthApp(

@@ -82,7 +82,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             current_caller(),
             request.user_id,
             request.name,
-            optional_datetime(request, "expires_at"),
+            optional_datetime(request, "expires_at", "expiresAt"),
         )
         key = issued.key
         return pb.CreateApiKeyResponse(
@@ -109,7 +109,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def ValidateApiKey(
         self, request: pb.ValidateApiKeyRequest, context: Context
     ) -> pb.ValidateApiKeyResponse:
-        owner = await self._app.validate_api_key(request.api_key or _metadata(context, "x-api-key"))
+        owner = await self._app.validate_api_key(_metadata(context, "x-api-key"))
         return pb.ValidateApiKeyResponse(
             user_id=owner.key.user_id,
             name=owner.key.name,

@@ -127,13 +127,12 @@ def _write_envoy_config(data_dir: Path, ports: MeshPorts) -> Path:
 
 async def _spawn(child: Child) -> None:
     child.log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = child.log_path.open("ab")
-    # A new session keeps the terminal's Ctrl-C away from children: the supervisor stops them.
-    child.process = await asyncio.create_subprocess_exec(
-        *child.argv, env=child.env, stdout=log, stderr=log, start_new_session=True
-    )
+    with child.log_path.open("ab") as log:
+        # A new session keeps the terminal's Ctrl-C from the children: the supervisor stops them.
+        child.process = await asyncio.create_subprocess_exec(
+            *child.argv, env=child.env, stdout=log, stderr=log, start_new_session=True
+        )
     child.started = time.monotonic()
-    log.close()
 
 
 def _failed(child: Child, why: str) -> MeshError:
@@ -169,6 +168,15 @@ async def _wait_http_ready(child: Child, url: str, deadline: float) -> None:
         if time.monotonic() > deadline:
             raise _failed(child, "did not become ready in time")
         await asyncio.sleep(0.1)
+
+
+async def _start_all(children: list[Child], envoy: Child, ports: MeshPorts, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    for child in children:
+        await _spawn(child)
+    await asyncio.gather(*(_wait_grpc_health(c, deadline) for c in children))
+    await _spawn(envoy)
+    await _wait_http_ready(envoy, f"http://{HOST}:{ports.envoy_admin}/ready", deadline)
 
 
 async def _stop(children: list[Child], grace: float = 10.0) -> None:
@@ -229,12 +237,14 @@ async def run_mesh(
         loop.add_signal_handler(sig, stop.set)
     everything = [*children, envoy]
     try:
-        deadline = time.monotonic() + startup_timeout
-        for child in children:
-            await _spawn(child)
-        await asyncio.gather(*(_wait_grpc_health(c, deadline) for c in children))
-        await _spawn(envoy)
-        await _wait_http_ready(envoy, f"http://{HOST}:{ports.envoy_admin}/ready", deadline)
+        start = asyncio.create_task(_start_all(children, envoy, ports, startup_timeout))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([start, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if not start.done():  # Ctrl-C during start-up
+            start.cancel()
+            return 0
+        stopper.cancel()
+        start.result()
         print(status_table(everything, ports), flush=True)
         exited = [asyncio.create_task(c.process.wait()) for c in everything if c.process]
         stopper = asyncio.create_task(stop.wait())

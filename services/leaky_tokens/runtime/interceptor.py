@@ -103,15 +103,17 @@ class LeakyServerInterceptor(_Interceptor):
         return deserialize
 
     async def _authenticate(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        token = bearer_token(context.invocation_metadata())  # type: ignore[arg-type]
-        if token is None:
-            caller_var.set(None)
-            if method not in self._public:
+        caller_var.set(None)
+        try:
+            token = bearer_token(context.invocation_metadata())  # type: ignore[arg-type]
+            if token is None or self._verifier is None:
                 raise_unauthenticated()
-            return
-        if self._verifier is None:
-            raise_unauthenticated()
-        caller_var.set(await self._verifier.verify(token))
+            caller_var.set(await self._verifier.verify(token))
+        except UnauthenticatedError:
+            # Public RPCs ignore missing or stale credentials (a client that always sends its
+            # expired token must still be able to log in); protected ones refuse them.
+            if method not in self._public:
+                raise
 
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
         metrics = self._metrics

@@ -12,7 +12,7 @@ from typing import Any
 import jwt
 from jwt.algorithms import RSAAlgorithm
 
-from leaky_tokens.runtime.errors import UnauthenticatedError
+from leaky_tokens.runtime.errors import UnauthenticatedError, UnavailableError
 from leaky_tokens.runtime.identity import Caller
 
 log = logging.getLogger(__name__)
@@ -20,9 +20,20 @@ log = logging.getLogger(__name__)
 JwksFetcher = Callable[[], Awaitable[list[dict[str, str]]]]
 """Returns the current JWK set as a list of JWK dicts (kty, kid, n, e, ...)."""
 
+_MAX_REMEMBERED_UNKNOWN = 1024
+
 
 class JwtVerifier:
-    """Checks signature, issuer, audience and expiry, and turns the claims into a Caller."""
+    """Checks signature, issuer, audience and expiry, and turns the claims into a Caller.
+
+    Key-set policy:
+    - an unknown kid triggers a refresh, at most one per `min_refresh_interval`; callers who
+      arrive while one is due wait for it (a rotated key is accepted within that interval);
+    - a kid still unknown after a refresh is rejected at once for the rest of the interval,
+      so made-up kids cannot queue requests or hammer the auth service;
+    - the whole set is refetched once it is `max_age` old, so keys the auth service stopped
+      publishing stop being trusted.
+    """
 
     def __init__(
         self,
@@ -32,6 +43,7 @@ class JwtVerifier:
         audience: str,
         leeway_seconds: float = 30.0,
         min_refresh_interval: float = 1.0,
+        max_age: float = 300.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fetch = fetch_jwks
@@ -39,44 +51,60 @@ class JwtVerifier:
         self._audience = audience
         self._leeway = leeway_seconds
         self._min_refresh = min_refresh_interval
+        self._max_age = max_age
         self._monotonic = monotonic
         self._keys: dict[str, Any] = {}
-        self._last_refresh: float | None = None
+        self._fetched_at: float | None = None  # last successful fetch
+        self._attempted_at: float | None = None  # last attempt, successful or not
+        self._generation = 0
+        self._unknown: dict[str, float] = {}  # kid -> when it was found missing
         self._lock = asyncio.Lock()
 
-    async def _refresh(self, kid: str) -> None:
-        """Fetch the key set; at most once per `min_refresh_interval`.
-
-        A caller arriving inside the interval waits for its end instead of failing, so a key
-        published by a rotation is accepted within that delay, while a flood of tokens with
-        made-up kids costs the auth service at most one JWKS call per interval.
-        """
+    async def _refresh(self, seen_generation: int, *, wait: bool) -> None:
         async with self._lock:
-            if kid in self._keys:  # another caller refreshed while this one waited
+            if self._generation != seen_generation:  # someone refreshed while we waited
                 return
-            if self._last_refresh is not None:
-                wait = self._last_refresh + self._min_refresh - self._monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-            self._last_refresh = self._monotonic()
+            if self._attempted_at is not None:
+                delay = self._attempted_at + self._min_refresh - self._monotonic()
+                if delay > 0 and not wait:
+                    return
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            self._attempted_at = self._monotonic()
+            self._generation += 1
             try:
                 jwks = await self._fetch()
-            except Exception:  # a JWKS outage must not crash the RPC; keep the cached keys
-                log.warning("JWKS refresh failed; keeping %d cached keys", len(self._keys))
+            except Exception as error:  # keep serving with the cached keys
+                log.warning("JWKS refresh failed", extra={"error": type(error).__name__})
                 return
             self._keys = {
                 k["kid"]: RSAAlgorithm.from_jwk(json.dumps(k))
                 for k in jwks
                 if k.get("kty") == "RSA"
             }
+            self._fetched_at = self._monotonic()
+            self._unknown.clear()
+
+    def _stale(self) -> bool:
+        return self._fetched_at is None or self._monotonic() - self._fetched_at > self._max_age
 
     async def _key_for(self, kid: str) -> Any:
-        if kid not in self._keys:
-            await self._refresh(kid)
+        now = self._monotonic()
+        missing_since = self._unknown.get(kid)
+        recently_missing = missing_since is not None and now - missing_since < self._min_refresh
+        if kid not in self._keys and not recently_missing:
+            await self._refresh(self._generation, wait=True)
+        elif self._stale():  # known key, old set: refresh if allowed now, never wait for it
+            await self._refresh(self._generation, wait=False)
         key = self._keys.get(kid)
-        if key is None:
-            raise UnauthenticatedError("unknown signing key", reason="UNKNOWN_KEY_ID")
-        return key
+        if key is not None:
+            return key
+        if self._fetched_at is None:
+            raise UnavailableError("signing keys are unavailable", reason="JWKS_UNAVAILABLE")
+        if len(self._unknown) >= _MAX_REMEMBERED_UNKNOWN:
+            self._unknown.clear()
+        self._unknown.setdefault(kid, self._monotonic())
+        raise UnauthenticatedError("unknown signing key", reason="UNKNOWN_KEY_ID")
 
     async def verify(self, token: str) -> Caller:
         """The Caller a valid token proves; UnauthenticatedError otherwise."""

@@ -9,7 +9,8 @@ from pathlib import Path
 def data_dir() -> Path:
     """The data directory, created on first use."""
     path = Path(os.environ.get("LEAKY_DATA_DIR", "data")).resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    # It holds password hashes and signing keys: owner only.
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
 
 

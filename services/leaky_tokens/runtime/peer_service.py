@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from leaky_tokens.runtime.jwks_client import grpc_jwks_fetcher
+from leaky_tokens.runtime.jwks_client import GrpcJwksFetcher
 from leaky_tokens.runtime.jwt_verifier import JwtVerifier
 from leaky_tokens.runtime.server import ServerSettings, ServiceSpec
 from leaky_tokens.runtime.settings import doc
@@ -21,19 +21,19 @@ class PeerSettings(ServerSettings):
 
 @dataclass
 class PeerComponents:
-    """A built service: its spec and the verifier of its callers' tokens."""
+    """A built service: its spec, the verifier of its callers' tokens and its JWKS client."""
 
     spec: ServiceSpec
     verifier: JwtVerifier
+    jwks: GrpcJwksFetcher
 
     async def close(self) -> None:
-        """Nothing to release yet."""
+        """Close the channel to the auth service."""
+        await self.jwks.close()
 
 
-def auth_verifier(settings: PeerSettings) -> JwtVerifier:
-    """A JwtVerifier backed by AuthService.GetJwks."""
-    return JwtVerifier(
-        grpc_jwks_fetcher(settings.auth_target),
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-    )
+def peer_components(settings: PeerSettings, spec: ServiceSpec) -> PeerComponents:
+    """Components of a service that verifies tokens with AuthService.GetJwks."""
+    jwks = GrpcJwksFetcher(settings.auth_target)
+    verifier = JwtVerifier(jwks, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    return PeerComponents(spec, verifier, jwks)

@@ -16,6 +16,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from leaky_tokens import VERSION
+from leaky_tokens.runtime.consul_registration import ConsulRegistrar, Registration
 from leaky_tokens.runtime.interceptor import LeakyServerInterceptor, ServerMetrics
 from leaky_tokens.runtime.jwt_verifier import JwtVerifier
 from leaky_tokens.runtime.settings import doc
@@ -40,8 +42,21 @@ class ServerSettings:
     max_message_bytes: int = field(
         default=4 * 1024 * 1024, metadata=doc("Largest accepted request; larger gets 400.")
     )
+    shutdown_delay_seconds: float = field(
+        default=1.0,
+        metadata=doc(
+            "After SIGTERM: NOT_SERVING this long before refusing new RPCs (lets "
+            "load balancers notice)."
+        ),
+    )
     shutdown_grace_seconds: float = field(
-        default=5.0, metadata=doc("How long in-flight RPCs may finish after SIGTERM.")
+        default=5.0, metadata=doc("Then how long in-flight RPCs may finish.")
+    )
+    consul_address: str = field(
+        default="", metadata=doc("host:port of a Consul agent to register with; empty = none.")
+    )
+    advertise_host: str = field(
+        default="", metadata=doc("Address registered in Consul; empty = the bind host.")
     )
     otlp_endpoint: str = field(
         default="", metadata=doc("OTLP gRPC endpoint for traces; empty turns tracing off.")
@@ -72,11 +87,14 @@ class RunningServer:
     service_names: tuple[str, ...]
     registry: CollectorRegistry
     tracing: Tracing
+    registrar: ConsulRegistrar | None = None
 
-    async def stop(self, grace: float) -> None:
-        """Health NOT_SERVING, let in-flight RPCs drain for `grace` seconds, then stop."""
-        for name in ("", *self.service_names):
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    async def stop(self, grace: float, delay: float = 0.0) -> None:
+        """Leave Consul, go NOT_SERVING, wait `delay`, then drain for `grace` and stop."""
+        if self.registrar is not None:
+            await self.registrar.stop()
+        await self.health.enter_graceful_shutdown()
+        await asyncio.sleep(delay)
         await self.server.stop(grace)
         # Flush buffered spans; the exporter blocks, so keep it off the event loop.
         await asyncio.to_thread(self.tracing.shutdown)
@@ -119,7 +137,23 @@ async def start_server(
         "serving",
         extra={"service": spec.slug, "address": f"{settings.host}:{port}"},
     )
-    return RunningServer(server, port, health_servicer, spec.service_names, registry, traces)
+    running = RunningServer(server, port, health_servicer, spec.service_names, registry, traces)
+    if settings.consul_address:
+        host = settings.advertise_host or settings.host
+        running.registrar = ConsulRegistrar(
+            settings.consul_address,
+            Registration(
+                service_id=f"{spec.slug}-{host}-{port}",
+                name=spec.slug,
+                address=host,
+                port=port,
+                tags=("grpc", f"version-{VERSION}"),
+                meta={"version": VERSION},
+            ),
+            recheck=5.0,
+        )
+        running.registrar.start()
+    return running
 
 
 async def serve_until_signalled(running: RunningServer, settings: ServerSettings) -> None:
@@ -130,4 +164,4 @@ async def serve_until_signalled(running: RunningServer, settings: ServerSettings
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
-    await running.stop(settings.shutdown_grace_seconds)
+    await running.stop(settings.shutdown_grace_seconds, settings.shutdown_delay_seconds)

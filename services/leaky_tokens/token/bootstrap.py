@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from leaky.token.v1 import token_pb2_grpc
-from leaky_tokens.runtime.peer_service import PeerComponents, PeerSettings, auth_verifier
+from leaky_tokens.runtime.peer_service import PeerComponents, PeerSettings, peer_components
 from leaky_tokens.runtime.server import ServiceSpec
 from leaky_tokens.runtime.settings import doc
 from leaky_tokens.runtime.system import SystemClock
@@ -41,4 +41,4 @@ async def build(settings: TokenSettings) -> PeerComponents:
     spec = ServiceSpec(
         "token", (TOKEN_SERVICE.full_name, PROVIDER_SERVICE.full_name), register, PUBLIC_METHODS
     )
-    return PeerComponents(spec, auth_verifier(settings))
+    return peer_components(settings, spec)

@@ -385,21 +385,18 @@ Global___RevokeApiKeyResponse: _TypeAlias = RevokeApiKeyResponse  # noqa: Y015
 
 @_typing.final
 class ValidateApiKeyRequest(_message.Message):
-    """ValidateApiKeyRequest carries the key to check."""
+    """ValidateApiKeyRequest is empty: the key travels only in the X-Api-Key header (gRPC
+    metadata x-api-key), never in a field a GET binding would expose as a query parameter.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    API_KEY_FIELD_NUMBER: _builtins.int
-    api_key: _builtins.str
-    """The key; when empty, the X-Api-Key request header (gRPC metadata x-api-key) is used."""
     def __init__(
         self,
-        *,
-        api_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from datetime import datetime
 from typing import Any
@@ -11,6 +12,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from leaky_tokens.auth.domain.model import SigningKey
+
+
+class SigningKeyError(RuntimeError):
+    """A stored signing key cannot be used (for example, the passphrase does not match)."""
 
 
 def _b64url_uint(value: int) -> str:
@@ -34,16 +39,24 @@ class RsaTokenCrypto:
     def _private(self, key: SigningKey) -> rsa.RSAPrivateKey:
         loaded = self._loaded.get(key.kid)
         if loaded is None:
-            private = serialization.load_pem_private_key(
-                key.private_pem, password=self._passphrase or None
-            )
+            try:
+                private = serialization.load_pem_private_key(
+                    key.private_pem, password=self._passphrase or None
+                )
+            except (TypeError, ValueError) as exc:
+                raise SigningKeyError(
+                    f"signing key {key.kid} cannot be loaded: wrong or missing "
+                    "LEAKY_AUTH_SIGNING_KEY_PASSPHRASE?"
+                ) from exc
             if not isinstance(private, rsa.RSAPrivateKey):
                 raise TypeError(f"signing key {key.kid} is not an RSA key")
             self._loaded[key.kid] = loaded = private
         return loaded
 
-    def generate_key(self, kid: str, now: datetime) -> SigningKey:
-        private = rsa.generate_private_key(public_exponent=65537, key_size=self._key_size)
+    async def generate_key(self, kid: str, now: datetime) -> SigningKey:
+        private = await asyncio.to_thread(
+            rsa.generate_private_key, public_exponent=65537, key_size=self._key_size
+        )
         pem = private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, self._encryption()
         )

@@ -38,10 +38,12 @@ users = sa.Table(
     metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("username", sa.String(50), nullable=False),
-    sa.Column("username_key", sa.String(50), nullable=False, unique=True),
-    sa.Column("email", sa.String(100), nullable=False, unique=True),
+    sa.Column("username_key", sa.String(50), nullable=False),
+    sa.Column("email", sa.String(100), nullable=False),
     sa.Column("password_hash", sa.String(255), nullable=False),
     sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("username_key", name="uq_users_username_key"),
+    sa.UniqueConstraint("email", name="uq_users_email"),
 )
 
 roles = sa.Table(
@@ -83,9 +85,10 @@ organizations = sa.Table(
     "organizations",
     metadata,
     sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("name", sa.String(100), nullable=False, unique=True),
+    sa.Column("name", sa.String(100), nullable=False),
     sa.Column("owner_id", sa.String(36), sa.ForeignKey("users.id"), nullable=False),
     sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("name", name="uq_organizations_name"),
 )
 
 org_members = sa.Table(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from leaky_tokens.auth.adapters.schema import (
@@ -20,12 +22,18 @@ from leaky_tokens.auth.adapters.schema import (
 )
 from leaky_tokens.auth.domain.model import ApiKey, Membership, Organization, SigningKey, User
 from leaky_tokens.auth.domain.ports import DuplicateError
+from leaky_tokens.runtime.errors import UnavailableError
+
+T = TypeVar("T")
 
 
 def make_engine(url: str) -> AsyncEngine:
-    """An async engine; SQLite gets foreign keys on and a busy timeout for concurrent writers."""
+    """An async engine; SQLite gets foreign keys on and a busy timeout for concurrent writers.
+
+    Bound parameters are hidden from error messages: they hold password and key hashes.
+    """
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @sa.event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -35,21 +43,57 @@ def make_engine(url: str) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, pool_pre_ping=True, pool_size=10)
+    return create_async_engine(url, pool_pre_ping=True, pool_size=10, hide_parameters=True)
 
 
-def _duplicate_field(error: IntegrityError) -> str:
-    text = str(error.orig).lower()
-    for needle, field in (
-        ("username", "username"),
-        ("email", "email"),
-        ("organizations", "name"),
-        ("org_members", "member"),
-        ("key_hash", "api_key"),
-    ):
-        if needle in text:
-            return field
-    return "record"
+# Unique constraints by name (PostgreSQL) or by column list (SQLite's message), never by
+# searching the error text, which on PostgreSQL also quotes the clashing value.
+_DUPLICATES = {
+    "uq_users_username_key": "username",
+    "users.username_key": "username",
+    "uq_users_email": "email",
+    "users.email": "email",
+    "uq_organizations_name": "name",
+    "organizations.name": "name",
+    "org_members_pkey": "member",
+    "org_members.org_id, org_members.user_id": "member",
+}
+
+
+def _as_duplicate(error: IntegrityError) -> DuplicateError:
+    """The DuplicateError a unique violation means; anything else is re-raised as is."""
+    diag = getattr(error.orig, "diag", None)
+    constraint = getattr(diag, "constraint_name", None)
+    if constraint is None:
+        message = str(error.orig)
+        constraint = (
+            message.split("UNIQUE constraint failed: ", 1)[-1] if "UNIQUE" in message else ""
+        )
+    field = _DUPLICATES.get(constraint)
+    if field is None:
+        raise error
+    return DuplicateError(field)
+
+
+def _unavailable_on_outage(cls: type[T]) -> type[T]:
+    """Turn lost connections and database outages into UnavailableError in every method."""
+
+    def wrap(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(method)
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(*args, **kwargs)
+            except (OperationalError, InterfaceError) as exc:
+                raise UnavailableError(
+                    "the auth database is unavailable", reason="DATABASE_UNAVAILABLE"
+                ) from exc
+
+        return guarded
+
+    for name, member in list(vars(cls).items()):
+        if inspect.iscoroutinefunction(member) and not name.startswith("_"):
+            setattr(cls, name, wrap(member))
+    return cls
 
 
 def _user(row: Any, roles: Sequence[str]) -> User:
@@ -80,6 +124,7 @@ def _org(row: Any) -> Organization:
     return Organization(id=row.id, name=row.name, owner_id=row.owner_id, created_at=row.created_at)
 
 
+@_unavailable_on_outage
 class SqlAuthStore:
     """The AuthStore port on a relational database."""
 
@@ -112,7 +157,7 @@ class SqlAuthStore:
                 for role in roles:
                     await conn.execute(user_roles.insert().values(user_id=user.id, role=role))
         except IntegrityError as exc:
-            raise DuplicateError(_duplicate_field(exc)) from exc
+            raise _as_duplicate(exc) from exc
 
     async def _get_user_where(self, clause: Any) -> User | None:
         async with self._engine.connect() as conn:
@@ -128,9 +173,19 @@ class SqlAuthStore:
         return await self._get_user_where(users.c.username_key == username.lower())
 
     async def grant_role(self, user_id: str, role: str) -> None:
-        async with self._engine.begin() as conn:
-            if role not in await self._roles(conn, user_id):
+        try:
+            async with self._engine.begin() as conn:
                 await conn.execute(user_roles.insert().values(user_id=user_id, role=role))
+        except IntegrityError:
+            async with self._engine.connect() as conn:
+                if role not in await self._roles(conn, user_id):
+                    raise  # not "already granted": a missing user or role
+
+    async def set_password_hash(self, user_id: str, password_hash: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                users.update().where(users.c.id == user_id).values(password_hash=password_hash)
+            )
 
     async def add_api_key(self, key: ApiKey) -> None:
         async with self._engine.begin() as conn:
@@ -194,7 +249,7 @@ class SqlAuthStore:
                     )
                 )
         except IntegrityError as exc:
-            raise DuplicateError(_duplicate_field(exc)) from exc
+            raise _as_duplicate(exc) from exc
 
     async def get_org(self, org_id: str) -> Organization | None:
         async with self._engine.connect() as conn:
@@ -225,7 +280,7 @@ class SqlAuthStore:
                     )
                 )
         except IntegrityError as exc:
-            raise DuplicateError("member") from exc
+            raise _as_duplicate(exc) from exc
 
     async def remove_member(self, org_id: str, user_id: str) -> bool:
         statement = org_members.delete().where(

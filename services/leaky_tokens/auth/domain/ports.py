@@ -30,7 +30,10 @@ class AuthStore(Protocol):
         """Case-insensitive lookup, with roles."""
 
     async def grant_role(self, user_id: str, role: str) -> None:
-        """Give a user a role (idempotent)."""
+        """Give a user a role (idempotent, safe under concurrency)."""
+
+    async def set_password_hash(self, user_id: str, password_hash: str) -> None:
+        """Replace a user's password hash (after a rehash with new parameters)."""
 
     async def add_api_key(self, key: ApiKey) -> None:
         """Insert an API key record."""
@@ -73,23 +76,27 @@ class AuthStore(Protocol):
 
 
 class PasswordHasher(Protocol):
-    """Slow, salted password hashing."""
+    """Slow, salted password hashing, run off the event loop."""
 
-    def hash(self, password: str) -> str:
+    async def hash(self, password: str) -> str:
         """Hash a password."""
 
-    def verify(self, password_hash: str, password: str) -> bool:
-        """True if the password matches the hash (constant time)."""
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        """True if the password matches; None or a foreign hash costs the same and is False."""
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        """True if the hash was made with other parameters than the current ones."""
 
 
 class TokenCrypto(Protocol):
     """RSA key generation, JWT signing and JWK export."""
 
-    def generate_key(self, kid: str, now: datetime) -> SigningKey:
-        """A fresh RSA signing key."""
+    async def generate_key(self, kid: str, now: datetime) -> SigningKey:
+        """A fresh RSA signing key (generated off the event loop)."""
 
     def sign(self, claims: dict[str, Any], key: SigningKey) -> str:
         """An RS256 JWT with header kid = key.kid."""
 
     def public_jwk(self, key: SigningKey) -> dict[str, str]:
-        """The key's public half as a JWK dict (kty, kid, use, alg, n, e)."""
+        """The key's public half as a JWK dict (kty, kid, use, alg, n, e); raises if the
+        stored key cannot be loaded (e.g. a wrong passphrase)."""

@@ -72,8 +72,6 @@ class AuthApp:
         self._clock = clock
         self._random = randomness
         self._policy = policy
-        # Verified against when a username is unknown, so timing does not reveal existence.
-        self._dummy_hash = hasher.hash(randomness.secret(16))
 
     # -- users and sessions ---------------------------------------------------------------
 
@@ -88,7 +86,7 @@ class AuthApp:
             id=self._random.new_id(),
             username=username,
             email=email,
-            password_hash=self._hasher.hash(password),
+            password_hash=await self._hasher.hash(password),
             created_at=self._clock.now(),
             roles=frozenset({USER}),
         )
@@ -107,10 +105,15 @@ class AuthApp:
         if not password:
             v.fail("password", "is required")
         v.raise_if_any()
-        user = await self._store.get_user_by_username(username)
-        valid = self._hasher.verify(user.password_hash if user else self._dummy_hash, password)
+        # A name that could never have registered is looked up by nobody, but still costs a
+        # full hash verification: the answer and its timing say nothing about existence.
+        valid_name = rules.USERNAME_RE.fullmatch(username) is not None
+        user = await self._store.get_user_by_username(username) if valid_name else None
+        valid = await self._hasher.verify(user.password_hash if user else None, password)
         if user is None or not valid:
             raise UnauthenticatedError("invalid credentials", reason="INVALID_CREDENTIALS")
+        if self._hasher.needs_rehash(user.password_hash):
+            await self._store.set_password_hash(user.id, await self._hasher.hash(password))
         if not user.roles:
             await self._store.grant_role(user.id, USER)
             user = replace(user, roles=frozenset({USER}))
@@ -162,9 +165,7 @@ class AuthApp:
         user_id = await self._owner(caller, user_id)
         now = self._clock.now()
         v = Validator()
-        name = name.strip()
-        if len(name) > rules.MAX_KEY_NAME:
-            v.fail("name", "must be at most 100 characters")
+        name = rules.check_text(v, "name", name, rules.MAX_KEY_NAME, required=False)
         if expires_at is not None and expires_at <= now:
             v.fail("expiresAt", "must be in the future")
         v.raise_if_any()
@@ -220,9 +221,9 @@ class AuthApp:
     async def ensure_signing_key(self) -> SigningKey:
         """The current signing key, creating the first one if the store has none."""
         keys = await self._store.list_signing_keys(1)
-        if keys:
-            return keys[0]
-        return await self._new_signing_key()
+        key = keys[0] if keys else await self._new_signing_key()
+        self._crypto.public_jwk(key)  # fail at start, not at first login, if it cannot load
+        return key
 
     async def _current_key(self) -> SigningKey:
         keys = await self._store.list_signing_keys(1)
@@ -231,7 +232,7 @@ class AuthApp:
         return keys[0]
 
     async def _new_signing_key(self) -> SigningKey:
-        key = self._crypto.generate_key(self._random.new_id(), self._clock.now())
+        key = await self._crypto.generate_key(self._random.new_id(), self._clock.now())
         await self._store.add_signing_key(key)
         return key
 
@@ -252,9 +253,7 @@ class AuthApp:
     async def create_org(self, caller: Caller, name: str) -> Organization:
         """Create an organization owned by the caller."""
         v = Validator()
-        name = v.require("name", name)
-        if len(name) > rules.MAX_ORG_NAME:
-            v.fail("name", "must be at most 100 characters")
+        name = rules.check_text(v, "name", name, rules.MAX_ORG_NAME, required=True)
         v.raise_if_any()
         now = self._clock.now()
         org = Organization(

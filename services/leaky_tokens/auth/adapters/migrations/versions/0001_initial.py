@@ -22,10 +22,12 @@ def upgrade() -> None:
         "users",
         sa.Column("id", sa.String(36), primary_key=True),
         sa.Column("username", sa.String(50), nullable=False),
-        sa.Column("username_key", sa.String(50), nullable=False, unique=True),
-        sa.Column("email", sa.String(100), nullable=False, unique=True),
+        sa.Column("username_key", sa.String(50), nullable=False),
+        sa.Column("email", sa.String(100), nullable=False),
         sa.Column("password_hash", sa.String(255), nullable=False),
         sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.UniqueConstraint("username_key", name="uq_users_username_key"),
+        sa.UniqueConstraint("email", name="uq_users_email"),
     )
     roles = op.create_table(
         "roles",
@@ -69,9 +71,10 @@ def upgrade() -> None:
     op.create_table(
         "organizations",
         sa.Column("id", sa.String(36), primary_key=True),
-        sa.Column("name", sa.String(100), nullable=False, unique=True),
+        sa.Column("name", sa.String(100), nullable=False),
         sa.Column("owner_id", sa.String(36), sa.ForeignKey("users.id"), nullable=False),
         sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.UniqueConstraint("name", name="uq_organizations_name"),
     )
     op.create_table(
         "org_members",
