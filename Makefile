@@ -10,7 +10,7 @@ export LEAKY_TOOLS_DIR ?= $(HOME)/.cache/leaky-tokens/tools
 LEAKY_PROTOS := $(shell cd protos && find leaky -name '*.proto' | sort)
 DESCRIPTOR := envoy/leaky.pb
 
-.PHONY: install system-deps gen gen-check proto-lint proto-breaking lint typecheck layers envoy-validate \
+.PHONY: install system-deps compose-check stack-up stack-down gen gen-check proto-lint proto-breaking lint typecheck layers envoy-validate \
         docs test test-unit test-service test-integration test-e2e check up lock clean
 
 install: system-deps $(VENV)/.installed
@@ -65,9 +65,13 @@ typecheck: install
 layers: install
 	$(BIN)/lint-imports
 
+# Every Envoy config we ship: embedded (static), native stack (EDS), compose (EDS, containers).
 envoy-validate: install
-	$(BIN)/leaky envoy-config --out $(VENV)/envoy-validate.yaml
-	$(BIN)/envoy --mode validate -c $(VENV)/envoy-validate.yaml --log-level warn
+	$(BIN)/leaky envoy-config --out $(VENV)/envoy-embedded.yaml
+	$(PY) -c 'from leaky_tokens.stack.edge import Envoy; print(Envoy().config())' > $(VENV)/envoy-stack.yaml
+	sed 's#/etc/envoy/leaky.pb#$(CURDIR)/envoy/leaky.pb#' deploy/envoy.yaml > $(VENV)/envoy-compose.yaml
+	for c in embedded stack compose; do \
+	  $(BIN)/envoy --mode validate -c $(VENV)/envoy-$$c.yaml --log-level warn || exit 1; done
 
 test-unit: install
 	$(BIN)/pytest -q tests/unit
@@ -82,7 +86,19 @@ test-e2e: install
 test: install
 	$(BIN)/pytest -q -ra tests
 
-check: gen-check proto-lint proto-breaking lint typecheck layers envoy-validate test
+# compose.yaml must parse (Debian's docker-compose; no engine is needed for `config`).
+compose-check:
+	@command -v docker-compose >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+	docker-compose -f compose.yaml config -q
+
+check: gen-check proto-lint proto-breaking lint typecheck layers envoy-validate compose-check test
+
+# The native stack (no Docker): Redis, PostgreSQL, Kafka, Cassandra, Consul, discovery, Envoy.
+stack-up: install
+	$(BIN)/leaky stack up
+stack-down: install
+	$(BIN)/leaky stack down
 
 # The README's run command: the whole mesh on embedded defaults.
 up: install

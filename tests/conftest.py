@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from leaky_tokens.auth.adapters.argon2_password_hasher import Argon2PasswordHasher
@@ -13,18 +14,13 @@ from leaky_tokens.auth.adapters.rsa_token_crypto import RsaTokenCrypto
 from leaky_tokens.auth.adapters.sql_auth_store import SqlAuthStore, make_engine
 from leaky_tokens.auth.domain.service import AuthApp, AuthPolicy
 from leaky_tokens.runtime.system import SystemRandomness
+from leaky_tokens.stack.orchestrator import Stack
+from leaky_tokens.stack.postgres import Postgres
 from tests.support.fakes import FakeClock
-from tests.support.postgres import postgres_server
+from tests.support.stack import component, running_stack
 
 # Cheap argon2 parameters: the tests exercise behaviour, not hashing cost.
 FAST_HASHER = {"time_cost": 1, "memory_kib": 1024}
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A real PostgreSQL started for this test session."""
-    with postgres_server() as url:
-        yield url
 
 
 @pytest.fixture
@@ -68,3 +64,23 @@ async def auth_app(sqlite_store: SqlAuthStore, clock: FakeClock) -> AuthApp:
     app = make_app(sqlite_store, clock)
     await app.ensure_signing_key()
     return app
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    """The native stack (Redis, PostgreSQL, Kafka, Cassandra, Consul, discovery, Envoy), all
+    healthy: reused if it runs, brought up otherwise and then stopped after the session."""
+    with running_stack() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def postgres_url(stack: Stack) -> str:
+    """A database of its own in the stack's PostgreSQL, recreated per session."""
+    postgres = component(stack, "postgres")
+    assert isinstance(postgres, Postgres)
+    dsn = f"host=127.0.0.1 port={postgres.port} user=postgres dbname=postgres"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS leaky_test_auth WITH (FORCE)")
+        conn.execute("CREATE DATABASE leaky_test_auth")
+    return postgres.url("leaky_test_auth")

@@ -7,8 +7,12 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from leaky_tokens.runtime import settings as settings_mod
+
+if TYPE_CHECKING:
+    from leaky_tokens.mesh.supervisor import StackTargets
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -18,13 +22,24 @@ def _up(args: argparse.Namespace) -> int:
         args.port, args.admin_port, args.grpc_base_port, args.metrics_base_port
     )
     data_dir = Path(args.data_dir or os.environ.get("LEAKY_DATA_DIR", "data")).resolve()
-    return asyncio.run(run_mesh(ports, data_dir))
+    return asyncio.run(run_mesh(ports, data_dir, stack=_stack_targets() if args.stack else None))
+
+
+def _stack_targets() -> StackTargets:
+    from leaky_tokens.mesh.supervisor import StackTargets
+    from leaky_tokens.stack.registry import stack_targets
+
+    consul, database_url, gateway = stack_targets()
+    return StackTargets(consul=consul, auth_database_url=database_url, gateway=gateway)
 
 
 def _envoy_config(args: argparse.Namespace) -> int:
-    from leaky_tokens.mesh.supervisor import MeshPorts, envoy_yaml
+    from leaky_tokens.mesh.supervisor import MeshPorts, compose_envoy_yaml, envoy_yaml
 
-    text = envoy_yaml(MeshPorts(gateway=args.port, envoy_admin=args.admin_port))
+    if args.compose:
+        text = compose_envoy_yaml()
+    else:
+        text = envoy_yaml(MeshPorts(gateway=args.port, envoy_admin=args.admin_port))
     if args.out:
         Path(args.out).write_text(text)
     else:
@@ -84,6 +99,24 @@ def _stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(args: argparse.Namespace) -> int:
+    """Exit 0 if the gRPC server at args.target reports SERVING (container health checks)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as error:
+            print(f"{args.target}: {error.code().name}", file=sys.stderr)
+            return 1
+    serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+    print(f"{args.target}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
+    return 0 if serving else 1
+
+
 def _settings(args: argparse.Namespace) -> int:
     from leaky_tokens.analytics.bootstrap import AnalyticsSettings
     from leaky_tokens.auth.bootstrap import AuthSettings
@@ -112,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port")
     up.add_argument("--data-dir", help="state directory (default $LEAKY_DATA_DIR or ./data)")
     up.add_argument(
+        "--stack",
+        action="store_true",
+        help="use the native stack (`leaky stack up`): PostgreSQL, Consul and its Envoy",
+    )
+    up.add_argument(
         "--grpc-base-port",
         type=int,
         default=50050,
@@ -129,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     envoy.add_argument("--port", type=int, default=8080)
     envoy.add_argument("--admin-port", type=int, default=9901)
     envoy.add_argument("--out", help="write to this file instead of stdout")
+    envoy.add_argument(
+        "--compose", action="store_true", help="the config compose.yaml mounts (EDS, 0.0.0.0)"
+    )
     envoy.set_defaults(func=_envoy_config)
 
     auth = sub.add_parser("auth", help="operate the auth database (LEAKY_AUTH_* settings)")
@@ -144,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     stack.add_argument("--watch", action="store_true", help="up: keep restarting crashed ones")
     stack.add_argument("-n", "--lines", type=int, default=50, help="logs: lines per component")
     stack.set_defaults(func=_stack)
+
+    probe = sub.add_parser("probe", help="gRPC health check of one server (exit 0 = SERVING)")
+    probe.add_argument("target", help="host:port")
+    probe.add_argument("--service", default="", help="service name; default: the whole server")
+    probe.add_argument("--timeout", type=float, default=2.0)
+    probe.set_defaults(func=_probe)
 
     settings = sub.add_parser("settings", help="print every setting as a Markdown table")
     settings.set_defaults(func=_settings)

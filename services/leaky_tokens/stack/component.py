@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import urllib.request
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,15 @@ class Component(ABC):
 
     def after_ready(self, paths: StackPaths) -> None:  # noqa: B027 (optional hook)
         """One-time setup that needs the server up (databases, keyspaces); idempotent."""
+
+
+def http_ok(url: str) -> bool:
+    """True if GET url answers 200 within a second."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (loopback)
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def tcp_open(address: str, timeout: float = 0.5) -> bool:

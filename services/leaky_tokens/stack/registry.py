@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 
+from leaky_tokens.stack.cassandra import Cassandra
 from leaky_tokens.stack.component import Component
+from leaky_tokens.stack.consul import Consul
+from leaky_tokens.stack.edge import Discovery, Envoy
+from leaky_tokens.stack.kafka import Kafka
 from leaky_tokens.stack.postgres import Postgres
 from leaky_tokens.stack.redis import Redis
 
@@ -18,4 +22,18 @@ def default_components() -> list[Component]:
     return [
         Redis(_port("redis", 6379)),
         Postgres(_port("postgres", 5432)),
+        Kafka(_port("kafka", 9092), _port("kafka_controller", 9093)),
+        Cassandra(_port("cassandra", 9042), _port("cassandra_storage", 7000)),
+        Consul(_port("consul", 8500), _port("consul_dns", 8600), _port("consul_grpc", 8502)),
+        Discovery(_port("discovery", 18000), _port("consul", 8500)),
+        Envoy(_port("envoy", 8080), _port("envoy_admin", 9902), _port("discovery", 18000)),
     ]
+
+
+def stack_targets() -> tuple[str, str, str]:
+    """(Consul address, auth database URL, gateway address) of the configured stack."""
+    components = {c.name: c for c in default_components()}
+    postgres, envoy = components["postgres"], components["envoy"]
+    assert isinstance(postgres, Postgres)
+    assert isinstance(envoy, Envoy)
+    return f"127.0.0.1:{_port('consul', 8500)}", postgres.url("leaky_auth"), envoy.address

@@ -1,0 +1,122 @@
+"""`leaky up --stack`: the same services against the real stack, reached through its Envoy."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import consul
+import pytest
+
+from leaky_tokens.stack.orchestrator import Stack
+from tests.e2e.conftest import Gateway, wait_ready
+from tests.e2e.test_gateway import call
+from tests.support.net import free_port
+from tests.support.stack import component
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """`leaky up --stack` on free service ports; the gateway is the stack's Envoy."""
+    data_dir = tmp_path_factory.mktemp("stack-mesh")
+    base = free_port()
+    log = (data_dir / "up.log").open("wb")
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("leaky")),
+            "up",
+            "--stack",
+            "--grpc-base-port",
+            str(base),
+            "--metrics-base-port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    address = component(stack, "envoy").address
+    try:
+        wait_ready(f"http://{address}/api/v1/tokens/status", process, time.monotonic() + 90)
+        # The services answer through the stack's Envoy only once Consul has them.
+        wait_ready(f"http://{address}/oauth2/jwks", process, time.monotonic() + 60)
+        yield Gateway(
+            http=f"http://{address}",
+            grpc=address,
+            process=process,
+            data_dir=data_dir,
+            grpc_ports=[base + i for i in range(4)],
+        )
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=30)
+        log.close()
+
+
+def test_auth_on_postgres_through_the_stack_envoy(stack_gateway: Gateway, stack: Stack) -> None:
+    name = f"s{uuid.uuid4().hex[:10]}"
+    status, _, user = call(
+        stack_gateway,
+        "POST",
+        "/api/v1/auth/register",
+        {"username": name, "email": f"{name}@example.com", "password": "correct horse"},
+    )
+    assert status == 200, user
+    postgres = component(stack, "postgres")
+    rows = subprocess.run(
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(postgres.port),  # type: ignore[attr-defined]
+            "-U",
+            "postgres",
+            "-d",
+            "leaky_auth",
+            "-tAc",
+            f"SELECT id FROM users WHERE username = '{name}'",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert rows == [user["userId"]]  # stored in the stack's PostgreSQL, not SQLite
+
+
+def test_services_are_registered_with_passing_grpc_checks(
+    stack_gateway: Gateway, stack: Stack
+) -> None:
+    client = consul.Consul(host="127.0.0.1", port=component(stack, "consul").http_port)  # type: ignore[attr-defined]
+    for service, port in zip(("catalog", "auth", "token", "analytics"), stack_gateway.grpc_ports):
+        _, nodes = client.health.service(service, passing=True)
+        ports = {n["Service"]["Port"] for n in nodes}
+        assert port in ports, f"{service} on {port} not passing in Consul"
+
+
+def test_grpcurl_reflection_through_the_stack_envoy(grpcurl: Path, stack_gateway: Gateway) -> None:
+    listed = subprocess.run(
+        [str(grpcurl), "-plaintext", stack_gateway.grpc, "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "leaky.auth.v1.AuthService" in listed.stdout.split()
+    jwks = subprocess.run(
+        [str(grpcurl), "-plaintext", stack_gateway.grpc, "leaky.auth.v1.AuthService/GetJwks"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert json.loads(jwks.stdout)["keys"][0]["kty"] == "RSA"

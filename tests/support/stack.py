@@ -1,0 +1,32 @@
+"""The native stack for integration tests: reuse what runs, start what does not, and stop
+afterwards only what the tests started."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from leaky_tokens.stack.component import Component, StackPaths
+from leaky_tokens.stack.orchestrator import Stack
+from leaky_tokens.stack.registry import default_components
+
+
+@contextmanager
+def running_stack() -> Iterator[Stack]:
+    """Every stack component up and healthy for the duration."""
+    stack = Stack(default_components(), StackPaths.default(), say=lambda line: print(line))
+    before = {row.name for row in stack.status() if row.state == "healthy"}
+    started: list[str] = []
+    try:
+        stack.up()
+        started = [c.name for c in stack.components if c.name not in before]
+        yield stack
+    finally:
+        if started:
+            stack.down(started)
+
+
+def component(stack: Stack, name: str) -> Component:
+    """One component of the stack, by name."""
+    (found,) = stack.select([name])
+    return found
