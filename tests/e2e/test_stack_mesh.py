@@ -98,7 +98,8 @@ def test_services_are_registered_with_passing_grpc_checks(
     stack_gateway: Gateway, stack: Stack
 ) -> None:
     client = consul.Consul(host="127.0.0.1", port=component(stack, "consul").http_port)  # type: ignore[attr-defined]
-    for service, port in zip(("catalog", "auth", "token", "analytics"), stack_gateway.grpc_ports):
+    services = ("catalog", "auth", "token", "analytics")
+    for service, port in zip(services, stack_gateway.grpc_ports, strict=True):
         _, nodes = client.health.service(service, passing=True)
         ports = {n["Service"]["Port"] for n in nodes}
         assert port in ports, f"{service} on {port} not passing in Consul"
