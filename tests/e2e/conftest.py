@@ -12,6 +12,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,25 +90,27 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], deadline: float) -> N
     raise RuntimeError("leaky up did not become ready in time")
 
 
-@pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """`leaky up` on free ports with a fresh data directory; stopped with SIGINT (Ctrl-C)."""
-    data_dir = tmp_path_factory.mktemp("mesh")
-    port, admin = free_port(), free_port()
-    grpc_base = 0
-    while not grpc_base:
+def free_port_block(size: int) -> int:
+    """The first of `size` consecutive free ports."""
+    while True:
         candidate = free_port()
-        if all(_port_free(candidate + i) for i in range(4)):
-            grpc_base = candidate
+        if all(_port_free(candidate + i) for i in range(size)):
+            return candidate
+
+
+@contextmanager
+def leaky_up(
+    args: list[str], data_dir: Path, http: str, ready_paths: tuple[str, ...]
+) -> Iterator[Gateway]:
+    """Run `leaky up <args>` until the gateway at `http` answers every ready path; Ctrl-C it
+    (SIGINT) afterwards. Its output is printed if it never becomes ready."""
+    grpc_base = free_port_block(4)
     log = (data_dir / "up.log").open("wb")
     process = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("leaky")),
             "up",
-            "--port",
-            str(port),
-            "--admin-port",
-            str(admin),
+            *args,
             "--grpc-base-port",
             str(grpc_base),
             "--metrics-base-port",
@@ -119,10 +122,17 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_ready(f"http://127.0.0.1:{port}/api/v1/tokens/status", process, time.monotonic() + 90)
+        deadline = time.monotonic() + 90
+        # `leaky up` prints its status table once everything it waits for is ready.
+        while b"HTTP/JSON and gRPC:" not in (data_dir / "up.log").read_bytes():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("leaky up did not become ready")
+            time.sleep(0.2)
+        for path in ready_paths:
+            wait_ready(f"{http}{path}", process, deadline)
         yield Gateway(
-            http=f"http://127.0.0.1:{port}",
-            grpc=f"127.0.0.1:{port}",
+            http=http,
+            grpc=http.removeprefix("http://"),
             process=process,
             data_dir=data_dir,
             grpc_ports=[grpc_base + i for i in range(4)],
@@ -138,6 +148,19 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             except subprocess.TimeoutExpired:
                 process.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """`leaky up` (embedded) on free ports with a fresh data directory."""
+    port, admin = free_port(), free_port()
+    with leaky_up(
+        ["--port", str(port), "--admin-port", str(admin)],
+        tmp_path_factory.mktemp("mesh"),
+        f"http://127.0.0.1:{port}",
+        ("/api/v1/tokens/status",),
+    ) as running:
+        yield running
 
 
 def _port_free(port: int) -> bool:

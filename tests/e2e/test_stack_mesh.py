@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +12,8 @@ import consul
 import pytest
 
 from leaky_tokens.stack.orchestrator import Stack
-from tests.e2e.conftest import Gateway, wait_ready
+from tests.e2e.conftest import Gateway, leaky_up
 from tests.e2e.test_gateway import call
-from tests.support.net import free_port
 from tests.support.stack import component
 
 pytestmark = pytest.mark.e2e
@@ -25,42 +21,15 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def stack_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """`leaky up --stack` on free service ports; the gateway is the stack's Envoy."""
-    data_dir = tmp_path_factory.mktemp("stack-mesh")
-    base = free_port()
-    log = (data_dir / "up.log").open("wb")
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("leaky")),
-            "up",
-            "--stack",
-            "--grpc-base-port",
-            str(base),
-            "--metrics-base-port",
-            "0",
-            "--data-dir",
-            str(data_dir),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    address = component(stack, "envoy").address
-    try:
-        wait_ready(f"http://{address}/api/v1/tokens/status", process, time.monotonic() + 90)
-        # The services answer through the stack's Envoy only once Consul has them.
-        wait_ready(f"http://{address}/oauth2/jwks", process, time.monotonic() + 60)
-        yield Gateway(
-            http=f"http://{address}",
-            grpc=address,
-            process=process,
-            data_dir=data_dir,
-            grpc_ports=[base + i for i in range(4)],
-        )
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            process.wait(timeout=30)
-        log.close()
+    """`leaky up --stack`: the gateway is the stack's Envoy, which finds the services only
+    once they are registered in Consul."""
+    with leaky_up(
+        ["--stack"],
+        tmp_path_factory.mktemp("stack-mesh"),
+        f"http://{component(stack, 'envoy').address}",
+        ("/api/v1/tokens/status", "/oauth2/jwks", "/api/v1/analytics/health"),
+    ) as running:
+        yield running
 
 
 def test_auth_on_postgres_through_the_stack_envoy(stack_gateway: Gateway, stack: Stack) -> None:

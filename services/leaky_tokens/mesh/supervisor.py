@@ -169,8 +169,8 @@ def _failed(child: Child, why: str) -> MeshError:
     return MeshError(f"{child.name} {why}; see its log: {child.log_path}")
 
 
-async def _wait_grpc_health(child: Child, deadline: float) -> None:
-    async with grpc.aio.insecure_channel(child.address) as channel:
+async def _wait_grpc_health(child: Child, deadline: float, target: str | None = None) -> None:
+    async with grpc.aio.insecure_channel(target or child.address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             if child.process and child.process.returncode is not None:
@@ -212,6 +212,8 @@ async def _start_all(
         ("analytics", "/api/v1/analytics/health"),
     ):
         await _wait_http_ready(by_name[service], f"http://{gateway}{path}", deadline)
+    # gRPC health and reflection on the gateway port route to the catalog.
+    await _wait_grpc_health(by_name["catalog"], deadline, target=gateway)
 
 
 async def _stop(children: list[Child], grace: float = 10.0) -> None:
