@@ -135,7 +135,7 @@ def envoy_yaml(ports: MeshPorts) -> str:
 
 
 def _write_envoy_config(data_dir: Path, ports: MeshPorts) -> Path:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds keys and hashes
     path = data_dir / "envoy.yaml"
     path.write_text(envoy_yaml(ports))
     return path
