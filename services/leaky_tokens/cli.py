@@ -22,13 +22,31 @@ def _up(args: argparse.Namespace) -> int:
         args.port, args.admin_port, args.grpc_base_port, args.metrics_base_port
     )
     data_dir = Path(args.data_dir or os.environ.get("LEAKY_DATA_DIR", "data")).resolve()
-    return asyncio.run(run_mesh(ports, data_dir, stack=_stack_targets() if args.stack else None))
+    stack = None
+    if args.stack:
+        stack = _stack_targets()
+        if stack is None:
+            return 1
+    return asyncio.run(run_mesh(ports, data_dir, stack=stack))
 
 
-def _stack_targets() -> StackTargets:
+def _stack_targets() -> StackTargets | None:
+    """Where the native stack serves, or None (after saying why) if it is not all healthy."""
     from leaky_tokens.mesh.supervisor import StackTargets
-    from leaky_tokens.stack.registry import stack_targets
+    from leaky_tokens.stack.component import StackPaths
+    from leaky_tokens.stack.orchestrator import Stack
+    from leaky_tokens.stack.registry import default_components, stack_targets
 
+    needed = ["postgres", "consul", "discovery", "envoy"]
+    rows = Stack(default_components(), StackPaths.default()).status(needed)
+    missing = [f"{r.name} ({r.state})" for r in rows if r.state != "healthy"]
+    if missing:
+        print(
+            f"leaky up --stack: the native stack is not ready: {', '.join(missing)}; "
+            "run `leaky stack up` first",
+            file=sys.stderr,
+        )
+        return None
     consul, database_url, gateway = stack_targets()
     return StackTargets(consul=consul, auth_database_url=database_url, gateway=gateway)
 
@@ -95,7 +113,7 @@ def _stack(args: argparse.Namespace) -> int:
         print(f"leaky stack {args.action}: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        return 0
+        return 130
     return 0
 
 

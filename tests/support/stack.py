@@ -10,16 +10,20 @@ from leaky_tokens.stack.component import Component, StackPaths
 from leaky_tokens.stack.orchestrator import Stack
 from leaky_tokens.stack.registry import default_components
 
+# Components this test session started (and will stop); others belong to someone else.
+STARTED_BY_TESTS: set[str] = set()
+
 
 @contextmanager
 def running_stack() -> Iterator[Stack]:
     """Every stack component up and healthy for the duration."""
     stack = Stack(default_components(), StackPaths.default(), say=lambda line: print(line))
     before = {row.name for row in stack.status() if row.state == "healthy"}
-    started: list[str] = []
+    # Decided before `up`, so a start-up that fails half way is cleaned up too.
+    started = [c.name for c in stack.components if c.name not in before]
+    STARTED_BY_TESTS.update(started)
     try:
         stack.up()
-        started = [c.name for c in stack.components if c.name not in before]
         yield stack
     finally:
         if started:

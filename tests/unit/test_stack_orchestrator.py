@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -124,3 +125,41 @@ def test_a_crashed_component_is_restarted_by_up(tmp_path: Path) -> None:
 def test_unknown_component_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ComponentError, match="unknown component"):
         make_stack(tmp_path, Sleeper("a")).up(["nope"])
+
+
+class Squatter(Sleeper):
+    """A component whose port is already taken by someone else."""
+
+    def __init__(self, name: str, port: int) -> None:
+        super().__init__(name)
+        self.port = port
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def ready(self, paths: StackPaths) -> bool:
+        return True  # whatever holds the port answers: that must not count as ours
+
+
+def test_a_port_held_by_a_stranger_is_refused_not_reported_ready(tmp_path: Path) -> None:
+    with socket.socket() as stranger:
+        stranger.bind(("127.0.0.1", 0))
+        stranger.listen()
+        squatter = Squatter("redis", stranger.getsockname()[1])
+        stack = make_stack(tmp_path, squatter)
+        with pytest.raises(ComponentError, match=r"redis: 127\.0\.0\.1:\d+ is already taken"):
+            stack.up()
+        assert squatter.provisioned == 0
+        assert [r.state for r in stack.status()] == ["stopped"]
+
+
+def test_down_marks_components_so_supervision_leaves_them_stopped(tmp_path: Path) -> None:
+    a = Sleeper("a")
+    stack = make_stack(tmp_path, a)
+    stack.up()
+    stack.down()
+    assert stack.paths.pidfile("a").with_suffix(".down").exists()
+    stack.up()  # an explicit up clears the mark
+    assert not stack.paths.pidfile("a").with_suffix(".down").exists()
+    stack.down()

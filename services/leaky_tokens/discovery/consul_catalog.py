@@ -54,9 +54,12 @@ class ConsulWatcher:
         backoff = 0.5
         while True:
             try:
-                index, nodes = await self._client.health.service(
+                new_index, nodes = await self._client.health.service(
                     service, index=index, wait=self._wait, passing=True
                 )
+                # An index that goes backwards (a restarted agent) must not be waited on.
+                backwards = index is not None and int(new_index or 0) < int(index)
+                index = None if backwards else new_index
                 self._catalog.update(
                     service,
                     tuple(

@@ -79,6 +79,13 @@ def _cluster(upstream: Upstream, discovery: str | None) -> dict[str, Any]:
         ],
         # Never spread traffic over unhealthy hosts ("panic mode"): fail instead.
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+        # Connection failures eject a host at once, ahead of the next health check.
+        "outlier_detection": {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "base_ejection_time": "2s",
+            "max_ejection_percent": 100,
+        },
     }
     if discovery is None:
         cluster["type"] = "STATIC"
@@ -111,9 +118,28 @@ def _discovery_cluster(name: str, address: tuple[str, int]) -> dict[str, Any]:
     }
 
 
+# Retry only what never reached an instance (connection refused or failed, stream refused),
+# on another instance: safe even for non-idempotent RPCs, and it hides a dead instance in
+# the second before health checks take it out.
+RETRY_POLICY = {
+    "retry_on": "connect-failure,refused-stream",
+    "num_retries": 2,
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": _T + "retry.host.previous_hosts.v3.PreviousHostsPredicate"},
+        }
+    ],
+    "host_selection_retry_max_attempts": 3,
+}
+
+
 def _routes() -> list[dict[str, Any]]:
     routes = [
-        {"match": {"prefix": f"/{name}/"}, "route": {"cluster": cluster, "timeout": "15s"}}
+        {
+            "match": {"prefix": f"/{name}/"},
+            "route": {"cluster": cluster, "timeout": "15s", "retry_policy": RETRY_POLICY},
+        }
         for name, cluster in sorted(public_services().items())
     ]
     # The gateway's own reflection and health answer for the whole API (the catalog).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -134,6 +135,13 @@ def envoy_yaml(ports: MeshPorts) -> str:
     return str(yaml.safe_dump(config, sort_keys=False))
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if the supervisor dies, even by SIGKILL, so no
+    service outlives a crashed `leaky up` (Linux PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+
+
 def _write_envoy_config(data_dir: Path, ports: MeshPorts) -> Path:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds keys and hashes
     path = data_dir / "envoy.yaml"
@@ -160,7 +168,12 @@ async def _spawn(child: Child) -> None:
     with child.log_path.open("ab") as log:
         # A new session keeps the terminal's Ctrl-C from the children: the supervisor stops them.
         child.process = await asyncio.create_subprocess_exec(
-            *child.argv, env=child.env, stdout=log, stderr=log, start_new_session=True
+            *child.argv,
+            env=child.env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     child.started = time.monotonic()
 
@@ -189,7 +202,7 @@ async def _wait_http_ready(child: Child, url: str, deadline: float) -> None:
         if child.process and child.process.returncode is not None:
             raise _failed(child, f"exited with code {child.process.returncode}")
         if time.monotonic() > deadline:
-            raise _failed(child, "did not become ready in time")
+            raise _failed(child, f"was not reachable at {url} in time")
         await asyncio.sleep(0.1)
 
 

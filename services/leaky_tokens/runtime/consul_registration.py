@@ -25,7 +25,7 @@ class Registration:
     meta: dict[str, str] = field(default_factory=dict)
     check_interval: str = "2s"
     check_timeout: str = "1s"
-    deregister_after: str = "30s"
+    deregister_after: str = "1m"  # Consul's minimum; its reaper runs every 30 s
 
 
 class ConsulRegistrar:
@@ -34,9 +34,16 @@ class ConsulRegistrar:
     Consul being down never stops the service from serving: it is retried in the background.
     """
 
-    def __init__(self, consul_address: str, registration: Registration, recheck: float) -> None:
+    def __init__(
+        self,
+        consul_address: str,
+        registration: Registration,
+        recheck: float,
+        call_timeout: float = 2.0,
+    ) -> None:
         host, _, port = consul_address.rpartition(":")
         self._client = consul.aio.Consul(host=host, port=int(port))
+        self._timeout = call_timeout
         self._registration = registration
         self._recheck = recheck
         self._task: asyncio.Task[None] | None = None
@@ -65,9 +72,10 @@ class ConsulRegistrar:
         warned = False
         while True:
             try:
-                services = await self._client.agent.services()
-                if self._registration.service_id not in services:
-                    await self._register()
+                async with asyncio.timeout(self._timeout):
+                    services = await self._client.agent.services()
+                    if self._registration.service_id not in services:
+                        await self._register()
                 warned = False
             except Exception as error:  # Consul down or flaky: keep serving, retry later
                 if not warned:
@@ -91,7 +99,8 @@ class ConsulRegistrar:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         try:
-            await self._client.agent.service.deregister(self._registration.service_id)
+            async with asyncio.timeout(self._timeout):
+                await self._client.agent.service.deregister(self._registration.service_id)
             log.info("deregistered from consul")
         except Exception as error:  # shutting down anyway; the critical check will expire it
             log.warning("consul deregistration failed", extra={"error": str(error)})

@@ -91,11 +91,16 @@ class RunningServer:
     registrar: ConsulRegistrar | None = None
 
     async def stop(self, grace: float, delay: float = 0.0) -> None:
-        """Leave Consul, go NOT_SERVING, wait `delay`, then drain for `grace` and stop."""
-        if self.registrar is not None:
-            await self.registrar.stop()
+        """Go NOT_SERVING and leave Consul (bounded), wait `delay`, then drain and stop.
+
+        NOT_SERVING comes first: it is what takes the instance out of Envoy's rotation, and it
+        must not wait on a Consul that may hang.
+        """
         await self.health.enter_graceful_shutdown()
-        await asyncio.sleep(delay)
+        leaving = [asyncio.sleep(delay)]
+        if self.registrar is not None:
+            leaving.append(self.registrar.stop())
+        await asyncio.gather(*leaving)
         await self.server.stop(grace)
         # Flush buffered spans; the exporter blocks, so keep it off the event loop.
         await asyncio.to_thread(self.tracing.shutdown)

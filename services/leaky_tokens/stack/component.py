@@ -26,7 +26,10 @@ class StackPaths:
 
     @classmethod
     def default(cls) -> StackPaths:
-        root = Path(os.environ.get("LEAKY_STACK_DIR", ".leaky/stack")).resolve()
+        # Anchored at the checkout, not the current directory: every command, from anywhere
+        # in the tree, sees the same stack.
+        project = Path(__file__).resolve().parents[3]
+        root = Path(os.environ.get("LEAKY_STACK_DIR", project / ".leaky" / "stack")).resolve()
         cache = Path(
             os.environ.get("LEAKY_CACHE_DIR", Path.home() / ".cache" / "leaky-tokens")
         ).resolve()

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from leaky_tokens.stack.component import Component, ComponentError, StackPaths
+from leaky_tokens.stack.component import Component, ComponentError, StackPaths, tcp_open
 
 
 @dataclass(frozen=True)
@@ -98,14 +99,19 @@ class Stack:
         deadlines = {n: self._monotonic() + c.startup_timeout for n, (c, _) in pending.items()}
         while pending:
             for name, (component, pid) in list(pending.items()):
-                if component.ready(self.paths):
-                    component.after_ready(self.paths)
+                log = self.paths.log(name)
+                # Liveness first: another server answering on the port is not ours being ready.
+                if _start_time(pid) is None:
+                    raise ComponentError(f"{name} exited during start-up; see its log: {log}")
+                if component.ready(self.paths) and _start_time(pid) is not None:
+                    try:
+                        component.after_ready(self.paths)
+                    except Exception as error:  # name the component whatever the driver raised
+                        raise ComponentError(
+                            f"{name}: set-up after start failed: {error}; see its log: {log}"
+                        ) from error
                     self._say(f"{name}: ready at {component.address} (pid {pid})")
                     del pending[name]
-                elif _start_time(pid) is None:
-                    raise ComponentError(
-                        f"{name} exited during start-up; see its log: {self.paths.log(name)}"
-                    )
                 elif self._monotonic() > deadlines[name]:
                     raise ComponentError(
                         f"{name} not ready after {component.startup_timeout:.0f} s; "
@@ -113,22 +119,44 @@ class Stack:
                     )
             time.sleep(0.2)
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One `up`/`down` at a time per stack directory (a second one waits)."""
+        lock = (self.paths.root / "run").joinpath(".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with lock.open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
     def up(self, names: Sequence[str] = ()) -> None:
-        """Provision, prepare, start and health-wait; running healthy components are kept."""
-        pending: dict[str, tuple[Component, int]] = {}
-        for component in self.select(names):
-            pid = self.pid(component)
-            if pid is not None and component.ready(self.paths):
-                self._say(f"{component.name}: already running (pid {pid})")
-                continue
-            if pid is not None:
-                self._say(f"{component.name}: running but unhealthy; restarting")
-                self._stop(component, pid)
-            self._say(f"{component.name}: provisioning")
-            component.provision(self.paths)
-            component.prepare(self.paths)
-            pending[component.name] = (component, self._spawn(component))
-        self._wait_ready(pending)
+        """Provision, prepare, start and health-wait; running healthy components are kept, and
+        one of ours that runs but is not ready yet is waited for, never killed."""
+        with self._exclusive():
+            pending: dict[str, tuple[Component, int]] = {}
+            for component in self.select(names):
+                self._stopped_marker(component).unlink(missing_ok=True)
+                pid = self.pid(component)
+                if pid is not None and component.ready(self.paths):
+                    self._say(f"{component.name}: already running (pid {pid})")
+                    continue
+                if pid is not None:
+                    self._say(f"{component.name}: running (pid {pid}), not ready yet; waiting")
+                    pending[component.name] = (component, pid)
+                    continue
+                if tcp_open(component.address):
+                    raise ComponentError(
+                        f"{component.name}: {component.address} is already taken by a process "
+                        f"this stack did not start; stop it, or move the port with "
+                        f"LEAKY_STACK_{component.name.upper()}_PORT"
+                    )
+                self._say(f"{component.name}: provisioning")
+                component.provision(self.paths)
+                component.prepare(self.paths)
+                pending[component.name] = (component, self._spawn(component))
+            self._wait_ready(pending)
+
+    def _stopped_marker(self, component: Component) -> Path:
+        return self.paths.pidfile(component.name).with_suffix(".down")
 
     def _stop(self, component: Component, pid: int) -> None:
         stop_signal = getattr(component, "stop_signal", signal.SIGTERM)
@@ -145,14 +173,20 @@ class Stack:
         self.paths.pidfile(component.name).unlink(missing_ok=True)
 
     def down(self, names: Sequence[str] = ()) -> None:
-        """Stop, in reverse order, only what this project started (by recorded PID)."""
-        for component in reversed(self.select(names)):
-            pid = self.pid(component)
-            if pid is None:
-                self.paths.pidfile(component.name).unlink(missing_ok=True)
-                continue
-            self._say(f"{component.name}: stopping pid {pid}")
-            self._stop(component, pid)
+        """Stop, in reverse order, only what this project started (by recorded PID). A
+        supervising `up --watch` leaves components stopped this way alone."""
+        with self._exclusive():
+            for component in reversed(self.select(names)):
+                self._stopped_marker(component).touch()
+                self._down_one(component)
+
+    def _down_one(self, component: Component) -> None:
+        pid = self.pid(component)
+        if pid is None:
+            self.paths.pidfile(component.name).unlink(missing_ok=True)
+            return
+        self._say(f"{component.name}: stopping pid {pid}")
+        self._stop(component, pid)
 
     def status(self, names: Sequence[str] = ()) -> list[Status]:
         """Each component's address, PID and health."""
@@ -171,7 +205,8 @@ class Stack:
         chosen = self.select(names)
         while True:
             for component in chosen:
-                if self.pid(component) is None:
+                stopped_on_purpose = self._stopped_marker(component).exists()
+                if self.pid(component) is None and not stopped_on_purpose:
                     self._say(f"{component.name}: not running; restarting")
                     try:
                         self.up([component.name])
