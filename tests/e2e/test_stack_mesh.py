@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 
 from leaky_tokens.stack.orchestrator import Stack
 from tests.e2e.conftest import Gateway, leaky_up
-from tests.e2e.test_gateway import call
+from tests.e2e.test_gateway import register
 from tests.support.stack import component
 
 pytestmark = pytest.mark.e2e
@@ -33,14 +32,8 @@ def stack_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def test_auth_on_postgres_through_the_stack_envoy(stack_gateway: Gateway, stack: Stack) -> None:
-    name = f"s{uuid.uuid4().hex[:10]}"
-    status, _, user = call(
-        stack_gateway,
-        "POST",
-        "/api/v1/auth/register",
-        {"username": name, "email": f"{name}@example.com", "password": "correct horse"},
-    )
-    assert status == 200, user
+    user = register(stack_gateway)
+    name = user["username"]
     postgres = component(stack, "postgres")
     rows = subprocess.run(
         [
