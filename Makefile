@@ -82,8 +82,11 @@ test-integration: install
 test-e2e: install
 	$(BIN)/pytest -q tests/e2e
 
-# The README's test command: every tier; servers the tests need are started and stopped by the tests.
+# The README's test command: every tier. The native stack's downloads and builds (jars,
+# Consul) are fetched first, outside any test timeout; the tests start the servers they need
+# and stop what they started.
 test: install
+	$(BIN)/leaky stack provision
 	$(BIN)/pytest -q -ra tests
 
 # compose.yaml must parse (Debian's docker-compose; no engine is needed for `config`).

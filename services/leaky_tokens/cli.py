@@ -97,6 +97,8 @@ def _stack(args: argparse.Namespace) -> int:
             if args.watch:
                 print("supervising (Ctrl-C stops supervising; the servers keep running)")
                 stack.supervise(args.components)
+        elif args.action == "provision":
+            stack.provision(args.components)
         elif args.action == "down":
             stack.down(args.components)
         elif args.action == "status":
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     grant.set_defaults(func=_grant_role)
 
     stack = sub.add_parser("stack", help="the real servers on loopback (no Docker)")
-    stack.add_argument("action", choices=["up", "down", "status", "logs"])
+    stack.add_argument("action", choices=["up", "down", "status", "logs", "provision"])
     stack.add_argument("components", nargs="*", help="default: all, in stack order")
     stack.add_argument("--watch", action="store_true", help="up: keep restarting crashed ones")
     stack.add_argument("-n", "--lines", type=int, default=50, help="logs: lines per component")

@@ -155,6 +155,13 @@ class Stack:
                 pending[component.name] = (component, self._spawn(component))
             self._wait_ready(pending)
 
+    def provision(self, names: Sequence[str] = ()) -> None:
+        """Only download or build what the components need (no start): the slow, cacheable
+        part of a cold `up`, runnable ahead of time."""
+        for component in self.select(names):
+            self._say(f"{component.name}: provisioning")
+            component.provision(self.paths)
+
     def _stopped_marker(self, component: Component) -> Path:
         return self.paths.pidfile(component.name).with_suffix(".down")
 
