@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import faust
 import pytest
@@ -99,7 +100,7 @@ async def test_kafka_produce_and_consume_with_aiokafka(stack: Stack) -> None:
     assert received == [f"event-{n}" for n in range(5)]
 
 
-async def test_faust_agent_consumes_from_the_broker(stack: Stack) -> None:
+async def test_faust_agent_consumes_from_the_broker(stack: Stack, tmp_path: Path) -> None:
     bootstrap = _bootstrap(stack)
     app = faust.App(
         f"leaky-smoke-{uuid.uuid4().hex[:8]}",
@@ -107,6 +108,7 @@ async def test_faust_agent_consumes_from_the_broker(stack: Stack) -> None:
         store="memory://",
         web_enabled=False,
         topic_partitions=1,
+        datadir=str(tmp_path),  # not the working directory
     )
     topic = app.topic(f"smoke-{uuid.uuid4().hex[:8]}", value_serializer="raw")
     await _create_topic(bootstrap, topic.get_topic_name())
