@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import consul.aio
+from leaky_tokens.runtime.consul_registration import consul_client
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +21,6 @@ class Catalog:
     endpoints: dict[str, tuple[Endpoint, ...]] = field(default_factory=dict)
     version: int = 0
     synced: asyncio.Event = field(default_factory=asyncio.Event)
-    changed: Callable[[], None] = lambda: None
 
     def update(self, service: str, endpoints: tuple[Endpoint, ...]) -> None:
         """Record a service's passing instances (sorted, so order never counts as change)."""
@@ -31,7 +29,6 @@ class Catalog:
             self.endpoints[service] = ordered
             self.version += 1
             log.info("endpoints changed", extra={"service": service, "endpoints": ordered})
-            self.changed()
 
 
 class ConsulWatcher:
@@ -41,8 +38,7 @@ class ConsulWatcher:
     def __init__(
         self, consul_address: str, services: tuple[str, ...], catalog: Catalog, wait: str = "30s"
     ) -> None:
-        host, _, port = consul_address.rpartition(":")
-        self._client = consul.aio.Consul(host=host, port=int(port))
+        self._client = consul_client(consul_address)
         self._services = services
         self._catalog = catalog
         self._wait = wait

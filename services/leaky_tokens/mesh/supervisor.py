@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -53,7 +53,6 @@ class Child:
     log_path: Path
     address: str
     process: asyncio.subprocess.Process | None = None
-    started: float = field(default=0.0)
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,6 @@ async def _spawn(child: Child) -> None:
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
-    child.started = time.monotonic()
 
 
 def _failed(child: Child, why: str) -> MeshError:

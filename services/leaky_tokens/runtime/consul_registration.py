@@ -13,6 +13,12 @@ import consul.aio
 log = logging.getLogger(__name__)
 
 
+def consul_client(address: str) -> consul.aio.Consul:
+    """An async Consul client for a host:port agent address."""
+    host, _, port = address.rpartition(":")
+    return consul.aio.Consul(host=host, port=int(port))
+
+
 @dataclass(frozen=True)
 class Registration:
     """What Consul is told about one instance."""
@@ -41,8 +47,7 @@ class ConsulRegistrar:
         recheck: float,
         call_timeout: float = 2.0,
     ) -> None:
-        host, _, port = consul_address.rpartition(":")
-        self._client = consul.aio.Consul(host=host, port=int(port))
+        self._client = consul_client(consul_address)
         self._timeout = call_timeout
         self._registration = registration
         self._recheck = recheck

@@ -85,8 +85,6 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     health: health_aio.HealthServicer
-    service_names: tuple[str, ...]
-    registry: CollectorRegistry
     tracing: Tracing
     registrar: ConsulRegistrar | None = None
 
@@ -143,7 +141,7 @@ async def start_server(
         "serving",
         extra={"service": spec.slug, "address": f"{settings.host}:{port}"},
     )
-    running = RunningServer(server, port, health_servicer, spec.service_names, registry, traces)
+    running = RunningServer(server, port, health_servicer, traces)
     if settings.consul_address:
         host = settings.advertise_host or settings.host
         # Bound everywhere (containers): register the address peers can reach.
