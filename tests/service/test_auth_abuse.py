@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,8 @@ class Auth:
 async def serve(
     tmp_path: Path, policy: ThrottlePolicy, concurrency: int = 4, queue: int = 4
 ) -> AsyncIterator[Auth]:
-    clock = FakeClock()
+    # Starts now: the tokens it issues are checked by the interceptor against real time.
+    clock = FakeClock(datetime.now(UTC))
     store: SqlAuthStore = await fresh_store(f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}")
     hasher = GatedHasher()
     bounded = BoundedPasswordHasher(hasher, concurrency=concurrency, queue=queue)

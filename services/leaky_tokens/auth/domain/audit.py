@@ -7,6 +7,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from leaky_tokens.runtime.logging import request_id_var
+
 AUDIT_LOGGER = "leaky.audit"
 OPERATOR = "operator"  # the actor of CLI actions run against the database directly
 
@@ -57,6 +59,7 @@ class LoggingAuditTrail:
             "actor": event.actor,
             "subject": event.subject,
             "client": client_address_var.get(),
+            "request_id": request_id_var.get(),  # captured now, not when a handler formats
             **event.details,
         }
         self._log.info("audit %s %s", event.event, event.outcome, extra=fields)
