@@ -43,8 +43,10 @@ def add_commands(auth_sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
             description=f"{text[0].upper()}{text[1:]}. Uses the database of the LEAKY_AUTH_* "
             "settings and never creates one.",
         )
-        command.add_argument("--username", required=True)
-        command.add_argument("--role", default="ADMIN", choices=list(roles.ROLES))
+        command.add_argument("--username", required=True, help="case-insensitive")
+        command.add_argument(
+            "--role", default="ADMIN", choices=list(roles.ROLES), help="default: %(default)s"
+        )
         command.set_defaults(func=func)
 
 
