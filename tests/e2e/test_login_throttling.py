@@ -25,3 +25,4 @@ def test_repeated_wrong_passwords_get_429_with_retry_after(gateway: Gateway) -> 
     (retry,) = [d for d in body["details"] if d.get("@type", "").endswith("RetryInfo")]
     assert retry["retryDelay"] == "1s"
     assert headers["retry-after"] == "1"
+    assert headers["x-request-id"]

@@ -186,6 +186,9 @@ async def test_throttled_login_is_resource_exhausted_with_retry_info_and_retry_a
     assert seen["ErrorInfo"].domain == "leaky-tokens"
     assert seen["RetryInfo"].retry_delay.seconds == 5
     assert seen["retry-after"] == "5"
+    # The request id rides in the trailers of an error (so it stays trailers-only).
+    throttled = error_of(await login(auth, "alice"))
+    assert trailer(throttled, "x-request-id")
 
 
 async def test_even_the_right_password_waits_until_the_delay_has_passed(auth: Auth) -> None:

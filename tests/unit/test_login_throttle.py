@@ -58,11 +58,11 @@ def test_waits_are_free_then_double_up_to_the_cap_then_lock_out() -> None:
     ]
 
 
-async def test_free_failures_are_admitted_at_once() -> None:
-    t = throttle(FakeClock())
-    for _ in range(RULE.free_failures - 1):
-        await fail(t)
-    await fail(t)  # the third failure is still admitted; it is the fourth try that waits
+async def test_free_failures_are_admitted_at_once_and_charged_to_both_keys() -> None:
+    t = throttle(FakeClock(), address=RULE)
+    admissions = [await fail(t, address="192.0.2.1") for _ in range(RULE.free_failures)]
+    assert [[kind for kind, _ in a.keys] for a in admissions] == [["username", "address"]] * 3
+    assert await refused_for(t, address="192.0.2.1") == 1
 
 
 async def test_each_failure_past_the_free_ones_doubles_the_required_wait() -> None:
