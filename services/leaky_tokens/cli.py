@@ -65,26 +65,6 @@ def _envoy_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _grant_role(args: argparse.Namespace) -> int:
-    from leaky_tokens.auth.bootstrap import ENV_PREFIX, AuthSettings, build
-    from leaky_tokens.runtime.errors import DomainError
-
-    async def grant() -> int:
-        components = await build(settings_mod.load(AuthSettings, ENV_PREFIX))
-        try:
-            user = await components.app.grant_role(args.username, args.role)
-        except DomainError as error:
-            print(f"error: {error.message}", file=sys.stderr)
-            return 1
-        finally:
-            await components.close()
-        print(f"{user.username} ({user.id}) now has roles: {', '.join(sorted(user.roles))}")
-        print("The new role is in tokens issued from now on: log in again.")
-        return 0
-
-    return asyncio.run(grant())
-
-
 def _stack(args: argparse.Namespace) -> int:
     from leaky_tokens.stack.component import ComponentError, StackPaths
     from leaky_tokens.stack.orchestrator import Stack, format_status
@@ -194,10 +174,9 @@ def main(argv: list[str] | None = None) -> int:
 
     auth = sub.add_parser("auth", help="operate the auth database (LEAKY_AUTH_* settings)")
     auth_sub = auth.add_subparsers(dest="auth_command", required=True)
-    grant = auth_sub.add_parser("grant-role", help="give a user a role, e.g. the first ADMIN")
-    grant.add_argument("--username", required=True)
-    grant.add_argument("--role", default="ADMIN", choices=["ADMIN", "USER"])
-    grant.set_defaults(func=_grant_role)
+    from leaky_tokens.auth.cli import add_commands as add_auth_commands
+
+    add_auth_commands(auth_sub)  # grant-role, revoke-role
 
     stack = sub.add_parser("stack", help="the real servers on loopback (no Docker)")
     stack.add_argument("action", choices=["up", "down", "status", "logs", "provision"])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import grpc
 
 from leaky.auth.v1 import auth_pb2 as pb
 from leaky.auth.v1 import auth_pb2_grpc
+from leaky_tokens.auth.domain.audit import client_address_var
 from leaky_tokens.auth.domain.model import ApiKey, Membership, Organization, Session
 from leaky_tokens.auth.domain.service import AuthApp
 from leaky_tokens.runtime.convert import optional_datetime, timestamp
@@ -61,6 +63,28 @@ def _metadata(context: Context, key: str) -> str:
     return ""
 
 
+def client_address(context: Context) -> str:
+    """The caller's IP: Envoy's x-envoy-external-address (it sets it from the real peer and
+    drops a client's own, see ADR 0012), else the gRPC peer; also kept for audit lines."""
+    address = _metadata(context, "x-envoy-external-address").strip()
+    try:
+        address = str(ipaddress.ip_address(address))
+    except ValueError:
+        address = _peer_host(context.peer() or "")
+    client_address_var.set(address)
+    return address
+
+
+def _peer_host(peer: str) -> str:
+    # grpc peers look like "ipv4:1.2.3.4:5678", "ipv6:[::1]:5678" or "unix:/path".
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    return peer
+
+
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     """Thin translation layer; every rule lives in AuthApp."""
 
@@ -72,12 +96,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return pb.RegisterResponse(**_session_fields(session))
 
     async def Login(self, request: pb.LoginRequest, context: Context) -> pb.LoginResponse:
-        session = await self._app.login(request.username, request.password)
+        session = await self._app.login(request.username, request.password, client_address(context))
         return pb.LoginResponse(**_session_fields(session))
 
     async def CreateApiKey(
         self, request: pb.CreateApiKeyRequest, context: Context
     ) -> pb.CreateApiKeyResponse:
+        client_address(context)  # for the audit line
         issued = await self._app.create_api_key(
             current_caller(),
             request.user_id,
@@ -103,6 +128,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def RevokeApiKey(
         self, request: pb.RevokeApiKeyRequest, context: Context
     ) -> pb.RevokeApiKeyResponse:
+        client_address(context)  # for the audit line
         at = await self._app.revoke_api_key(current_caller(), request.user_id, request.api_key_id)
         return pb.RevokeApiKeyResponse(api_key_id=request.api_key_id, revoked_at=timestamp(at))
 
@@ -125,6 +151,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def RotateSigningKey(
         self, request: pb.RotateSigningKeyRequest, context: Context
     ) -> pb.RotateSigningKeyResponse:
+        client_address(context)  # for the audit line
         kid, published = await self._app.rotate_signing_key(current_caller())
         return pb.RotateSigningKeyResponse(kid=kid, published_kids=published)
 

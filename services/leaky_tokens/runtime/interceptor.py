@@ -121,19 +121,24 @@ class LeakyServerInterceptor(_Interceptor):
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             request_id = _request_id(context)
             request_id_var.set(request_id)
-            await context.send_initial_metadata((("x-request-id", request_id),))
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
                 if isinstance(request, _Rejected):
                     code = grpc.StatusCode.INVALID_ARGUMENT
-                    await _abort(context, status.invalid_argument("request", request.description))
+                    await _abort(
+                        context, status.invalid_argument("request", request.description), request_id
+                    )
                 await self._authenticate(method, context)
-                return await behavior(request, context)
+                response = await behavior(request, context)
+                # Sent only on success: an error then goes out trailers-only, and Envoy's
+                # transcoder turns such trailers (retry-after, x-request-id) into HTTP headers.
+                await context.send_initial_metadata((("x-request-id", request_id),))
+                return response
             except DomainError as error:
                 grpc_status = status.to_status(error)
                 code = grpc_status.code
-                await _abort(context, grpc_status)
+                await _abort(context, grpc_status, request_id)
             except grpc.aio.AbortError:
                 code = context.code() or code
                 raise
@@ -141,7 +146,9 @@ class LeakyServerInterceptor(_Interceptor):
                 code = grpc.StatusCode.INTERNAL
                 log.exception("unhandled error in %s", method)
                 await context.abort(
-                    grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
+                    grpc.StatusCode.INTERNAL,
+                    f"internal error (request id {request_id})",
+                    (("x-request-id", request_id),),
                 )
             finally:
                 metrics.handled.labels(method, code.name if code else "UNKNOWN").inc()
@@ -158,9 +165,12 @@ def raise_unauthenticated() -> NoReturn:
     )
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], rpc_status: grpc.Status) -> None:
-    # grpc-stubs 1.53 lacks abort_with_status on the aio context; grpcio has it.
-    await context.abort_with_status(rpc_status)  # type: ignore[attr-defined]
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], rpc_status: grpc.Status, request_id: str
+) -> None:
+    """End the call with `rpc_status`, its trailers carrying the request id too."""
+    trailers = (*rpc_status.trailing_metadata, ("x-request-id", request_id))
+    await context.abort(rpc_status.code, rpc_status.details, trailers)
 
 
 def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
@@ -31,8 +34,21 @@ def _pack(message: Message) -> any_pb2.Any:
     return packed
 
 
+@dataclass(frozen=True)
+class _Status(grpc.Status):
+    """A grpc.Status with extra trailing metadata (grpc_status builds only the details)."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
 def to_status(error: errors.DomainError) -> grpc.Status:
-    """Status with ErrorInfo always, BadRequest for field violations, RetryInfo when known."""
+    """Status with ErrorInfo always, BadRequest for field violations, RetryInfo when known.
+
+    A known retry delay also goes out as `retry-after` metadata (whole seconds), which
+    Envoy's transcoder passes on as the HTTP Retry-After header of the 429.
+    """
     code = next((c for cls, c in _CODES if isinstance(error, cls)), code_pb2.UNKNOWN)
     details = [
         _pack(
@@ -58,8 +74,14 @@ def to_status(error: errors.DomainError) -> grpc.Status:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    status = status_pb2.Status(code=code, message=error.message, details=details)
-    return rpc_status.to_status(status)
+    status = rpc_status.to_status(
+        status_pb2.Status(code=code, message=error.message, details=details)
+    )
+    if isinstance(error, errors.ResourceExhaustedError) and error.retry_after_seconds > 0:
+        retry_after = str(max(1, math.ceil(error.retry_after_seconds)))
+        metadata = (*status.trailing_metadata, ("retry-after", retry_after))
+        return _Status(status.code, status.details, metadata)
+    return status
 
 
 def invalid_argument(field: str, description: str) -> grpc.Status:

@@ -181,6 +181,15 @@ class SqlAuthStore:
                 if role not in await self._roles(conn, user_id):
                     raise  # not "already granted": a missing user or role
 
+    async def revoke_role(self, user_id: str, role: str) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                user_roles.delete().where(
+                    (user_roles.c.user_id == user_id) & (user_roles.c.role == role)
+                )
+            )
+        return bool(result.rowcount)
+
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(

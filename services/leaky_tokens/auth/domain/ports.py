@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
 from leaky_tokens.auth.domain.model import ApiKey, Membership, Organization, SigningKey, User
+from leaky_tokens.auth.domain.throttle import Attempts
 
 
 class DuplicateError(Exception):
@@ -31,6 +32,9 @@ class AuthStore(Protocol):
 
     async def grant_role(self, user_id: str, role: str) -> None:
         """Give a user a role (idempotent, safe under concurrency)."""
+
+    async def revoke_role(self, user_id: str, role: str) -> bool:
+        """Take a role from a user; False if they did not have it."""
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
         """Replace a user's password hash (after a rehash with new parameters)."""
@@ -100,3 +104,12 @@ class TokenCrypto(Protocol):
     def public_jwk(self, key: SigningKey) -> dict[str, str]:
         """The key's public half as a JWK dict (kty, kid, use, alg, n, e); raises if the
         stored key cannot be loaded (e.g. a wrong passphrase)."""
+
+
+class ThrottleStore(Protocol):
+    """Failed-login counters by throttle key (a hashed username or a client address)."""
+
+    async def update(
+        self, key: str, change: Callable[[Attempts | None], Attempts | None]
+    ) -> Attempts | None:
+        """Atomically replace the key's state with change(state) (None deletes); the result."""

@@ -7,9 +7,9 @@ import hmac
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from leaky_tokens.auth.domain import rules
+from leaky_tokens.auth.domain import roles, rules
+from leaky_tokens.auth.domain.audit import OPERATOR, AuditEvent, AuditTrail, LoggingAuditTrail
 from leaky_tokens.auth.domain.model import (
-    ADMIN,
     MEMBER,
     OWNER,
     USER,
@@ -23,6 +23,7 @@ from leaky_tokens.auth.domain.model import (
     User,
 )
 from leaky_tokens.auth.domain.ports import AuthStore, DuplicateError, PasswordHasher, TokenCrypto
+from leaky_tokens.auth.domain.throttle import USERNAME, LoginThrottle
 from leaky_tokens.runtime.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -65,7 +66,12 @@ class AuthApp:
         clock: Clock,
         randomness: Randomness,
         policy: AuthPolicy,
+        *,
+        throttle: LoginThrottle | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
+        self._throttle = throttle  # None: no login throttling (the bootstrap always wires one)
+        self._audit = audit or LoggingAuditTrail()
         self._store = store
         self._hasher = hasher
         self._crypto = crypto
@@ -98,8 +104,9 @@ class AuthApp:
             ) from None
         return await self._session(user)
 
-    async def login(self, username: str, password: str) -> Session:
-        """Check credentials; the error never says whether the username exists."""
+    async def login(self, username: str, password: str, client_address: str = "") -> Session:
+        """Check credentials; neither the answer nor the throttling says whether the username
+        exists. Failed attempts are throttled per username and per `client_address`."""
         v = Validator()
         username = v.require("username", username)
         if not password:
@@ -108,10 +115,21 @@ class AuthApp:
         # A name that could never have registered is looked up by nobody, but still costs a
         # full hash verification: the answer and its timing say nothing about existence.
         valid_name = rules.USERNAME_RE.fullmatch(username) is not None
-        user = await self._store.get_user_by_username(username) if valid_name else None
-        valid = await self._hasher.verify(user.password_hash if user else None, password)
+        # -- throttling (throttle.py): charged before the hash, judged after it
+        admission = await self._throttle.admit(username, client_address) if self._throttle else None
+        try:
+            user = await self._store.get_user_by_username(username) if valid_name else None
+            valid = await self._hasher.verify(user.password_hash if user else None, password)
+        except Exception:
+            if self._throttle and admission:
+                await self._throttle.cancelled(admission)
+            raise
         if user is None or not valid:
+            self._audit_login_failure(username, user, admission.locked if admission else ())
             raise UnauthenticatedError("invalid credentials", reason="INVALID_CREDENTIALS")
+        if self._throttle and admission:
+            await self._throttle.succeeded(admission)
+        # -- end throttling
         if self._hasher.needs_rehash(user.password_hash):
             await self._store.set_password_hash(user.id, await self._hasher.hash(password))
         if not user.roles:
@@ -119,15 +137,24 @@ class AuthApp:
             user = replace(user, roles=frozenset({USER}))
         return await self._session(user)
 
+    def _audit_login_failure(
+        self, username: str, user: User | None, locked: tuple[str, ...]
+    ) -> None:
+        # The username as typed (capped), never the password; the user id when it exists.
+        name = {"username": username[:64]}
+        subject = user.id if user else ""
+        self._audit.record(AuditEvent("login.failed", "failure", "", subject, name))
+        for kind in locked:
+            detail = {**name, "locked": kind} if kind == USERNAME else {"locked": kind}
+            self._audit.record(AuditEvent("login.locked", "failure", "", subject, detail))
+
     async def grant_role(self, username: str, role: str) -> User:
         """Operator action (CLI): give a user a role, e.g. bootstrap the first ADMIN."""
-        if role not in (USER, ADMIN):
-            raise NotFoundError(f"unknown role {role!r}", reason="ROLE_NOT_FOUND")
-        user = await self._store.get_user_by_username(username)
-        if user is None:
-            raise NotFoundError("user not found", reason="USER_NOT_FOUND")
-        await self._store.grant_role(user.id, role)
-        return replace(user, roles=user.roles | {role})
+        return await roles.grant_role(self._store, self._audit, username, role, OPERATOR)
+
+    async def revoke_role(self, username: str, role: str) -> User:
+        """Operator action (CLI): take a role from a user."""
+        return await roles.revoke_role(self._store, self._audit, username, role, OPERATOR)
 
     async def _session(self, user: User) -> Session:
         now = self._clock.now()
@@ -182,6 +209,9 @@ class AuthApp:
             expires_at=expires_at,
         )
         await self._store.add_api_key(key)
+        self._audit.record(
+            AuditEvent("api_key.created", "success", caller.user_id, user_id, {"key_id": key.id})
+        )
         return IssuedApiKey(key=key, secret=secret)
 
     async def list_api_keys(self, caller: Caller, user_id: str) -> list[ApiKey]:
@@ -197,6 +227,9 @@ class AuthApp:
         now = self._clock.now()
         if not await self._store.revoke_api_key(user_id, key_id, now):
             raise NotFoundError("api key not found", reason="API_KEY_NOT_FOUND")
+        self._audit.record(
+            AuditEvent("api_key.revoked", "success", caller.user_id, user_id, {"key_id": key_id})
+        )
         return now
 
     async def validate_api_key(self, secret: str) -> ApiKeyOwner:
@@ -241,6 +274,9 @@ class AuthApp:
         if not caller.is_admin:
             raise PermissionDeniedError("ADMIN role required", reason="ADMIN_REQUIRED")
         key = await self._new_signing_key()
+        self._audit.record(
+            AuditEvent("signing_key.rotated", "success", caller.user_id, "", {"kid": key.kid})
+        )
         return key.kid, [k["kid"] for k in await self.jwks()]
 
     async def jwks(self) -> list[dict[str, str]]:
