@@ -28,8 +28,11 @@ log = logging.getLogger(__name__)
 
 # Hard cap enforced by gRPC core; the application limit below it answers INVALID_ARGUMENT.
 CORE_MESSAGE_CAP = 16 * 1024 * 1024
-# Probes (Consul, Envoy, operators) never carry credentials.
+# Probes and discovery (Consul, Envoy, grpcurl, operators) never carry credentials.
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+REFLECTION = f"/{reflection.SERVICE_NAME}/ServerReflectionInfo"
+PUBLIC_PROBES = frozenset({HEALTH_CHECK, HEALTH_WATCH, REFLECTION})
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class ServiceSpec:
     public_methods: frozenset[str] = frozenset()
     # Services this server describes through reflection without serving them (the catalog).
     reflection_only: tuple[str, ...] = ()
+    # Why RPCs the servicers inherit from the generated base answer UNIMPLEMENTED.
+    unimplemented_reason: str = "it has not been written yet"
 
 
 @dataclass
@@ -86,6 +91,7 @@ class RunningServer:
     port: int
     health: health_aio.HealthServicer
     tracing: Tracing
+    metrics: CollectorRegistry
     registrar: ConsulRegistrar | None = None
 
     async def stop(self, grace: float, delay: float = 0.0) -> None:
@@ -111,9 +117,10 @@ async def start_server(
     registry = CollectorRegistry()
     interceptor = LeakyServerInterceptor(
         verifier=verifier,
-        public_methods=spec.public_methods | {HEALTH_CHECK},
+        public_methods=spec.public_methods | PUBLIC_PROBES,
         metrics=ServerMetrics(spec.slug, registry),
         max_message_bytes=settings.max_message_bytes,
+        unimplemented_reason=spec.unimplemented_reason,
     )
     traces = tracing(spec.slug, settings.otlp_endpoint)
     server = grpc.aio.server(
@@ -141,7 +148,7 @@ async def start_server(
         "serving",
         extra={"service": spec.slug, "address": f"{settings.host}:{port}"},
     )
-    running = RunningServer(server, port, health_servicer, traces)
+    running = RunningServer(server, port, health_servicer, traces, registry)
     if settings.consul_address:
         host = settings.advertise_host or settings.host
         # Bound everywhere (containers): register the address peers can reach.
