@@ -43,8 +43,15 @@ async def echo(requests: AsyncIterator[bytes], context: object) -> AsyncIterator
         yield request
 
 
+async def crash(request: bytes, context: object) -> AsyncIterator[bytes]:
+    """Server streaming that hits a bug after one message."""
+    yield b"first"
+    raise RuntimeError("secret internals")
+
+
 def register(server: grpc.aio.Server) -> None:
     handlers: dict[str, Any] = {
+        "Crash": grpc.unary_stream_rpc_method_handler(crash),
         "Count": grpc.unary_stream_rpc_method_handler(count),
         "Collect": grpc.stream_unary_rpc_method_handler(collect),
         "Echo": grpc.stream_stream_rpc_method_handler(echo),
@@ -71,6 +78,9 @@ class Served:
 
     def count(self) -> grpc.aio.UnaryStreamMultiCallable[bytes, bytes]:
         return self.channel.unary_stream(f"/{SERVICE}/Count", _raw, _raw)
+
+    def crash(self) -> grpc.aio.UnaryStreamMultiCallable[bytes, bytes]:
+        return self.channel.unary_stream(f"/{SERVICE}/Crash", _raw, _raw)
 
     def collect(self) -> grpc.aio.StreamUnaryMultiCallable[bytes, bytes]:
         return self.channel.stream_unary(f"/{SERVICE}/Collect", _raw, _raw)
@@ -179,3 +189,17 @@ async def test_health_watch_and_reflection_stay_public(served: Served) -> None:
         {"method": "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "code": "OK"},
     )
     assert reflection_calls == 1
+
+
+async def test_bug_mid_stream_is_internal_with_the_request_id_and_no_internals(
+    served: Served,
+) -> None:
+    call = served.crash()(b"", metadata=(*bearer(served.keys.token()), ("x-request-id", "r-7")))
+    received: list[bytes] = []
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _drain(call, received)
+    assert received == [b"first"]
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert info.value.details() == "internal error (request id r-7)"
+    assert _reason(info.value) == "INTERNAL"
+    assert served.handled("Crash", "INTERNAL") == 1

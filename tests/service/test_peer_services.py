@@ -136,3 +136,13 @@ async def test_retired_key_is_refused_once_the_configured_age_passes(peers: Peer
     peers.clock.advance(seconds=2)
     assert await _get_quota(peers, old) == grpc.StatusCode.UNAUTHENTICATED
     assert await _get_quota(peers, peers.keys.token("k2")) == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_public_probe_answers_with_any_token_while_the_keys_cannot_be_fetched(
+    peers: Peers,
+) -> None:
+    peers.keys.down = True  # never fetched: a protected RPC can only be UNAVAILABLE
+    token = peers.keys.token()
+    assert await _get_quota(peers, token) == grpc.StatusCode.UNAVAILABLE
+    status = await peers.token.GetStatus(token_pb2.GetStatusRequest(), metadata=bearer(token))
+    assert status.status == "ok"

@@ -21,6 +21,7 @@ from leaky_tokens.runtime.errors import (
     FieldViolation,
     InvalidArgumentError,
     UnauthenticatedError,
+    UnavailableError,
     UnimplementedError,
 )
 from leaky_tokens.runtime.identity import caller_var
@@ -55,6 +56,7 @@ class ServerMetrics:
     """Prometheus metrics of one service: calls by method and code, latency by method."""
 
     def __init__(self, slug: str, registry: CollectorRegistry) -> None:
+        slug = slug.replace("-", "_")  # a slug like "provider-x" is no valid metric name
         self.handled = Counter(
             f"leaky_{slug}_grpc_server_handled",
             "RPCs completed, by method and status code.",
@@ -201,9 +203,7 @@ class LeakyServerInterceptor(_Interceptor):
         except Exception:
             code = grpc.StatusCode.INTERNAL
             log.exception("unhandled error in %s", method)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
-            )
+            await _abort(context, status.internal(request_id))
         finally:
             self._metrics.handled.labels(method, code.name if code else "UNKNOWN").inc()
             self._metrics.latency.labels(method).observe(time.perf_counter() - started)
@@ -228,9 +228,10 @@ class LeakyServerInterceptor(_Interceptor):
             if token is None or self._verifier is None:
                 raise_unauthenticated()
             caller_var.set(await self._verifier.verify(token))
-        except UnauthenticatedError:
+        except (UnauthenticatedError, UnavailableError):
             # Public RPCs ignore missing or stale credentials (a client that always sends its
-            # expired token must still be able to log in); protected ones refuse them.
+            # expired token must still be able to log in), and keys that cannot be fetched
+            # (a status probe must answer while auth is down); protected ones refuse them.
             if method not in self._public:
                 raise
 

@@ -8,6 +8,7 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 
@@ -93,6 +94,7 @@ class RunningServer:
     tracing: Tracing
     metrics: CollectorRegistry
     registrar: ConsulRegistrar | None = None
+    metrics_http: WSGIServer | None = None
 
     async def stop(self, grace: float, delay: float = 0.0) -> None:
         """Go NOT_SERVING and leave Consul (bounded), wait `delay`, then drain and stop.
@@ -106,6 +108,9 @@ class RunningServer:
             leaving.append(self.registrar.stop())
         await asyncio.gather(*leaving)
         await self.server.stop(grace)
+        if self.metrics_http is not None:  # free the port (tests start many servers)
+            await asyncio.to_thread(self.metrics_http.shutdown)
+            self.metrics_http.server_close()
         # Flush buffered spans; the exporter blocks, so keep it off the event loop.
         await asyncio.to_thread(self.tracing.shutdown)
 
@@ -142,13 +147,18 @@ async def start_server(
     await server.start()
     for name in ("", *spec.service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    metrics_http = None
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+        metrics_http, _ = start_http_server(
+            settings.metrics_port, addr=settings.host, registry=registry
+        )
     log.info(
         "serving",
         extra={"service": spec.slug, "address": f"{settings.host}:{port}"},
     )
-    running = RunningServer(server, port, health_servicer, traces, registry)
+    running = RunningServer(
+        server, port, health_servicer, traces, registry, metrics_http=metrics_http
+    )
     if settings.consul_address:
         host = settings.advertise_host or settings.host
         # Bound everywhere (containers): register the address peers can reach.
