@@ -42,6 +42,9 @@ async def test_metrics_count_calls_by_method_and_code(tmp_path: Path) -> None:
         assert "leaky_catalog_grpc_server_handling_seconds_bucket" in body
     finally:
         await running.stop(0)
+    # Stopping frees the metrics port: a second server can serve /metrics there.
+    again = await start_server(catalog.spec, settings, catalog.verifier)
+    await again.stop(0)
 
 
 def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:

@@ -10,16 +10,18 @@ from leaky.analytics.v1 import analytics_pb2 as pb
 from leaky.analytics.v1 import analytics_pb2_grpc
 from leaky_tokens.runtime.convert import timestamp
 from leaky_tokens.runtime.ports import Clock
-from leaky_tokens.runtime.unimplemented import with_unimplemented
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 ANALYTICS_SERVICE = pb.DESCRIPTOR.services_by_name["AnalyticsService"]
+# RPCs this class does not define answer UNIMPLEMENTED with this reason (the interceptor).
 PENDING = "usage, reports and anomalies land with the analytics issue"
 PUBLIC_METHODS = frozenset({f"/{ANALYTICS_SERVICE.full_name}/GetHealth"})
 
 
-class _AnalyticsHealth(analytics_pb2_grpc.AnalyticsServiceServicer):
+class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
+    """AnalyticsService: the health probe; usage, reports and anomalies are still to come."""
+
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
 
@@ -29,6 +31,3 @@ class _AnalyticsHealth(analytics_pb2_grpc.AnalyticsServiceServicer):
         return pb.GetHealthResponse(
             service="analytics-service", status="ok", timestamp=timestamp(self._clock.now())
         )
-
-
-AnalyticsServicer = with_unimplemented(_AnalyticsHealth, ANALYTICS_SERVICE, PENDING)

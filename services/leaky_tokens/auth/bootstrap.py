@@ -181,5 +181,8 @@ async def _build(
         auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)
 
     spec = ServiceSpec("auth", (SERVICE_NAME,), register, PUBLIC_METHODS)
-    verifier = JwtVerifier(app.jwks, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    # max_age=0: no cache; local keys are read on every call, so retired keys fail at once.
+    verifier = JwtVerifier(
+        app.jwks, issuer=settings.jwt_issuer, audience=settings.jwt_audience, max_age=0
+    )
     return AuthComponents(app, store, spec, verifier)

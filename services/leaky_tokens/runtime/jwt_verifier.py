@@ -26,13 +26,17 @@ _MAX_REMEMBERED_UNKNOWN = 1024
 class JwtVerifier:
     """Checks signature, issuer, audience and expiry, and turns the claims into a Caller.
 
-    Key-set policy:
+    Key-set policy (ADR 0005, 0013):
     - an unknown kid triggers a refresh, at most one per `min_refresh_interval`; callers who
       arrive while one is due wait for it (a rotated key is accepted within that interval);
     - a kid still unknown after a refresh is rejected at once for the rest of the interval,
       so made-up kids cannot queue requests or hammer the auth service;
-    - the whole set is refetched once it is `max_age` old, so keys the auth service stopped
-      publishing stop being trusted.
+    - once the set is `max_age` seconds old the next verification refetches it first, so a
+      key the auth service stopped publishing is refused at most `max_age` after it went;
+    - if that refetch fails the old set is still trusted for `outage_grace` seconds more,
+      then every verification answers UNAVAILABLE until a fetch succeeds (fail closed);
+    - `max_age=0` disables the cache: every verification reads the key source, for a local
+      source (the auth service's own store), so a retired key is refused at once.
     """
 
     def __init__(
@@ -43,7 +47,8 @@ class JwtVerifier:
         audience: str,
         leeway_seconds: float = 30.0,
         min_refresh_interval: float = 1.0,
-        max_age: float = 300.0,
+        max_age: float = 30.0,
+        outage_grace: float = 30.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fetch = fetch_jwks
@@ -52,13 +57,26 @@ class JwtVerifier:
         self._leeway = leeway_seconds
         self._min_refresh = min_refresh_interval
         self._max_age = max_age
+        self._grace = outage_grace
         self._monotonic = monotonic
         self._keys: dict[str, Any] = {}
+        self._parsed: dict[tuple[str, str, str], Any] = {}  # (kid, n, e) -> key, current set
         self._fetched_at: float | None = None  # last successful fetch
         self._attempted_at: float | None = None  # last attempt, successful or not
         self._generation = 0
         self._unknown: dict[str, float] = {}  # kid -> when it was found missing
         self._lock = asyncio.Lock()
+
+    def _install(self, jwks: list[dict[str, str]]) -> None:
+        # Parsing a JWK costs more than the fetch of a local set; reuse unchanged keys.
+        parsed = {}
+        for jwk in jwks:
+            if jwk.get("kty") != "RSA" or not isinstance(jwk.get("kid"), str):
+                continue
+            ident = (jwk["kid"], jwk.get("n", ""), jwk.get("e", ""))
+            parsed[ident] = self._parsed.get(ident) or RSAAlgorithm.from_jwk(json.dumps(jwk))
+        self._parsed = parsed
+        self._keys = {kid: key for (kid, _, _), key in parsed.items()}
 
     async def _refresh(self, seen_generation: int, *, wait: bool) -> None:
         async with self._lock:
@@ -69,38 +87,37 @@ class JwtVerifier:
                 if delay > 0 and not wait:
                     return
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await asyncio.sleep(min(delay, self._min_refresh))
             self._attempted_at = self._monotonic()
             self._generation += 1
             try:
                 jwks = await self._fetch()
-            except Exception as error:  # keep serving with the cached keys
+            except Exception as error:  # keep the cached keys for the grace period
                 log.warning("JWKS refresh failed", extra={"error": type(error).__name__})
                 return
-            self._keys = {
-                k["kid"]: RSAAlgorithm.from_jwk(json.dumps(k))
-                for k in jwks
-                if k.get("kty") == "RSA"
-            }
+            self._install(jwks)
             self._fetched_at = self._monotonic()
             self._unknown.clear()
 
-    def _stale(self) -> bool:
-        return self._fetched_at is None or self._monotonic() - self._fetched_at > self._max_age
+    def _older_than(self, seconds: float) -> bool:
+        return self._fetched_at is None or self._monotonic() - self._fetched_at > seconds
 
     async def _key_for(self, kid: str) -> Any:
-        now = self._monotonic()
-        missing_since = self._unknown.get(kid)
-        recently_missing = missing_since is not None and now - missing_since < self._min_refresh
-        if kid not in self._keys and not recently_missing:
-            await self._refresh(self._generation, wait=True)
-        elif self._stale():  # known key, old set: refresh if allowed now, never wait for it
-            await self._refresh(self._generation, wait=False)
+        if self._max_age <= 0:  # no cache: the source is local and cheap to read
+            self._install(await self._fetch())
+        else:
+            now = self._monotonic()
+            missing_since = self._unknown.get(kid)
+            recently_missing = missing_since is not None and now - missing_since < self._min_refresh
+            if kid not in self._keys and not recently_missing:
+                await self._refresh(self._generation, wait=True)
+            elif self._older_than(self._max_age):  # refresh if allowed now, never wait for it
+                await self._refresh(self._generation, wait=False)
+            if self._older_than(self._max_age + self._grace):
+                raise UnavailableError("signing keys are unavailable", reason="JWKS_UNAVAILABLE")
         key = self._keys.get(kid)
         if key is not None:
             return key
-        if self._fetched_at is None:
-            raise UnavailableError("signing keys are unavailable", reason="JWKS_UNAVAILABLE")
         if len(self._unknown) >= _MAX_REMEMBERED_UNKNOWN:
             self._unknown.clear()
         self._unknown.setdefault(kid, self._monotonic())

@@ -8,6 +8,7 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 
@@ -28,8 +29,11 @@ log = logging.getLogger(__name__)
 
 # Hard cap enforced by gRPC core; the application limit below it answers INVALID_ARGUMENT.
 CORE_MESSAGE_CAP = 16 * 1024 * 1024
-# Probes (Consul, Envoy, operators) never carry credentials.
+# Probes and discovery (Consul, Envoy, grpcurl, operators) never carry credentials.
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+REFLECTION = f"/{reflection.SERVICE_NAME}/ServerReflectionInfo"
+PUBLIC_PROBES = frozenset({HEALTH_CHECK, HEALTH_WATCH, REFLECTION})
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ class ServiceSpec:
     public_methods: frozenset[str] = frozenset()
     # Services this server describes through reflection without serving them (the catalog).
     reflection_only: tuple[str, ...] = ()
+    # Why RPCs the servicers inherit from the generated base answer UNIMPLEMENTED.
+    unimplemented_reason: str = "it has not been written yet"
 
 
 @dataclass
@@ -86,7 +92,9 @@ class RunningServer:
     port: int
     health: health_aio.HealthServicer
     tracing: Tracing
+    metrics: CollectorRegistry
     registrar: ConsulRegistrar | None = None
+    metrics_http: WSGIServer | None = None
 
     async def stop(self, grace: float, delay: float = 0.0) -> None:
         """Go NOT_SERVING and leave Consul (bounded), wait `delay`, then drain and stop.
@@ -100,6 +108,9 @@ class RunningServer:
             leaving.append(self.registrar.stop())
         await asyncio.gather(*leaving)
         await self.server.stop(grace)
+        if self.metrics_http is not None:  # free the port (tests start many servers)
+            await asyncio.to_thread(self.metrics_http.shutdown)
+            self.metrics_http.server_close()
         # Flush buffered spans; the exporter blocks, so keep it off the event loop.
         await asyncio.to_thread(self.tracing.shutdown)
 
@@ -111,9 +122,10 @@ async def start_server(
     registry = CollectorRegistry()
     interceptor = LeakyServerInterceptor(
         verifier=verifier,
-        public_methods=spec.public_methods | {HEALTH_CHECK},
+        public_methods=spec.public_methods | PUBLIC_PROBES,
         metrics=ServerMetrics(spec.slug, registry),
         max_message_bytes=settings.max_message_bytes,
+        unimplemented_reason=spec.unimplemented_reason,
     )
     traces = tracing(spec.slug, settings.otlp_endpoint)
     server = grpc.aio.server(
@@ -135,13 +147,18 @@ async def start_server(
     await server.start()
     for name in ("", *spec.service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    metrics_http = None
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+        metrics_http, _ = start_http_server(
+            settings.metrics_port, addr=settings.host, registry=registry
+        )
     log.info(
         "serving",
         extra={"service": spec.slug, "address": f"{settings.host}:{port}"},
     )
-    running = RunningServer(server, port, health_servicer, traces)
+    running = RunningServer(
+        server, port, health_servicer, traces, registry, metrics_http=metrics_http
+    )
     if settings.consul_address:
         host = settings.advertise_host or settings.host
         # Bound everywhere (containers): register the address peers can reach.

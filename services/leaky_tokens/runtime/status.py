@@ -84,6 +84,11 @@ def to_status(error: errors.DomainError) -> grpc.Status:
     return status
 
 
-def invalid_argument(field: str, description: str) -> grpc.Status:
-    """A ready-made INVALID_ARGUMENT status for one field (used before the domain runs)."""
-    return to_status(errors.InvalidArgumentError([errors.FieldViolation(field, description)]))
+def internal(request_id: str) -> grpc.Status:
+    """The status of an unexpected failure: no internals, the request id to find the log."""
+    info = error_details_pb2.ErrorInfo(
+        reason="INTERNAL", domain=ERROR_DOMAIN, metadata={"request_id": request_id}
+    )
+    message = f"internal error (request id {request_id})"
+    status = status_pb2.Status(code=code_pb2.INTERNAL, message=message, details=[_pack(info)])
+    return rpc_status.to_status(status)

@@ -10,17 +10,19 @@ from leaky.token.v1 import token_pb2 as pb
 from leaky.token.v1 import token_pb2_grpc
 from leaky_tokens.runtime.convert import timestamp
 from leaky_tokens.runtime.ports import Clock
-from leaky_tokens.runtime.unimplemented import with_unimplemented
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 TOKEN_SERVICE = pb.DESCRIPTOR.services_by_name["TokenService"]
 PROVIDER_SERVICE = pb.DESCRIPTOR.services_by_name["ProviderService"]
+# RPCs these classes do not define answer UNIMPLEMENTED with this reason (the interceptor).
 PENDING = "the token service (quotas, buckets, consume, purchase) lands in its own issue"
 PUBLIC_METHODS = frozenset({f"/{TOKEN_SERVICE.full_name}/GetStatus"})
 
 
-class _TokenStatus(token_pb2_grpc.TokenServiceServicer):
+class TokenServicer(token_pb2_grpc.TokenServiceServicer):
+    """TokenService: the status probe; quotas, consume and purchase are still to come."""
+
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
 
@@ -32,7 +34,5 @@ class _TokenStatus(token_pb2_grpc.TokenServiceServicer):
         )
 
 
-TokenServicer = with_unimplemented(_TokenStatus, TOKEN_SERVICE, PENDING)
-ProviderServicer = with_unimplemented(
-    token_pb2_grpc.ProviderServiceServicer, PROVIDER_SERVICE, PENDING
-)
+class ProviderServicer(token_pb2_grpc.ProviderServiceServicer):
+    """ProviderService: no RPC written yet."""

@@ -1,0 +1,148 @@
+"""Token and analytics built with injected collaborators: fake clock and in-process key set."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from datetime import UTC
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from leaky.analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from leaky.token.v1 import token_pb2, token_pb2_grpc
+from leaky_tokens.analytics import servicer as analytics_servicer
+from leaky_tokens.analytics.bootstrap import AnalyticsSettings
+from leaky_tokens.analytics.bootstrap import build as build_analytics
+from leaky_tokens.runtime.server import RunningServer, start_server
+from leaky_tokens.token import servicer as token_servicer
+from leaky_tokens.token.bootstrap import TokenSettings
+from leaky_tokens.token.bootstrap import build as build_token
+from tests.support.fakes import FakeClock
+from tests.support.jwks import KeySet, bearer
+
+
+@dataclass
+class Peers:
+    keys: KeySet
+    clock: FakeClock
+    token: token_pb2_grpc.TokenServiceAsyncStub
+    provider: token_pb2_grpc.ProviderServiceAsyncStub
+    analytics: analytics_pb2_grpc.AnalyticsServiceAsyncStub
+
+
+@pytest.fixture
+async def peers() -> AsyncIterator[Peers]:
+    keys, clock = KeySet("leaky-tokens-auth", "leaky-tokens"), FakeClock()
+
+    def monotonic() -> float:
+        return clock.now().timestamp()
+
+    token_settings = TokenSettings(port=0, metrics_port=0, jwks_max_age_seconds=30)
+    token = await build_token(token_settings, clock=clock, jwks=keys.fetch, monotonic=monotonic)
+    analytics_settings = AnalyticsSettings(port=0, metrics_port=0)
+    analytics = await build_analytics(
+        analytics_settings, clock=clock, jwks=keys.fetch, monotonic=monotonic
+    )
+    servers: list[RunningServer] = [
+        await start_server(token.spec, token_settings, token.verifier),
+        await start_server(analytics.spec, analytics_settings, analytics.verifier),
+    ]
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{servers[0].port}") as token_channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{servers[1].port}") as analytics_channel,
+    ):
+        yield Peers(
+            keys,
+            clock,
+            token_pb2_grpc.TokenServiceStub(token_channel),
+            token_pb2_grpc.ProviderServiceStub(token_channel),
+            analytics_pb2_grpc.AnalyticsServiceStub(analytics_channel),
+        )
+    for server in servers:
+        await server.stop(0)
+    await token.close()
+    await analytics.close()
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]  # an AioRpcError is a Call
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return str(info.reason)
+
+
+async def test_public_probes_tell_the_injected_clock(peers: Peers) -> None:
+    status = await peers.token.GetStatus(token_pb2.GetStatusRequest())
+    assert status.timestamp.ToDatetime(tzinfo=UTC) == peers.clock.now()
+    peers.clock.advance(hours=1)
+    health = await peers.analytics.GetHealth(analytics_pb2.GetHealthRequest())
+    assert health.timestamp.ToDatetime(tzinfo=UTC) == peers.clock.now()
+
+
+async def test_rpcs_not_written_yet_say_which_and_why(peers: Peers) -> None:
+    auth = bearer(peers.keys.token())
+    calls: list[tuple[Awaitable[object], str, str]] = [
+        (
+            peers.token.Consume(
+                token_pb2.ConsumeRequest(user_id="user-1", provider="openai", tokens=5),
+                metadata=auth,
+            ),
+            "leaky.token.v1.TokenService/Consume",
+            token_servicer.PENDING,
+        ),
+        (
+            peers.provider.Chat(token_pb2.ChatRequest(), metadata=auth),
+            "leaky.token.v1.ProviderService/Chat",
+            token_servicer.PENDING,
+        ),
+        (
+            peers.analytics.GetUsage(analytics_pb2.GetUsageRequest(), metadata=auth),
+            "leaky.analytics.v1.AnalyticsService/GetUsage",
+            analytics_servicer.PENDING,
+        ),
+    ]
+    for call, method, why in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert info.value.details() == f"{method} is not implemented yet: {why}"
+        assert _reason(info.value) == "UNIMPLEMENTED"
+
+
+async def test_unwritten_protected_rpc_still_requires_credentials(peers: Peers) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await peers.token.Consume(token_pb2.ConsumeRequest())
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def _get_quota(peers: Peers, token: str) -> grpc.StatusCode:
+    """The code of an authenticated call: UNIMPLEMENTED means the token was accepted."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await peers.token.GetQuota(token_pb2.GetQuotaRequest(), metadata=bearer(token))
+    return info.value.code()
+
+
+async def test_retired_key_is_refused_once_the_configured_age_passes(peers: Peers) -> None:
+    old = peers.keys.token("k1")
+    assert await _get_quota(peers, old) == grpc.StatusCode.UNIMPLEMENTED
+    peers.keys.add("k2")
+    del peers.keys.private["k1"]  # rotation retired it
+    peers.clock.advance(seconds=29)
+    assert await _get_quota(peers, old) == grpc.StatusCode.UNIMPLEMENTED  # within the bound
+    peers.clock.advance(seconds=2)
+    assert await _get_quota(peers, old) == grpc.StatusCode.UNAUTHENTICATED
+    assert await _get_quota(peers, peers.keys.token("k2")) == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_public_probe_answers_with_any_token_while_the_keys_cannot_be_fetched(
+    peers: Peers,
+) -> None:
+    peers.keys.down = True  # never fetched: a protected RPC can only be UNAVAILABLE
+    token = peers.keys.token()
+    assert await _get_quota(peers, token) == grpc.StatusCode.UNAVAILABLE
+    status = await peers.token.GetStatus(token_pb2.GetStatusRequest(), metadata=bearer(token))
+    assert status.status == "ok"
