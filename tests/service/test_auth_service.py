@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +20,14 @@ from leaky.auth.v1 import auth_pb2_grpc
 from leaky.token.v1 import token_pb2, token_pb2_grpc
 from leaky_tokens.analytics.bootstrap import AnalyticsSettings
 from leaky_tokens.analytics.bootstrap import build as build_analytics
+from leaky_tokens.auth.adapters.in_memory_auth_store import InMemoryAuthStore
 from leaky_tokens.auth.adapters.rsa_token_crypto import SigningKeyError
 from leaky_tokens.auth.bootstrap import AuthComponents, AuthSettings
 from leaky_tokens.auth.bootstrap import build as build_auth
 from leaky_tokens.runtime.server import RunningServer, start_server
 from leaky_tokens.token.bootstrap import TokenSettings
 from leaky_tokens.token.bootstrap import build as build_token
-from tests.conftest import FAST_HASHER
+from tests.support.fakes import FakePasswordHasher
 
 
 @dataclass
@@ -40,15 +41,10 @@ class Mesh:
 
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
-    auth_settings = AuthSettings(
-        port=0,
-        metrics_port=0,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}",
-        argon2_time_cost=FAST_HASHER["time_cost"],
-        argon2_memory_kib=FAST_HASHER["memory_kib"],
-        max_message_bytes=64 * 1024,
-    )
-    auth = await build_auth(auth_settings)
+    auth_settings = AuthSettings(port=0, metrics_port=0, max_message_bytes=64 * 1024)
+    # The real servicer and RSA tokens (peers verify them) on the in-memory store and fast
+    # hashing; the SQL store and argon2 have their own tests.
+    auth = await build_auth(auth_settings, store=InMemoryAuthStore(), hasher=FakePasswordHasher())
     auth_server = await start_server(auth.spec, auth_settings, auth.verifier)
     target = f"127.0.0.1:{auth_server.port}"
     token_settings = TokenSettings(port=0, metrics_port=0, auth_target=target)
@@ -118,6 +114,45 @@ async def test_bad_registration_is_invalid_argument_with_field_violations(mesh: 
         "password",
     }
     assert details(info.value)["ErrorInfo"].reason == "INVALID_ARGUMENT"  # type: ignore[attr-defined]
+
+
+async def test_field_violations_name_the_json_fields(mesh: Mesh) -> None:
+    me = await register(mesh)
+    calls: list[tuple[str, Awaitable[object]]] = [
+        (
+            "expiresAt",
+            mesh.auth.CreateApiKey(
+                pb.CreateApiKeyRequest(
+                    user_id=me.user_id, expires_at=timestamp_pb2.Timestamp(seconds=1)
+                ),
+                metadata=bearer(me.token),
+            ),
+        ),
+        (
+            "apiKeyId",
+            mesh.auth.RevokeApiKey(
+                pb.RevokeApiKeyRequest(user_id=me.user_id, api_key_id="not-a-uuid"),
+                metadata=bearer(me.token),
+            ),
+        ),
+        (
+            "userId",
+            mesh.auth.ListApiKeys(pb.ListApiKeysRequest(user_id="x"), metadata=bearer(me.token)),
+        ),
+        (
+            "orgId",
+            mesh.auth.ListOrganizationMembers(
+                pb.ListOrganizationMembersRequest(org_id="x"), metadata=bearer(me.token)
+            ),
+        ),
+    ]
+    for field, call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        bad_request = details(info.value)["BadRequest"]
+        assert [v.field for v in bad_request.field_violations] == [field]  # type: ignore[attr-defined]
+        assert f"{field}:" in (info.value.details() or "")
 
 
 async def test_duplicate_username_is_already_exists(mesh: Mesh) -> None:

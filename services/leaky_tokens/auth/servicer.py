@@ -2,23 +2,58 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from leaky.auth.v1 import auth_pb2 as pb
 from leaky.auth.v1 import auth_pb2_grpc
 from leaky_tokens.auth.domain.model import ApiKey, Membership, Organization, Session
 from leaky_tokens.auth.domain.service import AuthApp
 from leaky_tokens.runtime.convert import optional_datetime, timestamp
+from leaky_tokens.runtime.errors import FieldViolation, InvalidArgumentError
 from leaky_tokens.runtime.identity import current_caller
 
 Context = grpc.aio.ServicerContext[Any, Any]
+S = TypeVar("S", bound="AuthServicer")
+R = TypeVar("R", bound=Message)
+Q = TypeVar("Q", bound=Message)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AuthService"].full_name
 PUBLIC_METHODS = frozenset(
     f"/{SERVICE_NAME}/{name}" for name in ("Register", "Login", "ValidateApiKey", "GetJwks")
 )
+
+
+def _json_name(request: Message, field_name: str) -> str:
+    """The proto3 JSON name clients see for a domain field name (snake_case)."""
+    found = request.DESCRIPTOR.fields_by_name.get(field_name)
+    if found is not None:
+        return found.json_name
+    head, *rest = field_name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _wire_field_names(
+    method: Callable[[S, Q, Context], Awaitable[R]],
+) -> Callable[[S, Q, Context], Awaitable[R]]:
+    """Rename the field violations the domain raises to the request's JSON names."""
+
+    @functools.wraps(method)
+    async def renamed(self: S, request: Q, context: Context) -> R:
+        try:
+            return await method(self, request, context)
+        except InvalidArgumentError as error:
+            violations = [
+                FieldViolation(_json_name(request, v.field), v.description)
+                for v in error.violations
+            ]
+            raise InvalidArgumentError(violations) from None
+
+    return renamed
 
 
 def _api_key(key: ApiKey) -> pb.ApiKey:
@@ -67,14 +102,17 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self, app: AuthApp) -> None:
         self._app = app
 
+    @_wire_field_names
     async def Register(self, request: pb.RegisterRequest, context: Context) -> pb.RegisterResponse:
         session = await self._app.register(request.username, request.email, request.password)
         return pb.RegisterResponse(**_session_fields(session))
 
+    @_wire_field_names
     async def Login(self, request: pb.LoginRequest, context: Context) -> pb.LoginResponse:
         session = await self._app.login(request.username, request.password)
         return pb.LoginResponse(**_session_fields(session))
 
+    @_wire_field_names
     async def CreateApiKey(
         self, request: pb.CreateApiKeyRequest, context: Context
     ) -> pb.CreateApiKeyResponse:
@@ -82,7 +120,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             current_caller(),
             request.user_id,
             request.name,
-            optional_datetime(request, "expires_at", "expiresAt"),
+            optional_datetime(request, "expires_at", "expires_at"),
         )
         key = issued.key
         return pb.CreateApiKeyResponse(
@@ -94,18 +132,21 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             api_key=issued.secret,
         )
 
+    @_wire_field_names
     async def ListApiKeys(
         self, request: pb.ListApiKeysRequest, context: Context
     ) -> pb.ListApiKeysResponse:
         keys = await self._app.list_api_keys(current_caller(), request.user_id)
         return pb.ListApiKeysResponse(api_keys=[_api_key(k) for k in keys])
 
+    @_wire_field_names
     async def RevokeApiKey(
         self, request: pb.RevokeApiKeyRequest, context: Context
     ) -> pb.RevokeApiKeyResponse:
         at = await self._app.revoke_api_key(current_caller(), request.user_id, request.api_key_id)
         return pb.RevokeApiKeyResponse(api_key_id=request.api_key_id, revoked_at=timestamp(at))
 
+    @_wire_field_names
     async def ValidateApiKey(
         self, request: pb.ValidateApiKeyRequest, context: Context
     ) -> pb.ValidateApiKeyResponse:
@@ -119,39 +160,46 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             org_ids=sorted(owner.org_ids),
         )
 
+    @_wire_field_names
     async def GetJwks(self, request: pb.GetJwksRequest, context: Context) -> pb.GetJwksResponse:
         return pb.GetJwksResponse(keys=[pb.Jwk(**k) for k in await self._app.jwks()])
 
+    @_wire_field_names
     async def RotateSigningKey(
         self, request: pb.RotateSigningKeyRequest, context: Context
     ) -> pb.RotateSigningKeyResponse:
         kid, published = await self._app.rotate_signing_key(current_caller())
         return pb.RotateSigningKeyResponse(kid=kid, published_kids=published)
 
+    @_wire_field_names
     async def CreateOrganization(
         self, request: pb.CreateOrganizationRequest, context: Context
     ) -> pb.CreateOrganizationResponse:
         org = await self._app.create_org(current_caller(), request.name)
         return pb.CreateOrganizationResponse(organization=_org(org))
 
+    @_wire_field_names
     async def ListMyOrganizations(
         self, request: pb.ListMyOrganizationsRequest, context: Context
     ) -> pb.ListMyOrganizationsResponse:
         orgs = await self._app.list_my_orgs(current_caller())
         return pb.ListMyOrganizationsResponse(organizations=[_org(o) for o in orgs])
 
+    @_wire_field_names
     async def AddOrganizationMember(
         self, request: pb.AddOrganizationMemberRequest, context: Context
     ) -> pb.AddOrganizationMemberResponse:
         member = await self._app.add_member(current_caller(), request.org_id, request.user_id)
         return pb.AddOrganizationMemberResponse(member=_member(member))
 
+    @_wire_field_names
     async def RemoveOrganizationMember(
         self, request: pb.RemoveOrganizationMemberRequest, context: Context
     ) -> pb.RemoveOrganizationMemberResponse:
         await self._app.remove_member(current_caller(), request.org_id, request.user_id)
         return pb.RemoveOrganizationMemberResponse(org_id=request.org_id, user_id=request.user_id)
 
+    @_wire_field_names
     async def ListOrganizationMembers(
         self, request: pb.ListOrganizationMembersRequest, context: Context
     ) -> pb.ListOrganizationMembersResponse:

@@ -17,8 +17,8 @@ class DuplicateError(Exception):
         self.field = field
 
 
-class AuthStore(Protocol):
-    """Persistence of users, roles, API keys, organizations and signing keys."""
+class UserStore(Protocol):
+    """Users and their roles."""
 
     async def add_user(self, user: User, roles: Sequence[str]) -> None:
         """Insert a user with roles; DuplicateError('username'|'email') on a clash."""
@@ -35,6 +35,10 @@ class AuthStore(Protocol):
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
         """Replace a user's password hash (after a rehash with new parameters)."""
 
+
+class ApiKeyStore(Protocol):
+    """API key records (hashes only)."""
+
     async def add_api_key(self, key: ApiKey) -> None:
         """Insert an API key record."""
 
@@ -46,6 +50,10 @@ class AuthStore(Protocol):
 
     async def revoke_api_key(self, user_id: str, key_id: str, at: datetime) -> bool:
         """Mark the user's key revoked; False if there is no such unrevoked key."""
+
+
+class OrgStore(Protocol):
+    """Organizations and their memberships."""
 
     async def add_org(self, org: Organization, owner: Membership) -> None:
         """Insert an organization and its owner; DuplicateError('name') on a clash."""
@@ -68,11 +76,19 @@ class AuthStore(Protocol):
     async def list_members(self, org_id: str) -> list[Membership]:
         """An organization's members with usernames, by username."""
 
+
+class SigningKeyStore(Protocol):
+    """JWT signing keys in rotation order."""
+
     async def add_signing_key(self, key: SigningKey) -> None:
         """Insert a signing key; the newest key is the current one."""
 
     async def list_signing_keys(self, limit: int) -> list[SigningKey]:
         """The newest `limit` signing keys, newest first."""
+
+
+class AuthStore(UserStore, ApiKeyStore, OrgStore, SigningKeyStore, Protocol):
+    """Everything AuthApp persists; one adapter (SQL or in-memory) implements all four parts."""
 
 
 class PasswordHasher(Protocol):
@@ -89,14 +105,14 @@ class PasswordHasher(Protocol):
 
 
 class TokenCrypto(Protocol):
-    """RSA key generation, JWT signing and JWK export."""
+    """Signing-key generation, JWT signing and JWK export."""
 
     async def generate_key(self, kid: str, now: datetime) -> SigningKey:
-        """A fresh RSA signing key (generated off the event loop)."""
+        """A fresh signing key (generated off the event loop)."""
 
     def sign(self, claims: dict[str, Any], key: SigningKey) -> str:
-        """An RS256 JWT with header kid = key.kid."""
+        """A signed JWT with header kid = key.kid."""
 
     def public_jwk(self, key: SigningKey) -> dict[str, str]:
-        """The key's public half as a JWK dict (kty, kid, use, alg, n, e); raises if the
+        """The key's public half as a JWK dict (kty, kid, use, alg, ...); raises if the
         stored key cannot be loaded (e.g. a wrong passphrase)."""

@@ -150,7 +150,7 @@ class AuthApp:
 
     async def _owner(self, caller: Caller, user_id: str) -> str:
         v = Validator()
-        user_id = rules.check_uuid(v, "userId", user_id)
+        user_id = rules.check_uuid(v, "user_id", user_id)
         v.raise_if_any()
         if caller.user_id != user_id and not caller.is_admin:
             raise PermissionDeniedError(
@@ -167,7 +167,7 @@ class AuthApp:
         v = Validator()
         name = rules.check_text(v, "name", name, rules.MAX_KEY_NAME, required=False)
         if expires_at is not None and expires_at <= now:
-            v.fail("expiresAt", "must be in the future")
+            v.fail("expires_at", "must be in the future")
         v.raise_if_any()
         if await self._store.get_user(user_id) is None:
             raise NotFoundError("user not found", reason="USER_NOT_FOUND")
@@ -192,7 +192,7 @@ class AuthApp:
         """Revoke one of a user's keys; NOT_FOUND if it is not theirs or already revoked."""
         user_id = await self._owner(caller, user_id)
         v = Validator()
-        key_id = rules.check_uuid(v, "apiKeyId", key_id)
+        key_id = rules.check_uuid(v, "api_key_id", key_id)
         v.raise_if_any()
         now = self._clock.now()
         if not await self._store.revoke_api_key(user_id, key_id, now):
@@ -273,7 +273,7 @@ class AuthApp:
 
     async def _org(self, org_id: str) -> Organization:
         v = Validator()
-        org_id = rules.check_uuid(v, "orgId", org_id)
+        org_id = rules.check_uuid(v, "org_id", org_id)
         v.raise_if_any()
         org = await self._store.get_org(org_id)
         if org is None:
@@ -294,7 +294,7 @@ class AuthApp:
         """Owner or ADMIN: add an existing user to an organization."""
         org = await self._org(org_id)
         v = Validator()
-        user_id = rules.check_uuid(v, "userId", user_id)
+        user_id = rules.check_uuid(v, "user_id", user_id)
         v.raise_if_any()
         await self._require_manager(caller, org)
         user = await self._store.get_user(user_id)
@@ -311,7 +311,7 @@ class AuthApp:
         """Owner or ADMIN removes a member; any member may remove themselves (leave)."""
         org = await self._org(org_id)
         v = Validator()
-        user_id = rules.check_uuid(v, "userId", user_id)
+        user_id = rules.check_uuid(v, "user_id", user_id)
         v.raise_if_any()
         if user_id != caller.user_id:
             await self._require_manager(caller, org)
