@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from leaky_tokens.auth.adapters.in_memory_auth_store import InMemoryAuthStore
 from leaky_tokens.auth.adapters.sql_auth_store import SqlAuthStore, make_engine
 from leaky_tokens.auth.domain.model import ApiKey, Membership, Organization, SigningKey, User
-from leaky_tokens.auth.domain.ports import DuplicateError
+from leaky_tokens.auth.domain.ports import DuplicateError, LimitReachedError
 from leaky_tokens.runtime.errors import UnavailableError
 from tests.conftest import fresh_store
 
@@ -208,3 +208,93 @@ async def test_lost_database_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(UnavailableError):
         await dead.get_user("00000000-0000-0000-0000-000000000001")
     await dead.close()
+
+
+def org(n: int, name: str, owner: User) -> tuple[Organization, Membership]:
+    org_id = f"20000000-0000-0000-0000-{n:012d}"
+    return Organization(org_id, name, owner.id, T0), Membership(org_id, owner.id, "OWNER", T0)
+
+
+async def test_org_names_clash_case_insensitively(store: Store) -> None:
+    alice = user(1)
+    await store.add_user(alice, ["USER"])
+    await store.add_org(*org(1, "Zürich Acme", alice))
+    for n, clash in enumerate(("zürich acme", "ZÜRICH ACME"), start=2):
+        with pytest.raises(DuplicateError) as dup:
+            await store.add_org(*org(n, clash, alice))
+        assert dup.value.field == "name"
+    assert [o.name for o in await store.list_orgs_for_user(alice.id)] == ["Zürich Acme"]
+
+
+async def test_names_sort_by_code_point_of_their_key_everywhere(store: Store) -> None:
+    # A locale collation would put "ab" before "a-c" (it skips punctuation): every store
+    # must agree on one order, or pages would differ between backends.
+    names = ["b", "ab", "A-C", "a.b", "Ä"]
+    owner = user(1, "owner")
+    await store.add_user(owner, ["USER"])
+    for n, name in enumerate(names, start=1):
+        await store.add_org(*org(n, name, owner))
+        member = user(10 + n, name.replace("Ä", "ae").replace("A-C", "a-c") + "x")
+        await store.add_user(member, ["USER"])
+        await store.add_member(Membership(org(1, "", owner)[0].id, member.id, "MEMBER", T0))
+    expected = sorted(names, key=str.casefold)
+    assert [o.name for o in await store.list_orgs_for_user(owner.id)] == expected
+    usernames = [m.username for m in await store.list_members(org(1, "", owner)[0].id)]
+    assert usernames == sorted(usernames, key=str.casefold)
+    assert usernames.index("a-cx") < usernames.index("abx")
+
+
+async def test_lists_page_after_a_position(store: Store) -> None:
+    alice = user(1, "alice")
+    await store.add_user(alice, ["USER"])
+    tied = T0 + timedelta(seconds=1)
+    for n, created in ((1, T0), (2, tied), (3, tied), (4, T0 + timedelta(seconds=2))):
+        await store.add_api_key(key(n, alice, created))
+    ids = [k.id for k in await store.list_api_keys(alice.id)]
+    assert ids == [key(4, alice).id, key(2, alice).id, key(3, alice).id, key(1, alice).id]
+    first = await store.list_api_keys(alice.id, limit=2)
+    assert [k.id for k in first] == ids[:2]
+    rest = await store.list_api_keys(alice.id, after=(first[-1].created_at, first[-1].id))
+    assert [k.id for k in rest] == ids[2:]
+    for n, name in enumerate(("beta", "Alpha", "gamma"), start=1):
+        await store.add_org(*org(n, name, alice))
+    after_alpha = await store.list_orgs_for_user(alice.id, limit=1, after="alpha")
+    assert [o.name for o in after_alpha] == ["beta"]
+    members = await store.list_members(org(1, "", alice)[0].id, after="alice")
+    assert members == []
+
+
+async def test_active_key_cap_counts_unrevoked_unexpired_keys(store: Store) -> None:
+    alice = user(1)
+    await store.add_user(alice, ["USER"])
+    await store.add_api_key(key(1, alice, T0, expires_at=T0 + timedelta(seconds=1)))
+    await store.add_api_key(key(2, alice, T0), max_active=2)
+    with pytest.raises(LimitReachedError) as info:
+        await store.add_api_key(key(3, alice, T0), max_active=2)
+    assert info.value.limit == 2
+    assert await store.get_api_key_by_hash(key(3, alice).key_hash) is None  # nothing written
+    later = T0 + timedelta(seconds=1)  # key 1 has expired by then
+    await store.add_api_key(key(4, alice, later), max_active=2)
+    await store.revoke_api_key(alice.id, key(2, alice).id, later)
+    await store.add_api_key(key(5, alice, later), max_active=2)
+
+
+async def test_concurrent_capped_inserts_never_overshoot(store: Store) -> None:
+    alice = user(1)
+    await store.add_user(alice, ["USER"])
+    for n in range(3):
+        await store.add_api_key(key(n, alice))
+    results = await asyncio.gather(
+        *(store.add_api_key(key(10 + n, alice), max_active=5) for n in range(8)),
+        return_exceptions=True,
+    )
+    assert sum(r is None for r in results) == 2
+    assert all(isinstance(r, LimitReachedError) for r in results if r is not None)
+    assert len(await store.list_api_keys(alice.id)) == 5
+    orgs = await asyncio.gather(
+        *(store.add_org(*org(n, f"org{n}", alice), max_owned=3) for n in range(8)),
+        return_exceptions=True,
+    )
+    assert sum(r is None for r in orgs) == 3
+    assert all(isinstance(r, LimitReachedError) for r in orgs if r is not None)
+    assert len(await store.list_orgs_for_user(alice.id)) == 3

@@ -381,3 +381,106 @@ async def test_stop_goes_not_serving_before_refusing_calls(tmp_path: Path) -> No
         health_pb2.HealthCheckResponse.NOT_SERVING,
     )
     assert seen == [serving, not_serving]
+
+
+async def test_list_rpcs_page_with_next_page_token(mesh: Mesh) -> None:
+    me = await register(mesh)
+    auth = bearer(me.token)
+    for n in range(5):
+        await mesh.auth.CreateApiKey(
+            pb.CreateApiKeyRequest(user_id=me.user_id, name=f"k{n}"), metadata=auth
+        )
+        await mesh.auth.CreateOrganization(
+            pb.CreateOrganizationRequest(name=f"org{n}"), metadata=auth
+        )
+    everything = await mesh.auth.ListApiKeys(
+        pb.ListApiKeysRequest(user_id=me.user_id), metadata=auth
+    )
+    assert len(everything.api_keys) == 5
+    assert everything.next_page_token == ""
+    ids: list[str] = []
+    token = ""
+    while True:
+        page = await mesh.auth.ListApiKeys(
+            pb.ListApiKeysRequest(user_id=me.user_id, page_size=2, page_token=token), metadata=auth
+        )
+        assert len(page.api_keys) <= 2
+        ids += [k.id for k in page.api_keys]
+        token = page.next_page_token
+        if not token:
+            break
+    assert ids == [k.id for k in everything.api_keys]
+    relogin = await mesh.auth.Login(pb.LoginRequest(username="alice", password="correct horse"))
+    orgs = await mesh.auth.ListMyOrganizations(
+        pb.ListMyOrganizationsRequest(page_size=3), metadata=bearer(relogin.token)
+    )
+    more = await mesh.auth.ListMyOrganizations(
+        pb.ListMyOrganizationsRequest(page_size=3, page_token=orgs.next_page_token),
+        metadata=bearer(relogin.token),
+    )
+    assert [o.name for o in orgs.organizations] + [o.name for o in more.organizations] == [
+        f"org{n}" for n in range(5)
+    ]
+    members = await mesh.auth.ListOrganizationMembers(
+        pb.ListOrganizationMembersRequest(org_id=orgs.organizations[0].id, page_size=1),
+        metadata=bearer(relogin.token),
+    )
+    assert [m.username for m in members.members] == ["alice"]
+    assert members.next_page_token == ""
+
+
+async def test_bad_page_token_names_the_json_field(mesh: Mesh) -> None:
+    me = await register(mesh)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await mesh.auth.ListApiKeys(
+            pb.ListApiKeysRequest(user_id=me.user_id, page_token="nope", page_size=-1),
+            metadata=bearer(me.token),
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad_request = details(info.value)["BadRequest"]
+    assert {v.field for v in bad_request.field_violations} == {"pageSize", "pageToken"}  # type: ignore[attr-defined]
+
+
+async def test_per_user_caps_answer_failed_precondition_with_a_reason() -> None:
+    settings = AuthSettings(
+        port=0, metrics_port=0, max_api_keys_per_user=1, max_owned_orgs_per_user=1
+    )
+    auth = await build_auth(settings, store=InMemoryAuthStore(), hasher=FakePasswordHasher())
+    running = await start_server(auth.spec, settings, auth.verifier)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        me = await stub.Register(
+            pb.RegisterRequest(username="alice", email="a@example.com", password="correct horse")
+        )
+        auth_md = bearer(me.token)
+        await stub.CreateApiKey(pb.CreateApiKeyRequest(user_id=me.user_id), metadata=auth_md)
+        await stub.CreateOrganization(pb.CreateOrganizationRequest(name="Acme"), metadata=auth_md)
+        refused: list[Awaitable[object]] = [
+            stub.CreateApiKey(pb.CreateApiKeyRequest(user_id=me.user_id), metadata=auth_md),
+            stub.CreateOrganization(pb.CreateOrganizationRequest(name="Other"), metadata=auth_md),
+        ]
+        reasons = []
+        for call in refused:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            error_info = details(info.value)["ErrorInfo"]
+            reasons.append(error_info.reason)  # type: ignore[attr-defined]
+            assert dict(error_info.metadata) == {"limit": "1"}  # type: ignore[attr-defined]
+        assert reasons == ["API_KEY_LIMIT", "OWNED_ORG_LIMIT"]
+    await running.stop(0)
+    await auth.close()
+
+
+async def test_org_name_in_another_case_is_already_exists(mesh: Mesh) -> None:
+    alice = await register(mesh, "alice")
+    bob = await register(mesh, "bob")
+    await mesh.auth.CreateOrganization(
+        pb.CreateOrganizationRequest(name="Acme"), metadata=bearer(alice.token)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await mesh.auth.CreateOrganization(
+            pb.CreateOrganizationRequest(name="ACME"), metadata=bearer(bob.token)
+        )
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert details(info.value)["ErrorInfo"].reason == "ORG_NAME_TAKEN"  # type: ignore[attr-defined]

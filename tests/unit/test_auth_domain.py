@@ -151,7 +151,7 @@ async def test_api_key_secret_is_returned_once_and_stored_hashed(
     stored = await memory_store.get_api_key_by_hash(hash_api_key(issued.secret))
     assert stored is not None
     assert stored.key_hash != issued.secret
-    listed = await auth_app.list_api_keys(caller_of(user_id), user_id)
+    listed = (await auth_app.list_api_keys(caller_of(user_id), user_id)).items
     assert [k.id for k in listed] == [issued.key.id]
     assert issued.secret not in repr(listed)
     assert listed[0].prefix == issued.secret[:11]
@@ -168,7 +168,7 @@ async def test_api_key_validates_to_owner_until_revoked(auth_app: AuthApp) -> No
     with pytest.raises(UnauthenticatedError) as info:
         await auth_app.validate_api_key(issued.secret)
     assert info.value.reason == "INVALID_API_KEY"
-    assert await auth_app.list_api_keys(me, user_id) == []
+    assert (await auth_app.list_api_keys(me, user_id)).items == []
     with pytest.raises(NotFoundError):
         await auth_app.revoke_api_key(me, user_id, issued.key.id)
 
@@ -243,13 +243,13 @@ async def test_org_owner_manages_members_and_members_see_each_other(auth_app: Au
     await auth_app.add_member(caller_of(alice), org.id, bob)
     with pytest.raises(PermissionDeniedError):
         await auth_app.add_member(caller_of(bob), org.id, carol)
-    members = await auth_app.list_members(caller_of(bob), org.id)
+    members = (await auth_app.list_members(caller_of(bob), org.id)).items
     assert [(m.username, m.role) for m in members] == [("alice", "OWNER"), ("bob", "MEMBER")]
     with pytest.raises(PermissionDeniedError):
         await auth_app.list_members(caller_of(carol), org.id)
-    assert [o.name for o in await auth_app.list_my_orgs(caller_of(bob))] == ["acme"]
+    assert [o.name for o in (await auth_app.list_my_orgs(caller_of(bob))).items] == ["acme"]
     await auth_app.remove_member(caller_of(alice), org.id, bob)
-    assert await auth_app.list_my_orgs(caller_of(bob)) == []
+    assert (await auth_app.list_my_orgs(caller_of(bob))).items == []
 
 
 async def test_admin_manages_any_org_and_owner_cannot_be_removed(auth_app: AuthApp) -> None:

@@ -52,6 +52,20 @@ class AuthSettings(ServerSettings):
     )
     argon2_time_cost: int = field(default=3, metadata=doc("argon2id iterations."))
     argon2_memory_kib: int = field(default=65536, metadata=doc("argon2id memory in KiB."))
+    max_api_keys_per_user: int = field(
+        default=100,
+        metadata=doc(
+            "Active (unrevoked, unexpired) API keys a user may hold; one more is refused "
+            "with FAILED_PRECONDITION, reason API_KEY_LIMIT."
+        ),
+    )
+    max_owned_orgs_per_user: int = field(
+        default=20,
+        metadata=doc(
+            "Organizations a user may own; one more is refused with FAILED_PRECONDITION, "
+            "reason OWNED_ORG_LIMIT."
+        ),
+    )
 
 
 @dataclass
@@ -100,6 +114,11 @@ async def build(
     """
     if settings.published_keys < 1:
         raise SettingsError("LEAKY_AUTH_PUBLISHED_KEYS must be at least 1")
+    if settings.max_api_keys_per_user < 1 or settings.max_owned_orgs_per_user < 1:
+        raise SettingsError(
+            "LEAKY_AUTH_MAX_API_KEYS_PER_USER and LEAKY_AUTH_MAX_OWNED_ORGS_PER_USER must be "
+            "at least 1"
+        )
     release = None
     if store is None:
         sql_store = await open_sql_store(settings)
@@ -136,6 +155,8 @@ def policy_of(settings: AuthSettings) -> AuthPolicy:
         audience=settings.jwt_audience,
         token_ttl=timedelta(seconds=settings.token_ttl_seconds),
         published_keys=settings.published_keys,
+        max_api_keys_per_user=settings.max_api_keys_per_user,
+        max_owned_orgs_per_user=settings.max_owned_orgs_per_user,
     )
 
 

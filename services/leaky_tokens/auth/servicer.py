@@ -136,8 +136,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def ListApiKeys(
         self, request: pb.ListApiKeysRequest, context: Context
     ) -> pb.ListApiKeysResponse:
-        keys = await self._app.list_api_keys(current_caller(), request.user_id)
-        return pb.ListApiKeysResponse(api_keys=[_api_key(k) for k in keys])
+        page = await self._app.list_api_keys(
+            current_caller(), request.user_id, request.page_size, request.page_token
+        )
+        return pb.ListApiKeysResponse(
+            api_keys=[_api_key(k) for k in page.items], next_page_token=page.next_token
+        )
 
     @_wire_field_names
     async def RevokeApiKey(
@@ -182,8 +186,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def ListMyOrganizations(
         self, request: pb.ListMyOrganizationsRequest, context: Context
     ) -> pb.ListMyOrganizationsResponse:
-        orgs = await self._app.list_my_orgs(current_caller())
-        return pb.ListMyOrganizationsResponse(organizations=[_org(o) for o in orgs])
+        page = await self._app.list_my_orgs(current_caller(), request.page_size, request.page_token)
+        return pb.ListMyOrganizationsResponse(
+            organizations=[_org(o) for o in page.items], next_page_token=page.next_token
+        )
 
     @_wire_field_names
     async def AddOrganizationMember(
@@ -203,5 +209,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def ListOrganizationMembers(
         self, request: pb.ListOrganizationMembersRequest, context: Context
     ) -> pb.ListOrganizationMembersResponse:
-        members = await self._app.list_members(current_caller(), request.org_id)
-        return pb.ListOrganizationMembersResponse(members=[_member(m) for m in members])
+        page = await self._app.list_members(
+            current_caller(), request.org_id, request.page_size, request.page_token
+        )
+        return pb.ListOrganizationMembersResponse(
+            members=[_member(m) for m in page.items], next_page_token=page.next_token
+        )

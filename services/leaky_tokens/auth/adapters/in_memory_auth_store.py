@@ -13,8 +13,9 @@ from leaky_tokens.auth.domain.model import (
     Organization,
     SigningKey,
     User,
+    name_key,
 )
-from leaky_tokens.auth.domain.ports import DuplicateError
+from leaky_tokens.auth.domain.ports import DuplicateError, LimitReachedError
 
 
 class InMemoryAuthStore:
@@ -46,7 +47,7 @@ class InMemoryAuthStore:
             raise LookupError(f"no user {user_id}")
 
     async def add_user(self, user: User, roles: Sequence[str]) -> None:
-        if any(u.username.lower() == user.username.lower() for u in self._users.values()):
+        if any(name_key(u.username) == name_key(user.username) for u in self._users.values()):
             raise DuplicateError("username")
         if any(u.email == user.email for u in self._users.values()):
             raise DuplicateError("email")
@@ -63,9 +64,9 @@ class InMemoryAuthStore:
         return self._with_roles(user) if user else None
 
     async def get_user_by_username(self, username: str) -> User | None:
-        key = username.lower()
+        key = name_key(username)
         for user in self._users.values():
-            if user.username.lower() == key:
+            if name_key(user.username) == key:
                 return self._with_roles(user)
         return None
 
@@ -82,17 +83,32 @@ class InMemoryAuthStore:
 
     # -- API keys -------------------------------------------------------------------------
 
-    async def add_api_key(self, key: ApiKey) -> None:
+    async def add_api_key(self, key: ApiKey, max_active: int | None = None) -> None:
         self._require_user(key.user_id)
         if key.id in self._keys or any(k.key_hash == key.key_hash for k in self._keys.values()):
             raise DuplicateError("key")
+        if max_active is not None:
+            active = [
+                k
+                for k in self._keys.values()
+                if k.user_id == key.user_id
+                and k.revoked_at is None
+                and not k.expired(key.created_at)
+            ]
+            if len(active) + 1 > max_active:
+                raise LimitReachedError(max_active)
         self._keys[key.id] = key
 
-    async def list_api_keys(self, user_id: str) -> list[ApiKey]:
+    async def list_api_keys(
+        self, user_id: str, *, limit: int | None = None, after: tuple[datetime, str] | None = None
+    ) -> list[ApiKey]:
         mine = [k for k in self._keys.values() if k.user_id == user_id and k.revoked_at is None]
         mine.sort(key=lambda k: k.id)
         mine.sort(key=lambda k: k.created_at, reverse=True)  # stable: id ascending within ties
-        return mine
+        if after is not None:
+            at, key_id = after
+            mine = [k for k in mine if k.created_at < at or (k.created_at == at and k.id > key_id)]
+        return mine[:limit]
 
     async def get_api_key_by_hash(self, key_hash: str) -> ApiKey | None:
         return next((k for k in self._keys.values() if k.key_hash == key_hash), None)
@@ -106,20 +122,28 @@ class InMemoryAuthStore:
 
     # -- organizations --------------------------------------------------------------------
 
-    async def add_org(self, org: Organization, owner: Membership) -> None:
+    async def add_org(
+        self, org: Organization, owner: Membership, max_owned: int | None = None
+    ) -> None:
         self._require_user(org.owner_id)
         self._require_user(owner.user_id)
-        if any(o.name == org.name for o in self._orgs.values()):
+        if any(name_key(o.name) == name_key(org.name) for o in self._orgs.values()):
             raise DuplicateError("name")
+        owned = sum(o.owner_id == org.owner_id for o in self._orgs.values())
+        if max_owned is not None and owned + 1 > max_owned:
+            raise LimitReachedError(max_owned)
         self._orgs[org.id] = org
         self._members[(org.id, owner.user_id)] = replace(owner, username="")
 
     async def get_org(self, org_id: str) -> Organization | None:
         return self._orgs.get(org_id)
 
-    async def list_orgs_for_user(self, user_id: str) -> list[Organization]:
+    async def list_orgs_for_user(
+        self, user_id: str, *, limit: int | None = None, after: str | None = None
+    ) -> list[Organization]:
         orgs = [self._orgs[o] for (o, u) in self._members if u == user_id]
-        return sorted(orgs, key=lambda o: o.name)
+        orgs = [o for o in orgs if after is None or name_key(o.name) > after]
+        return sorted(orgs, key=lambda o: name_key(o.name))[:limit]
 
     async def add_member(self, membership: Membership) -> None:
         if membership.org_id not in self._orgs:
@@ -140,9 +164,12 @@ class InMemoryAuthStore:
         membership = self._members.get((org_id, user_id))
         return self._named(membership) if membership else None
 
-    async def list_members(self, org_id: str) -> list[Membership]:
+    async def list_members(
+        self, org_id: str, *, limit: int | None = None, after: str | None = None
+    ) -> list[Membership]:
         members = [self._named(m) for (o, _), m in self._members.items() if o == org_id]
-        return sorted(members, key=lambda m: m.username)
+        members = [m for m in members if after is None or name_key(m.username) > after]
+        return sorted(members, key=lambda m: name_key(m.username))[:limit]
 
     # -- signing keys ---------------------------------------------------------------------
 

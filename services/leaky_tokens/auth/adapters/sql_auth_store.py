@@ -20,8 +20,15 @@ from leaky_tokens.auth.adapters.schema import (
     user_roles,
     users,
 )
-from leaky_tokens.auth.domain.model import ApiKey, Membership, Organization, SigningKey, User
-from leaky_tokens.auth.domain.ports import DuplicateError
+from leaky_tokens.auth.domain.model import (
+    ApiKey,
+    Membership,
+    Organization,
+    SigningKey,
+    User,
+    name_key,
+)
+from leaky_tokens.auth.domain.ports import DuplicateError, LimitReachedError
 from leaky_tokens.runtime.errors import UnavailableError
 
 T = TypeVar("T")
@@ -53,8 +60,8 @@ _DUPLICATES = {
     "users.username_key": "username",
     "uq_users_email": "email",
     "users.email": "email",
-    "uq_organizations_name": "name",
-    "organizations.name": "name",
+    "uq_organizations_name_key": "name",
+    "organizations.name_key": "name",
     "org_members_pkey": "member",
     "org_members.org_id, org_members.user_id": "member",
 }
@@ -131,6 +138,16 @@ class SqlAuthStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
+    def _in_code_point_order(self, column: Any) -> Any:
+        """The column compared byte-wise: SQLite does so anyway, PostgreSQL would otherwise
+        use the database's locale, and every store must order (and page) alike."""
+        return column.collate("C") if self._engine.dialect.name == "postgresql" else column
+
+    async def _lock_user(self, conn: Any, user_id: str) -> None:
+        """Serialise capped inserts per user: PostgreSQL locks the user's row until commit.
+        (SQLite takes its database write lock at the insert that follows, before counting.)"""
+        await conn.execute(sa.select(users.c.id).where(users.c.id == user_id).with_for_update())
+
     async def close(self) -> None:
         """Dispose of pooled connections."""
         await self._engine.dispose()
@@ -148,7 +165,7 @@ class SqlAuthStore:
                     users.insert().values(
                         id=user.id,
                         username=user.username,
-                        username_key=user.username.lower(),
+                        username_key=name_key(user.username),
                         email=user.email,
                         password_hash=user.password_hash,
                         created_at=user.created_at,
@@ -170,7 +187,7 @@ class SqlAuthStore:
         return await self._get_user_where(users.c.id == user_id)
 
     async def get_user_by_username(self, username: str) -> User | None:
-        return await self._get_user_where(users.c.username_key == username.lower())
+        return await self._get_user_where(users.c.username_key == name_key(username))
 
     async def grant_role(self, user_id: str, role: str) -> None:
         try:
@@ -187,8 +204,9 @@ class SqlAuthStore:
                 users.update().where(users.c.id == user_id).values(password_hash=password_hash)
             )
 
-    async def add_api_key(self, key: ApiKey) -> None:
+    async def add_api_key(self, key: ApiKey, max_active: int | None = None) -> None:
         async with self._engine.begin() as conn:
+            await self._lock_user(conn, key.user_id)
             await conn.execute(
                 api_keys.insert().values(
                     id=key.id,
@@ -201,13 +219,35 @@ class SqlAuthStore:
                     revoked_at=key.revoked_at,
                 )
             )
+            if max_active is not None:
+                active = sa.select(sa.func.count()).where(
+                    api_keys.c.user_id == key.user_id,
+                    api_keys.c.revoked_at.is_(None),
+                    sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > key.created_at),
+                )
+                if (await conn.scalar(active) or 0) > max_active:
+                    raise LimitReachedError(max_active)  # rolls the insert back
 
-    async def list_api_keys(self, user_id: str) -> list[ApiKey]:
+    async def list_api_keys(
+        self, user_id: str, *, limit: int | None = None, after: tuple[datetime, str] | None = None
+    ) -> list[ApiKey]:
         query = (
             sa.select(api_keys)
             .where(api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None))
-            .order_by(api_keys.c.created_at.desc(), api_keys.c.id)
+            .order_by(api_keys.c.created_at.desc(), self._in_code_point_order(api_keys.c.id))
+            .limit(limit)
         )
+        if after is not None:
+            at, key_id = after
+            query = query.where(
+                sa.or_(
+                    api_keys.c.created_at < at,
+                    sa.and_(
+                        api_keys.c.created_at == at,
+                        self._in_code_point_order(api_keys.c.id) > key_id,
+                    ),
+                )
+            )
         async with self._engine.connect() as conn:
             return [_api_key(r) for r in await conn.execute(query)]
 
@@ -232,12 +272,19 @@ class SqlAuthStore:
             result = await conn.execute(statement)
         return bool(result.rowcount)
 
-    async def add_org(self, org: Organization, owner: Membership) -> None:
+    async def add_org(
+        self, org: Organization, owner: Membership, max_owned: int | None = None
+    ) -> None:
         try:
             async with self._engine.begin() as conn:
+                await self._lock_user(conn, org.owner_id)
                 await conn.execute(
                     organizations.insert().values(
-                        id=org.id, name=org.name, owner_id=org.owner_id, created_at=org.created_at
+                        id=org.id,
+                        name=org.name,
+                        name_key=name_key(org.name),
+                        owner_id=org.owner_id,
+                        created_at=org.created_at,
                     )
                 )
                 await conn.execute(
@@ -248,6 +295,12 @@ class SqlAuthStore:
                         joined_at=owner.joined_at,
                     )
                 )
+                if max_owned is not None:
+                    owned = sa.select(sa.func.count()).where(
+                        organizations.c.owner_id == org.owner_id
+                    )
+                    if (await conn.scalar(owned) or 0) > max_owned:
+                        raise LimitReachedError(max_owned)  # rolls the insert back
         except IntegrityError as exc:
             raise _as_duplicate(exc) from exc
 
@@ -258,13 +311,19 @@ class SqlAuthStore:
             ).first()
         return _org(row) if row else None
 
-    async def list_orgs_for_user(self, user_id: str) -> list[Organization]:
+    async def list_orgs_for_user(
+        self, user_id: str, *, limit: int | None = None, after: str | None = None
+    ) -> list[Organization]:
+        key = self._in_code_point_order(organizations.c.name_key)
         query = (
             sa.select(organizations)
             .join(org_members, org_members.c.org_id == organizations.c.id)
             .where(org_members.c.user_id == user_id)
-            .order_by(organizations.c.name)
+            .order_by(key)
+            .limit(limit)
         )
+        if after is not None:
+            query = query.where(key > after)
         async with self._engine.connect() as conn:
             return [_org(r) for r in await conn.execute(query)]
 
@@ -307,8 +366,13 @@ class SqlAuthStore:
             else None
         )
 
-    async def list_members(self, org_id: str) -> list[Membership]:
-        query = self._memberships().where(org_members.c.org_id == org_id).order_by(users.c.username)
+    async def list_members(
+        self, org_id: str, *, limit: int | None = None, after: str | None = None
+    ) -> list[Membership]:
+        key = self._in_code_point_order(users.c.username_key)
+        query = self._memberships().where(org_members.c.org_id == org_id).order_by(key).limit(limit)
+        if after is not None:
+            query = query.where(key > after)
         async with self._engine.connect() as conn:
             return [
                 Membership(r.org_id, r.user_id, r.role, r.joined_at, r.username)

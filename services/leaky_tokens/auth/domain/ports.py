@@ -17,6 +17,14 @@ class DuplicateError(Exception):
         self.field = field
 
 
+class LimitReachedError(Exception):
+    """An insert would take an owner past a per-user cap; nothing was written."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"limit of {limit} reached")
+        self.limit = limit
+
+
 class UserStore(Protocol):
     """Users and their roles."""
 
@@ -39,11 +47,16 @@ class UserStore(Protocol):
 class ApiKeyStore(Protocol):
     """API key records (hashes only)."""
 
-    async def add_api_key(self, key: ApiKey) -> None:
-        """Insert an API key record."""
+    async def add_api_key(self, key: ApiKey, max_active: int | None = None) -> None:
+        """Insert an API key record; LimitReachedError if the user would then have more than
+        `max_active` active keys (unrevoked, unexpired at key.created_at). The count and the
+        insert are one transaction, serialised per user, so racing calls cannot overshoot."""
 
-    async def list_api_keys(self, user_id: str) -> list[ApiKey]:
-        """A user's unrevoked keys, newest first."""
+    async def list_api_keys(
+        self, user_id: str, *, limit: int | None = None, after: tuple[datetime, str] | None = None
+    ) -> list[ApiKey]:
+        """A user's unrevoked keys, newest first (ties by id); at most `limit`, starting
+        after the key at (created_at, id) `after`."""
 
     async def get_api_key_by_hash(self, key_hash: str) -> ApiKey | None:
         """The key whose secret hashes to `key_hash`, revoked or not."""
@@ -55,14 +68,21 @@ class ApiKeyStore(Protocol):
 class OrgStore(Protocol):
     """Organizations and their memberships."""
 
-    async def add_org(self, org: Organization, owner: Membership) -> None:
-        """Insert an organization and its owner; DuplicateError('name') on a clash."""
+    async def add_org(
+        self, org: Organization, owner: Membership, max_owned: int | None = None
+    ) -> None:
+        """Insert an organization and its owner; DuplicateError('name') if the name clashes
+        case-insensitively (model.name_key); LimitReachedError if the owner would then own
+        more than `max_owned` (counted and inserted in one transaction, serialised per user)."""
 
     async def get_org(self, org_id: str) -> Organization | None:
         """The organization, or None."""
 
-    async def list_orgs_for_user(self, user_id: str) -> list[Organization]:
-        """Organizations the user belongs to, by name."""
+    async def list_orgs_for_user(
+        self, user_id: str, *, limit: int | None = None, after: str | None = None
+    ) -> list[Organization]:
+        """Organizations the user belongs to, by name_key (code point order); at most
+        `limit`, starting after the name key `after`."""
 
     async def add_member(self, membership: Membership) -> None:
         """Insert a membership; DuplicateError('member') if it exists."""
@@ -73,8 +93,11 @@ class OrgStore(Protocol):
     async def get_membership(self, org_id: str, user_id: str) -> Membership | None:
         """One membership, or None."""
 
-    async def list_members(self, org_id: str) -> list[Membership]:
-        """An organization's members with usernames, by username."""
+    async def list_members(
+        self, org_id: str, *, limit: int | None = None, after: str | None = None
+    ) -> list[Membership]:
+        """An organization's members with usernames, by name_key(username) (code point
+        order); at most `limit`, starting after the username key `after`."""
 
 
 class SigningKeyStore(Protocol):

@@ -7,7 +7,7 @@ import hmac
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from leaky_tokens.auth.domain import rules
+from leaky_tokens.auth.domain import paging, rules
 from leaky_tokens.auth.domain.model import (
     ADMIN,
     MEMBER,
@@ -21,8 +21,16 @@ from leaky_tokens.auth.domain.model import (
     Session,
     SigningKey,
     User,
+    name_key,
 )
-from leaky_tokens.auth.domain.ports import AuthStore, DuplicateError, PasswordHasher, TokenCrypto
+from leaky_tokens.auth.domain.paging import Page
+from leaky_tokens.auth.domain.ports import (
+    AuthStore,
+    DuplicateError,
+    LimitReachedError,
+    PasswordHasher,
+    TokenCrypto,
+)
 from leaky_tokens.runtime.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -47,6 +55,8 @@ class AuthPolicy:
     audience: str = "leaky-tokens"
     token_ttl: timedelta = timedelta(hours=1)
     published_keys: int = 2
+    max_api_keys_per_user: int = 100  # active (unrevoked, unexpired) keys
+    max_owned_orgs_per_user: int = 20
 
 
 def hash_api_key(secret: str) -> str:
@@ -102,12 +112,11 @@ class AuthApp:
         """Check credentials; the error never says whether the username exists."""
         v = Validator()
         username = v.require("username", username)
-        if not password:
-            v.fail("password", "is required")
+        rules.check_login_password(v, password)
         v.raise_if_any()
         # A name that could never have registered is looked up by nobody, but still costs a
         # full hash verification: the answer and its timing say nothing about existence.
-        valid_name = rules.USERNAME_RE.fullmatch(username) is not None
+        valid_name = rules.LEGACY_USERNAME_RE.fullmatch(username) is not None
         user = await self._store.get_user_by_username(username) if valid_name else None
         valid = await self._hasher.verify(user.password_hash if user else None, password)
         if user is None or not valid:
@@ -181,12 +190,36 @@ class AuthApp:
             created_at=now,
             expires_at=expires_at,
         )
-        await self._store.add_api_key(key)
+        limit = self._policy.max_api_keys_per_user
+        try:
+            await self._store.add_api_key(key, max_active=limit)
+        except LimitReachedError:
+            raise FailedPreconditionError(
+                f"a user may have at most {limit} active API keys; revoke one first",
+                reason="API_KEY_LIMIT",
+                metadata={"limit": str(limit)},
+            ) from None
         return IssuedApiKey(key=key, secret=secret)
 
-    async def list_api_keys(self, caller: Caller, user_id: str) -> list[ApiKey]:
-        """A user's keys (expired included, revoked not), without secrets."""
-        return await self._store.list_api_keys(await self._owner(caller, user_id))
+    async def list_api_keys(
+        self, caller: Caller, user_id: str, page_size: int = 0, page_token: str = ""
+    ) -> Page[ApiKey]:
+        """A page of a user's keys (expired included, revoked not), newest first, no secrets."""
+        user_id = await self._owner(caller, user_id)
+        v = Validator()
+        size = paging.check_page_size(v, page_size)
+        position = paging.check_token(v, "api_keys", page_token, 2)
+        after = None
+        if position is not None:
+            try:
+                after = (datetime.fromisoformat(position[0]), position[1])
+            except ValueError:
+                after = None
+            if after is None or after[0].tzinfo is None:
+                v.fail("page_token", "is not a page token of this list")
+        v.raise_if_any()
+        keys = await self._store.list_api_keys(user_id, limit=size + 1, after=after)
+        return paging.page_of(keys, size, "api_keys", lambda k: [k.created_at.isoformat(), k.id])
 
     async def revoke_api_key(self, caller: Caller, user_id: str, key_id: str) -> datetime:
         """Revoke one of a user's keys; NOT_FOUND if it is not theirs or already revoked."""
@@ -259,17 +292,35 @@ class AuthApp:
         org = Organization(
             id=self._random.new_id(), name=name, owner_id=caller.user_id, created_at=now
         )
+        limit = self._policy.max_owned_orgs_per_user
         try:
-            await self._store.add_org(org, Membership(org.id, caller.user_id, OWNER, now))
+            await self._store.add_org(
+                org, Membership(org.id, caller.user_id, OWNER, now), max_owned=limit
+            )
         except DuplicateError:
             raise AlreadyExistsError(
                 "organization name already exists", reason="ORG_NAME_TAKEN"
             ) from None
+        except LimitReachedError:
+            raise FailedPreconditionError(
+                f"a user may own at most {limit} organizations",
+                reason="OWNED_ORG_LIMIT",
+                metadata={"limit": str(limit)},
+            ) from None
         return org
 
-    async def list_my_orgs(self, caller: Caller) -> list[Organization]:
-        """The caller's organizations."""
-        return await self._store.list_orgs_for_user(caller.user_id)
+    async def list_my_orgs(
+        self, caller: Caller, page_size: int = 0, page_token: str = ""
+    ) -> Page[Organization]:
+        """A page of the caller's organizations, by name (case-insensitively)."""
+        v = Validator()
+        size = paging.check_page_size(v, page_size)
+        position = paging.check_token(v, "orgs", page_token, 1)
+        v.raise_if_any()
+        orgs = await self._store.list_orgs_for_user(
+            caller.user_id, limit=size + 1, after=position[0] if position else None
+        )
+        return paging.page_of(orgs, size, "orgs", lambda o: [name_key(o.name)])
 
     async def _org(self, org_id: str) -> Organization:
         v = Validator()
@@ -322,11 +373,20 @@ class AuthApp:
         if not await self._store.remove_member(org.id, user_id):
             raise NotFoundError("membership not found", reason="MEMBERSHIP_NOT_FOUND")
 
-    async def list_members(self, caller: Caller, org_id: str) -> list[Membership]:
-        """Members of an organization; visible to its members and ADMIN."""
+    async def list_members(
+        self, caller: Caller, org_id: str, page_size: int = 0, page_token: str = ""
+    ) -> Page[Membership]:
+        """A page of an organization's members, by username; visible to members and ADMIN."""
         org = await self._org(org_id)
+        v = Validator()
+        size = paging.check_page_size(v, page_size)
+        position = paging.check_token(v, "members", page_token, 1)
+        v.raise_if_any()
         if not caller.is_admin and await self._store.get_membership(org.id, caller.user_id) is None:
             raise PermissionDeniedError(
                 "only members may list an organization's members", reason="NOT_ORG_MEMBER"
             )
-        return await self._store.list_members(org.id)
+        members = await self._store.list_members(
+            org.id, limit=size + 1, after=position[0] if position else None
+        )
+        return paging.page_of(members, size, "members", lambda m: [name_key(m.username)])
