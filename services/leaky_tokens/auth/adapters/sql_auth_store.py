@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leaky_tokens.auth.adapters.schema import (
     api_keys,
@@ -20,6 +18,7 @@ from leaky_tokens.auth.adapters.schema import (
     user_roles,
     users,
 )
+from leaky_tokens.auth.adapters.sql_engine import as_duplicate, make_engine, unavailable_on_outage
 from leaky_tokens.auth.domain.model import (
     ApiKey,
     Membership,
@@ -28,79 +27,9 @@ from leaky_tokens.auth.domain.model import (
     User,
     name_key,
 )
-from leaky_tokens.auth.domain.ports import DuplicateError, LimitReachedError
-from leaky_tokens.runtime.errors import UnavailableError
+from leaky_tokens.auth.domain.ports import LimitReachedError
 
-T = TypeVar("T")
-
-
-def make_engine(url: str) -> AsyncEngine:
-    """An async engine; SQLite gets foreign keys on and a busy timeout for concurrent writers.
-
-    Bound parameters are hidden from error messages: they hold password and key hashes.
-    """
-    if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
-
-        @sa.event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.close()
-
-        return engine
-    return create_async_engine(url, pool_pre_ping=True, pool_size=10, hide_parameters=True)
-
-
-# Unique constraints by name (PostgreSQL) or by column list (SQLite's message), never by
-# searching the error text, which on PostgreSQL also quotes the clashing value.
-_DUPLICATES = {
-    "uq_users_username_key": "username",
-    "users.username_key": "username",
-    "uq_users_email": "email",
-    "users.email": "email",
-    "uq_organizations_name_key": "name",
-    "organizations.name_key": "name",
-    "org_members_pkey": "member",
-    "org_members.org_id, org_members.user_id": "member",
-}
-
-
-def _as_duplicate(error: IntegrityError) -> DuplicateError:
-    """The DuplicateError a unique violation means; anything else is re-raised as is."""
-    diag = getattr(error.orig, "diag", None)
-    constraint = getattr(diag, "constraint_name", None)
-    if constraint is None:
-        message = str(error.orig)
-        constraint = (
-            message.split("UNIQUE constraint failed: ", 1)[-1] if "UNIQUE" in message else ""
-        )
-    field = _DUPLICATES.get(constraint)
-    if field is None:
-        raise error
-    return DuplicateError(field)
-
-
-def _unavailable_on_outage(cls: type[T]) -> type[T]:
-    """Turn lost connections and database outages into UnavailableError in every method."""
-
-    def wrap(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        @functools.wraps(method)
-        async def guarded(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await method(*args, **kwargs)
-            except (OperationalError, InterfaceError) as exc:
-                raise UnavailableError(
-                    "the auth database is unavailable", reason="DATABASE_UNAVAILABLE"
-                ) from exc
-
-        return guarded
-
-    for name, member in list(vars(cls).items()):
-        if inspect.iscoroutinefunction(member) and not name.startswith("_"):
-            setattr(cls, name, wrap(member))
-    return cls
+__all__ = ["SqlAuthStore", "make_engine"]
 
 
 def _user(row: Any, roles: Sequence[str]) -> User:
@@ -131,7 +60,7 @@ def _org(row: Any) -> Organization:
     return Organization(id=row.id, name=row.name, owner_id=row.owner_id, created_at=row.created_at)
 
 
-@_unavailable_on_outage
+@unavailable_on_outage
 class SqlAuthStore:
     """The AuthStore port on a relational database."""
 
@@ -174,7 +103,7 @@ class SqlAuthStore:
                 for role in roles:
                     await conn.execute(user_roles.insert().values(user_id=user.id, role=role))
         except IntegrityError as exc:
-            raise _as_duplicate(exc) from exc
+            raise as_duplicate(exc) from exc
 
     async def _get_user_where(self, clause: Any) -> User | None:
         async with self._engine.connect() as conn:
@@ -302,7 +231,7 @@ class SqlAuthStore:
                     if (await conn.scalar(owned) or 0) > max_owned:
                         raise LimitReachedError(max_owned)  # rolls the insert back
         except IntegrityError as exc:
-            raise _as_duplicate(exc) from exc
+            raise as_duplicate(exc) from exc
 
     async def get_org(self, org_id: str) -> Organization | None:
         async with self._engine.connect() as conn:
@@ -339,7 +268,7 @@ class SqlAuthStore:
                     )
                 )
         except IntegrityError as exc:
-            raise _as_duplicate(exc) from exc
+            raise as_duplicate(exc) from exc
 
     async def remove_member(self, org_id: str, user_id: str) -> bool:
         statement = org_members.delete().where(
