@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -103,12 +104,15 @@ def stack() -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(stack: Stack) -> str:
-    """A database of its own in the stack's PostgreSQL, recreated per session."""
+def postgres_url(stack: Stack) -> Iterator[str]:
+    """A database of its own in the stack's PostgreSQL, per session: a unique name, so
+    sessions sharing one stack (several checkouts, CI jobs) never drop each other's."""
     postgres = component(stack, "postgres")
     assert isinstance(postgres, Postgres)
     dsn = f"host=127.0.0.1 port={postgres.port} user=postgres dbname=postgres"
+    name = f"leaky_test_auth_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS leaky_test_auth WITH (FORCE)")
-        conn.execute("CREATE DATABASE leaky_test_auth")
-    return postgres.url("leaky_test_auth")
+        conn.execute(f"CREATE DATABASE {name}")
+    yield postgres.url(name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
