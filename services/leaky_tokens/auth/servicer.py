@@ -18,9 +18,7 @@ from leaky_tokens.runtime.errors import FieldViolation, InvalidArgumentError
 from leaky_tokens.runtime.identity import current_caller
 
 Context = grpc.aio.ServicerContext[Any, Any]
-S = TypeVar("S", bound="AuthServicer")
-R = TypeVar("R", bound=Message)
-Q = TypeVar("Q", bound=Message)
+T = TypeVar("T")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AuthService"].full_name
 PUBLIC_METHODS = frozenset(
@@ -37,13 +35,11 @@ def _json_name(request: Message, field_name: str) -> str:
     return head + "".join(part.capitalize() for part in rest)
 
 
-def _wire_field_names(
-    method: Callable[[S, Q, Context], Awaitable[R]],
-) -> Callable[[S, Q, Context], Awaitable[R]]:
-    """Rename the field violations the domain raises to the request's JSON names."""
-
+def _renamed(
+    method: Callable[[Any, Message, Context], Awaitable[Message]],
+) -> Callable[[Any, Message, Context], Awaitable[Message]]:
     @functools.wraps(method)
-    async def renamed(self: S, request: Q, context: Context) -> R:
+    async def renamed(self: Any, request: Message, context: Context) -> Message:
         try:
             return await method(self, request, context)
         except InvalidArgumentError as error:
@@ -54,6 +50,15 @@ def _wire_field_names(
             raise InvalidArgumentError(violations) from None
 
     return renamed
+
+
+def _wire_field_names(cls: type[T]) -> type[T]:
+    """Every RPC of the class renames the domain's field violations to the request's JSON
+    names, so the domain never learns the wire format and clients see the names they send."""
+    for method in pb.DESCRIPTOR.services_by_name["AuthService"].methods:
+        if method.name in vars(cls):
+            setattr(cls, method.name, _renamed(getattr(cls, method.name)))
+    return cls
 
 
 def _api_key(key: ApiKey) -> pb.ApiKey:
@@ -96,23 +101,21 @@ def _metadata(context: Context, key: str) -> str:
     return ""
 
 
+@_wire_field_names
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     """Thin translation layer; every rule lives in AuthApp."""
 
     def __init__(self, app: AuthApp) -> None:
         self._app = app
 
-    @_wire_field_names
     async def Register(self, request: pb.RegisterRequest, context: Context) -> pb.RegisterResponse:
         session = await self._app.register(request.username, request.email, request.password)
         return pb.RegisterResponse(**_session_fields(session))
 
-    @_wire_field_names
     async def Login(self, request: pb.LoginRequest, context: Context) -> pb.LoginResponse:
         session = await self._app.login(request.username, request.password)
         return pb.LoginResponse(**_session_fields(session))
 
-    @_wire_field_names
     async def CreateApiKey(
         self, request: pb.CreateApiKeyRequest, context: Context
     ) -> pb.CreateApiKeyResponse:
@@ -132,7 +135,6 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             api_key=issued.secret,
         )
 
-    @_wire_field_names
     async def ListApiKeys(
         self, request: pb.ListApiKeysRequest, context: Context
     ) -> pb.ListApiKeysResponse:
@@ -143,14 +145,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             api_keys=[_api_key(k) for k in page.items], next_page_token=page.next_token
         )
 
-    @_wire_field_names
     async def RevokeApiKey(
         self, request: pb.RevokeApiKeyRequest, context: Context
     ) -> pb.RevokeApiKeyResponse:
         at = await self._app.revoke_api_key(current_caller(), request.user_id, request.api_key_id)
         return pb.RevokeApiKeyResponse(api_key_id=request.api_key_id, revoked_at=timestamp(at))
 
-    @_wire_field_names
     async def ValidateApiKey(
         self, request: pb.ValidateApiKeyRequest, context: Context
     ) -> pb.ValidateApiKeyResponse:
@@ -164,25 +164,21 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             org_ids=sorted(owner.org_ids),
         )
 
-    @_wire_field_names
     async def GetJwks(self, request: pb.GetJwksRequest, context: Context) -> pb.GetJwksResponse:
         return pb.GetJwksResponse(keys=[pb.Jwk(**k) for k in await self._app.jwks()])
 
-    @_wire_field_names
     async def RotateSigningKey(
         self, request: pb.RotateSigningKeyRequest, context: Context
     ) -> pb.RotateSigningKeyResponse:
         kid, published = await self._app.rotate_signing_key(current_caller())
         return pb.RotateSigningKeyResponse(kid=kid, published_kids=published)
 
-    @_wire_field_names
     async def CreateOrganization(
         self, request: pb.CreateOrganizationRequest, context: Context
     ) -> pb.CreateOrganizationResponse:
         org = await self._app.create_org(current_caller(), request.name)
         return pb.CreateOrganizationResponse(organization=_org(org))
 
-    @_wire_field_names
     async def ListMyOrganizations(
         self, request: pb.ListMyOrganizationsRequest, context: Context
     ) -> pb.ListMyOrganizationsResponse:
@@ -191,21 +187,18 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             organizations=[_org(o) for o in page.items], next_page_token=page.next_token
         )
 
-    @_wire_field_names
     async def AddOrganizationMember(
         self, request: pb.AddOrganizationMemberRequest, context: Context
     ) -> pb.AddOrganizationMemberResponse:
         member = await self._app.add_member(current_caller(), request.org_id, request.user_id)
         return pb.AddOrganizationMemberResponse(member=_member(member))
 
-    @_wire_field_names
     async def RemoveOrganizationMember(
         self, request: pb.RemoveOrganizationMemberRequest, context: Context
     ) -> pb.RemoveOrganizationMemberResponse:
         await self._app.remove_member(current_caller(), request.org_id, request.user_id)
         return pb.RemoveOrganizationMemberResponse(org_id=request.org_id, user_id=request.user_id)
 
-    @_wire_field_names
     async def ListOrganizationMembers(
         self, request: pb.ListOrganizationMembersRequest, context: Context
     ) -> pb.ListOrganizationMembersResponse:
