@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from leaky_tokens.auth.adapters.argon2_password_hasher import Argon2PasswordHasher
+from leaky_tokens.auth.adapters.in_memory_auth_store import InMemoryAuthStore
 from leaky_tokens.auth.adapters.migrate import migrate
-from leaky_tokens.auth.adapters.rsa_token_crypto import RsaTokenCrypto
 from leaky_tokens.auth.adapters.sql_auth_store import SqlAuthStore, make_engine
+from leaky_tokens.auth.domain.ports import AuthStore, PasswordHasher, TokenCrypto
 from leaky_tokens.auth.domain.service import AuthApp, AuthPolicy
 from leaky_tokens.runtime.system import SystemRandomness
 from leaky_tokens.stack.orchestrator import Stack
 from leaky_tokens.stack.postgres import Postgres
-from tests.support.fakes import FakeClock
+from tests.support.fakes import FakeClock, FakePasswordHasher, FakeTokenCrypto
 from tests.support.stack import component, running_stack
 
 # Cheap argon2 parameters: the tests exercise behaviour, not hashing cost.
@@ -48,20 +49,48 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqlAuthStore]:
     await store.close()
 
 
-def make_app(store: SqlAuthStore, clock: FakeClock) -> AuthApp:
+@pytest.fixture
+def memory_store() -> InMemoryAuthStore:
+    return InMemoryAuthStore()
+
+
+@pytest.fixture
+def hasher() -> FakePasswordHasher:
+    return FakePasswordHasher()
+
+
+@pytest.fixture
+def crypto() -> FakeTokenCrypto:
+    return FakeTokenCrypto()
+
+
+def make_app(
+    store: AuthStore,
+    clock: FakeClock,
+    hasher: PasswordHasher | None = None,
+    crypto: TokenCrypto | None = None,
+    policy: AuthPolicy | None = None,
+) -> AuthApp:
+    """AuthApp on the given store; fast fake hashing and token crypto unless told otherwise."""
     return AuthApp(
         store=store,
-        hasher=Argon2PasswordHasher(**FAST_HASHER),
-        crypto=RsaTokenCrypto(),
+        hasher=hasher or FakePasswordHasher(),
+        crypto=crypto or FakeTokenCrypto(),
         clock=clock,
         randomness=SystemRandomness(),
-        policy=AuthPolicy(),
+        policy=policy or AuthPolicy(),
     )
 
 
 @pytest.fixture
-async def auth_app(sqlite_store: SqlAuthStore, clock: FakeClock) -> AuthApp:
-    app = make_app(sqlite_store, clock)
+async def auth_app(
+    memory_store: InMemoryAuthStore,
+    clock: FakeClock,
+    hasher: FakePasswordHasher,
+    crypto: FakeTokenCrypto,
+) -> AuthApp:
+    """The auth domain on in-memory fakes only: no I/O."""
+    app = make_app(memory_store, clock, hasher, crypto)
     await app.ensure_signing_key()
     return app
 
@@ -75,12 +104,15 @@ def stack() -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(stack: Stack) -> str:
-    """A database of its own in the stack's PostgreSQL, recreated per session."""
+def postgres_url(stack: Stack) -> Iterator[str]:
+    """A database of its own in the stack's PostgreSQL, per session: a unique name, so
+    sessions sharing one stack (several checkouts, CI jobs) never drop each other's."""
     postgres = component(stack, "postgres")
     assert isinstance(postgres, Postgres)
     dsn = f"host=127.0.0.1 port={postgres.port} user=postgres dbname=postgres"
+    name = f"leaky_test_auth_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS leaky_test_auth WITH (FORCE)")
-        conn.execute("CREATE DATABASE leaky_test_auth")
-    return postgres.url("leaky_test_auth")
+        conn.execute(f"CREATE DATABASE {name}")
+    yield postgres.url(name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +20,14 @@ from leaky.auth.v1 import auth_pb2_grpc
 from leaky.token.v1 import token_pb2, token_pb2_grpc
 from leaky_tokens.analytics.bootstrap import AnalyticsSettings
 from leaky_tokens.analytics.bootstrap import build as build_analytics
+from leaky_tokens.auth.adapters.in_memory_auth_store import InMemoryAuthStore
 from leaky_tokens.auth.adapters.rsa_token_crypto import SigningKeyError
 from leaky_tokens.auth.bootstrap import AuthComponents, AuthSettings
 from leaky_tokens.auth.bootstrap import build as build_auth
 from leaky_tokens.runtime.server import RunningServer, start_server
 from leaky_tokens.token.bootstrap import TokenSettings
 from leaky_tokens.token.bootstrap import build as build_token
-from tests.conftest import FAST_HASHER
+from tests.support.fakes import FakePasswordHasher
 
 
 @dataclass
@@ -40,15 +41,10 @@ class Mesh:
 
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
-    auth_settings = AuthSettings(
-        port=0,
-        metrics_port=0,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}",
-        argon2_time_cost=FAST_HASHER["time_cost"],
-        argon2_memory_kib=FAST_HASHER["memory_kib"],
-        max_message_bytes=64 * 1024,
-    )
-    auth = await build_auth(auth_settings)
+    auth_settings = AuthSettings(port=0, metrics_port=0, max_message_bytes=64 * 1024)
+    # The real servicer and RSA tokens (peers verify them) on the in-memory store and fast
+    # hashing; the SQL store and argon2 have their own tests.
+    auth = await build_auth(auth_settings, store=InMemoryAuthStore(), hasher=FakePasswordHasher())
     auth_server = await start_server(auth.spec, auth_settings, auth.verifier)
     target = f"127.0.0.1:{auth_server.port}"
     token_settings = TokenSettings(port=0, metrics_port=0, auth_target=target)
@@ -118,6 +114,45 @@ async def test_bad_registration_is_invalid_argument_with_field_violations(mesh: 
         "password",
     }
     assert details(info.value)["ErrorInfo"].reason == "INVALID_ARGUMENT"  # type: ignore[attr-defined]
+
+
+async def test_field_violations_name_the_json_fields(mesh: Mesh) -> None:
+    me = await register(mesh)
+    calls: list[tuple[str, Awaitable[object]]] = [
+        (
+            "expiresAt",
+            mesh.auth.CreateApiKey(
+                pb.CreateApiKeyRequest(
+                    user_id=me.user_id, expires_at=timestamp_pb2.Timestamp(seconds=1)
+                ),
+                metadata=bearer(me.token),
+            ),
+        ),
+        (
+            "apiKeyId",
+            mesh.auth.RevokeApiKey(
+                pb.RevokeApiKeyRequest(user_id=me.user_id, api_key_id="not-a-uuid"),
+                metadata=bearer(me.token),
+            ),
+        ),
+        (
+            "userId",
+            mesh.auth.ListApiKeys(pb.ListApiKeysRequest(user_id="x"), metadata=bearer(me.token)),
+        ),
+        (
+            "orgId",
+            mesh.auth.ListOrganizationMembers(
+                pb.ListOrganizationMembersRequest(org_id="x"), metadata=bearer(me.token)
+            ),
+        ),
+    ]
+    for field, call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        bad_request = details(info.value)["BadRequest"]
+        assert [v.field for v in bad_request.field_violations] == [field]  # type: ignore[attr-defined]
+        assert f"{field}:" in (info.value.details() or "")
 
 
 async def test_duplicate_username_is_already_exists(mesh: Mesh) -> None:
@@ -346,3 +381,106 @@ async def test_stop_goes_not_serving_before_refusing_calls(tmp_path: Path) -> No
         health_pb2.HealthCheckResponse.NOT_SERVING,
     )
     assert seen == [serving, not_serving]
+
+
+async def test_list_rpcs_page_with_next_page_token(mesh: Mesh) -> None:
+    me = await register(mesh)
+    auth = bearer(me.token)
+    for n in range(5):
+        await mesh.auth.CreateApiKey(
+            pb.CreateApiKeyRequest(user_id=me.user_id, name=f"k{n}"), metadata=auth
+        )
+        await mesh.auth.CreateOrganization(
+            pb.CreateOrganizationRequest(name=f"org{n}"), metadata=auth
+        )
+    everything = await mesh.auth.ListApiKeys(
+        pb.ListApiKeysRequest(user_id=me.user_id), metadata=auth
+    )
+    assert len(everything.api_keys) == 5
+    assert everything.next_page_token == ""
+    ids: list[str] = []
+    token = ""
+    while True:
+        page = await mesh.auth.ListApiKeys(
+            pb.ListApiKeysRequest(user_id=me.user_id, page_size=2, page_token=token), metadata=auth
+        )
+        assert len(page.api_keys) <= 2
+        ids += [k.id for k in page.api_keys]
+        token = page.next_page_token
+        if not token:
+            break
+    assert ids == [k.id for k in everything.api_keys]
+    relogin = await mesh.auth.Login(pb.LoginRequest(username="alice", password="correct horse"))
+    orgs = await mesh.auth.ListMyOrganizations(
+        pb.ListMyOrganizationsRequest(page_size=3), metadata=bearer(relogin.token)
+    )
+    more = await mesh.auth.ListMyOrganizations(
+        pb.ListMyOrganizationsRequest(page_size=3, page_token=orgs.next_page_token),
+        metadata=bearer(relogin.token),
+    )
+    assert [o.name for o in orgs.organizations] + [o.name for o in more.organizations] == [
+        f"org{n}" for n in range(5)
+    ]
+    members = await mesh.auth.ListOrganizationMembers(
+        pb.ListOrganizationMembersRequest(org_id=orgs.organizations[0].id, page_size=1),
+        metadata=bearer(relogin.token),
+    )
+    assert [m.username for m in members.members] == ["alice"]
+    assert members.next_page_token == ""
+
+
+async def test_bad_page_token_names_the_json_field(mesh: Mesh) -> None:
+    me = await register(mesh)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await mesh.auth.ListApiKeys(
+            pb.ListApiKeysRequest(user_id=me.user_id, page_token="nope", page_size=-1),
+            metadata=bearer(me.token),
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad_request = details(info.value)["BadRequest"]
+    assert {v.field for v in bad_request.field_violations} == {"pageSize", "pageToken"}  # type: ignore[attr-defined]
+
+
+async def test_per_user_caps_answer_failed_precondition_with_a_reason() -> None:
+    settings = AuthSettings(
+        port=0, metrics_port=0, max_api_keys_per_user=1, max_owned_orgs_per_user=1
+    )
+    auth = await build_auth(settings, store=InMemoryAuthStore(), hasher=FakePasswordHasher())
+    running = await start_server(auth.spec, settings, auth.verifier)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        me = await stub.Register(
+            pb.RegisterRequest(username="alice", email="a@example.com", password="correct horse")
+        )
+        auth_md = bearer(me.token)
+        await stub.CreateApiKey(pb.CreateApiKeyRequest(user_id=me.user_id), metadata=auth_md)
+        await stub.CreateOrganization(pb.CreateOrganizationRequest(name="Acme"), metadata=auth_md)
+        refused: list[Awaitable[object]] = [
+            stub.CreateApiKey(pb.CreateApiKeyRequest(user_id=me.user_id), metadata=auth_md),
+            stub.CreateOrganization(pb.CreateOrganizationRequest(name="Other"), metadata=auth_md),
+        ]
+        reasons = []
+        for call in refused:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            error_info = details(info.value)["ErrorInfo"]
+            reasons.append(error_info.reason)  # type: ignore[attr-defined]
+            assert dict(error_info.metadata) == {"limit": "1"}  # type: ignore[attr-defined]
+        assert reasons == ["API_KEY_LIMIT", "OWNED_ORG_LIMIT"]
+    await running.stop(0)
+    await auth.close()
+
+
+async def test_org_name_in_another_case_is_already_exists(mesh: Mesh) -> None:
+    alice = await register(mesh, "alice")
+    bob = await register(mesh, "bob")
+    await mesh.auth.CreateOrganization(
+        pb.CreateOrganizationRequest(name="Acme"), metadata=bearer(alice.token)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await mesh.auth.CreateOrganization(
+            pb.CreateOrganizationRequest(name="ACME"), metadata=bearer(bob.token)
+        )
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert details(info.value)["ErrorInfo"].reason == "ORG_NAME_TAKEN"  # type: ignore[attr-defined]

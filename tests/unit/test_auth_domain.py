@@ -1,4 +1,8 @@
-"""Auth rules: registration, login, API keys, organizations and signing keys."""
+"""Auth rules: registration, login, API keys, organizations and signing keys.
+
+Unit tier: the domain on the in-memory store, a fake clock, fake hashing and fake token
+crypto, so nothing here touches a disk, a socket, argon2 or RSA.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,9 @@ from datetime import timedelta
 import jwt
 import pytest
 
-from leaky_tokens.auth.adapters.argon2_password_hasher import Argon2PasswordHasher
-from leaky_tokens.auth.adapters.rsa_token_crypto import RsaTokenCrypto
-from leaky_tokens.auth.adapters.sql_auth_store import SqlAuthStore
+from leaky_tokens.auth.adapters.in_memory_auth_store import InMemoryAuthStore
 from leaky_tokens.auth.domain.model import ADMIN
-from leaky_tokens.auth.domain.service import AuthApp, AuthPolicy, hash_api_key
+from leaky_tokens.auth.domain.service import AuthApp, hash_api_key
 from leaky_tokens.runtime.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -21,9 +23,8 @@ from leaky_tokens.runtime.errors import (
     UnauthenticatedError,
 )
 from leaky_tokens.runtime.identity import Caller
-from leaky_tokens.runtime.jwt_verifier import JwtVerifier
-from leaky_tokens.runtime.system import SystemRandomness
-from tests.support.fakes import FakeClock
+from tests.conftest import make_app
+from tests.support.fakes import FakeClock, FakePasswordHasher, FakeTokenCrypto
 
 
 def caller_of(user_id: str, *roles: str, orgs: frozenset[str] = frozenset()) -> Caller:
@@ -66,14 +67,16 @@ async def test_username_and_email_are_unique_case_insensitively(auth_app: AuthAp
     assert info.value.reason == "EMAIL_TAKEN"
 
 
-async def test_password_is_stored_only_as_argon2id_hash(
-    auth_app: AuthApp, sqlite_store: SqlAuthStore
+async def test_password_is_stored_only_as_a_salted_hash(
+    auth_app: AuthApp, memory_store: InMemoryAuthStore
 ) -> None:
-    user_id = await register(auth_app)
-    user = await sqlite_store.get_user(user_id)
-    assert user is not None
-    assert user.password_hash.startswith("$argon2id$")
-    assert "correct horse" not in user.password_hash
+    alice = await memory_store.get_user(await register(auth_app, "alice"))
+    bob = await memory_store.get_user(await register(auth_app, "bob"))
+    assert alice is not None
+    assert bob is not None
+    assert alice.password_hash.startswith("$fake$")
+    assert "correct horse" not in alice.password_hash
+    assert alice.password_hash != bob.password_hash  # same password, different salt
 
 
 async def test_login_failure_does_not_reveal_whether_username_exists(auth_app: AuthApp) -> None:
@@ -94,7 +97,6 @@ async def test_token_carries_identity_roles_orgs_and_expiry(
     session = await auth_app.login("alice", "correct horse")
     header = jwt.get_unverified_header(session.token)
     claims = jwt.decode(session.token, options={"verify_signature": False})
-    assert header["alg"] == "RS256"
     assert header["kid"] == (await auth_app.jwks())[0]["kid"]
     assert claims["sub"] == user_id
     assert claims["iss"] == "leaky-tokens-auth"
@@ -105,15 +107,18 @@ async def test_token_carries_identity_roles_orgs_and_expiry(
     assert session.expires_at == clock.now() + timedelta(hours=1)
 
 
-async def test_issued_token_verifies_against_published_jwks(auth_app: AuthApp) -> None:
+async def test_issued_token_verifies_with_the_current_signing_key(
+    auth_app: AuthApp, memory_store: InMemoryAuthStore, crypto: FakeTokenCrypto
+) -> None:
     user_id = await register(auth_app)
     session = await auth_app.login("alice", "correct horse")
-    verifier = JwtVerifier(
-        auth_app.jwks, issuer="leaky-tokens-auth", audience="leaky-tokens", leeway_seconds=10**9
-    )
-    caller = await verifier.verify(session.token)
-    assert caller.user_id == user_id
-    assert caller.roles == frozenset({"USER"})
+    keys = await memory_store.list_signing_keys(1)
+    claims = crypto.decode(session.token, keys, audience="leaky-tokens")
+    assert claims["sub"] == user_id
+    assert claims["roles"] == ["USER"]
+    header, payload, signature = session.token.split(".")
+    with pytest.raises(jwt.InvalidSignatureError):
+        crypto.decode(f"{header}.{payload}.{signature[:-4]}AAAA", keys, audience="leaky-tokens")
 
 
 async def test_rotation_keeps_previous_key_published_and_signs_with_new(
@@ -137,16 +142,16 @@ async def test_only_admin_rotates_signing_keys(auth_app: AuthApp) -> None:
 
 
 async def test_api_key_secret_is_returned_once_and_stored_hashed(
-    auth_app: AuthApp, sqlite_store: SqlAuthStore
+    auth_app: AuthApp, memory_store: InMemoryAuthStore
 ) -> None:
     user_id = await register(auth_app)
     issued = await auth_app.create_api_key(caller_of(user_id), user_id, "ci", None)
     assert issued.secret.startswith("lt_")
     assert len(issued.secret) >= 3 + 43  # 32 random bytes, base64url
-    stored = await sqlite_store.get_api_key_by_hash(hash_api_key(issued.secret))
+    stored = await memory_store.get_api_key_by_hash(hash_api_key(issued.secret))
     assert stored is not None
     assert stored.key_hash != issued.secret
-    listed = await auth_app.list_api_keys(caller_of(user_id), user_id)
+    listed = (await auth_app.list_api_keys(caller_of(user_id), user_id)).items
     assert [k.id for k in listed] == [issued.key.id]
     assert issued.secret not in repr(listed)
     assert listed[0].prefix == issued.secret[:11]
@@ -163,7 +168,7 @@ async def test_api_key_validates_to_owner_until_revoked(auth_app: AuthApp) -> No
     with pytest.raises(UnauthenticatedError) as info:
         await auth_app.validate_api_key(issued.secret)
     assert info.value.reason == "INVALID_API_KEY"
-    assert await auth_app.list_api_keys(me, user_id) == []
+    assert (await auth_app.list_api_keys(me, user_id)).items == []
     with pytest.raises(NotFoundError):
         await auth_app.revoke_api_key(me, user_id, issued.key.id)
 
@@ -184,7 +189,7 @@ async def test_api_key_expiry_must_be_in_the_future(auth_app: AuthApp, clock: Fa
     user_id = await register(auth_app)
     with pytest.raises(InvalidArgumentError) as info:
         await auth_app.create_api_key(caller_of(user_id), user_id, "", clock.now())
-    assert "expiresAt" in violations(info.value)
+    assert "expires_at" in violations(info.value)
 
 
 async def test_unknown_or_blank_api_key_is_rejected(auth_app: AuthApp) -> None:
@@ -225,7 +230,7 @@ async def test_api_key_calls_reject_malformed_ids(auth_app: AuthApp) -> None:
     alice = await register(auth_app)
     with pytest.raises(InvalidArgumentError) as info:
         await auth_app.revoke_api_key(caller_of(alice), alice, "not-a-uuid")
-    assert violations(info.value) == {"apiKeyId": "must be a UUID"}
+    assert violations(info.value) == {"api_key_id": "must be a UUID"}
     with pytest.raises(InvalidArgumentError):
         await auth_app.list_api_keys(caller_of(alice), "")
 
@@ -238,13 +243,13 @@ async def test_org_owner_manages_members_and_members_see_each_other(auth_app: Au
     await auth_app.add_member(caller_of(alice), org.id, bob)
     with pytest.raises(PermissionDeniedError):
         await auth_app.add_member(caller_of(bob), org.id, carol)
-    members = await auth_app.list_members(caller_of(bob), org.id)
+    members = (await auth_app.list_members(caller_of(bob), org.id)).items
     assert [(m.username, m.role) for m in members] == [("alice", "OWNER"), ("bob", "MEMBER")]
     with pytest.raises(PermissionDeniedError):
         await auth_app.list_members(caller_of(carol), org.id)
-    assert [o.name for o in await auth_app.list_my_orgs(caller_of(bob))] == ["acme"]
+    assert [o.name for o in (await auth_app.list_my_orgs(caller_of(bob))).items] == ["acme"]
     await auth_app.remove_member(caller_of(alice), org.id, bob)
-    assert await auth_app.list_my_orgs(caller_of(bob)) == []
+    assert (await auth_app.list_my_orgs(caller_of(bob))).items == []
 
 
 async def test_admin_manages_any_org_and_owner_cannot_be_removed(auth_app: AuthApp) -> None:
@@ -292,46 +297,30 @@ async def test_grant_role_bootstraps_an_admin(auth_app: AuthApp) -> None:
         await auth_app.grant_role("nobody", ADMIN)
 
 
-class SpyHasher(Argon2PasswordHasher):
-    """The real hasher, recording what verify was asked to check."""
-
-    def __init__(self) -> None:
-        super().__init__(time_cost=1, memory_kib=1024)
-        self.verified: list[str | None] = []
-
-    async def verify(self, password_hash: str | None, password: str) -> bool:
-        self.verified.append(password_hash)
-        return await super().verify(password_hash, password)
-
-
 async def test_unknown_and_impossible_usernames_still_cost_a_hash_verification(
-    sqlite_store: SqlAuthStore, clock: FakeClock
+    auth_app: AuthApp, hasher: FakePasswordHasher
 ) -> None:
-    hasher = SpyHasher()
-    app = AuthApp(sqlite_store, hasher, RsaTokenCrypto(), clock, SystemRandomness(), AuthPolicy())
-    await app.ensure_signing_key()
     for name in ("nobody", "bad\x00name", "x" * 500):
         with pytest.raises(UnauthenticatedError):
-            await app.login(name, "whatever1")
+            await auth_app.login(name, "whatever1")
     assert hasher.verified == [None, None, None]  # verified against the dummy hash each time
 
 
 async def test_login_rehashes_a_password_hashed_with_old_parameters(
-    sqlite_store: SqlAuthStore, clock: FakeClock
+    memory_store: InMemoryAuthStore, clock: FakeClock
 ) -> None:
+    crypto = FakeTokenCrypto()
+
     def app_with(cost: int) -> AuthApp:
-        hasher = Argon2PasswordHasher(time_cost=cost, memory_kib=1024)
-        return AuthApp(
-            sqlite_store, hasher, RsaTokenCrypto(), clock, SystemRandomness(), AuthPolicy()
-        )
+        return make_app(memory_store, clock, FakePasswordHasher(cost=cost), crypto)
 
     old = app_with(1)
     await old.ensure_signing_key()
     user_id = (await old.register("alice", "alice@example.com", "correct horse")).user.id
     await app_with(2).login("alice", "correct horse")
-    stored = await sqlite_store.get_user(user_id)
+    stored = await memory_store.get_user(user_id)
     assert stored is not None
-    assert "t=2" in stored.password_hash
+    assert stored.password_hash.startswith("$fake$c=2$")
     await old.login("alice", "correct horse")  # still the same password
 
 

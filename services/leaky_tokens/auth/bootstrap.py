@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import grpc
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leaky.auth.v1 import auth_pb2_grpc
 from leaky_tokens.auth.adapters.argon2_password_hasher import Argon2PasswordHasher
@@ -17,11 +17,13 @@ from leaky_tokens.auth.adapters.in_memory_throttle_store import InMemoryThrottle
 from leaky_tokens.auth.adapters.migrate import migrate
 from leaky_tokens.auth.adapters.rsa_token_crypto import RsaTokenCrypto
 from leaky_tokens.auth.adapters.sql_auth_store import SqlAuthStore, make_engine
+from leaky_tokens.auth.domain.ports import AuthStore, PasswordHasher, ThrottleStore, TokenCrypto
 from leaky_tokens.auth.domain.service import AuthApp, AuthPolicy
 from leaky_tokens.auth.domain.throttle import LoginThrottle, ThrottlePolicy, ThrottleRule
 from leaky_tokens.auth.servicer import PUBLIC_METHODS, SERVICE_NAME, AuthServicer
 from leaky_tokens.runtime.jwt_verifier import JwtVerifier
 from leaky_tokens.runtime.paths import sqlite_url
+from leaky_tokens.runtime.ports import Clock, Randomness
 from leaky_tokens.runtime.server import ServerSettings, ServiceSpec
 from leaky_tokens.runtime.settings import SettingsError, doc
 from leaky_tokens.runtime.system import SystemClock, SystemRandomness
@@ -115,6 +117,20 @@ class AuthSettings(ServerSettings):
         )
 
     # -- end login throttling
+    max_api_keys_per_user: int = field(
+        default=100,
+        metadata=doc(
+            "Active (unrevoked, unexpired) API keys a user may hold; one more is refused "
+            "with FAILED_PRECONDITION, reason API_KEY_LIMIT."
+        ),
+    )
+    max_owned_orgs_per_user: int = field(
+        default=20,
+        metadata=doc(
+            "Organizations a user may own; one more is refused with FAILED_PRECONDITION, "
+            "reason OWNED_ORG_LIMIT."
+        ),
+    )
 
 
 @dataclass
@@ -122,59 +138,112 @@ class AuthComponents:
     """Everything the auth process runs, built once."""
 
     app: AuthApp
-    store: SqlAuthStore
+    store: AuthStore
     spec: ServiceSpec
     verifier: JwtVerifier
+    # Releases what build() opened itself (the SQL engine); an injected store is the caller's.
+    release: Callable[[], Awaitable[None]] | None = None
 
     async def close(self) -> None:
-        """Release database connections."""
-        await self.store.close()
+        """Release database connections opened by build()."""
+        if self.release is not None:
+            await self.release()
 
 
-async def build(settings: AuthSettings) -> AuthComponents:
-    """Wire adapters, domain and servicer; migrate and ensure a usable signing key exists."""
-    if settings.published_keys < 1:
-        raise SettingsError("LEAKY_AUTH_PUBLISHED_KEYS must be at least 1")
+async def open_sql_store(settings: AuthSettings) -> SqlAuthStore:
+    """The production store: SQLite or PostgreSQL from settings, migrated if configured."""
     engine = make_engine(settings.database_url or sqlite_url("auth.db"))
     store = SqlAuthStore(engine)
     try:
-        return await _build(settings, store, engine)
+        if settings.auto_migrate:
+            await migrate(engine)
     except BaseException:
         await store.close()
         raise
+    return store
 
 
-async def _build(
-    settings: AuthSettings, store: SqlAuthStore, engine: AsyncEngine
+async def build(
+    settings: AuthSettings,
+    *,
+    store: AuthStore | None = None,
+    clock: Clock | None = None,
+    randomness: Randomness | None = None,
+    hasher: PasswordHasher | None = None,
+    crypto: TokenCrypto | None = None,
+    throttle_store: ThrottleStore | None = None,
 ) -> AuthComponents:
+    """Wire adapters, domain and servicer and ensure a usable signing key exists.
+
+    Each collaborator defaults to the production one (the SQL store from `database_url`, the
+    system clock and CSPRNG, argon2id behind the hashing bound, RSA, the per-instance throttle
+    store); tests pass in-memory fakes instead.
+    """
     throttle_policy = settings.throttle_policy()  # check the settings before touching the DB
-    if settings.auto_migrate:
-        await migrate(engine)
-    if not settings.signing_key_passphrase:
-        log.warning("signing keys are stored unencrypted; set LEAKY_AUTH_SIGNING_KEY_PASSPHRASE")
-    clock = SystemClock()
-    hasher = BoundedPasswordHasher(
-        Argon2PasswordHasher(settings.argon2_time_cost, settings.argon2_memory_kib),
-        concurrency=settings.hash_concurrency or os.cpu_count() or 1,
-        queue=settings.hash_queue,
+    if settings.published_keys < 1:
+        raise SettingsError("LEAKY_AUTH_PUBLISHED_KEYS must be at least 1")
+    if settings.max_api_keys_per_user < 1 or settings.max_owned_orgs_per_user < 1:
+        raise SettingsError(
+            "LEAKY_AUTH_MAX_API_KEYS_PER_USER and LEAKY_AUTH_MAX_OWNED_ORGS_PER_USER must be "
+            "at least 1"
+        )
+    release = None
+    if store is None:
+        sql_store = await open_sql_store(settings)
+        store, release = sql_store, sql_store.close
+    try:
+        if crypto is None:
+            if not settings.signing_key_passphrase:
+                log.warning(
+                    "signing keys are stored unencrypted; set LEAKY_AUTH_SIGNING_KEY_PASSPHRASE"
+                )
+            crypto = RsaTokenCrypto(settings.signing_key_passphrase)
+        if hasher is None:
+            hasher = Argon2PasswordHasher(settings.argon2_time_cost, settings.argon2_memory_kib)
+        # The bound wraps any hasher, so a flood is refused quickly whatever hashes (ADR 0012).
+        bounded = BoundedPasswordHasher(
+            hasher,
+            concurrency=settings.hash_concurrency or os.cpu_count() or 1,
+            queue=settings.hash_queue,
+        )
+        clock = clock or SystemClock()
+        # Per instance by default: each auth instance throttles what it sees (ADR 0012).
+        throttle = LoginThrottle(throttle_store or InMemoryThrottleStore(), clock, throttle_policy)
+        app = AuthApp(
+            store=store,
+            hasher=bounded,
+            crypto=crypto,
+            clock=clock,
+            randomness=randomness or SystemRandomness(),
+            policy=policy_of(settings),
+            throttle=throttle,
+        )
+        await app.ensure_signing_key()
+        return _components(settings, app, store, release)
+    except BaseException:
+        if release is not None:
+            await release()
+        raise
+
+
+def policy_of(settings: AuthSettings) -> AuthPolicy:
+    """The domain's tunables from the settings."""
+    return AuthPolicy(
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        token_ttl=timedelta(seconds=settings.token_ttl_seconds),
+        published_keys=settings.published_keys,
+        max_api_keys_per_user=settings.max_api_keys_per_user,
+        max_owned_orgs_per_user=settings.max_owned_orgs_per_user,
     )
-    # Per instance: each auth instance throttles what it sees (ADR 0012).
-    throttle = LoginThrottle(InMemoryThrottleStore(), clock, throttle_policy)
-    app = AuthApp(
-        store=store,
-        hasher=hasher,
-        crypto=RsaTokenCrypto(settings.signing_key_passphrase),
-        clock=clock,
-        randomness=SystemRandomness(),
-        policy=AuthPolicy(
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-            token_ttl=timedelta(seconds=settings.token_ttl_seconds),
-            published_keys=settings.published_keys,
-        ),
-        throttle=throttle,
-    )
-    await app.ensure_signing_key()
+
+
+def _components(
+    settings: AuthSettings,
+    app: AuthApp,
+    store: AuthStore,
+    release: Callable[[], Awaitable[None]] | None,
+) -> AuthComponents:
     servicer = AuthServicer(app)
 
     def register(server: grpc.aio.Server) -> None:
@@ -185,4 +254,4 @@ async def _build(
     verifier = JwtVerifier(
         app.jwks, issuer=settings.jwt_issuer, audience=settings.jwt_audience, max_age=0
     )
-    return AuthComponents(app, store, spec, verifier)
+    return AuthComponents(app, store, spec, verifier, release)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from leaky.auth.v1 import auth_pb2 as pb
 from leaky.auth.v1 import auth_pb2_grpc
@@ -13,14 +16,51 @@ from leaky_tokens.auth.domain.audit import client_address_var
 from leaky_tokens.auth.domain.model import ApiKey, Membership, Organization, Session
 from leaky_tokens.auth.domain.service import AuthApp
 from leaky_tokens.runtime.convert import optional_datetime, timestamp
+from leaky_tokens.runtime.errors import FieldViolation, InvalidArgumentError
 from leaky_tokens.runtime.identity import current_caller
 
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AuthService"].full_name
 PUBLIC_METHODS = frozenset(
     f"/{SERVICE_NAME}/{name}" for name in ("Register", "Login", "ValidateApiKey", "GetJwks")
 )
+
+
+def _json_name(request: Message, field_name: str) -> str:
+    """The proto3 JSON name clients see for a domain field name (snake_case)."""
+    found = request.DESCRIPTOR.fields_by_name.get(field_name)
+    if found is not None:
+        return found.json_name
+    head, *rest = field_name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _renamed(
+    method: Callable[[Any, Message, Context], Awaitable[Message]],
+) -> Callable[[Any, Message, Context], Awaitable[Message]]:
+    @functools.wraps(method)
+    async def renamed(self: Any, request: Message, context: Context) -> Message:
+        try:
+            return await method(self, request, context)
+        except InvalidArgumentError as error:
+            violations = [
+                FieldViolation(_json_name(request, v.field), v.description)
+                for v in error.violations
+            ]
+            raise InvalidArgumentError(violations) from None
+
+    return renamed
+
+
+def _wire_field_names(cls: type[T]) -> type[T]:
+    """Every RPC of the class renames the domain's field violations to the request's JSON
+    names, so the domain never learns the wire format and clients see the names they send."""
+    for method in pb.DESCRIPTOR.services_by_name["AuthService"].methods:
+        if method.name in vars(cls):
+            setattr(cls, method.name, _renamed(getattr(cls, method.name)))
+    return cls
 
 
 def _api_key(key: ApiKey) -> pb.ApiKey:
@@ -85,6 +125,7 @@ def _peer_host(peer: str) -> str:
     return peer
 
 
+@_wire_field_names
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     """Thin translation layer; every rule lives in AuthApp."""
 
@@ -107,7 +148,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             current_caller(),
             request.user_id,
             request.name,
-            optional_datetime(request, "expires_at", "expiresAt"),
+            optional_datetime(request, "expires_at", "expires_at"),
         )
         key = issued.key
         return pb.CreateApiKeyResponse(
@@ -122,8 +163,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def ListApiKeys(
         self, request: pb.ListApiKeysRequest, context: Context
     ) -> pb.ListApiKeysResponse:
-        keys = await self._app.list_api_keys(current_caller(), request.user_id)
-        return pb.ListApiKeysResponse(api_keys=[_api_key(k) for k in keys])
+        page = await self._app.list_api_keys(
+            current_caller(), request.user_id, request.page_size, request.page_token
+        )
+        return pb.ListApiKeysResponse(
+            api_keys=[_api_key(k) for k in page.items], next_page_token=page.next_token
+        )
 
     async def RevokeApiKey(
         self, request: pb.RevokeApiKeyRequest, context: Context
@@ -164,8 +209,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def ListMyOrganizations(
         self, request: pb.ListMyOrganizationsRequest, context: Context
     ) -> pb.ListMyOrganizationsResponse:
-        orgs = await self._app.list_my_orgs(current_caller())
-        return pb.ListMyOrganizationsResponse(organizations=[_org(o) for o in orgs])
+        page = await self._app.list_my_orgs(current_caller(), request.page_size, request.page_token)
+        return pb.ListMyOrganizationsResponse(
+            organizations=[_org(o) for o in page.items], next_page_token=page.next_token
+        )
 
     async def AddOrganizationMember(
         self, request: pb.AddOrganizationMemberRequest, context: Context
@@ -182,5 +229,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def ListOrganizationMembers(
         self, request: pb.ListOrganizationMembersRequest, context: Context
     ) -> pb.ListOrganizationMembersResponse:
-        members = await self._app.list_members(current_caller(), request.org_id)
-        return pb.ListOrganizationMembersResponse(members=[_member(m) for m in members])
+        page = await self._app.list_members(
+            current_caller(), request.org_id, request.page_size, request.page_token
+        )
+        return pb.ListOrganizationMembersResponse(
+            members=[_member(m) for m in page.items], next_page_token=page.next_token
+        )

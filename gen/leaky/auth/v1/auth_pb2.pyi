@@ -29,11 +29,15 @@ class RegisterRequest(_message.Message):
     EMAIL_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
     username: _builtins.str
-    """Unique username, 3-50 characters of letters, digits, '.', '_' or '-'."""
+    """Unique username (case-insensitively): 3-32 characters, ASCII letters and digits, with
+    '.', '_' or '-' only between two of them (so "a.b-c" is valid, "..." and "-a" are not).
+    """
     email: _builtins.str
     """Unique email address."""
     password: _builtins.str
-    """Password, at least 8 characters."""
+    """Password, 8-256 characters, taken exactly as given (spaces count and are never
+    stripped); a password of only whitespace is refused.
+    """
     def __init__(
         self,
         *,
@@ -102,7 +106,7 @@ class LoginRequest(_message.Message):
     username: _builtins.str
     """The username."""
     password: _builtins.str
-    """The password."""
+    """The password, exactly as registered (never stripped)."""
     def __init__(
         self,
         *,
@@ -217,7 +221,10 @@ class CreateApiKeyRequest(_message.Message):
     user_id: _builtins.str
     """The owner; the caller's own id unless the caller is ADMIN."""
     name: _builtins.str
-    """Optional name, at most 100 characters."""
+    """Optional name, at most 100 characters, without control or invisible characters. A user
+    may have at most 100 active keys (setting LEAKY_AUTH_MAX_API_KEYS_PER_USER); past that
+    the answer is FAILED_PRECONDITION with reason API_KEY_LIMIT.
+    """
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """Optional expiry; must be in the future."""
@@ -290,16 +297,26 @@ class ListApiKeysRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The owner; the caller's own id unless the caller is ADMIN."""
+    page_size: _builtins.int
+    """Most items to return; 0 means 50, and more than 200 is read as 200."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page. Opaque: it marks a
+    position in the list's order, so items added meanwhile neither repeat nor skip others.
+    """
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -312,6 +329,9 @@ class ListApiKeysResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     API_KEYS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token to get the next page; empty on the last page."""
     @_builtins.property
     def api_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApiKey]:
         """The keys, without secrets."""
@@ -320,10 +340,11 @@ class ListApiKeysResponse(_message.Message):
         self,
         *,
         api_keys: _abc.Iterable[Global___ApiKey] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_keys", b"api_keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_keys", b"api_keys", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -591,7 +612,7 @@ class Organization(_message.Message):
     id: _builtins.str
     """The organization's id (UUID)."""
     name: _builtins.str
-    """Display name, unique."""
+    """Display name, unique case-insensitively."""
     owner_id: _builtins.str
     """The creating user's id."""
     @_builtins.property
@@ -622,7 +643,11 @@ class CreateOrganizationRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Unique name, 1-100 characters."""
+    """Name, 1-100 characters, unique case-insensitively ("Acme" and "ACME" clash), without
+    control, invisible or bidirectional-override characters. A user may own at most 20
+    organizations (LEAKY_AUTH_MAX_OWNED_ORGS_PER_USER); past that the answer is
+    FAILED_PRECONDITION with reason OWNED_ORG_LIMIT.
+    """
     def __init__(
         self,
         *,
@@ -662,16 +687,29 @@ Global___CreateOrganizationResponse: _TypeAlias = CreateOrganizationResponse  # 
 
 @_typing.final
 class ListMyOrganizationsRequest(_message.Message):
-    """ListMyOrganizationsRequest has no fields: the caller is taken from the token."""
+    """ListMyOrganizationsRequest pages the caller's organizations: the caller is taken from the
+    token.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Most items to return; 0 means 50, and more than 200 is read as 200."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page. Opaque: it marks a
+    position in the list's order, so items added meanwhile neither repeat nor skip others.
+    """
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -684,18 +722,22 @@ class ListMyOrganizationsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ORGANIZATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token to get the next page; empty on the last page."""
     @_builtins.property
     def organizations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Organization]:
-        """The organizations, by name."""
+        """The organizations, by name (case-insensitively)."""
 
     def __init__(
         self,
         *,
         organizations: _abc.Iterable[Global___Organization] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["organizations", b"organizations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "organizations", b"organizations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -846,16 +888,26 @@ class ListOrganizationMembersRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ORG_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     org_id: _builtins.str
     """The organization."""
+    page_size: _builtins.int
+    """Most items to return; 0 means 50, and more than 200 is read as 200."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page. Opaque: it marks a
+    position in the list's order, so items added meanwhile neither repeat nor skip others.
+    """
     def __init__(
         self,
         *,
         org_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -863,11 +915,14 @@ Global___ListOrganizationMembersRequest: _TypeAlias = ListOrganizationMembersReq
 
 @_typing.final
 class ListOrganizationMembersResponse(_message.Message):
-    """ListOrganizationMembersResponse lists members by username."""
+    """ListOrganizationMembersResponse lists members by username (case-insensitively)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token to get the next page; empty on the last page."""
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrganizationMember]:
         """The members."""
@@ -876,10 +931,11 @@ class ListOrganizationMembersResponse(_message.Message):
         self,
         *,
         members: _abc.Iterable[Global___OrganizationMember] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -86,9 +86,12 @@ organizations = sa.Table(
     metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("name", sa.String(100), nullable=False),
-    sa.Column("owner_id", sa.String(36), sa.ForeignKey("users.id"), nullable=False),
+    # name_key(name), computed in Python: unique, so names clash case-insensitively, and
+    # the listing order (code point order of the key) is the same on every backend.
+    sa.Column("name_key", sa.String(400), nullable=False),
+    sa.Column("owner_id", sa.String(36), sa.ForeignKey("users.id"), nullable=False, index=True),
     sa.Column("created_at", UtcDateTime(), nullable=False),
-    sa.UniqueConstraint("name", name="uq_organizations_name"),
+    sa.UniqueConstraint("name_key", name="uq_organizations_name_key"),
 )
 
 org_members = sa.Table(

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leaky_tokens.auth.adapters.schema import (
     api_keys,
@@ -20,80 +18,18 @@ from leaky_tokens.auth.adapters.schema import (
     user_roles,
     users,
 )
-from leaky_tokens.auth.domain.model import ApiKey, Membership, Organization, SigningKey, User
-from leaky_tokens.auth.domain.ports import DuplicateError
-from leaky_tokens.runtime.errors import UnavailableError
+from leaky_tokens.auth.adapters.sql_engine import as_duplicate, make_engine, unavailable_on_outage
+from leaky_tokens.auth.domain.model import (
+    ApiKey,
+    Membership,
+    Organization,
+    SigningKey,
+    User,
+    name_key,
+)
+from leaky_tokens.auth.domain.ports import LimitReachedError
 
-T = TypeVar("T")
-
-
-def make_engine(url: str) -> AsyncEngine:
-    """An async engine; SQLite gets foreign keys on and a busy timeout for concurrent writers.
-
-    Bound parameters are hidden from error messages: they hold password and key hashes.
-    """
-    if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
-
-        @sa.event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.close()
-
-        return engine
-    return create_async_engine(url, pool_pre_ping=True, pool_size=10, hide_parameters=True)
-
-
-# Unique constraints by name (PostgreSQL) or by column list (SQLite's message), never by
-# searching the error text, which on PostgreSQL also quotes the clashing value.
-_DUPLICATES = {
-    "uq_users_username_key": "username",
-    "users.username_key": "username",
-    "uq_users_email": "email",
-    "users.email": "email",
-    "uq_organizations_name": "name",
-    "organizations.name": "name",
-    "org_members_pkey": "member",
-    "org_members.org_id, org_members.user_id": "member",
-}
-
-
-def _as_duplicate(error: IntegrityError) -> DuplicateError:
-    """The DuplicateError a unique violation means; anything else is re-raised as is."""
-    diag = getattr(error.orig, "diag", None)
-    constraint = getattr(diag, "constraint_name", None)
-    if constraint is None:
-        message = str(error.orig)
-        constraint = (
-            message.split("UNIQUE constraint failed: ", 1)[-1] if "UNIQUE" in message else ""
-        )
-    field = _DUPLICATES.get(constraint)
-    if field is None:
-        raise error
-    return DuplicateError(field)
-
-
-def _unavailable_on_outage(cls: type[T]) -> type[T]:
-    """Turn lost connections and database outages into UnavailableError in every method."""
-
-    def wrap(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        @functools.wraps(method)
-        async def guarded(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await method(*args, **kwargs)
-            except (OperationalError, InterfaceError) as exc:
-                raise UnavailableError(
-                    "the auth database is unavailable", reason="DATABASE_UNAVAILABLE"
-                ) from exc
-
-        return guarded
-
-    for name, member in list(vars(cls).items()):
-        if inspect.iscoroutinefunction(member) and not name.startswith("_"):
-            setattr(cls, name, wrap(member))
-    return cls
+__all__ = ["SqlAuthStore", "make_engine"]
 
 
 def _user(row: Any, roles: Sequence[str]) -> User:
@@ -124,12 +60,22 @@ def _org(row: Any) -> Organization:
     return Organization(id=row.id, name=row.name, owner_id=row.owner_id, created_at=row.created_at)
 
 
-@_unavailable_on_outage
+@unavailable_on_outage
 class SqlAuthStore:
     """The AuthStore port on a relational database."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+
+    def _in_code_point_order(self, column: Any) -> Any:
+        """The column compared byte-wise: SQLite does so anyway, PostgreSQL would otherwise
+        use the database's locale, and every store must order (and page) alike."""
+        return column.collate("C") if self._engine.dialect.name == "postgresql" else column
+
+    async def _lock_user(self, conn: Any, user_id: str) -> None:
+        """Serialise capped inserts per user: PostgreSQL locks the user's row until commit.
+        (SQLite takes its database write lock at the insert that follows, before counting.)"""
+        await conn.execute(sa.select(users.c.id).where(users.c.id == user_id).with_for_update())
 
     async def close(self) -> None:
         """Dispose of pooled connections."""
@@ -148,7 +94,7 @@ class SqlAuthStore:
                     users.insert().values(
                         id=user.id,
                         username=user.username,
-                        username_key=user.username.lower(),
+                        username_key=name_key(user.username),
                         email=user.email,
                         password_hash=user.password_hash,
                         created_at=user.created_at,
@@ -157,7 +103,7 @@ class SqlAuthStore:
                 for role in roles:
                     await conn.execute(user_roles.insert().values(user_id=user.id, role=role))
         except IntegrityError as exc:
-            raise _as_duplicate(exc) from exc
+            raise as_duplicate(exc) from exc
 
     async def _get_user_where(self, clause: Any) -> User | None:
         async with self._engine.connect() as conn:
@@ -170,7 +116,7 @@ class SqlAuthStore:
         return await self._get_user_where(users.c.id == user_id)
 
     async def get_user_by_username(self, username: str) -> User | None:
-        return await self._get_user_where(users.c.username_key == username.lower())
+        return await self._get_user_where(users.c.username_key == name_key(username))
 
     async def grant_role(self, user_id: str, role: str) -> None:
         try:
@@ -196,8 +142,9 @@ class SqlAuthStore:
                 users.update().where(users.c.id == user_id).values(password_hash=password_hash)
             )
 
-    async def add_api_key(self, key: ApiKey) -> None:
+    async def add_api_key(self, key: ApiKey, max_active: int | None = None) -> None:
         async with self._engine.begin() as conn:
+            await self._lock_user(conn, key.user_id)
             await conn.execute(
                 api_keys.insert().values(
                     id=key.id,
@@ -210,13 +157,35 @@ class SqlAuthStore:
                     revoked_at=key.revoked_at,
                 )
             )
+            if max_active is not None:
+                active = sa.select(sa.func.count()).where(
+                    api_keys.c.user_id == key.user_id,
+                    api_keys.c.revoked_at.is_(None),
+                    sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > key.created_at),
+                )
+                if (await conn.scalar(active) or 0) > max_active:
+                    raise LimitReachedError(max_active)  # rolls the insert back
 
-    async def list_api_keys(self, user_id: str) -> list[ApiKey]:
+    async def list_api_keys(
+        self, user_id: str, *, limit: int | None = None, after: tuple[datetime, str] | None = None
+    ) -> list[ApiKey]:
         query = (
             sa.select(api_keys)
             .where(api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None))
-            .order_by(api_keys.c.created_at.desc(), api_keys.c.id)
+            .order_by(api_keys.c.created_at.desc(), self._in_code_point_order(api_keys.c.id))
+            .limit(limit)
         )
+        if after is not None:
+            at, key_id = after
+            query = query.where(
+                sa.or_(
+                    api_keys.c.created_at < at,
+                    sa.and_(
+                        api_keys.c.created_at == at,
+                        self._in_code_point_order(api_keys.c.id) > key_id,
+                    ),
+                )
+            )
         async with self._engine.connect() as conn:
             return [_api_key(r) for r in await conn.execute(query)]
 
@@ -241,12 +210,19 @@ class SqlAuthStore:
             result = await conn.execute(statement)
         return bool(result.rowcount)
 
-    async def add_org(self, org: Organization, owner: Membership) -> None:
+    async def add_org(
+        self, org: Organization, owner: Membership, max_owned: int | None = None
+    ) -> None:
         try:
             async with self._engine.begin() as conn:
+                await self._lock_user(conn, org.owner_id)
                 await conn.execute(
                     organizations.insert().values(
-                        id=org.id, name=org.name, owner_id=org.owner_id, created_at=org.created_at
+                        id=org.id,
+                        name=org.name,
+                        name_key=name_key(org.name),
+                        owner_id=org.owner_id,
+                        created_at=org.created_at,
                     )
                 )
                 await conn.execute(
@@ -257,8 +233,14 @@ class SqlAuthStore:
                         joined_at=owner.joined_at,
                     )
                 )
+                if max_owned is not None:
+                    owned = sa.select(sa.func.count()).where(
+                        organizations.c.owner_id == org.owner_id
+                    )
+                    if (await conn.scalar(owned) or 0) > max_owned:
+                        raise LimitReachedError(max_owned)  # rolls the insert back
         except IntegrityError as exc:
-            raise _as_duplicate(exc) from exc
+            raise as_duplicate(exc) from exc
 
     async def get_org(self, org_id: str) -> Organization | None:
         async with self._engine.connect() as conn:
@@ -267,13 +249,19 @@ class SqlAuthStore:
             ).first()
         return _org(row) if row else None
 
-    async def list_orgs_for_user(self, user_id: str) -> list[Organization]:
+    async def list_orgs_for_user(
+        self, user_id: str, *, limit: int | None = None, after: str | None = None
+    ) -> list[Organization]:
+        key = self._in_code_point_order(organizations.c.name_key)
         query = (
             sa.select(organizations)
             .join(org_members, org_members.c.org_id == organizations.c.id)
             .where(org_members.c.user_id == user_id)
-            .order_by(organizations.c.name)
+            .order_by(key)
+            .limit(limit)
         )
+        if after is not None:
+            query = query.where(key > after)
         async with self._engine.connect() as conn:
             return [_org(r) for r in await conn.execute(query)]
 
@@ -289,7 +277,7 @@ class SqlAuthStore:
                     )
                 )
         except IntegrityError as exc:
-            raise _as_duplicate(exc) from exc
+            raise as_duplicate(exc) from exc
 
     async def remove_member(self, org_id: str, user_id: str) -> bool:
         statement = org_members.delete().where(
@@ -316,8 +304,13 @@ class SqlAuthStore:
             else None
         )
 
-    async def list_members(self, org_id: str) -> list[Membership]:
-        query = self._memberships().where(org_members.c.org_id == org_id).order_by(users.c.username)
+    async def list_members(
+        self, org_id: str, *, limit: int | None = None, after: str | None = None
+    ) -> list[Membership]:
+        key = self._in_code_point_order(users.c.username_key)
+        query = self._memberships().where(org_members.c.org_id == org_id).order_by(key).limit(limit)
+        if after is not None:
+            query = query.where(key > after)
         async with self._engine.connect() as conn:
             return [
                 Membership(r.org_id, r.user_id, r.role, r.joined_at, r.username)

@@ -13,6 +13,12 @@ OWNER = "OWNER"
 MEMBER = "MEMBER"
 
 
+def name_key(name: str) -> str:
+    """The form in which usernames and organization names are unique and sorted: case-folded,
+    so "Acme", "ACME" and "acme" are one name (every store compares and orders these keys)."""
+    return name.casefold()
+
+
 @dataclass(frozen=True)
 class User:
     """A registered user; `password_hash` is an argon2id/bcrypt hash, never the password."""

@@ -18,8 +18,16 @@ class DuplicateError(Exception):
         self.field = field
 
 
-class AuthStore(Protocol):
-    """Persistence of users, roles, API keys, organizations and signing keys."""
+class LimitReachedError(Exception):
+    """An insert would take an owner past a per-user cap; nothing was written."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"limit of {limit} reached")
+        self.limit = limit
+
+
+class UserStore(Protocol):
+    """Users and their roles."""
 
     async def add_user(self, user: User, roles: Sequence[str]) -> None:
         """Insert a user with roles; DuplicateError('username'|'email') on a clash."""
@@ -39,11 +47,20 @@ class AuthStore(Protocol):
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
         """Replace a user's password hash (after a rehash with new parameters)."""
 
-    async def add_api_key(self, key: ApiKey) -> None:
-        """Insert an API key record."""
 
-    async def list_api_keys(self, user_id: str) -> list[ApiKey]:
-        """A user's unrevoked keys, newest first."""
+class ApiKeyStore(Protocol):
+    """API key records (hashes only)."""
+
+    async def add_api_key(self, key: ApiKey, max_active: int | None = None) -> None:
+        """Insert an API key record; LimitReachedError if the user would then have more than
+        `max_active` active keys (unrevoked, unexpired at key.created_at). The count and the
+        insert are one transaction, serialised per user, so racing calls cannot overshoot."""
+
+    async def list_api_keys(
+        self, user_id: str, *, limit: int | None = None, after: tuple[datetime, str] | None = None
+    ) -> list[ApiKey]:
+        """A user's unrevoked keys, newest first (ties by id); at most `limit`, starting
+        after the key at (created_at, id) `after`."""
 
     async def get_api_key_by_hash(self, key_hash: str) -> ApiKey | None:
         """The key whose secret hashes to `key_hash`, revoked or not."""
@@ -51,14 +68,25 @@ class AuthStore(Protocol):
     async def revoke_api_key(self, user_id: str, key_id: str, at: datetime) -> bool:
         """Mark the user's key revoked; False if there is no such unrevoked key."""
 
-    async def add_org(self, org: Organization, owner: Membership) -> None:
-        """Insert an organization and its owner; DuplicateError('name') on a clash."""
+
+class OrgStore(Protocol):
+    """Organizations and their memberships."""
+
+    async def add_org(
+        self, org: Organization, owner: Membership, max_owned: int | None = None
+    ) -> None:
+        """Insert an organization and its owner; DuplicateError('name') if the name clashes
+        case-insensitively (model.name_key); LimitReachedError if the owner would then own
+        more than `max_owned` (counted and inserted in one transaction, serialised per user)."""
 
     async def get_org(self, org_id: str) -> Organization | None:
         """The organization, or None."""
 
-    async def list_orgs_for_user(self, user_id: str) -> list[Organization]:
-        """Organizations the user belongs to, by name."""
+    async def list_orgs_for_user(
+        self, user_id: str, *, limit: int | None = None, after: str | None = None
+    ) -> list[Organization]:
+        """Organizations the user belongs to, by name_key (code point order); at most
+        `limit`, starting after the name key `after`."""
 
     async def add_member(self, membership: Membership) -> None:
         """Insert a membership; DuplicateError('member') if it exists."""
@@ -69,14 +97,25 @@ class AuthStore(Protocol):
     async def get_membership(self, org_id: str, user_id: str) -> Membership | None:
         """One membership, or None."""
 
-    async def list_members(self, org_id: str) -> list[Membership]:
-        """An organization's members with usernames, by username."""
+    async def list_members(
+        self, org_id: str, *, limit: int | None = None, after: str | None = None
+    ) -> list[Membership]:
+        """An organization's members with usernames, by name_key(username) (code point
+        order); at most `limit`, starting after the username key `after`."""
+
+
+class SigningKeyStore(Protocol):
+    """JWT signing keys in rotation order."""
 
     async def add_signing_key(self, key: SigningKey) -> None:
         """Insert a signing key; the newest key is the current one."""
 
     async def list_signing_keys(self, limit: int) -> list[SigningKey]:
         """The newest `limit` signing keys, newest first."""
+
+
+class AuthStore(UserStore, ApiKeyStore, OrgStore, SigningKeyStore, Protocol):
+    """Everything AuthApp persists; one adapter (SQL or in-memory) implements all four parts."""
 
 
 class PasswordHasher(Protocol):
@@ -93,16 +132,16 @@ class PasswordHasher(Protocol):
 
 
 class TokenCrypto(Protocol):
-    """RSA key generation, JWT signing and JWK export."""
+    """Signing-key generation, JWT signing and JWK export."""
 
     async def generate_key(self, kid: str, now: datetime) -> SigningKey:
-        """A fresh RSA signing key (generated off the event loop)."""
+        """A fresh signing key (generated off the event loop)."""
 
     def sign(self, claims: dict[str, Any], key: SigningKey) -> str:
-        """An RS256 JWT with header kid = key.kid."""
+        """A signed JWT with header kid = key.kid."""
 
     def public_jwk(self, key: SigningKey) -> dict[str, str]:
-        """The key's public half as a JWK dict (kty, kid, use, alg, n, e); raises if the
+        """The key's public half as a JWK dict (kty, kid, use, alg, ...); raises if the
         stored key cannot be loaded (e.g. a wrong passphrase)."""
 
 

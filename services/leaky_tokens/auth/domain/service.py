@@ -7,22 +7,26 @@ import hmac
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from leaky_tokens.auth.domain import roles, rules
+from leaky_tokens.auth.domain import paging, roles, rules
 from leaky_tokens.auth.domain.audit import OPERATOR, AuditEvent, AuditTrail, LoggingAuditTrail
 from leaky_tokens.auth.domain.model import (
-    MEMBER,
-    OWNER,
     USER,
     ApiKey,
     ApiKeyOwner,
     IssuedApiKey,
-    Membership,
-    Organization,
     Session,
     SigningKey,
     User,
 )
-from leaky_tokens.auth.domain.ports import AuthStore, DuplicateError, PasswordHasher, TokenCrypto
+from leaky_tokens.auth.domain.organizations import OrganizationCases
+from leaky_tokens.auth.domain.paging import Page
+from leaky_tokens.auth.domain.ports import (
+    AuthStore,
+    DuplicateError,
+    LimitReachedError,
+    PasswordHasher,
+    TokenCrypto,
+)
 from leaky_tokens.auth.domain.throttle import USERNAME, LoginThrottle
 from leaky_tokens.runtime.errors import (
     AlreadyExistsError,
@@ -48,6 +52,8 @@ class AuthPolicy:
     audience: str = "leaky-tokens"
     token_ttl: timedelta = timedelta(hours=1)
     published_keys: int = 2
+    max_api_keys_per_user: int = 100  # active (unrevoked, unexpired) keys
+    max_owned_orgs_per_user: int = 20
 
 
 def hash_api_key(secret: str) -> str:
@@ -55,8 +61,8 @@ def hash_api_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-class AuthApp:
-    """The auth service's use cases over its ports."""
+class AuthApp(OrganizationCases):
+    """The auth service's use cases over its ports (organizations: OrganizationCases)."""
 
     def __init__(
         self,
@@ -109,12 +115,11 @@ class AuthApp:
         exists. Failed attempts are throttled per username and per `client_address`."""
         v = Validator()
         username = v.require("username", username)
-        if not password:
-            v.fail("password", "is required")
+        rules.check_login_password(v, password)
         v.raise_if_any()
         # A name that could never have registered is looked up by nobody, but still costs a
         # full hash verification: the answer and its timing say nothing about existence.
-        valid_name = rules.USERNAME_RE.fullmatch(username) is not None
+        valid_name = rules.LEGACY_USERNAME_RE.fullmatch(username) is not None
         # -- throttling (throttle.py): charged before the hash, judged after it
         admission = await self._throttle.admit(username, client_address) if self._throttle else None
         try:
@@ -177,7 +182,7 @@ class AuthApp:
 
     async def _owner(self, caller: Caller, user_id: str) -> str:
         v = Validator()
-        user_id = rules.check_uuid(v, "userId", user_id)
+        user_id = rules.check_uuid(v, "user_id", user_id)
         v.raise_if_any()
         if caller.user_id != user_id and not caller.is_admin:
             raise PermissionDeniedError(
@@ -194,7 +199,7 @@ class AuthApp:
         v = Validator()
         name = rules.check_text(v, "name", name, rules.MAX_KEY_NAME, required=False)
         if expires_at is not None and expires_at <= now:
-            v.fail("expiresAt", "must be in the future")
+            v.fail("expires_at", "must be in the future")
         v.raise_if_any()
         if await self._store.get_user(user_id) is None:
             raise NotFoundError("user not found", reason="USER_NOT_FOUND")
@@ -208,21 +213,45 @@ class AuthApp:
             created_at=now,
             expires_at=expires_at,
         )
-        await self._store.add_api_key(key)
+        limit = self._policy.max_api_keys_per_user
+        try:
+            await self._store.add_api_key(key, max_active=limit)
+        except LimitReachedError:
+            raise FailedPreconditionError(
+                f"a user may have at most {limit} active API keys; revoke one first",
+                reason="API_KEY_LIMIT",
+                metadata={"limit": str(limit)},
+            ) from None
         self._audit.record(
             AuditEvent("api_key.created", "success", caller.user_id, user_id, {"key_id": key.id})
         )
         return IssuedApiKey(key=key, secret=secret)
 
-    async def list_api_keys(self, caller: Caller, user_id: str) -> list[ApiKey]:
-        """A user's keys (expired included, revoked not), without secrets."""
-        return await self._store.list_api_keys(await self._owner(caller, user_id))
+    async def list_api_keys(
+        self, caller: Caller, user_id: str, page_size: int = 0, page_token: str = ""
+    ) -> Page[ApiKey]:
+        """A page of a user's keys (expired included, revoked not), newest first, no secrets."""
+        user_id = await self._owner(caller, user_id)
+        v = Validator()
+        size = paging.check_page_size(v, page_size)
+        position = paging.check_token(v, "api_keys", page_token, 2)
+        after = None
+        if position is not None:
+            try:
+                after = (datetime.fromisoformat(position[0]), position[1])
+            except ValueError:
+                after = None
+            if after is None or after[0].tzinfo is None:
+                v.fail("page_token", "is not a page token of this list")
+        v.raise_if_any()
+        keys = await self._store.list_api_keys(user_id, limit=size + 1, after=after)
+        return paging.page_of(keys, size, "api_keys", lambda k: [k.created_at.isoformat(), k.id])
 
     async def revoke_api_key(self, caller: Caller, user_id: str, key_id: str) -> datetime:
         """Revoke one of a user's keys; NOT_FOUND if it is not theirs or already revoked."""
         user_id = await self._owner(caller, user_id)
         v = Validator()
-        key_id = rules.check_uuid(v, "apiKeyId", key_id)
+        key_id = rules.check_uuid(v, "api_key_id", key_id)
         v.raise_if_any()
         now = self._clock.now()
         if not await self._store.revoke_api_key(user_id, key_id, now):
@@ -283,86 +312,3 @@ class AuthApp:
         """Public JWKs of the current and previous keys, current first."""
         keys = await self._store.list_signing_keys(self._policy.published_keys)
         return [self._crypto.public_jwk(k) for k in keys]
-
-    # -- organizations --------------------------------------------------------------------
-
-    async def create_org(self, caller: Caller, name: str) -> Organization:
-        """Create an organization owned by the caller."""
-        v = Validator()
-        name = rules.check_text(v, "name", name, rules.MAX_ORG_NAME, required=True)
-        v.raise_if_any()
-        now = self._clock.now()
-        org = Organization(
-            id=self._random.new_id(), name=name, owner_id=caller.user_id, created_at=now
-        )
-        try:
-            await self._store.add_org(org, Membership(org.id, caller.user_id, OWNER, now))
-        except DuplicateError:
-            raise AlreadyExistsError(
-                "organization name already exists", reason="ORG_NAME_TAKEN"
-            ) from None
-        return org
-
-    async def list_my_orgs(self, caller: Caller) -> list[Organization]:
-        """The caller's organizations."""
-        return await self._store.list_orgs_for_user(caller.user_id)
-
-    async def _org(self, org_id: str) -> Organization:
-        v = Validator()
-        org_id = rules.check_uuid(v, "orgId", org_id)
-        v.raise_if_any()
-        org = await self._store.get_org(org_id)
-        if org is None:
-            raise NotFoundError("organization not found", reason="ORG_NOT_FOUND")
-        return org
-
-    async def _require_manager(self, caller: Caller, org: Organization) -> None:
-        if caller.is_admin:
-            return
-        membership = await self._store.get_membership(org.id, caller.user_id)
-        if membership is None or membership.role != OWNER:
-            raise PermissionDeniedError(
-                "only the organization's owner or an ADMIN may manage members",
-                reason="NOT_ORG_OWNER",
-            )
-
-    async def add_member(self, caller: Caller, org_id: str, user_id: str) -> Membership:
-        """Owner or ADMIN: add an existing user to an organization."""
-        org = await self._org(org_id)
-        v = Validator()
-        user_id = rules.check_uuid(v, "userId", user_id)
-        v.raise_if_any()
-        await self._require_manager(caller, org)
-        user = await self._store.get_user(user_id)
-        if user is None:
-            raise NotFoundError("user not found", reason="USER_NOT_FOUND")
-        membership = Membership(org.id, user.id, MEMBER, self._clock.now(), user.username)
-        try:
-            await self._store.add_member(membership)
-        except DuplicateError:
-            raise AlreadyExistsError("user is already a member", reason="ALREADY_MEMBER") from None
-        return membership
-
-    async def remove_member(self, caller: Caller, org_id: str, user_id: str) -> None:
-        """Owner or ADMIN removes a member; any member may remove themselves (leave)."""
-        org = await self._org(org_id)
-        v = Validator()
-        user_id = rules.check_uuid(v, "userId", user_id)
-        v.raise_if_any()
-        if user_id != caller.user_id:
-            await self._require_manager(caller, org)
-        if user_id == org.owner_id:
-            raise FailedPreconditionError(
-                "the owner cannot be removed from their organization", reason="OWNER_REMOVAL"
-            )
-        if not await self._store.remove_member(org.id, user_id):
-            raise NotFoundError("membership not found", reason="MEMBERSHIP_NOT_FOUND")
-
-    async def list_members(self, caller: Caller, org_id: str) -> list[Membership]:
-        """Members of an organization; visible to its members and ADMIN."""
-        org = await self._org(org_id)
-        if not caller.is_admin and await self._store.get_membership(org.id, caller.user_id) is None:
-            raise PermissionDeniedError(
-                "only members may list an organization's members", reason="NOT_ORG_MEMBER"
-            )
-        return await self._store.list_members(org.id)
