@@ -47,17 +47,18 @@ def _stack_targets() -> StackTargets | None:
             file=sys.stderr,
         )
         return None
-    consul, database_url, gateway = stack_targets()
-    return StackTargets(consul=consul, auth_database_url=database_url, gateway=gateway)
+    consul, gateway, database_urls = stack_targets()
+    return StackTargets(consul=consul, gateway=gateway, database_urls=database_urls)
 
 
 def _envoy_config(args: argparse.Namespace) -> int:
-    from leaky_tokens.mesh.supervisor import MeshPorts, compose_envoy_yaml, envoy_yaml
+    from leaky_tokens.gateway.envoy_config import compose_yaml
+    from leaky_tokens.mesh.supervisor import MeshPorts, envoy_yaml
 
     if args.compose:
-        text = compose_envoy_yaml()
+        text = compose_yaml()
     else:
-        text = envoy_yaml(MeshPorts(gateway=args.port, envoy_admin=args.admin_port))
+        text = envoy_yaml(MeshPorts.from_bases(args.port, args.admin_port))
     if args.out:
         Path(args.out).write_text(text)
     else:

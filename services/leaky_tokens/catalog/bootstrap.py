@@ -6,19 +6,14 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from leaky.analytics.v1 import analytics_pb2
-from leaky.auth.v1 import auth_pb2
-from leaky.token.v1 import token_pb2
 from leaky_tokens.runtime.server import ServerSettings, ServiceSpec
 from leaky_tokens.runtime.settings import doc
+from leaky_tokens.topology import public_services
 
 ENV_PREFIX = "LEAKY_CATALOG"
 
-PUBLIC_SERVICES = tuple(
-    service.full_name
-    for module in (auth_pb2, token_pb2, analytics_pb2)
-    for service in module.DESCRIPTOR.services_by_name.values()
-)
+# Every service the gateway routes, as the topology lists them.
+PUBLIC_SERVICES = tuple(public_services())
 
 
 @dataclass(frozen=True)

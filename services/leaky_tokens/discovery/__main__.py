@@ -13,6 +13,7 @@ from leaky_tokens.discovery.eds_server import make_app
 from leaky_tokens.runtime import logging as leaky_logging
 from leaky_tokens.runtime import settings as settings_mod
 from leaky_tokens.runtime.settings import doc
+from leaky_tokens.topology import slugs
 
 ENV_PREFIX = "LEAKY_DISCOVERY"
 
@@ -25,7 +26,7 @@ class DiscoverySettings:
     port: int = field(default=18000, metadata=doc("Port Envoy polls for endpoints."))
     consul_address: str = field(default="127.0.0.1:8500", metadata=doc("Consul agent host:port."))
     services: tuple[str, ...] = field(
-        default=("catalog", "auth", "token", "analytics"),
+        default=slugs(),
         metadata=doc("Consul service names to watch (comma-separated)."),
     )
     log_level: str = field(default="INFO", metadata=doc("Log level."))

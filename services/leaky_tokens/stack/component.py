@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
-import urllib.request
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from leaky_tokens.loopback import HOST
+
+__all__ = ["HOST", "Component", "ComponentError", "Launch", "StackPaths"]
 
 
 @dataclass(frozen=True)
@@ -99,22 +99,3 @@ class Component(ABC):
 
     def after_ready(self, paths: StackPaths) -> None:  # noqa: B027 (optional hook)
         """One-time setup that needs the server up (databases, keyspaces); idempotent."""
-
-
-def http_ok(url: str) -> bool:
-    """True if GET url answers 200 within a second."""
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (loopback)
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-def tcp_open(address: str, timeout: float = 0.5) -> bool:
-    """True if something accepts TCP connections at host:port."""
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return True
-    except OSError:
-        return False

@@ -11,6 +11,7 @@ from leaky_tokens.stack.edge import Discovery, Envoy
 from leaky_tokens.stack.kafka import Kafka
 from leaky_tokens.stack.postgres import Postgres
 from leaky_tokens.stack.redis import Redis
+from leaky_tokens.topology import SERVICES, Service
 
 
 def _port(name: str, default: int) -> int:
@@ -30,10 +31,13 @@ def default_components() -> list[Component]:
     ]
 
 
-def stack_targets() -> tuple[str, str, str]:
-    """(Consul address, auth database URL, gateway address) of the configured stack."""
+def stack_targets(
+    services: tuple[Service, ...] = SERVICES,
+) -> tuple[str, str, dict[str, str]]:
+    """(Consul address, gateway address, slug -> database URL) of the configured stack."""
     components = {c.name: c for c in default_components()}
     postgres, envoy = components["postgres"], components["envoy"]
     assert isinstance(postgres, Postgres)
     assert isinstance(envoy, Envoy)
-    return f"127.0.0.1:{_port('consul', 8500)}", postgres.url("leaky_auth"), envoy.address
+    urls = {s.slug: postgres.url(s.database) for s in services if s.database}
+    return f"127.0.0.1:{_port('consul', 8500)}", envoy.address, urls
