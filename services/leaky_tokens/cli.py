@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from leaky_tokens import topology
 from leaky_tokens.runtime import settings as settings_mod
 
 if TYPE_CHECKING:
@@ -156,6 +157,13 @@ def _settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _offsets(port: str, base: int) -> str:
+    """'catalog (+0), auth (+1), ...': which service listens where, from the topology."""
+    return ", ".join(
+        f"{s.slug} (+{getattr(s, port) - base})" for s in topology.SERVICES if getattr(s, port)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `leaky` console script."""
     parser = argparse.ArgumentParser(prog="leaky", description=__doc__)
@@ -173,14 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument(
         "--grpc-base-port",
         type=int,
-        default=50050,
-        help="catalog, auth, token, analytics listen on this port and the next three",
+        default=topology.GRPC_BASE_PORT,
+        help=f"{_offsets('grpc_port', topology.GRPC_BASE_PORT)} listen on this port plus offset",
     )
     up.add_argument(
         "--metrics-base-port",
         type=int,
-        default=9101,
-        help="auth, token, analytics /metrics on this port and the next two; 0 = off",
+        default=topology.METRICS_BASE_PORT,
+        help=f"/metrics of {_offsets('metrics_port', topology.METRICS_BASE_PORT)} on this "
+        "port plus offset; 0 = off",
     )
     up.set_defaults(func=_up)
 

@@ -8,12 +8,9 @@ import grpc
 
 from leaky_tokens.runtime.server import ServerSettings, ServiceSpec
 from leaky_tokens.runtime.settings import doc
-from leaky_tokens.topology import public_services
+from leaky_tokens.topology import SERVICES, Service, public_services
 
 ENV_PREFIX = "LEAKY_CATALOG"
-
-# Every service the gateway routes, as the topology lists them.
-PUBLIC_SERVICES = tuple(public_services())
 
 
 @dataclass(frozen=True)
@@ -35,10 +32,13 @@ class CatalogComponents:
         """Nothing to release."""
 
 
-async def build(settings: CatalogSettings) -> CatalogComponents:
-    """A server that only describes the public API."""
+async def build(
+    settings: CatalogSettings, *, services: tuple[Service, ...] = SERVICES
+) -> CatalogComponents:
+    """A server that only describes the public API: every proto service of `services`."""
 
     def register(server: grpc.aio.Server) -> None:
         """No servicers: reflection and health are added by the runtime."""
 
-    return CatalogComponents(ServiceSpec("catalog", (), register, reflection_only=PUBLIC_SERVICES))
+    described = tuple(public_services(services))
+    return CatalogComponents(ServiceSpec("catalog", (), register, reflection_only=described))
