@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +13,7 @@ from leaky_tokens.runtime import settings as settings_mod
 
 if TYPE_CHECKING:
     from leaky_tokens.mesh.supervisor import StackTargets
+    from leaky_tokens.runtime.paths import PathSettings
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -22,13 +22,19 @@ def _up(args: argparse.Namespace) -> int:
     ports = MeshPorts.from_bases(
         args.port, args.admin_port, args.grpc_base_port, args.metrics_base_port
     )
-    data_dir = Path(args.data_dir or os.environ.get("LEAKY_DATA_DIR", "data")).resolve()
+    data_dir = (args.data_dir or _path_settings().data_dir).resolve()
     stack = None
     if args.stack:
         stack = _stack_targets()
         if stack is None:
             return 1
     return asyncio.run(run_mesh(ports, data_dir, stack=stack))
+
+
+def _path_settings() -> PathSettings:
+    from leaky_tokens.runtime.paths import ENV_PREFIX, PathSettings
+
+    return settings_mod.load(PathSettings, ENV_PREFIX)
 
 
 def _stack_targets() -> StackTargets | None:
@@ -140,18 +146,24 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> int:
-    from leaky_tokens.analytics.bootstrap import AnalyticsSettings
-    from leaky_tokens.auth.bootstrap import AuthSettings
-    from leaky_tokens.catalog.bootstrap import CatalogSettings
-    from leaky_tokens.token.bootstrap import TokenSettings
+    import importlib
 
+    from leaky_tokens.discovery.bootstrap import DiscoverySettings
+    from leaky_tokens.runtime.paths import PathSettings
+    from leaky_tokens.stack.settings import StackSettings
+
+    # Every service of the topology, then the processes and tools beside them.
+    classes: list[tuple[type, str]] = []
+    for service in topology.SERVICES:
+        module, _, name = service.settings_class.partition(":")
+        classes.append((getattr(importlib.import_module(module), name), service.env_prefix))
+    classes += [
+        (DiscoverySettings, "LEAKY_DISCOVERY"),
+        (PathSettings, "LEAKY"),
+        (StackSettings, "LEAKY_STACK"),
+    ]
     print("| variable | default | meaning |\n|---|---|---|")
-    for cls, prefix in (
-        (AuthSettings, "LEAKY_AUTH"),
-        (TokenSettings, "LEAKY_TOKEN"),
-        (AnalyticsSettings, "LEAKY_ANALYTICS"),
-        (CatalogSettings, "LEAKY_CATALOG"),
-    ):
+    for cls, prefix in classes:
         for name, default, text in settings_mod.describe(cls, prefix):
             print(f"| `{name}` | `{default}` | {text} |")
     return 0
@@ -172,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="run every service and Envoy on loopback (embedded mode)")
     up.add_argument("--port", type=int, default=8080, help="gateway port (HTTP/JSON and gRPC)")
     up.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port")
-    up.add_argument("--data-dir", help="state directory (default $LEAKY_DATA_DIR or ./data)")
+    up.add_argument(
+        "--data-dir", type=Path, help="state directory (default: $LEAKY_DATA_DIR, or ./data)"
+    )
     up.add_argument(
         "--stack",
         action="store_true",

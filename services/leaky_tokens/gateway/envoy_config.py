@@ -8,9 +8,10 @@ from typing import Any
 
 import yaml
 
+from leaky_tokens.runtime.paths import descriptor
 from leaky_tokens.topology import SERVICES, Service, public_services
 
-DESCRIPTOR = Path(__file__).resolve().parents[3] / "envoy" / "leaky.pb"
+DESCRIPTOR = descriptor()
 
 _T = "type.googleapis.com/envoy.extensions."
 HTTP_PROTOCOL_OPTIONS = _T + "upstreams.http.v3.HttpProtocolOptions"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from leaky_tokens.loopback import HOST
+from leaky_tokens.stack.settings import StackSettings, load_stack_settings
 
 __all__ = ["HOST", "Component", "ComponentError", "Launch", "StackPaths"]
 
@@ -25,15 +25,10 @@ class StackPaths:
     cache: Path
 
     @classmethod
-    def default(cls) -> StackPaths:
-        # Anchored at the checkout, not the current directory: every command, from anywhere
-        # in the tree, sees the same stack.
-        project = Path(__file__).resolve().parents[3]
-        root = Path(os.environ.get("LEAKY_STACK_DIR", project / ".leaky" / "stack")).resolve()
-        cache = Path(
-            os.environ.get("LEAKY_CACHE_DIR", Path.home() / ".cache" / "leaky-tokens")
-        ).resolve()
-        return cls(root, cache)
+    def default(cls, settings: StackSettings | None = None) -> StackPaths:
+        """The paths the settings (by default: the environment's) name."""
+        config = settings if settings is not None else load_stack_settings()
+        return cls(config.root(), config.cache())
 
     def data(self, name: str) -> Path:
         """The component's data directory (created)."""
