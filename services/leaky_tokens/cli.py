@@ -6,18 +6,19 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from leaky_tokens import topology
 from leaky_tokens.runtime import settings as settings_mod
 
 if TYPE_CHECKING:
-    from leaky_tokens.mesh.supervisor import StackTargets
+    from leaky_tokens.mesh.plan import StackTargets
     from leaky_tokens.runtime.paths import PathSettings
 
 
 def _up(args: argparse.Namespace) -> int:
-    from leaky_tokens.mesh.supervisor import MeshPorts, run_mesh
+    from leaky_tokens.mesh.plan import MeshPorts
+    from leaky_tokens.mesh.supervisor import run_mesh
 
     ports = MeshPorts.from_bases(
         args.port, args.admin_port, args.grpc_base_port, args.metrics_base_port
@@ -39,10 +40,10 @@ def _path_settings() -> PathSettings:
 
 def _stack_targets() -> StackTargets | None:
     """Where the native stack serves, or None (after saying why) if it is not all healthy."""
-    from leaky_tokens.mesh.supervisor import StackTargets
+    from leaky_tokens.mesh.plan import StackTargets
     from leaky_tokens.stack.component import StackPaths
     from leaky_tokens.stack.orchestrator import Stack
-    from leaky_tokens.stack.registry import default_components, stack_targets
+    from leaky_tokens.stack.registry import default_components, stack_endpoints
 
     needed = ["postgres", "consul", "discovery", "envoy"]
     rows = Stack(default_components(), StackPaths.default()).status(needed)
@@ -54,13 +55,13 @@ def _stack_targets() -> StackTargets | None:
             file=sys.stderr,
         )
         return None
-    consul, gateway, database_urls = stack_targets()
-    return StackTargets(consul=consul, gateway=gateway, database_urls=database_urls)
+    found = stack_endpoints()
+    return StackTargets(found.consul, found.gateway, found.database_urls, found.envoy_admin)
 
 
 def _envoy_config(args: argparse.Namespace) -> int:
     from leaky_tokens.gateway.envoy_config import compose_yaml
-    from leaky_tokens.mesh.supervisor import MeshPorts, envoy_yaml
+    from leaky_tokens.mesh.plan import MeshPorts, envoy_yaml
 
     if args.compose:
         text = compose_yaml()
@@ -176,16 +177,42 @@ def _offsets(port: str, base: int) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `leaky` console script."""
-    parser = argparse.ArgumentParser(prog="leaky", description=__doc__)
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" unless there is no default or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser (and, through add_subparsers, every subcommand's) whose --help shows each
+    option's default, even for options declared without a help text."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        """argparse shows no line at all for an option without help: give it one."""
+        if not kwargs.get("help") and kwargs.get("default") not in (None, False):
+            kwargs["help"] = "(default: %(default)s)"
+        return super().add_argument(*args, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: every subcommand and option."""
+    parser = _Parser(prog="leaky", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run every service and Envoy on loopback (embedded mode)")
     up.add_argument("--port", type=int, default=8080, help="gateway port (HTTP/JSON and gRPC)")
     up.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port")
     up.add_argument(
-        "--data-dir", type=Path, help="state directory (default: $LEAKY_DATA_DIR, or ./data)"
+        "--data-dir",
+        type=Path,
+        help="state directory; logs go to its logs/ (default: $LEAKY_DATA_DIR, or ./data)",
     )
     up.add_argument(
         "--stack",
@@ -208,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     up.set_defaults(func=_up)
 
     envoy = sub.add_parser("envoy-config", help="print the Envoy config `leaky up` uses")
-    envoy.add_argument("--port", type=int, default=8080)
-    envoy.add_argument("--admin-port", type=int, default=9901)
+    envoy.add_argument("--port", type=int, default=8080, help="gateway port")
+    envoy.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port")
     envoy.add_argument("--out", help="write to this file instead of stdout")
     envoy.add_argument(
         "--compose", action="store_true", help="the config compose.yaml mounts (EDS, 0.0.0.0)"
@@ -233,13 +260,17 @@ def main(argv: list[str] | None = None) -> int:
     probe = sub.add_parser("probe", help="gRPC health check of one server (exit 0 = SERVING)")
     probe.add_argument("target", help="host:port")
     probe.add_argument("--service", default="", help="service name; default: the whole server")
-    probe.add_argument("--timeout", type=float, default=2.0)
+    probe.add_argument("--timeout", type=float, default=2.0, help="seconds to wait")
     probe.set_defaults(func=_probe)
 
     settings = sub.add_parser("settings", help="print every setting as a Markdown table")
     settings.set_defaults(func=_settings)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `leaky` console script."""
+    args = build_parser().parse_args(argv)
     return int(args.func(args))
 
 

@@ -54,10 +54,12 @@ def port_taken(host: str, port: int) -> str | None:
     return None
 
 
-def log_tail(path: Path, lines: int = 20) -> list[str]:
-    """The last `lines` lines of a log file (none if it does not exist)."""
+def log_tail(path: Path, lines: int = 20, start: int = 0) -> list[str]:
+    """The last `lines` lines of a log file written after byte `start` (none if no file)."""
     try:
-        text = path.read_text(errors="replace")
+        with path.open("rb") as log:
+            log.seek(start)
+            text = log.read().decode(errors="replace")
     except OSError:
         return []
     return text.splitlines()[-lines:]

@@ -26,6 +26,7 @@ class Service:
     grpc_port: int  # default gRPC port (also its settings class's `port` default)
     metrics_port: int = 0  # default Prometheus port; 0 = the service exports no metrics
     proto_services: tuple[str, ...] = ()  # full names the gateway routes to it
+    proto_module: str = ""  # generated module declaring them (imported for reflection)
     gateway_prefixes: tuple[str, ...] = ()  # further path prefixes routed to it, no timeout
     # A path the gateway answers 200 on only through this service: `leaky up --stack` waits
     # for it to know the stack's Envoy has found the instance (empty = gRPC health instead).
@@ -62,6 +63,7 @@ SERVICES: tuple[Service, ...] = (
         grpc_port=50051,
         metrics_port=9101,
         proto_services=("leaky.auth.v1.AuthService",),
+        proto_module="leaky.auth.v1.auth_pb2",
         gateway_probe="/oauth2/jwks",
         database="leaky_auth",
     ),
@@ -70,6 +72,7 @@ SERVICES: tuple[Service, ...] = (
         grpc_port=50052,
         metrics_port=9102,
         proto_services=("leaky.token.v1.TokenService", "leaky.token.v1.ProviderService"),
+        proto_module="leaky.token.v1.token_pb2",
         gateway_probe="/api/v1/tokens/status",
         needs_auth_target=True,
     ),
@@ -78,6 +81,7 @@ SERVICES: tuple[Service, ...] = (
         grpc_port=50053,
         metrics_port=9103,
         proto_services=("leaky.analytics.v1.AnalyticsService",),
+        proto_module="leaky.analytics.v1.analytics_pb2",
         gateway_probe="/api/v1/analytics/health",
         needs_auth_target=True,
     ),

@@ -4,50 +4,19 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.support.up import bound_ports, consecutive_free, wait_http_ok
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("pyproject.toml", "README.md", "services", "gen", "envoy", "tools")
-
-
-def _bound_ports(count: int) -> list[int]:
-    """`count` ports the kernel handed out (bound on 0, then released)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def _consecutive_free(size: int) -> int:
-    """The first of `size` consecutive ports nothing holds right now."""
-    while True:
-        (first,) = _bound_ports(1)
-        try:
-            probes = []
-            for port in range(first, first + size):
-                probe = socket.socket()
-                probes.append(probe)
-                probe.bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-        finally:
-            for probe in probes:
-                probe.close()
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +82,8 @@ def test_leaky_up_from_the_installed_package_serves_the_gateway(
 ) -> None:
     elsewhere = tmp_path / "elsewhere"  # not the checkout: nothing may resolve through it
     elsewhere.mkdir()
-    port, admin = _bound_ports(2)
-    grpc_base = _consecutive_free(4)
+    port, admin = bound_ports(2)
+    grpc_base = consecutive_free(4)
     log_path = tmp_path / "up.log"
     argv = [str(installed / "bin" / "leaky"), "up", "--port", str(port), "--admin-port", str(admin)]
     argv += ["--grpc-base-port", str(grpc_base), "--metrics-base-port", "0"]
@@ -122,16 +91,7 @@ def test_leaky_up_from_the_installed_package_serves_the_gateway(
         process = subprocess.Popen(argv, cwd=elsewhere, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/api/v1/tokens/status"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            try:
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
+        wait_http_ok(url, process, log_path, within=90)
         config = (elsewhere / "data" / "envoy.yaml").read_text()
         assert f"proto_descriptor: {installed}" in config
     finally:

@@ -13,7 +13,7 @@ from leaky_tokens.catalog.bootstrap import CatalogSettings
 from leaky_tokens.catalog.bootstrap import build as build_catalog
 from leaky_tokens.discovery.bootstrap import DiscoverySettings
 from leaky_tokens.gateway.envoy_config import compose_yaml
-from leaky_tokens.mesh.supervisor import MeshPorts, envoy_yaml, service_children
+from leaky_tokens.mesh.plan import MeshPorts, envoy_yaml, service_children
 from leaky_tokens.stack import postgres
 from leaky_tokens.stack.component import StackPaths
 from leaky_tokens.stack.edge import Discovery, Envoy
@@ -99,6 +99,11 @@ def test_every_proto_service_is_in_the_topology_once() -> None:
             declared |= {s.full_name for s in module.DESCRIPTOR.services_by_name.values()}
     listed = [name for s in SERVICES for name in s.proto_services]
     assert sorted(listed) == sorted(declared)
+    for service in SERVICES:
+        if service.proto_services:
+            module = importlib.import_module(service.proto_module)
+            names = {s.full_name for s in module.DESCRIPTOR.services_by_name.values()}
+            assert names == set(service.proto_services), service.slug
 
 
 def test_settings_defaults_are_the_topology_ports() -> None:

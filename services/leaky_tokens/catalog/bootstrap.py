@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 
 import grpc
@@ -40,5 +41,9 @@ async def build(
     def register(server: grpc.aio.Server) -> None:
         """No servicers: reflection and health are added by the runtime."""
 
+    # Reflection answers from the default descriptor pool: load every service's protos.
+    for service in services:
+        if service.proto_module:
+            importlib.import_module(service.proto_module)
     described = tuple(public_services(services))
     return CatalogComponents(ServiceSpec("catalog", (), register, reflection_only=described))

@@ -9,123 +9,26 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from leaky_tokens.gateway.envoy_config import Upstream, dump, render
-from leaky_tokens.loopback import HOST, envoy_binary, format_table, http_ok
-from leaky_tokens.topology import GRPC_BASE_PORT, METRICS_BASE_PORT, SERVICES, Service
-
-
-@dataclass(frozen=True)
-class MeshPorts:
-    """Loopback ports of the embedded mesh: the gateway, Envoy's admin and each service's."""
-
-    gateway: int = 8080
-    envoy_admin: int = 9901
-    grpc: Mapping[str, int] = field(default_factory=lambda: {s.slug: s.grpc_port for s in SERVICES})
-    metrics: Mapping[str, int] = field(
-        default_factory=lambda: {s.slug: s.metrics_port for s in SERVICES}
-    )
-
-    @classmethod
-    def from_bases(
-        cls,
-        gateway: int = 8080,
-        admin: int = 9901,
-        grpc_base: int = GRPC_BASE_PORT,
-        metrics_base: int = METRICS_BASE_PORT,
-        services: tuple[Service, ...] = SERVICES,
-    ) -> MeshPorts:
-        """Each service's default ports moved by the bases' offsets; metrics_base 0 turns
-        the metrics endpoints off."""
-        grpc_ports = {s.slug: grpc_base + s.grpc_port - GRPC_BASE_PORT for s in services}
-        metrics = {
-            s.slug: metrics_base + s.metrics_port - METRICS_BASE_PORT
-            if metrics_base and s.metrics_port
-            else 0
-            for s in services
-        }
-        return cls(gateway, admin, grpc_ports, metrics)
-
-
-@dataclass
-class Child:
-    """One supervised process."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    address: str
-    process: asyncio.subprocess.Process | None = None
-
-
-@dataclass(frozen=True)
-class StackTargets:
-    """Where the native stack (`leaky stack up`) serves: services register in its Consul,
-    auth stores in its PostgreSQL, and its Envoy (fed from Consul) is the gateway."""
-
-    consul: str
-    gateway: str
-    database_urls: Mapping[str, str] = field(default_factory=dict)  # slug -> its database
+from leaky_tokens.loopback import HOST, envoy_binary, format_table, http_ok, log_tail
+from leaky_tokens.mesh.plan import (
+    Child,
+    MeshPorts,
+    StackTargets,
+    envoy_yaml,
+    port_conflicts,
+    port_plan,
+    service_children,
+)
+from leaky_tokens.topology import SERVICES, Service
 
 
 class MeshError(RuntimeError):
     """A component failed to start; the message names it and its log file."""
-
-
-def service_children(
-    ports: MeshPorts,
-    data_dir: Path,
-    stack: StackTargets | None = None,
-    services: tuple[Service, ...] = SERVICES,
-) -> list[Child]:
-    """The gRPC services, each a `python -m leaky_tokens.<svc>` process."""
-    logs = data_dir / "logs"
-    auth_target = f"{HOST}:{ports.grpc['auth']}"
-    children = []
-    for service in services:
-        prefix, port = service.env_prefix, ports.grpc[service.slug]
-        child_env = {
-            **os.environ,
-            "LEAKY_DATA_DIR": str(data_dir),
-            f"{prefix}_HOST": HOST,
-            f"{prefix}_PORT": str(port),
-            f"{prefix}_METRICS_PORT": str(ports.metrics[service.slug]),
-        }
-        if service.needs_auth_target:
-            child_env[f"{prefix}_AUTH_TARGET"] = auth_target
-        if stack is not None:
-            child_env[f"{prefix}_CONSUL_ADDRESS"] = stack.consul
-            if service.slug in stack.database_urls:
-                child_env[f"{prefix}_DATABASE_URL"] = stack.database_urls[service.slug]
-        children.append(
-            Child(
-                name=service.slug,
-                argv=[sys.executable, "-m", service.module],
-                env=child_env,
-                log_path=logs / f"{service.slug}.log",
-                address=f"{HOST}:{port}",
-            )
-        )
-    return children
-
-
-def envoy_yaml(ports: MeshPorts, services: tuple[Service, ...] = SERVICES) -> str:
-    """The Envoy config of the embedded mesh (static endpoints on loopback)."""
-    upstreams = [Upstream(s.slug, ((HOST, ports.grpc[s.slug]),)) for s in services]
-    config = render(
-        listen=(HOST, ports.gateway),
-        admin=(HOST, ports.envoy_admin),
-        upstreams=upstreams,
-        services=services,
-    )
-    return dump(config)
 
 
 def _die_with_parent() -> None:
@@ -145,6 +48,7 @@ def _write_envoy_config(data_dir: Path, ports: MeshPorts, services: tuple[Servic
 async def _spawn(child: Child) -> None:
     child.log_path.parent.mkdir(parents=True, exist_ok=True)
     with child.log_path.open("ab") as log:
+        child.log_start = log.tell()
         # A new session keeps the terminal's Ctrl-C from the children: the supervisor stops them.
         child.process = await asyncio.create_subprocess_exec(
             *child.argv,
@@ -156,8 +60,16 @@ async def _spawn(child: Child) -> None:
         )
 
 
+def _last_words(child: Child, lines: int = 15) -> str:
+    """The end of what the child logged in this run, indented, for the console."""
+    tail = log_tail(child.log_path, lines, child.log_start)
+    if not tail:
+        return ""
+    return f"\n  last lines of {child.log_path}:\n" + "\n".join(f"    {line}" for line in tail)
+
+
 def _failed(child: Child, why: str) -> MeshError:
-    return MeshError(f"{child.name} {why}; see its log: {child.log_path}")
+    return MeshError(f"{child.name} {why}; see its log: {child.log_path}{_last_words(child)}")
 
 
 async def _wait_grpc_health(child: Child, deadline: float, target: str | None = None) -> None:
@@ -225,15 +137,20 @@ async def _stop(children: list[Child], grace: float = 10.0) -> None:
             await child.process.wait()  # type: ignore[union-attr]
 
 
-def status_table(children: list[Child], gateway: str) -> str:
-    """A readable table of what runs where."""
-    rows = [("component", "address", "pid", "state")]
+def status_table(children: list[Child], gateway: str, *, admin: str, data_dir: Path) -> str:
+    """A readable table of what runs where, then the addresses and paths a newcomer needs."""
+    rows = [("component", "address", "metrics", "pid", "state")]
     for child in children:
         pid = str(child.process.pid) if child.process else "-"
         running = child.process is not None and child.process.returncode is None
-        rows.append((child.name, child.address, pid, "running" if running else "stopped"))
+        state = "running" if running else "stopped"
+        rows.append((child.name, child.address, child.metrics or "-", pid, state))
     lines = [format_table(rows, rule=True), ""]
     lines.append(f"HTTP/JSON and gRPC: http://{gateway}  (Ctrl-C stops everything)")
+    if admin:
+        lines.append(f"Envoy admin:        http://{admin}  (/stats, /clusters, /ready)")
+    lines.append(f"Data directory:     {data_dir}")
+    lines.append(f"Logs:               {data_dir / 'logs'}/<component>.log")
     return "\n".join(lines)
 
 
@@ -252,6 +169,7 @@ async def _envoy_child(ports: MeshPorts, data_dir: Path, services: tuple[Service
         env=dict(os.environ),
         log_path=data_dir / "logs" / "envoy.log",
         address=f"{HOST}:{ports.gateway}",
+        metrics=f"http://{HOST}:{ports.envoy_admin}/stats/prometheus",
     )
 
 
@@ -267,7 +185,14 @@ async def run_mesh(
 
     Embedded (default): static endpoints and this process's own Envoy. With `stack`: the
     services register in the stack's Consul and the stack's Envoy is the gateway.
+    Nothing starts unless every port it needs can be bound: another process (a second
+    `leaky up`) on one of them would answer the health checks in our children's place.
     """
+    conflicts = port_conflicts(port_plan(ports, embedded=stack is None, services=services))
+    if conflicts:
+        lines = "\n".join(f"  {problem}" for problem in conflicts)
+        print(f"leaky up: cannot start, ports in use:\n{lines}", file=sys.stderr, flush=True)
+        return 1
     children = service_children(ports, data_dir, stack, services)
     gateway = stack.gateway if stack else f"{HOST}:{ports.gateway}"
     envoy = None if stack else await _envoy_child(ports, data_dir, services)
@@ -287,7 +212,8 @@ async def run_mesh(
             return 0
         stopper.cancel()
         start.result()
-        print(status_table(everything, gateway), flush=True)
+        admin = stack.envoy_admin if stack else f"{HOST}:{ports.envoy_admin}"
+        print(status_table(everything, gateway, admin=admin, data_dir=data_dir), flush=True)
         exited = [asyncio.create_task(c.process.wait()) for c in everything if c.process]
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stopper, *exited], return_when=asyncio.FIRST_COMPLETED)
@@ -295,8 +221,14 @@ async def run_mesh(
         for task in [stopper, *exited]:
             task.cancel()
         if crashed and stopper not in done:
-            names = ", ".join(f"{c.name} (log: {c.log_path})" for c in crashed)
-            print(f"stopping: {names} exited unexpectedly", file=sys.stderr, flush=True)
+            for child in crashed:
+                code = child.process.returncode if child.process else None
+                print(
+                    f"stopping: {child.name} exited unexpectedly (code {code}); "
+                    f"log: {child.log_path}{_last_words(child)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             return 1
         return 0
     except MeshError as error:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from leaky_tokens.loopback import HOST
 from leaky_tokens.stack.cassandra import Cassandra
 from leaky_tokens.stack.component import Component
 from leaky_tokens.stack.consul import Consul
@@ -29,13 +32,23 @@ def default_components(
     ]
 
 
-def stack_targets(
+@dataclass(frozen=True)
+class StackEndpoints:
+    """Where the configured stack serves what the mesh's services use."""
+
+    consul: str
+    gateway: str
+    envoy_admin: str
+    database_urls: dict[str, str]  # service slug -> URL of its database
+
+
+def stack_endpoints(
     settings: StackSettings | None = None, services: tuple[Service, ...] = SERVICES
-) -> tuple[str, str, dict[str, str]]:
-    """(Consul address, gateway address, slug -> database URL) of the configured stack."""
+) -> StackEndpoints:
+    """The configured stack's Consul, gateway, Envoy admin and each service's database."""
     components = {c.name: c for c in default_components(settings, services)}
     postgres, envoy, consul = components["postgres"], components["envoy"], components["consul"]
     assert isinstance(postgres, Postgres)
     assert isinstance(envoy, Envoy)
     urls = {s.slug: postgres.url(s.database) for s in services if s.database}
-    return consul.address, envoy.address, urls
+    return StackEndpoints(consul.address, envoy.address, f"{HOST}:{envoy.admin_port}", urls)
