@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from leaky_tokens import topology
 from leaky_tokens.runtime import settings as settings_mod
 
 if TYPE_CHECKING:
-    from leaky_tokens.mesh.supervisor import StackTargets
+    from leaky_tokens.mesh.plan import StackTargets
+    from leaky_tokens.runtime.paths import PathSettings
 
 
 def _up(args: argparse.Namespace) -> int:
-    from leaky_tokens.mesh.supervisor import MeshPorts, run_mesh
+    from leaky_tokens.mesh.plan import MeshPorts
+    from leaky_tokens.mesh.supervisor import run_mesh
 
     ports = MeshPorts.from_bases(
         args.port, args.admin_port, args.grpc_base_port, args.metrics_base_port
     )
-    data_dir = Path(args.data_dir or os.environ.get("LEAKY_DATA_DIR", "data")).resolve()
+    data_dir = (args.data_dir or _path_settings().data_dir).resolve()
     stack = None
     if args.stack:
         stack = _stack_targets()
@@ -30,12 +32,18 @@ def _up(args: argparse.Namespace) -> int:
     return asyncio.run(run_mesh(ports, data_dir, stack=stack))
 
 
+def _path_settings() -> PathSettings:
+    from leaky_tokens.runtime.paths import ENV_PREFIX, PathSettings
+
+    return settings_mod.load(PathSettings, ENV_PREFIX)
+
+
 def _stack_targets() -> StackTargets | None:
     """Where the native stack serves, or None (after saying why) if it is not all healthy."""
-    from leaky_tokens.mesh.supervisor import StackTargets
+    from leaky_tokens.mesh.plan import StackTargets
     from leaky_tokens.stack.component import StackPaths
     from leaky_tokens.stack.orchestrator import Stack
-    from leaky_tokens.stack.registry import default_components, stack_targets
+    from leaky_tokens.stack.registry import default_components, stack_endpoints
 
     needed = ["postgres", "consul", "discovery", "envoy"]
     rows = Stack(default_components(), StackPaths.default()).status(needed)
@@ -47,17 +55,18 @@ def _stack_targets() -> StackTargets | None:
             file=sys.stderr,
         )
         return None
-    consul, database_url, gateway = stack_targets()
-    return StackTargets(consul=consul, auth_database_url=database_url, gateway=gateway)
+    found = stack_endpoints()
+    return StackTargets(found.consul, found.gateway, found.database_urls, found.envoy_admin)
 
 
 def _envoy_config(args: argparse.Namespace) -> int:
-    from leaky_tokens.mesh.supervisor import MeshPorts, compose_envoy_yaml, envoy_yaml
+    from leaky_tokens.gateway.envoy_config import compose_yaml
+    from leaky_tokens.mesh.plan import MeshPorts, envoy_yaml
 
     if args.compose:
-        text = compose_envoy_yaml()
+        text = compose_yaml()
     else:
-        text = envoy_yaml(MeshPorts(gateway=args.port, envoy_admin=args.admin_port))
+        text = envoy_yaml(MeshPorts.from_bases(args.port, args.admin_port))
     if args.out:
         Path(args.out).write_text(text)
     else:
@@ -118,32 +127,73 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> int:
-    from leaky_tokens.analytics.bootstrap import AnalyticsSettings
-    from leaky_tokens.auth.bootstrap import AuthSettings
-    from leaky_tokens.catalog.bootstrap import CatalogSettings
-    from leaky_tokens.token.bootstrap import TokenSettings
+    import importlib
 
+    from leaky_tokens.discovery.bootstrap import DiscoverySettings
+    from leaky_tokens.runtime.paths import PathSettings
+    from leaky_tokens.stack.settings import StackSettings
+
+    # Every service of the topology, then the processes and tools beside them.
+    classes: list[tuple[type, str]] = []
+    for service in topology.SERVICES:
+        module, _, name = service.settings_class.partition(":")
+        classes.append((getattr(importlib.import_module(module), name), service.env_prefix))
+    classes += [
+        (DiscoverySettings, "LEAKY_DISCOVERY"),
+        (PathSettings, "LEAKY"),
+        (StackSettings, "LEAKY_STACK"),
+    ]
     print("| variable | default | meaning |\n|---|---|---|")
-    for cls, prefix in (
-        (AuthSettings, "LEAKY_AUTH"),
-        (TokenSettings, "LEAKY_TOKEN"),
-        (AnalyticsSettings, "LEAKY_ANALYTICS"),
-        (CatalogSettings, "LEAKY_CATALOG"),
-    ):
+    for cls, prefix in classes:
         for name, default, text in settings_mod.describe(cls, prefix):
             print(f"| `{name}` | `{default}` | {text} |")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `leaky` console script."""
-    parser = argparse.ArgumentParser(prog="leaky", description=__doc__)
+def _offsets(port: str, base: int) -> str:
+    """'catalog (+0), auth (+1), ...': which service listens where, from the topology."""
+    return ", ".join(
+        f"{s.slug} (+{getattr(s, port) - base})" for s in topology.SERVICES if getattr(s, port)
+    )
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" unless there is no default or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser (and, through add_subparsers, every subcommand's) whose --help shows each
+    option's default, even for options declared without a help text."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        """argparse shows no line at all for an option without help: give it one."""
+        if not kwargs.get("help") and kwargs.get("default") not in (None, False):
+            kwargs["help"] = "(default: %(default)s)"
+        return super().add_argument(*args, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: every subcommand and option."""
+    parser = _Parser(prog="leaky", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run every service and Envoy on loopback (embedded mode)")
     up.add_argument("--port", type=int, default=8080, help="gateway port (HTTP/JSON and gRPC)")
     up.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port")
-    up.add_argument("--data-dir", help="state directory (default $LEAKY_DATA_DIR or ./data)")
+    up.add_argument(
+        "--data-dir",
+        type=Path,
+        help="state directory; logs go to its logs/ (default: $LEAKY_DATA_DIR, or ./data)",
+    )
     up.add_argument(
         "--stack",
         action="store_true",
@@ -152,20 +202,21 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument(
         "--grpc-base-port",
         type=int,
-        default=50050,
-        help="catalog, auth, token, analytics listen on this port and the next three",
+        default=topology.GRPC_BASE_PORT,
+        help=f"{_offsets('grpc_port', topology.GRPC_BASE_PORT)} listen on this port plus offset",
     )
     up.add_argument(
         "--metrics-base-port",
         type=int,
-        default=9101,
-        help="auth, token, analytics /metrics on this port and the next two; 0 = off",
+        default=topology.METRICS_BASE_PORT,
+        help=f"/metrics of {_offsets('metrics_port', topology.METRICS_BASE_PORT)} on this "
+        "port plus offset; 0 = off",
     )
     up.set_defaults(func=_up)
 
     envoy = sub.add_parser("envoy-config", help="print the Envoy config `leaky up` uses")
-    envoy.add_argument("--port", type=int, default=8080)
-    envoy.add_argument("--admin-port", type=int, default=9901)
+    envoy.add_argument("--port", type=int, default=8080, help="gateway port")
+    envoy.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port")
     envoy.add_argument("--out", help="write to this file instead of stdout")
     envoy.add_argument(
         "--compose", action="store_true", help="the config compose.yaml mounts (EDS, 0.0.0.0)"
@@ -188,13 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     probe = sub.add_parser("probe", help="gRPC health check of one server (exit 0 = SERVING)")
     probe.add_argument("target", help="host:port")
     probe.add_argument("--service", default="", help="service name; default: the whole server")
-    probe.add_argument("--timeout", type=float, default=2.0)
+    probe.add_argument("--timeout", type=float, default=2.0, help="seconds to wait")
     probe.set_defaults(func=_probe)
 
     settings = sub.add_parser("settings", help="print every setting as a Markdown table")
     settings.set_defaults(func=_settings)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `leaky` console script."""
+    args = build_parser().parse_args(argv)
     return int(args.func(args))
 
 

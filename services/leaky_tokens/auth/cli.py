@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from leaky_tokens.auth.domain import roles
 from leaky_tokens.auth.domain.audit import AUDIT_LOGGER, OPERATOR, LoggingAuditTrail
@@ -31,7 +31,7 @@ class DatabaseError(Exception):
     """The auth database is missing or is not an auth database; the message says what to do."""
 
 
-def add_commands(auth_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(auth_sub: argparse._SubParsersAction[Any]) -> None:
     """Register the role subcommands under `leaky auth`."""
     for name, func, text in (
         ("grant-role", grant_role, "give a user a role, e.g. the first ADMIN"),
@@ -44,9 +44,7 @@ def add_commands(auth_sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "settings and never creates one.",
         )
         command.add_argument("--username", required=True, help="case-insensitive")
-        command.add_argument(
-            "--role", default="ADMIN", choices=list(roles.ROLES), help="default: %(default)s"
-        )
+        command.add_argument("--role", default="ADMIN", choices=list(roles.ROLES), help="the role")
         command.set_defaults(func=func)
 
 

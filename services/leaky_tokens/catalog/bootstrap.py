@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 
 import grpc
 
-from leaky.analytics.v1 import analytics_pb2
-from leaky.auth.v1 import auth_pb2
-from leaky.token.v1 import token_pb2
 from leaky_tokens.runtime.server import ServerSettings, ServiceSpec
 from leaky_tokens.runtime.settings import doc
+from leaky_tokens.topology import SERVICES, Service, public_services
 
 ENV_PREFIX = "LEAKY_CATALOG"
-
-PUBLIC_SERVICES = tuple(
-    service.full_name
-    for module in (auth_pb2, token_pb2, analytics_pb2)
-    for service in module.DESCRIPTOR.services_by_name.values()
-)
 
 
 @dataclass(frozen=True)
@@ -40,10 +33,17 @@ class CatalogComponents:
         """Nothing to release."""
 
 
-async def build(settings: CatalogSettings) -> CatalogComponents:
-    """A server that only describes the public API."""
+async def build(
+    settings: CatalogSettings, *, services: tuple[Service, ...] = SERVICES
+) -> CatalogComponents:
+    """A server that only describes the public API: every proto service of `services`."""
 
     def register(server: grpc.aio.Server) -> None:
         """No servicers: reflection and health are added by the runtime."""
 
-    return CatalogComponents(ServiceSpec("catalog", (), register, reflection_only=PUBLIC_SERVICES))
+    # Reflection answers from the default descriptor pool: load every service's protos.
+    for service in services:
+        if service.proto_module:
+            importlib.import_module(service.proto_module)
+    described = tuple(public_services(services))
+    return CatalogComponents(ServiceSpec("catalog", (), register, reflection_only=described))

@@ -17,9 +17,13 @@ class SettingsError(ValueError):
     """An environment variable could not be parsed into its setting."""
 
 
-def doc(text: str) -> dict[str, str]:
-    """Field metadata carrying the one-line documentation of a setting."""
-    return {"doc": text}
+def doc(text: str, *, env: str = "") -> dict[str, str]:
+    """Field metadata carrying the one-line documentation of a setting.
+
+    `env` names its environment variable when that is not `<PREFIX>_<FIELD>` (a name kept
+    for compatibility, e.g. LEAKY_CACHE_DIR among the LEAKY_STACK_ settings).
+    """
+    return {"doc": text, "env": env} if env else {"doc": text}
 
 
 def _parse(raw: str, kind: Any, name: str) -> Any:
@@ -56,13 +60,17 @@ def env_name(prefix: str, field_name: str) -> str:
     return f"{prefix}_{field_name}".upper()
 
 
+def _variable(prefix: str, field: dataclasses.Field[Any]) -> str:
+    return str(field.metadata.get("env") or env_name(prefix, field.name))
+
+
 def load(cls: type[T], prefix: str, environ: Mapping[str, str] | None = None) -> T:
     """Build `cls` from defaults overridden by `<PREFIX>_<FIELD>` environment variables."""
     env = os.environ if environ is None else environ
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-        name = env_name(prefix, field.name)
+        name = _variable(prefix, field)
         if name in env:
             values[field.name] = _parse(env[name], hints[field.name], name)
     return cls(**values)
@@ -72,6 +80,8 @@ def describe(cls: type[Any], prefix: str) -> list[tuple[str, str, str]]:
     """(variable, default, doc) rows for documenting a settings class."""
     rows = []
     for field in dataclasses.fields(cls):
-        default = field.default if field.default is not dataclasses.MISSING else ""
-        rows.append((env_name(prefix, field.name), str(default), field.metadata.get("doc", "")))
+        default = field.default if field.default not in (dataclasses.MISSING, None) else ""
+        if isinstance(default, tuple):
+            default = ",".join(str(item) for item in default)  # as it is written in the env
+        rows.append((_variable(prefix, field), str(default), field.metadata.get("doc", "")))
     return rows

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import urllib.request
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from leaky_tokens.loopback import HOST
+from leaky_tokens.stack.settings import StackSettings, load_stack_settings
+
+__all__ = ["HOST", "Component", "ComponentError", "Launch", "StackPaths"]
 
 
 @dataclass(frozen=True)
@@ -25,15 +25,10 @@ class StackPaths:
     cache: Path
 
     @classmethod
-    def default(cls) -> StackPaths:
-        # Anchored at the checkout, not the current directory: every command, from anywhere
-        # in the tree, sees the same stack.
-        project = Path(__file__).resolve().parents[3]
-        root = Path(os.environ.get("LEAKY_STACK_DIR", project / ".leaky" / "stack")).resolve()
-        cache = Path(
-            os.environ.get("LEAKY_CACHE_DIR", Path.home() / ".cache" / "leaky-tokens")
-        ).resolve()
-        return cls(root, cache)
+    def default(cls, settings: StackSettings | None = None) -> StackPaths:
+        """The paths the settings (by default: the environment's) name."""
+        config = settings if settings is not None else load_stack_settings()
+        return cls(config.root(), config.cache())
 
     def data(self, name: str) -> Path:
         """The component's data directory (created)."""
@@ -99,22 +94,3 @@ class Component(ABC):
 
     def after_ready(self, paths: StackPaths) -> None:  # noqa: B027 (optional hook)
         """One-time setup that needs the server up (databases, keyspaces); idempotent."""
-
-
-def http_ok(url: str) -> bool:
-    """True if GET url answers 200 within a second."""
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (loopback)
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-def tcp_open(address: str, timeout: float = 0.5) -> bool:
-    """True if something accepts TCP connections at host:port."""
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return True
-    except OSError:
-        return False

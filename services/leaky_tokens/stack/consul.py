@@ -14,10 +14,11 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+from leaky_tokens.runtime.paths import tools
 from leaky_tokens.stack.component import HOST, Component, ComponentError, Launch, StackPaths
 
 VERSION = "v1.14.11"  # must match the `require` in tools/consul/go.mod
-MODULE = Path(__file__).resolve().parents[3] / "tools" / "consul"
+MODULE = tools() / "consul"  # shipped as package data
 PACKAGE = "github.com/hashicorp/consul"
 BUILD_TIMEOUT = 1800.0  # a cold build is ~5 min on two cores; leave room for a busy machine
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import sys
 
-import yaml
-
-from leaky_tokens.mesh.envoy_config import Upstream, render
-from leaky_tokens.mesh.supervisor import envoy_binary
-from leaky_tokens.stack.component import HOST, Component, Launch, StackPaths, http_ok
-
-SERVICES = ("catalog", "auth", "token", "analytics")
+from leaky_tokens.gateway.envoy_config import dump, eds_upstreams, render
+from leaky_tokens.loopback import HOST, envoy_binary, http_ok
+from leaky_tokens.stack.component import Component, Launch, StackPaths
+from leaky_tokens.topology import SERVICES, Service, slugs
 
 
 class Discovery(Component):
@@ -19,9 +16,15 @@ class Discovery(Component):
     name = "discovery"
     startup_timeout = 30.0
 
-    def __init__(self, port: int = 18000, consul_http_port: int = 8500) -> None:
+    def __init__(
+        self,
+        port: int = 18000,
+        consul_http_port: int = 8500,
+        services: tuple[Service, ...] = SERVICES,
+    ) -> None:
         self.port = port
         self.consul = f"{HOST}:{consul_http_port}"
+        self.services = services
 
     @property
     def address(self) -> str:
@@ -34,7 +37,7 @@ class Discovery(Component):
                 "LEAKY_DISCOVERY_HOST": HOST,
                 "LEAKY_DISCOVERY_PORT": str(self.port),
                 "LEAKY_DISCOVERY_CONSUL_ADDRESS": self.consul,
-                "LEAKY_DISCOVERY_SERVICES": ",".join(SERVICES),
+                "LEAKY_DISCOVERY_SERVICES": ",".join(slugs(self.services)),
             },
         )
 
@@ -48,10 +51,17 @@ class Envoy(Component):
     name = "envoy"
     startup_timeout = 30.0
 
-    def __init__(self, port: int = 8080, admin_port: int = 9902, discovery_port: int = 18000):
+    def __init__(
+        self,
+        port: int = 8080,
+        admin_port: int = 9902,
+        discovery_port: int = 18000,
+        services: tuple[Service, ...] = SERVICES,
+    ):
         self.port = port
         self.admin_port = admin_port
         self.discovery_port = discovery_port
+        self.services = services
 
     @property
     def address(self) -> str:
@@ -62,10 +72,11 @@ class Envoy(Component):
         config = render(
             listen=(HOST, self.port),
             admin=(HOST, self.admin_port),
-            upstreams=[Upstream(name, ()) for name in SERVICES],
+            upstreams=eds_upstreams(self.services),
             discovery=(HOST, self.discovery_port),
+            services=self.services,
         )
-        return str(yaml.safe_dump(config, sort_keys=False))
+        return dump(config)
 
     def prepare(self, paths: StackPaths) -> None:
         (paths.data(self.name) / "envoy.yaml").write_text(self.config())

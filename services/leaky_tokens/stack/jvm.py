@@ -13,10 +13,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from leaky_tokens.runtime.paths import tools
 from leaky_tokens.stack.component import ComponentError
 from leaky_tokens.stack.debian import ensure_packages
 
-TOOLS = Path(__file__).resolve().parents[3] / "tools"  # tools/<component>/pom.xml
+TOOLS = tools()  # tools/<component>/pom.xml, shipped as package data
 MARKER = ".complete"  # in a lib directory; holds the digest of the pom + properties behind it
 MVN_TIMEOUT = 900.0
 

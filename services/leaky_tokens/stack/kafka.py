@@ -11,14 +11,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from leaky_tokens.stack.component import (
-    HOST,
-    Component,
-    ComponentError,
-    Launch,
-    StackPaths,
-    tcp_open,
-)
+from leaky_tokens.loopback import tcp_open
+from leaky_tokens.stack.component import HOST, Component, ComponentError, Launch, StackPaths
 from leaky_tokens.stack.jvm import TOOLS, find_java, resolve_jars
 
 VERSION = "3.9.2"  # kafka_2.13; tools/kafka/pom.xml resolves it with its logging backend

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from leaky_tokens.stack.component import Component, ComponentError, StackPaths, tcp_open
+from leaky_tokens.loopback import format_table, tcp_open
+from leaky_tokens.stack.component import Component, ComponentError, StackPaths
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,4 @@ def format_status(rows: list[Status]) -> str:
     """A fixed-width table."""
     table = [("component", "address", "pid", "health")]
     table += [(r.name, r.address, str(r.pid or "-"), r.state) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in table]
-    return "\n".join(lines)
+    return format_table(table)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 
+from leaky_tokens.loopback import HOST
 from leaky_tokens.stack.cassandra import Cassandra
 from leaky_tokens.stack.component import Component
 from leaky_tokens.stack.consul import Consul
@@ -11,29 +12,43 @@ from leaky_tokens.stack.edge import Discovery, Envoy
 from leaky_tokens.stack.kafka import Kafka
 from leaky_tokens.stack.postgres import Postgres
 from leaky_tokens.stack.redis import Redis
+from leaky_tokens.stack.settings import StackSettings, load_stack_settings
+from leaky_tokens.topology import SERVICES, Service
 
 
-def _port(name: str, default: int) -> int:
-    return int(os.environ.get(f"LEAKY_STACK_{name.upper()}_PORT", default))
-
-
-def default_components() -> list[Component]:
+def default_components(
+    settings: StackSettings | None = None, services: tuple[Service, ...] = SERVICES
+) -> list[Component]:
     """Every component, in the order `up` starts them (`down` stops in reverse)."""
+    s = settings if settings is not None else load_stack_settings()
     return [
-        Redis(_port("redis", 6379)),
-        Postgres(_port("postgres", 5432)),
-        Kafka(_port("kafka", 9092), _port("kafka_controller", 9093)),
-        Cassandra(_port("cassandra", 9042), _port("cassandra_storage", 7000)),
-        Consul(_port("consul", 8500), _port("consul_dns", 8600), _port("consul_grpc", 8502)),
-        Discovery(_port("discovery", 18000), _port("consul", 8500)),
-        Envoy(_port("envoy", 8080), _port("envoy_admin", 9902), _port("discovery", 18000)),
+        Redis(s.redis_port),
+        Postgres(s.postgres_port),
+        Kafka(s.kafka_port, s.kafka_controller_port),
+        Cassandra(s.cassandra_port, s.cassandra_storage_port),
+        Consul(s.consul_port, s.consul_dns_port, s.consul_grpc_port),
+        Discovery(s.discovery_port, s.consul_port, services),
+        Envoy(s.envoy_port, s.envoy_admin_port, s.discovery_port, services),
     ]
 
 
-def stack_targets() -> tuple[str, str, str]:
-    """(Consul address, auth database URL, gateway address) of the configured stack."""
-    components = {c.name: c for c in default_components()}
-    postgres, envoy = components["postgres"], components["envoy"]
+@dataclass(frozen=True)
+class StackEndpoints:
+    """Where the configured stack serves what the mesh's services use."""
+
+    consul: str
+    gateway: str
+    envoy_admin: str
+    database_urls: dict[str, str]  # service slug -> URL of its database
+
+
+def stack_endpoints(
+    settings: StackSettings | None = None, services: tuple[Service, ...] = SERVICES
+) -> StackEndpoints:
+    """The configured stack's Consul, gateway, Envoy admin and each service's database."""
+    components = {c.name: c for c in default_components(settings, services)}
+    postgres, envoy, consul = components["postgres"], components["envoy"], components["consul"]
     assert isinstance(postgres, Postgres)
     assert isinstance(envoy, Envoy)
-    return f"127.0.0.1:{_port('consul', 8500)}", postgres.url("leaky_auth"), envoy.address
+    urls = {s.slug: postgres.url(s.database) for s in services if s.database}
+    return StackEndpoints(consul.address, envoy.address, f"{HOST}:{envoy.admin_port}", urls)

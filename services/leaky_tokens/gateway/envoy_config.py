@@ -6,21 +6,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leaky.analytics.v1 import analytics_pb2
-from leaky.auth.v1 import auth_pb2
-from leaky.token.v1 import token_pb2
+import yaml
 
-DESCRIPTOR = Path(__file__).resolve().parents[3] / "envoy" / "leaky.pb"
+from leaky_tokens.runtime.paths import descriptor
+from leaky_tokens.topology import SERVICES, Service, public_services
 
-# Which cluster serves each proto package's services.
+DESCRIPTOR = descriptor()
+
 _T = "type.googleapis.com/envoy.extensions."
 HTTP_PROTOCOL_OPTIONS = _T + "upstreams.http.v3.HttpProtocolOptions"
 TRANSCODER = _T + "filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
 ROUTER = _T + "filters.http.router.v3.Router"
 HCM = _T + "filters.network.http_connection_manager.v3.HttpConnectionManager"
 UUID_REQUEST_ID = _T + "request_id.uuid.v3.UuidRequestIdConfig"
-
-CLUSTER_OF_MODULE = {"auth": auth_pb2, "token": token_pb2, "analytics": analytics_pb2}
 
 
 @dataclass(frozen=True)
@@ -29,15 +27,6 @@ class Upstream:
 
     name: str
     endpoints: tuple[tuple[str, int], ...]
-
-
-def public_services() -> dict[str, str]:
-    """Full proto service name -> cluster name, for every public service."""
-    return {
-        service.full_name: cluster
-        for cluster, module in CLUSTER_OF_MODULE.items()
-        for service in module.DESCRIPTOR.services_by_name.values()
-    }
 
 
 def _load_assignment(name: str, endpoints: tuple[tuple[str, int], ...]) -> dict[str, Any]:
@@ -134,19 +123,21 @@ RETRY_POLICY = {
 }
 
 
-def _routes() -> list[dict[str, Any]]:
+def _routes(services: tuple[Service, ...]) -> list[dict[str, Any]]:
     routes = [
         {
             "match": {"prefix": f"/{name}/"},
             "route": {"cluster": cluster, "timeout": "15s", "retry_policy": RETRY_POLICY},
         }
-        for name, cluster in sorted(public_services().items())
+        for name, cluster in sorted(public_services(services).items())
     ]
-    # The gateway's own reflection and health answer for the whole API (the catalog).
-    for prefix in ("/grpc.reflection.", "/grpc.health.v1.Health/"):
-        routes.append(
-            {"match": {"prefix": prefix}, "route": {"cluster": "catalog", "timeout": "0s"}}
-        )
+    # Streams with no end (reflection, health Watch): the gateway's own reflection and
+    # health answer for the whole API (the catalog).
+    for service in services:
+        for prefix in service.gateway_prefixes:
+            routes.append(
+                {"match": {"prefix": prefix}, "route": {"cluster": service.slug, "timeout": "0s"}}
+            )
     return routes
 
 
@@ -172,11 +163,13 @@ def render(
     upstreams: list[Upstream],
     descriptor: Path = DESCRIPTOR,
     discovery: tuple[str, int] | None = None,
+    services: tuple[Service, ...] = SERVICES,
 ) -> dict[str, Any]:
     """The whole bootstrap config as a dict (dump it as YAML or JSON).
 
     Without `discovery` the upstreams' endpoints are static; with it (host, port of the
-    discovery service) Envoy polls their live endpoints over REST EDS (ADR 0007).
+    discovery service) Envoy polls their live endpoints over REST EDS (ADR 0007). Routes
+    and transcoded services come from `services` (the topology).
     """
     http_filters = [
         {
@@ -184,7 +177,7 @@ def render(
             "typed_config": {
                 "@type": TRANSCODER,
                 "proto_descriptor": str(descriptor),
-                "services": sorted(public_services()),
+                "services": sorted(public_services(services)),
                 "convert_grpc_status": True,
                 "request_validation_options": {
                     "reject_unknown_method": True,
@@ -210,7 +203,7 @@ def render(
         "request_id_extension": {"typed_config": {"@type": UUID_REQUEST_ID}},
         "route_config": {
             "name": "leaky",
-            "virtual_hosts": [{"name": "leaky", "domains": ["*"], "routes": _routes()}],
+            "virtual_hosts": [{"name": "leaky", "domains": ["*"], "routes": _routes(services)}],
         },
         "local_reply_config": _json_local_replies(),
         "http_filters": http_filters,
@@ -240,3 +233,26 @@ def render(
         # xDS needs a node identity; harmless without it.
         "node": {"id": "leaky-gateway", "cluster": "leaky"},
     }
+
+
+def eds_upstreams(services: tuple[Service, ...] = SERVICES) -> list[Upstream]:
+    """One cluster per service, its endpoints fed by the discovery service."""
+    return [Upstream(s.slug, ()) for s in services]
+
+
+def dump(config: dict[str, Any]) -> str:
+    """The config as YAML, keys in the order they were built."""
+    return str(yaml.safe_dump(config, sort_keys=False))
+
+
+def compose_yaml(services: tuple[Service, ...] = SERVICES) -> str:
+    """The Envoy config compose.yaml mounts: EDS from the `discovery` container."""
+    config = render(
+        listen=("0.0.0.0", 8080),  # noqa: S104 (inside the container)
+        admin=("0.0.0.0", 9901),  # noqa: S104
+        upstreams=eds_upstreams(services),
+        descriptor=Path("/etc/envoy/leaky.pb"),
+        discovery=("discovery", 18000),
+        services=services,
+    )
+    return "# Generated by `leaky envoy-config --compose`; do not edit.\n" + dump(config)

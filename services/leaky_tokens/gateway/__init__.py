@@ -1,0 +1,1 @@
+"""The Envoy front door: its config, rendered from the topology for every deployment."""

@@ -1,0 +1,176 @@
+"""What `leaky up` runs where: ports, the child processes, the Envoy config, port checks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from leaky_tokens.gateway.envoy_config import Upstream, dump, render
+from leaky_tokens.loopback import HOST, port_taken
+from leaky_tokens.topology import GRPC_BASE_PORT, ISSUER, METRICS_BASE_PORT, SERVICES, Service
+
+
+@dataclass(frozen=True)
+class MeshPorts:
+    """Loopback ports of the embedded mesh: the gateway, Envoy's admin and each service's."""
+
+    gateway: int = 8080
+    envoy_admin: int = 9901
+    grpc: Mapping[str, int] = field(default_factory=lambda: {s.slug: s.grpc_port for s in SERVICES})
+    metrics: Mapping[str, int] = field(
+        default_factory=lambda: {s.slug: s.metrics_port for s in SERVICES}
+    )
+
+    @classmethod
+    def from_bases(
+        cls,
+        gateway: int = 8080,
+        admin: int = 9901,
+        grpc_base: int = GRPC_BASE_PORT,
+        metrics_base: int = METRICS_BASE_PORT,
+        services: tuple[Service, ...] = SERVICES,
+    ) -> MeshPorts:
+        """Each service's default ports moved by the bases' offsets; metrics_base 0 turns
+        the metrics endpoints off."""
+        grpc_ports = {s.slug: grpc_base + s.grpc_port - GRPC_BASE_PORT for s in services}
+        metrics = {
+            s.slug: metrics_base + s.metrics_port - METRICS_BASE_PORT
+            if metrics_base and s.metrics_port
+            else 0
+            for s in services
+        }
+        return cls(gateway, admin, grpc_ports, metrics)
+
+
+@dataclass
+class Child:
+    """One supervised process."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    address: str
+    metrics: str = ""  # URL of its Prometheus endpoint, if any
+    process: asyncio.subprocess.Process | None = None
+    log_start: int = 0  # size of the (appended) log when this run started it
+    health_service: str = ""  # grpc.health.v1 name probed before it counts as started
+
+
+@dataclass(frozen=True)
+class StackTargets:
+    """Where the native stack (`leaky stack up`) serves: services register in its Consul,
+    auth stores in its PostgreSQL, and its Envoy (fed from Consul) is the gateway."""
+
+    consul: str
+    gateway: str
+    database_urls: Mapping[str, str] = field(default_factory=dict)  # slug -> its database
+    envoy_admin: str = ""  # host:port of the stack Envoy's admin
+
+
+def service_children(
+    ports: MeshPorts,
+    data_dir: Path,
+    stack: StackTargets | None = None,
+    services: tuple[Service, ...] = SERVICES,
+) -> list[Child]:
+    """The gRPC services, each a `python -m leaky_tokens.<svc>` process."""
+    logs = data_dir / "logs"
+    auth_target = f"{HOST}:{ports.grpc[ISSUER]}"
+    children = []
+    for service in services:
+        prefix, port = service.env_prefix, ports.grpc[service.slug]
+        metrics = ports.metrics[service.slug]
+        child_env = {
+            **os.environ,
+            "LEAKY_DATA_DIR": str(data_dir),
+            f"{prefix}_HOST": HOST,
+            f"{prefix}_PORT": str(port),
+            f"{prefix}_METRICS_PORT": str(metrics),
+        }
+        if service.needs_auth_target:
+            child_env[f"{prefix}_AUTH_TARGET"] = auth_target
+        if stack is not None:
+            child_env[f"{prefix}_CONSUL_ADDRESS"] = stack.consul
+            if service.slug in stack.database_urls:
+                child_env[f"{prefix}_DATABASE_URL"] = stack.database_urls[service.slug]
+        children.append(
+            Child(
+                name=service.slug,
+                argv=[sys.executable, "-m", service.module],
+                env=child_env,
+                log_path=logs / f"{service.slug}.log",
+                address=f"{HOST}:{port}",
+                metrics=f"http://{HOST}:{metrics}/metrics" if metrics else "",
+                health_service=service.health_service,
+            )
+        )
+    return children
+
+
+def envoy_yaml(ports: MeshPorts, services: tuple[Service, ...] = SERVICES) -> str:
+    """The Envoy config of the embedded mesh (static endpoints on loopback)."""
+    upstreams = [Upstream(s.slug, ((HOST, ports.grpc[s.slug]),)) for s in services]
+    config = render(
+        listen=(HOST, ports.gateway),
+        admin=(HOST, ports.envoy_admin),
+        upstreams=upstreams,
+        services=services,
+    )
+    return dump(config)
+
+
+@dataclass(frozen=True)
+class PortUse:
+    """A port `leaky up` is about to bind: who binds it, and what moves it."""
+
+    port: int
+    what: str
+    moved_by: str
+
+
+def port_plan(
+    ports: MeshPorts, *, embedded: bool = True, services: tuple[Service, ...] = SERVICES
+) -> list[PortUse]:
+    """Every port this run binds (the stack's gateway is not ours in stack mode)."""
+    uses = []
+    if embedded:
+        uses.append(PortUse(ports.gateway, "the gateway (Envoy)", "--port"))
+        uses.append(PortUse(ports.envoy_admin, "Envoy's admin", "--admin-port"))
+    for service in services:
+        uses.append(PortUse(ports.grpc[service.slug], f"{service.slug} gRPC", "--grpc-base-port"))
+        if ports.metrics[service.slug]:
+            what = f"{service.slug} /metrics"
+            moved = "--metrics-base-port (0 turns metrics off)"
+            uses.append(PortUse(ports.metrics[service.slug], what, moved))
+    return uses
+
+
+def port_conflicts(
+    uses: list[PortUse], taken: Callable[[str, int], str | None] = port_taken
+) -> list[str]:
+    """One line per port that cannot be bound, naming the component and the flag that moves
+    it; also ports planned twice (flags that overlap)."""
+    problems: list[str] = []
+    seen: dict[int, str] = {}
+    for use in uses:
+        if use.port == 0:  # the kernel picks one: nothing to collide with
+            continue
+        if use.port in seen:
+            problems.append(
+                f"port {use.port} is planned for both {seen[use.port]} and {use.what}; "
+                f"move one with {use.moved_by}"
+            )
+            continue
+        seen[use.port] = use.what
+        why = taken(HOST, use.port)
+        if why is not None:
+            problems.append(
+                f"port {use.port} ({use.what}) on {HOST} is {why}; "
+                f"stop that process or move it with {use.moved_by}"
+            )
+    return problems

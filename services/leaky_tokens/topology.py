@@ -1,0 +1,108 @@
+"""The one list of services: names, modules, proto services, ports and gateway routes.
+
+Every place that needs "the services" (the `leaky up` supervisor, the stack's discovery and
+Envoy, the compose Envoy config, the catalog, the CLI) reads `SERVICES`; adding a service is
+one entry here. A leaf: it imports nothing of ours, so anything may import it.
+
+Public (credential-free) RPCs are not listed here: each servicer module declares its own
+`PUBLIC_METHODS` beside the code they describe, and the bootstrap hands them to the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# `leaky up --grpc-base-port` / `--metrics-base-port` move every service's port by the
+# same offset from these bases.
+GRPC_BASE_PORT = 50050
+METRICS_BASE_PORT = 9101
+# The service that issues tokens: the others fetch its JWKS (LEAKY_<SLUG>_AUTH_TARGET).
+ISSUER = "auth"
+
+
+@dataclass(frozen=True)
+class Service:
+    """One gRPC service process of the mesh."""
+
+    slug: str  # package, Consul service, Envoy cluster, compose service, env prefix
+    grpc_port: int  # default gRPC port (also its settings class's `port` default)
+    metrics_port: int = 0  # default Prometheus port; 0 = the service exports no metrics
+    proto_services: tuple[str, ...] = ()  # full names the gateway routes to it
+    proto_module: str = ""  # generated module declaring them (imported for reflection)
+    gateway_prefixes: tuple[str, ...] = ()  # further path prefixes routed to it, no timeout
+    # A path the gateway answers 200 on only through this service: `leaky up --stack` waits
+    # for it to know the stack's Envoy has found the instance (empty = gRPC health instead).
+    gateway_probe: str = ""
+    health_service: str = ""  # grpc.health.v1 service name probed; "" = the whole server
+    needs_auth_target: bool = False  # gets LEAKY_<SLUG>_AUTH_TARGET: the ISSUER's address
+    database: str = ""  # its PostgreSQL database in the native stack; "" = none
+
+    @property
+    def module(self) -> str:
+        """The module run as `python -m <module>`."""
+        return f"leaky_tokens.{self.slug}"
+
+    @property
+    def env_prefix(self) -> str:
+        """Prefix of its settings' environment variables, e.g. LEAKY_AUTH."""
+        return f"LEAKY_{self.slug.upper()}"
+
+    @property
+    def settings_class(self) -> str:
+        """`module:Class` of its settings dataclass (for `leaky settings`)."""
+        return f"{self.module}.bootstrap:{self.slug.capitalize()}Settings"
+
+
+SERVICES: tuple[Service, ...] = (
+    # The catalog serves no RPC: it answers reflection and health for the whole API.
+    Service(
+        slug="catalog",
+        grpc_port=50050,
+        gateway_prefixes=("/grpc.reflection.", "/grpc.health.v1.Health/"),
+    ),
+    Service(
+        slug="auth",
+        grpc_port=50051,
+        metrics_port=9101,
+        proto_services=("leaky.auth.v1.AuthService",),
+        proto_module="leaky.auth.v1.auth_pb2",
+        gateway_probe="/oauth2/jwks",
+        database="leaky_auth",
+    ),
+    Service(
+        slug="token",
+        grpc_port=50052,
+        metrics_port=9102,
+        proto_services=("leaky.token.v1.TokenService", "leaky.token.v1.ProviderService"),
+        proto_module="leaky.token.v1.token_pb2",
+        gateway_probe="/api/v1/tokens/status",
+        needs_auth_target=True,
+    ),
+    Service(
+        slug="analytics",
+        grpc_port=50053,
+        metrics_port=9103,
+        proto_services=("leaky.analytics.v1.AnalyticsService",),
+        proto_module="leaky.analytics.v1.analytics_pb2",
+        gateway_probe="/api/v1/analytics/health",
+        needs_auth_target=True,
+    ),
+)
+
+
+def public_services(services: tuple[Service, ...] = SERVICES) -> dict[str, str]:
+    """Full proto service name -> the slug (Envoy cluster) that serves it."""
+    return {name: s.slug for s in services for name in s.proto_services}
+
+
+def slugs(services: tuple[Service, ...] = SERVICES) -> tuple[str, ...]:
+    """Every service's slug, in topology order."""
+    return tuple(s.slug for s in services)
+
+
+def by_slug(slug: str, services: tuple[Service, ...] = SERVICES) -> Service:
+    """The service named `slug` (KeyError if there is none)."""
+    for service in services:
+        if service.slug == slug:
+            return service
+    raise KeyError(slug)

@@ -1,0 +1,64 @@
+"""`leaky up`'s plan: which ports it checks, what it prints, and --help showing defaults."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from leaky_tokens.cli import build_parser
+from leaky_tokens.mesh.plan import Child, MeshPorts, port_conflicts, port_plan
+from leaky_tokens.mesh.supervisor import status_table
+
+
+def test_every_port_of_the_run_is_checked_and_a_taken_one_names_its_flag() -> None:
+    ports = MeshPorts.from_bases(8080, 9901, 50050, 9101)
+    planned = {use.port for use in port_plan(ports)}
+    assert planned == {8080, 9901, 50050, 50051, 50052, 50053, 9101, 9102, 9103}
+    # With the stack, its Envoy owns the gateway: only our services' ports are checked.
+    assert 8080 not in {use.port for use in port_plan(ports, embedded=False)}
+
+    problems = port_conflicts(
+        port_plan(ports), taken=lambda host, port: "in use" if port == 50051 else None
+    )
+    assert problems == [
+        "port 50051 (auth gRPC) on 127.0.0.1 is in use; "
+        "stop that process or move it with --grpc-base-port"
+    ]
+
+
+def test_overlapping_flags_are_refused_before_anything_binds() -> None:
+    ports = MeshPorts.from_bases(50051, 9901, 50050, 0)  # gateway on auth's port
+    (problem,) = port_conflicts(port_plan(ports), taken=lambda host, port: None)
+    assert "port 50051 is planned for both the gateway (Envoy) and auth gRPC" in problem
+
+
+def test_status_table_shows_metrics_admin_data_directory_and_logs(tmp_path: Path) -> None:
+    children = [
+        Child("auth", [], {}, tmp_path / "logs/auth.log", "127.0.0.1:50051", "http://m:9101"),
+        Child("catalog", [], {}, tmp_path / "logs/catalog.log", "127.0.0.1:50050"),
+    ]
+    table = status_table(children, "127.0.0.1:8080", admin="127.0.0.1:9901", data_dir=tmp_path)
+    assert "http://m:9101" in table
+    assert "Envoy admin:        http://127.0.0.1:9901" in table
+    assert f"Data directory:     {tmp_path}" in table
+    assert f"Logs:               {tmp_path / 'logs'}/<component>.log" in table
+
+
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += _parsers(child)
+    return found
+
+
+def test_every_help_shows_the_defaults() -> None:
+    for parser in _parsers(build_parser()):
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, "==SUPPRESS=="):
+                if action.default == "":
+                    assert "default" in (action.help or ""), (parser.prog, action.dest)
+                    continue
+                assert f"(default: {action.default})" in text, (parser.prog, action.dest)

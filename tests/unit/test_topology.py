@@ -1,0 +1,145 @@
+"""The topology is the one list of services: everything that lists services follows it."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+import yaml
+
+import leaky
+from leaky_tokens.catalog.bootstrap import CatalogSettings
+from leaky_tokens.catalog.bootstrap import build as build_catalog
+from leaky_tokens.discovery.bootstrap import DiscoverySettings
+from leaky_tokens.gateway.envoy_config import compose_yaml
+from leaky_tokens.mesh.plan import MeshPorts, envoy_yaml, service_children
+from leaky_tokens.stack import postgres
+from leaky_tokens.stack.component import StackPaths
+from leaky_tokens.stack.edge import Discovery, Envoy
+from leaky_tokens.topology import SERVICES, Service, public_services, slugs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+QUOTA = Service(
+    slug="quota",
+    grpc_port=50054,
+    metrics_port=9104,
+    proto_services=("leaky.quota.v1.QuotaService",),
+    gateway_probe="/api/v1/quota/status",
+    health_service="leaky.quota.v1.QuotaService",
+    needs_auth_target=True,
+)
+WITH_QUOTA = (*SERVICES, QUOTA)
+
+
+def clusters(config_yaml: str) -> dict[str, dict[str, object]]:
+    config = yaml.safe_load(config_yaml.split("\n", 1)[1] if config_yaml[0] == "#" else config_yaml)
+    return {c["name"]: c for c in config["static_resources"]["clusters"]}
+
+
+def routes(config_yaml: str) -> dict[str, str]:
+    config = yaml.safe_load(config_yaml)
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    (host,) = hcm["typed_config"]["route_config"]["virtual_hosts"]
+    return {r["match"]["prefix"]: r["route"]["cluster"] for r in host["routes"]}
+
+
+def transcoded(config_yaml: str) -> list[str]:
+    config = yaml.safe_load(config_yaml)
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    filters = hcm["typed_config"]["http_filters"]
+    return list(filters[0]["typed_config"]["services"])
+
+
+def test_one_more_entry_reaches_envoy_supervisor_stack_discovery_and_catalog(
+    tmp_path: Path,
+) -> None:
+    ports = MeshPorts.from_bases(services=WITH_QUOTA)
+    assert (ports.grpc["quota"], ports.metrics["quota"]) == (50054, 9104)
+    moved = MeshPorts.from_bases(8080, 9901, 41000, 19000, services=WITH_QUOTA)
+    assert (moved.grpc["quota"], moved.metrics["quota"], moved.metrics["catalog"]) == (
+        41004,
+        19003,
+        0,
+    )
+
+    embedded = envoy_yaml(ports, WITH_QUOTA)
+    endpoint = clusters(embedded)["quota"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]  # type: ignore[index]
+    assert endpoint["endpoint"]["address"]["socket_address"]["port_value"] == 50054
+    assert routes(embedded)["/leaky.quota.v1.QuotaService/"] == "quota"
+    assert "leaky.quota.v1.QuotaService" in transcoded(embedded)
+
+    children = {c.name: c for c in service_children(ports, tmp_path, services=WITH_QUOTA)}
+    quota = children["quota"]
+    assert quota.argv[-2:] == ["-m", "leaky_tokens.quota"]
+    assert quota.env["LEAKY_QUOTA_PORT"] == "50054"
+    assert quota.env["LEAKY_QUOTA_METRICS_PORT"] == "9104"
+    assert quota.env["LEAKY_QUOTA_AUTH_TARGET"] == "127.0.0.1:50051"
+    assert quota.health_service == "leaky.quota.v1.QuotaService"
+    assert quota.metrics == "http://127.0.0.1:9104/metrics"
+
+    paths = StackPaths(tmp_path / "stack", tmp_path / "cache")
+    watched = Discovery(services=WITH_QUOTA).launch(paths).env["LEAKY_DISCOVERY_SERVICES"]
+    assert watched.split(",") == [*slugs(), "quota"]
+    stack_envoy = Envoy(services=WITH_QUOTA).config()
+    assert clusters(stack_envoy)["quota"]["type"] == "EDS"
+    assert routes(stack_envoy)["/leaky.quota.v1.QuotaService/"] == "quota"
+    assert clusters(compose_yaml(WITH_QUOTA))["quota"]["type"] == "EDS"
+
+
+async def test_the_catalog_describes_every_topology_service() -> None:
+    components = await build_catalog(CatalogSettings(), services=WITH_QUOTA)
+    assert set(components.spec.reflection_only) == set(public_services(WITH_QUOTA))
+    assert "leaky.quota.v1.QuotaService" in components.spec.reflection_only
+
+
+def test_every_proto_service_is_in_the_topology_once() -> None:
+    declared = set()
+    for info in pkgutil.walk_packages(leaky.__path__, "leaky."):
+        if info.name.endswith("_pb2"):
+            module = importlib.import_module(info.name)
+            declared |= {s.full_name for s in module.DESCRIPTOR.services_by_name.values()}
+    listed = [name for s in SERVICES for name in s.proto_services]
+    assert sorted(listed) == sorted(declared)
+    for service in SERVICES:
+        if service.proto_services:
+            module = importlib.import_module(service.proto_module)
+            names = {s.full_name for s in module.DESCRIPTOR.services_by_name.values()}
+            assert names == set(service.proto_services), service.slug
+
+
+def test_settings_defaults_are_the_topology_ports() -> None:
+    for service in SERVICES:
+        module, _, name = service.settings_class.partition(":")
+        settings = getattr(importlib.import_module(module), name)()
+        assert (settings.port, settings.metrics_port) == (
+            service.grpc_port,
+            service.metrics_port,
+        ), service.slug
+    assert DiscoverySettings().services == slugs()
+
+
+def test_compose_runs_and_probes_every_topology_service() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    for service in SERVICES:
+        assert service.slug in compose, f"compose.yaml has no service {service.slug}"
+        entry = compose[service.slug]
+        assert entry["command"] == ["python", "-m", service.module]
+        assert f"127.0.0.1:{service.grpc_port}" in entry["healthcheck"]["test"]
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    targets = {
+        t
+        for job in prometheus["scrape_configs"]
+        for c in job["static_configs"]
+        for t in c["targets"]
+    }
+    for service in SERVICES:
+        if service.metrics_port:
+            assert f"{service.slug}:{service.metrics_port}" in targets
+
+
+def test_the_stack_creates_every_topology_database() -> None:
+    for service in SERVICES:
+        if service.database:
+            assert service.database in postgres.DATABASES
