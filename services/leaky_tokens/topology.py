@@ -16,6 +16,8 @@ from dataclasses import dataclass
 # same offset from these bases.
 GRPC_BASE_PORT = 50050
 METRICS_BASE_PORT = 9101
+# The service that issues tokens: the others fetch its JWKS (LEAKY_<SLUG>_AUTH_TARGET).
+ISSUER = "auth"
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class Service:
     # for it to know the stack's Envoy has found the instance (empty = gRPC health instead).
     gateway_probe: str = ""
     health_service: str = ""  # grpc.health.v1 service name probed; "" = the whole server
-    needs_auth_target: bool = False  # gets LEAKY_<SLUG>_AUTH_TARGET (it verifies tokens)
+    needs_auth_target: bool = False  # gets LEAKY_<SLUG>_AUTH_TARGET: the ISSUER's address
     database: str = ""  # its PostgreSQL database in the native stack; "" = none
 
     @property

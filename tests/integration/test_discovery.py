@@ -17,10 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import consul
 import pytest
 
 from leaky_tokens.catalog.bootstrap import CatalogSettings
+from leaky_tokens.discovery.bootstrap import DiscoverySettings
+from leaky_tokens.discovery.bootstrap import build as build_discovery
+from leaky_tokens.discovery.bootstrap import start as start_discovery
 from leaky_tokens.runtime.server import ServiceSpec, start_server
 from leaky_tokens.stack.orchestrator import Stack
 from tests.support.net import free_port
@@ -100,6 +104,37 @@ async def test_forgotten_instance_re_registers_and_graceful_stop_deregisters(
     finally:
         await running.stop(grace=0)
     assert service_id not in client.agent.services()
+
+
+async def test_discovery_built_by_its_bootstrap_serves_what_consul_knows(stack: Stack) -> None:
+    consul_address = f"127.0.0.1:{component(stack, 'consul').http_port}"  # type: ignore[attr-defined]
+    name = f"smoke-{uuid.uuid4().hex[:8]}"
+    settings = DiscoverySettings(port=0, consul_address=consul_address, services=(name,))
+    discovery = await start_discovery(build_discovery(settings), settings)
+    server = await start_server(
+        smoke_spec(name), CatalogSettings(port=0, consul_address=consul_address), None
+    )
+    url = f"http://127.0.0.1:{discovery.port}/v3/discovery:endpoints"
+
+    async def served_ports(http: aiohttp.ClientSession) -> list[int]:
+        async with http.post(url, json={"resource_names": [name]}) as reply:
+            (resource,) = (await reply.json())["resources"]
+        return [
+            e["endpoint"]["address"]["socket_address"]["port_value"]
+            for group in resource["endpoints"]
+            for e in group["lb_endpoints"]
+        ]
+
+    try:
+        deadline = time.monotonic() + 20
+        async with aiohttp.ClientSession() as http:
+            # The discovery server runs on this event loop: ask it without blocking the loop.
+            while await served_ports(http) != [server.port]:
+                assert time.monotonic() < deadline, "discovery never served the instance"
+                await asyncio.sleep(0.2)
+    finally:
+        await server.stop(grace=0)
+        await discovery.stop()
 
 
 # --- Envoy discovering token instances through Consul ------------------------------------

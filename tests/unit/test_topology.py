@@ -27,6 +27,7 @@ QUOTA = Service(
     metrics_port=9104,
     proto_services=("leaky.quota.v1.QuotaService",),
     gateway_probe="/api/v1/quota/status",
+    health_service="leaky.quota.v1.QuotaService",
     needs_auth_target=True,
 )
 WITH_QUOTA = (*SERVICES, QUOTA)
@@ -75,6 +76,8 @@ def test_one_more_entry_reaches_envoy_supervisor_stack_discovery_and_catalog(
     assert quota.env["LEAKY_QUOTA_PORT"] == "50054"
     assert quota.env["LEAKY_QUOTA_METRICS_PORT"] == "9104"
     assert quota.env["LEAKY_QUOTA_AUTH_TARGET"] == "127.0.0.1:50051"
+    assert quota.health_service == "leaky.quota.v1.QuotaService"
+    assert quota.metrics == "http://127.0.0.1:9104/metrics"
 
     paths = StackPaths(tmp_path / "stack", tmp_path / "cache")
     watched = Discovery(services=WITH_QUOTA).launch(paths).env["LEAKY_DISCOVERY_SERVICES"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from leaky_tokens.gateway.envoy_config import Upstream, dump, render
 from leaky_tokens.loopback import HOST, port_taken
-from leaky_tokens.topology import GRPC_BASE_PORT, METRICS_BASE_PORT, SERVICES, Service
+from leaky_tokens.topology import GRPC_BASE_PORT, ISSUER, METRICS_BASE_PORT, SERVICES, Service
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class Child:
     metrics: str = ""  # URL of its Prometheus endpoint, if any
     process: asyncio.subprocess.Process | None = None
     log_start: int = 0  # size of the (appended) log when this run started it
+    health_service: str = ""  # grpc.health.v1 name probed before it counts as started
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def service_children(
 ) -> list[Child]:
     """The gRPC services, each a `python -m leaky_tokens.<svc>` process."""
     logs = data_dir / "logs"
-    auth_target = f"{HOST}:{ports.grpc['auth']}"
+    auth_target = f"{HOST}:{ports.grpc[ISSUER]}"
     children = []
     for service in services:
         prefix, port = service.env_prefix, ports.grpc[service.slug]
@@ -105,6 +106,7 @@ def service_children(
                 log_path=logs / f"{service.slug}.log",
                 address=f"{HOST}:{port}",
                 metrics=f"http://{HOST}:{metrics}/metrics" if metrics else "",
+                health_service=service.health_service,
             )
         )
     return children

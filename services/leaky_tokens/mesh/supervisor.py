@@ -79,7 +79,9 @@ async def _wait_grpc_health(child: Child, deadline: float, target: str | None = 
             if child.process and child.process.returncode is not None:
                 raise _failed(child, f"exited with code {child.process.returncode}")
             with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                reply = await stub.Check(
+                    health_pb2.HealthCheckRequest(service=child.health_service), timeout=1
+                )
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             if time.monotonic() > deadline:
