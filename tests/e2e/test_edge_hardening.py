@@ -200,7 +200,7 @@ def test_head_on_get_routes_answers_like_get_without_a_body(
 
 
 def access_log_line(gateway: Gateway, request_id: str) -> dict[str, Any]:
-    """The JSON access-log line of one request (Envoy flushes its log every few seconds)."""
+    """The JSON access-log line of one request (Envoy writes its log out within 10 s)."""
     log = gateway.data_dir / "logs" / "envoy.log"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

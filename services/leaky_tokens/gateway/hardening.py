@@ -105,6 +105,8 @@ def local_reply_config() -> dict[str, Any]:
             "content_type": "application/json",
         }
 
+    # The mark tells the Lua filter, which runs before the transcoder and so sees its replies
+    # on the way out, which bodies to clean of proto internals; the filter removes it.
     mark = [
         {
             "header": {"key": LOCAL_REPLY_MARK, "value": "1"},
