@@ -170,7 +170,7 @@ def test_malformed_json_is_400_with_json_body(gateway: Gateway) -> None:
     status, headers, error = call(gateway, "POST", "/api/v1/auth/register", b'{"username": ')
     assert status == 400
     assert headers["content-type"].startswith("application/json")
-    assert error["code"] == 400
+    assert error["code"] == 3  # google.rpc.Code INVALID_ARGUMENT (docs/api-compatibility.md)
     assert error["message"]
 
 

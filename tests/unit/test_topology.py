@@ -42,14 +42,14 @@ def routes(config_yaml: str) -> dict[str, str]:
     config = yaml.safe_load(config_yaml)
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     (host,) = hcm["typed_config"]["route_config"]["virtual_hosts"]
-    return {r["match"]["prefix"]: r["route"]["cluster"] for r in host["routes"]}
+    return {r["match"]["prefix"]: r["route"]["cluster"] for r in host["routes"] if "route" in r}
 
 
 def transcoded(config_yaml: str) -> list[str]:
     config = yaml.safe_load(config_yaml)
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    filters = hcm["typed_config"]["http_filters"]
-    return list(filters[0]["typed_config"]["services"])
+    filters = {f["name"]: f for f in hcm["typed_config"]["http_filters"]}
+    return list(filters["envoy.filters.http.grpc_json_transcoder"]["typed_config"]["services"])
 
 
 def test_one_more_entry_reaches_envoy_supervisor_stack_discovery_and_catalog(

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from leaky_tokens.gateway import hardening, request_checks
 from leaky_tokens.runtime.paths import descriptor
 from leaky_tokens.topology import SERVICES, Service, public_services
 
@@ -68,13 +69,7 @@ def _cluster(upstream: Upstream, discovery: str | None) -> dict[str, Any]:
         ],
         # Never spread traffic over unhealthy hosts ("panic mode"): fail instead.
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
-        # Connection failures eject a host at once, ahead of the next health check.
-        "outlier_detection": {
-            "split_external_local_origin_errors": True,
-            "consecutive_local_origin_failure": 1,
-            "base_ejection_time": "2s",
-            "max_ejection_percent": 100,
-        },
+        "outlier_detection": hardening.outlier_detection(),
     }
     if discovery is None:
         cluster["type"] = "STATIC"
@@ -124,10 +119,12 @@ RETRY_POLICY = {
 
 
 def _routes(services: tuple[Service, ...]) -> list[dict[str, Any]]:
-    routes = [
+    routes = hardening.query_refusal_routes(services)
+    routes += [
         {
             "match": {"prefix": f"/{name}/"},
             "route": {"cluster": cluster, "timeout": "15s", "retry_policy": RETRY_POLICY},
+            **hardening.grpc_route_headers(),
         }
         for name, cluster in sorted(public_services(services).items())
     ]
@@ -136,24 +133,14 @@ def _routes(services: tuple[Service, ...]) -> list[dict[str, Any]]:
     for service in services:
         for prefix in service.gateway_prefixes:
             routes.append(
-                {"match": {"prefix": prefix}, "route": {"cluster": service.slug, "timeout": "0s"}}
+                {
+                    "match": {"prefix": prefix},
+                    "route": {"cluster": service.slug, "timeout": "0s"},
+                    **hardening.grpc_route_headers(),
+                    "typed_per_filter_config": request_checks.for_streams(),
+                }
             )
     return routes
-
-
-def _json_local_replies() -> dict[str, Any]:
-    """Envoy's own error replies (bad JSON, unknown path, no upstream) get a JSON body.
-
-    No per-request filter is possible: the transcoder has already rewritten the request's
-    content-type to application/grpc when it rejects a body, so every local reply is shaped
-    here. gRPC clients still get grpc-status; the JSON lands in grpc-message.
-    """
-    return {
-        "body_format": {
-            "json_format": {"code": "%RESPONSE_CODE%", "message": "%LOCAL_REPLY_BODY%"},
-            "content_type": "application/json",
-        }
-    }
 
 
 def render(
@@ -172,6 +159,7 @@ def render(
     and transcoded services come from `services` (the topology).
     """
     http_filters = [
+        request_checks.request_checks_filter(),
         {
             "name": "envoy.filters.http.grpc_json_transcoder",
             "typed_config": {
@@ -201,11 +189,13 @@ def render(
         "stat_prefix": "ingress",
         "codec_type": "AUTO",
         "request_id_extension": {"typed_config": {"@type": UUID_REQUEST_ID}},
+        **hardening.client_address_settings(),
+        "access_log": hardening.access_log(),
         "route_config": {
             "name": "leaky",
             "virtual_hosts": [{"name": "leaky", "domains": ["*"], "routes": _routes(services)}],
         },
-        "local_reply_config": _json_local_replies(),
+        "local_reply_config": hardening.local_reply_config(),
         "http_filters": http_filters,
     }
     return {
