@@ -118,7 +118,11 @@ else
 	  rm -rf $$deps.partial; $(PYTHON_NEWEST) -m venv $$deps.partial; \
 	  $$deps.partial/bin/python -m pip install $(PIP) --require-hashes -r requirements-dev.lock; \
 	  touch $$deps.partial/.complete; rm -rf $$deps; mv $$deps.partial $$deps; \
+	  echo "removing this Python's deps venvs of older locks unused for an hour"; \
+	  find $(HOME)/.cache/leaky-tokens/venvs -mindepth 1 -maxdepth 1 -name "py$$version-*" \
+	    ! -name "py$$version-$$key" -mmin +60 -exec rm -rf {} +; \
 	fi; \
+	touch $$deps; \
 	rm -rf $(VENV_NEWEST); $(PYTHON_NEWEST) -m venv --without-pip $(VENV_NEWEST); \
 	site=$$($(VENV_NEWEST)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
 	deps_site=$$($$deps/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
