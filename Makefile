@@ -1,4 +1,5 @@
-# One task runner. `make check` is what CI runs (.ci/run); `make up` runs the mesh.
+# One task runner. `make check` is what CI runs (.ci/run); `make test-fast` is the quick loop
+# (and the pre-commit hook); `make up` runs the mesh.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,26 +7,48 @@ BIN := $(VENV)/bin
 # Downloads are cached outside the clone so repeated runs are quick.
 export PIP_CACHE_DIR ?= $(HOME)/.cache/pip
 export LEAKY_TOOLS_DIR ?= $(HOME)/.cache/leaky-tokens/tools
+PIP := --disable-pip-version-check -q
 
 LEAKY_PROTOS := $(shell cd protos && find leaky -name '*.proto' | sort)
 DESCRIPTOR := envoy/leaky.pb
 
-.PHONY: install system-deps compose-check stack-up stack-down gen gen-check proto-lint proto-breaking lint typecheck layers envoy-validate \
-        docs test test-unit test-service test-integration test-e2e check up lock clean
+# Supported interpreters: the bounds of requires-python in pyproject.toml (one source of truth).
+PY_RANGE := $(shell sed -n 's/^requires-python = ">=3\.\([0-9]*\),<3\.\([0-9]*\)"/\1 \2/p' pyproject.toml)
+PY_LOW := $(word 1,$(PY_RANGE))
+PY_END := $(word 2,$(PY_RANGE))
+PY_HIGH := $(shell echo $$(( $(PY_END) - 1 )))
+# The interpreter for .venv (override: make install PYTHON=python3.13).
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(firstword $(shell command -v python3.$(PY_LOW) python3))
+endif
+# The newest supported interpreter, if this machine has one that runs (PATH, then pyenv's
+# versions; a pyenv shim of a version that is not selected does not run). `make check` runs the
+# fast tier on it too.
+ifeq ($(origin PYTHON_NEWEST),undefined)
+PYTHON_NEWEST := $(firstword $(foreach p,python3.$(PY_HIGH) $(wildcard $(HOME)/.pyenv/versions/3.$(PY_HIGH).*/bin/python3.$(PY_HIGH)),$(shell $(p) -c 'print("$(p)")' 2>/dev/null)))
+endif
+VENV_NEWEST := .venv-3.$(PY_HIGH)
 
-install: system-deps $(VENV)/.installed
+.PHONY: install check-python compose-check stack-up stack-down gen gen-check proto-lint proto-breaking lint typecheck layers envoy-validate \
+        docs test test-fast test-newest test-unit test-service test-integration test-e2e check up lock clean
 
-# Debian packages the tests need (PostgreSQL server binaries); installed only when missing.
-system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-	  echo "installing postgresql (apt)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
-	fi
+install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml requirements.lock
-	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+# One clear line for an interpreter outside requires-python, before anything is installed.
+# $(1): the interpreter.
+define CHECK_PYTHON
+$(1) -c '' 2>/dev/null || { echo "no Python at '$(1)': install Python 3.$(PY_LOW) to 3.$(PY_HIGH), or make install PYTHON=/path/to/python3" >&2; exit 1; }; \
+$(1) -c 'import sys; v = sys.version_info; (3, $(PY_LOW)) <= v[:2] < (3, $(PY_END)) or sys.exit("leaky-tokens needs Python 3.$(PY_LOW) to 3.$(PY_HIGH); $(1) is %d.%d.%d (make clean install PYTHON=python3.$(PY_LOW))" % v[:3])'
+endef
+check-python:
+	@$(call CHECK_PYTHON,$(PYTHON))
+
+# Runtime and development pins (hash-checked), then the project itself, editable.
+$(VENV)/.installed: pyproject.toml requirements.lock requirements-dev.lock
+	@if test -x $(PY); then $(call CHECK_PYTHON,$(PY)); else $(call CHECK_PYTHON,$(PYTHON)); fi
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP) --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install $(PIP) --no-deps --no-build-isolation -e .
 	touch $@
 
 # Regenerate gen/ (python, grpc, .pyi stubs) and the Envoy descriptor set from protos/.
@@ -73,6 +96,41 @@ envoy-validate: install
 	for c in embedded stack compose; do \
 	  $(BIN)/envoy --mode validate -c $(VENV)/envoy-$$c.yaml --log-level warn || exit 1; done
 
+# The quick loop, and the pre-commit hook: the unit and service tiers (in-process servers and
+# the service processes themselves; no stack, no Envoy), well under a minute.
+test-fast: install
+	$(BIN)/pytest -q tests/unit tests/service
+
+# test-fast on the newest supported interpreter. Its third-party packages live in a venv under
+# ~/.cache keyed by interpreter version and both locks (built once, reused by every clone);
+# $(VENV_NEWEST) is a pip-less venv that adds them, and this clone's services/ and gen/, with a
+# .pth file: seconds, not an install, on every run after the first.
+test-newest:
+ifeq ($(PYTHON_NEWEST),)
+	@echo "test-fast on Python 3.$(PY_HIGH): skipped, no runnable python3.$(PY_HIGH) here (PATH or ~/.pyenv/versions); set PYTHON_NEWEST=/path/to/python3.$(PY_HIGH)"
+else
+	@$(call CHECK_PYTHON,$(PYTHON_NEWEST))
+	@set -e; version=$$($(PYTHON_NEWEST) -c 'import platform; print(platform.python_version())'); \
+	key=$$(cat requirements.lock requirements-dev.lock | sha256sum | cut -c1-16); \
+	deps=$(HOME)/.cache/leaky-tokens/venvs/py$$version-$$key; \
+	if [ ! -f $$deps/.complete ]; then \
+	  echo "building $$deps (Python $$version, both locks)"; \
+	  rm -rf $$deps.partial; $(PYTHON_NEWEST) -m venv $$deps.partial; \
+	  $$deps.partial/bin/python -m pip install $(PIP) --require-hashes -r requirements-dev.lock; \
+	  touch $$deps.partial/.complete; rm -rf $$deps; mv $$deps.partial $$deps; \
+	  echo "removing this Python's deps venvs of older locks unused for an hour"; \
+	  find $(HOME)/.cache/leaky-tokens/venvs -mindepth 1 -maxdepth 1 -name "py$$version-*" \
+	    ! -name "py$$version-$$key" -mmin +60 -exec rm -rf {} +; \
+	fi; \
+	touch $$deps; \
+	rm -rf $(VENV_NEWEST); $(PYTHON_NEWEST) -m venv --without-pip $(VENV_NEWEST); \
+	site=$$($(VENV_NEWEST)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	deps_site=$$($$deps/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	printf 'import site; site.addsitedir("%s")\n%s\n%s\n' $$deps_site $(CURDIR)/services $(CURDIR)/gen > $$site/leaky.pth; \
+	echo "test-fast on Python $$version"; \
+	$(VENV_NEWEST)/bin/python -m pytest -q -p no:cacheprovider tests/unit tests/service
+endif
+
 test-unit: install
 	$(BIN)/pytest -q tests/unit
 test-service: install
@@ -84,18 +142,28 @@ test-e2e: install
 
 # The README's test command: every tier. The native stack's downloads and builds (jars,
 # Consul) are fetched first, outside any test timeout; the tests start the servers they need
-# and stop what they started.
+# and stop what they started. The stack installs its Debian packages itself (stack/debian.py),
+# saying which and why, and only where they are missing.
 test: install
 	$(BIN)/leaky stack provision
 	$(BIN)/pytest -q -ra tests
 
+# apt-get for a target that needs a Debian package: says what and why, and stops with one line
+# where there is no apt-get or no root. $(1): the package, $(2): why (no commas).
+define APT
+command -v apt-get >/dev/null || { echo "$(1) is missing ($(2)) and this machine has no apt-get: install $(1) with its package manager" >&2; exit 1; }; \
+[ "$$(id -u)" = 0 ] || { echo "$(1) is missing ($(2)) and apt-get needs root: run sudo apt-get install -y $(1)" >&2; exit 1; }; \
+echo "installing Debian package $(1) with apt-get: $(2)"; \
+apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null
+endef
+
 # compose.yaml must parse (Debian's docker-compose; no engine is needed for `config`).
 compose-check:
-	@command -v docker-compose >/dev/null || { \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+	@command -v docker-compose >/dev/null || { $(call APT,docker-compose,make compose-check parses compose.yaml with it); }
 	docker-compose -f compose.yaml config -q
 
-check: gen-check proto-lint proto-breaking lint typecheck layers envoy-validate compose-check test
+# CI: everything, then the fast tier again on the newest supported interpreter.
+check: gen-check proto-lint proto-breaking lint typecheck layers envoy-validate compose-check test test-newest
 
 # The native stack (no Docker): Redis, PostgreSQL, Kafka, Cassandra, Consul, discovery, Envoy.
 stack-up: install
@@ -112,8 +180,10 @@ docs: install
 	{ sed '/^| variable/,$$d' docs/configuration.md; $(BIN)/leaky settings; } > docs/configuration.md.new
 	mv docs/configuration.md.new docs/configuration.md
 
-lock:
-	$(BIN)/pip freeze --all --exclude-editable --exclude pip --exclude leaky-tokens | sort > requirements.lock
+# Re-pin both locks from pyproject.toml (today's pins constrain the resolution, so transitive
+# versions move only on purpose), hashing each supported CPython's wheels (tools/lock.py).
+lock: install
+	$(PY) tools/lock.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache data
+	rm -rf $(VENV) $(VENV_NEWEST) .mypy_cache .ruff_cache .pytest_cache data

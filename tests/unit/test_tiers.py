@@ -1,0 +1,27 @@
+"""Each tier's tests get that tier's timeout unless they ask for their own."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.tiers import TESTS, TIMEOUTS, tier
+
+
+def test_the_tier_is_the_first_folder_under_tests() -> None:
+    assert tier(TESTS / "unit" / "test_x.py") == "unit"
+    assert tier(TESTS / "e2e" / "sub" / "test_y.py") == "e2e"
+    assert tier(TESTS / "support" / "net.py") is None
+    assert tier(TESTS.parent / "services" / "x.py") is None
+
+
+def test_this_unit_test_runs_under_the_unit_timeout(request: pytest.FixtureRequest) -> None:
+    marker = request.node.get_closest_marker("timeout")
+    assert marker is not None
+    assert marker.args == (TIMEOUTS["unit"],)
+
+
+@pytest.mark.timeout(42)
+def test_an_explicit_timeout_wins(request: pytest.FixtureRequest) -> None:
+    marker = request.node.get_closest_marker("timeout")
+    assert marker is not None
+    assert marker.args == (42,)
