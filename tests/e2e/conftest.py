@@ -65,7 +65,9 @@ def leaky_up(
     log = (data_dir / "up.log").open("wb")
     process = subprocess.Popen(
         [
-            str(Path(sys.executable).with_name("leaky")),
+            sys.executable,
+            "-m",
+            "leaky_tokens",
             "up",
             *args,
             "--grpc-base-port",

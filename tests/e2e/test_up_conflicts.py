@@ -14,12 +14,13 @@ from tests.support.up import bound_ports, consecutive_free, wait_http_ok
 
 pytestmark = pytest.mark.e2e
 
-LEAKY = str(Path(sys.executable).with_name("leaky"))
+# The `leaky` command, on any interpreter (a console script needs an installed package).
+LEAKY = (sys.executable, "-m", "leaky_tokens")
 
 
 def up_argv(port: int, admin: int, grpc_base: int, data_dir: Path) -> list[str]:
     return [
-        LEAKY,
+        *LEAKY,
         "up",
         "--port",
         str(port),

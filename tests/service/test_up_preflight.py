@@ -18,7 +18,9 @@ def test_leaky_up_refuses_a_port_another_process_listens_on(tmp_path: Path) -> N
         port, admin = bound_ports(2)
         result = subprocess.run(
             [
-                str(Path(sys.executable).with_name("leaky")),
+                sys.executable,
+                "-m",
+                "leaky_tokens",
                 "up",
                 "--port",
                 str(port),
