@@ -110,9 +110,7 @@ def test_times_convert_to_exact_milliseconds() -> None:
         to_ms(datetime(2026, 6, 1))  # noqa: DTZ001 (the point of the test)
 
 
-limits = st.builds(
-    BucketLimit.tokens, st.integers(1, 5000), st.integers(1, 100_000)
-)
+limits = st.builds(BucketLimit.tokens, st.integers(1, 5000), st.integers(1, 100_000))
 
 
 @PROPERTY

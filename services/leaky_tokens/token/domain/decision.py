@@ -34,7 +34,6 @@ class Reason(StrEnum):
 
 
 _SEVERITY = {reason: rank for rank, reason in enumerate(Reason)}
-_EMPTY: Mapping[Level, int] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +216,7 @@ class Charged:
 
     snapshot: Snapshot
     debit: Debit
-    overage: Mapping[Level, int] = _EMPTY
+    overage: Mapping[Level, int] = field(default_factory=dict)
 
 
 def charge(snapshot: Snapshot, tokens: int, now_ms: int) -> Charged:
