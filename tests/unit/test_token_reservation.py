@@ -11,8 +11,8 @@ from leaky_tokens.token.domain.decision import BucketSlot, Denied, Level, QuotaS
 from leaky_tokens.token.domain.quota import QuotaLimit, QuotaState
 from leaky_tokens.token.domain.reservation import (
     Reservation,
-    Reserved,
     ReservationStatus,
+    Reserved,
     expire,
     release,
     reserve,
@@ -129,7 +129,8 @@ def test_settle_and_release_are_idempotent_and_refund_at_most_the_debit(
     assert first.refunded <= estimate
     quota_after = first.snapshot.quotas[Level.USER_QUOTA].state
     assert quota_after.balance <= balance  # a refund never mints purchased tokens
-    assert quota_after.used >= 0 and level(first.snapshot) >= 0
+    assert quota_after.used >= 0
+    assert level(first.snapshot) >= 0
     for second in (
         settle(first.snapshot, first.reservation, actual + 1, at + 5),
         release(first.snapshot, first.reservation, at + 5),
