@@ -167,3 +167,11 @@ def test_the_wait_is_exact_to_the_millisecond(
         later = T0 + at + got.wait_ms
         assert bucket.check(limit, state, tokens, later).after is not None
         assert bucket.check(limit, state, tokens, later - 1).after is None
+
+
+def test_a_zero_cost_check_refuses_once_not_one_whole_token_fits() -> None:
+    full = fill(OPENAI, 2000)
+    got = bucket.check(OPENAI, full, 0, T0)
+    assert (got.after, got.wait_ms) == (None, 50)  # one token leaks in 50 ms
+    later = bucket.check(OPENAI, full, 0, T0 + 50)
+    assert later.after == later.state  # passes, and charges nothing

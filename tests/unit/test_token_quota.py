@@ -126,3 +126,10 @@ def test_a_lowered_allowance_leaves_nothing_in_the_window() -> None:
     lower = QuotaLimit(500, 1_000_000, 2_000_000)
     assert quota.window_remaining(lower, state) == 0
     assert quota.check(lower, state, 1, 1_500_000).after is None
+
+
+def test_a_zero_token_check_needs_one_token_available() -> None:
+    spent = QuotaState(1_000_000, used=1000, balance=0)
+    assert quota.check(DAY1, spent, 0, 1_500_000).wait_ms == 500_000
+    bought = quota.check(DAY1, QuotaState(1_000_000, 1000, 1), 0, 1_500_000)
+    assert bought.debit == QuotaDebit(1_000_000, 0, 0)

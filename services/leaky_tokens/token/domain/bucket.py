@@ -80,17 +80,22 @@ def leak(limit: BucketLimit, state: BucketState, now_ms: int) -> BucketState:
 
 
 def check(limit: BucketLimit, state: BucketState, hits: int, now_ms: int) -> BucketCheck:
-    """Leak, then see whether `hits` more fit under the capacity."""
+    """Leak, then see whether `hits` more fit under the capacity.
+
+    A zero-hit check (Envoy's "check now, charge when the stream ends") passes only while one
+    whole hit still fits, so a bucket filled by after-the-fact charges does refuse it.
+    """
     if hits < 0:
         raise ValueError("hits must not be negative")
     current = leak(limit, state, now_ms)
     if hits > limit.capacity:
         return BucketCheck(current, None, None)
     need = hits * limit.scale
+    probe = max(need, limit.scale)
     free = limit.capacity_units - current.level
-    if need <= free:
+    if probe <= free:
         return BucketCheck(current, BucketState(current.level + need, current.updated_ms), 0)
-    return BucketCheck(current, None, ceil_div(need - free, limit.leak_per_ms))
+    return BucketCheck(current, None, ceil_div(probe - free, limit.leak_per_ms))
 
 
 def refund(limit: BucketLimit, state: BucketState, units: int, now_ms: int) -> BucketState:

@@ -82,19 +82,26 @@ def window_remaining(limit: QuotaLimit, state: QuotaState) -> int:
 
 
 def check(limit: QuotaLimit, state: QuotaState, tokens: int, now_ms: int) -> QuotaCheck:
-    """Roll the window, then debit `tokens` from the window allowance first, then the balance."""
+    """Roll the window, then debit `tokens` from the window allowance first, then the balance.
+
+    As for buckets, a zero-token check passes only while one token is still available.
+    """
     if tokens < 0:
         raise ValueError("tokens must not be negative")
     current = roll(limit, state)
-    from_window = min(tokens, window_remaining(limit, current))
-    from_balance = tokens - from_window
-    if from_balance <= current.balance:
-        debit = QuotaDebit(current.window_start_ms, from_window, from_balance)
+    available = window_remaining(limit, current)
+    probe = max(tokens, 1)
+    # Compared as "the part beyond the window fits the balance": no sum that could pass 2**53.
+    if probe - min(probe, available) <= current.balance:
+        from_window = min(tokens, available)
+        debit = QuotaDebit(current.window_start_ms, from_window, tokens - from_window)
         after = QuotaState(
-            current.window_start_ms, current.used + from_window, current.balance - from_balance
+            current.window_start_ms,
+            current.used + from_window,
+            current.balance - debit.from_balance,
         )
         return QuotaCheck(current, after, debit, 0)
-    fits_next_window = tokens <= limit.allowance + current.balance
+    fits_next_window = probe - min(probe, limit.allowance) <= current.balance
     wait = max(0, limit.window_end_ms - now_ms) if fits_next_window else None
     return QuotaCheck(current, None, None, wait)
 
