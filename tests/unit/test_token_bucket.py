@@ -175,3 +175,43 @@ def test_a_zero_cost_check_refuses_once_not_one_whole_token_fits() -> None:
     assert (got.after, got.wait_ms) == (None, 50)  # one token leaks in 50 ms
     later = bucket.check(OPENAI, full, 0, T0 + 50)
     assert later.after == later.state  # passes, and charges nothing
+
+
+def double_leak_and_fit(
+    limit: BucketLimit, level: int, updated: int, now: int, hits: int
+) -> tuple[float, float, bool]:
+    """The Lua port's steps (ADR 0018) in IEEE doubles, as Lua 5.1 computes them."""
+    lv, up, t = float(level), float(updated), float(now)
+    if t > up:
+        drained = (t - up) * float(limit.leak_per_ms)
+        lv = 0.0 if drained >= lv else lv - drained
+        up = t
+    need = float(hits) * float(limit.scale)
+    free = float(limit.capacity_units) - lv
+    fits = hits <= limit.capacity and max(need, float(limit.scale)) <= free
+    return (lv + need if fits else lv), up, fits
+
+
+big_limits = st.builds(
+    BucketLimit,
+    st.integers(1, 9_007_199_254),
+    st.integers(1, 10**12),
+    st.just(TOKEN_SCALE),
+)
+
+
+@PROPERTY
+@given(big_limits, st.data())
+def test_doubles_reproduce_the_integer_math_below_2_53(
+    limit: BucketLimit, data: st.DataObject
+) -> None:
+    level = data.draw(st.integers(0, limit.capacity_units))
+    updated = data.draw(st.integers(T0 - 10**9, T0 + 10**9))
+    now = updated + data.draw(st.integers(-(10**9), 10**12))
+    hits = data.draw(st.integers(0, limit.capacity + 1))
+    got = bucket.check(limit, BucketState(level, updated), hits, now)
+    lv, up, fits = double_leak_and_fit(limit, level, updated, now, hits)
+    assert fits == (got.after is not None)
+    expected = got.after or got.state
+    assert (lv, up) == (float(expected.level), float(expected.updated_ms))
+    assert lv == int(lv)  # every value the script stores is an exact integer
