@@ -8,11 +8,8 @@ from pathlib import Path
 import pytest
 
 from leaky_tokens.token.domain.request_window import WindowCount, hit
-from leaky_tokens.token.domain.rls_config import (
-    LimitMatch,
-    RateLimitConfig,
-    Unit,
-    apply_replaces,
+from leaky_tokens.token.domain.rls_config import LimitMatch, RateLimitConfig, Unit, apply_replaces
+from leaky_tokens.token.domain.rls_parse import (
     load_rate_limit_directory,
     load_rate_limit_files,
     parse_rate_limit_files,

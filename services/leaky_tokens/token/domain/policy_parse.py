@@ -12,7 +12,8 @@ import yaml
 
 from leaky_tokens.token.domain.bucket import BucketLimit
 from leaky_tokens.token.domain.policy import Plan, Policy, Provider, Tier, role_name, scaled
-from leaky_tokens.token.domain.rls_config import DescriptorNode, RateLimitConfig, parse_descriptors
+from leaky_tokens.token.domain.rls_config import DescriptorNode, RateLimitConfig
+from leaky_tokens.token.domain.rls_parse import parse_descriptors
 from leaky_tokens.token.domain.units import MILLI, SAFE_LIMIT, TOKEN_SCALE
 from leaky_tokens.token.domain.windows import Period, QuotaWindow
 from leaky_tokens.token.domain.yaml_nodes import PolicyError, Reader
