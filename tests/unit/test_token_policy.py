@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 
 from leaky_tokens.token.domain.bucket import BucketLimit
+from leaky_tokens.token.domain.decision import Allowed, Denied, Level, Reason, decide
+from leaky_tokens.token.domain.policy import UnknownProviderError
 from leaky_tokens.token.domain.policy_parse import (
     PolicyError,
     default_policy_text,
     load_policy,
     parse_policy,
 )
+from leaky_tokens.token.domain.units import to_ms
 from leaky_tokens.token.domain.windows import Period, QuotaWindow
 
 MINIMAL = "providers:\n  openai: {capacity: 2000, leak_rate: 20}\n"
@@ -179,3 +182,36 @@ def test_the_shipped_descriptors_map_requests_and_tokens() -> None:
     assert tokens is not None
     assert tokens.limit.token_bucket == "qwen"
     assert tokens.counter_key == "leaky.provider_qwen.user_id_u-1"
+
+
+def test_a_request_with_an_org_meets_the_user_and_the_org_levels() -> None:
+    policy = parse_policy(default_policy_text(), "default-policy.yaml")
+    now = datetime(2026, 5, 4, 10, tzinfo=UTC)
+    alone = policy.limits_for(["USER"], "openai", None, now)
+    assert set(alone.buckets) == {Level.USER_BUCKET}
+    assert set(alone.quotas) == {Level.USER_QUOTA}
+    limits = policy.limits_for(["USER"], "openai", "org-1", now)
+    assert limits.buckets[Level.ORG_BUCKET] == BucketLimit.tokens(20_000, 200_000)
+    assert limits.quotas[Level.ORG_QUOTA].allowance == 1_000_000
+    assert limits.quotas[Level.USER_QUOTA].window_start_ms == to_ms(
+        datetime(2026, 5, 4, tzinfo=UTC)
+    )
+    first = decide(limits.snapshot({}, {}), 2000, to_ms(now))
+    assert isinstance(first, Allowed)
+    stored_buckets = {lv: s.state for lv, s in first.snapshot.buckets.items()}
+    stored_quotas = {lv: s.state for lv, s in first.snapshot.quotas.items()}
+    second = decide(limits.snapshot(stored_buckets, stored_quotas), 1, to_ms(now))
+    assert isinstance(second, Denied)
+    assert (second.level, second.reason, second.retry_after_ms) == (
+        Level.USER_BUCKET,
+        Reason.RATE_LIMITED,
+        50,
+    )
+
+
+def test_an_unknown_provider_is_an_invalid_argument_naming_the_known_ones() -> None:
+    policy = parse_policy(default_policy_text(), "default-policy.yaml")
+    with pytest.raises(UnknownProviderError) as caught:
+        policy.limits_for(["USER"], "mistral", None, datetime(2026, 5, 4, tzinfo=UTC))
+    assert caught.value.violations[0].field == "provider"
+    assert "gemini, openai, qwen" in caught.value.message

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-from leaky_tokens.token.domain.bucket import BucketLimit
-from leaky_tokens.token.domain.quota import QuotaLimit
+from leaky_tokens.runtime.errors import FieldViolation, InvalidArgumentError
+from leaky_tokens.token.domain.bucket import BucketLimit, BucketState
+from leaky_tokens.token.domain.decision import BucketSlot, Level, QuotaSlot, Snapshot
+from leaky_tokens.token.domain.quota import QuotaLimit, QuotaState
 from leaky_tokens.token.domain.rls_config import RateLimitConfig
 from leaky_tokens.token.domain.units import MILLI
 from leaky_tokens.token.domain.windows import QuotaWindow, window_bounds
@@ -73,6 +75,42 @@ def role_name(role: str) -> str:
     return upper.removeprefix("ROLE_")
 
 
+class UnknownProviderError(InvalidArgumentError):
+    """The request names a provider the policy does not define."""
+
+    reason = "UNKNOWN_PROVIDER"
+
+    def __init__(self, provider: str, known: Iterable[str]) -> None:
+        names = ", ".join(sorted(known))
+        super().__init__([FieldViolation("provider", f"unknown provider '{provider}' ({names})")])
+        self.provider = provider
+
+
+@dataclass(frozen=True, slots=True)
+class LevelLimits:
+    """The limit of every level that applies to one request; the store loads their states."""
+
+    buckets: Mapping[Level, BucketLimit]
+    quotas: Mapping[Level, QuotaLimit]
+
+    def snapshot(
+        self,
+        bucket_states: Mapping[Level, BucketState],
+        quota_states: Mapping[Level, QuotaState],
+    ) -> Snapshot:
+        """Pair limits with stored states; a level with no stored state starts fresh."""
+        return Snapshot(
+            {
+                lv: BucketSlot(lim, bucket_states.get(lv, BucketState()))
+                for lv, lim in self.buckets.items()
+            },
+            {
+                lv: QuotaSlot(lim, quota_states.get(lv, QuotaState()))
+                for lv, lim in self.quotas.items()
+            },
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """Everything the token service decides by; replacing it is one reference assignment.
@@ -101,6 +139,24 @@ class Policy:
     def org_plan(self, org_id: str) -> Plan:
         """The plan of an organization: its override, else the default org plan."""
         return self.org_plans.get(org_id, self.org_default)
+
+    def limits_for(
+        self, roles: Iterable[str], provider: str, org_id: str | None, now: datetime
+    ) -> LevelLimits:
+        """Every level one request meets: the user's tier, and the org's plan with an org id."""
+        if provider not in self.providers:
+            raise UnknownProviderError(provider, self.providers)
+        plans = [(Level.USER_BUCKET, Level.USER_QUOTA, self.tier_for(roles).plan)]
+        if org_id:
+            plans.append((Level.ORG_BUCKET, Level.ORG_QUOTA, self.org_plan(org_id)))
+        buckets: dict[Level, BucketLimit] = {}
+        quotas: dict[Level, QuotaLimit] = {}
+        for bucket_level, quota_level, plan in plans:
+            buckets[bucket_level] = plan.bucket(provider)
+            limit = self.quota_limit(plan, provider, now)
+            if limit is not None:
+                quotas[quota_level] = limit
+        return LevelLimits(buckets, quotas)
 
     def quota_limit(self, plan: Plan, provider: str, now: datetime) -> QuotaLimit | None:
         """The quota level of `plan` for `provider` in the window holding `now`, if any."""
