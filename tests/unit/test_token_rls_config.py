@@ -77,6 +77,22 @@ def test_nested_descriptors_match_at_their_own_depth_only() -> None:
     assert cfg.match("messaging", [("to_number", "1"), ("extra", "x")]) is None  # too deep
 
 
+def test_values_written_as_numbers_or_left_empty_read_as_upstream_reads_them() -> None:
+    cfg = config("""
+        domain: phones
+        descriptors:
+          - key: to_number
+            value: 2061234567
+            rate_limit: {unit: day, requests_per_unit: 1}
+          - key: from_number
+            value:
+            rate_limit: {unit: day, requests_per_unit: 2}
+        """)
+    assert limit_of(cfg, "phones", ("to_number", "2061234567")).limit.requests_per_unit == 1
+    assert cfg.match("phones", [("to_number", "1")]) is None
+    assert limit_of(cfg, "phones", ("from_number", "1")).limit.requests_per_unit == 2
+
+
 def test_key_and_value_is_tried_before_the_key_alone() -> None:
     cfg = config(MESSAGING)
     assert limit_of(cfg, "messaging", ("remote_address", "50.0.0.5")).limit.requests_per_unit == 0

@@ -8,7 +8,6 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from leaky_tokens.token.domain.decision import (
-    Allowed,
     Debit,
     Denied,
     Level,
@@ -77,7 +76,6 @@ def reserve(
     outcome = decide(snapshot, estimate, now_ms)
     if isinstance(outcome, Denied):
         return outcome
-    assert isinstance(outcome, Allowed)
     held = Reservation(reservation_id, estimate, now_ms + ttl_ms, outcome.debit)
     return Reserved(outcome.snapshot, held, outcome.statuses)
 

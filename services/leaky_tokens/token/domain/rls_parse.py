@@ -48,12 +48,12 @@ def _rate_limit(reader: Reader, node: yaml.Node, full_key: str) -> RateLimit:
     if "requests_per_unit" in fields:
         rpu_node = fields["requests_per_unit"]
         rpu = reader.integer(rpu_node, f"{where}.requests_per_unit", 0, _UINT32_MAX)
-    name = reader.string(fields["name"], f"{where}.name") if "name" in fields else ""
+    name = reader.text(fields["name"], f"{where}.name") if "name" in fields else ""
     replaces: list[str] = []
     items = reader.sequence(fields["replaces"], f"{where}.replaces") if "replaces" in fields else []
     for item in items:
         entry = reader.mapping(item, f"{where}.replaces", ("name",), ("name",))
-        replaced = reader.string(entry["name"], f"{where}.replaces.name")
+        replaced = reader.text(entry["name"], f"{where}.replaces.name")
         if not replaced or replaced == name:
             raise reader.fail(item, f"{where}: replaces must name another, non-empty rule")
         replaces.append(replaced)
@@ -73,8 +73,11 @@ def parse_descriptors(
     allowed = _DESCRIPTOR_KEYS + ((TOKEN_BUCKET_KEY,) if token_buckets is not None else ())
     for item in reader.sequence(nodes, f"{parent_key}: descriptors"):
         fields = reader.mapping(item, f"{parent_key}: descriptor", allowed, ("key",))
-        key = reader.string(fields["key"], f"{parent_key}: key")
-        value = reader.string(fields["value"], f"{parent_key}: value") if "value" in fields else ""
+        key = reader.text(fields["key"], f"{parent_key}: key")
+        value_node = fields.get("value")
+        value = ""  # absent or null: any value matches, as upstream reads it
+        if value_node is not None and not reader.is_null(value_node):
+            value = reader.text(value_node, f"{parent_key}: value")
         if not key:
             raise reader.fail(item, f"{parent_key}: descriptor has empty key")
         final = f"{key}_{value}" if value else key
@@ -131,7 +134,7 @@ def parse_rate_limit_files(
         if root is None:
             raise PolicyError(source, 1, "config file is empty")
         fields = reader.mapping(root, "config", ("domain", "descriptors"), ("domain",))
-        domain = reader.string(fields["domain"], "domain")
+        domain = reader.text(fields["domain"], "domain")
         if not domain:
             raise reader.fail(fields["domain"], "config file cannot have empty domain")
         nodes = fields.get("descriptors")

@@ -91,6 +91,12 @@ class Reader:
             raise self.fail(node, f"{where}: expected a string")
         return str(node.value)
 
+    def text(self, node: yaml.Node, where: str) -> str:
+        """Any scalar as written (upstream's YAML library reads `value: 123` as "123")."""
+        if not isinstance(node, yaml.ScalarNode) or node.tag == _NULL:
+            raise self.fail(node, f"{where}: expected a string")
+        return str(node.value)
+
     def boolean(self, node: yaml.Node, where: str) -> bool:
         """true or false."""
         if not isinstance(node, yaml.ScalarNode) or node.tag != _BOOL:
