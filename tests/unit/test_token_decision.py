@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from leaky_tokens.runtime.errors import InvalidArgumentError
 from leaky_tokens.token.domain import bucket
 from leaky_tokens.token.domain.bucket import BucketLimit, BucketState
 from leaky_tokens.token.domain.decision import (
@@ -21,7 +23,7 @@ from leaky_tokens.token.domain.decision import (
     refund,
 )
 from leaky_tokens.token.domain.quota import QuotaDebit, QuotaLimit, QuotaState
-from leaky_tokens.token.domain.units import TOKEN_SCALE
+from leaky_tokens.token.domain.units import TOKEN_SCALE, token_count
 
 PROPERTY = settings(max_examples=150, deadline=None, derandomize=True, database=None)
 NOW = 1_780_000_000_000
@@ -116,6 +118,18 @@ def test_charge_takes_what_fits_and_reports_the_rest() -> None:
     got = charge(snapshot(user_level=1990, used=9_995), 20, NOW)
     assert got.overage == {Level.USER_BUCKET: 10, Level.USER_QUOTA: 15}
     assert got.snapshot.buckets[Level.USER_BUCKET].state.level == 2000 * TOKEN_SCALE
+
+
+def test_token_counts_outside_what_the_store_represents_exactly_are_refused() -> None:
+    assert token_count(2**53 - 1, "tokens") == 2**53 - 1
+    with pytest.raises(InvalidArgumentError) as caught:
+        token_count(2**53, "tokens")
+    assert caught.value.violations[0].field == "tokens"
+    with pytest.raises(InvalidArgumentError):
+        token_count(0, "tokens")
+    assert token_count(0, "actual_tokens", minimum=0) == 0
+    with pytest.raises(ValueError, match="out of range"):
+        decide(snapshot(), 2**53, NOW)
 
 
 levels = st.integers(0, 2500)

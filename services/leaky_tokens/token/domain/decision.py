@@ -10,6 +10,7 @@ from types import MappingProxyType
 from leaky_tokens.token.domain import bucket, quota
 from leaky_tokens.token.domain.bucket import BucketLimit, BucketState
 from leaky_tokens.token.domain.quota import QuotaDebit, QuotaLimit, QuotaState
+from leaky_tokens.token.domain.units import SAFE_LIMIT
 
 
 class Level(StrEnum):
@@ -149,8 +150,8 @@ def _statuses(snapshot: Snapshot, now_ms: int) -> tuple[LevelStatus, ...]:
 
 def decide(snapshot: Snapshot, tokens: int, now_ms: int) -> Allowed | Denied:
     """Check `tokens` against every level; debit all of them or none."""
-    if tokens < 0:
-        raise ValueError("tokens must not be negative")
+    if not 0 <= tokens < SAFE_LIMIT:
+        raise ValueError(f"tokens out of range: {tokens} (see units.token_count)")
     limiting: list[Limiting] = []
     seen_buckets: dict[Level, BucketSlot] = {}
     seen_quotas: dict[Level, QuotaSlot] = {}
@@ -224,8 +225,8 @@ def charge(snapshot: Snapshot, tokens: int, now_ms: int) -> Charged:
 
     Overage is in tokens, rounded up for buckets (a part of a token that did not fit counts).
     """
-    if tokens < 0:
-        raise ValueError("a charge must not be negative")
+    if not 0 <= tokens < SAFE_LIMIT:
+        raise ValueError(f"a charge out of range: {tokens} (see units.token_count)")
     buckets: dict[Level, BucketSlot] = {}
     quotas: dict[Level, QuotaSlot] = {}
     b_debits: dict[Level, int] = {}

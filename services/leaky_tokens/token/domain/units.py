@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from leaky_tokens.runtime.errors import FieldViolation, InvalidArgumentError
+
 # Every stored integer stays below 2**53 so the Redis Lua port (Lua 5.1 numbers are IEEE
 # doubles) represents it, and every sum or difference it computes, exactly.
 SAFE_LIMIT = 2**53
@@ -29,3 +31,11 @@ def from_ms(ms: int) -> datetime:
 def ceil_div(numerator: int, denominator: int) -> int:
     """Ceiling of a non-negative integer quotient (Python ints: exact)."""
     return -(-numerator // denominator)
+
+
+def token_count(value: int, field: str, minimum: int = 1) -> int:
+    """A request's token count, refused as INVALID_ARGUMENT outside [minimum, 2**53)."""
+    if not minimum <= value < SAFE_LIMIT:
+        bound = f"between {minimum} and {SAFE_LIMIT - 1}"
+        raise InvalidArgumentError([FieldViolation(field, f"must be {bound}, not {value}")])
+    return value
