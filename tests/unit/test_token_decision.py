@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -73,6 +75,8 @@ def test_the_org_bucket_refuses_even_when_the_user_has_room() -> None:
         Reason.RATE_LIMITED,
         450,
     )
+    assert got.retry_after == timedelta(milliseconds=450)
+    assert got.statuses[1].reset_after == timedelta(seconds=99.95)  # 19,990 tokens at 200/s
 
 
 def test_quota_exhaustion_outranks_a_rate_limit_and_the_wait_is_the_longest() -> None:

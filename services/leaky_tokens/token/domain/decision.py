@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -90,6 +91,11 @@ class LevelStatus:
     remaining: int
     reset_after_ms: int
 
+    @property
+    def reset_after(self) -> timedelta:
+        """`reset_after_ms` as a duration."""
+        return timedelta(milliseconds=self.reset_after_ms)
+
 
 @dataclass(frozen=True, slots=True)
 class Limiting:
@@ -123,6 +129,11 @@ class Denied:
     retry_after_ms: int | None
     limiting: tuple[Limiting, ...]
     statuses: tuple[LevelStatus, ...]
+
+    @property
+    def retry_after(self) -> timedelta | None:
+        """`retry_after_ms` as a duration (None: retrying cannot help)."""
+        return None if self.retry_after_ms is None else timedelta(milliseconds=self.retry_after_ms)
 
 
 def bucket_status(level: Level, slot: BucketSlot) -> LevelStatus:
