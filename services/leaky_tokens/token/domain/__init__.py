@@ -1,0 +1,1 @@
+"""Token-service rules: policy, leaky buckets, quota windows, multi-level decisions; no I/O."""
