@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -30,10 +33,13 @@ from leaky_tokens.token.domain.ports import (
 )
 from leaky_tokens.token.domain.quota import QuotaLimit
 from leaky_tokens.token.domain.reservation import ReservationStatus, Reserved
+from tests.support import token_hammer as hammer
 from tests.support.redis_cluster import redis_cluster
 from tests.support.stack import component
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]  # the subprocess imports tests.support from here
 
 T0 = 1_780_000_000_000  # epoch ms; every clock reading is explicit
 DAY = 86_400_000
@@ -56,7 +62,9 @@ def limits(
     return LevelLimits(buckets, quotas)
 
 
-def ask(subject: Subject, lim: LevelLimits, tokens: int, now: int, key: str | None = None):
+def ask(
+    subject: Subject, lim: LevelLimits, tokens: int, now: int, key: str | None = None
+) -> DecisionRequest:
     return DecisionRequest(uuid.uuid4().hex, subject, lim, tokens, now, key)
 
 
@@ -97,7 +105,9 @@ async def events_of(store: DecisionStore, tenant: str) -> list[UsageEvent]:
     return [e for e in found if e.tenant == tenant]
 
 
-async def remaining(store: DecisionStore, subject: Subject, lim: LevelLimits, now: int):
+async def remaining(
+    store: DecisionStore, subject: Subject, lim: LevelLimits, now: int
+) -> dict[Level, int]:
     snap = await store.read(subject, lim, now)
     return {lv: dec.bucket_status(lv, s).remaining for lv, s in snap.buckets.items()}
 
@@ -129,7 +139,8 @@ async def test_the_org_bucket_is_shared_by_its_members(store: DecisionStore) -> 
     lim = limits(user_cap=100, org_cap=50)
     assert isinstance((await store.decide(ask(ALICE_IN_ACME, lim, 30, T0))).result, Allowed)
     bob = await store.decide(ask(BOB_IN_ACME, lim, 30, T0))
-    assert isinstance(bob.result, Denied) and bob.result.level is Level.ORG_BUCKET
+    assert isinstance(bob.result, Denied)
+    assert bob.result.level is Level.ORG_BUCKET
     later = await store.decide(ask(BOB_IN_ACME, lim, 30, T0 + 10_000))  # 10 tokens leaked
     assert isinstance(later.result, Allowed)
 
@@ -138,7 +149,8 @@ async def test_an_idempotency_key_replays_the_first_outcome(store: DecisionStore
     lim = limits(user_cap=100)
     first = await store.decide(ask(ALICE, lim, 30, T0, key="k-1"))
     again = await store.decide(ask(ALICE, lim, 30, T0 + 5, key="k-1"))
-    assert again.replayed and not first.replayed
+    assert again.replayed
+    assert not first.replayed
     assert again.decision_id == first.decision_id
     assert again.result == first.result
     assert await remaining(store, ALICE, lim, T0) == {Level.USER_BUCKET: 70}
@@ -183,17 +195,23 @@ async def test_reserve_settle_and_release_are_idempotent(store: DecisionStore) -
     assert isinstance(held.result, Reserved)
     assert held.result.reservation.expires_at_ms == T0 + 60_000
     replay = await store.reserve(ReserveRequest("res-2", ALICE, lim, 50, T0, 60_000, "r-key"))
-    assert replay.replayed and replay.reservation_id == "res-1"
+    assert replay.replayed
+    assert replay.reservation_id == "res-1"
     assert await remaining(store, ALICE, lim, T0) == {Level.USER_BUCKET: 50}
     settled = await store.settle(ALICE, "res-1", 30, T0)
-    assert settled is not None and settled.changed and settled.refunded == 20
+    assert settled is not None
+    assert settled.changed
+    assert settled.refunded == 20
     assert settled.reservation.status is ReservationStatus.SETTLED
     assert await remaining(store, ALICE, lim, T0) == {Level.USER_BUCKET: 70}
     again = await store.settle(ALICE, "res-1", 30, T0)
-    assert again is not None and not again.changed
-    assert again.reservation.status is ReservationStatus.SETTLED and again.reservation.actual == 30
+    assert again is not None
+    assert not again.changed
+    assert again.reservation.status is ReservationStatus.SETTLED
+    assert again.reservation.actual == 30
     late = await store.release(ALICE, "res-1", T0)
-    assert late is not None and not late.changed
+    assert late is not None
+    assert not late.changed
     assert await remaining(store, ALICE, lim, T0) == {Level.USER_BUCKET: 70}
     assert await store.settle(Subject("mallory", "openai"), "res-1", 0, T0) is None
     kinds = [e.kind for e in await events_of(store, ALICE.tenant)]
@@ -204,18 +222,22 @@ async def test_a_settled_excess_is_charged_as_far_as_it_fits(store: DecisionStor
     lim = limits(user_cap=100)
     await store.reserve(ReserveRequest("res-x", ALICE, lim, 80, T0, 60_000))
     settled = await store.settle(ALICE, "res-x", 130, T0)
-    assert settled is not None and settled.charged == 50
+    assert settled is not None
+    assert settled.charged == 50
     assert settled.reservation.overage == {Level.USER_BUCKET: 30}
     assert await remaining(store, ALICE, lim, T0) == {Level.USER_BUCKET: 0}
     (event,) = [e for e in await events_of(store, ALICE.tenant) if e.kind is EventKind.SETTLED]
-    assert event.tokens == 130 and event.overage == {Level.USER_BUCKET: 30}
+    assert event.tokens == 130
+    assert event.overage == {Level.USER_BUCKET: 30}
 
 
 async def test_release_gives_the_estimate_back(store: DecisionStore) -> None:
     lim = limits(user_cap=100)
     await store.reserve(ReserveRequest("res-r", ALICE, lim, 80, T0, 60_000))
     released = await store.release(ALICE, "res-r", T0)
-    assert released is not None and released.changed and released.refunded == 80
+    assert released is not None
+    assert released.changed
+    assert released.refunded == 80
     assert await remaining(store, ALICE, lim, T0) == {Level.USER_BUCKET: 100}
 
 
@@ -226,7 +248,8 @@ async def test_the_store_releases_expired_reservations_itself(store: DecisionSto
     assert await store.sweep_expired(T0 + 1_000) == 1
     assert await remaining(store, ALICE, lim, T0 + 1_000) == {Level.USER_BUCKET: 100}
     late = await store.settle(ALICE, "res-e", 90, T0 + 1_001)
-    assert late is not None and not late.changed
+    assert late is not None
+    assert not late.changed
     assert late.reservation.status is ReservationStatus.RELEASED
     released = [e for e in await events_of(store, ALICE.tenant) if e.kind is EventKind.RELEASED]
     assert [(e.reason, e.tokens) for e in released] == [("expired", 90)]
@@ -256,7 +279,8 @@ async def test_events_are_recorded_once_per_decision_in_order(store: DecisionSto
         (ids[2], EventKind.DENIED),
     ]
     denied = events[2]
-    assert denied.reason == "RATE_LIMITED" and denied.levels == (Level.USER_BUCKET,)
+    assert denied.reason == "RATE_LIMITED"
+    assert denied.levels == (Level.USER_BUCKET,)
     assert (denied.user_id, denied.provider, denied.tokens, denied.occurred_at_ms) == (
         "alice",
         "openai",
@@ -264,7 +288,9 @@ async def test_events_are_recorded_once_per_decision_in_order(store: DecisionSto
         T0,
     )
     # A relay acks what it forwarded; the rest stays.
-    shard = [s for s in range(store.shard_count) if await store.read_events(s, "", 10)][0]
+    shards = [s for s in range(store.shard_count) if await store.read_events(s, "", 10)]
+    assert len(shards) == 1  # one tenant, one shard
+    shard = shards[0]
     logged = await store.read_events(shard, "", 10)
     assert await store.ack_events(shard, logged[1].position) == 2
     rest = await store.read_events(shard, "", 10)
@@ -288,6 +314,57 @@ async def test_a_credited_balance_is_spent_after_the_window(store: DecisionStore
     state = (await store.read(ALICE, lim, T0 + DAY)).quotas[Level.USER_QUOTA].state
     assert (state.used, state.balance) == (100, 450)  # read does not roll a foreign window
     out = await store.decide(ask(ALICE, lim, 451, T0))
-    assert isinstance(out.result, Denied) and out.result.reason is Reason.QUOTA_EXHAUSTED
+    assert isinstance(out.result, Denied)
+    assert out.result.reason is Reason.QUOTA_EXHAUSTED
     kinds = [e.kind for e in await events_of(store, ALICE.tenant)]
     assert kinds == [EventKind.CREDITED, EventKind.ALLOWED, EventKind.DENIED]
+
+
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+async def test_many_deciders_in_two_processes_never_over_admit(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    if kind == "redis":
+        redis = component(request.getfixturevalue("stack"), "redis")
+        assert isinstance(redis, RedisComponent)
+        port = redis.port
+    else:
+        port = request.getfixturevalue("cluster_ports")[0]
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    client = hammer.client_for(kind, port)
+    store = RedisDecisionStore(client, KeyLayout(prefix=prefix, shards=hammer.SHARDS))
+    await store.load_scripts()
+    other = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.support.token_hammer",
+        kind,
+        str(port),
+        prefix,
+        "32",
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        here = await hammer.hammer(store, tasks=32, lane=0)
+        out, _ = await other.communicate()
+        assert other.returncode == 0
+        there = json.loads(out)
+        per_user = {u: here.get(u, 0) + there.get(u, 0) for u in ("alice", "bob")}
+        total = sum(per_user.values())
+        span_s = (hammer.ROUNDS - 1) * hammer.STEP_MS / 1000 + (hammer.STEP_MS - 1) / 1000
+        # Capacity plus what leaked over the span of clock readings, from the policy alone.
+        assert total <= 1500 + 20 * span_s
+        assert all(v <= 1000 + 10 * span_s for v in per_user.values())
+        # ...and the org bucket did fill: the limit, not a failure, stopped the deciders.
+        assert total >= 1500 - 1500 % hammer.TOKENS
+        decisions = 64 * hammer.ROUNDS
+        events = await events_of(store, "org:acme")
+        assert len(events) == decisions == len({e.event_id for e in events})
+        allowed = [e for e in events if e.kind is EventKind.ALLOWED]
+        assert sum(e.tokens for e in allowed) == total
+        assert store.batches_sent < 32 * hammer.ROUNDS  # concurrent calls shared pipelines
+    finally:
+        async for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            await client.delete(key)
+        await store.close()

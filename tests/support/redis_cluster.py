@@ -6,9 +6,10 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
-from tests.support.net import free_port
+from tests.support.net import free_port, port_free
 from tests.support.wait import wait_until
 
 HOST = "127.0.0.1"
@@ -25,13 +26,27 @@ def _cli(port: int, *args: str) -> str:
     return done.stdout
 
 
+def _answers(port: int, expected: str, *args: str) -> bool:
+    return expected in _cli(port, *args)
+
+
+def _ports(count: int) -> list[int]:
+    # A node also listens on its port + 10000 (the cluster bus), which must exist and be free.
+    found: list[int] = []
+    while len(found) < count:
+        port = free_port()
+        if port + 10000 < 65536 and port_free(port + 10000) and port not in found:
+            found.append(port)
+    return found
+
+
 @contextmanager
 def redis_cluster(folder: Path, nodes: int = 3) -> Iterator[list[int]]:
     """Start `nodes` cluster-enabled redis-servers, join them (no replicas), yield the ports."""
     binary = shutil.which("redis-server")
     if binary is None or shutil.which("redis-cli") is None:
         raise RuntimeError("redis-server and redis-cli are needed (the stack installs them)")
-    ports = [free_port() for _ in range(nodes)]
+    ports = _ports(nodes)
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for port in ports:
@@ -63,7 +78,7 @@ def redis_cluster(folder: Path, nodes: int = 3) -> Iterator[list[int]]:
                 )
             )
         for port in ports:
-            wait_until(lambda p=port: _cli(p, "ping").strip() == "PONG", 15, what=f"node {port}")
+            wait_until(partial(_answers, port, "PONG", "ping"), 15, what=f"node {port}")
         created = subprocess.run(
             [
                 "redis-cli",
@@ -85,7 +100,7 @@ def redis_cluster(folder: Path, nodes: int = 3) -> Iterator[list[int]]:
             )
         for port in ports:
             wait_until(
-                lambda p=port: "cluster_state:ok" in _cli(p, "cluster", "info"),
+                partial(_answers, port, "cluster_state:ok", "cluster", "info"),
                 30,
                 what=f"cluster state ok on {port}",
             )
