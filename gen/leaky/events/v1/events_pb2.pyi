@@ -284,6 +284,7 @@ class ReservationSettled(_message.Message):
     REFUNDED_TOKENS_FIELD_NUMBER: _builtins.int
     CHARGED_TOKENS_FIELD_NUMBER: _builtins.int
     DEBITS_FIELD_NUMBER: _builtins.int
+    OVERAGE_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """The reservation's id."""
     decision_id: _builtins.str
@@ -306,6 +307,12 @@ class ReservationSettled(_message.Message):
     def debits(self) -> _containers.RepeatedCompositeFieldContainer[Global___LevelDebit]:
         """The net change at each level caused by settling (refunds negative, excess positive)."""
 
+    @_builtins.property
+    def overage(self) -> _containers.RepeatedCompositeFieldContainer[Global___LevelDebit]:
+        """Per level, the part of the excess that level had no room for: billed here, not held
+        against the limit.
+        """
+
     def __init__(
         self,
         *,
@@ -319,10 +326,11 @@ class ReservationSettled(_message.Message):
         refunded_tokens: _builtins.int = ...,
         charged_tokens: _builtins.int = ...,
         debits: _abc.Iterable[Global___LevelDebit] | None = ...,
+        overage: _abc.Iterable[Global___LevelDebit] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_tokens", b"actual_tokens", "charged_tokens", b"charged_tokens", "debits", b"debits", "decision_id", b"decision_id", "org_id", b"org_id", "provider", b"provider", "refunded_tokens", b"refunded_tokens", "reservation_id", b"reservation_id", "reserved_tokens", b"reserved_tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_tokens", b"actual_tokens", "charged_tokens", b"charged_tokens", "debits", b"debits", "decision_id", b"decision_id", "org_id", b"org_id", "overage", b"overage", "provider", b"provider", "refunded_tokens", b"refunded_tokens", "reservation_id", b"reservation_id", "reserved_tokens", b"reserved_tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

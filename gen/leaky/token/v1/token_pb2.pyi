@@ -574,7 +574,9 @@ class SettleResponse(_message.Message):
     refunded_tokens: _builtins.int
     """Tokens given back: reserved - actual when positive, else 0."""
     charged_tokens: _builtins.int
-    """Tokens charged beyond the reservation: actual - reserved when positive, else 0."""
+    """Tokens charged beyond the reservation: actual - reserved when positive, else 0
+    (including any overage that did not fit a level).
+    """
     decision_id: _builtins.str
     """Id of the settle decision, as in its ReservationSettled event."""
     @_builtins.property

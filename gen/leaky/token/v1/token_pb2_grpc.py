@@ -222,8 +222,10 @@ class TokenServiceServicer:
 
     def Settle(self, request, context):
         """Settle closes a reservation at the actual token count: the difference is refunded, or
-        the excess charged (unconditionally: the tokens were spent, even past a limit).
-        Idempotent: settling again with the same count returns the same answer.
+        the excess charged as far as each level has room and never refused (the tokens were
+        spent); what did not fit is billed as overage in the ReservationSettled event.
+        Idempotent: settling again with the same count returns the same answer; another count,
+        or a released or expired reservation, is FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

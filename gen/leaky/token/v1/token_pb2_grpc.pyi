@@ -103,8 +103,10 @@ class TokenServiceStub:
     """
     Settle: _grpc.UnaryUnaryMultiCallable[_token_pb2.SettleRequest, _token_pb2.SettleResponse]
     """Settle closes a reservation at the actual token count: the difference is refunded, or
-    the excess charged (unconditionally: the tokens were spent, even past a limit).
-    Idempotent: settling again with the same count returns the same answer.
+    the excess charged as far as each level has room and never refused (the tokens were
+    spent); what did not fit is billed as overage in the ReservationSettled event.
+    Idempotent: settling again with the same count returns the same answer; another count,
+    or a released or expired reservation, is FAILED_PRECONDITION.
     """
     Release: _grpc.UnaryUnaryMultiCallable[_token_pb2.ReleaseRequest, _token_pb2.ReleaseResponse]
     """Release gives a whole reservation back (the call was not made). Idempotent."""
@@ -204,8 +206,10 @@ class TokenServiceAsyncStub(TokenServiceStub):
     """
     Settle: _aio.UnaryUnaryMultiCallable[_token_pb2.SettleRequest, _token_pb2.SettleResponse]  # type: ignore[assignment]
     """Settle closes a reservation at the actual token count: the difference is refunded, or
-    the excess charged (unconditionally: the tokens were spent, even past a limit).
-    Idempotent: settling again with the same count returns the same answer.
+    the excess charged as far as each level has room and never refused (the tokens were
+    spent); what did not fit is billed as overage in the ReservationSettled event.
+    Idempotent: settling again with the same count returns the same answer; another count,
+    or a released or expired reservation, is FAILED_PRECONDITION.
     """
     Release: _aio.UnaryUnaryMultiCallable[_token_pb2.ReleaseRequest, _token_pb2.ReleaseResponse]  # type: ignore[assignment]
     """Release gives a whole reservation back (the call was not made). Idempotent."""
@@ -338,8 +342,10 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_token_pb2.SettleResponse, _abc.Awaitable[_token_pb2.SettleResponse]]:
         """Settle closes a reservation at the actual token count: the difference is refunded, or
-        the excess charged (unconditionally: the tokens were spent, even past a limit).
-        Idempotent: settling again with the same count returns the same answer.
+        the excess charged as far as each level has room and never refused (the tokens were
+        spent); what did not fit is billed as overage in the ReservationSettled event.
+        Idempotent: settling again with the same count returns the same answer; another count,
+        or a released or expired reservation, is FAILED_PRECONDITION.
         """
 
     @_abc_1.abstractmethod
