@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.up import bound_ports, consecutive_free, wait_http_ok
+from tests.support.up import GRPC_SPAN, bound_ports, consecutive_free, wait_http_ok
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +83,7 @@ def test_leaky_up_from_the_installed_package_serves_the_gateway(
     elsewhere = tmp_path / "elsewhere"  # not the checkout: nothing may resolve through it
     elsewhere.mkdir()
     port, admin = bound_ports(2)
-    grpc_base = consecutive_free(4)
+    grpc_base = consecutive_free(GRPC_SPAN)
     log_path = tmp_path / "up.log"
     argv = [str(installed / "bin" / "leaky"), "up", "--port", str(port), "--admin-port", str(admin)]
     argv += ["--grpc-base-port", str(grpc_base), "--metrics-base-port", "0"]

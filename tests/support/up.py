@@ -8,6 +8,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from leaky_tokens.topology import GRPC_BASE_PORT, SERVICES
+
+# How many consecutive ports `--grpc-base-port` hands out: one per topology service.
+GRPC_SPAN = max(s.grpc_port for s in SERVICES) - GRPC_BASE_PORT + 1
+
 
 def bound_ports(count: int) -> list[int]:
     """`count` distinct ports the kernel handed out (bound on 0, read back, released)."""
