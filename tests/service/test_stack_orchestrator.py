@@ -1,4 +1,4 @@
-"""The stack orchestrator with stand-in components: idempotent up, safe down, clear errors."""
+"""The stack orchestrator with stand-in processes: idempotent up, safe down, clear errors."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import os
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from leaky_tokens.stack.component import Component, ComponentError, Launch, StackPaths
 from leaky_tokens.stack.orchestrator import Stack
+from tests.support.wait import wait_until
 
 
 class Sleeper(Component):
@@ -111,9 +111,7 @@ def test_a_crashed_component_is_restarted_by_up(tmp_path: Path) -> None:
     first = stack.pid(a)
     assert first is not None
     os.killpg(first, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while stack.pid(a) is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: stack.pid(a) is None, 5, what="the killed component gone")
     assert [r.state for r in stack.status()] == ["stopped"]
     stack.up()
     second = stack.pid(a)
