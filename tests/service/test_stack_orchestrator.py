@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -161,3 +163,18 @@ def test_down_marks_components_so_supervision_leaves_them_stopped(tmp_path: Path
     stack.up()  # an explicit up clears the mark
     assert not stack.paths.pidfile("a").with_suffix(".down").exists()
     stack.down()
+
+
+def test_the_handle_of_a_started_daemon_is_let_go_without_a_resource_warning(
+    tmp_path: Path,
+) -> None:
+    stack = make_stack(tmp_path, Sleeper("a"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stack.up()
+        gc.collect()  # drops the Popen handle while the daemon runs
+    try:
+        assert stack.pid(stack.components[0]) is not None
+        assert [w.message for w in caught if issubclass(w.category, ResourceWarning)] == []
+    finally:
+        stack.down()
