@@ -36,11 +36,21 @@ class _NoProcess(subprocess.Popen):  # type: ignore[type-arg]
         raise UnitTierIO(MOVE.format("a process"))
 
 
+def _refuse_on_socket(method: str) -> Callable[..., Any]:
+    def refused(self: socket.socket, *args: object, **kwargs: object) -> Any:
+        # Closed here: callers catch OSError only, and a leaked socket's ResourceWarning would
+        # surface in whichever later test happens to collect it.
+        self.close()
+        raise UnitTierIO(MOVE.format(f"socket.{method}"))
+
+    return refused
+
+
 @pytest.fixture(autouse=True)
 def no_io(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subprocess, "Popen", _NoProcess)
     for method in ("bind", "connect", "connect_ex"):
-        monkeypatch.setattr(socket.socket, method, _refuse(f"socket.{method}"))
+        monkeypatch.setattr(socket.socket, method, _refuse_on_socket(method))
     for name in ("server", "insecure_channel"):
         monkeypatch.setattr(grpc, name, _refuse(f"grpc.{name}"))
         monkeypatch.setattr(grpc.aio, name, _refuse(f"grpc.aio.{name}"))
