@@ -11,6 +11,7 @@ import consul
 import pytest
 
 from leaky_tokens.stack.orchestrator import Stack
+from leaky_tokens.topology import slugs
 from tests.e2e.conftest import Gateway, leaky_up
 from tests.e2e.test_gateway import register
 from tests.support.stack import component
@@ -60,7 +61,7 @@ def test_services_are_registered_with_passing_grpc_checks(
     stack_gateway: Gateway, stack: Stack
 ) -> None:
     client = consul.Consul(host="127.0.0.1", port=component(stack, "consul").http_port)  # type: ignore[attr-defined]
-    services = ("catalog", "auth", "token", "analytics")
+    services = slugs()
     for service, port in zip(services, stack_gateway.grpc_ports, strict=True):
         _, nodes = client.health.service(service, passing=True)
         ports = {n["Service"]["Port"] for n in nodes}

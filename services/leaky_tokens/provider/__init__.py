@@ -1,0 +1,1 @@
+"""The provider stubs (openai, qwen, gemini): their own service (contract only so far)."""
