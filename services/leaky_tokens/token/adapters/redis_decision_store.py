@@ -155,13 +155,18 @@ class RedisDecisionStore:
         return current(codec.snapshot(codec.spec_fields(spec), codec.states_fields(states)), now_ms)
 
     async def sweep_expired(self, now_ms: int) -> int:
+        # One pipeline over every shard, again for the shards that hit the per-call limit.
         bases = [self._layout.base(i) for i in range(self._layout.shards)]
-        calls = [self._call("sweep", base, "", now_ms) for base in bases]
-        done = await self._send(calls)
-        for item in done:
-            if isinstance(item, BaseException):
-                raise item
-        return sum(int(x) for x in done)
+        total = 0
+        while bases:
+            done = await self._send([self._call("sweep", base, "", now_ms) for base in bases])
+            for item in done:
+                if isinstance(item, BaseException):
+                    raise item
+            counts = [int(x) for x in done]
+            total += sum(counts)
+            bases = [b for b, c in zip(bases, counts, strict=True) if c >= int(self._sweep_limit)]
+        return total
 
     @property
     def shard_count(self) -> int:
