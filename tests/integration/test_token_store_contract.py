@@ -400,6 +400,8 @@ async def test_the_lua_port_decides_exactly_as_the_domain(store: DecisionStore) 
     now = T0
     decided: list[tuple[Subject, str]] = []
     reserved: list[tuple[Subject, str]] = []
+    got: object
+    want: object
     for step in range(400):
         now += rng.choice([0, 1, 250, 5_000, -3_000, 40_000, DAY, 400 * DAY])
         subject = rng.choice(subjects)
