@@ -20,6 +20,8 @@ from leaky_tokens.stack.redis import Redis as RedisComponent
 from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisionStore
 from leaky_tokens.token.adapters.key_layout import KeyLayout
 from leaky_tokens.token.adapters.redis_decision_store import RedisDecisionStore
+from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
+from leaky_tokens.token.adapters.settings import FailureMode
 from leaky_tokens.token.domain import decision as dec
 from leaky_tokens.token.domain.bucket import BucketLimit
 from leaky_tokens.token.domain.decision import Allowed, Denied, Level, Reason
@@ -29,6 +31,7 @@ from leaky_tokens.token.domain.ports import (
     DecisionStore,
     EventKind,
     ReserveRequest,
+    StoreUnavailableError,
     Subject,
     UsageEvent,
 )
@@ -36,6 +39,7 @@ from leaky_tokens.token.domain.quota import QuotaLimit
 from leaky_tokens.token.domain.reservation import ReservationStatus, Reserved
 from leaky_tokens.token.domain.units import TOKEN_SCALE
 from tests.support import token_hammer as hammer
+from tests.support.net import free_port
 from tests.support.redis_cluster import redis_cluster
 from tests.support.stack import component
 
@@ -456,3 +460,31 @@ async def test_the_lua_port_decides_exactly_as_the_domain(store: DecisionStore) 
             for e in await events_of(reference, subject.tenant)
         ]
         assert mine == theirs
+
+
+async def test_scripts_flushed_from_the_servers_are_sent_again(cluster_ports: list[int]) -> None:
+    client = RedisCluster(host="127.0.0.1", port=cluster_ports[0])
+    real = RedisDecisionStore(client, KeyLayout(prefix=f"t{uuid.uuid4().hex[:10]}", shards=8))
+    try:
+        await client.script_flush()  # our own cluster: as after a restart or a failover
+        made = await real.decide(ask(ALICE, limits(), 5, T0))
+        assert isinstance(made.result, Allowed)
+        again = await real.decide(ask(ALICE, limits(), 5, T0))  # now cached: EVALSHA hits
+        assert await remaining(real, ALICE, limits(), T0) == {Level.USER_BUCKET: 90}
+        assert isinstance(again.result, Allowed)
+    finally:
+        await real.close()
+
+
+async def test_an_unreachable_redis_is_reported_as_unavailable() -> None:
+    client = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    real = RedisDecisionStore(client)
+    with pytest.raises(StoreUnavailableError):
+        await real.decide(ask(ALICE, limits(), 5, T0))
+    resilient = ResilientDecisionStore(
+        real, FailureMode.LOCAL_EMERGENCY, timeout_s=1.0, recovery_s=60.0
+    )
+    made = await resilient.decide(ask(ALICE, limits(), 5, T0))
+    assert isinstance(made.result, Allowed)
+    assert resilient.degraded
+    await real.close()
