@@ -54,7 +54,7 @@ def test_members_of_an_org_share_its_shard_and_keep_their_own_user_levels() -> N
 
 
 def test_ids_holding_the_field_separator_are_refused() -> None:
-    with pytest.raises(ValueError, match="separator|x1f"):
+    with pytest.raises(ValueError, match="must not contain"):
         KeyLayout().base_for(Subject("al\x1fice", "openai"))
     with pytest.raises(ValueError, match="braces"):
         KeyLayout(prefix="a{b}")
