@@ -30,6 +30,7 @@ from leaky_tokens.token.domain.ports import (
     DecisionRequest,
     DecisionStore,
     EventKind,
+    ReservationIdTakenError,
     ReserveRequest,
     StoreUnavailableError,
     Subject,
@@ -222,6 +223,25 @@ async def test_reserve_settle_and_release_are_idempotent(store: DecisionStore) -
     assert await store.settle(Subject("mallory", "openai"), "res-1", 0, T0) is None
     kinds = [e.kind for e in await events_of(store, ALICE.tenant)]
     assert kinds == [EventKind.RESERVED, EventKind.SETTLED]
+
+
+async def test_a_retried_denied_reservation_hears_the_same_denial(store: DecisionStore) -> None:
+    lim = limits(user_cap=100)
+    first = await store.reserve(ReserveRequest("res-d1", ALICE, lim, 150, T0, 60_000, "key-d"))
+    assert isinstance(first.result, Denied)
+    again = await store.reserve(ReserveRequest("res-d2", ALICE, lim, 150, T0, 60_000, "key-d"))
+    assert again.replayed
+    assert again.reservation_id == "res-d1"
+    assert again.result == first.result
+    assert await store.settle(ALICE, "res-d1", 10, T0) is None  # a denial holds nothing
+
+
+async def test_a_reservation_id_is_never_shared_between_subjects(store: DecisionStore) -> None:
+    lim = limits(user_cap=100)
+    await store.reserve(ReserveRequest("res-t", ALICE_IN_ACME, lim, 10, T0, 60_000))
+    with pytest.raises(ReservationIdTakenError):
+        await store.reserve(ReserveRequest("res-t", BOB_IN_ACME, lim, 10, T0, 60_000))
+    assert await remaining(store, BOB_IN_ACME, lim, T0) == {Level.USER_BUCKET: 100}
 
 
 async def test_a_settled_excess_is_charged_as_far_as_it_fits(store: DecisionStore) -> None:

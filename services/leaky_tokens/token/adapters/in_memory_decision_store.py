@@ -21,6 +21,7 @@ from leaky_tokens.token.domain.ports import (
     DecisionRequest,
     EventKind,
     RefundOutcome,
+    ReservationIdTakenError,
     ReserveOutcome,
     ReserveRequest,
     StoredEvent,
@@ -46,8 +47,8 @@ class _Decision:
 class _Reservation:
     subject: Subject
     limits: LevelLimits
-    outcome: Reserved
-    held: Reservation
+    outcome: Reserved | Denied
+    held: Reservation | None  # None: a denial kept for its idempotency key
     expires_ms: int | None = None  # of the record, once no longer pending
 
 
@@ -201,6 +202,8 @@ class InMemoryDecisionStore:
         known = self._reservations.get(self._layout.reservation_key(base, earlier))
         if known is not None and known.subject == subject:
             return ReserveOutcome(earlier, known.outcome, replayed=True)
+        if known is not None:
+            raise ReservationIdTakenError(earlier)
         snap = self._snapshot(subject, request.limits)
         result = res.reserve(snap, rid, request.estimate, now, request.ttl_ms)
         if isinstance(result, Denied):
@@ -215,6 +218,12 @@ class InMemoryDecisionStore:
                 levels,
                 result.reason.value,
             )
+            if ikey:  # a retry with the same key hears the same denial
+                rkey = self._layout.reservation_key(base, rid)
+                self._reservations[rkey] = _Reservation(
+                    subject, request.limits, result, None, now + self._ttl
+                )
+                self._keys[ikey] = (rid, now + self._ttl)
             return ReserveOutcome(rid, result)
         self._write(subject, result.snapshot)
         rkey = self._layout.reservation_key(base, rid)
@@ -231,7 +240,7 @@ class InMemoryDecisionStore:
     ) -> Settlement | None:
         rkey = self._layout.reservation_key(self._layout.base_for(subject), rid)
         record = self._reservations.get(rkey)
-        if record is None or record.subject != subject:
+        if record is None or record.subject != subject or record.held is None:
             return None
         snap = self._snapshot(subject, record.limits)
         if actual is None:
@@ -271,13 +280,14 @@ class InMemoryDecisionStore:
             if base is None or self._layout.base_for(r.subject) == base
         ]
         # In deadline order, then by id, at most `sweep_limit` per call: as the scripts do.
-        due = sorted(res.expire((r.held for r in records), now), key=_deadline)
+        held = (r.held for r in records if r.held is not None)
+        due = sorted(res.expire(held, now), key=_deadline)
         if caller is not None:
             due = due[: self._sweep_limit]
-        by_id = {r.held.id: r for r in records}
-        for held in due:
-            record = by_id[held.id]
-            self._finish(record.subject, held.id, now, None, "expired")
+        by_id = {r.held.id: r for r in records if r.held is not None}
+        for expired in due:
+            record = by_id[expired.id]
+            self._finish(record.subject, expired.id, now, None, "expired")
         self._forget(now)
         return len(due)
 

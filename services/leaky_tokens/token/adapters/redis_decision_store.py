@@ -24,6 +24,7 @@ from leaky_tokens.token.domain.ports import (
     DecisionOutcome,
     DecisionRequest,
     RefundOutcome,
+    ReservationIdTakenError,
     ReserveOutcome,
     ReserveRequest,
     StoredEvent,
@@ -117,6 +118,8 @@ class RedisDecisionStore:
         spec = codec.level_spec(self._layout, base, s, request.limits)
         args = (rid, ikey, str(request.estimate), spec, str(request.ttl_ms))
         reply = await self._run("reserve", base, s, request.now_ms, *args)
+        if int(reply[0]) < 0:
+            raise ReservationIdTakenError(rid)
         replayed, text, found = int(reply[0]), reply[1], _str(reply[2])
         rec = codec.record(text)
         result = res.reserve(rec.before, found, rec.tokens, rec.now_ms, rec.ttl_ms)
