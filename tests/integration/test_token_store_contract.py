@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,8 @@ from leaky_tokens.stack.redis import Redis as RedisComponent
 from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisionStore
 from leaky_tokens.token.adapters.key_layout import KeyLayout
 from leaky_tokens.token.adapters.redis_decision_store import RedisDecisionStore
+from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
+from leaky_tokens.token.adapters.settings import FailureMode
 from leaky_tokens.token.domain import decision as dec
 from leaky_tokens.token.domain.bucket import BucketLimit
 from leaky_tokens.token.domain.decision import Allowed, Denied, Level, Reason
@@ -27,13 +30,17 @@ from leaky_tokens.token.domain.ports import (
     DecisionRequest,
     DecisionStore,
     EventKind,
+    ReservationIdTakenError,
     ReserveRequest,
+    StoreUnavailableError,
     Subject,
     UsageEvent,
 )
 from leaky_tokens.token.domain.quota import QuotaLimit
 from leaky_tokens.token.domain.reservation import ReservationStatus, Reserved
+from leaky_tokens.token.domain.units import TOKEN_SCALE
 from tests.support import token_hammer as hammer
+from tests.support.net import free_port
 from tests.support.redis_cluster import redis_cluster
 from tests.support.stack import component
 
@@ -218,6 +225,25 @@ async def test_reserve_settle_and_release_are_idempotent(store: DecisionStore) -
     assert kinds == [EventKind.RESERVED, EventKind.SETTLED]
 
 
+async def test_a_retried_denied_reservation_hears_the_same_denial(store: DecisionStore) -> None:
+    lim = limits(user_cap=100)
+    first = await store.reserve(ReserveRequest("res-d1", ALICE, lim, 150, T0, 60_000, "key-d"))
+    assert isinstance(first.result, Denied)
+    again = await store.reserve(ReserveRequest("res-d2", ALICE, lim, 150, T0, 60_000, "key-d"))
+    assert again.replayed
+    assert again.reservation_id == "res-d1"
+    assert again.result == first.result
+    assert await store.settle(ALICE, "res-d1", 10, T0) is None  # a denial holds nothing
+
+
+async def test_a_reservation_id_is_never_shared_between_subjects(store: DecisionStore) -> None:
+    lim = limits(user_cap=100)
+    await store.reserve(ReserveRequest("res-t", ALICE_IN_ACME, lim, 10, T0, 60_000))
+    with pytest.raises(ReservationIdTakenError):
+        await store.reserve(ReserveRequest("res-t", BOB_IN_ACME, lim, 10, T0, 60_000))
+    assert await remaining(store, BOB_IN_ACME, lim, T0) == {Level.USER_BUCKET: 100}
+
+
 async def test_a_settled_excess_is_charged_as_far_as_it_fits(store: DecisionStore) -> None:
     lim = limits(user_cap=100)
     await store.reserve(ReserveRequest("res-x", ALICE, lim, 80, T0, 60_000))
@@ -368,3 +394,117 @@ async def test_many_deciders_in_two_processes_never_over_admit(
         async for key in client.scan_iter(match=f"{prefix}*", count=1000):
             await client.delete(key)
         await store.close()
+
+
+def random_limits(rng: random.Random, now: int, org: bool) -> LevelLimits:
+    """Small buckets that fill, and huge ones whose leak products pass 2**53 after a gap."""
+    day = now - now % DAY
+
+    def bucket() -> BucketLimit:
+        if rng.random() < 0.3:
+            return BucketLimit(9_000_000_000, 999_999_999, TOKEN_SCALE)  # level near 2**53
+        return BucketLimit(rng.choice([5, 20, 100]), rng.choice([1, 7, 1000]), TOKEN_SCALE)
+
+    buckets = {Level.USER_BUCKET: bucket()}
+    quotas = {Level.USER_QUOTA: QuotaLimit(rng.choice([0, 50, 300]), day, day + DAY)}
+    if org:
+        buckets[Level.ORG_BUCKET] = bucket()
+        quotas[Level.ORG_QUOTA] = QuotaLimit(rng.choice([100, 1000]), day, day + DAY)
+    return LevelLimits(buckets, quotas)
+
+
+@pytest.mark.parametrize("store", ["redis", "cluster"], indirect=True)
+async def test_the_lua_port_decides_exactly_as_the_domain(store: DecisionStore) -> None:
+    """A seeded random run of every operation, clock jumps and going back included: the
+    Redis scripts and the in-memory store (the domain functions) answer the same each step."""
+    rng = random.Random(7)  # noqa: S311 - a reproducible test sequence, not a secret
+    # The same shards as the fixture's Redis store: each call sweeps its own shard.
+    reference = InMemoryDecisionStore(record_ttl_ms=10**13, layout=KeyLayout(shards=8))
+    subjects = [ALICE, ALICE_IN_ACME, BOB_IN_ACME]
+    now = T0
+    decided: list[tuple[Subject, str]] = []
+    reserved: list[tuple[Subject, str]] = []
+    got: object
+    want: object
+    for step in range(400):
+        now += rng.choice([0, 1, 250, 5_000, -3_000, 40_000, DAY, 400 * DAY])
+        subject = rng.choice(subjects)
+        lim = random_limits(rng, now, subject.org_id is not None)
+        op = rng.choice(["decide", "decide", "reserve", "refund", "settle", "release", "credit"])
+        tokens = rng.choice([0, 1, 3, 17, 60, 120, 5_000_000_000])
+        if op == "decide":
+            key = rng.choice([None, None, "again"])
+            req = DecisionRequest(f"d{step}", subject, lim, tokens, now, key)
+            got, want = await store.decide(req), await reference.decide(req)
+            decided.append((subject, f"d{step}"))
+        elif op == "reserve":
+            rreq = ReserveRequest(f"r{step}", subject, lim, tokens, now, rng.choice([1, 60_000]))
+            got, want = await store.reserve(rreq), await reference.reserve(rreq)
+            reserved.append((subject, f"r{step}"))
+        elif op == "refund" and decided:
+            who, did = rng.choice(decided)
+            got, want = (
+                await store.refund(who, did, tokens, now),
+                await reference.refund(who, did, tokens, now),
+            )
+        elif op in ("settle", "release") and reserved:
+            who, rid = rng.choice(reserved)
+            if op == "settle":
+                got, want = (
+                    await store.settle(who, rid, tokens, now),
+                    await reference.settle(who, rid, tokens, now),
+                )
+            else:
+                got, want = (
+                    await store.release(who, rid, now),
+                    await reference.release(who, rid, now),
+                )
+        else:
+            level = rng.choice(
+                [Level.USER_QUOTA, Level.ORG_QUOTA] if subject.org_id else [Level.USER_QUOTA]
+            )
+            amount = rng.choice([1, 40, 1000])
+            got, want = (
+                await store.credit_balance(subject, level, amount, f"g{step}", now),
+                await reference.credit_balance(subject, level, amount, f"g{step}", now),
+            )
+        assert got == want, f"step {step}: {op}: {got}\n!=\n{want}"
+        assert await store.read(subject, lim, now) == await reference.read(subject, lim, now)
+    for subject in subjects:
+        mine = [
+            (e.event_id, e.kind, e.tokens, e.levels, e.reason, dict(e.overage))
+            for e in await events_of(store, subject.tenant)
+        ]
+        theirs = [
+            (e.event_id, e.kind, e.tokens, e.levels, e.reason, dict(e.overage))
+            for e in await events_of(reference, subject.tenant)
+        ]
+        assert mine == theirs
+
+
+async def test_scripts_flushed_from_the_servers_are_sent_again(cluster_ports: list[int]) -> None:
+    client = RedisCluster(host="127.0.0.1", port=cluster_ports[0])
+    real = RedisDecisionStore(client, KeyLayout(prefix=f"t{uuid.uuid4().hex[:10]}", shards=8))
+    try:
+        await client.script_flush()  # our own cluster: as after a restart or a failover
+        made = await real.decide(ask(ALICE, limits(), 5, T0))
+        assert isinstance(made.result, Allowed)
+        again = await real.decide(ask(ALICE, limits(), 5, T0))  # now cached: EVALSHA hits
+        assert await remaining(real, ALICE, limits(), T0) == {Level.USER_BUCKET: 90}
+        assert isinstance(again.result, Allowed)
+    finally:
+        await real.close()
+
+
+async def test_an_unreachable_redis_is_reported_as_unavailable() -> None:
+    client = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    real = RedisDecisionStore(client)
+    with pytest.raises(StoreUnavailableError):
+        await real.decide(ask(ALICE, limits(), 5, T0))
+    resilient = ResilientDecisionStore(
+        real, FailureMode.LOCAL_EMERGENCY, timeout_s=1.0, recovery_s=60.0
+    )
+    made = await resilient.decide(ask(ALICE, limits(), 5, T0))
+    assert isinstance(made.result, Allowed)
+    assert resilient.degraded
+    await real.close()

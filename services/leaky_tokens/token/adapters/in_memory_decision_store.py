@@ -21,6 +21,7 @@ from leaky_tokens.token.domain.ports import (
     DecisionRequest,
     EventKind,
     RefundOutcome,
+    ReservationIdTakenError,
     ReserveOutcome,
     ReserveRequest,
     StoredEvent,
@@ -46,8 +47,8 @@ class _Decision:
 class _Reservation:
     subject: Subject
     limits: LevelLimits
-    outcome: Reserved
-    held: Reservation
+    outcome: Reserved | Denied
+    held: Reservation | None  # None: a denial kept for its idempotency key
     expires_ms: int | None = None  # of the record, once no longer pending
 
 
@@ -58,8 +59,14 @@ class InMemoryDecisionStore:
     clock readings, so tests are deterministic. Events wait in one in-process log.
     """
 
-    def __init__(self, record_ttl_ms: int = HOUR_MS, layout: KeyLayout | None = None) -> None:
+    def __init__(
+        self,
+        record_ttl_ms: int = HOUR_MS,
+        layout: KeyLayout | None = None,
+        sweep_limit: int = 16,
+    ) -> None:
         self._ttl = record_ttl_ms
+        self._sweep_limit = sweep_limit
         self._layout = layout or KeyLayout(shards=1)
         self._lock = threading.Lock()
         self._buckets: dict[str, BucketState] = {}
@@ -90,14 +97,14 @@ class InMemoryDecisionStore:
         self, subject: Subject, reservation_id: str, actual: int, now_ms: int
     ) -> Settlement | None:
         with self._lock:
-            self._sweep(now_ms)
+            self._sweep(now_ms, subject)
             return self._finish(subject, reservation_id, now_ms, actual)
 
     async def release(
         self, subject: Subject, reservation_id: str, now_ms: int
     ) -> Settlement | None:
         with self._lock:
-            self._sweep(now_ms)
+            self._sweep(now_ms, subject)
             return self._finish(subject, reservation_id, now_ms, None)
 
     async def credit_balance(
@@ -106,6 +113,7 @@ class InMemoryDecisionStore:
         if level not in dec.QUOTA_LEVELS or (level is Level.ORG_QUOTA and not subject.org_id):
             raise ValueError(f"a balance is credited to a quota level, not {level}")
         with self._lock:
+            self._sweep(now_ms, subject)
             base = self._layout.base_for(subject)
             gkey = self._layout.grant_key(base, grant_id)
             known = self._grants.get(gkey)
@@ -146,7 +154,7 @@ class InMemoryDecisionStore:
     # --- one step each ---------------------------------------------------------------------
     def _decide(self, request: DecisionRequest) -> DecisionOutcome:
         now, subject = request.now_ms, request.subject
-        self._sweep(now)
+        self._sweep(now, subject)
         base = self._layout.base_for(subject)
         ikey = self._idem(base, "c", subject, request.idempotency_key)
         earlier = self._known(ikey, now)
@@ -169,7 +177,7 @@ class InMemoryDecisionStore:
         return DecisionOutcome(did, result)
 
     def _refund(self, subject: Subject, decision_id: str, tokens: int, now: int) -> RefundOutcome:
-        self._sweep(now)
+        self._sweep(now, subject)
         base = self._layout.base_for(subject)
         record = self._live_decision(base, decision_id, now)
         if record is None or record.refunded or not isinstance(record.result, Allowed):
@@ -187,13 +195,15 @@ class InMemoryDecisionStore:
 
     def _reserve(self, request: ReserveRequest) -> ReserveOutcome:
         now, subject, rid = request.now_ms, request.subject, request.reservation_id
-        self._sweep(now)
+        self._sweep(now, subject)
         base = self._layout.base_for(subject)
         ikey = self._idem(base, "r", subject, request.idempotency_key)
         earlier = self._known(ikey, now) or rid
         known = self._reservations.get(self._layout.reservation_key(base, earlier))
         if known is not None and known.subject == subject:
             return ReserveOutcome(earlier, known.outcome, replayed=True)
+        if known is not None:
+            raise ReservationIdTakenError(earlier)
         snap = self._snapshot(subject, request.limits)
         result = res.reserve(snap, rid, request.estimate, now, request.ttl_ms)
         if isinstance(result, Denied):
@@ -208,6 +218,12 @@ class InMemoryDecisionStore:
                 levels,
                 result.reason.value,
             )
+            if ikey:  # a retry with the same key hears the same denial
+                rkey = self._layout.reservation_key(base, rid)
+                self._reservations[rkey] = _Reservation(
+                    subject, request.limits, result, None, now + self._ttl
+                )
+                self._keys[ikey] = (rid, now + self._ttl)
             return ReserveOutcome(rid, result)
         self._write(subject, result.snapshot)
         rkey = self._layout.reservation_key(base, rid)
@@ -224,7 +240,7 @@ class InMemoryDecisionStore:
     ) -> Settlement | None:
         rkey = self._layout.reservation_key(self._layout.base_for(subject), rid)
         record = self._reservations.get(rkey)
-        if record is None or record.subject != subject:
+        if record is None or record.subject != subject or record.held is None:
             return None
         snap = self._snapshot(subject, record.limits)
         if actual is None:
@@ -255,12 +271,23 @@ class InMemoryDecisionStore:
         return done
 
     # --- shared steps ----------------------------------------------------------------------
-    def _sweep(self, now: int) -> int:
-        due = res.expire((r.held for r in self._reservations.values()), now)
-        by_id = {r.held.id: r for r in self._reservations.values()}
-        for held in due:
-            record = by_id[held.id]
-            self._finish(record.subject, held.id, now, None, "expired")
+    def _sweep(self, now: int, caller: Subject | None = None) -> int:
+        # A call sweeps its own shard (as each Redis script does); sweep_expired all of them.
+        base = None if caller is None else self._layout.base_for(caller)
+        records = [
+            r
+            for r in self._reservations.values()
+            if base is None or self._layout.base_for(r.subject) == base
+        ]
+        # In deadline order, then by id, at most `sweep_limit` per call: as the scripts do.
+        held = (r.held for r in records if r.held is not None)
+        due = sorted(res.expire(held, now), key=_deadline)
+        if caller is not None:
+            due = due[: self._sweep_limit]
+        by_id = {r.held.id: r for r in records if r.held is not None}
+        for expired in due:
+            record = by_id[expired.id]
+            self._finish(record.subject, expired.id, now, None, "expired")
         self._forget(now)
         return len(due)
 
@@ -332,3 +359,7 @@ class InMemoryDecisionStore:
             MappingProxyType(dict(overage or {})),
         )
         self._events.append(StoredEvent(str(self._position), event))
+
+
+def _deadline(held: Reservation) -> tuple[int, bytes]:
+    return held.expires_at_ms, held.id.encode()

@@ -24,6 +24,7 @@ from leaky_tokens.token.domain.ports import (
     DecisionOutcome,
     DecisionRequest,
     RefundOutcome,
+    ReservationIdTakenError,
     ReserveOutcome,
     ReserveRequest,
     StoredEvent,
@@ -117,6 +118,8 @@ class RedisDecisionStore:
         spec = codec.level_spec(self._layout, base, s, request.limits)
         args = (rid, ikey, str(request.estimate), spec, str(request.ttl_ms))
         reply = await self._run("reserve", base, s, request.now_ms, *args)
+        if int(reply[0]) < 0:
+            raise ReservationIdTakenError(rid)
         replayed, text, found = int(reply[0]), reply[1], _str(reply[2])
         rec = codec.record(text)
         result = res.reserve(rec.before, found, rec.tokens, rec.now_ms, rec.ttl_ms)
@@ -155,13 +158,18 @@ class RedisDecisionStore:
         return current(codec.snapshot(codec.spec_fields(spec), codec.states_fields(states)), now_ms)
 
     async def sweep_expired(self, now_ms: int) -> int:
+        # One pipeline over every shard, again for the shards that hit the per-call limit.
         bases = [self._layout.base(i) for i in range(self._layout.shards)]
-        calls = [self._call("sweep", base, "", now_ms) for base in bases]
-        done = await self._send(calls)
-        for item in done:
-            if isinstance(item, BaseException):
-                raise item
-        return sum(int(x) for x in done)
+        total = 0
+        while bases:
+            done = await self._send([self._call("sweep", base, "", now_ms) for base in bases])
+            for item in done:
+                if isinstance(item, BaseException):
+                    raise item
+            counts = [int(x) for x in done]
+            total += sum(counts)
+            bases = [b for b, c in zip(bases, counts, strict=True) if c >= int(self._sweep_limit)]
+        return total
 
     @property
     def shard_count(self) -> int:

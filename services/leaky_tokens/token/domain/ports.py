@@ -8,7 +8,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Protocol
 
-from leaky_tokens.runtime.errors import UnavailableError
+from leaky_tokens.runtime.errors import AlreadyExistsError, UnavailableError
 from leaky_tokens.token.domain.decision import Allowed, Denied, Level, Snapshot
 from leaky_tokens.token.domain.policy import LevelLimits
 from leaky_tokens.token.domain.reservation import Reserved, Settlement
@@ -16,6 +16,16 @@ from leaky_tokens.token.domain.reservation import Reserved, Settlement
 
 class StoreUnavailableError(UnavailableError):
     """The decision store cannot be reached in time (the failure policy decides what next)."""
+
+
+class ReservationIdTakenError(AlreadyExistsError):
+    """Another subject holds a reservation with this id (ids are meant to be fresh)."""
+
+    def __init__(self, reservation_id: str) -> None:
+        super().__init__(
+            f"reservation id {reservation_id!r} is taken", reason="RESERVATION_ID_TAKEN"
+        )
+        self.reservation_id = reservation_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +94,8 @@ class DecisionRequest:
     """One consume: the levels' limits (`Policy.limits_for`), the tokens and the clock reading.
 
     `idempotency_key` (the client's, per user) answers a retry with the first outcome; the
-    `decision_id` is fresh per request and becomes the allowed/denied event's id.
+    `decision_id` is fresh per request (the servicer's, never the client's) and becomes the
+    allowed/denied event's id.
     """
 
     decision_id: str
@@ -115,7 +126,11 @@ class RefundOutcome:
 
 @dataclass(frozen=True, slots=True)
 class ReserveRequest:
-    """Reserve an estimate for `ttl_ms`; the reservation id comes from the caller."""
+    """Reserve an estimate for `ttl_ms` under a fresh `reservation_id` (the servicer's).
+
+    As for decisions, a retry is recognised by the client's `idempotency_key`, which then
+    answers with the first outcome (the reservation, or the denial).
+    """
 
     reservation_id: str
     subject: Subject

@@ -9,6 +9,6 @@ local total = tonumber(d[5])
 local tokens = math.min(tonumber(ARGV[7]), total)
 local levels = parse_levels(split(d[3]))
 refund_levels(levels, split(d[4]), tokens, total)
-redis.call('HSET', dkey, 'rf', n(tokens))
+redis.call('HSET', dkey, 'rf', 'refunded')  -- once, even for zero tokens
 emit(did .. ':refund', 'refunded', WHO, tokens, did, names_of(levels), nil, '')
 return tokens

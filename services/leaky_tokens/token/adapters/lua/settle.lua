@@ -6,7 +6,7 @@ sweep()
 local rid = ARGV[6]
 local rkey = BASE .. 'r:' .. rid
 local r = redis.call('HMGET', rkey, 'rec', 'who', 'st', 'spec', 'debit', 'est', 'act', 'over')
-if not r[1] or r[2] ~= WHO then return {-1} end
+if not r[1] or r[2] ~= WHO or r[3] == 'denied' then return {-1} end
 if r[3] ~= 'pending' then
   local now_states = load_all(parse_levels(split(r[4])))
   return {0, r[1], r[3], r[7] or '0', r[8] or '', now_states}
