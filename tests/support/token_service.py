@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -49,12 +50,17 @@ class FakeProvider(provider_pb2_grpc.ProviderServiceServicer):
         self.calls = 0
         self.fail: grpc.StatusCode | None = None
         self.credentials: list[str] = []
+        self.gate: asyncio.Event | None = None  # when set, calls wait for it (in-flight tests)
+        self.entered = asyncio.Event()
 
     async def Chat(
         self, request: provider_pb2.ChatRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> provider_pb2.ChatResponse:
         self.calls += 1
         self.credentials.append(dict(context.invocation_metadata() or ()).get("authorization", ""))
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail is not None:
             await context.abort(self.fail, "the provider is down")
         reply = provider_pb2.ChatResponse(
@@ -101,7 +107,6 @@ async def token_service(tmp: Path, **settings: Any) -> AsyncIterator[TokenHarnes
         provider_target=f"127.0.0.1:{provider_port}",
         provider_backoff_seconds=0.001,
         provider_backoff_max_seconds=0.002,
-        sweep_seconds=0,
         **settings,
     )
     members, store = InMemoryMembership(), InMemoryDecisionStore()

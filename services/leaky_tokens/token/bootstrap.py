@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -12,8 +10,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import grpc
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 
 from leaky.token.v1 import token_pb2_grpc
 from leaky_tokens.runtime.jwt_verifier import JwksFetcher
@@ -24,9 +20,11 @@ from leaky_tokens.runtime.settings import doc
 from leaky_tokens.runtime.system import SystemClock, SystemRandomness
 from leaky_tokens.token.adapters.grpc_chat_provider import GrpcChatProvider, Resilience
 from leaky_tokens.token.adapters.grpc_membership import GrpcMembership
-from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisionStore
 from leaky_tokens.token.adapters.policy_file import PolicyFile
-from leaky_tokens.token.adapters.redis_decision_store import RedisDecisionStore
+from leaky_tokens.token.adapters.reservation_sweeper import ReservationSweeper
+from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
+from leaky_tokens.token.adapters.settings import Backend, TokenStoreSettings
+from leaky_tokens.token.adapters.store_factory import decision_store, redis_store
 from leaky_tokens.token.domain.access import Limits
 from leaky_tokens.token.domain.metering import Metering
 from leaky_tokens.token.domain.peers import ChatProvider, Membership
@@ -41,8 +39,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TokenSettings(PeerSettings):
-    """Token service settings (LEAKY_TOKEN_<FIELD>)."""
+class TokenSettings(PeerSettings, TokenStoreSettings):
+    """Token service settings (LEAKY_TOKEN_<FIELD>); the store_* ones are the store's."""
 
     port: int = field(default=50052, metadata=doc("gRPC port."))
     metrics_port: int = field(default=9102, metadata=doc("Prometheus /metrics port; 0 disables."))
@@ -53,13 +51,6 @@ class TokenSettings(PeerSettings):
     policy_poll_seconds: float = field(
         default=1.0,
         metadata=doc("How often the policy file's mtime is checked for a reload; 0 = SIGHUP only."),
-    )
-    redis_url: str = field(
-        default="",
-        metadata=doc("Redis of the decision store (redis://host:port/0); empty = in-memory."),
-    )
-    redis_cluster: bool = field(
-        default=False, metadata=doc("redis_url names a node of a Redis Cluster.")
     )
     provider_target: str = field(
         default="127.0.0.1:50054", metadata=doc("host:port of the provider service.")
@@ -99,9 +90,6 @@ class TokenSettings(PeerSettings):
     max_reservation_seconds: float = field(
         default=900.0, metadata=doc("Longest (and default) time a reservation is held.")
     )
-    sweep_seconds: float = field(
-        default=1.0, metadata=doc("How often expired reservations are released; 0 = never.")
-    )
 
 
 @dataclass
@@ -117,39 +105,6 @@ class TokenComponents(PeerComponents):
         for closer in reversed(self.closers):
             await closer()
         await super().close()
-
-
-def _store(settings: TokenSettings) -> tuple[DecisionStore, Callable[[], Awaitable[None]] | None]:
-    if not settings.redis_url:
-        return InMemoryDecisionStore(), None
-    client: Redis | RedisCluster
-    if settings.redis_cluster:
-        client = RedisCluster.from_url(settings.redis_url)
-    else:
-        client = Redis.from_url(settings.redis_url)
-    store = RedisDecisionStore(client)
-    return store, store.close
-
-
-def _sweeper(store: DecisionStore, clock: Clock, seconds: float) -> Callable[[], Awaitable[None]]:
-    """Release expired reservations every `seconds` (the store does it, not a caller)."""
-
-    async def sweep() -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await store.sweep_expired(to_ms(clock.now()))
-            except Exception:  # a store outage must not end the loop
-                log.warning("reservation sweep failed", exc_info=True)
-
-    task = asyncio.create_task(sweep(), name="reservation-sweeper")
-
-    async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return stop
 
 
 async def build(
@@ -168,7 +123,7 @@ async def build(
 
     `clock` tells the time; `jwks` fetches the auth service's signing keys (default: gRPC to
     `settings.auth_target`) and `monotonic` ages the cached key set and the membership cache;
-    `store` defaults to Redis at `redis_url` (in-memory when empty), `policy` to the policy
+    `store` to the one `store_backend` names (ADR 0021), `policy` to the policy
     file, `membership` to the auth service, `provider` to the provider service.
     """
     clock = clock or SystemClock()
@@ -178,11 +133,7 @@ async def build(
         policy.start(settings.policy_poll_seconds)
         closers.append(policy.stop)
     if store is None:
-        store, close_store = _store(settings)
-        if close_store is not None:
-            closers.append(close_store)
-        if isinstance(store, RedisDecisionStore):
-            await store.load_scripts()
+        store = _store(settings, closers)
     if membership is None:
         grpc_members = GrpcMembership(
             settings.auth_target, settings.membership_cache_seconds, monotonic=monotonic
@@ -195,8 +146,12 @@ async def build(
         )
         provider = grpc_provider
         closers.append(grpc_provider.close)
-    if settings.sweep_seconds > 0:
-        closers.append(_sweeper(store, clock, settings.sweep_seconds))
+    # Expired reservations are released by the service itself, not by a caller that died.
+    sweeper = ReservationSweeper(
+        store, lambda: to_ms(clock.now()), settings.store_sweep_interval_ms / 1000
+    )
+    sweeper.start()
+    closers.append(sweeper.stop)
     metering = Metering(
         policy=policy,
         store=store,
@@ -217,6 +172,29 @@ async def build(
     )
     peer = peer_components(settings, spec, jwks=jwks, monotonic=monotonic)
     return TokenComponents(peer.spec, peer.verifier, peer.owned_jwks, policy, metering, closers)
+
+
+def _store(settings: TokenSettings, closers: list[Callable[[], Awaitable[None]]]) -> DecisionStore:
+    """The store `store_backend` names; Redis wrapped in the failure policy (ADR 0021).
+
+    As store_factory.decision_store, keeping the Redis store's close for shutdown.
+    """
+    if settings.backend is Backend.MEMORY:
+        return decision_store(settings)
+    primary = redis_store(settings)
+    closers.append(primary.close)
+
+    def degraded(now: bool) -> None:
+        log.warning("decision store %s", "degraded" if now else "recovered")
+
+    return ResilientDecisionStore(
+        primary,
+        settings.failure_mode,
+        timeout_s=settings.store_timeout_ms / 1000,
+        recovery_s=settings.store_recovery_ms / 1000,
+        emergency_percent=settings.store_emergency_percent,
+        on_degraded=degraded,
+    )
 
 
 def _resilience(settings: TokenSettings) -> Resilience:

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 class PolicyFile:
-    """A PolicySource over one file (ADR 0022).
+    """A PolicySource over one file (ADR 0023).
 
     The Policy is immutable and `current` is replaced by one reference assignment, so a
     request that took its snapshot keeps deciding by it while a reload swaps in the next.

@@ -235,7 +235,7 @@ class Metering:
         provider: str,
     ) -> Scope:  # fmt: skip
         user_id = access.acting_user(caller, user_id)
-        # Membership now, not at login: the JWT's org list may be stale (ADR 0022).
+        # Membership now, not at login: the JWT's org list may be stale (ADR 0023).
         if (
             org_id
             and not caller.is_admin
