@@ -187,6 +187,16 @@ async def test_a_refund_gives_the_debit_back_once(store: DecisionStore) -> None:
     assert kinds == [EventKind.ALLOWED, EventKind.REFUNDED]
 
 
+async def test_a_decision_kept_for_no_refund_cannot_be_refunded(store: DecisionStore) -> None:
+    lim = limits(user_cap=100)
+    req = ask(ALICE, lim, 60, T0)
+    made = await store.decide(DecisionRequest(req.decision_id, ALICE, lim, 60, T0, None, False))
+    assert isinstance(made.result, Allowed)
+    back = await store.refund(ALICE, made.decision_id, 60, T0)
+    assert (back.refunded, back.changed) == (0, False)
+    assert await remaining(store, ALICE, lim, T0) == {Level.USER_BUCKET: 40}
+
+
 async def test_a_refund_never_returns_what_already_leaked(store: DecisionStore) -> None:
     lim = limits(user_cap=100)
     made = await store.decide(ask(ALICE, lim, 60, T0))
@@ -434,7 +444,8 @@ async def test_the_lua_port_decides_exactly_as_the_domain(store: DecisionStore) 
         tokens = rng.choice([0, 1, 3, 17, 60, 120, 5_000_000_000])
         if op == "decide":
             key = rng.choice([None, None, "again"])
-            req = DecisionRequest(f"d{step}", subject, lim, tokens, now, key)
+            keep = rng.random() < 0.8
+            req = DecisionRequest(f"d{step}", subject, lim, tokens, now, key, keep)
             got, want = await store.decide(req), await reference.decide(req)
             decided.append((subject, f"d{step}"))
         elif op == "reserve":

@@ -169,7 +169,9 @@ class InMemoryDecisionStore:
             levels = tuple(x.level for x in result.limiting)
             kind, reason = EventKind.DENIED, result.reason.value
         dkey = self._layout.decision_key(base, request.decision_id)
-        self._decisions[dkey] = _Decision(subject, request.limits, result, now + self._ttl)
+        kept = ikey or (request.refundable and isinstance(result, Allowed))
+        if kept:  # for a refund or a replay; otherwise nothing needs it
+            self._decisions[dkey] = _Decision(subject, request.limits, result, now + self._ttl)
         if ikey:
             self._keys[ikey] = (request.decision_id, now + self._ttl)
         did = request.decision_id

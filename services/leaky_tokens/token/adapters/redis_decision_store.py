@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from leaky_tokens.token.adapters import redis_codec as codec
-from leaky_tokens.token.adapters.key_layout import KeyLayout
+from leaky_tokens.token.adapters.key_layout import RS, KeyLayout
 from leaky_tokens.token.adapters.redis_dispatcher import BatchDispatcher
 from leaky_tokens.token.adapters.redis_scripts import Script, load_scripts
 from leaky_tokens.token.adapters.snapshots import current
@@ -78,7 +78,7 @@ class RedisDecisionStore:
         try:
             for script in self._scripts.values():
                 await self._client.script_load(script.text)
-        except rx.RedisError as error:
+        except (rx.RedisError, rx.RedisClusterException) as error:
             raise _mapped(error) from error
 
     async def close(self) -> None:
@@ -93,9 +93,9 @@ class RedisDecisionStore:
         ikey = self._idem(base, "c", s, request.idempotency_key)
         spec = codec.level_spec(self._layout, base, s, request.limits)
         self._layout.decision_key(base, request.decision_id)  # validates the id
-        reply = await self._run(
-            "decide", base, s, request.now_ms, request.decision_id, ikey, str(request.tokens), spec
-        )
+        keep = "1" if request.refundable else "0"
+        args = (request.decision_id, ikey, str(request.tokens), spec, keep)
+        reply = await self._run("decide", base, s, request.now_ms, *args)
         replayed, text, did = int(reply[0]), reply[1], _str(reply[2])
         rec = codec.record(text)
         result = dec.decide(rec.before, rec.tokens, rec.now_ms)
@@ -181,7 +181,7 @@ class RedisDecisionStore:
         try:
             found = await self._client.xrange(stream, min=start, max="+", count=limit)
             entries = cast(list[tuple[bytes, dict[bytes, bytes]]], found)
-        except rx.RedisError as error:
+        except (rx.RedisError, rx.RedisClusterException) as error:
             raise _mapped(error) from error
         return [StoredEvent(_str(pos), codec.event(fields)) for pos, fields in entries]
 
@@ -192,7 +192,7 @@ class RedisDecisionStore:
         after = f"{ms}-{int(seq or 0) + 1}"
         try:
             return int(await self._client.xtrim(stream, minid=after, approximate=False))
-        except rx.RedisError as error:
+        except (rx.RedisError, rx.RedisClusterException) as error:
             raise _mapped(error) from error
 
     # --- calls ------------------------------------------------------------------------------
@@ -228,8 +228,10 @@ class RedisDecisionStore:
         return self._layout.idempotency_key(base, op, subject, key) if key else ""
 
     def _call(self, op: str, base: str, who: str, now_ms: int, *args: str) -> _Call:
-        head = (base, str(now_ms), self._sweep_limit, self._ttl, who)
-        return _Call(self._scripts[op], base + "ev", head + args)
+        # One argument for the whole call: encoding each of a dozen arguments separately
+        # was the largest client-side cost per decision (the script splits it again).
+        packed = RS.join((base, str(now_ms), self._sweep_limit, self._ttl, who, *args))
+        return _Call(self._scripts[op], base + "ev", (packed,))
 
     async def _run(self, op: str, base: str, subject: Subject, now_ms: int, *args: str) -> Any:
         return await self._dispatch.submit(self._call(op, base, codec.who(subject), now_ms, *args))
@@ -242,7 +244,7 @@ class RedisDecisionStore:
                 again = await self._pipeline([calls[i] for i in missing], cached=False)
                 for i, result in zip(missing, again, strict=True):
                     results[i] = result
-        except rx.RedisError as error:
+        except (rx.RedisError, rx.RedisClusterException) as error:
             raise _mapped(error) from error
         except OSError as error:
             raise StoreUnavailableError(f"redis: {error}") from error
@@ -265,14 +267,32 @@ def _agree(domain_allowed: bool, script_allowed: bool) -> None:
         raise codec.StoreInconsistencyError("the Lua port and the domain disagree on a verdict")
 
 
+# What says "the store cannot serve now" (the failure policy takes over), as opposed to a
+# script's own error: connection trouble, a cluster without a primary for the slot, a
+# read-only replica after a failover, a full server, a script running too long (BUSY).
+_DOWN = (
+    rx.ConnectionError,
+    rx.TimeoutError,
+    rx.ClusterError,
+    rx.TryAgainError,
+    rx.ReadOnlyError,
+    rx.OutOfMemoryError,
+    rx.RedisClusterException,
+)
+
+
 def _unavailable(result: object) -> bool:
-    return isinstance(result, rx.RedisError) and not isinstance(result, rx.ResponseError)
+    if isinstance(result, _DOWN):
+        return True
+    return isinstance(result, rx.ResponseError) and str(result).startswith("BUSY")
 
 
 def _mapped(error: object) -> BaseException:
-    if isinstance(error, rx.ResponseError):
+    if _unavailable(error):
+        return StoreUnavailableError(f"redis: {error}")
+    if isinstance(error, BaseException):
         return error
-    return StoreUnavailableError(f"redis: {error}")
+    return RuntimeError(f"redis: {error!r}")
 
 
 def _str(value: str | bytes) -> str:

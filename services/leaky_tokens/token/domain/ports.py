@@ -95,7 +95,8 @@ class DecisionRequest:
 
     `idempotency_key` (the client's, per user) answers a retry with the first outcome; the
     `decision_id` is fresh per request (the servicer's, never the client's) and becomes the
-    allowed/denied event's id.
+    allowed/denied event's id. `refundable=False` (Envoy's ShouldRateLimit, which never
+    refunds) keeps no decision record unless an idempotency key needs one: less to store.
     """
 
     decision_id: str
@@ -104,6 +105,7 @@ class DecisionRequest:
     tokens: int
     now_ms: int
     idempotency_key: str | None = None
+    refundable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
