@@ -47,7 +47,7 @@ class Ticks:
 
 @pytest.fixture
 async def auth() -> AsyncIterator[tuple[FakeAuth, str]]:
-    fake = FakeAuth()
+    fake = FakeAuth()  # type: ignore[abstract]  # only ListMyOrganizations is called
     server = grpc.aio.server()
     auth_pb2_grpc.add_AuthServiceServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")
