@@ -104,6 +104,17 @@ async def test_fail_closed_refuses_while_down_and_recovers_by_itself() -> None:
     assert changes == [True, False]
 
 
+async def test_one_call_per_interval_probes_a_store_that_is_still_down() -> None:
+    store, primary, clock, _ = wrapped(FailureMode.LOCAL_EMERGENCY)
+    primary.state = "down"
+    await store.decide(ask(1))
+    clock.now += 1.0
+    calls = primary.calls
+    outcomes = [await store.decide(ask(1)) for _ in range(5)]
+    assert primary.calls == calls + 1
+    assert all(isinstance(o.result, Allowed) for o in outcomes)  # the local budget answered
+
+
 async def test_a_hanging_store_counts_as_down_after_the_timeout() -> None:
     store, primary, _, changes = wrapped(FailureMode.FAIL_CLOSED)
     primary.state = "hang"
