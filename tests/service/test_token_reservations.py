@@ -99,6 +99,7 @@ async def test_an_unsettled_reservation_expires_and_is_released_by_the_store(
     ttl = duration_pb2.Duration(seconds=10)
     held = await svc.stub.Reserve(reserve(40, ttl=ttl), metadata=svc.auth())
     svc.clock.advance(seconds=11)
+    assert svc.store is not None
     assert await svc.store.sweep_expired(int(svc.clock.now().timestamp() * 1000)) == 1
     assert (await quota(svc)).window_used == 0
     error = await refused(

@@ -81,7 +81,7 @@ class TokenHarness:
     clock: FakeClock
     members: InMemoryMembership
     provider: FakeProvider
-    store: InMemoryDecisionStore
+    store: InMemoryDecisionStore | None  # None: the bootstrap built it from the settings
     components: TokenComponents
     policy_path: Path
 
@@ -109,7 +109,9 @@ async def token_service(tmp: Path, **settings: Any) -> AsyncIterator[TokenHarnes
         provider_backoff_max_seconds=0.002,
         **settings,
     )
-    members, store = InMemoryMembership(), InMemoryDecisionStore()
+    members = InMemoryMembership()
+    # With a store_backend setting the bootstrap builds the store itself (Redis tests).
+    store = None if "store_backend" in settings else InMemoryDecisionStore()
     components = await build(
         config,
         clock=clock,
