@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC
@@ -201,9 +204,32 @@ def test_tuning_is_read_from_the_environment() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad",
-    [{"error_rate": 1.5}, {"overrides": ("openai.latency=5",)}, {"providers": ("a b",)}],
+    ("variable", "value", "says"),
+    [
+        ("ERROR_RATE", "1.5", "between 0 and 1"),
+        ("OVERRIDES", "openai.latency=5", "expected <provider>.<field>=<value>"),
+        ("PROVIDERS", "open ai", "must match"),
+        ("LATENCY_MS", "nan", "finite"),
+    ],
 )
-async def test_bad_tuning_stops_the_build_naming_the_settings(bad: dict[str, object]) -> None:
-    with pytest.raises(SettingsError, match="LEAKY_PROVIDER_"):
-        await build(settings(**bad), jwks=KeySet().fetch)
+def test_bad_tuning_is_refused_when_the_settings_are_read(
+    variable: str, value: str, says: str
+) -> None:
+    with pytest.raises(SettingsError, match=f"LEAKY_PROVIDER_.*{says}"):
+        load(ProviderSettings, "LEAKY_PROVIDER", {f"LEAKY_PROVIDER_{variable}": value})
+
+
+def test_the_process_exits_with_one_line_naming_the_bad_setting() -> None:
+    env = {**os.environ, "LEAKY_PROVIDER_ERROR_RATE": "2", "LEAKY_PROVIDER_PORT": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "leaky_tokens.provider"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "provider: bad setting: LEAKY_PROVIDER_* tuning: openai: error rate must be between 0 and 1"
+    ]

@@ -66,6 +66,9 @@ class ProviderSettings(PeerSettings):
         metadata=doc("Seed of jitter, failure and id draws (a reproducible run); empty = random."),
     )
 
+    def __post_init__(self) -> None:
+        self.chat_profiles()  # a bad value stops `load` with one clear line, before serving
+
     def chat_profiles(self) -> dict[str, Profile]:
         """One profile per provider; SettingsError naming the variable when one is bad."""
         defaults = Profile(
@@ -79,7 +82,7 @@ class ProviderSettings(PeerSettings):
         try:
             return dict(profiles(self.providers, defaults, self.overrides))
         except ProfileError as error:
-            raise SettingsError(f"{ENV_PREFIX}_PROVIDERS / _OVERRIDES / tuning: {error}") from None
+            raise SettingsError(f"{ENV_PREFIX}_* tuning: {error}") from None
 
 
 async def build(
