@@ -13,7 +13,7 @@ import pytest
 from leaky_tokens.stack.orchestrator import Stack
 from leaky_tokens.topology import slugs
 from tests.e2e.conftest import Gateway, leaky_up
-from tests.e2e.test_gateway import register
+from tests.e2e.test_gateway import call, register
 from tests.support.stack import component
 
 pytestmark = pytest.mark.e2e
@@ -84,3 +84,10 @@ def test_grpcurl_reflection_through_the_stack_envoy(grpcurl: Path, stack_gateway
         timeout=30,
     )
     assert json.loads(jwks.stdout)["keys"][0]["kty"] == "RSA"
+
+
+def test_provider_chat_through_the_stack_envoy(stack_gateway: Gateway) -> None:
+    auth = {"authorization": f"Bearer {register(stack_gateway)['token']}"}
+    status, _, reply = call(stack_gateway, "POST", "/api/v1/gemini/chat", {"prompt": "hi"}, auth)
+    assert status == 200, reply
+    assert reply["message"] == "Stubbed Gemini response"
