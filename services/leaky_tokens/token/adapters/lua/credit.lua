@@ -1,0 +1,17 @@
+-- A[6] grant id, A[7] quota key, A[8] tokens, A[9] level name.
+-- Returns {changed, balance}; a repeated grant id returns the balance it left.
+sweep()
+local gkey = BASE .. 'g:' .. A[6]
+local known = redis.call('GET', gkey)
+if known then return {0, tonumber(known)} end
+local lv = {key = A[7], bucket = false}
+load(lv)
+local tokens = tonumber(A[8])
+if lv.bal + tokens >= 9007199254740992 then
+  return redis.error_reply('the purchased balance would reach 2^53')
+end
+lv.bal = lv.bal + tokens
+redis.call('HSET', lv.key, 'b', n(lv.bal))
+redis.call('SET', gkey, n(lv.bal), 'PX', TTL)
+emit(A[6], 'credited', WHO, tokens, A[6], {A[9]}, nil, '')
+return {1, lv.bal}

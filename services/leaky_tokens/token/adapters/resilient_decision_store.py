@@ -1,0 +1,217 @@
+"""The failure policy around the Redis store: a short timeout, fail closed/open or a local
+emergency budget while degraded, and automatic recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import TypeVar
+
+from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisionStore
+from leaky_tokens.token.adapters.settings import FailureMode
+from leaky_tokens.token.domain.bucket import BucketLimit
+from leaky_tokens.token.domain.decision import Level, Snapshot
+from leaky_tokens.token.domain.policy import LevelLimits
+from leaky_tokens.token.domain.ports import (
+    CreditOutcome,
+    DecisionOutcome,
+    DecisionRequest,
+    DecisionStore,
+    RefundOutcome,
+    ReserveOutcome,
+    ReserveRequest,
+    StoredEvent,
+    StoreUnavailableError,
+    Subject,
+)
+from leaky_tokens.token.domain.quota import QuotaLimit
+from leaky_tokens.token.domain.reservation import Settlement
+from leaky_tokens.token.domain.units import SAFE_LIMIT
+
+T = TypeVar("T")
+_LOCAL_IDS = 100_000  # decisions answered locally, remembered for their refunds
+
+
+class ResilientDecisionStore:
+    """A DecisionStore that keeps deciding, as its mode says, while the primary is down.
+
+    A call that fails or takes longer than `timeout_s` marks the store degraded (the
+    `on_degraded` hook hears every change, for the metric); while degraded, calls go to the
+    fallback and one call every `recovery_s` tries the primary again, so recovery needs no
+    operator. Decisions answered locally keep their events in the local store, served as
+    the last shard of `read_events`, so the relay forwards them too. Refunds, settlements
+    and releases go where their decision was made; admin grants need the primary.
+    """
+
+    def __init__(
+        self,
+        primary: DecisionStore,
+        mode: FailureMode,
+        *,
+        timeout_s: float,
+        recovery_s: float,
+        emergency_percent: int = 10,
+        on_degraded: Callable[[bool], None] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        local: InMemoryDecisionStore | None = None,
+    ) -> None:
+        self._primary = primary
+        self._mode = mode
+        self._timeout = timeout_s
+        self._recovery = recovery_s
+        self._percent = emergency_percent
+        self._hook = on_degraded or (lambda _degraded: None)
+        self._monotonic = monotonic
+        self._local = local or InMemoryDecisionStore()
+        self._local_ids: OrderedDict[str, None] = OrderedDict()
+        self._degraded = False
+        self._retry_at = 0.0
+
+    @property
+    def degraded(self) -> bool:
+        """Whether calls currently go to the fallback."""
+        return self._degraded
+
+    # --- decisions: primary, else the mode's fallback ----------------------------------------
+    async def decide(self, request: DecisionRequest) -> DecisionOutcome:
+        try:
+            return await self._try(lambda: self._primary.decide(request))
+        except StoreUnavailableError:
+            if self._mode is FailureMode.FAIL_CLOSED:
+                raise
+        self._remember(request.decision_id)
+        return await self._local.decide(replace(request, limits=self._fallback(request.limits)))
+
+    async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
+        try:
+            return await self._try(lambda: self._primary.reserve(request))
+        except StoreUnavailableError:
+            if self._mode is FailureMode.FAIL_CLOSED:
+                raise
+        self._remember(request.reservation_id)
+        return await self._local.reserve(replace(request, limits=self._fallback(request.limits)))
+
+    async def refund(
+        self, subject: Subject, decision_id: str, tokens: int, now_ms: int
+    ) -> RefundOutcome:
+        if decision_id in self._local_ids:
+            return await self._local.refund(subject, decision_id, tokens, now_ms)
+        return await self._try(lambda: self._primary.refund(subject, decision_id, tokens, now_ms))
+
+    async def settle(
+        self, subject: Subject, reservation_id: str, actual: int, now_ms: int
+    ) -> Settlement | None:
+        if reservation_id in self._local_ids:
+            return await self._local.settle(subject, reservation_id, actual, now_ms)
+        return await self._try(
+            lambda: self._primary.settle(subject, reservation_id, actual, now_ms)
+        )
+
+    async def release(
+        self, subject: Subject, reservation_id: str, now_ms: int
+    ) -> Settlement | None:
+        if reservation_id in self._local_ids:
+            return await self._local.release(subject, reservation_id, now_ms)
+        return await self._try(lambda: self._primary.release(subject, reservation_id, now_ms))
+
+    async def credit_balance(
+        self, subject: Subject, level: Level, tokens: int, grant_id: str, now_ms: int
+    ) -> CreditOutcome:
+        # A purchase must land in the shared store; a local balance would be lost.
+        return await self._try(
+            lambda: self._primary.credit_balance(subject, level, tokens, grant_id, now_ms)
+        )
+
+    async def read(self, subject: Subject, limits: LevelLimits, now_ms: int) -> Snapshot:
+        try:
+            return await self._try(lambda: self._primary.read(subject, limits, now_ms))
+        except StoreUnavailableError:
+            if self._mode is FailureMode.FAIL_CLOSED:
+                raise
+        return await self._local.read(subject, self._fallback(limits), now_ms)
+
+    async def sweep_expired(self, now_ms: int) -> int:
+        swept = await self._local.sweep_expired(now_ms)
+        # Down: the first sweep after recovery releases them (the deadlines stay in Redis).
+        with contextlib.suppress(StoreUnavailableError):
+            swept += await self._try(lambda: self._primary.sweep_expired(now_ms))
+        return swept
+
+    # --- events: the primary's shards, then the local log ---------------------------------
+    @property
+    def shard_count(self) -> int:
+        return self._primary.shard_count + 1
+
+    async def read_events(self, shard: int, after: str, limit: int) -> list[StoredEvent]:
+        if shard == self._primary.shard_count:
+            return await self._local.read_events(0, after, limit)
+        return await self._try(lambda: self._primary.read_events(shard, after, limit))
+
+    async def ack_events(self, shard: int, upto: str) -> int:
+        if shard == self._primary.shard_count:
+            return await self._local.ack_events(0, upto)
+        return await self._try(lambda: self._primary.ack_events(shard, upto))
+
+    # --- the breaker ----------------------------------------------------------------------
+    async def _try(self, call: Callable[[], Awaitable[T]]) -> T:
+        if self._degraded:
+            now = self._monotonic()
+            if now < self._retry_at:
+                raise StoreUnavailableError("token store degraded: Redis is not reachable")
+            # This call probes; the others keep to the fallback until it answers.
+            self._retry_at = now + self._recovery
+        try:
+            result = await asyncio.wait_for(call(), self._timeout)
+        except (StoreUnavailableError, TimeoutError, OSError) as error:
+            self._retry_at = self._monotonic() + self._recovery
+            self._set_degraded(True)
+            raise StoreUnavailableError(f"token store unavailable: {error!r}") from error
+        self._set_degraded(False)
+        return result
+
+    def _set_degraded(self, degraded: bool) -> None:
+        if degraded != self._degraded:
+            self._degraded = degraded
+            self._hook(degraded)
+
+    def _remember(self, local_id: str) -> None:
+        self._local_ids[local_id] = None
+        while len(self._local_ids) > _LOCAL_IDS:
+            self._local_ids.popitem(last=False)
+
+    def _fallback(self, limits: LevelLimits) -> LevelLimits:
+        if self._mode is FailureMode.FAIL_OPEN:
+            return opened(limits)
+        return scaled(limits, self._percent)
+
+
+def scaled(limits: LevelLimits, percent: int) -> LevelLimits:
+    """Each limit cut to `percent` (at least 1): one instance's emergency budget."""
+
+    def cut(value: int) -> int:
+        return max(1, value * percent // 100)
+
+    return LevelLimits(
+        {
+            lv: BucketLimit(cut(b.capacity), cut(b.leak_per_ms), b.scale)
+            for lv, b in limits.buckets.items()
+        },
+        {lv: replace(q, allowance=cut(q.allowance)) for lv, q in limits.quotas.items()},
+    )
+
+
+def opened(limits: LevelLimits) -> LevelLimits:
+    """Limits no request reaches (fail_open still records each decision and its event)."""
+    buckets = {
+        lv: BucketLimit((SAFE_LIMIT - 1) // b.scale, b.leak_per_ms, b.scale)
+        for lv, b in limits.buckets.items()
+    }
+    quotas = {
+        lv: QuotaLimit(SAFE_LIMIT - 1, q.window_start_ms, q.window_end_ms)
+        for lv, q in limits.quotas.items()
+    }
+    return LevelLimits(buckets, quotas)

@@ -1,0 +1,52 @@
+"""Build the decision store the settings ask for (the bootstrap calls this)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisionStore
+from leaky_tokens.token.adapters.key_layout import KeyLayout
+from leaky_tokens.token.adapters.redis_decision_store import RedisDecisionStore
+from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
+from leaky_tokens.token.adapters.settings import Backend, TokenStoreSettings
+from leaky_tokens.token.domain.ports import DecisionStore
+
+
+def redis_store(settings: TokenStoreSettings) -> RedisDecisionStore:
+    """The Redis store alone (no failure policy); scripts are loaded on first use or NOSCRIPT."""
+    timeout = settings.store_timeout_ms / 1000
+    client: Redis | RedisCluster
+    if settings.backend is Backend.CLUSTER:
+        client = RedisCluster.from_url(
+            settings.store_redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+    else:
+        client = Redis.from_url(
+            settings.store_redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+    layout = KeyLayout(settings.store_key_prefix, settings.store_shards)
+    return RedisDecisionStore(
+        client,
+        layout,
+        record_ttl_ms=settings.store_record_ttl_ms,
+        max_batch=settings.store_max_batch,
+    )
+
+
+def decision_store(
+    settings: TokenStoreSettings, on_degraded: Callable[[bool], None] | None = None
+) -> DecisionStore:
+    """In memory, or Redis wrapped in the failure policy of `store_failure_mode`."""
+    if settings.backend is Backend.MEMORY:
+        return InMemoryDecisionStore(record_ttl_ms=settings.store_record_ttl_ms)
+    return ResilientDecisionStore(
+        redis_store(settings),
+        settings.failure_mode,
+        timeout_s=settings.store_timeout_ms / 1000,
+        recovery_s=settings.store_recovery_ms / 1000,
+        emergency_percent=settings.store_emergency_percent,
+        on_degraded=on_degraded,
+    )

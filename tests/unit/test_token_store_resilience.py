@@ -1,0 +1,196 @@
+"""The failure policy around the shared store, on a Redis-less backend that can go down."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from leaky_tokens.runtime.settings import SettingsError, load
+from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisionStore
+from leaky_tokens.token.adapters.reservation_sweeper import ReservationSweeper
+from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
+from leaky_tokens.token.adapters.settings import FailureMode, TokenStoreSettings
+from leaky_tokens.token.adapters.store_factory import decision_store
+from leaky_tokens.token.domain.bucket import BucketLimit
+from leaky_tokens.token.domain.decision import Allowed, Denied, Level
+from leaky_tokens.token.domain.policy import LevelLimits
+from leaky_tokens.token.domain.ports import (
+    DecisionOutcome,
+    DecisionRequest,
+    EventKind,
+    RefundOutcome,
+    ReserveRequest,
+    StoreUnavailableError,
+    Subject,
+)
+
+T0 = 1_780_000_000_000
+ALICE = Subject("alice", "openai")
+LIMITS = LevelLimits({Level.USER_BUCKET: BucketLimit.tokens(100, 1000)}, {})
+
+
+class FlakyStore(InMemoryDecisionStore):
+    """The in-memory store behind a switch: up, down (connection refused) or hanging."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = "up"
+        self.calls = 0
+
+    async def _gate(self) -> None:
+        self.calls += 1
+        if self.state == "down":
+            raise StoreUnavailableError("redis: connection refused")
+        if self.state == "hang":
+            await asyncio.Event().wait()
+
+    async def decide(self, request: DecisionRequest) -> DecisionOutcome:
+        await self._gate()
+        return await super().decide(request)
+
+    async def refund(
+        self, subject: Subject, decision_id: str, tokens: int, now_ms: int
+    ) -> RefundOutcome:
+        await self._gate()
+        return await super().refund(subject, decision_id, tokens, now_ms)
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def wrapped(
+    mode: FailureMode,
+) -> tuple[ResilientDecisionStore, FlakyStore, FakeMonotonic, list[bool]]:
+    primary, clock = FlakyStore(), FakeMonotonic()
+    changes: list[bool] = []
+    store = ResilientDecisionStore(
+        primary,
+        mode,
+        timeout_s=0.05,
+        recovery_s=1.0,
+        emergency_percent=10,
+        on_degraded=changes.append,
+        monotonic=clock,
+    )
+    return store, primary, clock, changes
+
+
+def ask(tokens: int, now: int = T0) -> DecisionRequest:
+    return DecisionRequest(uuid.uuid4().hex, ALICE, LIMITS, tokens, now)
+
+
+async def test_fail_closed_refuses_while_down_and_recovers_by_itself() -> None:
+    store, primary, clock, changes = wrapped(FailureMode.FAIL_CLOSED)
+    assert isinstance((await store.decide(ask(10))).result, Allowed)
+    primary.state = "down"
+    with pytest.raises(StoreUnavailableError):
+        await store.decide(ask(10))
+    assert store.degraded
+    assert changes == [True]
+    primary.state = "up"
+    calls = primary.calls
+    with pytest.raises(StoreUnavailableError):  # before the retry time: the primary is spared
+        await store.decide(ask(10))
+    assert primary.calls == calls
+    clock.now += 1.0
+    assert isinstance((await store.decide(ask(10))).result, Allowed)
+    assert not store.degraded
+    assert changes == [True, False]
+
+
+async def test_one_call_per_interval_probes_a_store_that_is_still_down() -> None:
+    store, primary, clock, _ = wrapped(FailureMode.LOCAL_EMERGENCY)
+    primary.state = "down"
+    await store.decide(ask(1))
+    clock.now += 1.0
+    calls = primary.calls
+    outcomes = [await store.decide(ask(1)) for _ in range(5)]
+    assert primary.calls == calls + 1
+    assert all(isinstance(o.result, Allowed) for o in outcomes)  # the local budget answered
+
+
+async def test_a_hanging_store_counts_as_down_after_the_timeout() -> None:
+    store, primary, _, changes = wrapped(FailureMode.FAIL_CLOSED)
+    primary.state = "hang"
+    with pytest.raises(StoreUnavailableError):
+        await store.decide(ask(10))
+    assert changes == [True]
+
+
+async def test_fail_open_admits_beyond_the_limits_and_still_records_events() -> None:
+    store, primary, _, _ = wrapped(FailureMode.FAIL_OPEN)
+    primary.state = "down"
+    outcomes = [await store.decide(ask(100)) for _ in range(5)]  # 5x the capacity
+    assert all(isinstance(o.result, Allowed) for o in outcomes)
+    local = store.shard_count - 1
+    events = await store.read_events(local, "", 100)
+    assert [e.event.event_id for e in events] == [o.decision_id for o in outcomes]
+    assert all(e.event.kind is EventKind.ALLOWED for e in events)
+
+
+async def test_local_emergency_grants_a_share_of_each_limit_per_instance() -> None:
+    store, primary, _, _ = wrapped(FailureMode.LOCAL_EMERGENCY)
+    primary.state = "down"
+    first = await store.decide(ask(10))  # 10 % of a 100-token bucket
+    assert isinstance(first.result, Allowed)
+    over = await store.decide(ask(1))
+    assert isinstance(over.result, Denied)
+    assert over.result.level is Level.USER_BUCKET
+    # The refund goes where the decision was made, even once Redis is back.
+    primary.state = "up"
+    back = await store.refund(ALICE, first.decision_id, 10, T0)
+    assert (back.refunded, back.changed) == (10, True)
+    # Still degraded (no retry due yet): the local budget, with the refund back in it.
+    assert isinstance((await store.decide(ask(10))).result, Allowed)
+
+
+async def test_a_shared_decision_cannot_be_refunded_while_the_store_is_down() -> None:
+    store, primary, _, _ = wrapped(FailureMode.LOCAL_EMERGENCY)
+    made = await store.decide(ask(10))
+    primary.state = "down"
+    with pytest.raises(StoreUnavailableError):
+        await store.refund(ALICE, made.decision_id, 10, T0)
+
+
+async def test_the_sweeper_releases_expired_reservations_on_its_clock() -> None:
+    memory = InMemoryDecisionStore()
+    clock = [T0]
+    sweeper = ReservationSweeper(memory, lambda: clock[0], interval_s=60)
+    await memory.reserve(ReserveRequest("r-1", ALICE, LIMITS, 80, T0, ttl_ms=5_000))
+    assert await sweeper.sweep_once() == 0
+    clock[0] = T0 + 5_000
+    assert await sweeper.sweep_once() == 1
+    kinds = [e.event.kind for e in await memory.read_events(0, "", 10)]
+    assert kinds == [EventKind.RESERVED, EventKind.RELEASED]
+
+
+def test_settings_read_the_failure_mode_and_refuse_unknown_ones() -> None:
+    env = {
+        "LEAKY_TOKEN_STORE_FAILURE_MODE": "local_emergency",
+        "LEAKY_TOKEN_STORE_BACKEND": "redis",
+    }
+    settings = load(TokenStoreSettings, "LEAKY_TOKEN", env)
+    assert settings.failure_mode is FailureMode.LOCAL_EMERGENCY
+    with pytest.raises(SettingsError, match="fail_closed, fail_open, local_emergency"):
+        load(TokenStoreSettings, "LEAKY_TOKEN", {"LEAKY_TOKEN_STORE_FAILURE_MODE": "maybe"})
+    with pytest.raises(SettingsError, match="store_emergency_percent"):
+        TokenStoreSettings(store_emergency_percent=0)
+
+
+async def test_the_factory_wraps_redis_in_the_failure_policy_and_keeps_memory_bare() -> None:
+    assert isinstance(decision_store(TokenStoreSettings()), InMemoryDecisionStore)
+    settings = TokenStoreSettings(
+        store_backend="redis",
+        store_redis_url="redis://127.0.0.1:1/0",  # nothing listens: no connection is made yet
+        store_failure_mode="fail_open",
+    )
+    built = decision_store(settings, on_degraded=lambda _d: None)
+    assert isinstance(built, ResilientDecisionStore)
+    assert built.shard_count == settings.store_shards + 1
