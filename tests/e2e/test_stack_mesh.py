@@ -105,3 +105,10 @@ def test_token_decisions_live_in_the_stack_redis(stack_gateway: Gateway, stack: 
         check=True,
     ).stdout.split()
     assert keys  # the user's levels, kept by the token service in the stack's Redis
+
+
+def test_provider_chat_through_the_stack_envoy(stack_gateway: Gateway) -> None:
+    auth = {"authorization": f"Bearer {register(stack_gateway)['token']}"}
+    status, _, reply = call(stack_gateway, "POST", "/api/v1/gemini/chat", {"prompt": "hi"}, auth)
+    assert status == 200, reply
+    assert reply["message"] == "Stubbed Gemini response"

@@ -12,12 +12,11 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from leaky.analytics.v1 import analytics_pb2, analytics_pb2_grpc
-from leaky.provider.v1 import provider_pb2, provider_pb2_grpc
+from leaky.provider.v1 import provider_pb2_grpc
 from leaky.token.v1 import token_pb2, token_pb2_grpc
 from leaky_tokens.analytics import servicer as analytics_servicer
 from leaky_tokens.analytics.bootstrap import AnalyticsSettings
 from leaky_tokens.analytics.bootstrap import build as build_analytics
-from leaky_tokens.provider import servicer as provider_servicer
 from leaky_tokens.provider.bootstrap import ProviderSettings
 from leaky_tokens.provider.bootstrap import build as build_provider
 from leaky_tokens.runtime.server import RunningServer, start_server
@@ -109,11 +108,6 @@ async def test_rpcs_not_written_yet_say_which_and_why(peers: Peers) -> None:
             token_servicer.PENDING,
         ),
         (
-            peers.provider.Chat(provider_pb2.ChatRequest(provider="openai"), metadata=auth),
-            "leaky.provider.v1.ProviderService/Chat",
-            provider_servicer.PENDING,
-        ),
-        (
             peers.analytics.GetUsage(analytics_pb2.GetUsageRequest(), metadata=auth),
             "leaky.analytics.v1.AnalyticsService/GetUsage",
             analytics_servicer.PENDING,
@@ -128,10 +122,7 @@ async def test_rpcs_not_written_yet_say_which_and_why(peers: Peers) -> None:
 
 
 async def test_unwritten_protected_rpc_still_requires_credentials(peers: Peers) -> None:
-    for call in (
-        peers.token.Consume(token_pb2.ConsumeRequest()),
-        peers.provider.Chat(provider_pb2.ChatRequest(provider="openai")),
-    ):
+    for call in (peers.token.Consume(token_pb2.ConsumeRequest()),):
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -1,1 +1,1 @@
-"""The provider stubs (openai, qwen, gemini): their own service (contract only so far)."""
+"""The provider stubs (openai, qwen, gemini): deterministic chat replies with token counts."""
