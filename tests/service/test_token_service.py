@@ -211,3 +211,16 @@ async def test_the_same_idempotency_key_debits_once(svc: TokenHarness) -> None:
         pb.GetQuotaRequest(user_id="user-1", provider="openai"), metadata=svc.auth()
     )
     assert quota.window_used == 25
+
+
+async def test_an_idempotency_key_reused_for_another_request_is_already_exists(
+    svc: TokenHarness,
+) -> None:
+    await svc.stub.Consume(consume(tokens=25, idempotency_key="k2"), metadata=svc.auth())
+    error = await refused(
+        svc.stub.Consume(consume(tokens=30, idempotency_key="k2"), metadata=svc.auth())
+    )
+    assert (error.code(), reason(error)) == (
+        grpc.StatusCode.ALREADY_EXISTS,
+        "IDEMPOTENCY_KEY_REUSED",
+    )

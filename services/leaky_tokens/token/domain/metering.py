@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from leaky_tokens.runtime.errors import (
+    AlreadyExistsError,
     FailedPreconditionError,
     NotFoundError,
     PermissionDeniedError,
@@ -135,6 +136,7 @@ class Metering:
         if isinstance(outcome.result, Denied):
             raise LimitDeniedError(scope, outcome.decision_id, outcome.result)
         if outcome.replayed:
+            _same_request(outcome.result.debit.tokens, tokens)
             return Consumed(scope, outcome.decision_id, outcome.result, True, None)
         try:
             answer = await self._provider.chat(ChatCall(provider, prompt, credential))
@@ -168,6 +170,8 @@ class Metering:
         outcome = await self._store.reserve(request)
         if isinstance(outcome.result, Denied):
             raise LimitDeniedError(scope, outcome.reservation_id, outcome.result)
+        if outcome.replayed:
+            _same_request(outcome.result.reservation.estimate, tokens)
         return Held(scope, outcome.result, outcome.replayed)
 
     async def settle(self, caller: Caller, rid: str, actual: int | None) -> Closed:
@@ -247,6 +251,16 @@ class Metering:
         limits = policy.limits_for(roles, provider, org_id or None, now)
         tier = policy.tier_for(roles).name
         return Scope(policy, Subject(user_id, provider, org_id or None), limits, tier, to_ms(now))
+
+
+def _same_request(first: int, now: int) -> None:
+    """A replayed key must come with the request it was first used for (same token count;
+    the store scopes keys to the user and tenant)."""
+    if first != now:
+        raise AlreadyExistsError(
+            f"the idempotency key was used for a request of {first} tokens, not {now}",
+            reason="IDEMPOTENCY_KEY_REUSED",
+        )
 
 
 def _limits_of(done: Settlement) -> LevelLimits:
