@@ -35,11 +35,12 @@ def fill_bucket(gateway: Gateway, user: dict[str, Any], provider_ok: bool) -> No
     body = {"userId": user["userId"], "provider": "openai"}
     if provider_ok:
         for _ in range(4):
-            status, _, answer = call(
+            status, headers, answer = call(
                 gateway, "POST", "/api/v1/tokens/consume", {**body, "tokens": 500}, bearer(user)
             )
             assert status == 200, answer
             assert answer["allowed"] is True
+            assert headers["x-ratelimit-limit"] == str(CAPACITY)  # on allowed answers too
         return
     status, _, answer = call(
         gateway, "POST", "/api/v1/tokens/reservations", {**body, "tokens": CAPACITY}, bearer(user)

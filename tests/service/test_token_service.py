@@ -42,8 +42,13 @@ async def refused(call: object) -> grpc.aio.AioRpcError:
 async def test_consume_debits_every_level_and_returns_the_provider_answer(
     svc: TokenHarness,
 ) -> None:
-    got = await svc.stub.Consume(consume(tokens=30, prompt="hi"), metadata=svc.auth())
+    call = svc.stub.Consume(consume(tokens=30, prompt="hi"), metadata=svc.auth())
+    got = await call
     assert (got.allowed, got.capacity, got.used, got.remaining) == (True, 100, 30, 70)
+    sent = {k: str(v) for k, v in (await call.initial_metadata()) or ()}
+    assert (sent["x-ratelimit-limit"], sent["x-ratelimit-remaining"]) == ("100", "70")
+    assert sent["ratelimit"].startswith('"openai/user-bucket";r=70;t=30')
+    assert sent["x-request-id"]
     assert got.provider_response["message"] == "Stubbed OpenAI response"
     answer = json_format.MessageToDict(got.provider_response)
     assert answer["received"] == {"prompt": "hi"}

@@ -161,6 +161,16 @@ def headers(found: list[lpb.LimitStatus], level: LevelCode) -> dict[str, str]:
     }
 
 
+def allowed_headers(found: list[lpb.LimitStatus]) -> dict[str, str]:
+    """The rate-limit headers of an allowed answer: X-RateLimit-* of the windowed level with
+    the least room left, RateLimit / RateLimit-Policy of every windowed level."""
+    windowed = [s for s in found if s.HasField("window")]
+    if not windowed:
+        return {}
+    tightest = min(windowed, key=lambda s: s.remaining)
+    return headers(found, tightest.level)
+
+
 def consume_response(done: Consumed) -> pb.ConsumeResponse:
     """An allowed consume: the user's bucket as the original reported it, plus every level."""
     scope, allowed = done.scope, done.allowed

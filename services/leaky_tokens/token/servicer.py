@@ -15,6 +15,7 @@ from leaky_tokens.runtime.errors import FieldViolation, InvalidArgumentError
 from leaky_tokens.runtime.identity import current_caller
 from leaky_tokens.runtime.jwt_verifier import bearer_token
 from leaky_tokens.runtime.ports import Clock
+from leaky_tokens.runtime.response_headers import add_response_headers
 from leaky_tokens.token import mapping
 from leaky_tokens.token.domain.metering import LimitDeniedError, Metering
 
@@ -70,7 +71,9 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
                 current_caller(), _credential(context), r.user_id, r.org_id, r.provider,
                 r.tokens, r.prompt, _key(r.idempotency_key, context),
             )  # fmt: skip
-        return mapping.consume_response(done)
+        out = mapping.consume_response(done)
+        add_response_headers(mapping.allowed_headers(list(out.limits)))
+        return out
 
     async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.ReserveResponse:
         r = request
@@ -80,7 +83,9 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
                 current_caller(), _credential(context), r.user_id, r.org_id, r.provider,
                 r.tokens, ttl, _key(r.idempotency_key, context),
             )  # fmt: skip
-        return mapping.reserve_response(held)
+        out = mapping.reserve_response(held)
+        add_response_headers(mapping.allowed_headers(list(out.limits)))
+        return out
 
     async def Settle(self, request: pb.SettleRequest, context: Context) -> pb.SettleResponse:
         done = await self._m.settle(current_caller(), request.reservation_id, request.actual_tokens)
