@@ -13,6 +13,8 @@ import grpc
 import pytest
 
 from leaky.token.v1 import token_pb2 as pb
+from leaky_tokens.token.bootstrap import TokenSettings, build
+from tests.support.jwks import KeySet
 from tests.support.token_service import POLICY, reason, token_service
 
 SMALLER = POLICY.replace(
@@ -76,3 +78,14 @@ async def test_sighup_reloads_the_policy(tmp_path: Path) -> None:
             assert policy.current.providers["openai"].capacity == 10
         finally:
             await policy.stop()
+
+
+async def test_a_bad_file_at_start_stops_the_service_with_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("providers:\n  openai: {capacity: 1}\n")
+    settings = TokenSettings(port=0, metrics_port=0, policy_file=str(bad))
+    with pytest.raises(SystemExit) as stopped:
+        await build(settings, jwks=KeySet().fetch)
+    assert str(stopped.value) == (
+        f"token: bad policy file: {bad}:2: providers.openai: missing required key 'leak_rate'"
+    )

@@ -28,7 +28,7 @@ from leaky_tokens.token.adapters.store_factory import decision_store, redis_stor
 from leaky_tokens.token.domain.access import Limits
 from leaky_tokens.token.domain.metering import Metering
 from leaky_tokens.token.domain.peers import ChatProvider, Membership
-from leaky_tokens.token.domain.policy_parse import DEFAULT_POLICY
+from leaky_tokens.token.domain.policy_parse import DEFAULT_POLICY, PolicyError
 from leaky_tokens.token.domain.ports import DecisionStore
 from leaky_tokens.token.domain.units import to_ms
 from leaky_tokens.token.servicer import PENDING, PUBLIC_METHODS, TOKEN_SERVICE, TokenServicer
@@ -129,7 +129,10 @@ async def build(
     clock = clock or SystemClock()
     closers: list[Callable[[], Awaitable[None]]] = []
     if policy is None:
-        policy = PolicyFile(Path(settings.policy_file or SHIPPED_POLICY))
+        try:
+            policy = PolicyFile(Path(settings.policy_file or SHIPPED_POLICY))
+        except PolicyError as error:  # one line naming file:line, not a traceback
+            raise SystemExit(f"token: bad policy file: {error}") from None
         policy.start(settings.policy_poll_seconds)
         closers.append(policy.stop)
     if store is None:
