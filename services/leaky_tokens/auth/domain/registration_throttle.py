@@ -26,7 +26,8 @@ class RegistrationRule:
 class RegistrationThrottledError(ResourceExhaustedError):
     """This address used its registration budget: retry when the window ends."""
 
-    def __init__(self, retry_after: timedelta) -> None:
+    def __init__(self, retry_after: timedelta, first: bool = True) -> None:
+        self.first = first  # the window's first refusal for this address (the one audited)
         seconds = max(1, math.ceil(retry_after.total_seconds()))
         super().__init__(
             f"too many registrations from this address; retry in {seconds} s",
@@ -43,10 +44,10 @@ def _key(address: str) -> str:
 class RegistrationThrottle:
     """Charges a registration to its address before the password is hashed.
 
-    The state reuses Attempts: `failures` counts registrations in the window that began at
-    `last_failure` and ends at `allowed_at`. Every attempt that passes validation counts
-    (a taken username included: probing names is what the budget limits); an attempt the
-    server never judged (hashing busy) is refunded.
+    The state reuses Attempts: `failures` counts registrations (then refusals) in the window
+    that began at `last_failure` and ends at `allowed_at`. Every attempt that passes
+    validation counts (a taken username included: probing names is what the budget limits);
+    an attempt the server never judged (hashing busy) is refunded.
     """
 
     def __init__(self, store: ThrottleStore, clock: Clock, rule: RegistrationRule) -> None:
@@ -59,21 +60,21 @@ class RegistrationThrottle:
         if not address:
             return None  # in-process callers: there is no client to budget
         now = self._clock.now()
-        refused: list[timedelta] = []
+        refused: list[RegistrationThrottledError] = []
 
         def change(state: Attempts | None) -> Attempts | None:
             # Decided inside the store's atomic update, so parallel registrations all count.
             if state is None or now >= state.allowed_at:
                 return Attempts(1, now, now + self._rule.window)
             if state.failures >= self._rule.budget:
-                refused.append(state.allowed_at - now)
-                return state
+                first = state.failures == self._rule.budget
+                refused.append(RegistrationThrottledError(state.allowed_at - now, first))
             return replace(state, failures=state.failures + 1)
 
         key = _key(address)
         await self._store.update(key, change)
         if refused:
-            raise RegistrationThrottledError(refused[0])
+            raise refused[0]
         return key
 
     async def cancelled(self, key: str | None) -> None:

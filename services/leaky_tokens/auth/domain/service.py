@@ -125,8 +125,9 @@ class AuthApp(OrganizationCases):
             return await self._hasher.hash(password)
         try:
             charge = await self._registrations.admit(client_address)
-        except RegistrationThrottledError:
-            self._audit.record(AuditEvent("register.throttled", "failure", "", ""))
+        except RegistrationThrottledError as refused:
+            if refused.first:  # once per address and window: a flood cannot flood the log
+                self._audit.record(AuditEvent("register.throttled", "failure", "", ""))
             raise
         try:
             return await self._hasher.hash(password)
