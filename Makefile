@@ -38,7 +38,14 @@ VENV_NEWEST := .venv-3.$(PY_HIGH)
 .PHONY: grpcurl install check-python compose-check stack-up stack-down gen gen-check proto-lint proto-breaking lint typecheck layers envoy-validate \
         docs test test-fast test-newest test-unit test-service test-integration test-e2e check up lock clean
 
+# The pre-commit hook (.pre-commit-config.yaml runs the linters and test-fast) in a clone's
+# own .git directory; idempotent. Skipped without .git, in a linked worktree (.git is a file:
+# its hooks are the main checkout's, which would then run this worktree's venv) and when
+# core.hooksPath points elsewhere (pre-commit refuses; the owner of that path decides).
 install: $(VENV)/.installed
+	@if test -d .git && test -z "$$(git config core.hooksPath)"; then \
+	  $(BIN)/pre-commit install >/dev/null || echo "warning: could not install the pre-commit hook; run $(BIN)/pre-commit install" >&2; \
+	fi
 
 # One clear line for an interpreter outside requires-python, before anything is installed.
 # $(1): the interpreter.

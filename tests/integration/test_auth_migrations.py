@@ -1,4 +1,4 @@
-"""Migration 0002 on a database that already holds organizations (SQLite and PostgreSQL)."""
+"""Migrations 0002 and 0003 on a database that already holds organizations (SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -86,3 +86,41 @@ async def test_names_that_already_clash_by_case_stop_the_migration_with_both_nam
     await seed(engine, "Acme", "ACME", "other")
     with pytest.raises(RuntimeError, match="ACME, Acme"):
         await migrate(engine)
+
+
+async def seed_at_0002(engine: AsyncEngine, *org_names: str) -> None:
+    # As the service wrote rows at revision 0002: name_key = casefold(name).
+    await seed(engine)
+    async with engine.begin() as conn:
+        for n, name in enumerate(org_names):
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO organizations (id, name, name_key, owner_id, created_at)"
+                    " VALUES (:id, :name, :key, 'u1', '2026-01-01 00:00:00')"
+                ),
+                {"id": f"o{n}", "name": name, "key": name.casefold()},
+            )
+
+
+async def test_0003_recomputes_keys_so_lookalikes_clash(engine: AsyncEngine) -> None:
+    await upgrade_to(engine, "0002")
+    await seed_at_0002(engine, "\uff21cme", "Zürich")  # fullwidth A: its old key was distinct
+    await migrate(engine)
+    store = SqlAuthStore(engine)
+    kept = await store.get_org("o0")
+    assert kept is not None
+    for n, clash in enumerate(("ACME", "Zu\u0308rich")):
+        with pytest.raises(DuplicateError):
+            await store.add_org(
+                Organization(f"o9{n}", clash, "u1", kept.created_at),
+                Membership(f"o9{n}", "u1", "OWNER", kept.created_at),
+            )
+
+
+async def test_0003_stops_on_names_that_now_clash_naming_both(engine: AsyncEngine) -> None:
+    await upgrade_to(engine, "0002")
+    await seed_at_0002(engine, "Caf\u00e9", "Cafe\u0301", "other")
+    with pytest.raises(RuntimeError, match="normalisation") as info:
+        await migrate(engine)
+    assert "Caf\\xe9" in str(info.value)
+    assert "Cafe\\u0301" in str(info.value)

@@ -236,6 +236,18 @@ async def test_org_names_clash_case_insensitively(store: Store) -> None:
     assert [o.name for o in await store.list_orgs_for_user(alice.id)] == ["Zürich Acme"]
 
 
+async def test_lookalike_org_names_clash(store: Store) -> None:
+    alice = user(1)
+    await store.add_user(alice, ["USER"])
+    await store.add_org(*org(1, "Caf\u00e9", alice))  # é as one code point
+    # e + combining acute, the fullwidth form, and a case variant of each: all the same name.
+    for n, clash in enumerate(("Cafe\u0301", "\uff23\uff41\uff46\u00e9", "CAFE\u0301"), 2):
+        with pytest.raises(DuplicateError) as dup:
+            await store.add_org(*org(n, clash, alice))
+        assert dup.value.field == "name"
+    assert [o.name for o in await store.list_orgs_for_user(alice.id)] == ["Caf\u00e9"]
+
+
 async def test_names_sort_by_code_point_of_their_key_everywhere(store: Store) -> None:
     # A locale collation would put "ab" before "a-c" (it skips punctuation): every store
     # must agree on one order, or pages would differ between backends.

@@ -23,6 +23,8 @@ from leaky_tokens.auth.adapters.rsa_token_crypto import RsaTokenCrypto
 from leaky_tokens.auth.adapters.sql_auth_store import SqlAuthStore
 from leaky_tokens.auth.bootstrap import AuthSettings
 from leaky_tokens.auth.bootstrap import build as build_auth
+from leaky_tokens.auth.domain.audit import client_address_var
+from leaky_tokens.auth.domain.registration_throttle import RegistrationRule, RegistrationThrottle
 from leaky_tokens.auth.domain.service import AuthApp, AuthPolicy
 from leaky_tokens.auth.domain.throttle import LoginThrottle, ThrottlePolicy, ThrottleRule
 from leaky_tokens.auth.servicer import PUBLIC_METHODS, SERVICE_NAME, AuthServicer
@@ -40,6 +42,10 @@ LOOSE = ThrottleRule(free_failures=1000, lockout_after=10_000)
 WRONG = "wrong password"
 
 
+def _fake_hash(password: str) -> str:
+    return "fake$" + hashlib.sha256(password.encode()).hexdigest()
+
+
 class GatedHasher:
     """Fast fake hashing whose verifications can be held open, and counted."""
 
@@ -49,22 +55,31 @@ class GatedHasher:
         self.verifications = 0
         self.running = 0
         self.entered = asyncio.Event()  # set once a verification is under way
+        self.changed = asyncio.Condition()  # notified when `running` changes
+        self.hashes = 0
 
     async def hash(self, password: str) -> str:
-        return "fake$" + hashlib.sha256(password.encode()).hexdigest()
+        self.hashes += 1
+        return _fake_hash(password)
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
         self.verifications += 1
         self.running += 1
         self.entered.set()
+        async with self.changed:
+            self.changed.notify_all()
         try:
             await self.gate.wait()
         finally:
             self.running -= 1
-        return password_hash == await self.hash(password)
+        return password_hash == _fake_hash(password)
 
     def needs_rehash(self, password_hash: str) -> bool:
         return False
+
+    async def until_running(self, count: int) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(lambda: self.running == count), 10)
 
 
 @dataclass
@@ -77,13 +92,25 @@ class Auth:
 
 
 async def serve(
-    tmp_path: Path, policy: ThrottlePolicy, concurrency: int = 4, queue: int = 4
+    tmp_path: Path,
+    policy: ThrottlePolicy,
+    concurrency: int = 4,
+    queue: int = 4,
+    per_client: int = 0,
+    registrations: RegistrationRule | None = None,
 ) -> AsyncIterator[Auth]:
     # Starts now: the tokens it issues are checked by the interceptor against real time.
     clock = FakeClock(datetime.now(UTC))
     store: SqlAuthStore = await fresh_store(f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}")
     hasher = GatedHasher()
-    bounded = BoundedPasswordHasher(hasher, concurrency=concurrency, queue=queue)
+    bounded = BoundedPasswordHasher(
+        hasher,
+        concurrency=concurrency,
+        queue=queue,
+        per_client=per_client,
+        client=client_address_var.get,  # as the bootstrap does, minus the /64 keying
+    )
+    throttle_store = InMemoryThrottleStore()
     app = AuthApp(
         store=store,
         hasher=bounded,
@@ -91,7 +118,10 @@ async def serve(
         clock=clock,
         randomness=SystemRandomness(),
         policy=AuthPolicy(),
-        throttle=LoginThrottle(InMemoryThrottleStore(), clock, policy),
+        throttle=LoginThrottle(throttle_store, clock, policy),
+        registrations=RegistrationThrottle(throttle_store, clock, registrations)
+        if registrations
+        else None,
     )
     await app.ensure_signing_key()
     servicer = AuthServicer(app)
@@ -128,9 +158,11 @@ async def small_queue(tmp_path: Path) -> AsyncIterator[Auth]:
         yield running
 
 
-async def register(auth: Auth, name: str = "alice") -> None:
+async def register(auth: Auth, name: str = "alice", address: str | None = None) -> None:
+    metadata = (("x-envoy-external-address", address),) if address else None
     await auth.stub.Register(
-        pb.RegisterRequest(username=name, email=f"{name}@example.com", password="correct horse")
+        pb.RegisterRequest(username=name, email=f"{name}@example.com", password="correct horse"),
+        metadata=metadata,
     )
 
 
@@ -316,5 +348,113 @@ async def test_the_bootstrap_wires_throttling_into_the_service(tmp_path: Path) -
             await stub.Login(request)
         assert second.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert trailer(second.value, "retry-after") == "30"
+    await server.stop(0)
+    await components.close()
+
+
+async def test_one_address_cannot_occupy_the_hasher(tmp_path: Path) -> None:
+    async for auth in serve(tmp_path, ThrottlePolicy(LOOSE, LOOSE), 4, 4, per_client=2):
+        await register(auth, "alice", address="198.51.100.1")
+        auth.hasher.gate.clear()  # hold every verification open
+        flood = [
+            asyncio.create_task(login(auth, f"user{i}", address="203.0.113.9")) for i in range(10)
+        ]
+        pending = set(flood)
+        while len(pending) > 2:
+            done, pending = await asyncio.wait(pending, timeout=10, return_when="FIRST_COMPLETED")
+            assert done, "the flood's extra calls were not refused while its hashes were held"
+        # The flood holds its cap of 2 and nothing more; the other 8 were refused at once.
+        assert auth.bounded.admitted_for("203.0.113.9") == 2
+        refused = [answer(t.result()) for t in flood if t.done()]
+        assert len(refused) == 8
+        assert {a["ErrorInfo"].reason for a in refused} == {"PASSWORD_HASHING_BUSY"}
+        assert all(a["RetryInfo"].retry_delay.seconds == 1 for a in refused)
+        # Another client's login goes straight to a free slot, not behind the flood.
+        other = asyncio.create_task(login(auth, "alice", "correct horse", "198.51.100.1"))
+        await auth.hasher.until_running(3)
+        assert (auth.bounded.running, auth.bounded.queued) == (3, 0)
+        auth.hasher.gate.set()
+        assert isinstance(await other, pb.LoginResponse)
+        await asyncio.gather(*pending)
+        assert auth.bounded.admitted == 0
+
+
+async def test_unknown_and_known_usernames_cost_the_same_under_the_per_address_cap(
+    tmp_path: Path,
+) -> None:
+    async for auth in serve(tmp_path, ThrottlePolicy(LOOSE, LOOSE), 4, 4, per_client=1):
+        await register(auth, "alice")
+        transcripts = []
+        for name in ("alice", "nobody"):
+            auth.hasher.gate.clear()
+            held = asyncio.create_task(login(auth, name, address="203.0.113.9"))
+            await asyncio.wait_for(auth.hasher.entered.wait(), timeout=10)
+            second = answer(await login(auth, name, address="203.0.113.9"))
+            auth.hasher.gate.set()
+            transcripts.append((answer(await held), second))
+            auth.hasher.entered.clear()
+        assert transcripts[0] == transcripts[1]
+        assert transcripts[0][1]["ErrorInfo"].reason == "PASSWORD_HASHING_BUSY"
+
+
+async def test_registrations_have_a_budget_per_address(tmp_path: Path) -> None:
+    rule = RegistrationRule(budget=3, window=timedelta(hours=1))
+    async for auth in serve(tmp_path, ThrottlePolicy(LOOSE, LOOSE), registrations=rule):
+        auth.clock.advance(minutes=10)
+        for i in range(3):
+            await register(auth, f"user{i}", address="203.0.113.9")
+        hashes = auth.hasher.hashes
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await register(auth, "user3", address="203.0.113.9")
+        seen = answer(refused.value)
+        assert seen["code"] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert seen["ErrorInfo"].reason == "REGISTRATION_THROTTLED"
+        assert seen["RetryInfo"].retry_delay.seconds == 3600
+        assert seen["retry-after"] == "3600"
+        assert auth.hasher.hashes == hashes  # refused before any hashing
+        # Other addresses keep their own budget, and logins are untouched.
+        await register(auth, "user4", address="198.51.100.1")
+        welcome = await login(auth, "user0", "correct horse", "203.0.113.9")
+        assert isinstance(welcome, pb.LoginResponse)
+        auth.clock.advance(hours=1)
+        await register(auth, "user5", address="203.0.113.9")
+
+
+async def test_a_throttled_registration_is_audited(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rule = RegistrationRule(budget=1, window=timedelta(minutes=5))
+    async for auth in serve(tmp_path, ThrottlePolicy(LOOSE, LOOSE), registrations=rule):
+        await register(auth, "user0", address="203.0.113.9")
+        with caplog.at_level("INFO", logger="leaky.audit"):
+            for name in ("user1", "user2", "user3"):
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await register(auth, name, address="203.0.113.9")
+        # Once per address and window, not once per refusal.
+        lines = [r for r in caplog.records if getattr(r, "event", "") == "register.throttled"]
+        assert [getattr(r, "client", "") for r in lines] == ["203.0.113.9"]
+
+
+async def test_the_bootstrap_wires_the_registration_budget(tmp_path: Path) -> None:
+    settings = AuthSettings(
+        port=0,
+        metrics_port=0,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}",
+        argon2_time_cost=FAST_HASHER["time_cost"],
+        argon2_memory_kib=FAST_HASHER["memory_kib"],
+        register_per_address=1,
+    )
+    components = await build_auth(settings)
+    server = await start_server(components.spec, settings, components.verifier)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        requests = [
+            pb.RegisterRequest(username=name, email=f"{name}@example.com", password="correct horse")
+            for name in ("first", "second")
+        ]
+        await stub.Register(requests[0])
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Register(requests[1])
+        assert answer(refused.value)["ErrorInfo"].reason == "REGISTRATION_THROTTLED"
     await server.stop(0)
     await components.close()

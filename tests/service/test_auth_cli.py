@@ -122,3 +122,15 @@ def test_a_database_without_the_auth_schema_is_refused(
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     conn.close()
     assert tables == {"notes"}
+
+
+def test_the_default_database_follows_the_path_settings(tmp_path: Path) -> None:
+    from leaky_tokens.auth.bootstrap import AuthSettings
+    from leaky_tokens.auth.cli import database_url
+    from leaky_tokens.runtime.paths import PathSettings
+
+    url = database_url(AuthSettings(), PathSettings(data_dir=tmp_path / "state"))
+    assert url == f"sqlite+aiosqlite:///{(tmp_path / 'state').resolve() / 'auth.db'}"
+    assert database_url(AuthSettings(database_url="sqlite+aiosqlite:///x.db")) == (
+        "sqlite+aiosqlite:///x.db"
+    )

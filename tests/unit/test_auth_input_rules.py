@@ -86,6 +86,47 @@ async def test_invisible_and_bidi_characters_are_refused_in_every_name(
     assert "invisible" in user.value.violations[0].description
 
 
+@pytest.mark.parametrize(
+    "clash", ["Cafe\u0301", "CAF\u00c9", "\uff23\uff41\uff46\u00e9", " cafe\u0301 "]
+)
+async def test_lookalike_org_names_are_one_name(auth_app: AuthApp, clash: str) -> None:
+    alice = await register(auth_app, "alice")
+    await auth_app.create_org(me(alice), "Caf\u00e9")  # é as one code point
+    with pytest.raises(AlreadyExistsError) as info:
+        await auth_app.create_org(me(alice), clash)  # combining accent, fullwidth, case
+    assert info.value.reason == "ORG_NAME_TAKEN"
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("\u2800", "visible"),  # Braille blank: was accepted as an org name
+        ("\u2800 \u2800", "visible"),
+        ("ac\U000e0080me", "unassigned"),  # Cn
+        ("ac\ue000me", "private-use"),  # Co
+        ("\U000f0000", "private-use"),  # Co, plane 15
+    ],
+)
+async def test_blank_unassigned_and_private_use_names_are_refused(
+    auth_app: AuthApp, name: str, says: str
+) -> None:
+    alice = await register(auth_app, "alice")
+    with pytest.raises(InvalidArgumentError) as org:
+        await auth_app.create_org(me(alice), name)
+    assert fields(org.value) == {"name"}
+    assert says.split("-")[0] in org.value.violations[0].description
+    with pytest.raises(InvalidArgumentError) as key:
+        await auth_app.create_api_key(me(alice), alice, name, None)
+    assert fields(key.value) == {"name"}
+
+
+async def test_an_org_name_whose_key_outgrows_the_column_is_refused(auth_app: AuthApp) -> None:
+    alice = await register(auth_app, "alice")
+    with pytest.raises(InvalidArgumentError) as org:
+        await auth_app.create_org(me(alice), "\ufdfa" * 30)  # NFKC: 18 characters each
+    assert "normalised" in org.value.violations[0].description
+
+
 async def test_visible_unicode_org_names_are_still_welcome(auth_app: AuthApp) -> None:
     alice = await register(auth_app, "alice")
     org = await auth_app.create_org(me(alice), "Zürich Café 東京")

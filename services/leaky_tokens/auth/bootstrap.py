@@ -17,9 +17,16 @@ from leaky_tokens.auth.adapters.in_memory_throttle_store import InMemoryThrottle
 from leaky_tokens.auth.adapters.migrate import migrate
 from leaky_tokens.auth.adapters.rsa_token_crypto import RsaTokenCrypto
 from leaky_tokens.auth.adapters.sql_auth_store import SqlAuthStore, make_engine
+from leaky_tokens.auth.domain.audit import client_address_var
 from leaky_tokens.auth.domain.ports import AuthStore, PasswordHasher, ThrottleStore, TokenCrypto
+from leaky_tokens.auth.domain.registration_throttle import RegistrationRule, RegistrationThrottle
 from leaky_tokens.auth.domain.service import AuthApp, AuthPolicy
-from leaky_tokens.auth.domain.throttle import LoginThrottle, ThrottlePolicy, ThrottleRule
+from leaky_tokens.auth.domain.throttle import (
+    LoginThrottle,
+    ThrottlePolicy,
+    ThrottleRule,
+    address_key,
+)
 from leaky_tokens.auth.servicer import PUBLIC_METHODS, SERVICE_NAME, AuthServicer
 from leaky_tokens.runtime.jwt_verifier import JwtVerifier
 from leaky_tokens.runtime.paths import sqlite_url
@@ -61,8 +68,28 @@ class AuthSettings(ServerSettings):
         default=0, metadata=doc("Password hashes computed at once; 0 = one per CPU core.")
     )
     hash_queue: int = field(
-        default=16,
-        metadata=doc("Hashes that may wait for a slot; beyond it logins/registrations get 429."),
+        default=-1,
+        metadata=doc(
+            "Hashes that may wait for a slot; beyond it logins/registrations get 429; "
+            "-1 = as many as HASH_CONCURRENCY (at most about one hash of waiting)."
+        ),
+    )
+    hash_per_client: int = field(
+        default=2,
+        metadata=doc(
+            "Hashes one client address may have running or waiting; one more gets 429 at "
+            "once, so one client cannot occupy the hasher; 0 = no per-address cap."
+        ),
+    )
+    register_per_address: int = field(
+        default=20,
+        metadata=doc(
+            "Registrations one client address may make per REGISTER_WINDOW_SECONDS; one "
+            "more gets 429 REGISTRATION_THROTTLED before any hashing."
+        ),
+    )
+    register_window_seconds: float = field(
+        default=3600.0, metadata=doc("The fixed window of the registration budget.")
     )
     login_free_failures: int = field(
         default=5, metadata=doc("Failed logins per username before each retry must wait.")
@@ -89,8 +116,15 @@ class AuthSettings(ServerSettings):
 
     def throttle_policy(self) -> ThrottlePolicy:
         """The login throttle rules these settings describe; SettingsError if they make none."""
-        if self.hash_concurrency < 0 or self.hash_queue < 0:
-            raise SettingsError("LEAKY_AUTH_HASH_CONCURRENCY and _HASH_QUEUE must be >= 0")
+        if self.hash_concurrency < 0 or self.hash_queue < -1 or self.hash_per_client < 0:
+            raise SettingsError(
+                "LEAKY_AUTH_HASH_CONCURRENCY and _HASH_PER_CLIENT must be >= 0, _HASH_QUEUE >= -1"
+            )
+        if self.register_per_address < 1 or self.register_window_seconds <= 0:
+            raise SettingsError(
+                "LEAKY_AUTH_REGISTER_PER_ADDRESS must be >= 1 and "
+                "LEAKY_AUTH_REGISTER_WINDOW_SECONDS positive"
+            )
         for free, lockout in (
             (self.login_free_failures, self.login_lockout_failures),
             (self.login_address_free_failures, self.login_address_lockout_failures),
@@ -114,6 +148,17 @@ class AuthSettings(ServerSettings):
         return ThrottlePolicy(
             username=rule(self.login_free_failures, self.login_lockout_failures),
             address=rule(self.login_address_free_failures, self.login_address_lockout_failures),
+        )
+
+    def hash_bounds(self) -> tuple[int, int]:
+        """(concurrency, queue) of the hashing bound: one per core, a queue as long."""
+        concurrency = self.hash_concurrency or os.cpu_count() or 1
+        return concurrency, concurrency if self.hash_queue == -1 else self.hash_queue
+
+    def registration_rule(self) -> RegistrationRule:
+        """The per-address registration budget."""
+        return RegistrationRule(
+            self.register_per_address, timedelta(seconds=self.register_window_seconds)
         )
 
     # -- end login throttling
@@ -201,14 +246,19 @@ async def build(
         if hasher is None:
             hasher = Argon2PasswordHasher(settings.argon2_time_cost, settings.argon2_memory_kib)
         # The bound wraps any hasher, so a flood is refused quickly whatever hashes (ADR 0012).
+        concurrency, queue = settings.hash_bounds()
         bounded = BoundedPasswordHasher(
             hasher,
-            concurrency=settings.hash_concurrency or os.cpu_count() or 1,
-            queue=settings.hash_queue,
+            concurrency=concurrency,
+            queue=queue,
+            per_client=settings.hash_per_client,
+            client=current_client,
         )
         clock = clock or SystemClock()
         # Per instance by default: each auth instance throttles what it sees (ADR 0012).
-        throttle = LoginThrottle(throttle_store or InMemoryThrottleStore(), clock, throttle_policy)
+        throttle_store = throttle_store or InMemoryThrottleStore()
+        throttle = LoginThrottle(throttle_store, clock, throttle_policy)
+        registrations = RegistrationThrottle(throttle_store, clock, settings.registration_rule())
         app = AuthApp(
             store=store,
             hasher=bounded,
@@ -217,6 +267,7 @@ async def build(
             randomness=randomness or SystemRandomness(),
             policy=policy_of(settings),
             throttle=throttle,
+            registrations=registrations,
         )
         await app.ensure_signing_key()
         return _components(settings, app, store, release)
@@ -224,6 +275,14 @@ async def build(
         if release is not None:
             await release()
         raise
+
+
+def current_client() -> str:
+    """The hashing bound's client: the address the servicer took for this request
+    (servicer.client_address), keyed as the login throttle keys it (an IPv6 /64 is one
+    client); "" for in-process calls."""
+    address = client_address_var.get()
+    return address_key(address) if address else ""
 
 
 def policy_of(settings: AuthSettings) -> AuthPolicy:

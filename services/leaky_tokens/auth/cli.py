@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from leaky_tokens.auth.domain import roles
 from leaky_tokens.auth.domain.audit import AUDIT_LOGGER, OPERATOR, LoggingAuditTrail
+from leaky_tokens.runtime import paths as paths_mod
 from leaky_tokens.runtime import settings as settings_mod
 from leaky_tokens.runtime.errors import DomainError
 from leaky_tokens.runtime.logging import JsonFormatter
+from leaky_tokens.runtime.paths import PathSettings
 
 if TYPE_CHECKING:  # the SQL and service modules load only when a command runs: fast --help
     from leaky_tokens.auth.adapters.sql_auth_store import SqlAuthStore
@@ -58,13 +58,14 @@ def revoke_role(args: argparse.Namespace) -> int:
     return asyncio.run(_change_role(args.username, args.role, grant=False))
 
 
-def database_url(settings: AuthSettings, environ: Mapping[str, str] | None = None) -> str:
+def database_url(settings: AuthSettings, paths: PathSettings | None = None) -> str:
     """The URL the auth service would use with these settings (same default as bootstrap)."""
     if settings.database_url:
         return settings.database_url
-    env = os.environ if environ is None else environ
+    if paths is None:
+        paths = settings_mod.load(PathSettings, paths_mod.ENV_PREFIX)
     # As runtime.paths.data_dir() resolves it, minus creating the directory.
-    path = Path(env.get("LEAKY_DATA_DIR", "data")).resolve() / "auth.db"
+    path = paths.data_dir.resolve() / "auth.db"
     return f"sqlite+aiosqlite:///{path}"
 
 

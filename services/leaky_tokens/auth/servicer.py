@@ -133,7 +133,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self._app = app
 
     async def Register(self, request: pb.RegisterRequest, context: Context) -> pb.RegisterResponse:
-        session = await self._app.register(request.username, request.email, request.password)
+        session = await self._app.register(
+            request.username, request.email, request.password, client_address(context)
+        )
         return pb.RegisterResponse(**_session_fields(session))
 
     async def Login(self, request: pb.LoginRequest, context: Context) -> pb.LoginResponse:

@@ -1,4 +1,4 @@
-"""A PasswordHasher wrapper that bounds hashing work: K running, Q waiting, the rest refused."""
+"""A PasswordHasher wrapper that bounds hashing work: K running, Q waiting, a cap per client."""
 
 from __future__ import annotations
 
@@ -23,12 +23,21 @@ class HashingBusyError(ResourceExhaustedError):
         )
 
 
+def _nobody() -> str:
+    return ""
+
+
 class BoundedPasswordHasher:
     """At most `concurrency` hashes run and `queue` wait; one more is HashingBusyError.
 
     Without a bound a flood of logins queues unboundedly and every caller (valid logins
     included) waits behind it; with it the flood is refused in microseconds and the hashes
-    that are admitted finish in bounded time.
+    that are admitted finish in bounded time. The queue should be about `concurrency` long:
+    a full queue then costs an admitted caller about one hash of waiting (ADR 0012).
+
+    `client()` names the caller of the current request (its address key, "" if unknown);
+    one client may have at most `per_client` hashes running or waiting, so a flood from one
+    address is refused at once while the others' hashes still find free slots.
     """
 
     def __init__(
@@ -37,13 +46,20 @@ class BoundedPasswordHasher:
         concurrency: int,
         queue: int,
         retry_after_seconds: float = 1.0,
+        *,
+        per_client: int = 0,
+        client: Callable[[], str] = _nobody,
     ) -> None:
-        if concurrency < 1 or queue < 0:
-            raise ValueError("concurrency must be >= 1 and queue >= 0")
+        if concurrency < 1 or queue < 0 or per_client < 0:
+            raise ValueError("concurrency must be >= 1, queue and per_client >= 0")
         self._inner = inner
         self._slots = asyncio.Semaphore(concurrency)
         self._capacity = concurrency + queue
+        self._per_client = per_client  # 0: no per-client cap
+        self._client = client
         self._admitted = 0
+        self._running = 0
+        self._by_client: dict[str, int] = {}
         self._retry_after = retry_after_seconds
 
     @property
@@ -51,15 +67,44 @@ class BoundedPasswordHasher:
         """Hashes running or waiting right now."""
         return self._admitted
 
+    @property
+    def running(self) -> int:
+        """Hashes holding a slot right now."""
+        return self._running
+
+    @property
+    def queued(self) -> int:
+        """Hashes waiting for a slot right now."""
+        return self._admitted - self._running
+
+    def admitted_for(self, client: str) -> int:
+        """Hashes of one client running or waiting right now."""
+        return self._by_client.get(client, 0)
+
     async def _bounded(self, work: Callable[[], Awaitable[T]]) -> T:
-        if self._admitted >= self._capacity:
+        client = self._client() if self._per_client else ""
+        if self._admitted >= self._capacity or (
+            client and self._by_client.get(client, 0) >= self._per_client
+        ):
             raise HashingBusyError(self._retry_after)
         self._admitted += 1
+        if client:
+            self._by_client[client] = self._by_client.get(client, 0) + 1
         try:
             async with self._slots:
-                return await work()
+                self._running += 1
+                try:
+                    return await work()
+                finally:
+                    self._running -= 1
         finally:
             self._admitted -= 1
+            if client:
+                left = self._by_client[client] - 1
+                if left:
+                    self._by_client[client] = left
+                else:
+                    del self._by_client[client]  # bounded by clients in flight, not ever seen
 
     async def hash(self, password: str) -> str:
         return await self._bounded(lambda: self._inner.hash(password))

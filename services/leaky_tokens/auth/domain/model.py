@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -14,9 +15,11 @@ MEMBER = "MEMBER"
 
 
 def name_key(name: str) -> str:
-    """The form in which usernames and organization names are unique and sorted: case-folded,
-    so "Acme", "ACME" and "acme" are one name (every store compares and orders these keys)."""
-    return name.casefold()
+    """The form in which usernames and organization names are unique and sorted: NFKC then
+    case-folded (and NFKC again, as casefolding can denormalise), so "Acme", "ACME", "acme",
+    fullwidth "Acme" (U+FF21...) and "Café" spelt with U+00E9 or with e + U+0301 are one name
+    (every store compares and orders these keys; migration 0003 recomputed the stored ones)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ class OrganizationCases:
     async def create_org(self, caller: Caller, name: str) -> Organization:
         """Create an organization owned by the caller."""
         v = Validator()
-        name = rules.check_text(v, "name", name, rules.MAX_ORG_NAME, required=True)
+        name = rules.check_org_name(v, name)
         v.raise_if_any()
         now = self._clock.now()
         org = Organization(

@@ -6,6 +6,7 @@ import re
 import unicodedata
 import uuid
 
+from leaky_tokens.auth.domain.model import name_key
 from leaky_tokens.runtime.errors import Validator
 
 # 3-32 ASCII letters and digits; '.', '_' and '-' only between two of them, so names read
@@ -22,6 +23,7 @@ MAX_PASSWORD = 256  # bounds hashing cost per request
 MAX_EMAIL = 100
 MAX_KEY_NAME = 100
 MAX_ORG_NAME = 100
+MAX_NAME_KEY = 400  # the stores' name_key column; NFKC + casefold can lengthen a name
 
 
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -47,6 +49,24 @@ _INVISIBLE = frozenset(
 )
 
 
+# Unassigned (Cn) and private-use (Co) code points have no agreed glyph or case mapping, and
+# surrogates (Cs) are not characters: any of them could render like anything.
+_UNDEFINED_CATEGORIES = frozenset({"Cn", "Co", "Cs"})
+# Characters that draw nothing but are not whitespace to str.isspace: Braille blank and the
+# Hangul fillers (the fillers are also refused as invisible).
+_BLANKS = frozenset("\u2800\u115f\u1160\u3164\uffa0")
+
+
+def has_undefined(text: str) -> bool:
+    """True if `text` holds an unassigned, private-use or surrogate code point."""
+    return any(unicodedata.category(c) in _UNDEFINED_CATEGORIES for c in text)
+
+
+def is_blank(text: str) -> bool:
+    """True if `text` has no visible character: only whitespace and blank fillers."""
+    return all(c.isspace() or c in _BLANKS for c in text)
+
+
 def has_invisible(text: str) -> bool:
     """True if `text` holds a control, format, line/paragraph separator or bidi character."""
     return any(
@@ -59,8 +79,20 @@ def check_text(v: Validator, field_name: str, value: str, max_len: int, *, requi
     text = v.require(field_name, value) if required else value.strip()
     if has_invisible(text):
         v.fail(field_name, "must not contain control, invisible or bidirectional characters")
+    elif has_undefined(text):
+        v.fail(field_name, "must not contain unassigned or private-use characters")
+    elif text and is_blank(text):
+        v.fail(field_name, "must contain a visible character")
     elif len(text) > max_len:
         v.fail(field_name, f"must be at most {max_len} characters")
+    return text
+
+
+def check_org_name(v: Validator, name: str) -> str:
+    """Free text (check_text) whose uniqueness key (model.name_key) fits the stores."""
+    text = check_text(v, "name", name, MAX_ORG_NAME, required=True)
+    if len(name_key(text)) > MAX_NAME_KEY:
+        v.fail("name", f"must be at most {MAX_NAME_KEY} characters once normalised")
     return text
 
 

@@ -27,6 +27,10 @@ from leaky_tokens.auth.domain.ports import (
     PasswordHasher,
     TokenCrypto,
 )
+from leaky_tokens.auth.domain.registration_throttle import (
+    RegistrationThrottle,
+    RegistrationThrottledError,
+)
 from leaky_tokens.auth.domain.throttle import USERNAME, LoginThrottle
 from leaky_tokens.runtime.errors import (
     AlreadyExistsError,
@@ -74,9 +78,11 @@ class AuthApp(OrganizationCases):
         policy: AuthPolicy,
         *,
         throttle: LoginThrottle | None = None,
+        registrations: RegistrationThrottle | None = None,
         audit: AuditTrail | None = None,
     ) -> None:
         self._throttle = throttle  # None: no login throttling (the bootstrap always wires one)
+        self._registrations = registrations  # None: no registration budget (likewise)
         self._audit = audit or LoggingAuditTrail()
         self._store = store
         self._hasher = hasher
@@ -87,18 +93,21 @@ class AuthApp(OrganizationCases):
 
     # -- users and sessions ---------------------------------------------------------------
 
-    async def register(self, username: str, email: str, password: str) -> Session:
-        """Create a USER and sign them in."""
+    async def register(
+        self, username: str, email: str, password: str, client_address: str = ""
+    ) -> Session:
+        """Create a USER and sign them in; each `client_address` has a registration budget."""
         v = Validator()
         username = rules.check_username(v, username)
         email = rules.check_email(v, email)
         rules.check_password(v, password)
         v.raise_if_any()
+        password_hash = await self._budgeted_hash(password, client_address)
         user = User(
             id=self._random.new_id(),
             username=username,
             email=email,
-            password_hash=await self._hasher.hash(password),
+            password_hash=password_hash,
             created_at=self._clock.now(),
             roles=frozenset({USER}),
         )
@@ -109,6 +118,22 @@ class AuthApp(OrganizationCases):
                 f"{dup.field} already exists", reason=f"{dup.field.upper()}_TAKEN"
             ) from None
         return await self._session(user)
+
+    async def _budgeted_hash(self, password: str, client_address: str) -> str:
+        # Charged before the hash, so a register flood is refused before it costs a hash.
+        if self._registrations is None:
+            return await self._hasher.hash(password)
+        try:
+            charge = await self._registrations.admit(client_address)
+        except RegistrationThrottledError as refused:
+            if refused.first:  # once per address and window: a flood cannot flood the log
+                self._audit.record(AuditEvent("register.throttled", "failure", "", ""))
+            raise
+        try:
+            return await self._hasher.hash(password)
+        except Exception:
+            await self._registrations.cancelled(charge)
+            raise
 
     async def login(self, username: str, password: str, client_address: str = "") -> Session:
         """Check credentials; neither the answer nor the throttling says whether the username
