@@ -15,6 +15,14 @@ from leaky_tokens.runtime.ports import Clock
 from leaky_tokens.runtime.server import ServiceSpec
 from leaky_tokens.runtime.settings import doc
 from leaky_tokens.runtime.system import SystemClock
+from leaky_tokens.token.adapters.settings import TokenStoreSettings  # RLS (ADR 0025)
+from leaky_tokens.token.rls_wiring import (  # RLS (ADR 0025)
+    RLS_PUBLIC_METHODS,
+    RLS_SERVICE_NAME,
+    RlsSettings,
+    WithRls,
+    build_rls,
+)
 from leaky_tokens.token.servicer import (
     PENDING,
     PUBLIC_METHODS,
@@ -26,7 +34,7 @@ ENV_PREFIX = "LEAKY_TOKEN"
 
 
 @dataclass(frozen=True)
-class TokenSettings(PeerSettings):
+class TokenSettings(PeerSettings, TokenStoreSettings, RlsSettings):  # RLS: + store, rls
     """Token service settings (LEAKY_TOKEN_<FIELD>)."""
 
     port: int = field(default=50052, metadata=doc("gRPC port."))
@@ -48,15 +56,18 @@ async def build(
     # The generated base declares every RPC abstract; the ones not written yet are answered
     # UNIMPLEMENTED by the interceptor (mypy lists them here until they exist).
     token = TokenServicer(clock or SystemClock())  # type: ignore[abstract]
+    rls = build_rls(settings, settings, clock or SystemClock())  # RLS (ADR 0025)
 
     def register(server: grpc.aio.Server) -> None:
         token_pb2_grpc.add_TokenServiceServicer_to_server(token, server)
+        rls.register(server)  # RLS (ADR 0025)
 
     spec = ServiceSpec(
         "token",
-        (TOKEN_SERVICE.full_name,),
+        (TOKEN_SERVICE.full_name, RLS_SERVICE_NAME),  # RLS: served and described by reflection
         register,
-        PUBLIC_METHODS,
+        PUBLIC_METHODS | RLS_PUBLIC_METHODS,  # RLS: Envoy calls without a JWT (ADR 0025)
         unimplemented_reason=PENDING,
     )
-    return peer_components(settings, spec, jwks=jwks, monotonic=monotonic)
+    peer = peer_components(settings, spec, jwks=jwks, monotonic=monotonic)
+    return WithRls(peer.spec, peer.verifier, peer.owned_jwks, rls.close)  # RLS (ADR 0025)
