@@ -132,7 +132,7 @@ async def test_keys_follow_upstreams_layout_and_expire_with_their_window(
     await counter.hit([hit], T0)
     key = counter.key(hit, T0)
     assert key.endswith(f"{{leaky}}user_id_x_{(T0 - 5_000) // 1000}")
-    ttl = await counter._client.ttl(key)  # noqa: SLF001 (what Redis holds is the contract)
+    ttl = await counter._client.ttl(key)  # what Redis holds is the contract
     assert 0 < ttl <= 56
 
 
