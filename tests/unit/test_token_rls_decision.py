@@ -10,8 +10,8 @@ from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2 as pb
 from leaky_tokens.runtime.errors import InvalidArgumentError
 from leaky_tokens.token.adapters.in_memory_rate_counter import InMemoryRequestCounter
 from leaky_tokens.token.domain.policy_parse import parse_policy
-from leaky_tokens.token.domain.rls_parse import parse_rate_limit_files
 from leaky_tokens.token.domain.rls_decision import UINT32_MAX
+from leaky_tokens.token.domain.rls_parse import parse_rate_limit_files
 from leaky_tokens.token.rls_servicer import RateLimitServicer, decode
 from leaky_tokens.token.rls_wiring import SHIPPED_POLICY
 from tests.support.fakes import FakeClock
@@ -41,7 +41,9 @@ descriptors:
 START = datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC)
 
 
-def request(*descriptors: dict[str, str], hits: int = 0, domain: str = "edge") -> pb.RateLimitRequest:
+def request(
+    *descriptors: dict[str, str], hits: int = 0, domain: str = "edge"
+) -> pb.RateLimitRequest:
     req = pb.RateLimitRequest(domain=domain, hits_addend=hits)
     for entries in descriptors:
         d = req.descriptors.add()
@@ -68,7 +70,10 @@ async def test_a_limit_answers_remaining_then_over_limit_with_reset(
     assert [a.statuses[0].limit_remaining for a in answers] == [2, 1, 0, 0]
     last = answers[-1].statuses[0]
     assert last.code == R.OVER_LIMIT
-    assert (last.current_limit.requests_per_unit, last.current_limit.unit) == (3, R.RateLimit.MINUTE)
+    assert (last.current_limit.requests_per_unit, last.current_limit.unit) == (
+        3,
+        R.RateLimit.MINUTE,
+    )
     assert last.duration_until_reset.seconds == 50
     other = await ask(service, request({"api_key": "k2"}))
     assert other.overall_code == R.OK  # each value has its own counter
@@ -96,7 +101,11 @@ async def test_unlimited_and_unmatched_descriptors_are_ok_without_a_limit(
         answer = await ask(service, request({"api_key": "vip"}, {"nothing": "here"}))
     assert answer.overall_code == R.OK
     vip, unmatched = answer.statuses
-    assert (vip.code, vip.limit_remaining, vip.HasField("current_limit")) == (R.OK, UINT32_MAX, False)
+    assert (vip.code, vip.limit_remaining, vip.HasField("current_limit")) == (
+        R.OK,
+        UINT32_MAX,
+        False,
+    )
     assert (unmatched.limit_remaining, unmatched.HasField("current_limit")) == (0, False)
     assert list(answer.response_headers_to_add) == []  # no counted rule, nothing to describe
 
@@ -125,7 +134,9 @@ async def test_nested_descriptors_and_replaces(service: RateLimitServicer) -> No
     gold = await ask(service, request({"tenant": "t", "plan": "gold"}))
     assert gold.statuses[0].current_limit.name == "gold"
     assert gold.statuses[0].limit_remaining == 99
-    both = await ask(service, request({"tenant": "t", "plan": "gold"}, {"tenant": "t", "plan": "x"}))
+    both = await ask(
+        service, request({"tenant": "t", "plan": "gold"}, {"tenant": "t", "plan": "x"})
+    )
     # "base" replaces "gold": the gold descriptor is no longer limited at all.
     assert both.statuses[0].HasField("current_limit") is False
     assert both.statuses[1].current_limit.name == "base"
