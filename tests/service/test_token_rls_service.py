@@ -30,9 +30,9 @@ R = pb.RateLimitResponse
 
 
 def request(key: str, value: str, domain: str = "leaky") -> pb.RateLimitRequest:
-    return pb.RateLimitRequest(
-        domain=domain, descriptors=[{"entries": [{"key": key, "value": value}]}]
-    )
+    req = pb.RateLimitRequest(domain=domain)
+    req.descriptors.add().entries.add(key=key, value=value)
+    return req
 
 
 async def serve(config: str) -> AsyncIterator[rls_pb2_grpc.RateLimitServiceAsyncStub]:
@@ -41,7 +41,7 @@ async def serve(config: str) -> AsyncIterator[rls_pb2_grpc.RateLimitServiceAsync
     token = await build_token(settings, clock=FakeClock(), jwks=keys.fetch)
     server = await start_server(token.spec, settings, token.verifier)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield rls_pb2_grpc.RateLimitServiceStub(channel)  # type: ignore[misc]
+        yield rls_pb2_grpc.RateLimitServiceStub(channel)
     await server.stop(0)
     await token.close()
 

@@ -1,4 +1,4 @@
-"""ShouldRateLimit's decision: matching -> limits, hits_addend, shadow, unlimited, statuses, headers."""
+"""ShouldRateLimit: matching -> limits, hits_addend, shadow, unlimited, statuses, headers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from leaky.vendor.envoy.extensions.common.ratelimit.v3.ratelimit_pb2 import RateLimitDescriptor
 from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2 as pb
+from leaky.vendor.envoy.type.v3 import ratelimit_unit_pb2 as units_pb
 from leaky_tokens.runtime.errors import InvalidArgumentError
 from leaky_tokens.token.adapters.in_memory_rate_counter import InMemoryRequestCounter
 from leaky_tokens.token.domain.policy_parse import parse_policy
@@ -147,7 +149,7 @@ async def test_a_request_side_override_replaces_the_configured_rule(
 ) -> None:
     req = request({"api_key": "o"})
     req.descriptors[0].limit.requests_per_unit = 1
-    req.descriptors[0].limit.unit = 4  # envoy.type.v3.RateLimitUnit.DAY
+    req.descriptors[0].limit.unit = units_pb.DAY  # envoy.type.v3's enum, not RLS's
     first, second = await ask(service, req), await ask(service, req)
     assert first.statuses[0].current_limit.unit == R.RateLimit.DAY
     assert second.overall_code == R.OVER_LIMIT
@@ -192,19 +194,23 @@ async def test_the_shipped_policys_descriptors_limit_user_ids() -> None:
     assert answer.statuses[0].limit_remaining == 199
 
 
+def entry(*pair: str) -> RateLimitDescriptor:
+    d = RateLimitDescriptor()
+    if pair:
+        d.entries.add(key=pair[0], value=pair[1])
+    return d
+
+
 @pytest.mark.parametrize(
     ("req", "field"),
     [
-        (pb.RateLimitRequest(descriptors=[{"entries": [{"key": "a", "value": "b"}]}]), "domain"),
+        (pb.RateLimitRequest(descriptors=[entry("a", "b")]), "domain"),
         (pb.RateLimitRequest(domain="edge"), "descriptors"),
-        (pb.RateLimitRequest(domain="edge", descriptors=[{}]), "descriptors[0].entries"),
-        (
-            pb.RateLimitRequest(domain="edge", descriptors=[{"entries": [{"value": "v"}]}]),
-            "descriptors[0].entries",
-        ),
+        (pb.RateLimitRequest(domain="edge", descriptors=[entry()]), "descriptors[0].entries"),
+        (pb.RateLimitRequest(domain="edge", descriptors=[entry("", "v")]), "descriptors[0]"),
     ],
 )
 def test_bad_requests_name_the_field(req: pb.RateLimitRequest, field: str) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
         decode(req)
-    assert [v.field for v in caught.value.violations] == [field]
+    assert [v.field for v in caught.value.violations] == [field.removesuffix(".entries") + ".entries"]

@@ -34,7 +34,7 @@ _UNIT_CODES = {u: _R.RateLimit.Unit.Value(u.value) for u in Unit}
 _OVERRIDE_UNITS = {
     units_pb.RateLimitUnit.Value(u.value): u
     for u in Unit
-    if u.value in units_pb.RateLimitUnit.keys()
+    if u.value in units_pb.RateLimitUnit.keys()  # noqa: SIM118 (an EnumTypeWrapper)
 }
 
 
