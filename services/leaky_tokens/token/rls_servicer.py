@@ -17,7 +17,17 @@ from leaky_tokens.runtime.errors import FieldViolation, InvalidArgumentError
 from leaky_tokens.runtime.ports import Clock
 from leaky_tokens.token.domain.rate_counter import RequestCounterStore
 from leaky_tokens.token.domain.rls_config import UNIT_SECONDS, RateLimitConfig, Unit
-from leaky_tokens.token.domain.rls_decision import Descriptor, Status, Verdict, plan, verdict
+from leaky_tokens.token.domain.rls_decision import (
+    UINT32_MAX,
+    Descriptor,
+    Status,
+    Verdict,
+    charges,
+    counted,
+    plan,
+    verdict,
+)
+from leaky_tokens.token.domain.rls_tokens import TokenDescriptors
 from leaky_tokens.token.domain.units import to_ms
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -26,7 +36,7 @@ RLS_SERVICE = pb.DESCRIPTOR.services_by_name["RateLimitService"]
 SHOULD_RATE_LIMIT = f"/{RLS_SERVICE.full_name}/ShouldRateLimit"
 MAX_DESCRIPTORS = 64
 MAX_ENTRIES = 32
-MAX_HITS = 2**32 - 1
+MAX_HITS = 2**32 - 1  # the request-level hits_addend is a uint32 upstream
 _R = pb.RateLimitResponse
 # RLS's Unit numbers (envoy.service.ratelimit.v3.RateLimitResponse.RateLimit.Unit).
 _UNIT_CODES = {u: _R.RateLimit.Unit.Value(u.value) for u in Unit}
@@ -72,12 +82,14 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         *,
         headers: bool = True,
         metrics: RlsMetrics | None = None,
+        tokens: TokenDescriptors | None = None,
     ) -> None:
         self._config = config
         self._counter = counter
         self._clock = clock
         self._headers = headers
         self.metrics = metrics or RlsMetrics()
+        self._tokens = tokens
 
     async def ShouldRateLimit(
         self, request: pb.RateLimitRequest, context: Context
@@ -85,9 +97,14 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         descriptors = decode(request)
         planned = plan(self._config(), request.domain, descriptors)
         now_ms = to_ms(self._clock.now())
-        hits = [p.hit for p in planned if p.hit is not None]
-        step = await self._counter.hit(hits, now_ms)
-        result = verdict(planned, step)
+        step = await self._counter.hit(counted(planned), now_ms)
+        # Tokens are charged only once the request counters admitted it: two stores, two
+        # steps; a token refusal leaves the request counted, as upstream counts refusals.
+        wanted = charges(planned)
+        tokens = None
+        if wanted and step.admitted and self._tokens is not None:
+            tokens = await self._tokens.charge(wanted, now_ms)
+        result = verdict(planned, step, tokens)
         for status in result.statuses:
             if status.shadowed and status.limit is not None:
                 self.metrics.shadow.labels(status.limit.name or status.limit.full_key).inc()
@@ -129,14 +146,29 @@ def decode(request: pb.RateLimitRequest) -> list[Descriptor]:
     return out
 
 
+def described(s: Status) -> tuple[str, int, int | None] | None:
+    """(name, limit, window seconds or None) of the rule a status reports, if any."""
+    if s.limit is None:
+        return None
+    if s.tokens is not None:
+        return (f"{s.limit.token_bucket}:{s.tokens.level.value}", s.tokens.limit, None)
+    if s.limit.unit is None:
+        return None
+    return (s.limit.name or s.limit.full_key, s.limit.requests_per_unit, UNIT_SECONDS[s.limit.unit])
+
+
 def _status(s: Status) -> _R.DescriptorStatus:
     out = _R.DescriptorStatus(code=_R.OVER_LIMIT if s.over else _R.OK, limit_remaining=s.remaining)
-    if s.limit is not None and s.limit.unit is not None:
-        out.current_limit.requests_per_unit = s.limit.requests_per_unit
-        out.current_limit.unit = _UNIT_CODES[s.limit.unit]
-        if s.limit.name:
-            out.current_limit.name = s.limit.name
-        out.duration_until_reset.FromMilliseconds(s.reset_after_ms)
+    rule = described(s)
+    if rule is None or s.limit is None:
+        return out
+    name, limit, _ = rule
+    out.current_limit.requests_per_unit = min(limit, UINT32_MAX)
+    # A token bucket has no calendar unit: UNKNOWN, named after its provider and level.
+    out.current_limit.unit = _UNIT_CODES[s.limit.unit] if s.limit.unit else _R.RateLimit.UNKNOWN
+    if s.limit.name or s.tokens is not None:
+        out.current_limit.name = name
+    out.duration_until_reset.FromMilliseconds(s.reset_after_ms)
     return out
 
 
@@ -145,23 +177,24 @@ def _seconds(ms: int) -> int:
 
 
 def headers(result: Verdict) -> list[HeaderValue]:
-    """X-RateLimit-* of the headline status; RateLimit-Policy / RateLimit of every counted
-    rule, the headline first (the same shape as the TokenService's 429s, ADR 0017)."""
+    """X-RateLimit-* of the headline status; RateLimit-Policy / RateLimit of every rule that
+    counted, the headline first (the TokenService's 429 shape, ADR 0017; a token bucket has
+    no window, so no `w`)."""
     head = result.headline
-    if head is None or head.limit is None or head.limit.unit is None:
+    top = described(head) if head is not None else None
+    if head is None or top is None:
         return []
-    rules = [head, *(s for s in result.statuses if s is not head and s.limit is not None)]
+    rules = [head, *(s for s in result.statuses if s is not head)]
     policy, state = [], []
     for s in rules:
-        lim = s.limit
-        if lim is None or lim.unit is None:
+        rule = described(s)
+        if rule is None:
             continue
-        name = lim.name or lim.full_key
-        window = UNIT_SECONDS[lim.unit]
-        policy.append(f'"{name}";q={lim.requests_per_unit};w={window}')
+        name, limit, window = rule
+        policy.append(f'"{name}";q={limit}' + (f";w={window}" if window else ""))
         state.append(f'"{name}";r={s.remaining};t={_seconds(s.reset_after_ms)}')
     return [
-        HeaderValue(key="x-ratelimit-limit", value=str(head.limit.requests_per_unit)),
+        HeaderValue(key="x-ratelimit-limit", value=str(top[1])),
         HeaderValue(key="x-ratelimit-remaining", value=str(head.remaining)),
         HeaderValue(key="x-ratelimit-reset", value=str(_seconds(head.reset_after_ms))),
         HeaderValue(key="ratelimit-policy", value=", ".join(policy)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +17,16 @@ from leaky_tokens.runtime.ports import Clock
 from leaky_tokens.runtime.settings import doc
 from leaky_tokens.token.adapters.in_memory_rate_counter import InMemoryRequestCounter
 from leaky_tokens.token.adapters.redis_rate_counter import RedisRequestCounter
+from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
 from leaky_tokens.token.adapters.settings import Backend, TokenStoreSettings
+from leaky_tokens.token.adapters.store_factory import decision_store, redis_store
 from leaky_tokens.token.domain.policy import Policy
 from leaky_tokens.token.domain.policy_parse import DEFAULT_POLICY, load_policy
+from leaky_tokens.token.domain.ports import DecisionStore
 from leaky_tokens.token.domain.rate_counter import RequestCounterStore
 from leaky_tokens.token.domain.rls_config import RateLimitConfig
 from leaky_tokens.token.domain.rls_parse import load_rate_limit_directory, load_rate_limit_files
+from leaky_tokens.token.domain.rls_tokens import TokenDescriptors
 from leaky_tokens.token.rls_servicer import RLS_SERVICE, SHOULD_RATE_LIMIT, RateLimitServicer
 
 SHIPPED_POLICY = Path(__file__).with_name(DEFAULT_POLICY)
@@ -52,8 +57,16 @@ class RlsSettings:
     )
 
 
+def policy_source(policy: Callable[[], Policy] | None) -> Callable[[], Policy]:
+    """The policy in force: the bootstrap's (reloaded), else the shipped one, read once."""
+    if policy is not None:
+        return policy
+    shipped = load_policy(SHIPPED_POLICY)
+    return lambda: shipped
+
+
 def config_source(
-    settings: RlsSettings, policy: Callable[[], Policy] | None = None
+    settings: RlsSettings, policy: Callable[[], Policy]
 ) -> Callable[[], RateLimitConfig]:
     """The descriptor rules in force: the rls_config files (read once, at start), else the
     policy's `rate_limits` as the policy source has it now (its reloads apply)."""
@@ -66,11 +79,7 @@ def config_source(
             else load_rate_limit_files([path], merge_domains=merge)
         )
         return lambda: loaded
-    if policy is None:
-        shipped = load_policy(SHIPPED_POLICY)
-        return lambda: shipped.rate_limits
-    source = policy
-    return lambda: source().rate_limits
+    return lambda: policy().rate_limits
 
 
 def rate_counter(settings: TokenStoreSettings) -> RequestCounterStore:
@@ -101,19 +110,55 @@ class RlsWiring:
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(self.servicer, server)
 
 
+def _decision_store(
+    settings: TokenStoreSettings, closers: list[Callable[[], Awaitable[None]]]
+) -> DecisionStore:
+    """The store store_backend names (as the bootstrap builds it), keeping Redis's close."""
+    if settings.backend is Backend.MEMORY:
+        return decision_store(settings)
+    primary = redis_store(settings)
+    closers.append(primary.close)
+    return ResilientDecisionStore(
+        primary,
+        settings.failure_mode,
+        timeout_s=settings.store_timeout_ms / 1000,
+        recovery_s=settings.store_recovery_ms / 1000,
+        emergency_percent=settings.store_emergency_percent,
+    )
+
+
 def build_rls(
     settings: RlsSettings,
     store_settings: TokenStoreSettings,
     clock: Clock,
+    *,
     policy: Callable[[], Policy] | None = None,
     counter: RequestCounterStore | None = None,
+    store: DecisionStore | None = None,
 ) -> RlsWiring:
-    """ShouldRateLimit over `counter` (default: the one store_backend names)."""
+    """ShouldRateLimit over `counter` (default: the one store_backend names); token
+    descriptors charge `store`, which should be the bootstrap's own decision store (default:
+    one built from the same settings)."""
+    closers: list[Callable[[], Awaitable[None]]] = []
     counter = counter or rate_counter(store_settings)
+    closers.append(counter.close)
+    if store is None:
+        store = _decision_store(store_settings, closers)
+    source = policy_source(policy)
+    tokens = TokenDescriptors(store, source, lambda: uuid.uuid4().hex)
     servicer = RateLimitServicer(
-        config_source(settings, policy), counter, clock, headers=settings.rls_response_headers
+        config_source(settings, source),
+        counter,
+        clock,
+        headers=settings.rls_response_headers,
+        tokens=tokens,
     )
-    return RlsWiring(servicer, counter.close)
+
+    async def close() -> None:
+        for closer in reversed(closers):
+            await closer()
+
+    return RlsWiring(servicer, close)
 
 
 @dataclass

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from leaky_tokens.token.domain.decision import Allowed, Denied, LevelStatus
 from leaky_tokens.token.domain.rate_counter import CounterHit, CountStep
 from leaky_tokens.token.domain.request_window import window_ms
 from leaky_tokens.token.domain.rls_config import (
@@ -13,6 +14,7 @@ from leaky_tokens.token.domain.rls_config import (
     Unit,
     apply_replaces,
 )
+from leaky_tokens.token.domain.rls_tokens import TokenCharge, limiting_level
 
 UINT32_MAX = 2**32 - 1
 
@@ -32,6 +34,7 @@ class Planned:
 
     limit: RateLimit | None
     hit: CounterHit | None = None
+    charge: TokenCharge | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,7 @@ class Status:
     remaining: int = 0
     reset_after_ms: int = 0
     shadowed: bool = False  # over its limit in shadow mode, answered OK
+    tokens: LevelStatus | None = None  # a token_bucket rule: the level it reports
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +75,11 @@ def plan(config: RateLimitConfig, domain: str, descriptors: Sequence[Descriptor]
             out.append(Planned(limit, CounterHit(key, rpu, window_ms(limit), d.hits)))
         elif m is None:
             out.append(Planned(None))
-        elif m.limit.unlimited or m.limit.token_bucket:
+        elif m.limit.token_bucket:
+            # The leaf entry's value names the user (the rule sits at the last entry).
+            charge = TokenCharge(m.limit.token_bucket, d.entries[-1][1], d.hits)
+            out.append(Planned(m.limit, charge=charge))
+        elif m.limit.unlimited:
             out.append(Planned(m.limit))
         else:
             lim = m.limit
@@ -87,18 +95,44 @@ def counted(planned: Sequence[Planned]) -> list[CounterHit]:
     return [p.hit for p in planned if p.hit is not None]
 
 
-def verdict(planned: Sequence[Planned], step: CountStep) -> Verdict:
+def charges(planned: Sequence[Planned]) -> dict[int, TokenCharge]:
+    """The token charges of a plan, by descriptor position."""
+    return {i: p.charge for i, p in enumerate(planned) if p.charge is not None}
+
+
+def verdict(
+    planned: Sequence[Planned],
+    step: CountStep,
+    tokens: Mapping[int, Allowed | Denied] | None = None,
+) -> Verdict:
     """Statuses as upstream answers them; the headline is the first over-limit descriptor,
     else the one with the least remaining (what its X-RateLimit-* headers describe).
 
     quota_mode rules refuse only when every quota-mode descriptor of the request is over,
     as upstream; shadow_mode rules are counted and reported with remaining 0, but answer OK.
+    A token descriptor left out of `tokens` (not charged: the request was already refused)
+    reports no limit.
     """
+    tokens = tokens or {}
     results = iter(step.hits)
     statuses: list[Status] = []
     quota_total = quota_over = 0
     over = False
-    for p in planned:
+    for i, p in enumerate(planned):
+        if i in tokens:
+            result = tokens[i]
+            level = limiting_level(result)
+            denied = isinstance(result, Denied)
+            shadow = p.limit is not None and p.limit.shadow_mode
+            over = over or (denied and not shadow)
+            # Denied: when it fits again (retry_after), else when the level is fully reset.
+            reset_ms = level.reset_after_ms
+            if isinstance(result, Denied) and result.retry_after_ms is not None:
+                reset_ms = result.retry_after_ms
+            remaining = min(level.remaining, UINT32_MAX)
+            code_over, shadowed = denied and not shadow, denied and shadow
+            statuses.append(Status(code_over, p.limit, remaining, reset_ms, shadowed, level))
+            continue
         if p.hit is None or p.limit is None:
             unlimited = p.limit is not None and p.limit.unlimited
             statuses.append(Status(False, remaining=UINT32_MAX if unlimited else 0))
@@ -117,7 +151,11 @@ def verdict(planned: Sequence[Planned], step: CountStep) -> Verdict:
         statuses.append(Status(code_over, lim, remaining, r.reset_after_ms, shadowed))
     if quota_total and quota_total == quota_over:
         over = True
-    limited = [s for s in statuses if s.limit is not None]
+    limited = [
+        s
+        for s in statuses
+        if s.limit is not None and (s.tokens is not None or s.limit.unit is not None)
+    ]
     headline = next((s for s in limited if s.over), None)
     if headline is None and limited:
         headline = min(limited, key=lambda s: s.remaining)
