@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2 as pb
+from leaky_tokens.runtime.errors import InvalidArgumentError
 from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisionStore
 from leaky_tokens.token.adapters.in_memory_rate_counter import InMemoryRequestCounter
 from leaky_tokens.token.domain.policy_parse import parse_policy
@@ -117,3 +118,10 @@ def test_the_shipped_policy_maps_provider_descriptors_to_token_buckets() -> None
     match = POLICY.rate_limits.match("leaky", [("provider", "qwen"), ("user_id", "x")])
     assert match is not None
     assert match.limit.token_bucket == "qwen"
+
+
+async def test_a_token_descriptor_without_a_user_is_invalid(clock: FakeClock) -> None:
+    rls = service(clock, InMemoryDecisionStore())
+    with pytest.raises(InvalidArgumentError) as caught:
+        await ask(rls, request("", 10))
+    assert [v.field for v in caught.value.violations] == ["descriptors[0].entries[1].value"]

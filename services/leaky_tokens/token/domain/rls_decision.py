@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from leaky_tokens.runtime.errors import FieldViolation, InvalidArgumentError
 from leaky_tokens.token.domain.decision import Allowed, Denied, LevelStatus
 from leaky_tokens.token.domain.rate_counter import CounterHit, CountStep
 from leaky_tokens.token.domain.request_window import window_ms
@@ -67,7 +68,7 @@ def plan(config: RateLimitConfig, domain: str, descriptors: Sequence[Descriptor]
     """
     matches = apply_replaces([config.match(domain, d.entries) for d in descriptors])
     out: list[Planned] = []
-    for d, m in zip(descriptors, matches, strict=True):
+    for i, (d, m) in enumerate(zip(descriptors, matches, strict=True)):
         if d.override is not None:
             rpu, unit = d.override
             key = ".".join([domain, *(f"{k}_{v}" for k, v in d.entries)])
@@ -77,7 +78,11 @@ def plan(config: RateLimitConfig, domain: str, descriptors: Sequence[Descriptor]
             out.append(Planned(None))
         elif m.limit.token_bucket:
             # The leaf entry's value names the user (the rule sits at the last entry).
-            charge = TokenCharge(m.limit.token_bucket, d.entries[-1][1], d.hits)
+            user = d.entries[-1][1]
+            if not user or "\x1e" in user or "\x1f" in user:
+                where = f"descriptors[{i}].entries[{len(d.entries) - 1}].value"
+                raise InvalidArgumentError([FieldViolation(where, "a user id, not empty")])
+            charge = TokenCharge(m.limit.token_bucket, user, d.hits)
             out.append(Planned(m.limit, charge=charge))
         elif m.limit.unlimited:
             out.append(Planned(m.limit))
