@@ -34,8 +34,8 @@ def test_enforced_counters_never_pass_their_limit_and_refusals_count_nothing(
         if step.admitted:
             for h, r in zip(hits, step.hits, strict=True):
                 stored[(h.key, window_start(h, now_ms))] = r.after.count
-                if h.enforced:
-                    enforced_keys.add(h.key)
+                if not h.enforced:
+                    shadowed.add(h.key)
         assert step.admitted == all(
             r.within for h, r in zip(hits, step.hits, strict=True) if h.enforced
         )
