@@ -46,7 +46,7 @@ def _stack_targets() -> StackTargets | None:
     from leaky_tokens.stack.orchestrator import Stack
     from leaky_tokens.stack.registry import default_components, stack_endpoints
 
-    needed = ["postgres", "consul", "discovery", "envoy"]
+    needed = ["redis", "postgres", "consul", "discovery", "envoy"]
     rows = Stack(default_components(), StackPaths.default()).status(needed)
     missing = [f"{r.name} ({r.state})" for r in rows if r.state != "healthy"]
     if missing:
@@ -57,7 +57,9 @@ def _stack_targets() -> StackTargets | None:
         )
         return None
     found = stack_endpoints()
-    return StackTargets(found.consul, found.gateway, found.database_urls, found.envoy_admin)
+    return StackTargets(
+        found.consul, found.gateway, found.database_urls, found.envoy_admin, found.redis_url
+    )
 
 
 def _envoy_config(args: argparse.Namespace) -> int:

@@ -36,6 +36,9 @@ class Service:
     health_service: str = ""  # grpc.health.v1 service name probed; "" = the whole server
     needs_auth_target: bool = False  # gets LEAKY_<SLUG>_AUTH_TARGET: the ISSUER's address
     database: str = ""  # its PostgreSQL database in the native stack; "" = none
+    # Other services it calls: each one's address goes in LEAKY_<SLUG>_<PEER>_TARGET.
+    targets: tuple[str, ...] = ()
+    uses_redis: bool = False  # keeps its state in the native stack's Redis (--stack)
 
     @property
     def module(self) -> str:
@@ -77,6 +80,8 @@ SERVICES: tuple[Service, ...] = (
         proto_module="leaky.token.v1.token_pb2",
         gateway_probe="/api/v1/tokens/status",
         needs_auth_target=True,
+        targets=("provider",),
+        uses_redis=True,
     ),
     Service(
         slug="analytics",

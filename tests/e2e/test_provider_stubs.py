@@ -136,3 +136,16 @@ def test_leaky_up_passes_the_tuning_to_the_stubs(tuned_gateway: Gateway) -> None
     status, _, sized = call(tuned_gateway, "POST", "/api/v1/gemini/chat", {"prompt": "hi"}, auth)
     assert status == 200, sized
     assert sized["usage"]["completionTokens"] == "10"
+
+
+def test_a_consume_whose_provider_fails_is_503_and_refunded(tuned_gateway: Gateway) -> None:
+    user = register(tuned_gateway)
+    auth = {"authorization": f"Bearer {user['token']}"}
+    body = {"userId": user["userId"], "provider": "openai", "tokens": 100}  # openai always fails
+    status, _, failed = call(tuned_gateway, "POST", "/api/v1/tokens/consume", body, auth)
+    assert status == 503, failed
+    assert [d["reason"] for d in failed["details"] if "reason" in d] == ["PROVIDER_UNAVAILABLE"]
+    path = f"/api/v1/tokens/quota?userId={user['userId']}&provider=openai"
+    status, _, quota = call(tuned_gateway, "GET", path, headers=auth)
+    assert status == 200, quota
+    assert quota.get("windowUsed", "0") == "0"  # every debit was given back

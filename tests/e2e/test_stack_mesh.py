@@ -86,6 +86,27 @@ def test_grpcurl_reflection_through_the_stack_envoy(grpcurl: Path, stack_gateway
     assert json.loads(jwks.stdout)["keys"][0]["kty"] == "RSA"
 
 
+def test_token_decisions_live_in_the_stack_redis(stack_gateway: Gateway, stack: Stack) -> None:
+    user = register(stack_gateway)
+    body = {"userId": user["userId"], "provider": "qwen", "tokens": 10}
+    status, _, held = call(
+        stack_gateway,
+        "POST",
+        "/api/v1/tokens/reservations",
+        body,
+        {"authorization": f"Bearer {user['token']}"},
+    )
+    assert status == 200, held
+    redis = component(stack, "redis")
+    keys = subprocess.run(
+        ["redis-cli", "-p", str(redis.port), "--scan", "--pattern", f"*u={user['userId']}*"],  # type: ignore[attr-defined]
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert keys  # the user's levels, kept by the token service in the stack's Redis
+
+
 def test_provider_chat_through_the_stack_envoy(stack_gateway: Gateway) -> None:
     auth = {"authorization": f"Bearer {register(stack_gateway)['token']}"}
     status, _, reply = call(stack_gateway, "POST", "/api/v1/gemini/chat", {"prompt": "hi"}, auth)

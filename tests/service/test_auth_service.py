@@ -293,14 +293,12 @@ async def test_token_service_verifies_auth_tokens_through_jwks(mesh: Mesh) -> No
     with pytest.raises(grpc.aio.AioRpcError) as anonymous:
         await mesh.token.GetQuota(token_pb2.GetQuotaRequest(user_id=me.user_id, provider="openai"))
     assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    with pytest.raises(grpc.aio.AioRpcError) as authenticated:
-        await mesh.token.GetQuota(
-            token_pb2.GetQuotaRequest(user_id=me.user_id, provider="openai"),
-            metadata=bearer(me.token),
-        )
-    # Authenticated, then told plainly that the RPC has not landed: never invented data.
-    assert authenticated.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "not implemented yet" in (authenticated.value.details() or "")
+    quota = await mesh.token.GetQuota(
+        token_pb2.GetQuotaRequest(user_id=me.user_id, provider="openai"),
+        metadata=bearer(me.token),
+    )
+    # Authenticated: the caller's own quota, at the tier of the roles in the token (USER).
+    assert (quota.user_id, quota.tier, quota.window_used) == (me.user_id, "USER", 0)
 
 
 async def test_peer_service_refreshes_jwks_when_a_new_key_appears(mesh: Mesh) -> None:

@@ -67,14 +67,14 @@ async def test_retired_key_is_refused_by_auth_at_once_and_by_peers_after_the_bou
                 )
 
             def get_quota(token_text: str) -> object:
-                # UNIMPLEMENTED: authenticated, then told the RPC has not landed.
+                # INVALID_ARGUMENT (no provider): authenticated, then the input was checked.
                 return token_stub.GetQuota(
                     token_pb2.GetQuotaRequest(user_id=me.user_id), metadata=bearer(token_text)
                 )
 
             old = me.token
             assert await _code(list_keys(old)) == grpc.StatusCode.OK
-            assert await _code(get_quota(old)) == grpc.StatusCode.UNIMPLEMENTED
+            assert await _code(get_quota(old)) == grpc.StatusCode.INVALID_ARGUMENT
             # Two rotations with two published keys: the first key is no longer published.
             for _ in range(2):
                 await auth_stub.RotateSigningKey(
@@ -86,10 +86,10 @@ async def test_retired_key_is_refused_by_auth_at_once_and_by_peers_after_the_bou
             assert await _code(list_keys(old)) == grpc.StatusCode.UNAUTHENTICATED
             assert await _code(list_keys(admin.token)) == grpc.StatusCode.OK
             # The peer still trusts its cached set (documented bound), then refetches.
-            assert await _code(get_quota(old)) == grpc.StatusCode.UNIMPLEMENTED
+            assert await _code(get_quota(old)) == grpc.StatusCode.INVALID_ARGUMENT
             clock.advance(seconds=token_settings.jwks_max_age_seconds + 1)
             assert await _code(get_quota(old)) == grpc.StatusCode.UNAUTHENTICATED
-            assert await _code(get_quota(admin.token)) == grpc.StatusCode.UNIMPLEMENTED
+            assert await _code(get_quota(admin.token)) == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         await token_server.stop(0)
         await auth_server.stop(0)

@@ -95,24 +95,16 @@ async def test_rpcs_not_written_yet_say_which_and_why(peers: Peers) -> None:
     auth = bearer(peers.keys.token())
     calls: list[tuple[Awaitable[object], str, str]] = [
         (
-            peers.token.Consume(
-                token_pb2.ConsumeRequest(user_id="user-1", provider="openai", tokens=5),
+            peers.token.Purchase(
+                token_pb2.PurchaseRequest(user_id="user-1", provider="openai", tokens=5),
                 metadata=auth,
             ),
-            "leaky.token.v1.TokenService/Consume",
+            "leaky.token.v1.TokenService/Purchase",
             token_servicer.PENDING,
         ),
         (
-            peers.token.Reserve(
-                token_pb2.ReserveRequest(user_id="user-1", provider="openai", tokens=5),
-                metadata=auth,
-            ),
-            "leaky.token.v1.TokenService/Reserve",
-            token_servicer.PENDING,
-        ),
-        (
-            peers.token.GrantTokens(token_pb2.GrantTokensRequest(), metadata=auth),
-            "leaky.token.v1.TokenService/GrantTokens",
+            peers.token.GetPurchase(token_pb2.GetPurchaseRequest(saga_id="s"), metadata=auth),
+            "leaky.token.v1.TokenService/GetPurchase",
             token_servicer.PENDING,
         ),
         (
@@ -137,7 +129,8 @@ async def test_unwritten_protected_rpc_still_requires_credentials(peers: Peers) 
 
 
 async def _get_quota(peers: Peers, token: str) -> grpc.StatusCode:
-    """The code of an authenticated call: UNIMPLEMENTED means the token was accepted."""
+    """The code of an authenticated call: INVALID_ARGUMENT (an empty request) means the
+    token was accepted."""
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await peers.token.GetQuota(token_pb2.GetQuotaRequest(), metadata=bearer(token))
     return info.value.code()
@@ -145,14 +138,14 @@ async def _get_quota(peers: Peers, token: str) -> grpc.StatusCode:
 
 async def test_retired_key_is_refused_once_the_configured_age_passes(peers: Peers) -> None:
     old = peers.keys.token("k1")
-    assert await _get_quota(peers, old) == grpc.StatusCode.UNIMPLEMENTED
+    assert await _get_quota(peers, old) == grpc.StatusCode.INVALID_ARGUMENT
     peers.keys.add("k2")
     del peers.keys.private["k1"]  # rotation retired it
     peers.clock.advance(seconds=29)
-    assert await _get_quota(peers, old) == grpc.StatusCode.UNIMPLEMENTED  # within the bound
+    assert await _get_quota(peers, old) == grpc.StatusCode.INVALID_ARGUMENT  # within the bound
     peers.clock.advance(seconds=2)
     assert await _get_quota(peers, old) == grpc.StatusCode.UNAUTHENTICATED
-    assert await _get_quota(peers, peers.keys.token("k2")) == grpc.StatusCode.UNIMPLEMENTED
+    assert await _get_quota(peers, peers.keys.token("k2")) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_public_probe_answers_with_any_token_while_the_keys_cannot_be_fetched(

@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 
 from leaky_tokens.cli import build_parser
-from leaky_tokens.mesh.plan import Child, MeshPorts, port_conflicts, port_plan
+from leaky_tokens.mesh.plan import (
+    Child,
+    MeshPorts,
+    StackTargets,
+    port_conflicts,
+    port_plan,
+    service_children,
+)
 from leaky_tokens.mesh.supervisor import status_table
 
 
@@ -62,3 +69,26 @@ def test_every_help_shows_the_defaults() -> None:
                     assert "default" in (action.help or ""), (parser.prog, action.dest)
                     continue
                 assert f"(default: {action.default})" in text, (parser.prog, action.dest)
+
+
+def test_the_token_service_is_told_its_provider_and_with_the_stack_its_redis(
+    tmp_path: Path,
+) -> None:
+    ports = MeshPorts.from_bases(8080, 9901, 41000, 0)
+    embedded = {c.name: c for c in service_children(ports, tmp_path)}
+    assert embedded["token"].env["LEAKY_TOKEN_PROVIDER_TARGET"] == "127.0.0.1:41004"
+    assert "LEAKY_TOKEN_STORE_BACKEND" not in embedded["token"].env  # in-memory
+    stack = StackTargets(
+        "127.0.0.1:8500",
+        "127.0.0.1:8080",
+        {"auth": "postgresql+psycopg://x/leaky_auth"},
+        redis_url="redis://127.0.0.1:6379/0",
+    )
+    on_stack = {c.name: c for c in service_children(ports, tmp_path, stack)}
+    token = on_stack["token"].env
+    assert (token["LEAKY_TOKEN_STORE_BACKEND"], token["LEAKY_TOKEN_STORE_REDIS_URL"]) == (
+        "redis",
+        "redis://127.0.0.1:6379/0",
+    )
+    assert on_stack["auth"].env["LEAKY_AUTH_DATABASE_URL"] == "postgresql+psycopg://x/leaky_auth"
+    assert "LEAKY_AUTH_STORE_BACKEND" not in on_stack["auth"].env

@@ -70,6 +70,7 @@ class StackTargets:
     gateway: str
     database_urls: Mapping[str, str] = field(default_factory=dict)  # slug -> its database
     envoy_admin: str = ""  # host:port of the stack Envoy's admin
+    redis_url: str = ""  # the stack's Redis, for services with uses_redis
 
 
 def service_children(
@@ -94,10 +95,15 @@ def service_children(
         }
         if service.needs_auth_target:
             child_env[f"{prefix}_AUTH_TARGET"] = auth_target
+        for peer in service.targets:
+            child_env[f"{prefix}_{peer.upper()}_TARGET"] = f"{HOST}:{ports.grpc[peer]}"
         if stack is not None:
             child_env[f"{prefix}_CONSUL_ADDRESS"] = stack.consul
             if service.slug in stack.database_urls:
                 child_env[f"{prefix}_DATABASE_URL"] = stack.database_urls[service.slug]
+            if service.uses_redis and stack.redis_url:
+                child_env[f"{prefix}_STORE_BACKEND"] = "redis"
+                child_env[f"{prefix}_STORE_REDIS_URL"] = stack.redis_url
         children.append(
             Child(
                 name=service.slug,

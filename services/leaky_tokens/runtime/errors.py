@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,12 @@ class DomainError(Exception):
     """
 
     reason = "DOMAIN_ERROR"
+    # Set by the layer that encodes the error (never by the domain, which knows no wire
+    # format): protobuf messages packed into the google.rpc.Status details after ErrorInfo,
+    # and response metadata sent with the status (trailers-only, so Envoy's transcoder makes
+    # them HTTP headers of the error response).
+    details: tuple[Any, ...] = ()
+    headers: Mapping[str, str] = MappingProxyType({})
 
     def __init__(
         self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None

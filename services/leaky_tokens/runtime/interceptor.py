@@ -27,6 +27,7 @@ from leaky_tokens.runtime.errors import (
 from leaky_tokens.runtime.identity import caller_var
 from leaky_tokens.runtime.jwt_verifier import JwtVerifier, bearer_token
 from leaky_tokens.runtime.logging import request_id_var
+from leaky_tokens.runtime.response_headers import response_headers_var
 
 log = logging.getLogger(__name__)
 
@@ -186,12 +187,15 @@ class LeakyServerInterceptor(_Interceptor):
     ) -> AsyncIterator[None]:
         """Request id, timing, metrics and the one mapping of errors to status.
 
-        A unary call sends its request id as initial metadata only once it succeeded: an error
+        A unary call sends its request id (and the headers its handler added,
+        runtime/response_headers.py) as initial metadata only once it succeeded: an error
         then goes out trailers-only, which Envoy's transcoder turns into HTTP headers
         (retry-after, x-request-id). A stream must send it first, before any message.
         """
         request_id = _request_id(context)
         request_id_var.set(request_id)
+        extra: dict[str, str] = {}
+        response_headers_var.set(extra)
         if streaming:
             await context.send_initial_metadata((("x-request-id", request_id),))
         started = time.perf_counter()
@@ -199,7 +203,7 @@ class LeakyServerInterceptor(_Interceptor):
         try:
             yield
             if not streaming:
-                await context.send_initial_metadata((("x-request-id", request_id),))
+                await context.send_initial_metadata((("x-request-id", request_id), *extra.items()))
         except DomainError as error:
             grpc_status = status.to_status(error)
             code = grpc_status.code

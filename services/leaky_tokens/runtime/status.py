@@ -47,7 +47,9 @@ def to_status(error: errors.DomainError) -> grpc.Status:
     """Status with ErrorInfo always, BadRequest for field violations, RetryInfo when known.
 
     A known retry delay also goes out as `retry-after` metadata (whole seconds), which
-    Envoy's transcoder passes on as the HTTP Retry-After header of the 429.
+    Envoy's transcoder passes on as the HTTP Retry-After header of the 429; the error's own
+    `details` are packed after these and its `headers` go out beside `retry-after` (e.g. the
+    token service's LimitDecision and X-RateLimit-* / RateLimit fields).
     """
     code = next((c for cls, c in _CODES if isinstance(error, cls)), code_pb2.UNKNOWN)
     details = [
@@ -74,12 +76,15 @@ def to_status(error: errors.DomainError) -> grpc.Status:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    details += [_pack(extra) for extra in error.details if isinstance(extra, Message)]
     status = rpc_status.to_status(
         status_pb2.Status(code=code, message=error.message, details=details)
     )
+    extra_headers = list(error.headers.items())
     if isinstance(error, errors.ResourceExhaustedError) and error.retry_after_seconds > 0:
-        retry_after = str(max(1, math.ceil(error.retry_after_seconds)))
-        metadata = (*status.trailing_metadata, ("retry-after", retry_after))
+        extra_headers.append(("retry-after", str(max(1, math.ceil(error.retry_after_seconds)))))
+    if extra_headers:
+        metadata = (*status.trailing_metadata, *extra_headers)
         return _Status(status.code, status.details, metadata)
     return status
 

@@ -22,6 +22,11 @@ class Redis(Component):
     def address(self) -> str:
         return f"{HOST}:{self.port}"
 
+    @property
+    def url(self) -> str:
+        """The URL clients connect with (database 0)."""
+        return f"redis://{HOST}:{self.port}/0"
+
     def provision(self, paths: StackPaths) -> None:
         ensure_packages({"redis-server": "redis-server"})
 

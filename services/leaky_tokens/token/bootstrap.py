@@ -2,61 +2,178 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
 
 import grpc
 
 from leaky.token.v1 import token_pb2_grpc
 from leaky_tokens.runtime.jwt_verifier import JwksFetcher
 from leaky_tokens.runtime.peer_service import PeerComponents, PeerSettings, peer_components
-from leaky_tokens.runtime.ports import Clock
+from leaky_tokens.runtime.ports import Clock, Randomness
 from leaky_tokens.runtime.server import ServiceSpec
 from leaky_tokens.runtime.settings import doc
-from leaky_tokens.runtime.system import SystemClock
-from leaky_tokens.token.adapters.settings import TokenStoreSettings  # RLS (ADR 0025)
+from leaky_tokens.runtime.system import SystemClock, SystemRandomness
+from leaky_tokens.token.adapters.grpc_chat_provider import GrpcChatProvider, Resilience
+from leaky_tokens.token.adapters.grpc_membership import GrpcMembership
+from leaky_tokens.token.adapters.policy_file import PolicyFile
+from leaky_tokens.token.adapters.reservation_sweeper import ReservationSweeper
+from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
+from leaky_tokens.token.adapters.settings import Backend, TokenStoreSettings
+from leaky_tokens.token.adapters.store_factory import decision_store, redis_store
+from leaky_tokens.token.domain.access import Limits
+from leaky_tokens.token.domain.metering import Metering
+from leaky_tokens.token.domain.peers import ChatProvider, Membership
+from leaky_tokens.token.domain.policy_parse import DEFAULT_POLICY, PolicyError
+from leaky_tokens.token.domain.ports import DecisionStore
+from leaky_tokens.token.domain.units import to_ms
 from leaky_tokens.token.rls_wiring import (  # RLS (ADR 0025)
     RLS_PUBLIC_METHODS,
     RLS_SERVICE_NAME,
     RlsSettings,
-    WithRls,
     build_rls,
 )
-from leaky_tokens.token.servicer import (
-    PENDING,
-    PUBLIC_METHODS,
-    TOKEN_SERVICE,
-    TokenServicer,
-)
+from leaky_tokens.token.servicer import PENDING, PUBLIC_METHODS, TOKEN_SERVICE, TokenServicer
 
 ENV_PREFIX = "LEAKY_TOKEN"
+SHIPPED_POLICY = Path(__file__).with_name(DEFAULT_POLICY)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TokenSettings(PeerSettings, TokenStoreSettings, RlsSettings):  # RLS: + store, rls
-    """Token service settings (LEAKY_TOKEN_<FIELD>)."""
+class TokenSettings(PeerSettings, TokenStoreSettings, RlsSettings):  # RLS: + rls_*
+    """Token service settings (LEAKY_TOKEN_<FIELD>); the store_* ones are the store's."""
 
     port: int = field(default=50052, metadata=doc("gRPC port."))
     metrics_port: int = field(default=9102, metadata=doc("Prometheus /metrics port; 0 disables."))
+    policy_file: str = field(
+        default="",
+        metadata=doc("Policy YAML (providers, tiers, orgs, windows); empty = the shipped one."),
+    )
+    policy_poll_seconds: float = field(
+        default=1.0,
+        metadata=doc("How often the policy file's mtime is checked for a reload; 0 = SIGHUP only."),
+    )
+    provider_target: str = field(
+        default="127.0.0.1:50054", metadata=doc("host:port of the provider service.")
+    )
+    provider_timeout_seconds: float = field(
+        default=2.0, metadata=doc("Deadline of one provider call attempt.")
+    )
+    provider_attempts: int = field(
+        default=3,
+        metadata=doc("Provider call attempts (retried on UNAVAILABLE/DEADLINE_EXCEEDED)."),
+    )
+    provider_backoff_seconds: float = field(
+        default=0.05, metadata=doc("Base of the jittered exponential backoff between attempts.")
+    )
+    provider_backoff_max_seconds: float = field(
+        default=1.0, metadata=doc("Longest backoff between two attempts.")
+    )
+    provider_breaker_failures: int = field(
+        default=5, metadata=doc("Failed provider calls in a row that open the circuit.")
+    )
+    provider_breaker_reset_seconds: float = field(
+        default=10.0, metadata=doc("How long an open circuit refuses before one trial call.")
+    )
+    provider_max_concurrent: int = field(
+        default=64, metadata=doc("Provider calls in flight at most; more are refused (503).")
+    )
+    membership_cache_seconds: float = field(
+        default=5.0,
+        metadata=doc(
+            "Org membership answers from auth are reused this long: a removed member is "
+            "refused at most this many seconds after the removal."
+        ),
+    )
+    max_request_tokens: int = field(
+        default=10_000_000, metadata=doc("Largest token count one request may name.")
+    )
+    max_reservation_seconds: float = field(
+        default=900.0, metadata=doc("Longest (and default) time a reservation is held.")
+    )
+
+
+@dataclass
+class TokenComponents(PeerComponents):
+    """The built token service and what it must close."""
+
+    policy: PolicyFile | None = None
+    metering: Metering | None = None
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        """Stop the background tasks, then close every connection this build opened."""
+        for closer in reversed(self.closers):
+            await closer()
+        await super().close()
 
 
 async def build(
     settings: TokenSettings,
     *,
     clock: Clock | None = None,
+    ids: Randomness | None = None,
     jwks: JwksFetcher | None = None,
     monotonic: Callable[[], float] = time.monotonic,
-) -> PeerComponents:
+    store: DecisionStore | None = None,
+    policy: PolicyFile | None = None,
+    membership: Membership | None = None,
+    provider: ChatProvider | None = None,
+) -> TokenComponents:
     """Wire the token service; collaborators default to the real ones.
 
-    `clock` tells the time, `jwks` fetches the auth service's signing keys (default: gRPC to
-    `settings.auth_target`) and `monotonic` ages the cached key set.
+    `clock` tells the time; `jwks` fetches the auth service's signing keys (default: gRPC to
+    `settings.auth_target`) and `monotonic` ages the cached key set and the membership cache;
+    `store` to the one `store_backend` names (ADR 0021), `policy` to the policy
+    file, `membership` to the auth service, `provider` to the provider service.
     """
-    # The generated base declares every RPC abstract; the ones not written yet are answered
-    # UNIMPLEMENTED by the interceptor (mypy lists them here until they exist).
-    token = TokenServicer(clock or SystemClock())  # type: ignore[abstract]
-    rls = build_rls(settings, settings, clock or SystemClock())  # RLS (ADR 0025)
+    clock = clock or SystemClock()
+    closers: list[Callable[[], Awaitable[None]]] = []
+    if policy is None:
+        try:
+            policy = PolicyFile(Path(settings.policy_file or SHIPPED_POLICY))
+        except PolicyError as error:  # one line naming file:line, not a traceback
+            raise SystemExit(f"token: bad policy file: {error}") from None
+        policy.start(settings.policy_poll_seconds)
+        closers.append(policy.stop)
+    if store is None:
+        store = _store(settings, closers)
+    if membership is None:
+        grpc_members = GrpcMembership(
+            settings.auth_target, settings.membership_cache_seconds, monotonic=monotonic
+        )
+        membership = grpc_members
+        closers.append(grpc_members.close)
+    if provider is None:
+        grpc_provider = GrpcChatProvider.connect(
+            settings.provider_target, _resilience(settings), monotonic
+        )
+        provider = grpc_provider
+        closers.append(grpc_provider.close)
+    # Expired reservations are released by the service itself, not by a caller that died.
+    sweeper = ReservationSweeper(
+        store, lambda: to_ms(clock.now()), settings.store_sweep_interval_ms / 1000
+    )
+    sweeper.start()
+    closers.append(sweeper.stop)
+    metering = Metering(
+        policy=policy,
+        store=store,
+        membership=membership,
+        provider=provider,
+        clock=clock,
+        ids=ids or SystemRandomness(),
+        limits=Limits(settings.max_request_tokens),
+        max_reservation_ttl=timedelta(seconds=settings.max_reservation_seconds),
+    )
+    token = TokenServicer(clock, metering)  # type: ignore[abstract]
+    rls = build_rls(settings, settings, clock, policy=lambda: policy.current, store=store)  # RLS
+    closers.append(rls.close)  # RLS (ADR 0025)
 
     def register(server: grpc.aio.Server) -> None:
         token_pb2_grpc.add_TokenServiceServicer_to_server(token, server)
@@ -70,4 +187,39 @@ async def build(
         unimplemented_reason=PENDING,
     )
     peer = peer_components(settings, spec, jwks=jwks, monotonic=monotonic)
-    return WithRls(peer.spec, peer.verifier, peer.owned_jwks, rls.close)  # RLS (ADR 0025)
+    return TokenComponents(peer.spec, peer.verifier, peer.owned_jwks, policy, metering, closers)
+
+
+def _store(settings: TokenSettings, closers: list[Callable[[], Awaitable[None]]]) -> DecisionStore:
+    """The store `store_backend` names; Redis wrapped in the failure policy (ADR 0021).
+
+    As store_factory.decision_store, keeping the Redis store's close for shutdown.
+    """
+    if settings.backend is Backend.MEMORY:
+        return decision_store(settings)
+    primary = redis_store(settings)
+    closers.append(primary.close)
+
+    def degraded(now: bool) -> None:
+        log.warning("decision store %s", "degraded" if now else "recovered")
+
+    return ResilientDecisionStore(
+        primary,
+        settings.failure_mode,
+        timeout_s=settings.store_timeout_ms / 1000,
+        recovery_s=settings.store_recovery_ms / 1000,
+        emergency_percent=settings.store_emergency_percent,
+        on_degraded=degraded,
+    )
+
+
+def _resilience(settings: TokenSettings) -> Resilience:
+    return Resilience(
+        timeout_seconds=settings.provider_timeout_seconds,
+        attempts=settings.provider_attempts,
+        backoff_seconds=settings.provider_backoff_seconds,
+        backoff_max_seconds=settings.provider_backoff_max_seconds,
+        breaker_failures=settings.provider_breaker_failures,
+        breaker_reset_seconds=settings.provider_breaker_reset_seconds,
+        max_concurrent=settings.provider_max_concurrent,
+    )

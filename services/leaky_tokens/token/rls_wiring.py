@@ -12,7 +12,6 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2_grpc
-from leaky_tokens.runtime.peer_service import PeerComponents
 from leaky_tokens.runtime.ports import Clock
 from leaky_tokens.runtime.settings import doc
 from leaky_tokens.token.adapters.in_memory_rate_counter import InMemoryRequestCounter
@@ -159,16 +158,3 @@ def build_rls(
             await closer()
 
     return RlsWiring(servicer, close)
-
-
-@dataclass
-class WithRls(PeerComponents):
-    """PeerComponents that also close the RLS counter store (until the bootstrap keeps a list
-    of closers of its own)."""
-
-    rls_close: Callable[[], Awaitable[None]] | None = None
-
-    async def close(self) -> None:
-        if self.rls_close is not None:
-            await self.rls_close()
-        await super().close()

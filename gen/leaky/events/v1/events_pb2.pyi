@@ -223,7 +223,7 @@ class TokensReserved(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     DEBITS_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
-    """The reservation's id (UUID); empty when denied."""
+    """The reservation's id (opaque, as in leaky.token.v1.Reservation); empty when denied."""
     decision_id: _builtins.str
     """Id of the reserve decision."""
     user_id: _builtins.str

@@ -411,7 +411,7 @@ class Reservation(_message.Message):
     ACTUAL_TOKENS_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
-    """The reservation's id (UUID); pass it to Settle or Release."""
+    """The reservation's id: opaque (`rsv_...`, it names the subject); pass it to Settle or Release."""
     user_id: _builtins.str
     """The user the tokens are held for."""
     org_id: _builtins.str

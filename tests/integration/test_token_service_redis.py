@@ -1,0 +1,44 @@
+"""The token service as the bootstrap builds it on the stack's Redis (store_backend=redis)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+
+from leaky.token.v1 import token_pb2 as pb
+from leaky_tokens.stack.orchestrator import Stack
+from leaky_tokens.stack.redis import Redis as RedisComponent
+from tests.support.stack import component
+from tests.support.token_service import reason, token_service, trailers
+
+pytestmark = pytest.mark.integration
+
+
+async def test_consume_rate_limit_and_refund_on_redis(stack: Stack, tmp_path: Path) -> None:
+    redis = component(stack, "redis")
+    assert isinstance(redis, RedisComponent)
+    settings = {
+        "store_backend": "redis",
+        "store_redis_url": redis.url,
+        "store_key_prefix": f"t{uuid.uuid4().hex[:8]}",  # sessions sharing a stack never meet
+        "store_timeout_ms": 2000,
+    }
+    async with token_service(tmp_path, **settings) as svc:
+        request = pb.ConsumeRequest(user_id="user-1", provider="openai", tokens=60)
+        await svc.stub.Consume(request, metadata=svc.auth())
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await svc.stub.Consume(request, metadata=svc.auth())
+        assert reason(info.value) == "RATE_LIMITED"
+        assert trailers(info.value)["retry-after"] == "20"
+        svc.provider.fail = grpc.StatusCode.UNAVAILABLE
+        svc.clock.advance(seconds=60)  # drained
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await svc.stub.Consume(request, metadata=svc.auth())
+        assert reason(info.value) == "PROVIDER_UNAVAILABLE"
+        quota = await svc.stub.GetQuota(
+            pb.GetQuotaRequest(user_id="user-1", provider="openai"), metadata=svc.auth()
+        )
+        assert quota.window_used == 60  # the refused call was refunded
