@@ -31,6 +31,12 @@ from leaky_tokens.token.domain.peers import ChatProvider, Membership
 from leaky_tokens.token.domain.policy_parse import DEFAULT_POLICY, PolicyError
 from leaky_tokens.token.domain.ports import DecisionStore
 from leaky_tokens.token.domain.units import to_ms
+from leaky_tokens.token.rls_wiring import (  # RLS (ADR 0025)
+    RLS_PUBLIC_METHODS,
+    RLS_SERVICE_NAME,
+    RlsSettings,
+    build_rls,
+)
 from leaky_tokens.token.servicer import PENDING, PUBLIC_METHODS, TOKEN_SERVICE, TokenServicer
 
 ENV_PREFIX = "LEAKY_TOKEN"
@@ -39,7 +45,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TokenSettings(PeerSettings, TokenStoreSettings):
+class TokenSettings(PeerSettings, TokenStoreSettings, RlsSettings):  # RLS: + rls_*
     """Token service settings (LEAKY_TOKEN_<FIELD>); the store_* ones are the store's."""
 
     port: int = field(default=50052, metadata=doc("gRPC port."))
@@ -166,12 +172,19 @@ async def build(
         max_reservation_ttl=timedelta(seconds=settings.max_reservation_seconds),
     )
     token = TokenServicer(clock, metering)  # type: ignore[abstract]
+    rls = build_rls(settings, settings, clock, policy=lambda: policy.current, store=store)  # RLS
+    closers.append(rls.close)  # RLS (ADR 0025)
 
     def register(server: grpc.aio.Server) -> None:
         token_pb2_grpc.add_TokenServiceServicer_to_server(token, server)
+        rls.register(server)  # RLS (ADR 0025)
 
     spec = ServiceSpec(
-        "token", (TOKEN_SERVICE.full_name,), register, PUBLIC_METHODS, unimplemented_reason=PENDING
+        "token",
+        (TOKEN_SERVICE.full_name, RLS_SERVICE_NAME),  # RLS: served and described by reflection
+        register,
+        PUBLIC_METHODS | RLS_PUBLIC_METHODS,  # RLS: Envoy calls without a JWT (ADR 0025)
+        unimplemented_reason=PENDING,
     )
     peer = peer_components(settings, spec, jwks=jwks, monotonic=monotonic)
     return TokenComponents(peer.spec, peer.verifier, peer.owned_jwks, policy, metering, closers)

@@ -1,0 +1,160 @@
+"""Wiring of ShouldRateLimit for the token bootstrap: settings, config source, counter store."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2_grpc
+from leaky_tokens.runtime.ports import Clock
+from leaky_tokens.runtime.settings import doc
+from leaky_tokens.token.adapters.in_memory_rate_counter import InMemoryRequestCounter
+from leaky_tokens.token.adapters.redis_rate_counter import RedisRequestCounter
+from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
+from leaky_tokens.token.adapters.settings import Backend, TokenStoreSettings
+from leaky_tokens.token.adapters.store_factory import decision_store, redis_store
+from leaky_tokens.token.domain.policy import Policy
+from leaky_tokens.token.domain.policy_parse import DEFAULT_POLICY, load_policy
+from leaky_tokens.token.domain.ports import DecisionStore
+from leaky_tokens.token.domain.rate_counter import RequestCounterStore
+from leaky_tokens.token.domain.rls_config import RateLimitConfig
+from leaky_tokens.token.domain.rls_parse import load_rate_limit_directory, load_rate_limit_files
+from leaky_tokens.token.domain.rls_tokens import TokenDescriptors
+from leaky_tokens.token.rls_servicer import RLS_SERVICE, SHOULD_RATE_LIMIT, RateLimitServicer
+
+SHIPPED_POLICY = Path(__file__).with_name(DEFAULT_POLICY)
+RLS_SERVICE_NAME = RLS_SERVICE.full_name
+# Envoy's ratelimit filter calls without a user JWT: public to the interceptor, and reachable
+# only on the token service's own port, which the gateway never routes to (ADR 0025).
+RLS_PUBLIC_METHODS = frozenset({SHOULD_RATE_LIMIT})
+
+
+@dataclass(frozen=True)
+class RlsSettings:
+    """ShouldRateLimit settings (LEAKY_TOKEN_RLS_*); counters live where store_backend says."""
+
+    rls_config: str = field(
+        default="",
+        metadata=doc(
+            "envoyproxy/ratelimit config file, or a directory of *.yaml, loaded unchanged; "
+            "empty = the policy file's rate_limits."
+        ),
+    )
+    rls_merge_domains: bool = field(
+        default=False,
+        metadata=doc("Allow one domain across several rls_config files (MERGE_DOMAIN_CONFIG)."),
+    )
+    rls_response_headers: bool = field(
+        default=True,
+        metadata=doc("Answer X-RateLimit-* and IETF RateLimit / RateLimit-Policy headers."),
+    )
+
+
+def policy_source(policy: Callable[[], Policy] | None) -> Callable[[], Policy]:
+    """The policy in force: the bootstrap's (reloaded), else the shipped one, read once."""
+    if policy is not None:
+        return policy
+    shipped = load_policy(SHIPPED_POLICY)
+    return lambda: shipped
+
+
+def config_source(
+    settings: RlsSettings, policy: Callable[[], Policy]
+) -> Callable[[], RateLimitConfig]:
+    """The descriptor rules in force: the rls_config files (read once, at start), else the
+    policy's `rate_limits` as the policy source has it now (its reloads apply)."""
+    if settings.rls_config:
+        path = Path(settings.rls_config)
+        merge = settings.rls_merge_domains
+        loaded = (
+            load_rate_limit_directory(path, merge_domains=merge)
+            if path.is_dir()
+            else load_rate_limit_files([path], merge_domains=merge)
+        )
+        return lambda: loaded
+    return lambda: policy().rate_limits
+
+
+def rate_counter(settings: TokenStoreSettings) -> RequestCounterStore:
+    """In memory, or on the decision store's Redis (its own connections, same timeout)."""
+    if settings.backend is Backend.MEMORY:
+        return InMemoryRequestCounter()
+    timeout = settings.store_timeout_ms / 1000
+    client: Redis | RedisCluster
+    if settings.backend is Backend.CLUSTER:
+        client = RedisCluster.from_url(
+            settings.store_redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+    else:
+        client = Redis.from_url(
+            settings.store_redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+    return RedisRequestCounter(client, settings.store_key_prefix, settings.store_max_batch)
+
+
+@dataclass
+class RlsWiring:
+    """The built servicer, how to register it, and what to close at shutdown."""
+
+    servicer: RateLimitServicer
+    close: Callable[[], Awaitable[None]]
+
+    def register(self, server: grpc.aio.Server) -> None:
+        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(self.servicer, server)
+
+
+def _decision_store(
+    settings: TokenStoreSettings, closers: list[Callable[[], Awaitable[None]]]
+) -> DecisionStore:
+    """The store store_backend names (as the bootstrap builds it), keeping Redis's close."""
+    if settings.backend is Backend.MEMORY:
+        return decision_store(settings)
+    primary = redis_store(settings)
+    closers.append(primary.close)
+    return ResilientDecisionStore(
+        primary,
+        settings.failure_mode,
+        timeout_s=settings.store_timeout_ms / 1000,
+        recovery_s=settings.store_recovery_ms / 1000,
+        emergency_percent=settings.store_emergency_percent,
+    )
+
+
+def build_rls(
+    settings: RlsSettings,
+    store_settings: TokenStoreSettings,
+    clock: Clock,
+    *,
+    policy: Callable[[], Policy] | None = None,
+    counter: RequestCounterStore | None = None,
+    store: DecisionStore | None = None,
+) -> RlsWiring:
+    """ShouldRateLimit over `counter` (default: the one store_backend names); token
+    descriptors charge `store`, which should be the bootstrap's own decision store (default:
+    one built from the same settings)."""
+    closers: list[Callable[[], Awaitable[None]]] = []
+    counter = counter or rate_counter(store_settings)
+    closers.append(counter.close)
+    if store is None:
+        store = _decision_store(store_settings, closers)
+    source = policy_source(policy)
+    tokens = TokenDescriptors(store, source, lambda: uuid.uuid4().hex)
+    servicer = RateLimitServicer(
+        config_source(settings, source),
+        counter,
+        clock,
+        headers=settings.rls_response_headers,
+        tokens=tokens,
+    )
+
+    async def close() -> None:
+        for closer in reversed(closers):
+            await closer()
+
+    return RlsWiring(servicer, close)
