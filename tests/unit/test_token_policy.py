@@ -5,19 +5,14 @@ from __future__ import annotations
 import textwrap
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
+from leaky_tokens.token.adapters.config_files import default_policy_text
 from leaky_tokens.token.domain.bucket import BucketLimit
 from leaky_tokens.token.domain.decision import Allowed, Denied, Level, Reason, decide
 from leaky_tokens.token.domain.policy import UnknownProviderError
-from leaky_tokens.token.domain.policy_parse import (
-    PolicyError,
-    default_policy_text,
-    load_policy,
-    parse_policy,
-)
+from leaky_tokens.token.domain.policy_parse import PolicyError, parse_policy
 from leaky_tokens.token.domain.units import to_ms
 from leaky_tokens.token.domain.windows import Period, QuotaWindow
 
@@ -151,18 +146,6 @@ def test_bad_policies_are_refused_with_the_line_of_the_mistake(
     err = policy_error(text)
     assert err.line == line, str(err)
     assert fragment in str(err)
-
-
-def test_load_policy_reads_a_file_and_names_it_in_errors(tmp_path: Path) -> None:
-    good = tmp_path / "policy.yaml"
-    good.write_text(MINIMAL, encoding="utf-8")
-    assert load_policy(good).source == str(good)
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(MINIMAL + "limits: {}\n", encoding="utf-8")
-    with pytest.raises(PolicyError, match=rf"^{bad}:3: policy: unknown key 'limits'"):
-        load_policy(bad)
-    with pytest.raises(PolicyError, match="cannot read policy file"):
-        load_policy(tmp_path / "missing.yaml")
 
 
 def test_the_policy_is_immutable_so_a_reload_is_one_assignment() -> None:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from leaky_tokens.token.domain.request_window import WindowCount, hit
-from leaky_tokens.token.domain.rls_config import LimitMatch, RateLimitConfig, Unit, apply_replaces
-from leaky_tokens.token.domain.rls_parse import (
+from leaky_tokens.token.adapters.config_files import (
     load_rate_limit_directory,
     load_rate_limit_files,
-    parse_rate_limit_files,
 )
+from leaky_tokens.token.domain.request_window import WindowCount, hit
+from leaky_tokens.token.domain.rls_config import LimitMatch, RateLimitConfig, Unit, apply_replaces
+from leaky_tokens.token.domain.rls_parse import parse_rate_limit_files
 from leaky_tokens.token.domain.yaml_nodes import PolicyError
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "rls-bench-leaky.yaml"

@@ -14,17 +14,21 @@ from redis.asyncio.cluster import RedisCluster
 from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2_grpc
 from leaky_tokens.runtime.ports import Clock
 from leaky_tokens.runtime.settings import doc
+from leaky_tokens.token.adapters.config_files import (
+    load_policy,
+    load_rate_limit_directory,
+    load_rate_limit_files,
+)
 from leaky_tokens.token.adapters.in_memory_rate_counter import InMemoryRequestCounter
 from leaky_tokens.token.adapters.redis_rate_counter import RedisRequestCounter
 from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
 from leaky_tokens.token.adapters.settings import Backend, TokenStoreSettings
 from leaky_tokens.token.adapters.store_factory import decision_store, redis_store
 from leaky_tokens.token.domain.policy import Policy
-from leaky_tokens.token.domain.policy_parse import DEFAULT_POLICY, load_policy
+from leaky_tokens.token.domain.policy_parse import DEFAULT_POLICY
 from leaky_tokens.token.domain.ports import DecisionStore
 from leaky_tokens.token.domain.rate_counter import RequestCounterStore
 from leaky_tokens.token.domain.rls_config import RateLimitConfig
-from leaky_tokens.token.domain.rls_parse import load_rate_limit_directory, load_rate_limit_files
 from leaky_tokens.token.domain.rls_tokens import TokenDescriptors
 from leaky_tokens.token.rls_servicer import RLS_SERVICE, SHOULD_RATE_LIMIT, RateLimitServicer
 

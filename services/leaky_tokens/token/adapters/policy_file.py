@@ -9,8 +9,9 @@ import os
 import signal
 from pathlib import Path
 
+from leaky_tokens.token.adapters.config_files import load_policy
 from leaky_tokens.token.domain.policy import Policy
-from leaky_tokens.token.domain.policy_parse import PolicyError, load_policy
+from leaky_tokens.token.domain.policy_parse import PolicyError
 
 log = logging.getLogger(__name__)
 

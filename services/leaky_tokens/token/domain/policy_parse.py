@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from decimal import Decimal
-from importlib import resources
-from pathlib import Path
 from types import MappingProxyType
 
 import yaml
@@ -25,22 +23,7 @@ _TOP = ("providers", "tiers", "default_tier", "orgs", "quota", "rate_limits")
 _PLAN = ("capacity_multiplier", "rate_multiplier", "quota_tokens", "provider_quota_tokens")
 _ONE = Decimal(1)
 
-__all__ = ["DEFAULT_POLICY", "PolicyError", "default_policy_text", "load_policy", "parse_policy"]
-
-
-def load_policy(path: Path | str) -> Policy:
-    """Read and validate the policy file at `path` (the one file read the domain does)."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError(source, 0, f"cannot read policy file: {exc.strerror}") from None
-    return parse_policy(text, source)
-
-
-def default_policy_text() -> str:
-    """The policy shipped inside the package."""
-    return (resources.files("leaky_tokens.token") / DEFAULT_POLICY).read_text(encoding="utf-8")
+__all__ = ["DEFAULT_POLICY", "PolicyError", "parse_policy"]
 
 
 def parse_policy(text: str, source_name: str = "<policy>") -> Policy:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import replace
-from pathlib import Path
 from types import MappingProxyType
 
 import yaml
@@ -159,15 +158,3 @@ def _merge(
         raise reader.fail(at, f"duplicate descriptor composite key '{domain}.{min(clash)}'")
     children = MappingProxyType({**old.children, **new.children})
     return DescriptorNode(children, old.wildcards + new.wildcards)
-
-
-def load_rate_limit_files(paths: Iterable[Path], *, merge_domains: bool = False) -> RateLimitConfig:
-    """Read and parse envoyproxy/ratelimit config files (read once, at start or reload)."""
-    return parse_rate_limit_files(
-        ((str(p), p.read_text(encoding="utf-8")) for p in paths), merge_domains=merge_domains
-    )
-
-
-def load_rate_limit_directory(directory: Path, *, merge_domains: bool = False) -> RateLimitConfig:
-    """Every *.yaml file of a directory, in name order (upstream's RUNTIME_APPDIRECTORY)."""
-    return load_rate_limit_files(sorted(directory.glob("*.yaml")), merge_domains=merge_domains)
