@@ -137,7 +137,7 @@ async def register(auth: Auth, name: str = "alice") -> None:
 async def login(
     auth: Auth, name: str, password: str = WRONG, address: str | None = None
 ) -> grpc.aio.AioRpcError | pb.LoginResponse:
-    metadata = (("x-envoy-external-address", address),) if address else None
+    metadata = (("x-leaky-client-address", address),) if address else None
     try:
         response: pb.LoginResponse = await auth.stub.Login(
             pb.LoginRequest(username=name, password=password), metadata=metadata
