@@ -8,14 +8,17 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Gateway
+from tests.e2e.conftest import Gateway, leaky_up
 from tests.e2e.test_gateway import call, register
+from tests.support.net import free_port
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +27,9 @@ CURL = shutil.which("curl")
 needs_curl = pytest.mark.skipif(CURL is None, reason="the raw HTTP/2 attack is sent with curl")
 
 
-def raw_grpc(gateway: Gateway, path: str, body: bytes) -> dict[str, str]:
+def raw_grpc(
+    gateway: Gateway, path: str, body: bytes, content_type: str = "application/grpc"
+) -> dict[str, str]:
     """Headers of a raw HTTP/2 gRPC call with no `te` and an unframed body, as an attacker
     sends it with curl (no gRPC library would)."""
     assert CURL is not None
@@ -39,7 +44,7 @@ def raw_grpc(gateway: Gateway, path: str, body: bytes) -> dict[str, str]:
             "-XPOST",
             gateway.http + path,
             "-H",
-            "content-type: application/grpc",
+            f"content-type: {content_type}",
             "--data-binary",
             "@-",
         ],
@@ -94,29 +99,82 @@ def test_garbage_grpc_calls_never_take_a_backend_out(
     assert "malformed gRPC request" in answers[0]["grpc-message"]
 
 
-def test_query_string_credentials_are_refused(gateway: Gateway) -> None:
+@pytest.mark.parametrize(
+    "spelling",
+    ["{}", "{}/", "{}//", "{}/?"],
+    ids=["plain", "slash", "double-slash", "slash-empty-query"],
+)
+def test_query_string_credentials_are_refused(gateway: Gateway, spelling: str) -> None:
+    """Every spelling of a whole-body path the transcoder accepts refuses a query string."""
     user = register(gateway)
     name, password = user["username"], user["password"]
-    for path in (
-        f"/api/v1/auth/login?username={name}&password=correct%20horse",
-        f"/api/v1/auth/register?username=q{name}&email=q{name}@example.com&password=x",
-    ):
-        status, headers, error = call(gateway, "POST", path, b"")
-        assert status == 400, (path, error)
+    fresh = f"q{uuid.uuid4().hex[:12]}"
+    queries = {
+        "/api/v1/auth/login": f"username={name}&password=correct%20horse",
+        "/api/v1/auth/register": f"username={fresh}&email={fresh}@example.com"
+        "&password=correct%20horse%20battery",
+        "/api/v1/auth/orgs": "name=x",
+        "/api/v1/tokens/consume": "userId=u&provider=openai&tokens=1",
+    }
+    for path, query in queries.items():
+        url = spelling.format(path)
+        url = url if url.endswith("?") else f"{url}?"
+        status, headers, error = call(
+            gateway, "POST", url + query, b"", headers={"authorization": f"Bearer {user['token']}"}
+        )
+        assert status == 400, (url, error)
         assert headers["content-type"].startswith("application/json")
         assert error["code"] == 3
         assert "query parameters are not accepted" in error["message"]
         assert "token" not in error
+    # Spellings the transcoder does not map to the method (it matches segments exactly) are
+    # unknown paths, never a login.
+    for path in (
+        "/api/v1/auth/login/./",
+        "/api/v1/auth//login",
+        "/api/v1/auth/Login",
+        "/api/v1/auth/%6cogin",
+    ):
+        query = f"username={name}&password={urllib.parse.quote(password)}"
+        status, _, _ = call(gateway, "POST", f"{path}?{query}", b"")
+        assert status == 404, path
+    # The refused registration created nobody.
+    status, _, _ = call(
+        gateway,
+        "POST",
+        "/api/v1/auth/login",
+        {"username": fresh, "password": "correct horse battery"},
+    )
+    assert status == 401
     # A body and a query string together are refused too: the query is never read.
     status, _, _ = call(
-        gateway, "POST", "/api/v1/auth/login?x=1", {"username": name, "password": password}
+        gateway, "POST", "/api/v1/auth/login/?x=1", {"username": name, "password": password}
     )
     assert status == 400
     status, _, login = call(
-        gateway, "POST", "/api/v1/auth/login", {"username": name, "password": password}
+        gateway, "POST", "/api/v1/auth/login/", {"username": name, "password": password}
     )
     assert status == 200
     assert login["token"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/api/v1/auth/login", "POST"),
+        ("PATCH", "/api/v1/auth/login/", "POST"),
+        ("GET", "/api/v1/auth/register", "POST"),
+        ("POST", "/api/v1/tokens/status", "GET, HEAD"),
+        ("PUT", "/api/v1/auth/orgs/7/members", "GET, HEAD, POST"),
+    ],
+)
+def test_a_method_the_path_does_not_take_is_405_with_allow(
+    gateway: Gateway, method: str, path: str, allow: str
+) -> None:
+    status, headers, error = call(gateway, method, path, b"{}")
+    assert status == 405, error
+    assert headers["allow"] == allow
+    assert allow in assert_status_shape(error, 12)
 
 
 def assert_status_shape(error: Any, code: int) -> str:
@@ -133,26 +191,61 @@ def assert_status_shape(error: Any, code: int) -> str:
 
 
 @pytest.mark.parametrize(
-    ("path", "body", "hint"),
+    ("method", "path", "body", "expected"),
     [
-        ("/api/v1/auth/register", b'{"username": ', "Unexpected"),
-        ("/api/v1/auth/register", b'{"username": 5}', "username"),
-        ("/api/v1/auth/register", b'{"username": ["a"]}', "list"),
-        ("/api/v1/auth/register", b"[1]", "JSON object"),
+        ("POST", "/api/v1/auth/register", b'{"username": ', "Unexpected end of string"),
+        ("POST", "/api/v1/auth/register", b'{"username": 5}', "username"),
+        ("POST", "/api/v1/auth/register", b'{"username": ["a"]}', "list"),
+        ("POST", "/api/v1/auth/register", b"[1]", "JSON object"),
         (
+            "POST",
             "/api/v1/auth/api-keys",
             b'{"userId": "u", "name": "k", "expiresAt": "soon"}',
             "expiresAt",
         ),
+        (
+            "GET",
+            "/api/v1/auth/api-keys?userId=u&foo=1",
+            None,
+            'unknown query parameter "foo"',
+        ),
     ],
 )
 def test_bad_bodies_answer_the_documented_shape(
-    gateway: Gateway, path: str, body: bytes, hint: str
+    gateway: Gateway,
+    method: str,
+    path: str,
+    body: bytes | None,
+    expected: str,
 ) -> None:
-    status, headers, error = call(gateway, "POST", path, body)
+    status, headers, error = call(gateway, method, path, body)
     assert status == 400
     assert headers["content-type"].startswith("application/json")
-    assert hint in assert_status_shape(error, 3)
+    message = assert_status_shape(error, 3)
+    assert expected in message
+    # No parser diagram (the input echoed with a caret under it), no trailing newline.
+    assert "\n" not in message
+    assert "^" not in message
+    assert message == message.strip()
+    assert "the request" not in message
+
+
+def test_a_grpc_path_sent_as_json_is_named_as_sent(gateway: Gateway) -> None:
+    status, _, error = call(gateway, "POST", "/leaky.auth.v1.AuthService/Login", b"{}")
+    assert status == 404
+    assert error == {
+        "code": 5,
+        "message": "Could not resolve /leaky.auth.v1.AuthService/Login to a method.",
+        "details": [],
+    }
+
+
+@needs_curl
+def test_grpc_content_type_in_another_case_is_refused_not_forwarded(gateway: Gateway) -> None:
+    headers = raw_grpc(
+        gateway, "/leaky.auth.v1.AuthService/Login", b"xxxx", content_type="Application/GRPC"
+    )
+    assert headers.get("grpc-status") == "3", headers
 
 
 def test_unknown_path_answers_the_documented_shape(gateway: Gateway) -> None:
@@ -237,6 +330,37 @@ def test_access_log_has_a_json_line_per_request_without_secrets(gateway: Gateway
     assert user["token"] not in text
 
 
+def audit_line(gateway: Gateway, request_id: str) -> dict[str, Any]:
+    """The auth service's audit line of one request (its JSON log)."""
+    log = gateway.data_dir / "logs" / "auth.log"
+
+    def logged() -> dict[str, Any]:
+        for line in log.read_text(errors="replace").splitlines():
+            if '"leaky.audit"' in line and request_id in line:
+                return dict(json.loads(line))
+        return {}
+
+    return wait_until(logged, 30, what=f"an audit line for {request_id} in {log}")
+
+
+@pytest.mark.parametrize("header", ["x-envoy-external-address", "x-leaky-client-address"])
+def test_a_client_cannot_choose_the_address_services_see(gateway: Gateway, header: str) -> None:
+    """Only the one header, no x-forwarded-for: Envoy counts a loopback peer as internal and
+    would pass a client's x-envoy-external-address through."""
+    status, headers, _ = call(
+        gateway,
+        "POST",
+        "/api/v1/auth/login",
+        {"username": f"nobody{uuid.uuid4().hex[:8]}", "password": "wrong password"},
+        headers={header: "203.0.113.7"},
+    )
+    assert status == 401
+    assert audit_line(gateway, headers["x-request-id"])["client"] == "127.0.0.1"
+    line = access_log_line(gateway, headers["x-request-id"])
+    assert line["client_address"] == "127.0.0.1"
+    assert "203.0.113.7" not in json.dumps(line)
+
+
 def test_client_sent_external_address_never_reaches_the_services(gateway: Gateway) -> None:
     status, headers, _ = call(
         gateway,
@@ -245,5 +369,41 @@ def test_client_sent_external_address_never_reaches_the_services(gateway: Gatewa
         headers={"x-envoy-external-address": "203.0.113.9", "x-forwarded-for": "203.0.113.9"},
     )
     assert status == 200
-    # The access log records the header as Envoy forwards it: the real peer.
-    assert access_log_line(gateway, headers["x-request-id"])["external_address"] == "127.0.0.1"
+    # The access log records the address header as Envoy forwards it: the real peer.
+    assert access_log_line(gateway, headers["x-request-id"])["client_address"] == "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def strict_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway of its own whose auth lets one address fail only twice for free (the shared
+    one must not start throttling the loopback address of every other test)."""
+    port, admin = free_port(), free_port()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LEAKY_AUTH_LOGIN_ADDRESS_FREE_FAILURES", "2")
+        with leaky_up(
+            ["--port", str(port), "--admin-port", str(admin)],
+            tmp_path_factory.mktemp("strict"),
+            f"http://127.0.0.1:{port}",
+            ("/api/v1/tokens/status",),
+        ) as running:
+            yield running
+
+
+def test_the_address_throttle_cannot_be_dodged_with_headers(strict_gateway: Gateway) -> None:
+    """Each failed login claims a new address and names a new user: the real peer is still
+    the one address key, so the third attempt waits."""
+    statuses, reasons = [], []
+    for attempt, header in enumerate(
+        ["x-envoy-external-address", "x-leaky-client-address", "x-envoy-external-address"]
+    ):
+        status, _, body = call(
+            strict_gateway,
+            "POST",
+            "/api/v1/auth/login",
+            {"username": f"nobody{uuid.uuid4().hex[:8]}", "password": "wrong password"},
+            headers={header: f"203.0.113.{attempt + 1}"},
+        )
+        statuses.append(status)
+        reasons += [d["reason"] for d in body["details"] if "reason" in d]
+    assert statuses == [401, 401, 429], reasons
+    assert reasons[-1] == "LOGIN_THROTTLED"

@@ -169,7 +169,7 @@ async def register(auth: Auth, name: str = "alice", address: str | None = None) 
 async def login(
     auth: Auth, name: str, password: str = WRONG, address: str | None = None
 ) -> grpc.aio.AioRpcError | pb.LoginResponse:
-    metadata = (("x-envoy-external-address", address),) if address else None
+    metadata = (("x-leaky-client-address", address),) if address else None
     try:
         response: pb.LoginResponse = await auth.stub.Login(
             pb.LoginRequest(username=name, password=password), metadata=metadata

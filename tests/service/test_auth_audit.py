@@ -45,7 +45,7 @@ def events(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def meta(request_id: str, address: str = "203.0.113.5") -> tuple[tuple[str, str], ...]:
-    return (("x-request-id", request_id), ("x-envoy-external-address", address))
+    return (("x-request-id", request_id), ("x-leaky-client-address", address))
 
 
 async def register(auth: Auth, name: str = "alice") -> pb.RegisterResponse:

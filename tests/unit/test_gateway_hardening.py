@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
+from leaky_tokens.gateway.bindings import _path_regex
 from leaky_tokens.gateway.envoy_config import compose_yaml
-from leaky_tokens.gateway.hardening import GRPC_CODE_OF_STATUS, _path_regex
+from leaky_tokens.gateway.hardening import GRPC_CODE_OF_STATUS
+from leaky_tokens.gateway.request_checks import QUERY_CHECK_FILTER
 from leaky_tokens.mesh.plan import MeshPorts, envoy_yaml
 from leaky_tokens.stack.edge import Envoy
 
@@ -64,25 +66,71 @@ def test_client_address_comes_from_the_connection(config: dict[str, Any]) -> Non
     assert manager["use_remote_address"] is True
     assert manager["xff_num_trusted_hops"] == 0
     assert manager["internal_address_config"] == {"cidr_ranges": []}
+    # Envoy counts loopback peers as internal anyway: the address services read is a header
+    # Envoy writes from the peer on every route (the virtual host), over a client's own.
+    (host,) = manager["route_config"]["virtual_hosts"]
+    (added,) = [
+        h for h in host["request_headers_to_add"] if h["header"]["key"] == "x-leaky-client-address"
+    ]
+    assert added["header"]["value"] == "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"
+    assert added["append_action"] == "OVERWRITE_IF_EXISTS_OR_ADD"
+    assert "x-envoy-external-address" in host["request_headers_to_remove"]
 
 
-def test_whole_body_routes_refuse_query_strings(config: dict[str, Any]) -> None:
+def test_whole_body_calls_refuse_query_strings_after_the_transcoder(
+    config: dict[str, Any],
+) -> None:
+    names = [f["name"] for f in hcm(config)["http_filters"]]
+    transcoder = names.index("envoy.filters.http.grpc_json_transcoder")
+    assert names.index(QUERY_CHECK_FILTER) == transcoder + 1
+    (check,) = [f for f in hcm(config)["http_filters"] if f["name"] == QUERY_CHECK_FILTER]
+    script = check["typed_config"]["default_source_code"]["inline_string"]
+    refused = set(re.findall(r'\["([A-Z]+ /[^"]+)"\] = true', script))
+    for call in (
+        "POST /leaky.auth.v1.AuthService/Login",
+        "POST /leaky.auth.v1.AuthService/Register",
+        "POST /leaky.auth.v1.AuthService/CreateApiKey",
+        "POST /leaky.token.v1.TokenService/Consume",
+    ):
+        assert call in refused, call
+    # GET bindings take their fields from the query: never refused.
+    assert not any(call.startswith("GET ") for call in refused)
+    assert "POST /leaky.auth.v1.AuthService/ListApiKeys" not in refused
+
+
+def test_methods_a_path_does_not_take_get_405_with_allow(config: dict[str, Any]) -> None:
     refused = {
-        (r["match"]["headers"][0]["string_match"]["exact"], r["match"]["safe_regex"]["regex"])
+        r["match"]["safe_regex"]["regex"]: r
         for r in routes(config)
-        if "direct_response" in r
+        if r.get("direct_response", {}).get("status") == 405
     }
-    paths = {regex for _, regex in refused}
-    for path in ("/api/v1/auth/login", "/api/v1/auth/register", "/api/v1/tokens/consume"):
-        assert any(re.fullmatch(regex, path) for regex in paths), path
-    # GET routes take their fields from the query: never refused.
-    assert all(method != "GET" for method, _ in refused)
-    assert re.fullmatch(
-        _path_regex("/api/v1/auth/orgs/{org_id}/members"), "/api/v1/auth/orgs/7/members"
-    )
-    assert not re.fullmatch(
-        _path_regex("/api/v1/auth/orgs/{org_id}/members"), "/api/v1/auth/orgs/7/x"
-    )
+
+    def route_for(path: str) -> dict[str, Any]:
+        (found,) = [r for regex, r in refused.items() if re.fullmatch(regex, path)]
+        return found
+
+    for path, allow in (
+        ("/api/v1/auth/login", "POST"),
+        ("/api/v1/auth/login/", "POST"),
+        ("/api/v1/tokens/status", "GET, HEAD"),
+        ("/api/v1/auth/orgs/7/members", "GET, HEAD, POST"),
+        ("/api/v1/auth/orgs/7/members/u1", "DELETE"),
+    ):
+        route = route_for(path)
+        (header,) = route["response_headers_to_add"]
+        assert header["header"] == {"key": "allow", "value": allow}, path
+        (method,) = route["match"]["headers"]
+        assert method["invert_match"] is True
+        allowed = method["string_match"]["safe_regex"]["regex"].split("|")
+        assert set(allowed) == set(allow.split(", "))
+        # The transcoder would answer 404 instead: it is off on these routes.
+        config_of = route["typed_per_filter_config"]["envoy.filters.http.grpc_json_transcoder"]
+        assert config_of["disabled"] is True
+    members = _path_regex("/api/v1/auth/orgs/{org_id}/members")
+    assert re.fullmatch(members, "/api/v1/auth/orgs/7/members")
+    assert not re.fullmatch(members, "/api/v1/auth/orgs/7/x")
+    # Native gRPC paths never meet a 405 route.
+    assert not any(re.fullmatch(r, "/leaky.auth.v1.AuthService/Login") for r in refused)
 
 
 def test_local_replies_carry_grpc_codes_and_the_access_log_no_secrets(
@@ -104,3 +152,4 @@ def test_local_replies_carry_grpc_codes_and_the_access_log_no_secrets(
     assert "authorization" not in logged
     assert "x-api-key" not in logged
     assert fields["path"].startswith("%PATH(NQ")  # never the query string
+    assert fields["client_address"] == "%REQ(X-LEAKY-CLIENT-ADDRESS)%"

@@ -104,9 +104,9 @@ def _metadata(context: Context, key: str) -> str:
 
 
 def client_address(context: Context) -> str:
-    """The caller's IP: Envoy's x-envoy-external-address (it sets it from the real peer and
-    drops a client's own, see ADR 0012), else the gRPC peer; also kept for audit lines."""
-    address = _metadata(context, "x-envoy-external-address").strip()
+    """The caller's IP: x-leaky-client-address, which Envoy writes from the connection's peer
+    over any client-sent one (ADR 0012, 0015), else the gRPC peer; also kept for audit lines."""
+    address = _metadata(context, "x-leaky-client-address").strip()
     try:
         address = str(ipaddress.ip_address(address))
     except ValueError:

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from leaky_tokens.gateway import hardening, request_checks
+from leaky_tokens.gateway import bindings, hardening, request_checks
 from leaky_tokens.runtime.paths import descriptor
 from leaky_tokens.topology import SERVICES, Service, public_services
 
@@ -119,7 +119,9 @@ RETRY_POLICY = {
 
 
 def _routes(services: tuple[Service, ...]) -> list[dict[str, Any]]:
-    routes = hardening.query_refusal_routes(services)
+    # HTTP paths match no route until the transcoder has turned them into gRPC paths, except
+    # a method the path's bindings do not take: 405.
+    routes = bindings.method_not_allowed_routes(services)
     routes += [
         {
             "match": {"prefix": f"/{name}/"},
@@ -179,6 +181,7 @@ def render(
                 },
             },
         },
+        request_checks.after_transcoding_filter(bindings.query_refused_calls(services)),
         {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": ROUTER},
@@ -193,7 +196,14 @@ def render(
         "access_log": hardening.access_log(),
         "route_config": {
             "name": "leaky",
-            "virtual_hosts": [{"name": "leaky", "domains": ["*"], "routes": _routes(services)}],
+            "virtual_hosts": [
+                {
+                    "name": "leaky",
+                    "domains": ["*"],
+                    **hardening.virtual_host_headers(),
+                    "routes": _routes(services),
+                }
+            ],
         },
         "local_reply_config": hardening.local_reply_config(),
         "http_filters": http_filters,

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
-import re
 from typing import Any
 
-from google.api import annotations_pb2, http_pb2  # type: ignore[import-untyped]
-
-from leaky_tokens.topology import Service
-
 _T = "type.googleapis.com/envoy."
-FILTER_CONFIG = _T + "config.route.v3.FilterConfig"
 STDOUT_LOG = _T + "extensions.access_loggers.stream.v3.StdoutAccessLog"
-TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
 
 # HTTP status of a local reply -> the google.rpc.Code its JSON body carries (the mapping of
 # google/rpc/code.proto). Unlisted statuses carry 2 (UNKNOWN).
@@ -80,10 +72,35 @@ def grpc_route_headers() -> dict[str, Any]:
                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
             }
         ],
-        # The client's address reaches services only as x-envoy-external-address, which
-        # Envoy sets from the connection (client_address_settings); a forwarded-for chain
-        # starts with whatever the client wrote.
+        # The client's address reaches services only as CLIENT_ADDRESS_HEADER (see
+        # virtual_host_headers); a forwarded-for chain starts with whatever the client wrote.
         "request_headers_to_remove": ["grpc-timeout", "x-forwarded-for"],
+    }
+
+
+CLIENT_ADDRESS_HEADER = "x-leaky-client-address"
+
+
+def virtual_host_headers() -> dict[str, Any]:
+    """Header rules of the virtual host, so of every route: the client's address, our way.
+
+    Envoy treats a loopback peer as internal whatever internal_address_config says and then
+    passes a client-sent x-envoy-external-address through (measured on Envoy 1.40), so on
+    loopback a client could choose the address the login throttle keys on. Envoy writes the
+    connection's peer into a header of our own instead, overwriting a client's, and drops
+    x-envoy-external-address so nothing downstream can read a forged one.
+    """
+    return {
+        "request_headers_to_add": [
+            {
+                "header": {
+                    "key": CLIENT_ADDRESS_HEADER,
+                    "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+                },
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+        "request_headers_to_remove": ["x-envoy-external-address"],
     }
 
 
@@ -151,7 +168,7 @@ def access_log() -> list[dict[str, Any]]:
         "bytes_in": "%BYTES_RECEIVED%",
         "bytes_out": "%BYTES_SENT%",
         "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
-        "external_address": "%REQ(X-ENVOY-EXTERNAL-ADDRESS)%",
+        "client_address": "%REQ(X-LEAKY-CLIENT-ADDRESS)%",  # as forwarded to the service
         "user_agent": "%REQ(USER-AGENT)%",
         "upstream_cluster": "%UPSTREAM_CLUSTER%",
         "upstream_host": "%UPSTREAM_HOST%",
@@ -167,9 +184,9 @@ def access_log() -> list[dict[str, Any]]:
 def client_address_settings() -> dict[str, Any]:
     """HCM settings: the peer Envoy sees is the client, whatever headers it sends.
 
-    With use_remote_address Envoy sets x-envoy-external-address and x-forwarded-for from the
-    connection's peer and drops client-sent x-envoy-* headers. No address is "internal" (the
-    default list trusts loopback and RFC 1918 peers, and on loopback everything is a peer).
+    With use_remote_address the downstream address is the connection's peer, not a
+    forwarded-for entry. The empty internal list keeps RFC 1918 peers from counting as
+    internal (Envoy still counts loopback as internal: virtual_host_headers covers that).
     """
     return {
         "use_remote_address": True,
@@ -179,62 +196,3 @@ def client_address_settings() -> dict[str, Any]:
         # Clients can quote the id of a failed request; it is the access log's request_id.
         "always_set_request_id_in_response": True,
     }
-
-
-def _path_regex(template: str) -> str:
-    """google.api.http path template -> RE2 for the path ({x} one segment, {x=**} any)."""
-    out = []
-    for part in re.split(r"(\{[^}]*\})", template):
-        if part.startswith("{"):
-            out.append(".+" if "**" in part else "[^/]+")
-        else:
-            out.append(re.escape(part))
-    return "".join(out)
-
-
-def _whole_body_bindings(services: tuple[Service, ...]) -> list[tuple[str, str]]:
-    """(HTTP method, path template) of every binding whose body is the whole request."""
-    found = []
-    for service in services:
-        if not service.proto_module:
-            continue
-        module = importlib.import_module(service.proto_module)
-        for name in service.proto_services:
-            descriptor = module.DESCRIPTOR.services_by_name[name.rsplit(".", 1)[1]]
-            for method in descriptor.methods:
-                rule: http_pb2.HttpRule = method.GetOptions().Extensions[annotations_pb2.http]
-                for binding in [rule, *rule.additional_bindings]:
-                    kind = binding.WhichOneof("pattern")
-                    if kind and kind != "custom" and binding.body == "*":
-                        found.append((kind.upper(), getattr(binding, kind)))
-    return sorted(set(found))
-
-
-QUERY_REFUSED = (
-    "query parameters are not accepted on this endpoint; send every field in the JSON body"
-)
-
-
-def query_refusal_routes(services: tuple[Service, ...]) -> list[dict[str, Any]]:
-    """400 for a query string on a route whose body is the whole request (body: "*").
-
-    Such a request's fields belong in the body; taking them from the URL put passwords into
-    URLs, browser history and access logs. Matched on the raw :path (route path matchers
-    ignore the query); the transcoder is off on these routes so the router answers.
-    """
-    return [
-        {
-            "match": {
-                "safe_regex": {"regex": _path_regex(template)},
-                "headers": [
-                    {"name": ":method", "string_match": {"exact": method}},
-                    {"name": ":path", "string_match": {"contains": "?"}},
-                ],
-            },
-            "direct_response": {"status": 400, "body": {"inline_string": QUERY_REFUSED}},
-            "typed_per_filter_config": {
-                TRANSCODER_FILTER: {"@type": FILTER_CONFIG, "disabled": True},
-            },
-        }
-        for method, template in _whole_body_bindings(services)
-    ]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from leaky_tokens.gateway import bindings
+
 _T = "type.googleapis.com/envoy.extensions.filters.http.lua.v3."
 LUA_FILTER = "envoy.filters.http.lua"
+QUERY_CHECK_FILTER = "leaky.query_check"  # its own name: per-route Lua configs are LUA_FILTER's
 
 # Request headers a client may send, counted as gRPC counts metadata (name + value + 32 per
 # entry). The services refuse more than 8 KiB with RESOURCE_EXHAUSTED (HTTP 429, which reads
@@ -55,8 +58,14 @@ function envoy_on_request(h)
   local headers = h:headers()
   local method = headers:get(":method") or ""
   local ctype = headers:get("content-type") or ""
-  local is_grpc = string.sub(ctype, 1, 16) == "application/grpc"
-  h:streamInfo():dynamicMetadata():set("leaky", "method", method)
+  -- Media types are case-insensitive; gRPC servers take only the lower-case spelling.
+  local is_grpc = string.sub(string.lower(ctype), 1, 16) == "application/grpc"
+  local meta = h:streamInfo():dynamicMetadata()
+  meta:set("leaky", "method", method)
+  if not is_grpc and string.find(headers:get(":path") or "", "?", 1, true) then
+    -- Read after the transcoder (QUERY_CHECK_SCRIPT), which drops nothing it can map.
+    meta:set("leaky", "query", "1")
+  end
   if header_bytes(headers) > MAX_HEADER_BYTES then
     if is_grpc then
       return grpc_error(h, "request headers too large")
@@ -82,17 +91,22 @@ function envoy_on_request(h)
   end
 end
 
--- Messages of the transcoder that name proto internals, as clients should read them.
+-- Messages of the transcoder that name proto internals, as clients should read them. Applied
+-- to the message only, as it stands JSON-escaped in the body. Type names are matched whole:
+-- never inside a path (%f frontiers), so "/leaky.auth.v1.AuthService/Login" stays as sent.
+local NAME = "%f[%w_./]leaky%.[%w_]+%.v%d+%.[%w_.]+%f[^%w_./]"
 local REWRITES = {
   { "Proto field is not repeating, cannot start list%.", "a list was given for a single value" },
   { "invalid value Starting an object on a scalar field for type ([%w_]+)",
     "an object was given for field %1" },
+  { "Could not find field (\\\"[^\\\"]*\\\") in the type \\\"" .. NAME .. "\\\"%.?",
+    "unknown query parameter %1" },
   { " for type type%.googleapis%.com/google%.protobuf%.Timestamp", "" },
   { "Illegal timestamp format; timestamps", "timestamps" },
   { " for type TYPE_[A-Z0-9]+", "" },
   { "Root element must be a message%.", "the body must be a JSON object" },
-  { "type%.googleapis%.com/[%w_.]+", "a message" },
-  { "leaky%.[%w_]+%.v%d+%.[%w_.]+", "the request" },
+  { "%f[%w_./]type%.googleapis%.com/[%w_.]+", "a message" },
+  { NAME, "the request" },
 }
 
 local function camel(name)
@@ -100,14 +114,23 @@ local function camel(name)
 end
 
 local function clean(text)
+  -- Envoy's JSON ends with a newline and its keys are sorted: the message comes last.
+  text = string.gsub(text, "%s+$", "")
+  local head, message = string.match(text, '^(.*"message":")(.*)"}$')
+  if message == nil then
+    return text
+  end
+  -- The JSON parser appends the input and a caret under the error ("\n{...}\n   ^").
+  message = string.gsub(message, "\\n.*$", "")
   for _, rule in ipairs(REWRITES) do
-    text = string.gsub(text, rule[1], rule[2])
+    message = string.gsub(message, rule[1], rule[2])
   end
   -- Field paths come as proto names (expires_at); clients know the JSON names (expiresAt).
-  text = string.gsub(text, '"message":"([%w_.]+): ', function(field)
-    return '"message":"' .. camel(field) .. ': '
+  message = string.gsub(message, "^([%w_.]+): ", function(field)
+    return camel(field) .. ": "
   end)
-  return (string.gsub(text, '"message":": ', '"message":"'))
+  message = string.gsub(string.gsub(message, "^: ", ""), "%s+$", "")
+  return head .. message .. '"}'
 end
 
 function envoy_on_response(h)
@@ -137,6 +160,40 @@ function envoy_on_response(h)
   end
 end
 """
+
+
+# Runs after the transcoder, which has turned an HTTP request into its gRPC call: the path is
+# the call's, whatever spelling of the HTTP path the transcoder accepted.
+QUERY_CHECK_SCRIPT = r"""
+function envoy_on_request(h)
+  local meta = h:streamInfo():dynamicMetadata():get("leaky") or {}
+  if meta["query"] == nil then
+    return
+  end
+  local call = (meta["method"] or "") .. " " .. (h:headers():get(":path") or "")
+  if REFUSED[call] then
+    h:respond({ [":status"] = "400" }, QUERY_REFUSED)
+  end
+end
+
+function envoy_on_response(h)
+end
+"""
+
+
+def after_transcoding_filter(refused_calls: list[str]) -> dict[str, Any]:
+    """A second Lua filter, after the transcoder: 400 for a query string on the calls given
+    ("POST /leaky.auth.v1.AuthService/Login": whole-body bindings, see bindings.py)."""
+    table = ", ".join(f'["{call}"] = true' for call in refused_calls)
+    head = f"local REFUSED = {{ {table} }}\n"
+    head += f'local QUERY_REFUSED = "{bindings.QUERY_REFUSED}"\n'
+    return {
+        "name": QUERY_CHECK_FILTER,
+        "typed_config": {
+            "@type": _T + "Lua",
+            "default_source_code": {"inline_string": head + QUERY_CHECK_SCRIPT.strip() + "\n"},
+        },
+    }
 
 
 def _script(check_frames: bool) -> str:
