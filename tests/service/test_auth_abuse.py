@@ -159,7 +159,7 @@ async def small_queue(tmp_path: Path) -> AsyncIterator[Auth]:
 
 
 async def register(auth: Auth, name: str = "alice", address: str | None = None) -> None:
-    metadata = (("x-envoy-external-address", address),) if address else None
+    metadata = (("x-leaky-client-address", address),) if address else None
     await auth.stub.Register(
         pb.RegisterRequest(username=name, email=f"{name}@example.com", password="correct horse"),
         metadata=metadata,
