@@ -8,7 +8,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,10 +118,19 @@ def leaky_up(
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """`leaky up` (embedded) on free ports with a fresh data directory."""
     port, admin = free_port(), free_port()
-    with leaky_up(
-        ["--port", str(port), "--admin-port", str(admin)],
-        tmp_path_factory.mktemp("mesh"),
-        f"http://127.0.0.1:{port}",
-        ("/api/v1/tokens/status",),
-    ) as running:
+    # Every e2e module registers its users from 127.0.0.1 on this one mesh: lift the per-address
+    # registration budget here (tests/service/test_auth_abuse.py proves the budget itself).
+    mesh = ExitStack()
+    # Only while it starts: the children keep their environment, later processes get ours.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LEAKY_AUTH_REGISTER_PER_ADDRESS", "100000")
+        running = mesh.enter_context(
+            leaky_up(
+                ["--port", str(port), "--admin-port", str(admin)],
+                tmp_path_factory.mktemp("mesh"),
+                f"http://127.0.0.1:{port}",
+                ("/api/v1/tokens/status",),
+            )
+        )
+    with mesh:
         yield running
