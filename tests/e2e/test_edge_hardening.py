@@ -16,6 +16,7 @@ import pytest
 
 from tests.e2e.conftest import Gateway
 from tests.e2e.test_gateway import call, register
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -202,13 +203,14 @@ def test_head_on_get_routes_answers_like_get_without_a_body(
 def access_log_line(gateway: Gateway, request_id: str) -> dict[str, Any]:
     """The JSON access-log line of one request (Envoy writes its log out within 10 s)."""
     log = gateway.data_dir / "logs" / "envoy.log"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def logged() -> dict[str, Any]:
         for line in log.read_text(errors="replace").splitlines():
             if line.startswith("{") and request_id in line:
                 return dict(json.loads(line))
-        time.sleep(0.5)
-    raise AssertionError(f"no access-log line for {request_id} in {log}")
+        return {}
+
+    return wait_until(logged, 30, what=f"an access-log line for {request_id} in {log}")
 
 
 def test_access_log_has_a_json_line_per_request_without_secrets(gateway: Gateway) -> None:

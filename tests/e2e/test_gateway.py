@@ -222,19 +222,20 @@ def test_token_and_analytics_say_unimplemented_never_invent_data(gateway: Gatewa
     status, _, answer = call(gateway, "GET", "/api/v1/tokens/status")
     assert status == 200
     assert answer["status"] == "ok"
-    status, _, answer = call(
-        gateway,
-        "POST",
-        "/api/v1/tokens/consume",
-        {"userId": user["userId"], "provider": "openai", "tokens": 5},
-        auth,
-    )
-    assert status == 501
-    assert "not implemented yet" in answer["message"]
-    status, _, answer = call(
-        gateway, "GET", "/api/v1/analytics/usage?provider=openai", headers=auth
-    )
-    assert status == 501
+    consume = {"userId": user["userId"], "provider": "openai", "tokens": 5, "prompt": "hi"}
+    # Every reshaped REST path reaches its RPC (the provider stubs: test_provider_stubs.py); an
+    # unknown body field would be a 400 from the transcoder, so the JSON names are checked too.
+    for method, path, body, rpc in [
+        ("POST", "/api/v1/tokens/consume", {**consume, "idempotencyKey": "k1"}, "Consume"),
+        ("POST", "/api/v1/tokens/reservations", {**consume, "ttl": "30s"}, "Reserve"),
+        ("POST", "/api/v1/tokens/reservations/r1/settle", {"actualTokens": 3}, "Settle"),
+        ("POST", "/api/v1/tokens/reservations/r1/release", {}, "Release"),
+        ("GET", f"/api/v1/tokens/quota?userId={user['userId']}&provider=openai", None, "GetQuota"),
+        ("GET", "/api/v1/analytics/usage?provider=openai", None, "GetUsage"),
+    ]:
+        status, _, answer = call(gateway, method, path, body, auth)
+        assert status == 501, (path, answer)
+        assert f"/{rpc} is not implemented yet" in answer["message"], path
 
 
 def grpcurl_run(grpcurl: Path, gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
@@ -251,6 +252,7 @@ def test_grpcurl_lists_services_through_the_gateway_port(grpcurl: Path, gateway:
         "leaky.auth.v1.AuthService",
         "leaky.token.v1.TokenService",
         "leaky.analytics.v1.AnalyticsService",
+        "leaky.provider.v1.ProviderService",
     } <= services
 
 

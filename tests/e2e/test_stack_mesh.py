@@ -11,8 +11,9 @@ import consul
 import pytest
 
 from leaky_tokens.stack.orchestrator import Stack
+from leaky_tokens.topology import slugs
 from tests.e2e.conftest import Gateway, leaky_up
-from tests.e2e.test_gateway import register
+from tests.e2e.test_gateway import call, register
 from tests.support.stack import component
 
 pytestmark = pytest.mark.e2e
@@ -60,7 +61,7 @@ def test_services_are_registered_with_passing_grpc_checks(
     stack_gateway: Gateway, stack: Stack
 ) -> None:
     client = consul.Consul(host="127.0.0.1", port=component(stack, "consul").http_port)  # type: ignore[attr-defined]
-    services = ("catalog", "auth", "token", "analytics")
+    services = slugs()
     for service, port in zip(services, stack_gateway.grpc_ports, strict=True):
         _, nodes = client.health.service(service, passing=True)
         ports = {n["Service"]["Port"] for n in nodes}
@@ -83,3 +84,10 @@ def test_grpcurl_reflection_through_the_stack_envoy(grpcurl: Path, stack_gateway
         timeout=30,
     )
     assert json.loads(jwks.stdout)["keys"][0]["kty"] == "RSA"
+
+
+def test_provider_chat_through_the_stack_envoy(stack_gateway: Gateway) -> None:
+    auth = {"authorization": f"Bearer {register(stack_gateway)['token']}"}
+    status, _, reply = call(stack_gateway, "POST", "/api/v1/gemini/chat", {"prompt": "hi"}, auth)
+    assert status == 200, reply
+    assert reply["message"] == "Stubbed Gemini response"

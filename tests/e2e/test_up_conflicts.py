@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.up import bound_ports, consecutive_free, wait_http_ok
+from tests.support.up import GRPC_SPAN, bound_ports, consecutive_free, wait_http_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +37,7 @@ def up_argv(port: int, admin: int, grpc_base: int, data_dir: Path) -> list[str]:
 
 def test_a_second_leaky_up_on_the_same_ports_exits_naming_the_port(tmp_path: Path) -> None:
     port, admin = bound_ports(2)
-    grpc_base = consecutive_free(4)
+    grpc_base = consecutive_free(GRPC_SPAN)
     first_log = tmp_path / "first.log"
     with first_log.open("wb") as log:
         first = subprocess.Popen(
@@ -68,7 +68,7 @@ def test_a_service_that_dies_during_start_up_shows_its_last_log_lines(tmp_path: 
     port, admin = bound_ports(2)
     env = {**os.environ, "LEAKY_AUTH_DATABASE_URL": "nosuchdriver://nowhere"}
     result = subprocess.run(
-        up_argv(port, admin, consecutive_free(4), tmp_path / "data"),
+        up_argv(port, admin, consecutive_free(GRPC_SPAN), tmp_path / "data"),
         capture_output=True,
         text=True,
         env=env,

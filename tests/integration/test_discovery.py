@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,29 +25,15 @@ from leaky_tokens.discovery.bootstrap import build as build_discovery
 from leaky_tokens.discovery.bootstrap import start as start_discovery
 from leaky_tokens.runtime.server import ServiceSpec, start_server
 from leaky_tokens.stack.orchestrator import Stack
-from tests.support.net import free_port
+from tests.support.net import serving_port
 from tests.support.stack import STARTED_BY_TESTS, component
+from tests.support.wait import eventually, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 def consul_client(stack: Stack) -> consul.Consul:
     return consul.Consul(host="127.0.0.1", port=component(stack, "consul").http_port)  # type: ignore[attr-defined]
-
-
-def eventually(check: Callable[[], bool], within: float, what: str) -> None:
-    """Poll `check` until it holds; fail naming `what` after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"not within {within} s: {what}"
-        time.sleep(0.2)
-
-
-async def eventually_async(check: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"not within {within} s: {what}"
-        await asyncio.sleep(0.2)
 
 
 def check_status(client: consul.Consul, name: str) -> str | None:
@@ -70,18 +54,18 @@ async def test_registration_check_passes_and_goes_critical_when_the_server_stops
     settings = CatalogSettings(port=0, consul_address=address)
     running = await start_server(smoke_spec(name), settings, None)
     try:
-        await eventually_async(
-            lambda: check_status(client, name) == "passing", 20, "gRPC check passing"
+        await eventually(
+            lambda: check_status(client, name) == "passing", 20, what="gRPC check passing"
         )
         _, services = client.catalog.service(name)
         assert services[0]["ServicePort"] == running.port
         assert services[0]["ServiceMeta"]["version"]
         # The process dies without deregistering: Consul's own gRPC probe must notice.
         assert running.registrar is not None
-        running.registrar.abandon()
+        await running.registrar.abandon()
         await running.server.stop(0)
-        await eventually_async(
-            lambda: check_status(client, name) == "critical", 20, "gRPC check critical"
+        await eventually(
+            lambda: check_status(client, name) == "critical", 20, what="gRPC check critical"
         )
     finally:
         client.agent.service.deregister(f"{name}-127.0.0.1-{running.port}")
@@ -97,10 +81,10 @@ async def test_forgotten_instance_re_registers_and_graceful_stop_deregisters(
     )
     service_id = f"{name}-127.0.0.1-{running.port}"
     try:
-        await eventually_async(lambda: service_id in client.agent.services(), 10, "registered")
+        await eventually(lambda: service_id in client.agent.services(), 10, what="registered")
         client.agent.service.deregister(service_id)  # Consul "forgets" it
         assert service_id not in client.agent.services()
-        await eventually_async(lambda: service_id in client.agent.services(), 15, "re-registered")
+        await eventually(lambda: service_id in client.agent.services(), 15, what="re-registered")
     finally:
         await running.stop(grace=0)
     assert service_id not in client.agent.services()
@@ -126,12 +110,12 @@ async def test_discovery_built_by_its_bootstrap_serves_what_consul_knows(stack: 
         ]
 
     try:
-        deadline = time.monotonic() + 20
         async with aiohttp.ClientSession() as http:
             # The discovery server runs on this event loop: ask it without blocking the loop.
-            while await served_ports(http) != [server.port]:
-                assert time.monotonic() < deadline, "discovery never served the instance"
-                await asyncio.sleep(0.2)
+            async def serves_the_instance() -> bool:
+                return await served_ports(http) == [server.port]
+
+            await eventually(serves_the_instance, 20, what="discovery serving the instance")
     finally:
         await server.stop(grace=0)
         await discovery.stop()
@@ -142,22 +126,22 @@ async def test_discovery_built_by_its_bootstrap_serves_what_consul_knows(stack: 
 
 @contextmanager
 def token_instance(stack: Stack, data_dir: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """`python -m leaky_tokens.token` registered in the stack's Consul."""
-    port = free_port()
+    """`python -m leaky_tokens.token` on a port it picks, registered in the stack's Consul."""
     consul_port = component(stack, "consul").http_port  # type: ignore[attr-defined]
     env = {
         **os.environ,
-        "LEAKY_TOKEN_PORT": str(port),
+        "LEAKY_TOKEN_PORT": "0",
         "LEAKY_TOKEN_METRICS_PORT": "0",
         "LEAKY_TOKEN_CONSUL_ADDRESS": f"127.0.0.1:{consul_port}",
         "LEAKY_TOKEN_SHUTDOWN_DELAY_SECONDS": "0",
     }
-    log = (data_dir / f"token-{port}.log").open("wb")
+    log_path = data_dir / f"token-{uuid.uuid4().hex[:8]}.log"
+    log = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "leaky_tokens.token"], env=env, stdout=log, stderr=log
     )
     try:
-        yield port, process
+        yield serving_port(process, log_path), process
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -217,8 +201,10 @@ def test_envoy_follows_instances_as_they_come_die_and_outlive_consul(
         ),
     ):
         # Both instances join Envoy's load balancing, with no Envoy restart.
-        eventually(
-            lambda: {port_a, port_b} <= healthy_ports(stack), 30, "both instances in rotation"
+        wait_until(
+            lambda: {port_a, port_b} <= healthy_ports(stack),
+            30,
+            what="both instances in rotation",
         )
 
         def both_served() -> bool:
@@ -226,14 +212,14 @@ def test_envoy_follows_instances_as_they_come_die_and_outlive_consul(
             hosts = envoy_hosts(stack, "token")
             return all(hosts[f"127.0.0.1:{p}"]["rq_total"] > 0 for p in (port_a, port_b))
 
-        eventually(both_served, 20, "traffic reaching both instances")
+        wait_until(both_served, 20, what="traffic reaching both instances")
         statuses = [gateway_status(stack) for _ in range(40)]
         assert set(statuses) == {200}, statuses
 
         # A killed instance leaves rotation within seconds; no request fails meanwhile for long.
         process_b.kill()
-        eventually(
-            lambda: port_b not in healthy_ports(stack), 10, "killed instance out of rotation"
+        wait_until(
+            lambda: port_b not in healthy_ports(stack), 10, what="killed instance out of rotation"
         )
         statuses = [gateway_status(stack) for _ in range(20)]
         assert set(statuses) == {200}, statuses
@@ -250,11 +236,18 @@ def test_consul_outage_keeps_the_last_known_endpoints_serving(stack: Stack, tmp_
     if "consul" not in STARTED_BY_TESTS:
         pytest.skip("stopping Consul would wipe the registrations of a stack the tests reuse")
     with token_instance(stack, tmp_path) as (port, _):
-        eventually(lambda: port in discovered_ports(stack, "token"), 30, "instance discovered")
-        eventually(lambda: gateway_status(stack) == 200, 20, "instance served through Envoy")
+        wait_until(lambda: port in discovered_ports(stack, "token"), 30, what="instance discovered")
+        wait_until(lambda: gateway_status(stack) == 200, 20, what="instance served through Envoy")
+        discovery_log = stack.paths.log("discovery")
+        seen = discovery_log.stat().st_size
         stack.down(["consul"])
         try:
-            time.sleep(3)  # discovery's queries fail and retry; Envoy polls it meanwhile
+            # Discovery's watch of `token` has failed (it retries with a backoff meanwhile).
+            wait_until(
+                lambda: b"consul query failed" in discovery_log.read_bytes()[seen:],
+                20,
+                what="discovery noticing the Consul outage",
+            )
             # Discovery still hands out the last known endpoint, and Envoy still serves it.
             assert port in discovered_ports(stack, "token")
             statuses = [gateway_status(stack) for _ in range(20)]
@@ -263,8 +256,8 @@ def test_consul_outage_keeps_the_last_known_endpoints_serving(stack: Stack, tmp_
             stack.up(["consul"])
         # The dev agent restarted empty; the instance registers itself again.
         client = consul_client(stack)
-        eventually(
+        wait_until(
             lambda: check_status(client, "token") == "passing",
             30,
-            "re-registered after Consul restart",
+            what="re-registered after Consul restart",
         )

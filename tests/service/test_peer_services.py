@@ -1,4 +1,4 @@
-"""Token and analytics built with injected collaborators: fake clock and in-process key set."""
+"""Token, analytics and provider built with injected collaborators: fake clock, in-process keys."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from leaky.analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from leaky.provider.v1 import provider_pb2_grpc
 from leaky.token.v1 import token_pb2, token_pb2_grpc
 from leaky_tokens.analytics import servicer as analytics_servicer
 from leaky_tokens.analytics.bootstrap import AnalyticsSettings
 from leaky_tokens.analytics.bootstrap import build as build_analytics
+from leaky_tokens.provider.bootstrap import ProviderSettings
+from leaky_tokens.provider.bootstrap import build as build_provider
 from leaky_tokens.runtime.server import RunningServer, start_server
 from leaky_tokens.token import servicer as token_servicer
 from leaky_tokens.token.bootstrap import TokenSettings
@@ -29,7 +32,7 @@ class Peers:
     keys: KeySet
     clock: FakeClock
     token: token_pb2_grpc.TokenServiceAsyncStub
-    provider: token_pb2_grpc.ProviderServiceAsyncStub
+    provider: provider_pb2_grpc.ProviderServiceAsyncStub
     analytics: analytics_pb2_grpc.AnalyticsServiceAsyncStub
 
 
@@ -46,25 +49,30 @@ async def peers() -> AsyncIterator[Peers]:
     analytics = await build_analytics(
         analytics_settings, clock=clock, jwks=keys.fetch, monotonic=monotonic
     )
+    provider_settings = ProviderSettings(port=0, metrics_port=0)
+    provider = await build_provider(provider_settings, jwks=keys.fetch, monotonic=monotonic)
     servers: list[RunningServer] = [
         await start_server(token.spec, token_settings, token.verifier),
         await start_server(analytics.spec, analytics_settings, analytics.verifier),
+        await start_server(provider.spec, provider_settings, provider.verifier),
     ]
     async with (
         grpc.aio.insecure_channel(f"127.0.0.1:{servers[0].port}") as token_channel,
         grpc.aio.insecure_channel(f"127.0.0.1:{servers[1].port}") as analytics_channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{servers[2].port}") as provider_channel,
     ):
         yield Peers(
             keys,
             clock,
             token_pb2_grpc.TokenServiceStub(token_channel),
-            token_pb2_grpc.ProviderServiceStub(token_channel),
+            provider_pb2_grpc.ProviderServiceStub(provider_channel),
             analytics_pb2_grpc.AnalyticsServiceStub(analytics_channel),
         )
     for server in servers:
         await server.stop(0)
     await token.close()
     await analytics.close()
+    await provider.close()
 
 
 def _reason(error: grpc.aio.AioRpcError) -> str:
@@ -95,8 +103,16 @@ async def test_rpcs_not_written_yet_say_which_and_why(peers: Peers) -> None:
             token_servicer.PENDING,
         ),
         (
-            peers.provider.Chat(token_pb2.ChatRequest(), metadata=auth),
-            "leaky.token.v1.ProviderService/Chat",
+            peers.token.Reserve(
+                token_pb2.ReserveRequest(user_id="user-1", provider="openai", tokens=5),
+                metadata=auth,
+            ),
+            "leaky.token.v1.TokenService/Reserve",
+            token_servicer.PENDING,
+        ),
+        (
+            peers.token.GrantTokens(token_pb2.GrantTokensRequest(), metadata=auth),
+            "leaky.token.v1.TokenService/GrantTokens",
             token_servicer.PENDING,
         ),
         (
@@ -114,9 +130,10 @@ async def test_rpcs_not_written_yet_say_which_and_why(peers: Peers) -> None:
 
 
 async def test_unwritten_protected_rpc_still_requires_credentials(peers: Peers) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await peers.token.Consume(token_pb2.ConsumeRequest())
-    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    for call in (peers.token.Consume(token_pb2.ConsumeRequest()),):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def _get_quota(peers: Peers, token: str) -> grpc.StatusCode:

@@ -1,10 +1,11 @@
-"""Test doubles for the ports of time, password hashing and token crypto: fast, real rules."""
+"""Test doubles for the ports of time, randomness, sleeping, password hashing and token crypto."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -96,3 +97,28 @@ class FakeTokenCrypto:
             options={"verify_exp": False},  # the fake clock is not the wall clock
         )
         return claims
+
+
+class ScriptedRandomness:
+    """Draws from a fixed list, ids numbered: every fault decision is chosen by the test."""
+
+    def __init__(self, draws: Iterable[float] = ()) -> None:
+        self.draws = list(draws)
+        self.ids = 0
+
+    def new_id(self) -> str:
+        self.ids += 1
+        return f"id-{self.ids}"
+
+    def uniform(self) -> float:
+        return self.draws.pop(0)
+
+
+class RecordingSleep:
+    """Records the waits instead of waiting."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)

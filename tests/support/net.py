@@ -1,7 +1,8 @@
 """Loopback ports for tests.
 
 Prefer binding port 0 and reading the port back from the process under test (the gRPC servers
-report theirs: `RunningServer.port`). These helpers are for processes that cannot do that yet
+report theirs: `RunningServer.port` in-process, `serving_port` for a process started with
+port 0). These helpers are for processes that cannot do that yet
 and take explicit ports (`leaky up --port/--admin-port/--grpc-base-port`, a service started as
 `python -m` with LEAKY_*_PORT): a port found free here can still be taken before the process
 binds it, so use them only there, and let the process fail loudly on a clash.
@@ -9,7 +10,13 @@ binds it, so use them only there, and let the process fail loudly on a clash.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
+import subprocess
+from pathlib import Path
+
+from tests.support.wait import wait_until
 
 
 def free_port() -> int:
@@ -36,3 +43,21 @@ def port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def serving_port(process: subprocess.Popen[bytes], log_path: Path, timeout: float = 30) -> int:
+    """The port a service started with port 0 bound, from the JSON "serving" line it logs
+    to `log_path` (runtime/server.py); fails early, with the log, if the process exits."""
+
+    def reported() -> int:  # 0 = not yet
+        text = log_path.read_text(errors="replace")
+        if process.poll() is not None:
+            raise AssertionError(f"exited with {process.returncode} before serving:\n{text}")
+        for line in text.splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and entry.get("msg") == "serving":
+                    return int(str(entry["address"]).rsplit(":", 1)[1])
+        return 0
+
+    return wait_until(reported, timeout, what=f"a 'serving' line in {log_path.name}")

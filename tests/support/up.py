@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
+
+from leaky_tokens.topology import GRPC_BASE_PORT, SERVICES
+from tests.support.wait import WaitTimeout, wait_until
+
+# How many consecutive ports `--grpc-base-port` hands out: one per topology service.
+GRPC_SPAN = max(s.grpc_port for s in SERVICES) - GRPC_BASE_PORT + 1
 
 
 def bound_ports(count: int) -> list[int]:
@@ -41,13 +46,13 @@ def consecutive_free(size: int) -> int:
 
 def wait_http_ok(url: str, process: subprocess.Popen[bytes], log: Path, within: float) -> None:
     """Poll url until it answers 200; fail with the process's output if it exits first."""
-    deadline = time.monotonic() + within
-    while True:
+
+    def ok() -> bool:
         assert process.poll() is None, f"exited with {process.returncode}:\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"{url} not ready in {within} s:\n{log.read_text()}"
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+
+    try:
+        wait_until(ok, within, what=url, interval=0.2, ignoring=(OSError,))
+    except WaitTimeout as timeout:
+        raise WaitTimeout(f"{timeout}:\n{log.read_text()}") from None

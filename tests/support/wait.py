@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -43,14 +43,36 @@ def wait_until(
         time.sleep(interval)
 
 
+@overload
 async def eventually(
-    predicate: Callable[[], T | Awaitable[T]],
+    predicate: Callable[[], Awaitable[T]],
+    timeout: float,  # noqa: ASYNC109
+    *,
+    what: str = ...,
+    interval: float = ...,
+    ignoring: tuple[type[Exception], ...] = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    predicate: Callable[[], T],
+    timeout: float,  # noqa: ASYNC109
+    *,
+    what: str = ...,
+    interval: float = ...,
+    ignoring: tuple[type[Exception], ...] = ...,
+) -> T: ...
+
+
+async def eventually(
+    predicate: Callable[[], Any],
     timeout: float,  # noqa: ASYNC109 - the failure names what it waited for and the last error
     *,
     what: str = "condition",
     interval: float = 0.05,
     ignoring: tuple[type[Exception], ...] = (),
-) -> T:
+) -> Any:
     """`wait_until` for async tests: `predicate` may be a plain or a coroutine function."""
     deadline = time.monotonic() + timeout
     last: BaseException | None = None

@@ -13,7 +13,7 @@ from leaky_tokens.mesh.supervisor import status_table
 def test_every_port_of_the_run_is_checked_and_a_taken_one_names_its_flag() -> None:
     ports = MeshPorts.from_bases(8080, 9901, 50050, 9101)
     planned = {use.port for use in port_plan(ports)}
-    assert planned == {8080, 9901, 50050, 50051, 50052, 50053, 9101, 9102, 9103}
+    assert planned == {8080, 9901, 50050, 50051, 50052, 50053, 50054, 9101, 9102, 9103, 9104}
     # With the stack, its Envoy owns the gateway: only our services' ports are checked.
     assert 8080 not in {use.port for use in port_plan(ports, embedded=False)}
 

@@ -25,3 +25,13 @@ def test_an_explicit_timeout_wins(request: pytest.FixtureRequest) -> None:
     marker = request.node.get_closest_marker("timeout")
     assert marker is not None
     assert marker.args == (42,)
+
+
+def test_the_unit_tier_refuses_io_with_where_to_move_the_test() -> None:
+    import socket
+    import subprocess
+
+    with pytest.raises(AssertionError, match=r"no I/O \(a process\).*tests/service"):
+        subprocess.run(["true"], check=False)
+    with pytest.raises(AssertionError, match=r"no I/O \(socket\.connect\)"), socket.socket() as s:
+        s.connect(("127.0.0.1", 9))

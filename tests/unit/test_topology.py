@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 QUOTA = Service(
     slug="quota",
-    grpc_port=50054,
-    metrics_port=9104,
+    grpc_port=50055,
+    metrics_port=9105,
     proto_services=("leaky.quota.v1.QuotaService",),
     gateway_probe="/api/v1/quota/status",
     health_service="leaky.quota.v1.QuotaService",
@@ -56,28 +56,28 @@ def test_one_more_entry_reaches_envoy_supervisor_stack_discovery_and_catalog(
     tmp_path: Path,
 ) -> None:
     ports = MeshPorts.from_bases(services=WITH_QUOTA)
-    assert (ports.grpc["quota"], ports.metrics["quota"]) == (50054, 9104)
+    assert (ports.grpc["quota"], ports.metrics["quota"]) == (50055, 9105)
     moved = MeshPorts.from_bases(8080, 9901, 41000, 19000, services=WITH_QUOTA)
     assert (moved.grpc["quota"], moved.metrics["quota"], moved.metrics["catalog"]) == (
-        41004,
-        19003,
+        41005,
+        19004,
         0,
     )
 
     embedded = envoy_yaml(ports, WITH_QUOTA)
     endpoint = clusters(embedded)["quota"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]  # type: ignore[index]
-    assert endpoint["endpoint"]["address"]["socket_address"]["port_value"] == 50054
+    assert endpoint["endpoint"]["address"]["socket_address"]["port_value"] == 50055
     assert routes(embedded)["/leaky.quota.v1.QuotaService/"] == "quota"
     assert "leaky.quota.v1.QuotaService" in transcoded(embedded)
 
     children = {c.name: c for c in service_children(ports, tmp_path, services=WITH_QUOTA)}
     quota = children["quota"]
     assert quota.argv[-2:] == ["-m", "leaky_tokens.quota"]
-    assert quota.env["LEAKY_QUOTA_PORT"] == "50054"
-    assert quota.env["LEAKY_QUOTA_METRICS_PORT"] == "9104"
+    assert quota.env["LEAKY_QUOTA_PORT"] == "50055"
+    assert quota.env["LEAKY_QUOTA_METRICS_PORT"] == "9105"
     assert quota.env["LEAKY_QUOTA_AUTH_TARGET"] == "127.0.0.1:50051"
     assert quota.health_service == "leaky.quota.v1.QuotaService"
-    assert quota.metrics == "http://127.0.0.1:9104/metrics"
+    assert quota.metrics == "http://127.0.0.1:9105/metrics"
 
     paths = StackPaths(tmp_path / "stack", tmp_path / "cache")
     watched = Discovery(services=WITH_QUOTA).launch(paths).env["LEAKY_DISCOVERY_SERVICES"]
@@ -97,7 +97,9 @@ async def test_the_catalog_describes_every_topology_service() -> None:
 def test_every_proto_service_is_in_the_topology_once() -> None:
     declared = set()
     for info in pkgutil.walk_packages(leaky.__path__, "leaky."):
-        if info.name.endswith("_pb2"):
+        # Vendored upstream APIs (Envoy's RLS and ext_authz) are served to Envoy directly,
+        # never routed by the gateway (ADR 0017).
+        if info.name.endswith("_pb2") and not info.name.startswith("leaky.vendor."):
             module = importlib.import_module(info.name)
             declared |= {s.full_name for s in module.DESCRIPTOR.services_by_name.values()}
     listed = [name for s in SERVICES for name in s.proto_services]

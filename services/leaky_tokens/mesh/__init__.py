@@ -1,1 +1,1 @@
-"""The embedded mesh: Envoy configuration and the `leaky up` process supervisor."""
+"""The embedded mesh: what `leaky up` runs where, and its process supervisor."""

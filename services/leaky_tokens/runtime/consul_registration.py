@@ -92,17 +92,21 @@ class ConsulRegistrar:
         """Begin registering in the background."""
         self._task = asyncio.create_task(self._keep_registered())
 
-    def abandon(self) -> None:
-        """Stop re-registering without deregistering: what a crash looks like to Consul."""
-        if self._task is not None:
-            self._task.cancel()
-
-    async def stop(self) -> None:
-        """Stop re-registering and deregister (best effort: Consul may be gone)."""
+    async def _stop_rechecking(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    async def abandon(self) -> None:
+        """Stop re-registering without deregistering: what a crash looks like to Consul.
+        Only the HTTP client is closed; the registration stays for Consul's check to expire."""
+        await self._stop_rechecking()
+        await self._client.close()
+
+    async def stop(self) -> None:
+        """Stop re-registering and deregister (best effort: Consul may be gone)."""
+        await self._stop_rechecking()
         try:
             async with asyncio.timeout(self._timeout):
                 await self._client.agent.service.deregister(self._registration.service_id)

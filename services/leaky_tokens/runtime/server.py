@@ -96,6 +96,11 @@ class RunningServer:
     registrar: ConsulRegistrar | None = None
     metrics_http: WSGIServer | None = None
 
+    @property
+    def metrics_port(self) -> int:
+        """The port /metrics is served on, as bound; 0 when metrics are off."""
+        return int(self.metrics_http.server_port) if self.metrics_http is not None else 0
+
     async def stop(self, grace: float, delay: float = 0.0) -> None:
         """Go NOT_SERVING and leave Consul (bounded), wait `delay`, then drain and stop.
 
@@ -152,13 +157,14 @@ async def start_server(
         metrics_http, _ = start_http_server(
             settings.metrics_port, addr=settings.host, registry=registry
         )
-    log.info(
-        "serving",
-        extra={"service": spec.slug, "address": f"{settings.host}:{port}"},
-    )
     running = RunningServer(
         server, port, health_servicer, traces, registry, metrics_http=metrics_http
     )
+    # Tests and operators read the bound ports from this line (port 0 picks a free one).
+    serving: dict[str, object] = {"service": spec.slug, "address": f"{settings.host}:{port}"}
+    if running.metrics_port:
+        serving["metrics_address"] = f"{settings.host}:{running.metrics_port}"
+    log.info("serving", extra=serving)
     if settings.consul_address:
         host = settings.advertise_host or settings.host
         # Bound everywhere (containers): register the address peers can reach.

@@ -40,6 +40,13 @@ def _start_time(pid: int) -> str | None:
     return fields[19]
 
 
+def _detach(process: subprocess.Popen[bytes]) -> None:
+    """Let go of the handle of a daemon we keep running on purpose: from here it is tracked
+    by its pid file, stopped by PID and reaped by `_start_time`/`_stop`. Without a return code
+    Popen.__del__ would warn "still running" (ResourceWarning) and queue it for reaping."""
+    process.returncode = 0  # not its exit status: a mark that nobody waits on this handle
+
+
 class Stack:
     """The components and what this project started of them (pid files)."""
 
@@ -94,6 +101,7 @@ class Stack:
             log.close()
         started = _start_time(process.pid) or "0"
         self.paths.pidfile(component.name).write_text(f"{process.pid} {started}\n")
+        _detach(process)
         return process.pid
 
     def _wait_ready(self, pending: dict[str, tuple[Component, int]]) -> None:

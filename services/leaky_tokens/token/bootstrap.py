@@ -17,10 +17,8 @@ from leaky_tokens.runtime.settings import doc
 from leaky_tokens.runtime.system import SystemClock
 from leaky_tokens.token.servicer import (
     PENDING,
-    PROVIDER_SERVICE,
     PUBLIC_METHODS,
     TOKEN_SERVICE,
-    ProviderServicer,
     TokenServicer,
 )
 
@@ -47,18 +45,16 @@ async def build(
     `clock` tells the time, `jwks` fetches the auth service's signing keys (default: gRPC to
     `settings.auth_target`) and `monotonic` ages the cached key set.
     """
-    # The generated bases declare every RPC abstract; the ones not written yet are answered
+    # The generated base declares every RPC abstract; the ones not written yet are answered
     # UNIMPLEMENTED by the interceptor (mypy lists them here until they exist).
     token = TokenServicer(clock or SystemClock())  # type: ignore[abstract]
-    provider = ProviderServicer()  # type: ignore[abstract]
 
     def register(server: grpc.aio.Server) -> None:
         token_pb2_grpc.add_TokenServiceServicer_to_server(token, server)
-        token_pb2_grpc.add_ProviderServiceServicer_to_server(provider, server)
 
     spec = ServiceSpec(
         "token",
-        (TOKEN_SERVICE.full_name, PROVIDER_SERVICE.full_name),
+        (TOKEN_SERVICE.full_name,),
         register,
         PUBLIC_METHODS,
         unimplemented_reason=PENDING,

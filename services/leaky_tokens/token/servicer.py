@@ -1,4 +1,4 @@
-"""TokenService and ProviderService over gRPC; only GetStatus is implemented so far."""
+"""TokenService over gRPC; only GetStatus is implemented so far."""
 
 from __future__ import annotations
 
@@ -14,14 +14,15 @@ from leaky_tokens.runtime.ports import Clock
 Context = grpc.aio.ServicerContext[Any, Any]
 
 TOKEN_SERVICE = pb.DESCRIPTOR.services_by_name["TokenService"]
-PROVIDER_SERVICE = pb.DESCRIPTOR.services_by_name["ProviderService"]
 # RPCs these classes do not define answer UNIMPLEMENTED with this reason (the interceptor).
-PENDING = "the token service (quotas, buckets, consume, purchase) lands in its own issue"
+PENDING = (
+    "the token service (quotas, buckets, consume, reserve/settle, purchase) lands with issue 7"
+)
 PUBLIC_METHODS = frozenset({f"/{TOKEN_SERVICE.full_name}/GetStatus"})
 
 
 class TokenServicer(token_pb2_grpc.TokenServiceServicer):
-    """TokenService: the status probe; quotas, consume and purchase are still to come."""
+    """TokenService: the status probe; quotas, consume, reservations, purchase still to come."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
@@ -32,7 +33,3 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
         return pb.GetStatusResponse(
             service="token-service", status="ok", timestamp=timestamp(self._clock.now())
         )
-
-
-class ProviderServicer(token_pb2_grpc.ProviderServiceServicer):
-    """ProviderService: no RPC written yet."""

@@ -3,10 +3,13 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from leaky.token.v1 import limits_pb2 as _limits_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -38,17 +41,22 @@ class _DecisionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Decisi
     """The limit store was unavailable and the failure policy is fail_open; admitted unchecked."""
     DECISION_REASON_LOCAL_EMERGENCY: _DecisionReason.ValueType  # 6
     """The limit store was unavailable; admitted from the bounded per-instance emergency budget."""
+    DECISION_REASON_REQUEST_EXCEEDS_CAPACITY: _DecisionReason.ValueType  # 7
+    """The request was larger than a bucket's capacity and can never pass; denied."""
 
 class DecisionReason(_DecisionReason, metaclass=_DecisionReasonEnumTypeWrapper):
-    """Kafka event payloads. Each event carries a unique event_id; producers deliver at least once
-    and consumers de-duplicate by event_id, so each event takes effect exactly once.
+    """Kafka event payloads. Every Kafka message value is a serialized EventEnvelope: the headers
+    every relay and consumer needs (event_id, occurred_at, partition_key, causation and
+    correlation ids) sit outside the oneof, so they are read without knowing the event type.
+    Producers deliver at least once; consumers de-duplicate by event_id, so each event takes
+    effect exactly once.
 
-    Every Kafka message value is a serialized EventEnvelope, so one topic per area (usage,
-    purchase) carries typed events that are told apart by the oneof case, not by payload shape.
-    Usage events are keyed by the tenant (org id, else user id); purchase events are keyed by
-    saga id, so one saga's events stay in order on one partition.
+    One topic per area (usage, purchase) carries typed events told apart by the oneof case.
+    Every event is keyed by its tenant (partition_key: the org id when an org is involved, else
+    the user id), so one tenant's events, including one saga's steps, stay in order on one
+    partition.
 
-    DecisionReason says why a consume decision admitted or denied a request.
+    DecisionReason says why a consume or reserve decision admitted or denied a request.
     """
 
 DECISION_REASON_UNSPECIFIED: DecisionReason.ValueType  # 0
@@ -65,7 +73,38 @@ DECISION_REASON_FAIL_OPEN: DecisionReason.ValueType  # 5
 """The limit store was unavailable and the failure policy is fail_open; admitted unchecked."""
 DECISION_REASON_LOCAL_EMERGENCY: DecisionReason.ValueType  # 6
 """The limit store was unavailable; admitted from the bounded per-instance emergency budget."""
+DECISION_REASON_REQUEST_EXCEEDS_CAPACITY: DecisionReason.ValueType  # 7
+"""The request was larger than a bucket's capacity and can never pass; denied."""
 Global___DecisionReason: _TypeAlias = DecisionReason  # noqa: Y015
+
+@_typing.final
+class LevelDebit(_message.Message):
+    """LevelDebit is what one decision changed at one level: positive tokens were debited,
+    negative tokens credited back. Refunds and reconciliation read exactly which levels (the
+    quota window or the purchased balance) to return tokens to.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEVEL_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    level: _limits_pb2.LimitLevel.ValueType
+    """The level changed."""
+    tokens: _builtins.int
+    """Tokens debited (positive) or credited back (negative)."""
+    def __init__(
+        self,
+        *,
+        level: _limits_pb2.LimitLevel.ValueType = ...,
+        tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LevelDebit: _TypeAlias = LevelDebit  # noqa: Y015
 
 @_typing.final
 class TokenUsageRecorded(_message.Message):
@@ -73,21 +112,20 @@ class TokenUsageRecorded(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    EVENT_ID_FIELD_NUMBER: _builtins.int
-    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     ORG_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     ALLOWED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
-    REQUEST_ID_FIELD_NUMBER: _builtins.int
-    event_id: _builtins.str
-    """Unique event id (UUID), used for consumer de-duplication."""
+    DEBITS_FIELD_NUMBER: _builtins.int
+    decision_id: _builtins.str
+    """Id of the consume decision (ConsumeResponse.decision_id; not the x-request-id)."""
     user_id: _builtins.str
     """The consuming user's id."""
     org_id: _builtins.str
-    """The organization charged, or empty when the user's own quota was charged."""
+    """The organization whose levels also applied, or empty."""
     provider: _builtins.str
     """Provider name."""
     tokens: _builtins.int
@@ -96,28 +134,25 @@ class TokenUsageRecorded(_message.Message):
     """Whether the request was admitted."""
     reason: Global___DecisionReason.ValueType
     """Why it was admitted or denied."""
-    request_id: _builtins.str
-    """Id of the consume decision; a later TokensRefunded carries the same id."""
     @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp:
-        """When the decision was made."""
+    def debits(self) -> _containers.RepeatedCompositeFieldContainer[Global___LevelDebit]:
+        """What each level was debited; empty when denied."""
 
     def __init__(
         self,
         *,
-        event_id: _builtins.str = ...,
-        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        decision_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         org_id: _builtins.str = ...,
         provider: _builtins.str = ...,
         tokens: _builtins.int = ...,
         allowed: _builtins.bool = ...,
         reason: Global___DecisionReason.ValueType = ...,
-        request_id: _builtins.str = ...,
+        debits: _abc.Iterable[Global___LevelDebit] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "event_id", b"event_id", "occurred_at", b"occurred_at", "org_id", b"org_id", "provider", b"provider", "reason", b"reason", "request_id", b"request_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "debits", b"debits", "decision_id", b"decision_id", "org_id", b"org_id", "provider", b"provider", "reason", b"reason", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -125,55 +160,275 @@ Global___TokenUsageRecorded: _TypeAlias = TokenUsageRecorded  # noqa: Y015
 
 @_typing.final
 class TokensRefunded(_message.Message):
-    """TokensRefunded returns an admitted request's debit after the provider call failed."""
+    """TokensRefunded returns an admitted consume's debits after the provider call failed."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    EVENT_ID_FIELD_NUMBER: _builtins.int
-    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     ORG_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
-    REQUEST_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
-    event_id: _builtins.str
-    """Unique event id (UUID), used for consumer de-duplication."""
+    DEBITS_FIELD_NUMBER: _builtins.int
+    decision_id: _builtins.str
+    """Id of the refunded consume decision, as in its TokenUsageRecorded."""
     user_id: _builtins.str
     """The consuming user's id."""
     org_id: _builtins.str
-    """The organization refunded, or empty when the user's own quota was refunded."""
+    """The organization refunded as well, or empty."""
     provider: _builtins.str
     """Provider name."""
     tokens: _builtins.int
-    """Tokens returned to the buckets and quota."""
-    request_id: _builtins.str
-    """Id of the refunded consume decision, as in its TokenUsageRecorded."""
+    """Tokens returned in total."""
     reason: _builtins.str
-    """Why the debit was refunded, e.g. "provider call failed"."""
+    """Why the debits were refunded, e.g. "provider call failed"."""
     @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp:
-        """When the refund was made."""
+    def debits(self) -> _containers.RepeatedCompositeFieldContainer[Global___LevelDebit]:
+        """What each level got back (negative tokens)."""
 
     def __init__(
         self,
         *,
-        event_id: _builtins.str = ...,
-        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        decision_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         org_id: _builtins.str = ...,
         provider: _builtins.str = ...,
         tokens: _builtins.int = ...,
-        request_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        debits: _abc.Iterable[Global___LevelDebit] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "occurred_at", b"occurred_at", "org_id", b"org_id", "provider", b"provider", "reason", b"reason", "request_id", b"request_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["debits", b"debits", "decision_id", b"decision_id", "org_id", b"org_id", "provider", b"provider", "reason", b"reason", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TokensRefunded: _TypeAlias = TokensRefunded  # noqa: Y015
+
+@_typing.final
+class TokensReserved(_message.Message):
+    """TokensReserved is one reserve decision, granted or denied, recorded atomically with it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    DEBITS_FIELD_NUMBER: _builtins.int
+    reservation_id: _builtins.str
+    """The reservation's id (UUID); empty when denied."""
+    decision_id: _builtins.str
+    """Id of the reserve decision."""
+    user_id: _builtins.str
+    """The user the tokens are held for."""
+    org_id: _builtins.str
+    """The organization whose levels are also held, or empty."""
+    provider: _builtins.str
+    """Provider name."""
+    tokens: _builtins.int
+    """Tokens requested (the estimate)."""
+    allowed: _builtins.bool
+    """Whether the reservation was granted."""
+    reason: Global___DecisionReason.ValueType
+    """Why it was granted or denied."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the store releases it unless settled first; unset when denied."""
+
+    @_builtins.property
+    def debits(self) -> _containers.RepeatedCompositeFieldContainer[Global___LevelDebit]:
+        """What each level holds; empty when denied."""
+
+    def __init__(
+        self,
+        *,
+        reservation_id: _builtins.str = ...,
+        decision_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        tokens: _builtins.int = ...,
+        allowed: _builtins.bool = ...,
+        reason: Global___DecisionReason.ValueType = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        debits: _abc.Iterable[Global___LevelDebit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "debits", b"debits", "decision_id", b"decision_id", "expires_at", b"expires_at", "org_id", b"org_id", "provider", b"provider", "reason", b"reason", "reservation_id", b"reservation_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokensReserved: _TypeAlias = TokensReserved  # noqa: Y015
+
+@_typing.final
+class ReservationSettled(_message.Message):
+    """ReservationSettled closes a reservation at the actual count."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    RESERVED_TOKENS_FIELD_NUMBER: _builtins.int
+    ACTUAL_TOKENS_FIELD_NUMBER: _builtins.int
+    REFUNDED_TOKENS_FIELD_NUMBER: _builtins.int
+    CHARGED_TOKENS_FIELD_NUMBER: _builtins.int
+    DEBITS_FIELD_NUMBER: _builtins.int
+    OVERAGE_FIELD_NUMBER: _builtins.int
+    reservation_id: _builtins.str
+    """The reservation's id."""
+    decision_id: _builtins.str
+    """Id of the settle decision."""
+    user_id: _builtins.str
+    """The user the tokens were held for."""
+    org_id: _builtins.str
+    """The organization whose levels were also held, or empty."""
+    provider: _builtins.str
+    """Provider name."""
+    reserved_tokens: _builtins.int
+    """Tokens that were held."""
+    actual_tokens: _builtins.int
+    """Tokens actually used."""
+    refunded_tokens: _builtins.int
+    """reserved - actual when positive, else 0."""
+    charged_tokens: _builtins.int
+    """actual - reserved when positive, else 0."""
+    @_builtins.property
+    def debits(self) -> _containers.RepeatedCompositeFieldContainer[Global___LevelDebit]:
+        """The net change at each level caused by settling (refunds negative, excess positive)."""
+
+    @_builtins.property
+    def overage(self) -> _containers.RepeatedCompositeFieldContainer[Global___LevelDebit]:
+        """Per level, the part of the excess that level had no room for: billed here, not held
+        against the limit.
+        """
+
+    def __init__(
+        self,
+        *,
+        reservation_id: _builtins.str = ...,
+        decision_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        reserved_tokens: _builtins.int = ...,
+        actual_tokens: _builtins.int = ...,
+        refunded_tokens: _builtins.int = ...,
+        charged_tokens: _builtins.int = ...,
+        debits: _abc.Iterable[Global___LevelDebit] | None = ...,
+        overage: _abc.Iterable[Global___LevelDebit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_tokens", b"actual_tokens", "charged_tokens", b"charged_tokens", "debits", b"debits", "decision_id", b"decision_id", "org_id", b"org_id", "overage", b"overage", "provider", b"provider", "refunded_tokens", b"refunded_tokens", "reservation_id", b"reservation_id", "reserved_tokens", b"reserved_tokens", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReservationSettled: _TypeAlias = ReservationSettled  # noqa: Y015
+
+@_typing.final
+class ReservationReleased(_message.Message):
+    """ReservationReleased gives a reservation back: released by its caller or expired."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    RELEASED_TOKENS_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
+    DEBITS_FIELD_NUMBER: _builtins.int
+    reservation_id: _builtins.str
+    """The reservation's id."""
+    user_id: _builtins.str
+    """The user the tokens were held for."""
+    org_id: _builtins.str
+    """The organization whose levels were also held, or empty."""
+    provider: _builtins.str
+    """Provider name."""
+    released_tokens: _builtins.int
+    """Tokens given back."""
+    expired: _builtins.bool
+    """True when the store released it at expires_at; false when the caller did."""
+    @_builtins.property
+    def debits(self) -> _containers.RepeatedCompositeFieldContainer[Global___LevelDebit]:
+        """What each level got back (negative tokens)."""
+
+    def __init__(
+        self,
+        *,
+        reservation_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        released_tokens: _builtins.int = ...,
+        expired: _builtins.bool = ...,
+        debits: _abc.Iterable[Global___LevelDebit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["debits", b"debits", "expired", b"expired", "org_id", b"org_id", "provider", b"provider", "released_tokens", b"released_tokens", "reservation_id", b"reservation_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReservationReleased: _TypeAlias = ReservationReleased  # noqa: Y015
+
+@_typing.final
+class TokensGranted(_message.Message):
+    """TokensGranted credits a purchased balance outside a purchase (ADMIN GrantTokens)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    GRANTED_BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    """Id of the grant (UUID)."""
+    user_id: _builtins.str
+    """The user credited, or whose org is credited."""
+    org_id: _builtins.str
+    """The organization credited, or empty."""
+    provider: _builtins.str
+    """Provider name the tokens are for."""
+    tokens: _builtins.int
+    """Tokens added to the purchased balance."""
+    granted_by: _builtins.str
+    """The ADMIN who granted them."""
+    reason: _builtins.str
+    """Why, as given to GrantTokens."""
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        tokens: _builtins.int = ...,
+        granted_by: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "granted_by", b"granted_by", "org_id", b"org_id", "provider", b"provider", "reason", b"reason", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokensGranted: _TypeAlias = TokensGranted  # noqa: Y015
 
 @_typing.final
 class PurchaseRequested(_message.Message):
@@ -181,15 +436,11 @@ class PurchaseRequested(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    EVENT_ID_FIELD_NUMBER: _builtins.int
-    OCCURRED_AT_FIELD_NUMBER: _builtins.int
     SAGA_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     ORG_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
-    event_id: _builtins.str
-    """Unique event id (UUID), used for consumer de-duplication."""
     saga_id: _builtins.str
     """The saga's id (UUID)."""
     user_id: _builtins.str
@@ -200,24 +451,18 @@ class PurchaseRequested(_message.Message):
     """Provider name the tokens are for."""
     tokens: _builtins.int
     """Tokens to buy."""
-    @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp:
-        """When the purchase was requested."""
-
     def __init__(
         self,
         *,
-        event_id: _builtins.str = ...,
-        occurred_at: _timestamp_pb2.Timestamp | None = ...,
         saga_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         org_id: _builtins.str = ...,
         provider: _builtins.str = ...,
         tokens: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "occurred_at", b"occurred_at", "org_id", b"org_id", "provider", b"provider", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "provider", b"provider", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -229,16 +474,12 @@ class PaymentReserved(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    EVENT_ID_FIELD_NUMBER: _builtins.int
-    OCCURRED_AT_FIELD_NUMBER: _builtins.int
     SAGA_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     ORG_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     PAYMENT_ID_FIELD_NUMBER: _builtins.int
-    event_id: _builtins.str
-    """Unique event id (UUID), used for consumer de-duplication."""
     saga_id: _builtins.str
     """The saga's id (UUID)."""
     user_id: _builtins.str
@@ -251,15 +492,9 @@ class PaymentReserved(_message.Message):
     """Tokens to buy."""
     payment_id: _builtins.str
     """The payment participant's reservation id, needed to release it."""
-    @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp:
-        """When the payment was reserved."""
-
     def __init__(
         self,
         *,
-        event_id: _builtins.str = ...,
-        occurred_at: _timestamp_pb2.Timestamp | None = ...,
         saga_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         org_id: _builtins.str = ...,
@@ -267,9 +502,9 @@ class PaymentReserved(_message.Message):
         tokens: _builtins.int = ...,
         payment_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "occurred_at", b"occurred_at", "org_id", b"org_id", "payment_id", b"payment_id", "provider", b"provider", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "payment_id", b"payment_id", "provider", b"provider", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -281,16 +516,12 @@ class PaymentFailed(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    EVENT_ID_FIELD_NUMBER: _builtins.int
-    OCCURRED_AT_FIELD_NUMBER: _builtins.int
     SAGA_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     ORG_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
-    event_id: _builtins.str
-    """Unique event id (UUID), used for consumer de-duplication."""
     saga_id: _builtins.str
     """The saga's id (UUID)."""
     user_id: _builtins.str
@@ -303,15 +534,9 @@ class PaymentFailed(_message.Message):
     """Tokens to buy."""
     reason: _builtins.str
     """Why the payment failed."""
-    @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp:
-        """When the reservation failed."""
-
     def __init__(
         self,
         *,
-        event_id: _builtins.str = ...,
-        occurred_at: _timestamp_pb2.Timestamp | None = ...,
         saga_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         org_id: _builtins.str = ...,
@@ -319,9 +544,9 @@ class PaymentFailed(_message.Message):
         tokens: _builtins.int = ...,
         reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "occurred_at", b"occurred_at", "org_id", b"org_id", "provider", b"provider", "reason", b"reason", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "provider", b"provider", "reason", b"reason", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -333,15 +558,11 @@ class TokensAllocated(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    EVENT_ID_FIELD_NUMBER: _builtins.int
-    OCCURRED_AT_FIELD_NUMBER: _builtins.int
     SAGA_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     ORG_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
-    event_id: _builtins.str
-    """Unique event id (UUID), used for consumer de-duplication."""
     saga_id: _builtins.str
     """The saga's id (UUID)."""
     user_id: _builtins.str
@@ -352,24 +573,18 @@ class TokensAllocated(_message.Message):
     """Provider name the tokens are for."""
     tokens: _builtins.int
     """Tokens added."""
-    @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp:
-        """When the tokens were allocated."""
-
     def __init__(
         self,
         *,
-        event_id: _builtins.str = ...,
-        occurred_at: _timestamp_pb2.Timestamp | None = ...,
         saga_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         org_id: _builtins.str = ...,
         provider: _builtins.str = ...,
         tokens: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "occurred_at", b"occurred_at", "org_id", b"org_id", "provider", b"provider", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "provider", b"provider", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -381,16 +596,12 @@ class AllocationReverted(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    EVENT_ID_FIELD_NUMBER: _builtins.int
-    OCCURRED_AT_FIELD_NUMBER: _builtins.int
     SAGA_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     ORG_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
-    event_id: _builtins.str
-    """Unique event id (UUID), used for consumer de-duplication."""
     saga_id: _builtins.str
     """The saga's id (UUID)."""
     user_id: _builtins.str
@@ -403,15 +614,9 @@ class AllocationReverted(_message.Message):
     """Tokens removed."""
     reason: _builtins.str
     """Why the allocation was reverted."""
-    @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp:
-        """When the allocation was reverted."""
-
     def __init__(
         self,
         *,
-        event_id: _builtins.str = ...,
-        occurred_at: _timestamp_pb2.Timestamp | None = ...,
         saga_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         org_id: _builtins.str = ...,
@@ -419,9 +624,9 @@ class AllocationReverted(_message.Message):
         tokens: _builtins.int = ...,
         reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "occurred_at", b"occurred_at", "org_id", b"org_id", "provider", b"provider", "reason", b"reason", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "provider", b"provider", "reason", b"reason", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -433,8 +638,6 @@ class PaymentReleased(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    EVENT_ID_FIELD_NUMBER: _builtins.int
-    OCCURRED_AT_FIELD_NUMBER: _builtins.int
     SAGA_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     ORG_ID_FIELD_NUMBER: _builtins.int
@@ -442,8 +645,6 @@ class PaymentReleased(_message.Message):
     TOKENS_FIELD_NUMBER: _builtins.int
     PAYMENT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
-    event_id: _builtins.str
-    """Unique event id (UUID), used for consumer de-duplication."""
     saga_id: _builtins.str
     """The saga's id (UUID)."""
     user_id: _builtins.str
@@ -458,15 +659,9 @@ class PaymentReleased(_message.Message):
     """The payment participant's reservation id that was released."""
     reason: _builtins.str
     """Why the payment was released."""
-    @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp:
-        """When the payment was released."""
-
     def __init__(
         self,
         *,
-        event_id: _builtins.str = ...,
-        occurred_at: _timestamp_pb2.Timestamp | None = ...,
         saga_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         org_id: _builtins.str = ...,
@@ -475,9 +670,9 @@ class PaymentReleased(_message.Message):
         payment_id: _builtins.str = ...,
         reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "occurred_at", b"occurred_at", "org_id", b"org_id", "payment_id", b"payment_id", "provider", b"provider", "reason", b"reason", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "payment_id", b"payment_id", "provider", b"provider", "reason", b"reason", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -489,15 +684,11 @@ class PurchaseCompleted(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    EVENT_ID_FIELD_NUMBER: _builtins.int
-    OCCURRED_AT_FIELD_NUMBER: _builtins.int
     SAGA_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     ORG_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
-    event_id: _builtins.str
-    """Unique event id (UUID), used for consumer de-duplication."""
     saga_id: _builtins.str
     """The saga's id (UUID)."""
     user_id: _builtins.str
@@ -508,24 +699,18 @@ class PurchaseCompleted(_message.Message):
     """Provider name the tokens are for."""
     tokens: _builtins.int
     """Tokens bought."""
-    @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp:
-        """When the saga completed."""
-
     def __init__(
         self,
         *,
-        event_id: _builtins.str = ...,
-        occurred_at: _timestamp_pb2.Timestamp | None = ...,
         saga_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         org_id: _builtins.str = ...,
         provider: _builtins.str = ...,
         tokens: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "occurred_at", b"occurred_at", "org_id", b"org_id", "provider", b"provider", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "provider", b"provider", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -537,16 +722,12 @@ class PurchaseFailed(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    EVENT_ID_FIELD_NUMBER: _builtins.int
-    OCCURRED_AT_FIELD_NUMBER: _builtins.int
     SAGA_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     ORG_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
-    event_id: _builtins.str
-    """Unique event id (UUID), used for consumer de-duplication."""
     saga_id: _builtins.str
     """The saga's id (UUID)."""
     user_id: _builtins.str
@@ -559,15 +740,9 @@ class PurchaseFailed(_message.Message):
     """Tokens that were to be bought."""
     reason: _builtins.str
     """Why the saga failed, e.g. the PaymentFailed reason or "timed out"."""
-    @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp:
-        """When the saga failed."""
-
     def __init__(
         self,
         *,
-        event_id: _builtins.str = ...,
-        occurred_at: _timestamp_pb2.Timestamp | None = ...,
         saga_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         org_id: _builtins.str = ...,
@@ -575,9 +750,9 @@ class PurchaseFailed(_message.Message):
         tokens: _builtins.int = ...,
         reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "occurred_at", b"occurred_at", "org_id", b"org_id", "provider", b"provider", "reason", b"reason", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "provider", b"provider", "reason", b"reason", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -585,12 +760,22 @@ Global___PurchaseFailed: _TypeAlias = PurchaseFailed  # noqa: Y015
 
 @_typing.final
 class EventEnvelope(_message.Message):
-    """EventEnvelope is the Kafka message value: exactly one typed event."""
+    """EventEnvelope is the Kafka message value: the headers, then exactly one typed event."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    PARTITION_KEY_FIELD_NUMBER: _builtins.int
+    CAUSATION_ID_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     TOKEN_USAGE_RECORDED_FIELD_NUMBER: _builtins.int
     TOKENS_REFUNDED_FIELD_NUMBER: _builtins.int
+    TOKENS_RESERVED_FIELD_NUMBER: _builtins.int
+    RESERVATION_SETTLED_FIELD_NUMBER: _builtins.int
+    RESERVATION_RELEASED_FIELD_NUMBER: _builtins.int
+    TOKENS_GRANTED_FIELD_NUMBER: _builtins.int
     PURCHASE_REQUESTED_FIELD_NUMBER: _builtins.int
     PAYMENT_RESERVED_FIELD_NUMBER: _builtins.int
     PAYMENT_FAILED_FIELD_NUMBER: _builtins.int
@@ -599,6 +784,27 @@ class EventEnvelope(_message.Message):
     PAYMENT_RELEASED_FIELD_NUMBER: _builtins.int
     PURCHASE_COMPLETED_FIELD_NUMBER: _builtins.int
     PURCHASE_FAILED_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Unique event id (UUID), assigned once when the event is recorded and kept by every
+    relay and retry; consumers de-duplicate by it.
+    """
+    partition_key: _builtins.str
+    """The tenant: the org id when an org is involved, else the user id; the Kafka message key."""
+    causation_id: _builtins.str
+    """event_id of the event this one directly follows from (a refund's usage event, a
+    settlement's or release's reservation event, a saga step's previous step); empty for the
+    first event of a flow.
+    """
+    correlation_id: _builtins.str
+    """Id shared by every event of one flow: the decision id of a consume and its refund, the
+    reservation id of reserve/settle/release, the saga id of a purchase, the grant id.
+    """
+    source: _builtins.str
+    """The producing component, e.g. "token"."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the event happened (the decision time, not the relay time)."""
+
     @_builtins.property
     def token_usage_recorded(self) -> Global___TokenUsageRecorded:
         """A consume decision."""
@@ -606,6 +812,22 @@ class EventEnvelope(_message.Message):
     @_builtins.property
     def tokens_refunded(self) -> Global___TokensRefunded:
         """A refund after a provider failure."""
+
+    @_builtins.property
+    def tokens_reserved(self) -> Global___TokensReserved:
+        """A reserve decision."""
+
+    @_builtins.property
+    def reservation_settled(self) -> Global___ReservationSettled:
+        """A reservation settled."""
+
+    @_builtins.property
+    def reservation_released(self) -> Global___ReservationReleased:
+        """A reservation released or expired."""
+
+    @_builtins.property
+    def tokens_granted(self) -> Global___TokensGranted:
+        """An ADMIN grant to a purchased balance."""
 
     @_builtins.property
     def purchase_requested(self) -> Global___PurchaseRequested:
@@ -642,8 +864,18 @@ class EventEnvelope(_message.Message):
     def __init__(
         self,
         *,
+        event_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        partition_key: _builtins.str = ...,
+        causation_id: _builtins.str = ...,
+        correlation_id: _builtins.str = ...,
+        source: _builtins.str = ...,
         token_usage_recorded: Global___TokenUsageRecorded | None = ...,
         tokens_refunded: Global___TokensRefunded | None = ...,
+        tokens_reserved: Global___TokensReserved | None = ...,
+        reservation_settled: Global___ReservationSettled | None = ...,
+        reservation_released: Global___ReservationReleased | None = ...,
+        tokens_granted: Global___TokensGranted | None = ...,
         purchase_requested: Global___PurchaseRequested | None = ...,
         payment_reserved: Global___PaymentReserved | None = ...,
         payment_failed: Global___PaymentFailed | None = ...,
@@ -653,11 +885,11 @@ class EventEnvelope(_message.Message):
         purchase_completed: Global___PurchaseCompleted | None = ...,
         purchase_failed: Global___PurchaseFailed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation_reverted", b"allocation_reverted", "event", b"event", "payment_failed", b"payment_failed", "payment_released", b"payment_released", "payment_reserved", b"payment_reserved", "purchase_completed", b"purchase_completed", "purchase_failed", b"purchase_failed", "purchase_requested", b"purchase_requested", "token_usage_recorded", b"token_usage_recorded", "tokens_allocated", b"tokens_allocated", "tokens_refunded", b"tokens_refunded"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation_reverted", b"allocation_reverted", "event", b"event", "occurred_at", b"occurred_at", "payment_failed", b"payment_failed", "payment_released", b"payment_released", "payment_reserved", b"payment_reserved", "purchase_completed", b"purchase_completed", "purchase_failed", b"purchase_failed", "purchase_requested", b"purchase_requested", "reservation_released", b"reservation_released", "reservation_settled", b"reservation_settled", "token_usage_recorded", b"token_usage_recorded", "tokens_allocated", b"tokens_allocated", "tokens_granted", b"tokens_granted", "tokens_refunded", b"tokens_refunded", "tokens_reserved", b"tokens_reserved"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_reverted", b"allocation_reverted", "event", b"event", "payment_failed", b"payment_failed", "payment_released", b"payment_released", "payment_reserved", b"payment_reserved", "purchase_completed", b"purchase_completed", "purchase_failed", b"purchase_failed", "purchase_requested", b"purchase_requested", "token_usage_recorded", b"token_usage_recorded", "tokens_allocated", b"tokens_allocated", "tokens_refunded", b"tokens_refunded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_reverted", b"allocation_reverted", "causation_id", b"causation_id", "correlation_id", b"correlation_id", "event", b"event", "event_id", b"event_id", "occurred_at", b"occurred_at", "partition_key", b"partition_key", "payment_failed", b"payment_failed", "payment_released", b"payment_released", "payment_reserved", b"payment_reserved", "purchase_completed", b"purchase_completed", "purchase_failed", b"purchase_failed", "purchase_requested", b"purchase_requested", "reservation_released", b"reservation_released", "reservation_settled", b"reservation_settled", "source", b"source", "token_usage_recorded", b"token_usage_recorded", "tokens_allocated", b"tokens_allocated", "tokens_granted", b"tokens_granted", "tokens_refunded", b"tokens_refunded", "tokens_reserved", b"tokens_reserved"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["token_usage_recorded", "tokens_refunded", "purchase_requested", "payment_reserved", "payment_failed", "tokens_allocated", "allocation_reverted", "payment_released", "purchase_completed", "purchase_failed"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["token_usage_recorded", "tokens_refunded", "tokens_reserved", "reservation_settled", "reservation_released", "tokens_granted", "purchase_requested", "payment_reserved", "payment_failed", "tokens_allocated", "allocation_reverted", "payment_released", "purchase_completed", "purchase_failed"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

@@ -24,11 +24,13 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from leaky.token.v1 import limits_pb2 as leaky_dot_token_dot_v1_dot_limits__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aleaky/token/v1/token.proto\x12\x0eleaky.token.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetStatusRequest\"c\n\x11GetStatusResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x0fGetQuotaRequest\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08provider\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\xc5\x01\n\x10GetQuotaResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12\x18\n\x10remaining_tokens\x18\x04 \x01(\x03\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nreset_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x12GetOrgQuotaRequest\x12\x14\n\x06org_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08provider\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\xc7\x01\n\x13GetOrgQuotaResponse\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12\x18\n\x10remaining_tokens\x18\x04 \x01(\x03\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nreset_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"u\n\x0e\x43onsumeRequest\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x16\n\x08provider\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06tokens\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x0e\n\x06prompt\x18\x05 \x01(\t\"\xe2\x01\n\x0f\x43onsumeResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x03\x12\x0c\n\x04used\x18\x03 \x01(\x03\x12\x11\n\tremaining\x18\x04 \x01(\x03\x12\x14\n\x0cwait_seconds\x18\x05 \x01(\x03\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x11provider_response\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"\x7f\n\x0fPurchaseRequest\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x16\n\x08provider\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06tokens\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"\x83\x01\n\x10PurchaseResponse\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.leaky.token.v1.PurchaseStatus\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"+\n\x12GetPurchaseRequest\x12\x15\n\x07saga_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xa5\x02\n\x13GetPurchaseResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06org_id\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x0e\n\x06tokens\x18\x05 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12.\n\x06status\x18\x07 \x01(\x0e\x32\x1e.leaky.token.v1.PurchaseStatus\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x66\x61ilure_reason\x18\n \x01(\t\"5\n\x0b\x43hatRequest\x12\x16\n\x08provider\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06prompt\x18\x02 \x01(\t\"S\n\tChatUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\"\xbf\x01\n\x0c\x43hatResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12)\n\x08received\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x07\x63reated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x05 \x01(\t\x12(\n\x05usage\x18\x06 \x01(\x0b\x32\x19.leaky.token.v1.ChatUsage*\xd5\x01\n\x0ePurchaseStatus\x12\x1f\n\x1bPURCHASE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17PURCHASE_STATUS_STARTED\x10\x01\x12$\n PURCHASE_STATUS_PAYMENT_RESERVED\x10\x02\x12$\n PURCHASE_STATUS_TOKENS_ALLOCATED\x10\x03\x12\x1d\n\x19PURCHASE_STATUS_COMPLETED\x10\x04\x12\x1a\n\x16PURCHASE_STATUS_FAILED\x10\x05\x32\xcc\x05\n\x0cTokenService\x12o\n\tGetStatus\x12 .leaky.token.v1.GetStatusRequest\x1a!.leaky.token.v1.GetStatusResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/tokens/status\x12k\n\x08GetQuota\x12\x1f.leaky.token.v1.GetQuotaRequest\x1a .leaky.token.v1.GetQuotaResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/api/v1/tokens/quota\x12x\n\x0bGetOrgQuota\x12\".leaky.token.v1.GetOrgQuotaRequest\x1a#.leaky.token.v1.GetOrgQuotaResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/api/v1/tokens/quota/org\x12m\n\x07\x43onsume\x12\x1e.leaky.token.v1.ConsumeRequest\x1a\x1f.leaky.token.v1.ConsumeResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/api/v1/tokens/consume:\x01*\x12q\n\x08Purchase\x12\x1f.leaky.token.v1.PurchaseRequest\x1a .leaky.token.v1.PurchaseResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/api/v1/tokens/purchase:\x01*\x12\x81\x01\n\x0bGetPurchase\x12\".leaky.token.v1.GetPurchaseRequest\x1a#.leaky.token.v1.GetPurchaseResponse\")\x82\xd3\xe4\x93\x02#\x12!/api/v1/tokens/purchase/{saga_id}2x\n\x0fProviderService\x12\x65\n\x04\x43hat\x12\x1b.leaky.token.v1.ChatRequest\x1a\x1c.leaky.token.v1.ChatResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/api/v1/{provider}/chat:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aleaky/token/v1/token.proto\x12\x0eleaky.token.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bleaky/token/v1/limits.proto\"\x12\n\x10GetStatusRequest\"c\n\x11GetStatusResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9e\x03\n\x05Quota\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x14\n\x0ctotal_tokens\x18\x04 \x01(\x03\x12\x18\n\x10remaining_tokens\x18\x05 \x01(\x03\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nreset_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04tier\x18\x08 \x01(\t\x12\x30\n\x0cwindow_start\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0bwindow_unit\x18\n \x01(\x0e\x32\x19.leaky.token.v1.LimitUnit\x12\x18\n\x10window_allowance\x18\x0b \x01(\x03\x12\x13\n\x0bwindow_used\x18\x0c \x01(\x03\x12\x18\n\x10window_remaining\x18\r \x01(\x03\x12\x19\n\x11purchased_balance\x18\x0e \x01(\x03\"@\n\x0fGetQuotaRequest\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08provider\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"B\n\x12GetOrgQuotaRequest\x12\x14\n\x06org_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08provider\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\x8e\x01\n\x0e\x43onsumeRequest\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x16\n\x08provider\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06tokens\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x0e\n\x06prompt\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"\xa2\x02\n\x0f\x43onsumeResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x03\x12\x0c\n\x04used\x18\x03 \x01(\x03\x12\x11\n\tremaining\x18\x04 \x01(\x03\x12\x14\n\x0cwait_seconds\x18\x05 \x01(\x03\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x11provider_response\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x08 \x01(\t\x12+\n\x06limits\x18\t \x03(\x0b\x32\x1b.leaky.token.v1.LimitStatus\x12\x10\n\x08replayed\x18\n \x01(\x08\"\xae\x02\n\x0bReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06org_id\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x17\n\x0freserved_tokens\x18\x05 \x01(\x03\x12/\n\x05state\x18\x06 \x01(\x0e\x32 .leaky.token.v1.ReservationState\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ractual_tokens\x18\t \x01(\x03\x12\x13\n\x0b\x64\x65\x63ision_id\x18\n \x01(\t\"\xa6\x01\n\x0eReserveRequest\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x16\n\x08provider\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06tokens\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"\x82\x01\n\x0fReserveResponse\x12\x30\n\x0breservation\x18\x01 \x01(\x0b\x32\x1b.leaky.token.v1.Reservation\x12+\n\x06limits\x18\x02 \x03(\x0b\x32\x1b.leaky.token.v1.LimitStatus\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"D\n\rSettleRequest\x12\x1c\n\x0ereservation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\ractual_tokens\x18\x02 \x01(\x03\"\xb5\x01\n\x0eSettleResponse\x12\x30\n\x0breservation\x18\x01 \x01(\x0b\x32\x1b.leaky.token.v1.Reservation\x12\x17\n\x0frefunded_tokens\x18\x02 \x01(\x03\x12\x16\n\x0e\x63harged_tokens\x18\x03 \x01(\x03\x12+\n\x06limits\x18\x04 \x03(\x0b\x32\x1b.leaky.token.v1.LimitStatus\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x05 \x01(\t\".\n\x0eReleaseRequest\x12\x1c\n\x0ereservation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x89\x01\n\x0fReleaseResponse\x12\x30\n\x0breservation\x18\x01 \x01(\x0b\x32\x1b.leaky.token.v1.Reservation\x12\x17\n\x0freleased_tokens\x18\x02 \x01(\x03\x12+\n\x06limits\x18\x03 \x03(\x0b\x32\x1b.leaky.token.v1.LimitStatus\"\xa4\x02\n\rTokenPurchase\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06org_id\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x0e\n\x06tokens\x18\x05 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12.\n\x06status\x18\x07 \x01(\x0e\x32\x1e.leaky.token.v1.PurchaseStatus\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x66\x61ilure_reason\x18\n \x01(\t\"\x7f\n\x0fPurchaseRequest\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x16\n\x08provider\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06tokens\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"+\n\x12GetPurchaseRequest\x12\x15\n\x07saga_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x98\x01\n\x12GrantTokensRequest\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x16\n\x08provider\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06tokens\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"_\n\x13GrantTokensResponse\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12$\n\x05quota\x18\x02 \x01(\x0b\x32\x15.leaky.token.v1.Quota\x12\x10\n\x08replayed\x18\x03 \x01(\x08*\xd5\x01\n\x0ePurchaseStatus\x12\x1f\n\x1bPURCHASE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17PURCHASE_STATUS_STARTED\x10\x01\x12$\n PURCHASE_STATUS_PAYMENT_RESERVED\x10\x02\x12$\n PURCHASE_STATUS_TOKENS_ALLOCATED\x10\x03\x12\x1d\n\x19PURCHASE_STATUS_COMPLETED\x10\x04\x12\x1a\n\x16PURCHASE_STATUS_FAILED\x10\x05*\xaf\x01\n\x10ReservationState\x12!\n\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16RESERVATION_STATE_OPEN\x10\x01\x12\x1d\n\x19RESERVATION_STATE_SETTLED\x10\x02\x12\x1e\n\x1aRESERVATION_STATE_RELEASED\x10\x03\x12\x1d\n\x19RESERVATION_STATE_EXPIRED\x10\x04\x32\x8d\t\n\x0cTokenService\x12o\n\tGetStatus\x12 .leaky.token.v1.GetStatusRequest\x1a!.leaky.token.v1.GetStatusResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/tokens/status\x12`\n\x08GetQuota\x12\x1f.leaky.token.v1.GetQuotaRequest\x1a\x15.leaky.token.v1.Quota\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/api/v1/tokens/quota\x12j\n\x0bGetOrgQuota\x12\".leaky.token.v1.GetOrgQuotaRequest\x1a\x15.leaky.token.v1.Quota\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/api/v1/tokens/quota/org\x12m\n\x07\x43onsume\x12\x1e.leaky.token.v1.ConsumeRequest\x1a\x1f.leaky.token.v1.ConsumeResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/api/v1/tokens/consume:\x01*\x12r\n\x07Reserve\x12\x1e.leaky.token.v1.ReserveRequest\x1a\x1f.leaky.token.v1.ReserveResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/api/v1/tokens/reservations:\x01*\x12\x87\x01\n\x06Settle\x12\x1d.leaky.token.v1.SettleRequest\x1a\x1e.leaky.token.v1.SettleResponse\">\x82\xd3\xe4\x93\x02\x38\"3/api/v1/tokens/reservations/{reservation_id}/settle:\x01*\x12\x8b\x01\n\x07Release\x12\x1e.leaky.token.v1.ReleaseRequest\x1a\x1f.leaky.token.v1.ReleaseResponse\"?\x82\xd3\xe4\x93\x02\x39\"4/api/v1/tokens/reservations/{reservation_id}/release:\x01*\x12n\n\x08Purchase\x12\x1f.leaky.token.v1.PurchaseRequest\x1a\x1d.leaky.token.v1.TokenPurchase\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/api/v1/tokens/purchase:\x01*\x12{\n\x0bGetPurchase\x12\".leaky.token.v1.GetPurchaseRequest\x1a\x1d.leaky.token.v1.TokenPurchase\")\x82\xd3\xe4\x93\x02#\x12!/api/v1/tokens/purchase/{saga_id}\x12V\n\x0bGrantTokens\x12\".leaky.token.v1.GrantTokensRequest\x1a#.leaky.token.v1.GrantTokensResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,6 +51,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONSUMEREQUEST'].fields_by_name['provider']._serialized_options = b'\342A\001\002'
   _globals['_CONSUMEREQUEST'].fields_by_name['tokens']._loaded_options = None
   _globals['_CONSUMEREQUEST'].fields_by_name['tokens']._serialized_options = b'\342A\001\002'
+  _globals['_RESERVEREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_RESERVEREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002'
+  _globals['_RESERVEREQUEST'].fields_by_name['provider']._loaded_options = None
+  _globals['_RESERVEREQUEST'].fields_by_name['provider']._serialized_options = b'\342A\001\002'
+  _globals['_RESERVEREQUEST'].fields_by_name['tokens']._loaded_options = None
+  _globals['_RESERVEREQUEST'].fields_by_name['tokens']._serialized_options = b'\342A\001\002'
+  _globals['_SETTLEREQUEST'].fields_by_name['reservation_id']._loaded_options = None
+  _globals['_SETTLEREQUEST'].fields_by_name['reservation_id']._serialized_options = b'\342A\001\002'
+  _globals['_RELEASEREQUEST'].fields_by_name['reservation_id']._loaded_options = None
+  _globals['_RELEASEREQUEST'].fields_by_name['reservation_id']._serialized_options = b'\342A\001\002'
   _globals['_PURCHASEREQUEST'].fields_by_name['user_id']._loaded_options = None
   _globals['_PURCHASEREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002'
   _globals['_PURCHASEREQUEST'].fields_by_name['provider']._loaded_options = None
@@ -57,8 +69,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PURCHASEREQUEST'].fields_by_name['tokens']._serialized_options = b'\342A\001\002'
   _globals['_GETPURCHASEREQUEST'].fields_by_name['saga_id']._loaded_options = None
   _globals['_GETPURCHASEREQUEST'].fields_by_name['saga_id']._serialized_options = b'\342A\001\002'
-  _globals['_CHATREQUEST'].fields_by_name['provider']._loaded_options = None
-  _globals['_CHATREQUEST'].fields_by_name['provider']._serialized_options = b'\342A\001\002'
+  _globals['_GRANTTOKENSREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_GRANTTOKENSREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002'
+  _globals['_GRANTTOKENSREQUEST'].fields_by_name['provider']._loaded_options = None
+  _globals['_GRANTTOKENSREQUEST'].fields_by_name['provider']._serialized_options = b'\342A\001\002'
+  _globals['_GRANTTOKENSREQUEST'].fields_by_name['tokens']._loaded_options = None
+  _globals['_GRANTTOKENSREQUEST'].fields_by_name['tokens']._serialized_options = b'\342A\001\002'
+  _globals['_GRANTTOKENSREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_GRANTTOKENSREQUEST'].fields_by_name['reason']._serialized_options = b'\342A\001\002'
   _globals['_TOKENSERVICE'].methods_by_name['GetStatus']._loaded_options = None
   _globals['_TOKENSERVICE'].methods_by_name['GetStatus']._serialized_options = b'\202\323\344\223\002\027\022\025/api/v1/tokens/status'
   _globals['_TOKENSERVICE'].methods_by_name['GetQuota']._loaded_options = None
@@ -67,46 +85,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENSERVICE'].methods_by_name['GetOrgQuota']._serialized_options = b'\202\323\344\223\002\032\022\030/api/v1/tokens/quota/org'
   _globals['_TOKENSERVICE'].methods_by_name['Consume']._loaded_options = None
   _globals['_TOKENSERVICE'].methods_by_name['Consume']._serialized_options = b'\202\323\344\223\002\033\"\026/api/v1/tokens/consume:\001*'
+  _globals['_TOKENSERVICE'].methods_by_name['Reserve']._loaded_options = None
+  _globals['_TOKENSERVICE'].methods_by_name['Reserve']._serialized_options = b'\202\323\344\223\002 \"\033/api/v1/tokens/reservations:\001*'
+  _globals['_TOKENSERVICE'].methods_by_name['Settle']._loaded_options = None
+  _globals['_TOKENSERVICE'].methods_by_name['Settle']._serialized_options = b'\202\323\344\223\0028\"3/api/v1/tokens/reservations/{reservation_id}/settle:\001*'
+  _globals['_TOKENSERVICE'].methods_by_name['Release']._loaded_options = None
+  _globals['_TOKENSERVICE'].methods_by_name['Release']._serialized_options = b'\202\323\344\223\0029\"4/api/v1/tokens/reservations/{reservation_id}/release:\001*'
   _globals['_TOKENSERVICE'].methods_by_name['Purchase']._loaded_options = None
   _globals['_TOKENSERVICE'].methods_by_name['Purchase']._serialized_options = b'\202\323\344\223\002\034\"\027/api/v1/tokens/purchase:\001*'
   _globals['_TOKENSERVICE'].methods_by_name['GetPurchase']._loaded_options = None
   _globals['_TOKENSERVICE'].methods_by_name['GetPurchase']._serialized_options = b'\202\323\344\223\002#\022!/api/v1/tokens/purchase/{saga_id}'
-  _globals['_PROVIDERSERVICE'].methods_by_name['Chat']._loaded_options = None
-  _globals['_PROVIDERSERVICE'].methods_by_name['Chat']._serialized_options = b'\202\323\344\223\002\034\"\027/api/v1/{provider}/chat:\001*'
-  _globals['_PURCHASESTATUS']._serialized_start=2116
-  _globals['_PURCHASESTATUS']._serialized_end=2329
-  _globals['_GETSTATUSREQUEST']._serialized_start=172
-  _globals['_GETSTATUSREQUEST']._serialized_end=190
-  _globals['_GETSTATUSRESPONSE']._serialized_start=192
-  _globals['_GETSTATUSRESPONSE']._serialized_end=291
-  _globals['_GETQUOTAREQUEST']._serialized_start=293
-  _globals['_GETQUOTAREQUEST']._serialized_end=357
-  _globals['_GETQUOTARESPONSE']._serialized_start=360
-  _globals['_GETQUOTARESPONSE']._serialized_end=557
-  _globals['_GETORGQUOTAREQUEST']._serialized_start=559
-  _globals['_GETORGQUOTAREQUEST']._serialized_end=625
-  _globals['_GETORGQUOTARESPONSE']._serialized_start=628
-  _globals['_GETORGQUOTARESPONSE']._serialized_end=827
-  _globals['_CONSUMEREQUEST']._serialized_start=829
-  _globals['_CONSUMEREQUEST']._serialized_end=946
-  _globals['_CONSUMERESPONSE']._serialized_start=949
-  _globals['_CONSUMERESPONSE']._serialized_end=1175
-  _globals['_PURCHASEREQUEST']._serialized_start=1177
-  _globals['_PURCHASEREQUEST']._serialized_end=1304
-  _globals['_PURCHASERESPONSE']._serialized_start=1307
-  _globals['_PURCHASERESPONSE']._serialized_end=1438
-  _globals['_GETPURCHASEREQUEST']._serialized_start=1440
-  _globals['_GETPURCHASEREQUEST']._serialized_end=1483
-  _globals['_GETPURCHASERESPONSE']._serialized_start=1486
-  _globals['_GETPURCHASERESPONSE']._serialized_end=1779
-  _globals['_CHATREQUEST']._serialized_start=1781
-  _globals['_CHATREQUEST']._serialized_end=1834
-  _globals['_CHATUSAGE']._serialized_start=1836
-  _globals['_CHATUSAGE']._serialized_end=1919
-  _globals['_CHATRESPONSE']._serialized_start=1922
-  _globals['_CHATRESPONSE']._serialized_end=2113
-  _globals['_TOKENSERVICE']._serialized_start=2332
-  _globals['_TOKENSERVICE']._serialized_end=3048
-  _globals['_PROVIDERSERVICE']._serialized_start=3050
-  _globals['_PROVIDERSERVICE']._serialized_end=3170
+  _globals['_PURCHASESTATUS']._serialized_start=3114
+  _globals['_PURCHASESTATUS']._serialized_end=3327
+  _globals['_RESERVATIONSTATE']._serialized_start=3330
+  _globals['_RESERVATIONSTATE']._serialized_end=3505
+  _globals['_GETSTATUSREQUEST']._serialized_start=233
+  _globals['_GETSTATUSREQUEST']._serialized_end=251
+  _globals['_GETSTATUSRESPONSE']._serialized_start=253
+  _globals['_GETSTATUSRESPONSE']._serialized_end=352
+  _globals['_QUOTA']._serialized_start=355
+  _globals['_QUOTA']._serialized_end=769
+  _globals['_GETQUOTAREQUEST']._serialized_start=771
+  _globals['_GETQUOTAREQUEST']._serialized_end=835
+  _globals['_GETORGQUOTAREQUEST']._serialized_start=837
+  _globals['_GETORGQUOTAREQUEST']._serialized_end=903
+  _globals['_CONSUMEREQUEST']._serialized_start=906
+  _globals['_CONSUMEREQUEST']._serialized_end=1048
+  _globals['_CONSUMERESPONSE']._serialized_start=1051
+  _globals['_CONSUMERESPONSE']._serialized_end=1341
+  _globals['_RESERVATION']._serialized_start=1344
+  _globals['_RESERVATION']._serialized_end=1646
+  _globals['_RESERVEREQUEST']._serialized_start=1649
+  _globals['_RESERVEREQUEST']._serialized_end=1815
+  _globals['_RESERVERESPONSE']._serialized_start=1818
+  _globals['_RESERVERESPONSE']._serialized_end=1948
+  _globals['_SETTLEREQUEST']._serialized_start=1950
+  _globals['_SETTLEREQUEST']._serialized_end=2018
+  _globals['_SETTLERESPONSE']._serialized_start=2021
+  _globals['_SETTLERESPONSE']._serialized_end=2202
+  _globals['_RELEASEREQUEST']._serialized_start=2204
+  _globals['_RELEASEREQUEST']._serialized_end=2250
+  _globals['_RELEASERESPONSE']._serialized_start=2253
+  _globals['_RELEASERESPONSE']._serialized_end=2390
+  _globals['_TOKENPURCHASE']._serialized_start=2393
+  _globals['_TOKENPURCHASE']._serialized_end=2685
+  _globals['_PURCHASEREQUEST']._serialized_start=2687
+  _globals['_PURCHASEREQUEST']._serialized_end=2814
+  _globals['_GETPURCHASEREQUEST']._serialized_start=2816
+  _globals['_GETPURCHASEREQUEST']._serialized_end=2859
+  _globals['_GRANTTOKENSREQUEST']._serialized_start=2862
+  _globals['_GRANTTOKENSREQUEST']._serialized_end=3014
+  _globals['_GRANTTOKENSRESPONSE']._serialized_start=3016
+  _globals['_GRANTTOKENSRESPONSE']._serialized_end=3111
+  _globals['_TOKENSERVICE']._serialized_start=3508
+  _globals['_TOKENSERVICE']._serialized_end=4673
 # @@protoc_insertion_point(module_scope)

@@ -3,11 +3,15 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from leaky.token.v1 import limits_pb2 as _limits_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -59,6 +63,38 @@ PURCHASE_STATUS_FAILED: PurchaseStatus.ValueType  # 5
 """Terminal: a step failed and every completed step was compensated."""
 Global___PurchaseStatus: _TypeAlias = PurchaseStatus  # noqa: Y015
 
+class _ReservationState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReservationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReservationState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESERVATION_STATE_UNSPECIFIED: _ReservationState.ValueType  # 0
+    """Not set; never stored."""
+    RESERVATION_STATE_OPEN: _ReservationState.ValueType  # 1
+    """Holding reserved_tokens on every level until settled, released or expired."""
+    RESERVATION_STATE_SETTLED: _ReservationState.ValueType  # 2
+    """Settled at actual_tokens (terminal)."""
+    RESERVATION_STATE_RELEASED: _ReservationState.ValueType  # 3
+    """Released by the caller; everything given back (terminal)."""
+    RESERVATION_STATE_EXPIRED: _ReservationState.ValueType  # 4
+    """Not settled before expires_at; released by the store (terminal)."""
+
+class ReservationState(_ReservationState, metaclass=_ReservationStateEnumTypeWrapper):
+    """ReservationState is where a reservation is in its life."""
+
+RESERVATION_STATE_UNSPECIFIED: ReservationState.ValueType  # 0
+"""Not set; never stored."""
+RESERVATION_STATE_OPEN: ReservationState.ValueType  # 1
+"""Holding reserved_tokens on every level until settled, released or expired."""
+RESERVATION_STATE_SETTLED: ReservationState.ValueType  # 2
+"""Settled at actual_tokens (terminal)."""
+RESERVATION_STATE_RELEASED: ReservationState.ValueType  # 3
+"""Released by the caller; everything given back (terminal)."""
+RESERVATION_STATE_EXPIRED: ReservationState.ValueType  # 4
+"""Not settled before expires_at; released by the store (terminal)."""
+Global___ReservationState: _TypeAlias = ReservationState  # noqa: Y015
+
 @_typing.final
 class GetStatusRequest(_message.Message):
     """GetStatusRequest has no fields."""
@@ -109,8 +145,94 @@ class GetStatusResponse(_message.Message):
 Global___GetStatusResponse: _TypeAlias = GetStatusResponse  # noqa: Y015
 
 @_typing.final
+class Quota(_message.Message):
+    """Quota is one subject's (user's or organization's) token budget for one provider: what
+    GetQuota and GetOrgQuota return (the REST body is this message, as in the original).
+
+    The quota window allowance (from the tier, reset every window) and the purchased balance
+    (bought or granted, never reset) are kept apart; a debit spends the window first, then
+    the purchased balance. The original's totalTokens / remainingTokens are kept as sums.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
+    REMAINING_TOKENS_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    RESET_TIME_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_UNIT_FIELD_NUMBER: _builtins.int
+    WINDOW_ALLOWANCE_FIELD_NUMBER: _builtins.int
+    WINDOW_USED_FIELD_NUMBER: _builtins.int
+    WINDOW_REMAINING_FIELD_NUMBER: _builtins.int
+    PURCHASED_BALANCE_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user's id for a user's quota; empty for an organization's."""
+    org_id: _builtins.str
+    """The organization's id for an organization's quota; empty for a user's."""
+    provider: _builtins.str
+    """Provider name."""
+    total_tokens: _builtins.int
+    """window_allowance + purchased_balance (the original's field; prefer the parts)."""
+    remaining_tokens: _builtins.int
+    """window_remaining + purchased_balance: what can still be spent now (the original's field)."""
+    tier: _builtins.str
+    """The tier the allowance comes from (from the JWT roles), e.g. "USER"."""
+    window_unit: _limits_pb2.LimitUnit.ValueType
+    """The window's calendar unit, e.g. DAY."""
+    window_allowance: _builtins.int
+    """Tokens the tier allows per window."""
+    window_used: _builtins.int
+    """Tokens spent from this window's allowance, including tokens held by open reservations."""
+    window_remaining: _builtins.int
+    """max(0, window_allowance - window_used)."""
+    purchased_balance: _builtins.int
+    """Purchased and granted tokens not yet spent; carried across windows."""
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the quota last changed."""
+
+    @_builtins.property
+    def reset_time(self) -> _timestamp_pb2.Timestamp:
+        """When the current window ends and the allowance resets (not in the original API)."""
+
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp:
+        """When the current window began (calendar-aligned in the policy's time zone)."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        total_tokens: _builtins.int = ...,
+        remaining_tokens: _builtins.int = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        reset_time: _timestamp_pb2.Timestamp | None = ...,
+        tier: _builtins.str = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_unit: _limits_pb2.LimitUnit.ValueType = ...,
+        window_allowance: _builtins.int = ...,
+        window_used: _builtins.int = ...,
+        window_remaining: _builtins.int = ...,
+        purchased_balance: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reset_time", b"reset_time", "updated_at", b"updated_at", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "provider", b"provider", "purchased_balance", b"purchased_balance", "remaining_tokens", b"remaining_tokens", "reset_time", b"reset_time", "tier", b"tier", "total_tokens", b"total_tokens", "updated_at", b"updated_at", "user_id", b"user_id", "window_allowance", b"window_allowance", "window_remaining", b"window_remaining", "window_start", b"window_start", "window_unit", b"window_unit", "window_used", b"window_used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Quota: _TypeAlias = Quota  # noqa: Y015
+
+@_typing.final
 class GetQuotaRequest(_message.Message):
-    """GetQuotaRequest names a user's quota pool (query parameters userId and provider)."""
+    """GetQuotaRequest names a user's quota (query parameters userId and provider)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -135,54 +257,8 @@ class GetQuotaRequest(_message.Message):
 Global___GetQuotaRequest: _TypeAlias = GetQuotaRequest  # noqa: Y015
 
 @_typing.final
-class GetQuotaResponse(_message.Message):
-    """GetQuotaResponse is a user's quota pool for one provider."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USER_ID_FIELD_NUMBER: _builtins.int
-    PROVIDER_FIELD_NUMBER: _builtins.int
-    TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
-    REMAINING_TOKENS_FIELD_NUMBER: _builtins.int
-    UPDATED_AT_FIELD_NUMBER: _builtins.int
-    RESET_TIME_FIELD_NUMBER: _builtins.int
-    user_id: _builtins.str
-    """The user's id."""
-    provider: _builtins.str
-    """Provider name."""
-    total_tokens: _builtins.int
-    """Tokens granted for the current window, including purchased tokens."""
-    remaining_tokens: _builtins.int
-    """Tokens still available in the current window."""
-    @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp:
-        """When the pool last changed."""
-
-    @_builtins.property
-    def reset_time(self) -> _timestamp_pb2.Timestamp:
-        """When the current quota window ends and the allowance resets (not in the original API)."""
-
-    def __init__(
-        self,
-        *,
-        user_id: _builtins.str = ...,
-        provider: _builtins.str = ...,
-        total_tokens: _builtins.int = ...,
-        remaining_tokens: _builtins.int = ...,
-        updated_at: _timestamp_pb2.Timestamp | None = ...,
-        reset_time: _timestamp_pb2.Timestamp | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["reset_time", b"reset_time", "updated_at", b"updated_at"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider", "remaining_tokens", b"remaining_tokens", "reset_time", b"reset_time", "total_tokens", b"total_tokens", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetQuotaResponse: _TypeAlias = GetQuotaResponse  # noqa: Y015
-
-@_typing.final
 class GetOrgQuotaRequest(_message.Message):
-    """GetOrgQuotaRequest names an organization's quota pool (query parameters orgId and provider)."""
+    """GetOrgQuotaRequest names an organization's quota (query parameters orgId and provider)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -207,54 +283,10 @@ class GetOrgQuotaRequest(_message.Message):
 Global___GetOrgQuotaRequest: _TypeAlias = GetOrgQuotaRequest  # noqa: Y015
 
 @_typing.final
-class GetOrgQuotaResponse(_message.Message):
-    """GetOrgQuotaResponse is an organization's quota pool for one provider."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ORG_ID_FIELD_NUMBER: _builtins.int
-    PROVIDER_FIELD_NUMBER: _builtins.int
-    TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
-    REMAINING_TOKENS_FIELD_NUMBER: _builtins.int
-    UPDATED_AT_FIELD_NUMBER: _builtins.int
-    RESET_TIME_FIELD_NUMBER: _builtins.int
-    org_id: _builtins.str
-    """The organization's id."""
-    provider: _builtins.str
-    """Provider name."""
-    total_tokens: _builtins.int
-    """Tokens granted for the current window, including purchased tokens."""
-    remaining_tokens: _builtins.int
-    """Tokens still available in the current window."""
-    @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp:
-        """When the pool last changed."""
-
-    @_builtins.property
-    def reset_time(self) -> _timestamp_pb2.Timestamp:
-        """When the current quota window ends and the allowance resets (not in the original API)."""
-
-    def __init__(
-        self,
-        *,
-        org_id: _builtins.str = ...,
-        provider: _builtins.str = ...,
-        total_tokens: _builtins.int = ...,
-        remaining_tokens: _builtins.int = ...,
-        updated_at: _timestamp_pb2.Timestamp | None = ...,
-        reset_time: _timestamp_pb2.Timestamp | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["reset_time", b"reset_time", "updated_at", b"updated_at"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "provider", b"provider", "remaining_tokens", b"remaining_tokens", "reset_time", b"reset_time", "total_tokens", b"total_tokens", "updated_at", b"updated_at"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetOrgQuotaResponse: _TypeAlias = GetOrgQuotaResponse  # noqa: Y015
-
-@_typing.final
 class ConsumeRequest(_message.Message):
-    """ConsumeRequest asks to spend tokens with a provider."""
+    """ConsumeRequest asks to spend tokens with a provider (the original's body, plus
+    idempotencyKey).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -263,11 +295,12 @@ class ConsumeRequest(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The consuming user's id (UUID); must be the caller unless the caller is ADMIN."""
     org_id: _builtins.str
-    """Optional organization id (UUID); when set, the org's quota is charged instead of the
-    user's, and the caller must be a member.
+    """Optional organization id (UUID); when set, the org's bucket and quota apply as well as
+    the user's, and the caller must be a member.
     """
     provider: _builtins.str
     """Provider name, e.g. "openai"; must be a configured provider."""
@@ -275,6 +308,8 @@ class ConsumeRequest(_message.Message):
     """Tokens to consume; must be positive."""
     prompt: _builtins.str
     """Optional prompt forwarded to the provider."""
+    idempotency_key: _builtins.str
+    """Optional client idempotency key (see the service comment; not in the original API)."""
     def __init__(
         self,
         *,
@@ -283,10 +318,11 @@ class ConsumeRequest(_message.Message):
         provider: _builtins.str = ...,
         tokens: _builtins.int = ...,
         prompt: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "prompt", b"prompt", "provider", b"provider", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "org_id", b"org_id", "prompt", b"prompt", "provider", b"provider", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -305,19 +341,25 @@ class ConsumeResponse(_message.Message):
     WAIT_SECONDS_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     PROVIDER_RESPONSE_FIELD_NUMBER: _builtins.int
-    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
-    """True when the request was admitted (always true on success; denials are errors)."""
+    """Always true (denials are errors); kept from the original API."""
     capacity: _builtins.int
     """Capacity of the user's leaky bucket for this provider, in tokens."""
     used: _builtins.int
-    """Bucket fill level after this request, in tokens."""
+    """The user's bucket fill level after this request, in tokens."""
     remaining: _builtins.int
-    """Room left in the bucket: capacity - used."""
+    """Room left in the user's bucket: capacity - used."""
     wait_seconds: _builtins.int
-    """Seconds to wait before a request of this size fits; 0 when allowed."""
-    request_id: _builtins.str
-    """Id of this decision, also carried by its usage and refund events (not in the original API)."""
+    """Always 0 on success; kept from the original API. A denial's wait is RetryInfo."""
+    decision_id: _builtins.str
+    """Id of this decision, also carried by its usage and refund events (not the x-request-id)."""
+    replayed: _builtins.bool
+    """True when this is the stored answer to an earlier request with the same idempotency key:
+    nothing was debited and the provider was not called again.
+    """
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
         """Time of the decision."""
@@ -325,6 +367,10 @@ class ConsumeResponse(_message.Message):
     @_builtins.property
     def provider_response(self) -> _struct_pb2.Struct:
         """The provider's JSON response, unchanged."""
+
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[_limits_pb2.LimitStatus]:
+        """Every level the request was checked against and debited (not in the original API)."""
 
     def __init__(
         self,
@@ -336,19 +382,83 @@ class ConsumeResponse(_message.Message):
         wait_seconds: _builtins.int = ...,
         timestamp: _timestamp_pb2.Timestamp | None = ...,
         provider_response: _struct_pb2.Struct | None = ...,
-        request_id: _builtins.str = ...,
+        decision_id: _builtins.str = ...,
+        limits: _abc.Iterable[_limits_pb2.LimitStatus] | None = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["provider_response", b"provider_response", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "capacity", b"capacity", "provider_response", b"provider_response", "remaining", b"remaining", "request_id", b"request_id", "timestamp", b"timestamp", "used", b"used", "wait_seconds", b"wait_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "capacity", b"capacity", "decision_id", b"decision_id", "limits", b"limits", "provider_response", b"provider_response", "remaining", b"remaining", "replayed", b"replayed", "timestamp", b"timestamp", "used", b"used", "wait_seconds", b"wait_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConsumeResponse: _TypeAlias = ConsumeResponse  # noqa: Y015
 
 @_typing.final
-class PurchaseRequest(_message.Message):
-    """PurchaseRequest asks to buy tokens for a user or an organization."""
+class Reservation(_message.Message):
+    """Reservation is tokens held on every applicable level until settled, released or expired."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    RESERVED_TOKENS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    ACTUAL_TOKENS_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    reservation_id: _builtins.str
+    """The reservation's id (UUID); pass it to Settle or Release."""
+    user_id: _builtins.str
+    """The user the tokens are held for."""
+    org_id: _builtins.str
+    """The organization whose levels are also held, or empty."""
+    provider: _builtins.str
+    """Provider name."""
+    reserved_tokens: _builtins.int
+    """Tokens held (the estimate)."""
+    state: Global___ReservationState.ValueType
+    """Where the reservation is in its life."""
+    actual_tokens: _builtins.int
+    """The actual count it was settled at; 0 unless state is SETTLED."""
+    decision_id: _builtins.str
+    """Id of the reserve decision, as in its TokensReserved event."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was made."""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the store releases it unless settled first."""
+
+    def __init__(
+        self,
+        *,
+        reservation_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        reserved_tokens: _builtins.int = ...,
+        state: Global___ReservationState.ValueType = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        actual_tokens: _builtins.int = ...,
+        decision_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_tokens", b"actual_tokens", "created_at", b"created_at", "decision_id", b"decision_id", "expires_at", b"expires_at", "org_id", b"org_id", "provider", b"provider", "reservation_id", b"reservation_id", "reserved_tokens", b"reserved_tokens", "state", b"state", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reservation: _TypeAlias = Reservation  # noqa: Y015
+
+@_typing.final
+class ReserveRequest(_message.Message):
+    """ReserveRequest asks to hold an estimate of tokens before calling a provider."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -356,19 +466,22 @@ class PurchaseRequest(_message.Message):
     ORG_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
-    """The user the purchase is for (UUID); the caller's own id unless the caller is ADMIN."""
+    """The user's id (UUID); must be the caller unless the caller is ADMIN."""
     org_id: _builtins.str
-    """Optional organization id (UUID); when set, the tokens go to the org's balance."""
+    """Optional organization id (UUID); its levels are held as well; the caller must be a member."""
     provider: _builtins.str
-    """Provider name the tokens are for."""
+    """Provider name; must be a configured provider."""
     tokens: _builtins.int
-    """Tokens to buy; must be positive."""
+    """Tokens to hold (the estimate, e.g. prompt tokens + max_tokens); must be positive."""
     idempotency_key: _builtins.str
-    """Optional idempotency key, at most 100 characters, scoped to the user; when empty, falls
-    back to the Idempotency-Key header (gRPC metadata idempotency-key).
-    """
+    """Optional client idempotency key (see the service comment)."""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long to hold them; empty or longer than the policy's maximum means the maximum."""
+
     def __init__(
         self,
         *,
@@ -376,77 +489,186 @@ class PurchaseRequest(_message.Message):
         org_id: _builtins.str = ...,
         provider: _builtins.str = ...,
         tokens: _builtins.int = ...,
+        ttl: _duration_pb2.Duration | None = ...,
         idempotency_key: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "org_id", b"org_id", "provider", b"provider", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "org_id", b"org_id", "provider", b"provider", "tokens", b"tokens", "ttl", b"ttl", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PurchaseRequest: _TypeAlias = PurchaseRequest  # noqa: Y015
+Global___ReserveRequest: _TypeAlias = ReserveRequest  # noqa: Y015
 
 @_typing.final
-class PurchaseResponse(_message.Message):
-    """PurchaseResponse identifies the purchase saga."""
+class ReserveResponse(_message.Message):
+    """ReserveResponse is a granted reservation."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SAGA_ID_FIELD_NUMBER: _builtins.int
-    STATUS_FIELD_NUMBER: _builtins.int
-    CREATED_AT_FIELD_NUMBER: _builtins.int
-    saga_id: _builtins.str
-    """The saga's id (UUID); pass it to GetPurchase."""
-    status: Global___PurchaseStatus.ValueType
-    """Current status: STARTED for a new saga, or the existing saga's status on a replay."""
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.bool
+    """True when this is the stored answer to an earlier request with the same idempotency key."""
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp:
-        """When the saga was created."""
+    def reservation(self) -> Global___Reservation:
+        """The open reservation."""
+
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[_limits_pb2.LimitStatus]:
+        """Every level after the hold."""
 
     def __init__(
         self,
         *,
-        saga_id: _builtins.str = ...,
-        status: Global___PurchaseStatus.ValueType = ...,
-        created_at: _timestamp_pb2.Timestamp | None = ...,
+        reservation: Global___Reservation | None = ...,
+        limits: _abc.Iterable[_limits_pb2.LimitStatus] | None = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "saga_id", b"saga_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "replayed", b"replayed", "reservation", b"reservation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PurchaseResponse: _TypeAlias = PurchaseResponse  # noqa: Y015
+Global___ReserveResponse: _TypeAlias = ReserveResponse  # noqa: Y015
 
 @_typing.final
-class GetPurchaseRequest(_message.Message):
-    """GetPurchaseRequest names a purchase saga."""
+class SettleRequest(_message.Message):
+    """SettleRequest closes a reservation at the actual count."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    ACTUAL_TOKENS_FIELD_NUMBER: _builtins.int
+    reservation_id: _builtins.str
+    """The reservation's id, from the path."""
+    actual_tokens: _builtins.int
+    """Tokens actually used; 0 or more (0 gives everything back, like Release)."""
+    def __init__(
+        self,
+        *,
+        reservation_id: _builtins.str = ...,
+        actual_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_tokens", b"actual_tokens", "reservation_id", b"reservation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleRequest: _TypeAlias = SettleRequest  # noqa: Y015
+
+@_typing.final
+class SettleResponse(_message.Message):
+    """SettleResponse is the settled reservation and what changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    REFUNDED_TOKENS_FIELD_NUMBER: _builtins.int
+    CHARGED_TOKENS_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    refunded_tokens: _builtins.int
+    """Tokens given back: reserved - actual when positive, else 0."""
+    charged_tokens: _builtins.int
+    """Tokens charged beyond the reservation: actual - reserved when positive, else 0
+    (including any overage that did not fit a level).
+    """
+    decision_id: _builtins.str
+    """Id of the settle decision, as in its ReservationSettled event."""
+    @_builtins.property
+    def reservation(self) -> Global___Reservation:
+        """The reservation, state SETTLED."""
+
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[_limits_pb2.LimitStatus]:
+        """Every level after settling."""
+
+    def __init__(
+        self,
+        *,
+        reservation: Global___Reservation | None = ...,
+        refunded_tokens: _builtins.int = ...,
+        charged_tokens: _builtins.int = ...,
+        limits: _abc.Iterable[_limits_pb2.LimitStatus] | None = ...,
+        decision_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charged_tokens", b"charged_tokens", "decision_id", b"decision_id", "limits", b"limits", "refunded_tokens", b"refunded_tokens", "reservation", b"reservation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleResponse: _TypeAlias = SettleResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseRequest(_message.Message):
+    """ReleaseRequest gives a whole reservation back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    reservation_id: _builtins.str
+    """The reservation's id, from the path."""
+    def __init__(
+        self,
+        *,
+        reservation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reservation_id", b"reservation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseRequest: _TypeAlias = ReleaseRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseResponse(_message.Message):
+    """ReleaseResponse is the released reservation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    RELEASED_TOKENS_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    released_tokens: _builtins.int
+    """Tokens given back (all of reserved_tokens on the first release, the same on a repeat)."""
+    @_builtins.property
+    def reservation(self) -> Global___Reservation:
+        """The reservation, state RELEASED."""
+
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[_limits_pb2.LimitStatus]:
+        """Every level after the release."""
+
+    def __init__(
+        self,
+        *,
+        reservation: Global___Reservation | None = ...,
+        released_tokens: _builtins.int = ...,
+        limits: _abc.Iterable[_limits_pb2.LimitStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "released_tokens", b"released_tokens", "reservation", b"reservation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseResponse: _TypeAlias = ReleaseResponse  # noqa: Y015
+
+@_typing.final
+class TokenPurchase(_message.Message):
+    """TokenPurchase is a token purchase saga: what Purchase starts (the new purchase, status STARTED,
+    or the existing one on a replay) and GetPurchase shows; the REST body of both.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SAGA_ID_FIELD_NUMBER: _builtins.int
-    saga_id: _builtins.str
-    """The saga's id (UUID), from the path."""
-    def __init__(
-        self,
-        *,
-        saga_id: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["saga_id", b"saga_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetPurchaseRequest: _TypeAlias = GetPurchaseRequest  # noqa: Y015
-
-@_typing.final
-class GetPurchaseResponse(_message.Message):
-    """GetPurchaseResponse is a purchase saga's state."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     ORG_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
@@ -456,8 +678,8 @@ class GetPurchaseResponse(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
-    id: _builtins.str
-    """The saga's id (UUID)."""
+    saga_id: _builtins.str
+    """The saga's id (UUID); the original's Purchase called it sagaId, GetPurchase id."""
     user_id: _builtins.str
     """The user the purchase is for."""
     org_id: _builtins.str
@@ -483,7 +705,7 @@ class GetPurchaseResponse(_message.Message):
     def __init__(
         self,
         *,
-        id: _builtins.str = ...,
+        saga_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         org_id: _builtins.str = ...,
         provider: _builtins.str = ...,
@@ -496,112 +718,142 @@ class GetPurchaseResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "failure_reason", b"failure_reason", "id", b"id", "idempotency_key", b"idempotency_key", "org_id", b"org_id", "provider", b"provider", "status", b"status", "tokens", b"tokens", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "failure_reason", b"failure_reason", "idempotency_key", b"idempotency_key", "org_id", b"org_id", "provider", b"provider", "saga_id", b"saga_id", "status", b"status", "tokens", b"tokens", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetPurchaseResponse: _TypeAlias = GetPurchaseResponse  # noqa: Y015
+Global___TokenPurchase: _TypeAlias = TokenPurchase  # noqa: Y015
 
 @_typing.final
-class ChatRequest(_message.Message):
-    """ChatRequest is a prompt for one provider."""
+class PurchaseRequest(_message.Message):
+    """PurchaseRequest asks to buy tokens for a user or an organization."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
-    PROMPT_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user the purchase is for (UUID); the caller's own id unless the caller is ADMIN."""
+    org_id: _builtins.str
+    """Optional organization id (UUID); when set, the tokens go to the org's balance."""
     provider: _builtins.str
-    """Provider name, from the path, e.g. "openai"."""
-    prompt: _builtins.str
-    """The prompt; may be empty."""
+    """Provider name the tokens are for."""
+    tokens: _builtins.int
+    """Tokens to buy; must be positive."""
+    idempotency_key: _builtins.str
+    """Optional client idempotency key (see the service comment)."""
     def __init__(
         self,
         *,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
         provider: _builtins.str = ...,
-        prompt: _builtins.str = ...,
+        tokens: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "org_id", b"org_id", "provider", b"provider", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ChatRequest: _TypeAlias = ChatRequest  # noqa: Y015
+Global___PurchaseRequest: _TypeAlias = PurchaseRequest  # noqa: Y015
 
 @_typing.final
-class ChatUsage(_message.Message):
-    """ChatUsage counts the tokens a chat call used."""
+class GetPurchaseRequest(_message.Message):
+    """GetPurchaseRequest names a purchase saga."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
-    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
-    TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
-    prompt_tokens: _builtins.int
-    """Tokens in the prompt."""
-    completion_tokens: _builtins.int
-    """Tokens in the completion."""
-    total_tokens: _builtins.int
-    """prompt_tokens + completion_tokens."""
+    SAGA_ID_FIELD_NUMBER: _builtins.int
+    saga_id: _builtins.str
+    """The saga's id (UUID), from the path."""
     def __init__(
         self,
         *,
-        prompt_tokens: _builtins.int = ...,
-        completion_tokens: _builtins.int = ...,
-        total_tokens: _builtins.int = ...,
+        saga_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "prompt_tokens", b"prompt_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["saga_id", b"saga_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ChatUsage: _TypeAlias = ChatUsage  # noqa: Y015
+Global___GetPurchaseRequest: _TypeAlias = GetPurchaseRequest  # noqa: Y015
 
 @_typing.final
-class ChatResponse(_message.Message):
-    """ChatResponse is a stubbed completion."""
+class GrantTokensRequest(_message.Message):
+    """GrantTokensRequest credits a purchased balance without a purchase."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
-    RECEIVED_FIELD_NUMBER: _builtins.int
-    CREATED_FIELD_NUMBER: _builtins.int
-    MESSAGE_FIELD_NUMBER: _builtins.int
-    USAGE_FIELD_NUMBER: _builtins.int
-    id: _builtins.str
-    """Random response id (UUID)."""
+    TOKENS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user credited, or whose org is credited (UUID)."""
+    org_id: _builtins.str
+    """Optional organization id (UUID); when set, the org's balance is credited."""
     provider: _builtins.str
-    """Provider name, lower case."""
-    message: _builtins.str
-    """Stubbed completion text, e.g. "Stubbed OpenAI response"."""
-    @_builtins.property
-    def received(self) -> _struct_pb2.Struct:
-        """The request body as received, e.g. {"prompt": "..."}."""
+    """Provider name the tokens are for."""
+    tokens: _builtins.int
+    """Tokens to add; must be positive."""
+    reason: _builtins.str
+    """Why, for the audit trail and the TokensGranted event."""
+    idempotency_key: _builtins.str
+    """Optional client idempotency key (see the service comment)."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        tokens: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "org_id", b"org_id", "provider", b"provider", "reason", b"reason", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-    @_builtins.property
-    def created(self) -> _timestamp_pb2.Timestamp:
-        """When the response was created."""
+Global___GrantTokensRequest: _TypeAlias = GrantTokensRequest  # noqa: Y015
 
+@_typing.final
+class GrantTokensResponse(_message.Message):
+    """GrantTokensResponse is the credited quota."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    """Id of the grant (UUID), as in its TokensGranted event."""
+    replayed: _builtins.bool
+    """True when this is the stored answer to an earlier request with the same idempotency key."""
     @_builtins.property
-    def usage(self) -> Global___ChatUsage:
-        """Tokens the call used, as configured in the stub (not in the original API)."""
+    def quota(self) -> Global___Quota:
+        """The credited subject's quota after the grant."""
 
     def __init__(
         self,
         *,
-        id: _builtins.str = ...,
-        provider: _builtins.str = ...,
-        received: _struct_pb2.Struct | None = ...,
-        created: _timestamp_pb2.Timestamp | None = ...,
-        message: _builtins.str = ...,
-        usage: Global___ChatUsage | None = ...,
+        grant_id: _builtins.str = ...,
+        quota: Global___Quota | None = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "received", b"received", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "id", b"id", "message", b"message", "provider", b"provider", "received", b"received", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "quota", b"quota", "replayed", b"replayed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ChatResponse: _TypeAlias = ChatResponse  # noqa: Y015
+Global___GrantTokensResponse: _TypeAlias = GrantTokensResponse  # noqa: Y015

@@ -26,12 +26,48 @@ if _version_not_supported:
 
 
 class TokenServiceStub:
-    """TokenService meters LLM token consumption: leaky-bucket rate limits, user and org quotas,
-    consume decisions and token purchases.
+    """TokenService meters LLM token consumption: leaky-bucket rate limits, quota windows and
+    purchased balances for users and organizations, consume and reserve/settle decisions, and
+    token purchases.
 
     REST paths reproduce the original system's (/api/v1/tokens/...); JSON field names are the
-    lowerCamelCase proto3 JSON names of the fields below. Token counts are int64, which proto3
-    JSON renders as strings ("tokens": "25"); clients must accept both strings and numbers.
+    lowerCamelCase proto3 JSON names of the fields below, the original's where it had one.
+    Token counts are int64, which proto3 JSON renders as strings ("tokens": "25"); clients
+    must accept both strings and numbers. Durations are JSON strings like "1.500s".
+
+    Identity comes from the verified caller (JWT): user_id must be the caller's own id unless
+    the caller is ADMIN; an org id requires the caller to be a member now.
+
+    Idempotency: Consume, Reserve, Purchase and GrantTokens take an idempotency_key (at most
+    100 characters; when empty, the Idempotency-Key header, gRPC metadata idempotency-key, is
+    used). Keys are scoped to the user named in the request and remembered for a retention
+    period set by the policy. A retry with the same key and the same request returns the first
+    answer and debits or credits nothing again; the same key with a different request is
+    ALREADY_EXISTS (HTTP 409).
+
+    Denials and other failures are gRPC errors, never responses. Each carries a
+    google.rpc.ErrorInfo (domain "leaky-tokens") whose reason is one of:
+    RATE_LIMITED             RESOURCE_EXHAUSTED (429): a leaky bucket (user or org) is too full;
+    RetryInfo says when a request of this size fits.
+    QUOTA_EXHAUSTED          RESOURCE_EXHAUSTED (429): the quota window and the purchased
+    balance together lack the tokens (the original's 402); RetryInfo
+    only when the next window's allowance would cover the request.
+    REQUEST_EXCEEDS_CAPACITY RESOURCE_EXHAUSTED (429), no RetryInfo: the request is larger
+    than a bucket's capacity and can never pass; split it.
+    STORE_UNAVAILABLE        UNAVAILABLE (503): the limit store is unreachable and the failure
+    policy refuses (fail_closed, or the local emergency budget is spent).
+    PROVIDER_UNAVAILABLE     UNAVAILABLE (503): the provider call failed (timeouts, retries,
+    open circuit, concurrency limit); every debit was refunded.
+    NOT_ORG_MEMBER           PERMISSION_DENIED (403): the caller is not a member of org_id.
+    IDEMPOTENCY_KEY_REUSED   ALREADY_EXISTS (409): the key was used for a different request.
+    IDEMPOTENCY_KEY_IN_FLIGHT UNAVAILABLE (503) with RetryInfo: the first request with this
+    key is still being decided; retrying returns its answer.
+    RESERVATION_EXPIRED, RESERVATION_RELEASED, RESERVATION_SETTLED
+    FAILED_PRECONDITION (400): the reservation is no longer open.
+    Denied decisions (RATE_LIMITED, QUOTA_EXHAUSTED, REQUEST_EXCEEDS_CAPACITY) also carry a
+    LimitDecision with every level's LimitStatus, from which the 429's Retry-After,
+    X-RateLimit-* and RateLimit / RateLimit-Policy headers are built. Bad input is
+    INVALID_ARGUMENT with BadRequest field violations (an unknown provider names "provider").
     """
 
     def __init__(self, channel):
@@ -48,37 +84,93 @@ class TokenServiceStub:
         self.GetQuota = channel.unary_unary(
                 '/leaky.token.v1.TokenService/GetQuota',
                 request_serializer=leaky_dot_token_dot_v1_dot_token__pb2.GetQuotaRequest.SerializeToString,
-                response_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.GetQuotaResponse.FromString,
+                response_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.Quota.FromString,
                 _registered_method=True)
         self.GetOrgQuota = channel.unary_unary(
                 '/leaky.token.v1.TokenService/GetOrgQuota',
                 request_serializer=leaky_dot_token_dot_v1_dot_token__pb2.GetOrgQuotaRequest.SerializeToString,
-                response_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.GetOrgQuotaResponse.FromString,
+                response_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.Quota.FromString,
                 _registered_method=True)
         self.Consume = channel.unary_unary(
                 '/leaky.token.v1.TokenService/Consume',
                 request_serializer=leaky_dot_token_dot_v1_dot_token__pb2.ConsumeRequest.SerializeToString,
                 response_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.ConsumeResponse.FromString,
                 _registered_method=True)
+        self.Reserve = channel.unary_unary(
+                '/leaky.token.v1.TokenService/Reserve',
+                request_serializer=leaky_dot_token_dot_v1_dot_token__pb2.ReserveRequest.SerializeToString,
+                response_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.ReserveResponse.FromString,
+                _registered_method=True)
+        self.Settle = channel.unary_unary(
+                '/leaky.token.v1.TokenService/Settle',
+                request_serializer=leaky_dot_token_dot_v1_dot_token__pb2.SettleRequest.SerializeToString,
+                response_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.SettleResponse.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/leaky.token.v1.TokenService/Release',
+                request_serializer=leaky_dot_token_dot_v1_dot_token__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
         self.Purchase = channel.unary_unary(
                 '/leaky.token.v1.TokenService/Purchase',
                 request_serializer=leaky_dot_token_dot_v1_dot_token__pb2.PurchaseRequest.SerializeToString,
-                response_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.PurchaseResponse.FromString,
+                response_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.TokenPurchase.FromString,
                 _registered_method=True)
         self.GetPurchase = channel.unary_unary(
                 '/leaky.token.v1.TokenService/GetPurchase',
                 request_serializer=leaky_dot_token_dot_v1_dot_token__pb2.GetPurchaseRequest.SerializeToString,
-                response_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.GetPurchaseResponse.FromString,
+                response_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.TokenPurchase.FromString,
+                _registered_method=True)
+        self.GrantTokens = channel.unary_unary(
+                '/leaky.token.v1.TokenService/GrantTokens',
+                request_serializer=leaky_dot_token_dot_v1_dot_token__pb2.GrantTokensRequest.SerializeToString,
+                response_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.GrantTokensResponse.FromString,
                 _registered_method=True)
 
 
 class TokenServiceServicer:
-    """TokenService meters LLM token consumption: leaky-bucket rate limits, user and org quotas,
-    consume decisions and token purchases.
+    """TokenService meters LLM token consumption: leaky-bucket rate limits, quota windows and
+    purchased balances for users and organizations, consume and reserve/settle decisions, and
+    token purchases.
 
     REST paths reproduce the original system's (/api/v1/tokens/...); JSON field names are the
-    lowerCamelCase proto3 JSON names of the fields below. Token counts are int64, which proto3
-    JSON renders as strings ("tokens": "25"); clients must accept both strings and numbers.
+    lowerCamelCase proto3 JSON names of the fields below, the original's where it had one.
+    Token counts are int64, which proto3 JSON renders as strings ("tokens": "25"); clients
+    must accept both strings and numbers. Durations are JSON strings like "1.500s".
+
+    Identity comes from the verified caller (JWT): user_id must be the caller's own id unless
+    the caller is ADMIN; an org id requires the caller to be a member now.
+
+    Idempotency: Consume, Reserve, Purchase and GrantTokens take an idempotency_key (at most
+    100 characters; when empty, the Idempotency-Key header, gRPC metadata idempotency-key, is
+    used). Keys are scoped to the user named in the request and remembered for a retention
+    period set by the policy. A retry with the same key and the same request returns the first
+    answer and debits or credits nothing again; the same key with a different request is
+    ALREADY_EXISTS (HTTP 409).
+
+    Denials and other failures are gRPC errors, never responses. Each carries a
+    google.rpc.ErrorInfo (domain "leaky-tokens") whose reason is one of:
+    RATE_LIMITED             RESOURCE_EXHAUSTED (429): a leaky bucket (user or org) is too full;
+    RetryInfo says when a request of this size fits.
+    QUOTA_EXHAUSTED          RESOURCE_EXHAUSTED (429): the quota window and the purchased
+    balance together lack the tokens (the original's 402); RetryInfo
+    only when the next window's allowance would cover the request.
+    REQUEST_EXCEEDS_CAPACITY RESOURCE_EXHAUSTED (429), no RetryInfo: the request is larger
+    than a bucket's capacity and can never pass; split it.
+    STORE_UNAVAILABLE        UNAVAILABLE (503): the limit store is unreachable and the failure
+    policy refuses (fail_closed, or the local emergency budget is spent).
+    PROVIDER_UNAVAILABLE     UNAVAILABLE (503): the provider call failed (timeouts, retries,
+    open circuit, concurrency limit); every debit was refunded.
+    NOT_ORG_MEMBER           PERMISSION_DENIED (403): the caller is not a member of org_id.
+    IDEMPOTENCY_KEY_REUSED   ALREADY_EXISTS (409): the key was used for a different request.
+    IDEMPOTENCY_KEY_IN_FLIGHT UNAVAILABLE (503) with RetryInfo: the first request with this
+    key is still being decided; retrying returns its answer.
+    RESERVATION_EXPIRED, RESERVATION_RELEASED, RESERVATION_SETTLED
+    FAILED_PRECONDITION (400): the reservation is no longer open.
+    Denied decisions (RATE_LIMITED, QUOTA_EXHAUSTED, REQUEST_EXCEEDS_CAPACITY) also carry a
+    LimitDecision with every level's LimitStatus, from which the 429's Retry-After,
+    X-RateLimit-* and RateLimit / RateLimit-Policy headers are built. Bad input is
+    INVALID_ARGUMENT with BadRequest field violations (an unknown provider names "provider").
     """
 
     def GetStatus(self, request, context):
@@ -89,39 +181,90 @@ class TokenServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetQuota(self, request, context):
-        """GetQuota reads a user's quota pool for one provider, applying any due window reset.
+        """GetQuota reads a user's quota for one provider (the caller's own, or any user's for ADMIN).
+        One resource message for both RPCs (ADR 0017); Envoy's transcoder has no response_body
+        for message fields, so a wrapper would nest the original's flat JSON body.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetOrgQuota(self, request, context):
-        """GetOrgQuota reads an organization's quota pool for one provider (members or ADMIN).
+        """GetOrgQuota reads an organization's quota for one provider (members or ADMIN).
+        One resource message for both RPCs (ADR 0017); Envoy's transcoder has no response_body
+        for message fields, so a wrapper would nest the original's flat JSON body.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Consume(self, request, context):
-        """Consume atomically debits the rate-limit buckets and the quota (user or org) for one
-        request, records the usage event, then calls the provider; a provider failure refunds
-        the debit. A denial is an error status, not a response: it carries google.rpc details
-        (ErrorInfo with a stable reason, RetryInfo when a full bucket will drain).
+        """Consume debits every applicable level (user bucket, org bucket, quota window, purchased
+        balance) in one atomic step, all or nothing, records the decision's usage event in the
+        same step, then calls the provider; a provider failure refunds every debit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reserve(self, request, context):
+        """Reserve holds an estimate on every applicable level, like Consume but without calling a
+        provider: the caller calls the provider itself, then settles to the actual count. An
+        unsettled reservation expires at expires_at and the store itself releases it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Settle(self, request, context):
+        """Settle closes a reservation at the actual token count: the difference is refunded, or
+        the excess charged as far as each level has room and never refused (the tokens were
+        spent); what did not fit is billed as overage in the ReservationSettled event.
+        Idempotent: settling again with the same count returns the same answer; another count,
+        or a released or expired reservation, is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """Release gives a whole reservation back (the call was not made). Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Purchase(self, request, context):
-        """Purchase starts a token purchase saga and answers at once with its id (status STARTED);
-        the saga then runs asynchronously. Replays of an idempotency key return the existing saga.
+        """Purchase starts a token purchase saga and answers at once with the purchase (status
+        STARTED); the saga then runs asynchronously. A replay of an idempotency key returns the
+        existing purchase.
+        One resource message for both RPCs (ADR 0017); Envoy's transcoder has no response_body
+        for message fields, so a wrapper would nest the original's flat JSON body.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPurchase(self, request, context):
-        """GetPurchase shows a purchase saga's progress (its owner, an org member, or ADMIN).
+        """GetPurchase shows a purchase (its owner, an org member, or ADMIN).
+        One resource message for both RPCs (ADR 0017); Envoy's transcoder has no response_body
+        for message fields, so a wrapper would nest the original's flat JSON body.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantTokens(self, request, context):
+        """GrantTokens credits a user's or org's purchased balance (ADMIN only). Internal, gRPC
+        only (no REST path): operators and tests use it until the purchase saga lands.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,27 +281,47 @@ def add_TokenServiceServicer_to_server(servicer, server):
             'GetQuota': grpc.unary_unary_rpc_method_handler(
                     servicer.GetQuota,
                     request_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.GetQuotaRequest.FromString,
-                    response_serializer=leaky_dot_token_dot_v1_dot_token__pb2.GetQuotaResponse.SerializeToString,
+                    response_serializer=leaky_dot_token_dot_v1_dot_token__pb2.Quota.SerializeToString,
             ),
             'GetOrgQuota': grpc.unary_unary_rpc_method_handler(
                     servicer.GetOrgQuota,
                     request_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.GetOrgQuotaRequest.FromString,
-                    response_serializer=leaky_dot_token_dot_v1_dot_token__pb2.GetOrgQuotaResponse.SerializeToString,
+                    response_serializer=leaky_dot_token_dot_v1_dot_token__pb2.Quota.SerializeToString,
             ),
             'Consume': grpc.unary_unary_rpc_method_handler(
                     servicer.Consume,
                     request_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.ConsumeRequest.FromString,
                     response_serializer=leaky_dot_token_dot_v1_dot_token__pb2.ConsumeResponse.SerializeToString,
             ),
+            'Reserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reserve,
+                    request_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.ReserveRequest.FromString,
+                    response_serializer=leaky_dot_token_dot_v1_dot_token__pb2.ReserveResponse.SerializeToString,
+            ),
+            'Settle': grpc.unary_unary_rpc_method_handler(
+                    servicer.Settle,
+                    request_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.SettleRequest.FromString,
+                    response_serializer=leaky_dot_token_dot_v1_dot_token__pb2.SettleResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.ReleaseRequest.FromString,
+                    response_serializer=leaky_dot_token_dot_v1_dot_token__pb2.ReleaseResponse.SerializeToString,
+            ),
             'Purchase': grpc.unary_unary_rpc_method_handler(
                     servicer.Purchase,
                     request_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.PurchaseRequest.FromString,
-                    response_serializer=leaky_dot_token_dot_v1_dot_token__pb2.PurchaseResponse.SerializeToString,
+                    response_serializer=leaky_dot_token_dot_v1_dot_token__pb2.TokenPurchase.SerializeToString,
             ),
             'GetPurchase': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPurchase,
                     request_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.GetPurchaseRequest.FromString,
-                    response_serializer=leaky_dot_token_dot_v1_dot_token__pb2.GetPurchaseResponse.SerializeToString,
+                    response_serializer=leaky_dot_token_dot_v1_dot_token__pb2.TokenPurchase.SerializeToString,
+            ),
+            'GrantTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantTokens,
+                    request_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.GrantTokensRequest.FromString,
+                    response_serializer=leaky_dot_token_dot_v1_dot_token__pb2.GrantTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -169,12 +332,48 @@ def add_TokenServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TokenService:
-    """TokenService meters LLM token consumption: leaky-bucket rate limits, user and org quotas,
-    consume decisions and token purchases.
+    """TokenService meters LLM token consumption: leaky-bucket rate limits, quota windows and
+    purchased balances for users and organizations, consume and reserve/settle decisions, and
+    token purchases.
 
     REST paths reproduce the original system's (/api/v1/tokens/...); JSON field names are the
-    lowerCamelCase proto3 JSON names of the fields below. Token counts are int64, which proto3
-    JSON renders as strings ("tokens": "25"); clients must accept both strings and numbers.
+    lowerCamelCase proto3 JSON names of the fields below, the original's where it had one.
+    Token counts are int64, which proto3 JSON renders as strings ("tokens": "25"); clients
+    must accept both strings and numbers. Durations are JSON strings like "1.500s".
+
+    Identity comes from the verified caller (JWT): user_id must be the caller's own id unless
+    the caller is ADMIN; an org id requires the caller to be a member now.
+
+    Idempotency: Consume, Reserve, Purchase and GrantTokens take an idempotency_key (at most
+    100 characters; when empty, the Idempotency-Key header, gRPC metadata idempotency-key, is
+    used). Keys are scoped to the user named in the request and remembered for a retention
+    period set by the policy. A retry with the same key and the same request returns the first
+    answer and debits or credits nothing again; the same key with a different request is
+    ALREADY_EXISTS (HTTP 409).
+
+    Denials and other failures are gRPC errors, never responses. Each carries a
+    google.rpc.ErrorInfo (domain "leaky-tokens") whose reason is one of:
+    RATE_LIMITED             RESOURCE_EXHAUSTED (429): a leaky bucket (user or org) is too full;
+    RetryInfo says when a request of this size fits.
+    QUOTA_EXHAUSTED          RESOURCE_EXHAUSTED (429): the quota window and the purchased
+    balance together lack the tokens (the original's 402); RetryInfo
+    only when the next window's allowance would cover the request.
+    REQUEST_EXCEEDS_CAPACITY RESOURCE_EXHAUSTED (429), no RetryInfo: the request is larger
+    than a bucket's capacity and can never pass; split it.
+    STORE_UNAVAILABLE        UNAVAILABLE (503): the limit store is unreachable and the failure
+    policy refuses (fail_closed, or the local emergency budget is spent).
+    PROVIDER_UNAVAILABLE     UNAVAILABLE (503): the provider call failed (timeouts, retries,
+    open circuit, concurrency limit); every debit was refunded.
+    NOT_ORG_MEMBER           PERMISSION_DENIED (403): the caller is not a member of org_id.
+    IDEMPOTENCY_KEY_REUSED   ALREADY_EXISTS (409): the key was used for a different request.
+    IDEMPOTENCY_KEY_IN_FLIGHT UNAVAILABLE (503) with RetryInfo: the first request with this
+    key is still being decided; retrying returns its answer.
+    RESERVATION_EXPIRED, RESERVATION_RELEASED, RESERVATION_SETTLED
+    FAILED_PRECONDITION (400): the reservation is no longer open.
+    Denied decisions (RATE_LIMITED, QUOTA_EXHAUSTED, REQUEST_EXCEEDS_CAPACITY) also carry a
+    LimitDecision with every level's LimitStatus, from which the 429's Retry-After,
+    X-RateLimit-* and RateLimit / RateLimit-Policy headers are built. Bad input is
+    INVALID_ARGUMENT with BadRequest field violations (an unknown provider names "provider").
     """
 
     @staticmethod
@@ -220,7 +419,7 @@ class TokenService:
             target,
             '/leaky.token.v1.TokenService/GetQuota',
             leaky_dot_token_dot_v1_dot_token__pb2.GetQuotaRequest.SerializeToString,
-            leaky_dot_token_dot_v1_dot_token__pb2.GetQuotaResponse.FromString,
+            leaky_dot_token_dot_v1_dot_token__pb2.Quota.FromString,
             options,
             channel_credentials,
             insecure,
@@ -247,7 +446,7 @@ class TokenService:
             target,
             '/leaky.token.v1.TokenService/GetOrgQuota',
             leaky_dot_token_dot_v1_dot_token__pb2.GetOrgQuotaRequest.SerializeToString,
-            leaky_dot_token_dot_v1_dot_token__pb2.GetOrgQuotaResponse.FromString,
+            leaky_dot_token_dot_v1_dot_token__pb2.Quota.FromString,
             options,
             channel_credentials,
             insecure,
@@ -286,6 +485,87 @@ class TokenService:
             _registered_method=True)
 
     @staticmethod
+    def Reserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leaky.token.v1.TokenService/Reserve',
+            leaky_dot_token_dot_v1_dot_token__pb2.ReserveRequest.SerializeToString,
+            leaky_dot_token_dot_v1_dot_token__pb2.ReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Settle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leaky.token.v1.TokenService/Settle',
+            leaky_dot_token_dot_v1_dot_token__pb2.SettleRequest.SerializeToString,
+            leaky_dot_token_dot_v1_dot_token__pb2.SettleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leaky.token.v1.TokenService/Release',
+            leaky_dot_token_dot_v1_dot_token__pb2.ReleaseRequest.SerializeToString,
+            leaky_dot_token_dot_v1_dot_token__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Purchase(request,
             target,
             options=(),
@@ -301,7 +581,7 @@ class TokenService:
             target,
             '/leaky.token.v1.TokenService/Purchase',
             leaky_dot_token_dot_v1_dot_token__pb2.PurchaseRequest.SerializeToString,
-            leaky_dot_token_dot_v1_dot_token__pb2.PurchaseResponse.FromString,
+            leaky_dot_token_dot_v1_dot_token__pb2.TokenPurchase.FromString,
             options,
             channel_credentials,
             insecure,
@@ -328,7 +608,7 @@ class TokenService:
             target,
             '/leaky.token.v1.TokenService/GetPurchase',
             leaky_dot_token_dot_v1_dot_token__pb2.GetPurchaseRequest.SerializeToString,
-            leaky_dot_token_dot_v1_dot_token__pb2.GetPurchaseResponse.FromString,
+            leaky_dot_token_dot_v1_dot_token__pb2.TokenPurchase.FromString,
             options,
             channel_credentials,
             insecure,
@@ -339,66 +619,8 @@ class TokenService:
             metadata,
             _registered_method=True)
 
-
-class ProviderServiceStub:
-    """ProviderService is the fake LLM provider (openai, qwen, gemini, or any configured provider)
-    that token calls after an allowed consume decision.
-
-    The REST path reproduces the original stubs' (POST /api/v1/{provider}/chat).
-    """
-
-    def __init__(self, channel):
-        """Constructor.
-
-        Args:
-            channel: A grpc.Channel.
-        """
-        self.Chat = channel.unary_unary(
-                '/leaky.token.v1.ProviderService/Chat',
-                request_serializer=leaky_dot_token_dot_v1_dot_token__pb2.ChatRequest.SerializeToString,
-                response_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.ChatResponse.FromString,
-                _registered_method=True)
-
-
-class ProviderServiceServicer:
-    """ProviderService is the fake LLM provider (openai, qwen, gemini, or any configured provider)
-    that token calls after an allowed consume decision.
-
-    The REST path reproduces the original stubs' (POST /api/v1/{provider}/chat).
-    """
-
-    def Chat(self, request, context):
-        """Chat answers a prompt with a stubbed completion that echoes the request.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-
-def add_ProviderServiceServicer_to_server(servicer, server):
-    rpc_method_handlers = {
-            'Chat': grpc.unary_unary_rpc_method_handler(
-                    servicer.Chat,
-                    request_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.ChatRequest.FromString,
-                    response_serializer=leaky_dot_token_dot_v1_dot_token__pb2.ChatResponse.SerializeToString,
-            ),
-    }
-    generic_handler = grpc.method_handlers_generic_handler(
-            'leaky.token.v1.ProviderService', rpc_method_handlers)
-    server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('leaky.token.v1.ProviderService', rpc_method_handlers)
-
-
- # This class is part of an EXPERIMENTAL API.
-class ProviderService:
-    """ProviderService is the fake LLM provider (openai, qwen, gemini, or any configured provider)
-    that token calls after an allowed consume decision.
-
-    The REST path reproduces the original stubs' (POST /api/v1/{provider}/chat).
-    """
-
     @staticmethod
-    def Chat(request,
+    def GrantTokens(request,
             target,
             options=(),
             channel_credentials=None,
@@ -411,9 +633,9 @@ class ProviderService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/leaky.token.v1.ProviderService/Chat',
-            leaky_dot_token_dot_v1_dot_token__pb2.ChatRequest.SerializeToString,
-            leaky_dot_token_dot_v1_dot_token__pb2.ChatResponse.FromString,
+            '/leaky.token.v1.TokenService/GrantTokens',
+            leaky_dot_token_dot_v1_dot_token__pb2.GrantTokensRequest.SerializeToString,
+            leaky_dot_token_dot_v1_dot_token__pb2.GrantTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

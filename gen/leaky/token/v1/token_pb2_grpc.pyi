@@ -27,12 +27,48 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class TokenServiceStub:
-    """TokenService meters LLM token consumption: leaky-bucket rate limits, user and org quotas,
-    consume decisions and token purchases.
+    """TokenService meters LLM token consumption: leaky-bucket rate limits, quota windows and
+    purchased balances for users and organizations, consume and reserve/settle decisions, and
+    token purchases.
 
     REST paths reproduce the original system's (/api/v1/tokens/...); JSON field names are the
-    lowerCamelCase proto3 JSON names of the fields below. Token counts are int64, which proto3
-    JSON renders as strings ("tokens": "25"); clients must accept both strings and numbers.
+    lowerCamelCase proto3 JSON names of the fields below, the original's where it had one.
+    Token counts are int64, which proto3 JSON renders as strings ("tokens": "25"); clients
+    must accept both strings and numbers. Durations are JSON strings like "1.500s".
+
+    Identity comes from the verified caller (JWT): user_id must be the caller's own id unless
+    the caller is ADMIN; an org id requires the caller to be a member now.
+
+    Idempotency: Consume, Reserve, Purchase and GrantTokens take an idempotency_key (at most
+    100 characters; when empty, the Idempotency-Key header, gRPC metadata idempotency-key, is
+    used). Keys are scoped to the user named in the request and remembered for a retention
+    period set by the policy. A retry with the same key and the same request returns the first
+    answer and debits or credits nothing again; the same key with a different request is
+    ALREADY_EXISTS (HTTP 409).
+
+    Denials and other failures are gRPC errors, never responses. Each carries a
+    google.rpc.ErrorInfo (domain "leaky-tokens") whose reason is one of:
+      RATE_LIMITED             RESOURCE_EXHAUSTED (429): a leaky bucket (user or org) is too full;
+                               RetryInfo says when a request of this size fits.
+      QUOTA_EXHAUSTED          RESOURCE_EXHAUSTED (429): the quota window and the purchased
+                               balance together lack the tokens (the original's 402); RetryInfo
+                               only when the next window's allowance would cover the request.
+      REQUEST_EXCEEDS_CAPACITY RESOURCE_EXHAUSTED (429), no RetryInfo: the request is larger
+                               than a bucket's capacity and can never pass; split it.
+      STORE_UNAVAILABLE        UNAVAILABLE (503): the limit store is unreachable and the failure
+                               policy refuses (fail_closed, or the local emergency budget is spent).
+      PROVIDER_UNAVAILABLE     UNAVAILABLE (503): the provider call failed (timeouts, retries,
+                               open circuit, concurrency limit); every debit was refunded.
+      NOT_ORG_MEMBER           PERMISSION_DENIED (403): the caller is not a member of org_id.
+      IDEMPOTENCY_KEY_REUSED   ALREADY_EXISTS (409): the key was used for a different request.
+      IDEMPOTENCY_KEY_IN_FLIGHT UNAVAILABLE (503) with RetryInfo: the first request with this
+                               key is still being decided; retrying returns its answer.
+      RESERVATION_EXPIRED, RESERVATION_RELEASED, RESERVATION_SETTLED
+                               FAILED_PRECONDITION (400): the reservation is no longer open.
+    Denied decisions (RATE_LIMITED, QUOTA_EXHAUSTED, REQUEST_EXCEEDS_CAPACITY) also carry a
+    LimitDecision with every level's LimitStatus, from which the 429's Retry-After,
+    X-RateLimit-* and RateLimit / RateLimit-Policy headers are built. Bad input is
+    INVALID_ARGUMENT with BadRequest field violations (an unknown provider names "provider").
     """
 
     @_typing.overload
@@ -41,60 +77,206 @@ class TokenServiceStub:
     def __new__(cls, channel: _aio.Channel) -> TokenServiceAsyncStub: ...
     GetStatus: _grpc.UnaryUnaryMultiCallable[_token_pb2.GetStatusRequest, _token_pb2.GetStatusResponse]
     """GetStatus reports that the service is up (public, no authentication)."""
-    GetQuota: _grpc.UnaryUnaryMultiCallable[_token_pb2.GetQuotaRequest, _token_pb2.GetQuotaResponse]
-    """GetQuota reads a user's quota pool for one provider, applying any due window reset."""
-    GetOrgQuota: _grpc.UnaryUnaryMultiCallable[_token_pb2.GetOrgQuotaRequest, _token_pb2.GetOrgQuotaResponse]
-    """GetOrgQuota reads an organization's quota pool for one provider (members or ADMIN)."""
+    GetQuota: _grpc.UnaryUnaryMultiCallable[_token_pb2.GetQuotaRequest, _token_pb2.Quota]
+    """GetQuota reads a user's quota for one provider (the caller's own, or any user's for ADMIN).
+    One resource message for both RPCs (ADR 0017); Envoy's transcoder has no response_body
+    for message fields, so a wrapper would nest the original's flat JSON body.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    GetOrgQuota: _grpc.UnaryUnaryMultiCallable[_token_pb2.GetOrgQuotaRequest, _token_pb2.Quota]
+    """GetOrgQuota reads an organization's quota for one provider (members or ADMIN).
+    One resource message for both RPCs (ADR 0017); Envoy's transcoder has no response_body
+    for message fields, so a wrapper would nest the original's flat JSON body.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     Consume: _grpc.UnaryUnaryMultiCallable[_token_pb2.ConsumeRequest, _token_pb2.ConsumeResponse]
-    """Consume atomically debits the rate-limit buckets and the quota (user or org) for one
-    request, records the usage event, then calls the provider; a provider failure refunds
-    the debit. A denial is an error status, not a response: it carries google.rpc details
-    (ErrorInfo with a stable reason, RetryInfo when a full bucket will drain).
+    """Consume debits every applicable level (user bucket, org bucket, quota window, purchased
+    balance) in one atomic step, all or nothing, records the decision's usage event in the
+    same step, then calls the provider; a provider failure refunds every debit.
     """
-    Purchase: _grpc.UnaryUnaryMultiCallable[_token_pb2.PurchaseRequest, _token_pb2.PurchaseResponse]
-    """Purchase starts a token purchase saga and answers at once with its id (status STARTED);
-    the saga then runs asynchronously. Replays of an idempotency key return the existing saga.
+    Reserve: _grpc.UnaryUnaryMultiCallable[_token_pb2.ReserveRequest, _token_pb2.ReserveResponse]
+    """Reserve holds an estimate on every applicable level, like Consume but without calling a
+    provider: the caller calls the provider itself, then settles to the actual count. An
+    unsettled reservation expires at expires_at and the store itself releases it.
     """
-    GetPurchase: _grpc.UnaryUnaryMultiCallable[_token_pb2.GetPurchaseRequest, _token_pb2.GetPurchaseResponse]
-    """GetPurchase shows a purchase saga's progress (its owner, an org member, or ADMIN)."""
+    Settle: _grpc.UnaryUnaryMultiCallable[_token_pb2.SettleRequest, _token_pb2.SettleResponse]
+    """Settle closes a reservation at the actual token count: the difference is refunded, or
+    the excess charged as far as each level has room and never refused (the tokens were
+    spent); what did not fit is billed as overage in the ReservationSettled event.
+    Idempotent: settling again with the same count returns the same answer; another count,
+    or a released or expired reservation, is FAILED_PRECONDITION.
+    """
+    Release: _grpc.UnaryUnaryMultiCallable[_token_pb2.ReleaseRequest, _token_pb2.ReleaseResponse]
+    """Release gives a whole reservation back (the call was not made). Idempotent."""
+    Purchase: _grpc.UnaryUnaryMultiCallable[_token_pb2.PurchaseRequest, _token_pb2.TokenPurchase]
+    """Purchase starts a token purchase saga and answers at once with the purchase (status
+    STARTED); the saga then runs asynchronously. A replay of an idempotency key returns the
+    existing purchase.
+    One resource message for both RPCs (ADR 0017); Envoy's transcoder has no response_body
+    for message fields, so a wrapper would nest the original's flat JSON body.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    GetPurchase: _grpc.UnaryUnaryMultiCallable[_token_pb2.GetPurchaseRequest, _token_pb2.TokenPurchase]
+    """GetPurchase shows a purchase (its owner, an org member, or ADMIN).
+    One resource message for both RPCs (ADR 0017); Envoy's transcoder has no response_body
+    for message fields, so a wrapper would nest the original's flat JSON body.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    GrantTokens: _grpc.UnaryUnaryMultiCallable[_token_pb2.GrantTokensRequest, _token_pb2.GrantTokensResponse]
+    """GrantTokens credits a user's or org's purchased balance (ADMIN only). Internal, gRPC
+    only (no REST path): operators and tests use it until the purchase saga lands.
+    """
 
 @_typing.type_check_only
 class TokenServiceAsyncStub(TokenServiceStub):
-    """TokenService meters LLM token consumption: leaky-bucket rate limits, user and org quotas,
-    consume decisions and token purchases.
+    """TokenService meters LLM token consumption: leaky-bucket rate limits, quota windows and
+    purchased balances for users and organizations, consume and reserve/settle decisions, and
+    token purchases.
 
     REST paths reproduce the original system's (/api/v1/tokens/...); JSON field names are the
-    lowerCamelCase proto3 JSON names of the fields below. Token counts are int64, which proto3
-    JSON renders as strings ("tokens": "25"); clients must accept both strings and numbers.
+    lowerCamelCase proto3 JSON names of the fields below, the original's where it had one.
+    Token counts are int64, which proto3 JSON renders as strings ("tokens": "25"); clients
+    must accept both strings and numbers. Durations are JSON strings like "1.500s".
+
+    Identity comes from the verified caller (JWT): user_id must be the caller's own id unless
+    the caller is ADMIN; an org id requires the caller to be a member now.
+
+    Idempotency: Consume, Reserve, Purchase and GrantTokens take an idempotency_key (at most
+    100 characters; when empty, the Idempotency-Key header, gRPC metadata idempotency-key, is
+    used). Keys are scoped to the user named in the request and remembered for a retention
+    period set by the policy. A retry with the same key and the same request returns the first
+    answer and debits or credits nothing again; the same key with a different request is
+    ALREADY_EXISTS (HTTP 409).
+
+    Denials and other failures are gRPC errors, never responses. Each carries a
+    google.rpc.ErrorInfo (domain "leaky-tokens") whose reason is one of:
+      RATE_LIMITED             RESOURCE_EXHAUSTED (429): a leaky bucket (user or org) is too full;
+                               RetryInfo says when a request of this size fits.
+      QUOTA_EXHAUSTED          RESOURCE_EXHAUSTED (429): the quota window and the purchased
+                               balance together lack the tokens (the original's 402); RetryInfo
+                               only when the next window's allowance would cover the request.
+      REQUEST_EXCEEDS_CAPACITY RESOURCE_EXHAUSTED (429), no RetryInfo: the request is larger
+                               than a bucket's capacity and can never pass; split it.
+      STORE_UNAVAILABLE        UNAVAILABLE (503): the limit store is unreachable and the failure
+                               policy refuses (fail_closed, or the local emergency budget is spent).
+      PROVIDER_UNAVAILABLE     UNAVAILABLE (503): the provider call failed (timeouts, retries,
+                               open circuit, concurrency limit); every debit was refunded.
+      NOT_ORG_MEMBER           PERMISSION_DENIED (403): the caller is not a member of org_id.
+      IDEMPOTENCY_KEY_REUSED   ALREADY_EXISTS (409): the key was used for a different request.
+      IDEMPOTENCY_KEY_IN_FLIGHT UNAVAILABLE (503) with RetryInfo: the first request with this
+                               key is still being decided; retrying returns its answer.
+      RESERVATION_EXPIRED, RESERVATION_RELEASED, RESERVATION_SETTLED
+                               FAILED_PRECONDITION (400): the reservation is no longer open.
+    Denied decisions (RATE_LIMITED, QUOTA_EXHAUSTED, REQUEST_EXCEEDS_CAPACITY) also carry a
+    LimitDecision with every level's LimitStatus, from which the 429's Retry-After,
+    X-RateLimit-* and RateLimit / RateLimit-Policy headers are built. Bad input is
+    INVALID_ARGUMENT with BadRequest field violations (an unknown provider names "provider").
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetStatus: _aio.UnaryUnaryMultiCallable[_token_pb2.GetStatusRequest, _token_pb2.GetStatusResponse]  # type: ignore[assignment]
     """GetStatus reports that the service is up (public, no authentication)."""
-    GetQuota: _aio.UnaryUnaryMultiCallable[_token_pb2.GetQuotaRequest, _token_pb2.GetQuotaResponse]  # type: ignore[assignment]
-    """GetQuota reads a user's quota pool for one provider, applying any due window reset."""
-    GetOrgQuota: _aio.UnaryUnaryMultiCallable[_token_pb2.GetOrgQuotaRequest, _token_pb2.GetOrgQuotaResponse]  # type: ignore[assignment]
-    """GetOrgQuota reads an organization's quota pool for one provider (members or ADMIN)."""
+    GetQuota: _aio.UnaryUnaryMultiCallable[_token_pb2.GetQuotaRequest, _token_pb2.Quota]  # type: ignore[assignment]
+    """GetQuota reads a user's quota for one provider (the caller's own, or any user's for ADMIN).
+    One resource message for both RPCs (ADR 0017); Envoy's transcoder has no response_body
+    for message fields, so a wrapper would nest the original's flat JSON body.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    GetOrgQuota: _aio.UnaryUnaryMultiCallable[_token_pb2.GetOrgQuotaRequest, _token_pb2.Quota]  # type: ignore[assignment]
+    """GetOrgQuota reads an organization's quota for one provider (members or ADMIN).
+    One resource message for both RPCs (ADR 0017); Envoy's transcoder has no response_body
+    for message fields, so a wrapper would nest the original's flat JSON body.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     Consume: _aio.UnaryUnaryMultiCallable[_token_pb2.ConsumeRequest, _token_pb2.ConsumeResponse]  # type: ignore[assignment]
-    """Consume atomically debits the rate-limit buckets and the quota (user or org) for one
-    request, records the usage event, then calls the provider; a provider failure refunds
-    the debit. A denial is an error status, not a response: it carries google.rpc details
-    (ErrorInfo with a stable reason, RetryInfo when a full bucket will drain).
+    """Consume debits every applicable level (user bucket, org bucket, quota window, purchased
+    balance) in one atomic step, all or nothing, records the decision's usage event in the
+    same step, then calls the provider; a provider failure refunds every debit.
     """
-    Purchase: _aio.UnaryUnaryMultiCallable[_token_pb2.PurchaseRequest, _token_pb2.PurchaseResponse]  # type: ignore[assignment]
-    """Purchase starts a token purchase saga and answers at once with its id (status STARTED);
-    the saga then runs asynchronously. Replays of an idempotency key return the existing saga.
+    Reserve: _aio.UnaryUnaryMultiCallable[_token_pb2.ReserveRequest, _token_pb2.ReserveResponse]  # type: ignore[assignment]
+    """Reserve holds an estimate on every applicable level, like Consume but without calling a
+    provider: the caller calls the provider itself, then settles to the actual count. An
+    unsettled reservation expires at expires_at and the store itself releases it.
     """
-    GetPurchase: _aio.UnaryUnaryMultiCallable[_token_pb2.GetPurchaseRequest, _token_pb2.GetPurchaseResponse]  # type: ignore[assignment]
-    """GetPurchase shows a purchase saga's progress (its owner, an org member, or ADMIN)."""
+    Settle: _aio.UnaryUnaryMultiCallable[_token_pb2.SettleRequest, _token_pb2.SettleResponse]  # type: ignore[assignment]
+    """Settle closes a reservation at the actual token count: the difference is refunded, or
+    the excess charged as far as each level has room and never refused (the tokens were
+    spent); what did not fit is billed as overage in the ReservationSettled event.
+    Idempotent: settling again with the same count returns the same answer; another count,
+    or a released or expired reservation, is FAILED_PRECONDITION.
+    """
+    Release: _aio.UnaryUnaryMultiCallable[_token_pb2.ReleaseRequest, _token_pb2.ReleaseResponse]  # type: ignore[assignment]
+    """Release gives a whole reservation back (the call was not made). Idempotent."""
+    Purchase: _aio.UnaryUnaryMultiCallable[_token_pb2.PurchaseRequest, _token_pb2.TokenPurchase]  # type: ignore[assignment]
+    """Purchase starts a token purchase saga and answers at once with the purchase (status
+    STARTED); the saga then runs asynchronously. A replay of an idempotency key returns the
+    existing purchase.
+    One resource message for both RPCs (ADR 0017); Envoy's transcoder has no response_body
+    for message fields, so a wrapper would nest the original's flat JSON body.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    GetPurchase: _aio.UnaryUnaryMultiCallable[_token_pb2.GetPurchaseRequest, _token_pb2.TokenPurchase]  # type: ignore[assignment]
+    """GetPurchase shows a purchase (its owner, an org member, or ADMIN).
+    One resource message for both RPCs (ADR 0017); Envoy's transcoder has no response_body
+    for message fields, so a wrapper would nest the original's flat JSON body.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    GrantTokens: _aio.UnaryUnaryMultiCallable[_token_pb2.GrantTokensRequest, _token_pb2.GrantTokensResponse]  # type: ignore[assignment]
+    """GrantTokens credits a user's or org's purchased balance (ADMIN only). Internal, gRPC
+    only (no REST path): operators and tests use it until the purchase saga lands.
+    """
 
 class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
-    """TokenService meters LLM token consumption: leaky-bucket rate limits, user and org quotas,
-    consume decisions and token purchases.
+    """TokenService meters LLM token consumption: leaky-bucket rate limits, quota windows and
+    purchased balances for users and organizations, consume and reserve/settle decisions, and
+    token purchases.
 
     REST paths reproduce the original system's (/api/v1/tokens/...); JSON field names are the
-    lowerCamelCase proto3 JSON names of the fields below. Token counts are int64, which proto3
-    JSON renders as strings ("tokens": "25"); clients must accept both strings and numbers.
+    lowerCamelCase proto3 JSON names of the fields below, the original's where it had one.
+    Token counts are int64, which proto3 JSON renders as strings ("tokens": "25"); clients
+    must accept both strings and numbers. Durations are JSON strings like "1.500s".
+
+    Identity comes from the verified caller (JWT): user_id must be the caller's own id unless
+    the caller is ADMIN; an org id requires the caller to be a member now.
+
+    Idempotency: Consume, Reserve, Purchase and GrantTokens take an idempotency_key (at most
+    100 characters; when empty, the Idempotency-Key header, gRPC metadata idempotency-key, is
+    used). Keys are scoped to the user named in the request and remembered for a retention
+    period set by the policy. A retry with the same key and the same request returns the first
+    answer and debits or credits nothing again; the same key with a different request is
+    ALREADY_EXISTS (HTTP 409).
+
+    Denials and other failures are gRPC errors, never responses. Each carries a
+    google.rpc.ErrorInfo (domain "leaky-tokens") whose reason is one of:
+      RATE_LIMITED             RESOURCE_EXHAUSTED (429): a leaky bucket (user or org) is too full;
+                               RetryInfo says when a request of this size fits.
+      QUOTA_EXHAUSTED          RESOURCE_EXHAUSTED (429): the quota window and the purchased
+                               balance together lack the tokens (the original's 402); RetryInfo
+                               only when the next window's allowance would cover the request.
+      REQUEST_EXCEEDS_CAPACITY RESOURCE_EXHAUSTED (429), no RetryInfo: the request is larger
+                               than a bucket's capacity and can never pass; split it.
+      STORE_UNAVAILABLE        UNAVAILABLE (503): the limit store is unreachable and the failure
+                               policy refuses (fail_closed, or the local emergency budget is spent).
+      PROVIDER_UNAVAILABLE     UNAVAILABLE (503): the provider call failed (timeouts, retries,
+                               open circuit, concurrency limit); every debit was refunded.
+      NOT_ORG_MEMBER           PERMISSION_DENIED (403): the caller is not a member of org_id.
+      IDEMPOTENCY_KEY_REUSED   ALREADY_EXISTS (409): the key was used for a different request.
+      IDEMPOTENCY_KEY_IN_FLIGHT UNAVAILABLE (503) with RetryInfo: the first request with this
+                               key is still being decided; retrying returns its answer.
+      RESERVATION_EXPIRED, RESERVATION_RELEASED, RESERVATION_SETTLED
+                               FAILED_PRECONDITION (400): the reservation is no longer open.
+    Denied decisions (RATE_LIMITED, QUOTA_EXHAUSTED, REQUEST_EXCEEDS_CAPACITY) also carry a
+    LimitDecision with every level's LimitStatus, from which the 429's Retry-After,
+    X-RateLimit-* and RateLimit / RateLimit-Policy headers are built. Bad input is
+    INVALID_ARGUMENT with BadRequest field violations (an unknown provider names "provider").
     """
 
     @_abc_1.abstractmethod
@@ -110,16 +292,26 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _token_pb2.GetQuotaRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_token_pb2.GetQuotaResponse, _abc.Awaitable[_token_pb2.GetQuotaResponse]]:
-        """GetQuota reads a user's quota pool for one provider, applying any due window reset."""
+    ) -> _typing.Union[_token_pb2.Quota, _abc.Awaitable[_token_pb2.Quota]]:
+        """GetQuota reads a user's quota for one provider (the caller's own, or any user's for ADMIN).
+        One resource message for both RPCs (ADR 0017); Envoy's transcoder has no response_body
+        for message fields, so a wrapper would nest the original's flat JSON body.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
 
     @_abc_1.abstractmethod
     def GetOrgQuota(
         self,
         request: _token_pb2.GetOrgQuotaRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_token_pb2.GetOrgQuotaResponse, _abc.Awaitable[_token_pb2.GetOrgQuotaResponse]]:
-        """GetOrgQuota reads an organization's quota pool for one provider (members or ADMIN)."""
+    ) -> _typing.Union[_token_pb2.Quota, _abc.Awaitable[_token_pb2.Quota]]:
+        """GetOrgQuota reads an organization's quota for one provider (members or ADMIN).
+        One resource message for both RPCs (ADR 0017); Envoy's transcoder has no response_body
+        for message fields, so a wrapper would nest the original's flat JSON body.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
 
     @_abc_1.abstractmethod
     def Consume(
@@ -127,20 +319,56 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _token_pb2.ConsumeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_token_pb2.ConsumeResponse, _abc.Awaitable[_token_pb2.ConsumeResponse]]:
-        """Consume atomically debits the rate-limit buckets and the quota (user or org) for one
-        request, records the usage event, then calls the provider; a provider failure refunds
-        the debit. A denial is an error status, not a response: it carries google.rpc details
-        (ErrorInfo with a stable reason, RetryInfo when a full bucket will drain).
+        """Consume debits every applicable level (user bucket, org bucket, quota window, purchased
+        balance) in one atomic step, all or nothing, records the decision's usage event in the
+        same step, then calls the provider; a provider failure refunds every debit.
         """
+
+    @_abc_1.abstractmethod
+    def Reserve(
+        self,
+        request: _token_pb2.ReserveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_token_pb2.ReserveResponse, _abc.Awaitable[_token_pb2.ReserveResponse]]:
+        """Reserve holds an estimate on every applicable level, like Consume but without calling a
+        provider: the caller calls the provider itself, then settles to the actual count. An
+        unsettled reservation expires at expires_at and the store itself releases it.
+        """
+
+    @_abc_1.abstractmethod
+    def Settle(
+        self,
+        request: _token_pb2.SettleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_token_pb2.SettleResponse, _abc.Awaitable[_token_pb2.SettleResponse]]:
+        """Settle closes a reservation at the actual token count: the difference is refunded, or
+        the excess charged as far as each level has room and never refused (the tokens were
+        spent); what did not fit is billed as overage in the ReservationSettled event.
+        Idempotent: settling again with the same count returns the same answer; another count,
+        or a released or expired reservation, is FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def Release(
+        self,
+        request: _token_pb2.ReleaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_token_pb2.ReleaseResponse, _abc.Awaitable[_token_pb2.ReleaseResponse]]:
+        """Release gives a whole reservation back (the call was not made). Idempotent."""
 
     @_abc_1.abstractmethod
     def Purchase(
         self,
         request: _token_pb2.PurchaseRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_token_pb2.PurchaseResponse, _abc.Awaitable[_token_pb2.PurchaseResponse]]:
-        """Purchase starts a token purchase saga and answers at once with its id (status STARTED);
-        the saga then runs asynchronously. Replays of an idempotency key return the existing saga.
+    ) -> _typing.Union[_token_pb2.TokenPurchase, _abc.Awaitable[_token_pb2.TokenPurchase]]:
+        """Purchase starts a token purchase saga and answers at once with the purchase (status
+        STARTED); the saga then runs asynchronously. A replay of an idempotency key returns the
+        existing purchase.
+        One resource message for both RPCs (ADR 0017); Envoy's transcoder has no response_body
+        for message fields, so a wrapper would nest the original's flat JSON body.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
 
     @_abc_1.abstractmethod
@@ -148,50 +376,22 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _token_pb2.GetPurchaseRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_token_pb2.GetPurchaseResponse, _abc.Awaitable[_token_pb2.GetPurchaseResponse]]:
-        """GetPurchase shows a purchase saga's progress (its owner, an org member, or ADMIN)."""
-
-def add_TokenServiceServicer_to_server(servicer: TokenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
-
-class ProviderServiceStub:
-    """ProviderService is the fake LLM provider (openai, qwen, gemini, or any configured provider)
-    that token calls after an allowed consume decision.
-
-    The REST path reproduces the original stubs' (POST /api/v1/{provider}/chat).
-    """
-
-    @_typing.overload
-    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
-    @_typing.overload
-    def __new__(cls, channel: _aio.Channel) -> ProviderServiceAsyncStub: ...
-    Chat: _grpc.UnaryUnaryMultiCallable[_token_pb2.ChatRequest, _token_pb2.ChatResponse]
-    """Chat answers a prompt with a stubbed completion that echoes the request."""
-
-@_typing.type_check_only
-class ProviderServiceAsyncStub(ProviderServiceStub):
-    """ProviderService is the fake LLM provider (openai, qwen, gemini, or any configured provider)
-    that token calls after an allowed consume decision.
-
-    The REST path reproduces the original stubs' (POST /api/v1/{provider}/chat).
-    """
-
-    def __init__(self, channel: _aio.Channel) -> None: ...
-    Chat: _aio.UnaryUnaryMultiCallable[_token_pb2.ChatRequest, _token_pb2.ChatResponse]  # type: ignore[assignment]
-    """Chat answers a prompt with a stubbed completion that echoes the request."""
-
-class ProviderServiceServicer(metaclass=_abc_1.ABCMeta):
-    """ProviderService is the fake LLM provider (openai, qwen, gemini, or any configured provider)
-    that token calls after an allowed consume decision.
-
-    The REST path reproduces the original stubs' (POST /api/v1/{provider}/chat).
-    """
+    ) -> _typing.Union[_token_pb2.TokenPurchase, _abc.Awaitable[_token_pb2.TokenPurchase]]:
+        """GetPurchase shows a purchase (its owner, an org member, or ADMIN).
+        One resource message for both RPCs (ADR 0017); Envoy's transcoder has no response_body
+        for message fields, so a wrapper would nest the original's flat JSON body.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
 
     @_abc_1.abstractmethod
-    def Chat(
+    def GrantTokens(
         self,
-        request: _token_pb2.ChatRequest,
+        request: _token_pb2.GrantTokensRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_token_pb2.ChatResponse, _abc.Awaitable[_token_pb2.ChatResponse]]:
-        """Chat answers a prompt with a stubbed completion that echoes the request."""
+    ) -> _typing.Union[_token_pb2.GrantTokensResponse, _abc.Awaitable[_token_pb2.GrantTokensResponse]]:
+        """GrantTokens credits a user's or org's purchased balance (ADMIN only). Internal, gRPC
+        only (no REST path): operators and tests use it until the purchase saga lands.
+        """
 
-def add_ProviderServiceServicer_to_server(servicer: ProviderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_TokenServiceServicer_to_server(servicer: TokenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

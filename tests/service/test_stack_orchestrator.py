@@ -1,18 +1,20 @@
-"""The stack orchestrator with stand-in components: idempotent up, safe down, clear errors."""
+"""The stack orchestrator with stand-in processes: idempotent up, safe down, clear errors."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
 import sys
-import time
+import warnings
 from pathlib import Path
 
 import pytest
 
 from leaky_tokens.stack.component import Component, ComponentError, Launch, StackPaths
 from leaky_tokens.stack.orchestrator import Stack
+from tests.support.wait import wait_until
 
 
 class Sleeper(Component):
@@ -111,9 +113,7 @@ def test_a_crashed_component_is_restarted_by_up(tmp_path: Path) -> None:
     first = stack.pid(a)
     assert first is not None
     os.killpg(first, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while stack.pid(a) is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: stack.pid(a) is None, 5, what="the killed component gone")
     assert [r.state for r in stack.status()] == ["stopped"]
     stack.up()
     second = stack.pid(a)
@@ -163,3 +163,18 @@ def test_down_marks_components_so_supervision_leaves_them_stopped(tmp_path: Path
     stack.up()  # an explicit up clears the mark
     assert not stack.paths.pidfile("a").with_suffix(".down").exists()
     stack.down()
+
+
+def test_the_handle_of_a_started_daemon_is_let_go_without_a_resource_warning(
+    tmp_path: Path,
+) -> None:
+    stack = make_stack(tmp_path, Sleeper("a"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stack.up()
+        gc.collect()  # drops the Popen handle while the daemon runs
+    try:
+        assert stack.pid(stack.components[0]) is not None
+        assert [w.message for w in caught if issubclass(w.category, ResourceWarning)] == []
+    finally:
+        stack.down()

@@ -1,0 +1,1 @@
+"""The provider stubs (openai, qwen, gemini): deterministic chat replies with token counts."""

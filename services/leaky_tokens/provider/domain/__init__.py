@@ -1,0 +1,1 @@
+"""Rules of the provider stubs: profiles, token counts, replies and injected faults."""
