@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from leaky_tokens.token.domain.decision import Level
 from leaky_tokens.token.domain.ports import Subject
 
-# Separates fields inside one script argument; an id holding it would be ambiguous.
+# Separate the fields of one script argument, and the arguments packed into one; an id
+# holding either would be ambiguous.
 SEP = "\x1f"
+RS = "\x1e"
 
 _BUCKET = {
     Level.USER_BUCKET: "b",
@@ -21,8 +23,8 @@ _BUCKET = {
 
 def check_id(value: str, what: str) -> str:
     """An id usable in key names: non-empty and without the field separator."""
-    if not value or SEP in value:
-        raise ValueError(f"{what} must be non-empty and must not contain \\x1f")
+    if not value or SEP in value or RS in value:
+        raise ValueError(f"{what} must be non-empty and must not contain \\x1e or \\x1f")
     return value
 
 

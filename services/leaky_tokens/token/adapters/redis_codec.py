@@ -16,6 +16,7 @@ from leaky_tokens.token.domain.quota import QuotaLimit, QuotaState
 
 _SPEC = 5  # fields per level spec: name, key, three limit numbers
 _STATE = 3  # fields per level state
+_LEVELS = {lv.value: lv for lv in Level}  # a dict lookup is cheaper than Level(name)
 
 
 class StoreInconsistencyError(RuntimeError):
@@ -54,7 +55,7 @@ def snapshot(spec: list[str], states: list[str]) -> Snapshot:
     for i in range(len(spec) // _SPEC):
         name, _key, a, b, c = spec[_SPEC * i : _SPEC * i + _SPEC]
         s1, s2, s3 = (int(x) for x in states[_STATE * i : _STATE * i + _STATE])
-        lv = Level(name)
+        lv = _LEVELS[name]
         if name.endswith("bucket"):
             buckets[lv] = BucketSlot(BucketLimit(int(a), int(b), int(c)), BucketState(s1, s2))
         else:

@@ -2,27 +2,33 @@
 -- Lua 5.1 numbers are doubles: every stored value is an integer below 2^53, so sums,
 -- differences and comparisons are exact; the only products that may pass 2^53
 -- (elapsed * leak, excess * scale) are compared before anything is subtracted or stored.
--- ARGV[1] key base (hash tag included), ARGV[2] now ms, ARGV[3] sweep limit,
--- ARGV[4] record ttl ms, ARGV[5] the subject (tenant, user, org, provider); KEYS[1] the stream.
+-- The arguments come as one string (fewer to encode on the client) split on \30 into A:
+-- A[1] key base (hash tag included), A[2] now ms, A[3] sweep limit, A[4] record ttl ms,
+-- A[5] the subject (tenant, user, org, provider, split on \31); KEYS[1] the stream.
 local SEP = '\31'
-local BASE = ARGV[1]
-local NOW = tonumber(ARGV[2])
-local SWEEP_LIMIT = tonumber(ARGV[3])
-local TTL = ARGV[4]
-local WHO = ARGV[5]
+
+local function split_on(s, sep)
+  local out, i = {}, 1
+  while true do
+    local j = string.find(s, sep, i, true)
+    if not j then out[#out + 1] = string.sub(s, i); return out end
+    out[#out + 1] = string.sub(s, i, j - 1)
+    i = j + 1
+  end
+end
+local A = split_on(ARGV[1], '\30')
+local BASE = A[1]
+local NOW = tonumber(A[2])
+local SWEEP_LIMIT = tonumber(A[3])
+local TTL = A[4]
+local WHO = A[5]
 local STREAM = KEYS[1]
 
 local function n(x) return string.format('%.0f', x) end
 
 local function split(s)
-  local out, i = {}, 1
-  if s == '' then return out end
-  while true do
-    local j = string.find(s, SEP, i, true)
-    if not j then out[#out + 1] = string.sub(s, i); return out end
-    out[#out + 1] = string.sub(s, i, j - 1)
-    i = j + 1
-  end
+  if s == '' then return {} end
+  return split_on(s, SEP)
 end
 
 -- A level spec is five fields: name, key, then capacity, leak per ms, scale (a bucket)

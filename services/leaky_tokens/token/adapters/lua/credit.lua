@@ -1,17 +1,17 @@
--- ARGV[6] grant id, ARGV[7] quota key, ARGV[8] tokens, ARGV[9] level name.
+-- A[6] grant id, A[7] quota key, A[8] tokens, A[9] level name.
 -- Returns {changed, balance}; a repeated grant id returns the balance it left.
 sweep()
-local gkey = BASE .. 'g:' .. ARGV[6]
+local gkey = BASE .. 'g:' .. A[6]
 local known = redis.call('GET', gkey)
 if known then return {0, tonumber(known)} end
-local lv = {key = ARGV[7], bucket = false}
+local lv = {key = A[7], bucket = false}
 load(lv)
-local tokens = tonumber(ARGV[8])
+local tokens = tonumber(A[8])
 if lv.bal + tokens >= 9007199254740992 then
   return redis.error_reply('the purchased balance would reach 2^53')
 end
 lv.bal = lv.bal + tokens
 redis.call('HSET', lv.key, 'b', n(lv.bal))
 redis.call('SET', gkey, n(lv.bal), 'PX', TTL)
-emit(ARGV[6], 'credited', WHO, tokens, ARGV[6], {ARGV[9]}, nil, '')
+emit(A[6], 'credited', WHO, tokens, A[6], {A[9]}, nil, '')
 return {1, lv.bal}

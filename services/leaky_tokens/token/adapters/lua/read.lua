@@ -1,2 +1,2 @@
--- ARGV[6] levels. Returns the stored states (three numbers per level); writes nothing.
-return load_all(parse_levels(split(ARGV[6])))
+-- A[6] levels. Returns the stored states (three numbers per level); writes nothing.
+return load_all(parse_levels(split(A[6])))

@@ -1,12 +1,12 @@
--- ARGV[6] decision id, ARGV[7] tokens. Returns the tokens given back, -1 when none were
+-- A[6] decision id, A[7] tokens. Returns the tokens given back, -1 when none were
 -- (unknown or expired decision, another subject's, a denial, or refunded before).
 sweep()
-local did = ARGV[6]
+local did = A[6]
 local dkey = BASE .. 'd:' .. did
 local d = redis.call('HMGET', dkey, 'rf', 'who', 'spec', 'debit', 'tok')
 if d[1] ~= '0' or d[2] ~= WHO then return -1 end
 local total = tonumber(d[5])
-local tokens = math.min(tonumber(ARGV[7]), total)
+local tokens = math.min(tonumber(A[7]), total)
 local levels = parse_levels(split(d[3]))
 refund_levels(levels, split(d[4]), tokens, total)
 redis.call('HSET', dkey, 'rf', 'refunded')  -- once, even for zero tokens

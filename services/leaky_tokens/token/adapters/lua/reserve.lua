@@ -1,8 +1,8 @@
--- ARGV[6] reservation id, ARGV[7] idempotency key, ARGV[8] estimate, ARGV[9] levels,
--- ARGV[10] ttl ms. Returns {replayed, record, id} as decide.lua (record carries the ttl),
+-- A[6] reservation id, A[7] idempotency key, A[8] estimate, A[9] levels,
+-- A[10] ttl ms. Returns {replayed, record, id} as decide.lua (record carries the ttl),
 -- or {-1} when another subject holds a reservation with this id.
 sweep()
-local rid, ikey, estimate = ARGV[6], ARGV[7], tonumber(ARGV[8])
+local rid, ikey, estimate = A[6], A[7], tonumber(A[8])
 if ikey ~= '' then
   local earlier = redis.call('GET', ikey)
   if earlier then rid = earlier end
@@ -12,13 +12,13 @@ if known[1] then
   if known[2] == WHO then return {1, known[1], rid} end
   return {-1}
 end
-rid = ARGV[6]
-local levels = parse_levels(split(ARGV[9]))
+rid = A[6]
+local levels = parse_levels(split(A[9]))
 local before = load_all(levels)
 local reason, named = decide_levels(levels, estimate)
 local verdict = '1'
 if reason then verdict = '0' end
-local rec = table.concat({verdict, ARGV[2], ARGV[8], ARGV[10], ARGV[9], before}, SEP)
+local rec = table.concat({verdict, A[2], A[8], A[10], A[9], before}, SEP)
 local rkey = BASE .. 'r:' .. rid
 if reason then
   emit(rid, 'denied', WHO, estimate, rid, named, reason, '')
@@ -29,9 +29,9 @@ if reason then
   end
   return {0, rec, rid}
 end
-redis.call('HSET', rkey, 'rec', rec, 'who', WHO, 'st', 'pending', 'spec', ARGV[9],
-           'debit', debit_string(levels), 'est', ARGV[8])
-redis.call('ZADD', BASE .. 'rz', n(NOW + tonumber(ARGV[10])), rid)
+redis.call('HSET', rkey, 'rec', rec, 'who', WHO, 'st', 'pending', 'spec', A[9],
+           'debit', debit_string(levels), 'est', A[8])
+redis.call('ZADD', BASE .. 'rz', n(NOW + tonumber(A[10])), rid)
 if ikey ~= '' then redis.call('SET', ikey, rid, 'PX', TTL) end
 emit(rid, 'reserved', WHO, estimate, rid, named, nil, '')
 return {0, rec, rid}
