@@ -30,7 +30,7 @@ class RelayLease(Protocol):
         """Hold the lease for another term, or learn that another instance holds it."""
 
     async def release(self) -> None:
-        """Give the lease up (on a clean stop), so a standby takes over at once."""
+        """Give the lease up (on a clean stop), so a standby takes over at once; closes it."""
 
 
 class SoleLease:
@@ -61,4 +61,7 @@ class RedisLease:
         return bool(int(held))
 
     async def release(self) -> None:
-        await self._client.eval(_RELEASE, 1, self._key, self.owner)
+        try:
+            await self._client.eval(_RELEASE, 1, self._key, self.owner)
+        finally:
+            await self._client.aclose()
