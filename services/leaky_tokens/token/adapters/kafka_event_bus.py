@@ -89,8 +89,14 @@ class KafkaEventBus:
 
 
 async def _stop(producer: AIOKafkaProducer) -> None:
-    # Stopping flushes; a broker that is down must not hold the relay up for long.
+    # Stopping flushes first; a broker that is down must not hold the relay up for long. Cut
+    # short, stop() leaves the sender and the client's metadata task running (they would
+    # reconnect to a returning broker from an abandoned producer), so they are closed here.
     try:
         await asyncio.wait_for(producer.stop(), 2.0)
     except (KafkaError, OSError, TimeoutError) as error:
         log.debug("kafka producer stop: %s", error)
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            await sender.close()
+        await producer.client.close()
