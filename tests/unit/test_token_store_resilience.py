@@ -12,6 +12,7 @@ from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisio
 from leaky_tokens.token.adapters.reservation_sweeper import ReservationSweeper
 from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
 from leaky_tokens.token.adapters.settings import FailureMode, TokenStoreSettings
+from leaky_tokens.token.adapters.store_factory import decision_store
 from leaky_tokens.token.domain.bucket import BucketLimit
 from leaky_tokens.token.domain.decision import Allowed, Denied, Level
 from leaky_tokens.token.domain.policy import LevelLimits
@@ -104,6 +105,17 @@ async def test_fail_closed_refuses_while_down_and_recovers_by_itself() -> None:
     assert changes == [True, False]
 
 
+async def test_one_call_per_interval_probes_a_store_that_is_still_down() -> None:
+    store, primary, clock, _ = wrapped(FailureMode.LOCAL_EMERGENCY)
+    primary.state = "down"
+    await store.decide(ask(1))
+    clock.now += 1.0
+    calls = primary.calls
+    outcomes = [await store.decide(ask(1)) for _ in range(5)]
+    assert primary.calls == calls + 1
+    assert all(isinstance(o.result, Allowed) for o in outcomes)  # the local budget answered
+
+
 async def test_a_hanging_store_counts_as_down_after_the_timeout() -> None:
     store, primary, _, changes = wrapped(FailureMode.FAIL_CLOSED)
     primary.state = "hang"
@@ -170,3 +182,15 @@ def test_settings_read_the_failure_mode_and_refuse_unknown_ones() -> None:
         load(TokenStoreSettings, "LEAKY_TOKEN", {"LEAKY_TOKEN_STORE_FAILURE_MODE": "maybe"})
     with pytest.raises(SettingsError, match="store_emergency_percent"):
         TokenStoreSettings(store_emergency_percent=0)
+
+
+async def test_the_factory_wraps_redis_in_the_failure_policy_and_keeps_memory_bare() -> None:
+    assert isinstance(decision_store(TokenStoreSettings()), InMemoryDecisionStore)
+    settings = TokenStoreSettings(
+        store_backend="redis",
+        store_redis_url="redis://127.0.0.1:1/0",  # nothing listens: no connection is made yet
+        store_failure_mode="fail_open",
+    )
+    built = decision_store(settings, on_degraded=lambda _d: None)
+    assert isinstance(built, ResilientDecisionStore)
+    assert built.shard_count == settings.store_shards + 1

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 
+from leaky_tokens.token.adapters.in_process_event_log import InProcessEventLog
 from leaky_tokens.token.adapters.key_layout import KeyLayout
 from leaky_tokens.token.adapters.snapshots import current, levels_of
 from leaky_tokens.token.domain import decision as dec
@@ -26,7 +25,6 @@ from leaky_tokens.token.domain.ports import (
     ReserveRequest,
     StoredEvent,
     Subject,
-    UsageEvent,
 )
 from leaky_tokens.token.domain.quota import QuotaState
 from leaky_tokens.token.domain.reservation import Reservation, Reserved, Settlement
@@ -75,8 +73,8 @@ class InMemoryDecisionStore:
         self._reservations: dict[str, _Reservation] = {}
         self._keys: dict[str, tuple[str, int]] = {}  # idempotency key -> (id, expires)
         self._grants: dict[str, tuple[int, int]] = {}  # grant key -> (balance, expires)
-        self._events: list[StoredEvent] = []
-        self._position = 0
+        self._log = InProcessEventLog()
+        self._emit = self._log.append
 
     # --- the port -------------------------------------------------------------------------
     async def decide(self, request: DecisionRequest) -> DecisionOutcome:
@@ -140,16 +138,12 @@ class InMemoryDecisionStore:
         return 1
 
     async def read_events(self, shard: int, after: str, limit: int) -> list[StoredEvent]:
-        start = int(after or 0)
         with self._lock:
-            return [e for e in self._events if int(e.position) > start][:limit]
+            return self._log.read(after, limit)
 
     async def ack_events(self, shard: int, upto: str) -> int:
         with self._lock:
-            keep = [e for e in self._events if int(e.position) > int(upto)]
-            dropped = len(self._events) - len(keep)
-            self._events = keep
-            return dropped
+            return self._log.ack(upto)
 
     # --- one step each ---------------------------------------------------------------------
     def _decide(self, request: DecisionRequest) -> DecisionOutcome:
@@ -209,17 +203,8 @@ class InMemoryDecisionStore:
         snap = self._snapshot(subject, request.limits)
         result = res.reserve(snap, rid, request.estimate, now, request.ttl_ms)
         if isinstance(result, Denied):
-            levels = tuple(x.level for x in result.limiting)
-            self._emit(
-                EventKind.DENIED,
-                rid,
-                subject,
-                request.estimate,
-                now,
-                rid,
-                levels,
-                result.reason.value,
-            )
+            refused, why = tuple(x.level for x in result.limiting), result.reason.value
+            self._emit(EventKind.DENIED, rid, subject, request.estimate, now, rid, refused, why)
             if ikey:  # a retry with the same key hears the same denial
                 rkey = self._layout.reservation_key(base, rid)
                 self._reservations[rkey] = _Reservation(
@@ -332,35 +317,6 @@ class InMemoryDecisionStore:
             self._buckets[self._layout.level_key(base, lv, subject)] = slot.state
         for lv, qslot in snap.quotas.items():
             self._quotas[self._layout.level_key(base, lv, subject)] = qslot.state
-
-    def _emit(
-        self,
-        kind: EventKind,
-        event_id: str,
-        subject: Subject,
-        tokens: int,
-        now: int,
-        cause: str,
-        levels: tuple[Level, ...],
-        reason: str | None = None,
-        overage: Mapping[Level, int] | None = None,
-    ) -> None:
-        self._position += 1
-        event = UsageEvent(
-            event_id,
-            kind,
-            now,
-            subject.tenant,
-            subject.user_id,
-            subject.org_id,
-            subject.provider,
-            tokens,
-            cause,
-            levels,
-            reason,
-            MappingProxyType(dict(overage or {})),
-        )
-        self._events.append(StoredEvent(str(self._position), event))
 
 
 def _deadline(held: Reservation) -> tuple[int, bytes]:

@@ -158,8 +158,12 @@ class ResilientDecisionStore:
 
     # --- the breaker ----------------------------------------------------------------------
     async def _try(self, call: Callable[[], Awaitable[T]]) -> T:
-        if self._degraded and self._monotonic() < self._retry_at:
-            raise StoreUnavailableError("token store degraded: Redis is not reachable")
+        if self._degraded:
+            now = self._monotonic()
+            if now < self._retry_at:
+                raise StoreUnavailableError("token store degraded: Redis is not reachable")
+            # This call probes; the others keep to the fallback until it answers.
+            self._retry_at = now + self._recovery
         try:
             result = await asyncio.wait_for(call(), self._timeout)
         except (StoreUnavailableError, TimeoutError, OSError) as error:
