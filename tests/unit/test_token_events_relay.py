@@ -281,3 +281,53 @@ async def test_stop_closes_the_bus_and_leaves_unrelayed_events_in_the_store() ->
 def test_bad_relay_settings_are_refused_by_name(field: str, value: object) -> None:
     with pytest.raises(SettingsError, match=field):
         RelaySettings(**{field: value})  # type: ignore[arg-type]
+
+
+class TwoLogs(InMemoryDecisionStore):
+    """Shard 0 shared (Redis in life), shard 1 this instance's own degraded-mode log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = InMemoryDecisionStore()
+        self.shared_down = False
+
+    @property
+    def shard_count(self) -> int:
+        return 2
+
+    async def read_events(self, shard: int, after: str, limit: int) -> list[StoredEvent]:
+        if shard == 1:
+            return await self.local.read_events(0, after, limit)
+        if self.shared_down:
+            raise StoreUnavailableError("redis away")
+        return await super().read_events(shard, after, limit)
+
+    async def ack_events(self, shard: int, upto: str) -> int:
+        if shard == 1:
+            return await self.local.ack_events(0, upto)
+        return await super().ack_events(shard, upto)
+
+
+async def test_an_instances_own_log_is_relayed_without_the_lease_and_while_redis_is_down() -> None:
+    store, bus, clock = TwoLogs(), FlakyBus(), Clock()
+    shared = await recorded(store, 2)
+    own = await recorded(store.local, 1)
+    store.shared_down = True
+    relayer = relay(store, bus, clock, lease=Lease([False]), own_shards=frozenset({1}))
+    assert await relayer.relay_once() == 1
+    assert bus.delivered == own
+    store.shared_down = False
+    assert await waiting(store) == shared  # the lease holder's to relay, not ours
+
+
+async def test_a_shard_the_store_cannot_serve_does_not_hold_up_the_others() -> None:
+    store, bus, clock = TwoLogs(), FlakyBus(), Clock()
+    await recorded(store, 2)
+    own = await recorded(store.local, 1)
+    store.shared_down = True
+    metrics = RelayMetrics(CollectorRegistry())
+    assert await relay(store, bus, clock, metrics=metrics).relay_once() == 1
+    assert bus.delivered == own
+    assert metrics.failures.labels("store")._value.get() == 1
+    with pytest.raises(StoreUnavailableError):  # nothing left to relay but the down shard
+        await relay(store, bus, clock).relay_once()

@@ -64,6 +64,7 @@ class EventRelay:
         backoff_max_s: float = 10.0,
         metrics: RelayMetrics | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        own_shards: frozenset[int] = frozenset(),
     ) -> None:
         self._store = store
         self._bus = bus
@@ -76,30 +77,46 @@ class EventRelay:
         self._backoff_max = backoff_max_s
         self._metrics = metrics or RelayMetrics(CollectorRegistry())
         self._sleep = sleep
+        self._own = own_shards
         self._task: asyncio.Task[None] | None = None
         self.relayed = 0
 
     async def relay_once(self) -> int:
-        """One pass over every shard while holding the lease; returns how many were relayed."""
-        if not await self._claim():
-            return 0
-        total, oldest, more = 0, None, False
+        """One pass over the shards: the shared ones while holding the lease, this instance's
+        own ones (its degraded-mode log) always; returns how many events were relayed.
+
+        A shard the store cannot serve is skipped, so one down does not stop the others;
+        when nothing was relayed because of that, `StoreUnavailableError` says so.
+        """
+        held = await self._claim()
+        total, oldest, more, unavailable = 0, None, False, None
         for shard in range(self._store.shard_count):
-            events = await self._store.read_events(shard, "", self._batch)
-            if not events:
+            shared = shard not in self._own
+            if shared and not held:
                 continue
-            more = more or len(events) == self._batch
-            first = events[0].event.occurred_at_ms
-            oldest = first if oldest is None else min(oldest, first)
-            self._set_lag(oldest)
-            if not await self._deliver(shard, events):
-                return total  # the lease went to another instance mid-retry
+            try:
+                events = await self._store.read_events(shard, "", self._batch)
+                if not events:
+                    continue
+                more = more or len(events) == self._batch
+                first = events[0].event.occurred_at_ms
+                oldest = first if oldest is None else min(oldest, first)
+                self._set_lag(oldest)
+                if not await self._deliver(shard, events, needs_lease=shared):
+                    held = False  # the lease went to another instance mid-retry
+                    continue
+            except StoreUnavailableError as error:
+                self._metrics.failures.labels("store").inc()
+                unavailable = error
+                continue
             total += len(events)
-        if not more:  # every log was read to its end and relayed: nothing waits
+        if unavailable is not None and not total:
+            raise unavailable
+        if not more and unavailable is None:  # every log read to its end and relayed
             self._set_lag(None)
         return total
 
-    async def _deliver(self, shard: int, events: list[StoredEvent]) -> bool:
+    async def _deliver(self, shard: int, events: list[StoredEvent], *, needs_lease: bool) -> bool:
         batch = [event_codec.envelope(stored.event) for stored in events]
         delay = self._backoff
         while True:
@@ -117,7 +134,7 @@ class EventRelay:
                 self._set_lag(events[0].event.occurred_at_ms)
                 await self._sleep(delay)
                 delay = min(delay * 2, self._backoff_max)
-                if not await self._claim():
+                if needs_lease and not await self._claim():
                     return False
         # Delivered; should this ack fail, the batch is published again: a duplicate.
         await self._store.ack_events(shard, events[-1].position)
@@ -133,7 +150,6 @@ class EventRelay:
                 found = await self.relay_once()
                 delay = self._backoff
             except StoreUnavailableError as error:
-                self._metrics.failures.labels("store").inc()
                 log.warning("relay: store unavailable, retry in %.1fs: %s", delay, error)
                 await self._sleep(delay)
                 delay = min(delay * 2, self._backoff_max)

@@ -14,6 +14,7 @@ from leaky_tokens.token.adapters.event_relay import EventRelay, RelayMetrics
 from leaky_tokens.token.adapters.kafka_event_bus import KafkaEventBus
 from leaky_tokens.token.adapters.relay_lease import RedisLease, RelayLease, SoleLease
 from leaky_tokens.token.adapters.relay_settings import BusKind, RelaySettings
+from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
 from leaky_tokens.token.adapters.settings import Backend, TokenStoreSettings
 from leaky_tokens.token.domain.ports import DecisionStore
 
@@ -55,8 +56,11 @@ def build_relay(
 ) -> EventRelay:
     """The relay of `store` to `bus` (default: `event_bus(settings)`); `start()` runs it.
 
-    Pass the service's metrics registry to export the relay's lag, count and failures.
+    Pass the service's metrics registry to export the relay's lag, count and failures. The
+    failure policy's last shard holds this instance's degraded-mode decisions: only this
+    instance can relay it, so it is relayed with or without the lease.
     """
+    own = frozenset({store.shard_count - 1}) if isinstance(store, ResilientDecisionStore) else None
     return EventRelay(
         store,
         bus if bus is not None else event_bus(settings),
@@ -68,4 +72,5 @@ def build_relay(
         backoff_s=settings.events_backoff_ms / 1000,
         backoff_max_s=settings.events_backoff_max_ms / 1000,
         metrics=RelayMetrics(registry),
+        own_shards=own or frozenset(),
     )
