@@ -81,6 +81,11 @@ class EventRelay:
         self._task: asyncio.Task[None] | None = None
         self.relayed = 0
 
+    @property
+    def bus(self) -> EventBus:
+        """Where events go (embedded mode: the in-process bus analytics subscribes to)."""
+        return self._bus
+
     async def relay_once(self) -> int:
         """One pass over the shards: the shared ones while holding the lease, this instance's
         own ones (its degraded-mode log) always; returns how many events were relayed.
