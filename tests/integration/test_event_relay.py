@@ -30,7 +30,8 @@ from leaky_tokens.token.adapters.kafka_event_bus import KafkaEventBus
 from leaky_tokens.token.adapters.redis_decision_store import RedisDecisionStore
 from leaky_tokens.token.adapters.relay_factory import build_relay
 from leaky_tokens.token.adapters.relay_settings import RelaySettings
-from leaky_tokens.token.adapters.settings import TokenStoreSettings
+from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
+from leaky_tokens.token.adapters.settings import FailureMode, TokenStoreSettings
 from leaky_tokens.token.adapters.store_factory import redis_store
 from leaky_tokens.token.domain.bucket import BucketLimit
 from leaky_tokens.token.domain.decision import Level
@@ -180,7 +181,10 @@ async def test_every_recorded_decision_reaches_kafka_keyed_by_tenant_in_order(
     ids = await record(shared, 200)
     recorded = await waiting(shared)
     assert set(recorded) == set(ids)
-    relay = build_relay(shared.store_settings, shared.relay_settings, shared.store)
+    # Over the failure policy's store, as the token service relays (its own shard stays empty).
+    primary = redis_store(shared.store_settings)
+    served = ResilientDecisionStore(primary, FailureMode.FAIL_OPEN, timeout_s=2.0, recovery_s=1.0)
+    relay = build_relay(shared.store_settings, shared.relay_settings, served)
     relay.start()
     try:
         got = await collect(shared.relay_settings.events_kafka_bootstrap, shared.topic, set(ids))
@@ -188,6 +192,7 @@ async def test_every_recorded_decision_reaches_kafka_keyed_by_tenant_in_order(
         await eventually(lambda: _none_waiting(shared), DELIVERY, what="every event acked")
     finally:
         await relay.stop()
+        await primary.close()
     assert sorted({e.event_id for e in got}) == sorted(ids)
     # One tenant's events, in the order the store recorded them (first copies; at least once).
     for tenant in {t.tenant for t in TENANTS}:
@@ -265,7 +270,10 @@ async def test_a_kafka_outage_delays_events_and_then_delivers_them_all(
     env = await make_env(redis_url, bootstrap)
     registry = CollectorRegistry()
     bus = KafkaEventBus(bootstrap, timeout_s=3.0)
-    relay = build_relay(env.store_settings, env.relay_settings, env.store, bus, registry=registry)
+    relay = build_relay(
+        env.store_settings, env.relay_settings, env.store, bus, registry=registry,
+        now_ms=lambda: T0 + 3_600_000,  # the decisions' clock, an hour on: lag shows
+    )  # fmt: skip
     relay.start()
     try:
         before = await record(env, 100)
@@ -284,7 +292,9 @@ async def test_a_kafka_outage_delays_events_and_then_delivers_them_all(
         await eventually(lambda: failures() >= 2, DELIVERY, what="publish failures")
         # Nothing recorded during the outage was acknowledged: all of it still waits.
         assert set(during) <= set(await waiting(env))
-        assert (registry.get_sample_value("leaky_token_events_relay_lag_seconds") or 0) > 0
+        lag = registry.get_sample_value("leaky_token_events_relay_lag_seconds")
+        assert lag is not None
+        assert lag >= 3599  # the oldest waiting event, recorded during the outage at ~T0
         await asyncio.to_thread(own_broker.start)
         got = await collect(bootstrap, env.topic, set(before + during))
         assert sorted({e.event_id for e in got}) == sorted(before + during)
