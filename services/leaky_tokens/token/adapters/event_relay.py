@@ -1,0 +1,192 @@
+"""The relay: store's event logs -> event bus, acknowledged in the store only once delivered."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from leaky_tokens.token.adapters import event_codec
+from leaky_tokens.token.adapters.event_bus import EventBus, PublishError
+from leaky_tokens.token.adapters.relay_lease import RelayLease, SoleLease
+from leaky_tokens.token.domain.ports import DecisionStore, StoredEvent, StoreUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+class RelayMetrics:
+    """Relay lag (age of the oldest event not yet relayed), events relayed, failures."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.relayed = Counter(
+            "leaky_token_events_relayed", "Usage events delivered to the bus.", registry=registry
+        )
+        self.failures = Counter(
+            "leaky_token_events_relay_failures",
+            "Failed relay steps (publish: the bus; store: reading or acknowledging).",
+            ["stage"],
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "leaky_token_events_relay_lag_seconds",
+            "Age of the oldest usage event not yet relayed (0: none waiting).",
+            registry=registry,
+        )
+        self.leader = Gauge(
+            "leaky_token_events_relay_leader",
+            "1 while this instance holds the relay lease.",
+            registry=registry,
+        )
+
+
+class EventRelay:
+    """Reads each shard's log in order, publishes a batch, then acknowledges it in the store.
+
+    Nothing is acknowledged before the bus confirmed it: a failed publish is retried, the
+    same batch, after a doubling backoff, so a bus outage delays events and a crash at any
+    point re-sends at most the unacknowledged batch (consumers de-duplicate by event_id).
+    """
+
+    def __init__(
+        self,
+        store: DecisionStore,
+        bus: EventBus,
+        topic: str,
+        *,
+        now_ms: Callable[[], int],
+        lease: RelayLease | None = None,
+        batch: int = 500,
+        poll_s: float = 0.2,
+        backoff_s: float = 0.2,
+        backoff_max_s: float = 10.0,
+        metrics: RelayMetrics | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        own_shards: frozenset[int] = frozenset(),
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._topic = topic
+        self._now_ms = now_ms
+        self._lease = lease or SoleLease()
+        self._batch = batch
+        self._poll = poll_s
+        self._backoff = backoff_s
+        self._backoff_max = backoff_max_s
+        self._metrics = metrics or RelayMetrics(CollectorRegistry())
+        self._sleep = sleep
+        self._own = own_shards
+        self._task: asyncio.Task[None] | None = None
+        self.relayed = 0
+
+    @property
+    def bus(self) -> EventBus:
+        """Where events go (embedded mode: the in-process bus analytics subscribes to)."""
+        return self._bus
+
+    async def relay_once(self) -> int:
+        """One pass over the shards: the shared ones while holding the lease, this instance's
+        own ones (its degraded-mode log) always; returns how many events were relayed.
+
+        A shard the store cannot serve is skipped, so one down does not stop the others;
+        when nothing was relayed because of that, `StoreUnavailableError` says so.
+        """
+        held = await self._claim()
+        total, oldest, more, unavailable = 0, None, False, None
+        for shard in range(self._store.shard_count):
+            shared = shard not in self._own
+            if shared and not held:
+                continue
+            try:
+                events = await self._store.read_events(shard, "", self._batch)
+                if not events:
+                    continue
+                more = more or len(events) == self._batch
+                first = events[0].event.occurred_at_ms
+                oldest = first if oldest is None else min(oldest, first)
+                self._set_lag(oldest)
+                if not await self._deliver(shard, events, needs_lease=shared):
+                    held = False  # the lease went to another instance mid-retry
+                    continue
+            except StoreUnavailableError as error:
+                self._metrics.failures.labels("store").inc()
+                unavailable = error
+                continue
+            total += len(events)
+        if unavailable is not None and not total:
+            raise unavailable
+        if not more and unavailable is None:  # every log read to its end and relayed
+            self._set_lag(None)
+        return total
+
+    async def _deliver(self, shard: int, events: list[StoredEvent], *, needs_lease: bool) -> bool:
+        batch = [event_codec.envelope(stored.event) for stored in events]
+        delay = self._backoff
+        while True:
+            try:
+                await self._bus.publish(self._topic, batch)
+                break
+            except PublishError as error:
+                self._metrics.failures.labels("publish").inc()
+                log.warning(
+                    "relay: publish of %d events failed, retry in %.1fs: %s",
+                    len(batch),
+                    delay,
+                    error,
+                )
+                self._set_lag(events[0].event.occurred_at_ms)
+                await self._sleep(delay)
+                delay = min(delay * 2, self._backoff_max)
+                if needs_lease and not await self._claim():
+                    return False
+        # Delivered; should this ack fail, the batch is published again: a duplicate.
+        await self._store.ack_events(shard, events[-1].position)
+        self._metrics.relayed.inc(len(events))
+        self.relayed += len(events)
+        return True
+
+    async def run(self) -> None:
+        """Relay until cancelled; an unreachable store is retried after the backoff."""
+        delay = self._backoff
+        while True:
+            try:
+                found = await self.relay_once()
+                delay = self._backoff
+            except StoreUnavailableError as error:
+                log.warning("relay: store unavailable, retry in %.1fs: %s", delay, error)
+                await self._sleep(delay)
+                delay = min(delay * 2, self._backoff_max)
+                continue
+            if not found:
+                await self._sleep(self._poll)
+
+    def start(self) -> None:
+        """Run in the background on the current loop."""
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="event-relay")
+
+    async def stop(self) -> None:
+        """Stop relaying (what is not acknowledged stays in the store), give up the lease."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):  # best effort: the lease expires anyway
+            await self._lease.release()
+        await self._bus.close()
+
+    async def _claim(self) -> bool:
+        try:
+            held = await self._lease.claim()
+        except Exception as error:  # Redis down: not the leader until it answers again
+            log.warning("relay: lease check failed: %s", error)
+            held = False
+        self._metrics.leader.set(1 if held else 0)
+        return held
+
+    def _set_lag(self, oldest_ms: int | None) -> None:
+        age = 0.0 if oldest_ms is None else max(0, self._now_ms() - oldest_ms) / 1000
+        self._metrics.lag.set(age)

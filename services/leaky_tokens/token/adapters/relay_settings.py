@@ -1,0 +1,70 @@
+"""Settings of the usage-event relay (store -> bus); the token service's settings inherit them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from leaky_tokens.runtime.settings import SettingsError, doc
+
+
+class BusKind(StrEnum):
+    """Where relayed events go."""
+
+    MEMORY = "memory"  # the in-process bus (embedded mode)
+    KAFKA = "kafka"
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """The relay's settings."""
+
+    events_bus: str = field(
+        default="memory", metadata=doc("Where usage events are relayed: memory or kafka.")
+    )
+    events_kafka_bootstrap: str = field(
+        default="127.0.0.1:9092", metadata=doc("Kafka bootstrap servers (host:port,...).")
+    )
+    events_usage_topic: str = field(
+        default="leaky.usage.v1", metadata=doc("Kafka topic of the token service's usage events.")
+    )
+    events_batch: int = field(default=500, metadata=doc("Most events relayed in one batch."))
+    events_poll_ms: int = field(
+        default=200, metadata=doc("How long the relay waits when no shard has new events.")
+    )
+    events_publish_timeout_ms: int = field(
+        default=10_000, metadata=doc("A batch the bus has not acknowledged by then failed.")
+    )
+    events_backoff_ms: int = field(
+        default=200, metadata=doc("First wait after a failed publish; doubles per failure.")
+    )
+    events_backoff_max_ms: int = field(
+        default=10_000, metadata=doc("Longest wait between retries of a failed publish.")
+    )
+    events_lease_ttl_ms: int = field(
+        default=10_000,
+        metadata=doc("Redis stores: how long a relay's lease lasts unless renewed."),
+    )
+
+    def __post_init__(self) -> None:
+        if self.events_bus not in {b.value for b in BusKind}:
+            raise SettingsError(
+                f"events_bus: expected one of memory, kafka, got {self.events_bus!r}"
+            )
+        for name in (
+            "events_batch",
+            "events_poll_ms",
+            "events_publish_timeout_ms",
+            "events_backoff_ms",
+            "events_backoff_max_ms",
+            "events_lease_ttl_ms",
+        ):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.events_backoff_max_ms < self.events_backoff_ms:
+            raise SettingsError("events_backoff_max_ms: must not be below events_backoff_ms")
+
+    @property
+    def bus_kind(self) -> BusKind:
+        """`events_bus` as an enum."""
+        return BusKind(self.events_bus)
