@@ -46,7 +46,7 @@ def _stack_targets() -> StackTargets | None:
     from leaky_tokens.stack.orchestrator import Stack
     from leaky_tokens.stack.registry import default_components, stack_endpoints
 
-    needed = ["redis", "postgres", "consul", "discovery", "envoy"]
+    needed = ["redis", "postgres", "kafka", "consul", "discovery", "envoy"]
     rows = Stack(default_components(), StackPaths.default()).status(needed)
     missing = [f"{r.name} ({r.state})" for r in rows if r.state != "healthy"]
     if missing:
@@ -58,7 +58,12 @@ def _stack_targets() -> StackTargets | None:
         return None
     found = stack_endpoints()
     return StackTargets(
-        found.consul, found.gateway, found.database_urls, found.envoy_admin, found.redis_url
+        found.consul,
+        found.gateway,
+        found.database_urls,
+        found.envoy_admin,
+        found.redis_url,
+        found.kafka_bootstrap,
     )
 
 

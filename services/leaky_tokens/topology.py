@@ -39,6 +39,7 @@ class Service:
     # Other services it calls: each one's address goes in LEAKY_<SLUG>_<PEER>_TARGET.
     targets: tuple[str, ...] = ()
     uses_redis: bool = False  # keeps its state in the native stack's Redis (--stack)
+    publishes_events: bool = False  # relays its usage events to the stack's Kafka (--stack)
 
     @property
     def module(self) -> str:
@@ -82,6 +83,7 @@ SERVICES: tuple[Service, ...] = (
         needs_auth_target=True,
         targets=("provider",),
         uses_redis=True,
+        publishes_events=True,
     ),
     Service(
         slug="analytics",

@@ -6,6 +6,7 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import consul
 import pytest
@@ -15,6 +16,7 @@ from leaky_tokens.topology import slugs
 from tests.e2e.conftest import Gateway, leaky_up
 from tests.e2e.test_gateway import call, register
 from tests.support.stack import component
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -109,6 +111,17 @@ def test_token_decisions_live_in_the_stack_redis(stack_gateway: Gateway, stack: 
 
 def test_provider_chat_through_the_stack_envoy(stack_gateway: Gateway) -> None:
     auth = {"authorization": f"Bearer {register(stack_gateway)['token']}"}
-    status, _, reply = call(stack_gateway, "POST", "/api/v1/gemini/chat", {"prompt": "hi"}, auth)
+
+    def chat() -> tuple[int, Any] | None:
+        # The provider has no GET probe for `leaky up --stack` to wait on: Envoy may not route
+        # to it for a moment after it registers in Consul.
+        status, _, reply = call(
+            stack_gateway, "POST", "/api/v1/gemini/chat", {"prompt": "hi"}, auth
+        )
+        return None if status == 503 else (status, reply)
+
+    answered = wait_until(chat, 30, what="the stack's Envoy routing to the provider")
+    assert answered is not None
+    status, reply = answered
     assert status == 200, reply
     assert reply["message"] == "Stubbed Gemini response"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.integration
 async def test_consume_rate_limit_and_refund_on_redis(stack: Stack, tmp_path: Path) -> None:
     redis = component(stack, "redis")
     assert isinstance(redis, RedisComponent)
-    settings = {
+    settings: dict[str, Any] = {
         "store_backend": "redis",
         "store_redis_url": redis.url,
         "store_key_prefix": f"t{uuid.uuid4().hex[:8]}",  # sessions sharing a stack never meet

@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 from leaky.provider.v1 import provider_pb2, provider_pb2_grpc
 from leaky.token.v1 import limits_pb2, token_pb2_grpc
 from leaky_tokens.runtime.server import start_server
+from leaky_tokens.token.adapters.event_bus import EventBus
 from leaky_tokens.token.adapters.grpc_membership import InMemoryMembership
 from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisionStore
 from leaky_tokens.token.adapters.policy_file import PolicyFile
@@ -91,7 +92,9 @@ class TokenHarness:
 
 
 @asynccontextmanager
-async def token_service(tmp: Path, **settings: Any) -> AsyncIterator[TokenHarness]:
+async def token_service(
+    tmp: Path, *, bus: EventBus | None = None, **settings: Any
+) -> AsyncIterator[TokenHarness]:
     """The token service (its bootstrap) against a fake provider served in-process."""
     keys, clock = KeySet("leaky-tokens-auth", "leaky-tokens"), FakeClock()
     policy_path = tmp / "policy.yaml"
@@ -120,6 +123,7 @@ async def token_service(tmp: Path, **settings: Any) -> AsyncIterator[TokenHarnes
         store=store,
         policy=PolicyFile(policy_path),
         membership=members,
+        bus=bus,
     )
     server = await start_server(components.spec, config, components.verifier)
     try:

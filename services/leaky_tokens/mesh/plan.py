@@ -71,6 +71,7 @@ class StackTargets:
     database_urls: Mapping[str, str] = field(default_factory=dict)  # slug -> its database
     envoy_admin: str = ""  # host:port of the stack Envoy's admin
     redis_url: str = ""  # the stack's Redis, for services with uses_redis
+    kafka_bootstrap: str = ""  # the stack's Kafka, for services with publishes_events
 
 
 def service_children(
@@ -104,6 +105,9 @@ def service_children(
             if service.uses_redis and stack.redis_url:
                 child_env[f"{prefix}_STORE_BACKEND"] = "redis"
                 child_env[f"{prefix}_STORE_REDIS_URL"] = stack.redis_url
+            if service.publishes_events and stack.kafka_bootstrap:
+                child_env[f"{prefix}_EVENTS_BUS"] = "kafka"
+                child_env[f"{prefix}_EVENTS_KAFKA_BOOTSTRAP"] = stack.kafka_bootstrap
         children.append(
             Child(
                 name=service.slug,

@@ -41,6 +41,7 @@ class StackEndpoints:
     envoy_admin: str
     database_urls: dict[str, str]  # service slug -> URL of its database
     redis_url: str = ""  # the stack's Redis (services with uses_redis keep state there)
+    kafka_bootstrap: str = ""  # the stack's Kafka (services with publishes_events relay there)
 
 
 def stack_endpoints(
@@ -49,11 +50,11 @@ def stack_endpoints(
     """The configured stack's Consul, gateway, Envoy admin and each service's database."""
     components = {c.name: c for c in default_components(settings, services)}
     postgres, envoy, consul = components["postgres"], components["envoy"], components["consul"]
-    redis = components["redis"]
+    redis, kafka = components["redis"], components["kafka"]
     assert isinstance(postgres, Postgres)
     assert isinstance(envoy, Envoy)
     assert isinstance(redis, Redis)
     urls = {s.slug: postgres.url(s.database) for s in services if s.database}
     return StackEndpoints(
-        consul.address, envoy.address, f"{HOST}:{envoy.admin_port}", urls, redis.url
+        consul.address, envoy.address, f"{HOST}:{envoy.admin_port}", urls, redis.url, kafka.address
     )

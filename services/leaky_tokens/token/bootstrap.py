@@ -18,9 +18,12 @@ from leaky_tokens.runtime.ports import Clock, Randomness
 from leaky_tokens.runtime.server import ServiceSpec
 from leaky_tokens.runtime.settings import doc
 from leaky_tokens.runtime.system import SystemClock, SystemRandomness
+from leaky_tokens.token.adapters.event_bus import EventBus
 from leaky_tokens.token.adapters.grpc_chat_provider import GrpcChatProvider, Resilience
 from leaky_tokens.token.adapters.grpc_membership import GrpcMembership
 from leaky_tokens.token.adapters.policy_file import PolicyFile
+from leaky_tokens.token.adapters.relay_factory import build_relay
+from leaky_tokens.token.adapters.relay_settings import RelaySettings
 from leaky_tokens.token.adapters.reservation_sweeper import ReservationSweeper
 from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
 from leaky_tokens.token.adapters.settings import Backend, TokenStoreSettings
@@ -45,7 +48,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TokenSettings(PeerSettings, TokenStoreSettings, RlsSettings):  # RLS: + rls_*
+class TokenSettings(PeerSettings, TokenStoreSettings, RlsSettings, RelaySettings):
     """Token service settings (LEAKY_TOKEN_<FIELD>); the store_* ones are the store's."""
 
     port: int = field(default=50052, metadata=doc("gRPC port."))
@@ -124,13 +127,15 @@ async def build(
     policy: PolicyFile | None = None,
     membership: Membership | None = None,
     provider: ChatProvider | None = None,
+    bus: EventBus | None = None,
 ) -> TokenComponents:
     """Wire the token service; collaborators default to the real ones.
 
     `clock` tells the time; `jwks` fetches the auth service's signing keys (default: gRPC to
     `settings.auth_target`) and `monotonic` ages the cached key set and the membership cache;
     `store` to the one `store_backend` names (ADR 0021), `policy` to the policy
-    file, `membership` to the auth service, `provider` to the provider service.
+    file, `membership` to the auth service, `provider` to the provider service, `bus` to the
+    one `events_bus` names (in-process, or Kafka with --stack; ADR 0024).
     """
     clock = clock or SystemClock()
     closers: list[Callable[[], Awaitable[None]]] = []
@@ -161,6 +166,10 @@ async def build(
     )
     sweeper.start()
     closers.append(sweeper.stop)
+    # Every recorded event leaves the store through the relay, at least once (ADR 0024).
+    relay = build_relay(settings, settings, store, bus, now_ms=lambda: to_ms(clock.now()))
+    relay.start()
+    closers.append(relay.stop)
     metering = Metering(
         policy=policy,
         store=store,
