@@ -17,6 +17,12 @@ CONSUME_TARGET = (0.4, 2.0)
 SUMMARY = re.compile(
     r"^\s+(\w+)\s+(\w+)\s+(\d+)/\s*(\d+)/\s*(\d+)\s+([\d.]+)ms\s+([\d.]+)ms\s+\((\d+)"
 )
+# Frames every sample passes through (the event loop, the entry point): left out of the
+# "total" column, which would otherwise name only them.
+PLUMBING = re.compile(
+    r"\((asyncio/|<frozen |threading\.py|selectors\.py"
+    r"|leaky_tokens/runtime/process\.py|leaky_tokens/token/__main__\.py)"
+)
 RUN_LINE = re.compile(r"^(\w+)\s+ERL\s+run\d+ rps=([\d.]+) .*cores:erl=([\d.]+)")
 
 
@@ -76,6 +82,8 @@ class Report:
         ]
         if self.harness:
             out += self._rls()
+            summary = self.harness[self.harness.find("# scenario") :].strip()
+            out += ["rls-bench.sh summary, verbatim:", "", "```", summary, "```", ""]
         if self.consume and self.consume_ceiling:
             out += self._consume()
         for name, top in self.profiles.items():
@@ -166,8 +174,12 @@ def profile(raw: Path, top: int = 10) -> str:
         samples += n
         own[frames[-1]] += n
         for frame in set(frames):
-            total[frame] += n
-    rows = ["| # | own % | frame | total % | frame |", "|---|---|---|---|---|"]
+            if not PLUMBING.search(_short(frame)):
+                total[frame] += n
+    rows = [
+        "| # | own % | frame (own samples) | total % | frame (inclusive, event loop left out) |",
+        "|---|---|---|---|---|",
+    ]
     for i, ((o, on), (t, tn)) in enumerate(
         zip(own.most_common(top), total.most_common(top), strict=False), 1
     ):
