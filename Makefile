@@ -199,6 +199,14 @@ up: install grpcurl
 grpcurl: install
 	@$(PY) tools/grpcurl.py --link $(BIN)/grpcurl >/dev/null
 
+# The benchmark (issue 7 section 6, docs/benchmarks.md): ShouldRateLimit through ../shared/bench
+# beside envoyproxy/ratelimit and the do-nothing ceiling, then Consume with ghz. A script, never
+# part of check or test; its first run needs ERL_SRC (see ../shared/bench/README.md).
+# BENCH_ARGS: e.g. --runs 5, -c 50, -z 20, --phases consume, --profile (py-spy in .venv).
+.PHONY: bench
+bench: install
+	$(PY) tools/bench.py $(BENCH_ARGS)
+
 # Regenerate docs/configuration.md from the settings classes (a test checks it).
 docs: install
 	{ sed '/^| variable/,$$d' docs/configuration.md; $(BIN)/leaky settings; } > docs/configuration.md.new
