@@ -215,6 +215,9 @@ class LeakyServerInterceptor(_Interceptor):
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception:
+            if context.cancelled():  # the client went away mid-call (e.g. a load generator)
+                code = grpc.StatusCode.CANCELLED
+                return
             code = grpc.StatusCode.INTERNAL
             log.exception("unhandled error in %s", method)
             await _abort(context, status.internal(request_id), request_id)
