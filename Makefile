@@ -166,7 +166,7 @@ test-e2e: install
 # saying which and why, and only where they are missing.
 test: install
 	$(BIN)/leaky stack provision
-	$(BIN)/pytest -q -ra tests
+	$(BIN)/pytest -q -ra tests/unit tests/service tests/integration tests/e2e
 
 # apt-get for a target that needs a Debian package: says what and why, and stops with one line
 # where there is no apt-get or no root. $(1): the package, $(2): why (no commas).

@@ -81,6 +81,7 @@ function envoy_on_request(h)
     return
   end
   if not GRPC[ctype] then
+    h:body()  -- read it first: answering mid-upload resets the stream before the answer
     return grpc_error(h, "unsupported content-type " .. ctype)
   end
   if CHECK_FRAMES then

@@ -15,6 +15,7 @@ from leaky_tokens.token.adapters.relay_lease import RelayLease, SoleLease
 from leaky_tokens.token.domain.ports import DecisionStore, StoredEvent, StoreUnavailableError
 
 log = logging.getLogger(__name__)
+STOP_SECONDS = 5.0  # how long stop() waits for the loop, the lease and the bus
 
 
 class RelayMetrics:
@@ -171,12 +172,20 @@ class EventRelay:
         """Stop relaying (what is not acknowledged stays in the store), give up the lease."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: a publish stuck in a client library must not hang the shutdown (what
+            # it carried is unacknowledged, so it is relayed again after a restart).
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_SECONDS)
+            if not done:
+                log.warning("relay: still stopping after %.0fs; leaving it", STOP_SECONDS)
             self._task = None
         with contextlib.suppress(Exception):  # best effort: the lease expires anyway
-            await self._lease.release()
-        await self._bus.close()
+            async with asyncio.timeout(STOP_SECONDS):
+                await self._lease.release()
+        try:
+            async with asyncio.timeout(STOP_SECONDS):
+                await self._bus.close()
+        except TimeoutError:
+            log.warning("relay: the event bus did not close in %.0fs", STOP_SECONDS)
 
     async def _claim(self) -> bool:
         try:
