@@ -12,8 +12,9 @@ import pytest
 from leaky.token.v1 import token_pb2 as pb
 from leaky_tokens.stack.orchestrator import Stack
 from leaky_tokens.stack.redis import Redis as RedisComponent
+from tests.support.grpc_errors import reason, trailers
 from tests.support.stack import component
-from tests.support.token_service import reason, token_service, trailers
+from tests.support.token_service import token_service
 
 pytestmark = pytest.mark.integration
 

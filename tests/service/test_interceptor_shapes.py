@@ -8,15 +8,14 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 
 from leaky_tokens.runtime.errors import NotFoundError
 from leaky_tokens.runtime.identity import current_caller
 from leaky_tokens.runtime.jwt_verifier import JwtVerifier
 from leaky_tokens.runtime.server import RunningServer, ServerSettings, ServiceSpec, start_server
+from tests.support.grpc_errors import reason
 from tests.support.jwks import KeySet, bearer
 
 SERVICE = "leaky.test.v1.Streams"
@@ -132,14 +131,6 @@ async def test_streaming_with_a_valid_token_works_and_is_counted(served: Served)
     assert served.handled("Echo", "OK") == 1
 
 
-def _reason(error: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]  # an AioRpcError is a Call
-    assert status is not None
-    info = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(info)
-    return str(info.reason)
-
-
 async def _drain(call: AsyncIterable[bytes], into: list[bytes]) -> None:
     async for response in call:
         into.append(response)
@@ -152,7 +143,7 @@ async def test_domain_error_mid_stream_is_mapped_to_its_status(served: Served) -
         await _drain(served.count()(b"a!", metadata=auth), received)
     assert received == [b"0:user-1"]
     assert counted.value.code() == grpc.StatusCode.NOT_FOUND
-    assert _reason(counted.value) == "GONE_MID_STREAM"
+    assert reason(counted.value) == "GONE_MID_STREAM"
     received.clear()
     with pytest.raises(grpc.aio.AioRpcError) as echoed:
         await _drain(served.echo()(iter([b"x", b"!", b"y"]), metadata=auth), received)
@@ -201,5 +192,5 @@ async def test_bug_mid_stream_is_internal_with_the_request_id_and_no_internals(
     assert received == [b"first"]
     assert info.value.code() == grpc.StatusCode.INTERNAL
     assert info.value.details() == "internal error (request id r-7)"
-    assert _reason(info.value) == "INTERNAL"
+    assert reason(info.value) == "INTERNAL"
     assert served.handled("Crash", "INTERNAL") == 1

@@ -8,8 +8,6 @@ from datetime import UTC
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from leaky.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from leaky.provider.v1 import provider_pb2_grpc
@@ -24,6 +22,7 @@ from leaky_tokens.token import servicer as token_servicer
 from leaky_tokens.token.bootstrap import TokenSettings
 from leaky_tokens.token.bootstrap import build as build_token
 from tests.support.fakes import FakeClock
+from tests.support.grpc_errors import reason
 from tests.support.jwks import KeySet, bearer
 
 
@@ -75,14 +74,6 @@ async def peers() -> AsyncIterator[Peers]:
     await provider.close()
 
 
-def _reason(error: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]  # an AioRpcError is a Call
-    assert status is not None
-    info = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(info)
-    return str(info.reason)
-
-
 async def test_public_probes_tell_the_injected_clock(peers: Peers) -> None:
     status = await peers.token.GetStatus(token_pb2.GetStatusRequest())
     assert status.timestamp.ToDatetime(tzinfo=UTC) == peers.clock.now()
@@ -118,7 +109,7 @@ async def test_rpcs_not_written_yet_say_which_and_why(peers: Peers) -> None:
             await call
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert info.value.details() == f"{method} is not implemented yet: {why}"
-        assert _reason(info.value) == "UNIMPLEMENTED"
+        assert reason(info.value) == "UNIMPLEMENTED"
 
 
 async def test_unwritten_protected_rpc_still_requires_credentials(peers: Peers) -> None:

@@ -14,8 +14,10 @@ import pytest
 
 from leaky.token.v1 import token_pb2 as pb
 from leaky_tokens.token.bootstrap import TokenSettings, build
+from tests.support.grpc_errors import reason
 from tests.support.jwks import KeySet
-from tests.support.token_service import POLICY, reason, token_service
+from tests.support.token_service import POLICY, token_service
+from tests.support.wait import eventually
 
 SMALLER = POLICY.replace(
     "openai: {capacity: 100, leak_rate: 1}", "openai: {capacity: 10, leak_rate: 1}"
@@ -70,10 +72,7 @@ async def test_sighup_reloads_the_policy(tmp_path: Path) -> None:
         try:
             svc.policy_path.write_text(SMALLER)
             os.kill(os.getpid(), signal.SIGHUP)
-            for _ in range(200):
-                if policy.reloads:
-                    break
-                await asyncio.sleep(0.01)
+            await eventually(lambda: policy.reloads, 5, what="the SIGHUP reload")
             assert policy.reloads == 1
             assert policy.current.providers["openai"].capacity == 10
         finally:

@@ -12,7 +12,8 @@ from google.protobuf import duration_pb2
 
 from leaky.token.v1 import limits_pb2 as lpb
 from leaky.token.v1 import token_pb2 as pb
-from tests.support.token_service import TokenHarness, reason, token_service, violations
+from tests.support.grpc_errors import reason, violations
+from tests.support.token_service import TokenHarness, token_service
 
 
 @pytest.fixture

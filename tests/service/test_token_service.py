@@ -12,15 +12,8 @@ from google.rpc import error_details_pb2
 
 from leaky.token.v1 import limits_pb2 as lpb
 from leaky.token.v1 import token_pb2 as pb
-from tests.support.token_service import (
-    TokenHarness,
-    limit_decision,
-    reason,
-    token_service,
-    trailers,
-    unpack,
-    violations,
-)
+from tests.support.grpc_errors import reason, trailers, unpack, violations
+from tests.support.token_service import TokenHarness, limit_decision, token_service
 
 
 @pytest.fixture

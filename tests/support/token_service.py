@@ -11,9 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from leaky.provider.v1 import provider_pb2, provider_pb2_grpc
 from leaky.token.v1 import limits_pb2, token_pb2_grpc
@@ -24,6 +21,7 @@ from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisio
 from leaky_tokens.token.adapters.policy_file import PolicyFile
 from leaky_tokens.token.bootstrap import TokenComponents, TokenSettings, build
 from tests.support.fakes import FakeClock
+from tests.support.grpc_errors import unpack
 from tests.support.jwks import KeySet, bearer
 
 # Small numbers so a test reaches every limit in a few calls: a 100-token bucket leaking
@@ -142,42 +140,6 @@ async def token_service(
         await server.stop(0)
         await components.close()
         await provider_server.stop(0)
-
-
-def details(error: grpc.aio.AioRpcError) -> list[any_pb2.Any]:
-    """The google.rpc.Status details of a failed call."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]  # an AioRpcError is a Call
-    assert status is not None
-    return list(status.details)
-
-
-def unpack(error: grpc.aio.AioRpcError, kind: type[Any]) -> Any | None:
-    """The first detail of type `kind`, or None."""
-    for packed in details(error):
-        found = kind()
-        if packed.Unpack(found):
-            return found
-    return None
-
-
-def reason(error: grpc.aio.AioRpcError) -> str:
-    """The ErrorInfo reason of a failed call."""
-    info = unpack(error, error_details_pb2.ErrorInfo)
-    assert info is not None
-    return str(info.reason)
-
-
-def violations(error: grpc.aio.AioRpcError) -> list[str]:
-    """The BadRequest field names of a failed call."""
-    bad = unpack(error, error_details_pb2.BadRequest)
-    assert bad is not None
-    return [v.field for v in bad.field_violations]
-
-
-def trailers(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    """The trailing metadata of a failed call."""
-    metadata: Any = error.trailing_metadata() or ()
-    return {k: str(v) for k, v in metadata}
 
 
 def limit_decision(error: grpc.aio.AioRpcError) -> limits_pb2.LimitDecision:
