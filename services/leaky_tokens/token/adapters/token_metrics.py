@@ -1,0 +1,138 @@
+"""The token service's Prometheus metrics: decisions, store latency, degraded mode, tenants."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.registry import Collector
+
+from leaky_tokens.token.adapters.tenant_usage import TenantUsage
+
+# Store calls are one Redis round trip (tens of microseconds on loopback) bounded by
+# store_timeout_ms; few buckets keep observe() cheap on the hot path.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Rpc(StrEnum):
+    """The call a decision belongs to (the `rpc` label)."""
+
+    CONSUME = "consume"
+    RESERVE = "reserve"
+    SETTLE = "settle"
+    RELEASE = "release"
+    SHOULD_RATE_LIMIT = "should_rate_limit"
+
+
+class Outcome(StrEnum):
+    """What a decision did (the `outcome` label)."""
+
+    ALLOWED = "allowed"
+    DENIED = "denied"
+    REPLAYED = "replayed"  # an idempotent retry answered with the first outcome
+    REFUNDED = "refunded"  # the provider call failed: every debit given back
+    SETTLED = "settled"
+    RELEASED = "released"
+    EXPIRED = "expired"  # released by the store's sweeper
+    NOT_FOUND = "not_found"
+    UNAVAILABLE = "unavailable"  # the store failed and the failure mode refused
+
+
+# `level` values beyond the store's levels (decision.Level: user_bucket ... org_quota).
+PURCHASED = "purchased"  # the window was spent: a purchased balance paid
+DESCRIPTOR = "descriptor"  # a ShouldRateLimit request-count descriptor
+ALL = "all"  # a call on every level of a decision (refund, settle, release, store failure)
+NO_PROVIDER = "none"
+
+
+class Operation(StrEnum):
+    """A timed store call (the `operation` label of the latency histogram)."""
+
+    DECIDE = "decide"
+    RESERVE = "reserve"
+    SETTLE = "settle"
+    RELEASE = "release"
+    REFUND = "refund"
+    CREDIT = "credit"
+    READ = "read"
+    SWEEP = "sweep"
+    RLS_HIT = "rls_hit"
+
+
+class TokenMetrics:
+    """Every token metric, unregistered: the server registers `collectors` (ServiceSpec).
+
+    Label children are bound once and cached: a decision costs one dict lookup and one
+    increment, never a labels() call with its lock and tuple building.
+    """
+
+    def __init__(self, *, tenant_top_n: int = 0) -> None:
+        self.decisions = Counter(
+            "leaky_token_decisions",
+            "Token decisions by rpc, provider, deciding level and outcome (one per decision).",
+            ["rpc", "provider", "level", "outcome"],
+            registry=None,
+        )
+        self.store_latency = Histogram(
+            "leaky_token_store_latency_seconds",
+            "Decision store calls by operation, as the caller waited (fallback included).",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self.degraded = Gauge(
+            "leaky_token_store_degraded",
+            "1 while the decision store answers from its failure mode (Redis unreachable).",
+            ["mode"],
+            registry=None,
+        )
+        self.degraded_transitions = Counter(
+            "leaky_token_store_degraded_transitions",
+            "Changes of the store's degraded state, by the state entered.",
+            ["to"],
+            registry=None,
+        )
+        self.tenants = TenantUsage(tenant_top_n) if tenant_top_n else None
+        self._children: dict[tuple[str, str, str, str], Counter] = {}
+        self.latency = {op: self.store_latency.labels(op) for op in Operation}
+
+    def decision(self, rpc: str, provider: str, level: str, outcome: str) -> Counter:
+        """The bound counter child of one label set (bounded: providers come from the
+        policy or the rate-limit config, the other labels from the enums above)."""
+        key = (rpc, provider, level, outcome)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.decisions.labels(*key)
+        return child
+
+    def watch_degraded(self, mode: str) -> DegradedHook:
+        """The hook a ResilientDecisionStore calls on each change; the gauge starts at 0."""
+        return DegradedHook(self, mode)
+
+    @property
+    def collectors(self) -> tuple[Collector, ...]:
+        """What the server's registry exports."""
+        own: Iterable[Collector] = (
+            self.decisions,
+            self.store_latency,
+            self.degraded,
+            self.degraded_transitions,
+        )
+        return (*own, *((self.tenants,) if self.tenants is not None else ()))
+
+
+class DegradedHook:
+    """Sets the degraded gauge of one mode and counts the transitions."""
+
+    def __init__(self, metrics: TokenMetrics, mode: str) -> None:
+        self._gauge = metrics.degraded.labels(mode)
+        self._gauge.set(0)
+        self._to = {
+            True: metrics.degraded_transitions.labels("degraded"),
+            False: metrics.degraded_transitions.labels("recovered"),
+        }
+
+    def __call__(self, degraded: bool) -> None:
+        self._gauge.set(1 if degraded else 0)
+        self._to[degraded].inc()
