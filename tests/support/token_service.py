@@ -86,6 +86,7 @@ class TokenHarness:
     components: TokenComponents
     policy_path: Path
     metrics: CollectorRegistry  # what the server's /metrics exports
+    channel: grpc.aio.Channel  # to the server, for other services' stubs (ShouldRateLimit)
 
     def sample(self, name: str, **labels: str) -> float | None:
         """One series' value on /metrics (None: no such series)."""
@@ -150,6 +151,7 @@ async def token_service(
                 components,
                 policy_path,
                 server.metrics,
+                channel,
             )
     finally:
         await server.stop(0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from operator import attrgetter
 from time import perf_counter
 
 from leaky_tokens.token.adapters.token_metrics import (
@@ -43,12 +42,11 @@ def deciding_level(result: Allowed | Reserved | Denied) -> str:
     for quota in debit.quotas.values():
         if quota.from_balance:
             return PURCHASED
-    if not result.statuses:
-        return ALL
-    return min(result.statuses, key=_REMAINING).level.value
-
-
-_REMAINING = attrgetter("remaining")
+    tightest = None
+    for status in result.statuses:  # a plain loop: min(key=...) costs twice as much here
+        if tightest is None or status.remaining < tightest.remaining:
+            tightest = status
+    return ALL if tightest is None else tightest.level.value
 
 
 class MeteredDecisionStore:

@@ -51,6 +51,11 @@ class TenantUsage:
             if inherited:
                 self._errors[tenant] = inherited
 
+    @property
+    def tracked(self) -> int:
+        """Tenants counted now (at most `capacity`)."""
+        return len(self._counts)
+
     def top(self) -> list[tuple[str, int, int]]:
         """(tenant, tokens, overestimate at most) of the top N, largest first."""
         with self._lock:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import StrEnum
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
 from prometheus_client.registry import Collector
 
+from leaky_tokens.token.adapters.hot_metrics import HotMetrics, Tally, Timings
 from leaky_tokens.token.adapters.tenant_usage import TenantUsage
 
 # Store calls are one Redis round trip (tens of microseconds on loopback) bounded by
@@ -63,23 +64,23 @@ class Operation(StrEnum):
 class TokenMetrics:
     """Every token metric, unregistered: the server registers `collectors` (ServiceSpec).
 
-    Label children are bound once and cached: a decision costs one dict lookup and one
-    increment, never a labels() call with its lock and tuple building.
+    The per-decision ones are lock-free (hot_metrics) and their series are bound once: a
+    decision costs a dict lookup, an int increment and a bisection, never a labels() call.
     """
 
     def __init__(self, *, tenant_top_n: int = 0) -> None:
-        self.decisions = Counter(
-            "leaky_token_decisions",
-            "Token decisions by rpc, provider, deciding level and outcome (one per decision).",
-            ["rpc", "provider", "level", "outcome"],
-            registry=None,
-        )
-        self.store_latency = Histogram(
-            "leaky_token_store_latency_seconds",
-            "Decision store calls by operation, as the caller waited (fallback included).",
-            ["operation"],
-            buckets=LATENCY_BUCKETS,
-            registry=None,
+        self.hot = HotMetrics(
+            (
+                "leaky_token_decisions",
+                "Token decisions by rpc, provider, deciding level and outcome (one each).",
+                ("rpc", "provider", "level", "outcome"),
+            ),
+            (
+                "leaky_token_store_latency_seconds",
+                "Decision store calls by operation, as the caller waited (fallback included).",
+                "operation",
+                LATENCY_BUCKETS,
+            ),
         )
         self.degraded = Gauge(
             "leaky_token_store_degraded",
@@ -94,17 +95,12 @@ class TokenMetrics:
             registry=None,
         )
         self.tenants = TenantUsage(tenant_top_n) if tenant_top_n else None
-        self._children: dict[tuple[str, str, str, str], Counter] = {}
-        self.latency = {op: self.store_latency.labels(op) for op in Operation}
+        self.latency: dict[Operation, Timings] = {op: self.hot.timings(op) for op in Operation}
 
-    def decision(self, rpc: str, provider: str, level: str, outcome: str) -> Counter:
-        """The bound counter child of one label set (bounded: providers come from the
-        policy or the rate-limit config, the other labels from the enums above)."""
-        key = (rpc, provider, level, outcome)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.decisions.labels(*key)
-        return child
+    def decision(self, rpc: str, provider: str, level: str, outcome: str) -> Tally:
+        """The series of one label set (bounded: providers come from the policy or the
+        rate-limit config, the other labels from the enums above)."""
+        return self.hot.tally((rpc, provider, level, outcome))
 
     def watch_degraded(self, mode: str) -> DegradedHook:
         """The hook a ResilientDecisionStore calls on each change; the gauge starts at 0."""
@@ -114,8 +110,7 @@ class TokenMetrics:
     def collectors(self) -> tuple[Collector, ...]:
         """What the server's registry exports."""
         own: Iterable[Collector] = (
-            self.decisions,
-            self.store_latency,
+            self.hot,
             self.degraded,
             self.degraded_transitions,
         )
