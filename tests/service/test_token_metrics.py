@@ -253,3 +253,17 @@ async def test_relay_lag_and_backlog_rise_while_the_bus_is_down_and_fall_back(
         await eventually(lambda: gauge("lag_seconds") == 0, 5, what="no event waits")
         assert len(bus.delivered) == 2
         assert h.sample("leaky_token_events_relayed_total") == 2
+
+
+async def test_reservations_the_store_expires_are_counted_as_expired(tmp_path: Path) -> None:
+    async with token_service(tmp_path, store_sweep_interval_ms=10) as h:
+        held = pb.ReserveRequest(user_id="user-1", provider="openai", tokens=40)
+        held.ttl.FromSeconds(1)
+        await h.stub.Reserve(held, metadata=h.auth())
+        h.clock.advance(seconds=2)
+        await eventually(
+            lambda: decisions(h, "release", "none", "all", "expired") == 1,
+            5,
+            what="the sweeper released the reservation",
+        )
+        assert (h.sample("leaky_token_store_latency_seconds_count", operation="sweep") or 0) >= 1
