@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from enum import StrEnum
 
 from prometheus_client import Counter, Gauge
@@ -109,12 +108,8 @@ class TokenMetrics:
     @property
     def collectors(self) -> tuple[Collector, ...]:
         """What the server's registry exports."""
-        own: Iterable[Collector] = (
-            self.hot,
-            self.degraded,
-            self.degraded_transitions,
-        )
-        return (*own, *((self.tenants,) if self.tenants is not None else ()))
+        own: tuple[Collector, ...] = (self.hot, self.degraded, self.degraded_transitions)
+        return own if self.tenants is None else (*own, self.tenants)
 
 
 class DegradedHook:
