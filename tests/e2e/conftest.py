@@ -9,12 +9,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from leaky_tokens.topology import GRPC_BASE_PORT, SERVICES
+from leaky_tokens.topology import GRPC_BASE_PORT, METRICS_BASE_PORT, SERVICES
 from tests.support.net import free_port, free_port_block
 from tests.support.wait import wait_until
 
@@ -28,6 +28,7 @@ class Gateway:
     process: subprocess.Popen[bytes]
     data_dir: Path
     grpc_ports: list[int]  # each topology service's gRPC port, in topology order
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # slug -> /metrics port
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +64,11 @@ def leaky_up(
     (SIGINT) afterwards. Its output is printed if it never becomes ready."""
     # `leaky up` takes explicit ports and cannot report bound ones yet (tests/support/net.py).
     offsets = [s.grpc_port - GRPC_BASE_PORT for s in SERVICES]
-    grpc_base = free_port_block(max(offsets) + 1)
+    # The services' /metrics on free ports too, so tests can scrape them: one block for both,
+    # so the two ranges cannot overlap.
+    exporting = {s.slug: s.metrics_port - METRICS_BASE_PORT for s in SERVICES if s.metrics_port}
+    grpc_base = free_port_block(max(offsets) + 1 + max(exporting.values()) + 1)
+    metrics_base = grpc_base + max(offsets) + 1
     log = (data_dir / "up.log").open("wb")
     process = subprocess.Popen(
         [
@@ -75,7 +80,7 @@ def leaky_up(
             "--grpc-base-port",
             str(grpc_base),
             "--metrics-base-port",
-            "0",
+            str(metrics_base),
             "--data-dir",
             str(data_dir),
         ],
@@ -100,6 +105,7 @@ def leaky_up(
             process=process,
             data_dir=data_dir,
             grpc_ports=[grpc_base + offset for offset in offsets],
+            metrics_ports={slug: metrics_base + off for slug, off in exporting.items()},
         )
     except (RuntimeError, AssertionError):
         print((data_dir / "up.log").read_text(), file=sys.stderr)

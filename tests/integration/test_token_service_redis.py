@@ -13,6 +13,7 @@ from leaky.token.v1 import token_pb2 as pb
 from leaky_tokens.stack.orchestrator import Stack
 from leaky_tokens.stack.redis import Redis as RedisComponent
 from tests.support.grpc_errors import reason, trailers
+from tests.support.net import free_port
 from tests.support.stack import component
 from tests.support.token_service import token_service
 
@@ -44,3 +45,23 @@ async def test_consume_rate_limit_and_refund_on_redis(stack: Stack, tmp_path: Pa
             pb.GetQuotaRequest(user_id="user-1", provider="openai"), metadata=svc.auth()
         )
         assert quota.window_used == 60  # the refused call was refunded
+
+
+async def test_an_unreachable_redis_sets_the_degraded_gauge_and_local_budget_answers(
+    tmp_path: Path,
+) -> None:
+    settings: dict[str, Any] = {
+        "store_backend": "redis",
+        "store_redis_url": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        "store_failure_mode": "local_emergency",
+        "store_timeout_ms": 200,
+    }
+    async with token_service(tmp_path, **settings) as svc:
+        assert svc.sample("leaky_token_store_degraded", mode="local_emergency") == 0
+        request = pb.ConsumeRequest(user_id="user-1", provider="openai", tokens=5)
+        done = await svc.stub.Consume(request, metadata=svc.auth())
+        assert done.allowed  # 10% of the 100-token bucket, on this instance alone
+        assert svc.sample("leaky_token_store_degraded", mode="local_emergency") == 1
+        assert svc.sample("leaky_token_store_degraded_transitions_total", to="degraded") == 1
+        labels = {"rpc": "consume", "provider": "openai", "level": "user_bucket"}
+        assert svc.sample("leaky_token_decisions_total", **labels, outcome="allowed") == 1

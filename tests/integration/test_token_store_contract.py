@@ -334,6 +334,19 @@ async def test_events_are_recorded_once_per_decision_in_order(store: DecisionSto
     assert await store.read_events(shard, rest[0].position, 10) == []
 
 
+async def test_pending_events_count_what_is_not_acknowledged(store: DecisionStore) -> None:
+    lim = limits(user_cap=100)
+    for _ in range(3):
+        await store.decide(ask(ALICE, lim, 1, T0))
+    count = getattr(store, "pending_events")  # noqa: B009 (not part of the port: ADR 0030)
+    pending = {s: await count(s) for s in range(store.shard_count)}
+    shard = next(s for s, n in pending.items() if n)
+    assert pending == {s: 3 if s == shard else 0 for s in pending}
+    logged = await store.read_events(shard, "", 10)
+    await store.ack_events(shard, logged[1].position)
+    assert await count(shard) == 1
+
+
 async def test_a_credited_balance_is_spent_after_the_window(store: DecisionStore) -> None:
     lim = limits(user_cap=1000, user_quota=100)
     credited = await store.credit_balance(ALICE, Level.USER_QUOTA, 500, "grant-1", T0)

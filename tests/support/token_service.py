@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from leaky.provider.v1 import provider_pb2, provider_pb2_grpc
 from leaky.token.v1 import limits_pb2, token_pb2_grpc
@@ -20,6 +21,7 @@ from leaky_tokens.token.adapters.grpc_membership import InMemoryMembership
 from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisionStore
 from leaky_tokens.token.adapters.policy_file import PolicyFile
 from leaky_tokens.token.bootstrap import TokenComponents, TokenSettings, build
+from leaky_tokens.token.domain.ports import DecisionStore
 from tests.support.fakes import FakeClock
 from tests.support.grpc_errors import unpack
 from tests.support.jwks import KeySet, bearer
@@ -83,6 +85,12 @@ class TokenHarness:
     store: InMemoryDecisionStore | None  # None: the bootstrap built it from the settings
     components: TokenComponents
     policy_path: Path
+    metrics: CollectorRegistry  # what the server's /metrics exports
+    channel: grpc.aio.Channel  # to the server, for other services' stubs (ShouldRateLimit)
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        """One series' value on /metrics (None: no such series)."""
+        return self.metrics.get_sample_value(name, labels)
 
     def auth(self, user: str = "user-1", *roles: str) -> tuple[tuple[str, str], ...]:
         """Metadata of a caller with `roles` (USER when none)."""
@@ -91,12 +99,19 @@ class TokenHarness:
 
 @asynccontextmanager
 async def token_service(
-    tmp: Path, *, bus: EventBus | None = None, **settings: Any
+    tmp: Path,
+    *,
+    bus: EventBus | None = None,
+    store: DecisionStore | None = None,
+    policy: str = POLICY,
+    **settings: Any,
 ) -> AsyncIterator[TokenHarness]:
-    """The token service (its bootstrap) against a fake provider served in-process."""
+    """The token service (its bootstrap) against a fake provider served in-process; `store`
+    replaces the in-memory store (e.g. one wrapped in the failure policy), `policy` the
+    policy file's text."""
     keys, clock = KeySet("leaky-tokens-auth", "leaky-tokens"), FakeClock()
     policy_path = tmp / "policy.yaml"
-    policy_path.write_text(POLICY)
+    policy_path.write_text(policy)
     fake = FakeProvider()
     provider_server = grpc.aio.server()
     provider_pb2_grpc.add_ProviderServiceServicer_to_server(fake, provider_server)
@@ -112,13 +127,13 @@ async def token_service(
     )
     members = InMemoryMembership()
     # With a store_backend setting the bootstrap builds the store itself (Redis tests).
-    store = None if "store_backend" in settings else InMemoryDecisionStore()
+    memory = None if "store_backend" in settings or store is not None else InMemoryDecisionStore()
     components = await build(
         config,
         clock=clock,
         jwks=keys.fetch,
         monotonic=lambda: clock.now().timestamp(),
-        store=store,
+        store=store if store is not None else memory,
         policy=PolicyFile(policy_path),
         membership=members,
         bus=bus,
@@ -132,9 +147,11 @@ async def token_service(
                 clock,
                 members,
                 fake,
-                store,
+                memory,
                 components,
                 policy_path,
+                server.metrics,
+                channel,
             )
     finally:
         await server.stop(0)

@@ -17,6 +17,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.registry import Collector
 
 from leaky_tokens import VERSION
 from leaky_tokens.runtime.consul_registration import ConsulRegistrar, Registration
@@ -82,6 +83,8 @@ class ServiceSpec:
     reflection_only: tuple[str, ...] = ()
     # Why RPCs the servicers inherit from the generated base answer UNIMPLEMENTED.
     unimplemented_reason: str = "it has not been written yet"
+    # The service's own metrics, exported on /metrics beside the server's call metrics.
+    collectors: tuple[Collector, ...] = ()
 
 
 @dataclass
@@ -125,6 +128,8 @@ async def start_server(
 ) -> RunningServer:
     """Build, bind and start the server; mark every service SERVING."""
     registry = CollectorRegistry()
+    for collector in spec.collectors:
+        registry.register(collector)
     interceptor = LeakyServerInterceptor(
         verifier=verifier,
         public_methods=spec.public_methods | PUBLIC_PROBES,

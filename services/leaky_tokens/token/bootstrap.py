@@ -16,11 +16,12 @@ from leaky_tokens.runtime.jwt_verifier import JwksFetcher
 from leaky_tokens.runtime.peer_service import PeerComponents, PeerSettings, peer_components
 from leaky_tokens.runtime.ports import Clock, Randomness
 from leaky_tokens.runtime.server import ServiceSpec
-from leaky_tokens.runtime.settings import doc
+from leaky_tokens.runtime.settings import SettingsError, doc
 from leaky_tokens.runtime.system import SystemClock, SystemRandomness
 from leaky_tokens.token.adapters.event_bus import EventBus
 from leaky_tokens.token.adapters.grpc_chat_provider import GrpcChatProvider, Resilience
 from leaky_tokens.token.adapters.grpc_membership import GrpcMembership
+from leaky_tokens.token.adapters.metered_store import MeteredDecisionStore, MeteredRequestCounter
 from leaky_tokens.token.adapters.policy_file import PolicyFile
 from leaky_tokens.token.adapters.relay_factory import build_relay
 from leaky_tokens.token.adapters.relay_settings import RelaySettings
@@ -28,6 +29,8 @@ from leaky_tokens.token.adapters.reservation_sweeper import ReservationSweeper
 from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
 from leaky_tokens.token.adapters.settings import Backend, TokenStoreSettings
 from leaky_tokens.token.adapters.store_factory import decision_store, redis_store
+from leaky_tokens.token.adapters.tenant_usage import MAX_TOP_N
+from leaky_tokens.token.adapters.token_metrics import Rpc, TokenMetrics
 from leaky_tokens.token.domain.access import Limits
 from leaky_tokens.token.domain.metering import Metering
 from leaky_tokens.token.domain.peers import ChatProvider, Membership
@@ -39,6 +42,7 @@ from leaky_tokens.token.rls_wiring import (  # RLS (ADR 0025)
     RLS_SERVICE_NAME,
     RlsSettings,
     build_rls,
+    rate_counter,
 )
 from leaky_tokens.token.servicer import PENDING, PUBLIC_METHODS, TOKEN_SERVICE, TokenServicer
 
@@ -99,6 +103,21 @@ class TokenSettings(PeerSettings, TokenStoreSettings, RlsSettings, RelaySettings
     max_reservation_seconds: float = field(
         default=900.0, metadata=doc("Longest (and default) time a reservation is held.")
     )
+    metrics_tenant_top_n: int = field(
+        default=0,
+        metadata=doc(
+            "Export the token usage of the N heaviest tenants (leaky_token_tenant_tokens, "
+            f"approximate top-N, at most {MAX_TOP_N}); 0 = no per-tenant series (ADR 0030)."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        TokenStoreSettings.__post_init__(self)
+        RelaySettings.__post_init__(self)
+        if not 0 <= self.metrics_tenant_top_n <= MAX_TOP_N:
+            raise SettingsError(
+                f"metrics_tenant_top_n: must be 0 to {MAX_TOP_N}, got {self.metrics_tenant_top_n}"
+            )
 
 
 @dataclass
@@ -139,6 +158,7 @@ async def build(
     """
     clock = clock or SystemClock()
     closers: list[Callable[[], Awaitable[None]]] = []
+    metrics = TokenMetrics(tenant_top_n=settings.metrics_tenant_top_n)
     if policy is None:
         try:
             policy = PolicyFile(Path(settings.policy_file or SHIPPED_POLICY))
@@ -148,6 +168,10 @@ async def build(
         closers.append(policy.stop)
     if store is None:
         store = _store(settings, closers)
+    if isinstance(store, ResilientDecisionStore):
+        store.listen(metrics.watch_degraded(store.mode.value))
+    # Decisions are counted and timed at the store boundary, each RPC's own (ADR 0030).
+    metered = MeteredDecisionStore(store, metrics, Rpc.CONSUME)
     if membership is None:
         grpc_members = GrpcMembership(
             settings.auth_target, settings.membership_cache_seconds, monotonic=monotonic
@@ -162,7 +186,7 @@ async def build(
         closers.append(grpc_provider.close)
     # Expired reservations are released by the service itself, not by a caller that died.
     sweeper = ReservationSweeper(
-        store, lambda: to_ms(clock.now()), settings.store_sweep_interval_ms / 1000
+        metered, lambda: to_ms(clock.now()), settings.store_sweep_interval_ms / 1000
     )
     sweeper.start()
     closers.append(sweeper.stop)
@@ -172,7 +196,7 @@ async def build(
     closers.append(relay.stop)
     metering = Metering(
         policy=policy,
-        store=store,
+        store=metered,
         membership=membership,
         provider=provider,
         clock=clock,
@@ -181,7 +205,14 @@ async def build(
         max_reservation_ttl=timedelta(seconds=settings.max_reservation_seconds),
     )
     token = TokenServicer(clock, metering)  # type: ignore[abstract]
-    rls = build_rls(settings, settings, clock, policy=lambda: policy.current, store=store)  # RLS
+    rls = build_rls(
+        settings,
+        settings,
+        clock,
+        policy=lambda: policy.current,
+        counter=MeteredRequestCounter(rate_counter(settings), metrics),
+        store=MeteredDecisionStore(store, metrics, Rpc.SHOULD_RATE_LIMIT),
+    )  # RLS
     closers.append(rls.close)  # RLS (ADR 0025)
 
     def register(server: grpc.aio.Server) -> None:
@@ -194,6 +225,7 @@ async def build(
         register,
         PUBLIC_METHODS | RLS_PUBLIC_METHODS,  # RLS: Envoy calls without a JWT (ADR 0025)
         unimplemented_reason=PENDING,
+        collectors=(*metrics.collectors, *relay.metrics.collectors, rls.servicer.metrics.shadow),
     )
     peer = peer_components(settings, spec, jwks=jwks, monotonic=monotonic)
     return TokenComponents(peer.spec, peer.verifier, peer.owned_jwks, policy, metering, closers)

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.registry import Collector
 
 from leaky_tokens.token.adapters import event_codec
 from leaky_tokens.token.adapters.event_bus import EventBus, PublishError
@@ -19,7 +20,8 @@ STOP_SECONDS = 5.0  # how long stop() waits for the loop, the lease and the bus
 
 
 class RelayMetrics:
-    """Relay lag (age of the oldest event not yet relayed), events relayed, failures."""
+    """Relay lag (age of the oldest event not yet relayed, how many wait), events relayed,
+    failures. Unregistered without a registry: the service exports `collectors`."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.relayed = Counter(
@@ -41,6 +43,17 @@ class RelayMetrics:
             "1 while this instance holds the relay lease.",
             registry=registry,
         )
+        self.pending = Gauge(
+            "leaky_token_events_relay_pending",
+            "Usage events recorded in the store and not yet acknowledged by the bus, in the "
+            "logs this instance relays.",
+            registry=registry,
+        )
+
+    @property
+    def collectors(self) -> tuple[Collector, ...]:
+        """Every relay metric, for a registry."""
+        return (self.relayed, self.failures, self.lag, self.leader, self.pending)
 
 
 class EventRelay:
@@ -80,7 +93,18 @@ class EventRelay:
         self._sleep = sleep
         self._own = own_shards
         self._task: asyncio.Task[None] | None = None
+        self._pending: dict[int, int] = {}  # per shard, for the pending gauge
+        # Stores that can count their logs (all three of ours) make the gauge exact beyond
+        # one batch; another store is counted by what one read found.
+        self._backlog: Callable[[int], Awaitable[int]] | None = getattr(
+            store, "pending_events", None
+        )
         self.relayed = 0
+
+    @property
+    def metrics(self) -> RelayMetrics:
+        """The relay's metrics (the bootstrap registers their collectors)."""
+        return self._metrics
 
     @property
     def bus(self) -> EventBus:
@@ -99,12 +123,15 @@ class EventRelay:
         for shard in range(self._store.shard_count):
             shared = shard not in self._own
             if shared and not held:
+                self._count(shard, 0)  # another instance relays it
                 continue
             try:
                 events = await self._store.read_events(shard, "", self._batch)
                 if not events:
+                    self._count(shard, 0)
                     continue
                 more = more or len(events) == self._batch
+                await self._recount(shard, len(events), ask=len(events) == self._batch)
                 first = events[0].event.occurred_at_ms
                 oldest = first if oldest is None else min(oldest, first)
                 self._set_lag(oldest)
@@ -138,12 +165,14 @@ class EventRelay:
                     error,
                 )
                 self._set_lag(events[0].event.occurred_at_ms)
+                await self._recount(shard, len(batch), ask=True)  # rises while the bus is down
                 await self._sleep(delay)
                 delay = min(delay * 2, self._backoff_max)
                 if needs_lease and not await self._claim():
                     return False
         # Delivered; should this ack fail, the batch is published again: a duplicate.
         await self._store.ack_events(shard, events[-1].position)
+        self._count(shard, max(0, self._pending.get(shard, 0) - len(events)))
         self._metrics.relayed.inc(len(events))
         self.relayed += len(events)
         return True
@@ -195,6 +224,20 @@ class EventRelay:
             held = False
         self._metrics.leader.set(1 if held else 0)
         return held
+
+    async def _recount(self, shard: int, read: int, *, ask: bool) -> None:
+        """The shard's backlog: what the read found (all of it, when less than a batch), or
+        when `ask`, the store's count (kept as it was if the store cannot answer now)."""
+        if not ask or self._backlog is None:
+            self._count(shard, read)
+            return
+        with contextlib.suppress(StoreUnavailableError):
+            self._count(shard, max(read, await self._backlog(shard)))
+
+    def _count(self, shard: int, pending: int) -> None:
+        if self._pending.get(shard) != pending:
+            self._pending[shard] = pending
+            self._metrics.pending.set(sum(self._pending.values()))
 
     def _set_lag(self, oldest_ms: int | None) -> None:
         age = 0.0 if oldest_ms is None else max(0, self._now_ms() - oldest_ms) / 1000

@@ -145,6 +145,11 @@ class InMemoryDecisionStore:
         with self._lock:
             return self._log.ack(upto)
 
+    async def pending_events(self, shard: int) -> int:
+        """Events recorded and not yet acknowledged (the relay's backlog)."""
+        with self._lock:
+            return self._log.pending
+
     # --- one step each ---------------------------------------------------------------------
     def _decide(self, request: DecisionRequest) -> DecisionOutcome:
         now, subject = request.now_ms, request.subject

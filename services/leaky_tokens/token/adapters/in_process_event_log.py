@@ -41,6 +41,11 @@ class InProcessEventLog:
         )  # fmt: skip
         self._events.append(StoredEvent(str(self._position), event))
 
+    @property
+    def pending(self) -> int:
+        """Events not acknowledged yet."""
+        return len(self._events)
+
     def read(self, after: str, limit: int) -> list[StoredEvent]:
         """Up to `limit` events after position `after` ("" or "0": from the start)."""
         start = int(after or 0)

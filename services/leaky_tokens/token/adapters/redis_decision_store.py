@@ -195,6 +195,13 @@ class RedisDecisionStore:
         except (rx.RedisError, rx.RedisClusterException) as error:
             raise _mapped(error) from error
 
+    async def pending_events(self, shard: int) -> int:
+        """Events recorded and not yet acknowledged (acks trim the stream, so its length)."""
+        try:
+            return int(await self._client.xlen(self._layout.base(shard) + "ev"))
+        except (rx.RedisError, rx.RedisClusterException) as error:
+            raise _mapped(error) from error
+
     # --- calls ------------------------------------------------------------------------------
     async def _finish(
         self, subject: Subject, rid: str, now_ms: int, actual: int | None

@@ -64,7 +64,7 @@ class ResilientDecisionStore:
         self._timeout = timeout_s
         self._recovery = recovery_s
         self._percent = emergency_percent
-        self._hook = on_degraded or (lambda _degraded: None)
+        self._hooks = [on_degraded] if on_degraded is not None else []
         self._monotonic = monotonic
         self._local = local or InMemoryDecisionStore()
         self._local_ids: OrderedDict[str, None] = OrderedDict()
@@ -75,6 +75,15 @@ class ResilientDecisionStore:
     def degraded(self) -> bool:
         """Whether calls currently go to the fallback."""
         return self._degraded
+
+    @property
+    def mode(self) -> FailureMode:
+        """What the store does while degraded."""
+        return self._mode
+
+    def listen(self, hook: Callable[[bool], None]) -> None:
+        """Call `hook` on every change of `degraded` too (the metrics, ADR 0030)."""
+        self._hooks.append(hook)
 
     # --- decisions: primary, else the mode's fallback ----------------------------------------
     async def decide(self, request: DecisionRequest) -> DecisionOutcome:
@@ -156,6 +165,15 @@ class ResilientDecisionStore:
             return await self._local.ack_events(0, upto)
         return await self._try(lambda: self._primary.ack_events(shard, upto))
 
+    async def pending_events(self, shard: int) -> int:
+        if shard == self._primary.shard_count:
+            return await self._local.pending_events(0)
+        backlog = getattr(self._primary, "pending_events", None)
+        if backlog is None:  # a primary that cannot count: the relay counts what it read
+            raise StoreUnavailableError("the primary store does not count its events")
+        count: int = await self._try(lambda: backlog(shard))
+        return count
+
     # --- the breaker ----------------------------------------------------------------------
     async def _try(self, call: Callable[[], Awaitable[T]]) -> T:
         if self._degraded:
@@ -176,7 +194,8 @@ class ResilientDecisionStore:
     def _set_degraded(self, degraded: bool) -> None:
         if degraded != self._degraded:
             self._degraded = degraded
-            self._hook(degraded)
+            for hook in self._hooks:
+                hook(degraded)
 
     def _remember(self, local_id: str) -> None:
         self._local_ids[local_id] = None
