@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from leaky.events.v1 import events_pb2 as ev
 from leaky.token.v1 import limits_pb2
-from leaky_tokens.token.domain.decision import Level
+from leaky_tokens.token.domain.decision import BUCKET_LEVELS, Level, LevelStatus, Limiting, Reason
 from leaky_tokens.token.domain.ports import EventKind, UsageEvent
 
 SOURCE = "token"
@@ -23,6 +24,12 @@ _LEVEL = {
     Level.ORG_QUOTA: limits_pb2.LIMIT_LEVEL_ORG_QUOTA_WINDOW,
 }
 _LEVEL_BACK = {wire: level for level, wire in _LEVEL.items()}
+_NAMES = {  # as the RPC's LimitStatus names them (mapping.py)
+    Level.USER_BUCKET: "user-bucket",
+    Level.ORG_BUCKET: "org-bucket",
+    Level.USER_QUOTA: "user-quota",
+    Level.ORG_QUOTA: "org-quota",
+}
 _REASON = {
     "RATE_LIMITED": ev.DECISION_REASON_RATE_LIMITED,
     "QUOTA_EXHAUSTED": ev.DECISION_REASON_QUOTA_EXHAUSTED,
@@ -66,6 +73,7 @@ def envelope(event: UsageEvent, source: str = SOURCE) -> ev.EventEnvelope:
                 user_id=event.user_id,
                 org_id=org,
                 provider=event.provider,
+                limits=_limits(event),
             )
         )
     elif kind is EventKind.REFUNDED:
@@ -80,28 +88,39 @@ def envelope(event: UsageEvent, source: str = SOURCE) -> ev.EventEnvelope:
                 provider=event.provider,
             )
         )
-    elif kind is EventKind.RESERVED:
+    elif kind in (EventKind.RESERVED, EventKind.RESERVE_DENIED):
+        granted = kind is EventKind.RESERVED
         out.tokens_reserved.CopyFrom(
             ev.TokensReserved(
-                reservation_id=event.causation_id,
+                # A denial holds nothing, so it has no reservation id (the contract); its
+                # decision id is the one the client heard in the denial's LimitDecision.
+                reservation_id=event.causation_id if granted else "",
                 decision_id=event.event_id,
                 tokens=event.tokens,
-                allowed=True,
-                reason=ev.DECISION_REASON_ALLOWED,
-                debits=_debits(event, 1),
+                allowed=granted,
+                reason=_reason(event),
+                debits=_debits(event, 1) if granted else (),
                 user_id=event.user_id,
                 org_id=org,
                 provider=event.provider,
+                limits=_limits(event),
             )
         )
+        if granted and event.expires_at_ms:
+            out.tokens_reserved.expires_at.CopyFrom(_timestamp(event.expires_at_ms))
     elif kind is EventKind.SETTLED:
+        net = event.tokens - event.estimate
         out.reservation_settled.CopyFrom(
             ev.ReservationSettled(
                 reservation_id=event.causation_id,
                 decision_id=event.event_id,
+                reserved_tokens=event.estimate,
                 actual_tokens=event.tokens,
-                # The store's event carries neither the estimate nor each level's net
-                # change, so reserved/refunded/charged and debits stay unset (ADR 0024).
+                refunded_tokens=max(0, -net),
+                charged_tokens=max(0, net),
+                # Each level moved by the difference, less the excess it had no room for
+                # (that part is overage: billed, not held against the limit).
+                debits=[_debit(lv, net - event.overage.get(lv, 0)) for lv in event.levels],
                 overage=[_debit(level, n) for level, n in sorted(event.overage.items())],
                 user_id=event.user_id,
                 org_id=org,
@@ -128,6 +147,8 @@ def envelope(event: UsageEvent, source: str = SOURCE) -> ev.EventEnvelope:
                 user_id=event.user_id,
                 org_id=org,
                 provider=event.provider,
+                granted_by=event.granted_by,
+                reason=event.reason or "",
             )
         )
     else:  # pragma: no cover - EventKind is closed; a new kind must be mapped here first
@@ -162,6 +183,7 @@ def usage_event(env: ev.EventEnvelope) -> UsageEvent:
     case = env.WhichOneof("event")
     reason: str | None = None
     overage: Mapping[Level, int] = MappingProxyType({})
+    estimate, expires_at_ms, granted_by = 0, 0, ""
     if case == "token_usage_recorded":
         body = env.token_usage_recorded
         kind = EventKind.ALLOWED if body.allowed else EventKind.DENIED
@@ -171,23 +193,35 @@ def usage_event(env: ev.EventEnvelope) -> UsageEvent:
         body_r = env.tokens_refunded
         kind, tokens, reason = EventKind.REFUNDED, body_r.tokens, body_r.reason or None
     elif case == "tokens_reserved":
-        kind, tokens = EventKind.RESERVED, env.tokens_reserved.tokens
+        body_v = env.tokens_reserved
+        kind = EventKind.RESERVED if body_v.allowed else EventKind.RESERVE_DENIED
+        reason = None if body_v.allowed else _REASON_BACK.get(body_v.reason)
+        tokens = body_v.tokens
+        if body_v.HasField("expires_at"):
+            expires_at_ms = body_v.expires_at.ToMilliseconds()
     elif case == "reservation_settled":
         body_s = env.reservation_settled
-        kind, tokens = EventKind.SETTLED, body_s.actual_tokens
+        kind, tokens, estimate = EventKind.SETTLED, body_s.actual_tokens, body_s.reserved_tokens
         overage = MappingProxyType({_LEVEL_BACK[d.level]: d.tokens for d in body_s.overage})
     elif case == "reservation_released":
         body_x = env.reservation_released
         kind, tokens = EventKind.RELEASED, body_x.released_tokens
         reason = EXPIRED if body_x.expired else None
     elif case == "tokens_granted":
-        kind, tokens = EventKind.CREDITED, env.tokens_granted.tokens
+        body_g = env.tokens_granted
+        kind, tokens, reason = EventKind.CREDITED, body_g.tokens, body_g.reason or None
+        granted_by = body_g.granted_by
     else:
         raise EventCodecError(f"not a token usage event: {case!r}")
     body_any = getattr(env, case)
     levels: tuple[Level, ...]
+    statuses: tuple[LevelStatus, ...] = ()
+    limiting: tuple[Limiting, ...] = ()
     if case == "tokens_granted":
         levels = (Level.ORG_QUOTA if body_any.org_id else Level.USER_QUOTA,)
+    elif kind in (EventKind.DENIED, EventKind.RESERVE_DENIED):
+        statuses, limiting = _statuses_back(body_any.limits)
+        levels = tuple(x.level for x in limiting)
     else:
         levels = tuple(_LEVEL_BACK[d.level] for d in body_any.debits)
     return UsageEvent(
@@ -203,6 +237,11 @@ def usage_event(env: ev.EventEnvelope) -> UsageEvent:
         levels=levels,
         reason=reason,
         overage=overage,
+        statuses=statuses,
+        limiting=limiting,
+        estimate=estimate,
+        expires_at_ms=expires_at_ms,
+        granted_by=granted_by,
     )
 
 
@@ -211,7 +250,7 @@ def _timestamp(ms: int) -> Timestamp:
 
 
 def _reason(event: UsageEvent) -> ev.DecisionReason.ValueType:
-    if event.kind is EventKind.ALLOWED:
+    if event.kind in (EventKind.ALLOWED, EventKind.RESERVED):
         return ev.DECISION_REASON_ALLOWED
     return _REASON.get(event.reason or "", ev.DECISION_REASON_UNSPECIFIED)
 
@@ -224,3 +263,49 @@ def _debits(event: UsageEvent, sign: int) -> list[ev.LevelDebit]:
     # Every level of one request moves by the same token count (ADR 0018), so the store's
     # event keeps the levels alone.
     return [_debit(level, sign * event.tokens) for level in event.levels]
+
+
+def _duration(ms: int) -> Duration:
+    out = Duration()
+    out.FromMilliseconds(ms)
+    return out
+
+
+def _limits(event: UsageEvent) -> list[limits_pb2.LimitStatus]:
+    """A denial's levels as LimitStatus: OVER_LIMIT (and the wait) where a level refused."""
+    waits = {x.level: x.wait_ms for x in event.limiting}
+    out = []
+    over, ok = limits_pb2.LIMIT_CODE_OVER_LIMIT, limits_pb2.LIMIT_CODE_OK
+    for st in event.statuses:
+        status = limits_pb2.LimitStatus(
+            level=_LEVEL[st.level],
+            name=f"{event.provider}/{_NAMES[st.level]}",
+            code=over if st.level in waits else ok,
+            limit=st.limit,
+            remaining=st.remaining,
+            reset_after=_duration(st.reset_after_ms),
+        )
+        if (wait := waits.get(st.level)) is not None:
+            status.retry_after.CopyFrom(_duration(wait))
+        out.append(status)
+    return out
+
+
+def _statuses_back(
+    found: Iterable[limits_pb2.LimitStatus],
+) -> tuple[tuple[LevelStatus, ...], tuple[Limiting, ...]]:
+    """The domain's statuses and refusals back from `_limits` (the inverse)."""
+    statuses, limiting = [], []
+    for st in found:
+        level = _LEVEL_BACK[st.level]
+        statuses.append(LevelStatus(level, st.limit, st.remaining, st.reset_after.ToMilliseconds()))
+        if st.code != limits_pb2.LIMIT_CODE_OVER_LIMIT:
+            continue
+        wait = st.retry_after.ToMilliseconds() if st.HasField("retry_after") else None
+        # A bucket that no wait helps is one the request is larger than (ADR 0018).
+        if level not in BUCKET_LEVELS:
+            why = Reason.QUOTA_EXHAUSTED
+        else:
+            why = Reason.RATE_LIMITED if wait is not None else Reason.REQUEST_EXCEEDS_CAPACITY
+        limiting.append(Limiting(level, why, wait))
+    return tuple(statuses), tuple(limiting)

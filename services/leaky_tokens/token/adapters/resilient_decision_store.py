@@ -119,11 +119,14 @@ class ResilientDecisionStore:
         return await self._try(lambda: self._primary.release(subject, reservation_id, now_ms))
 
     async def credit_balance(
-        self, subject: Subject, level: Level, tokens: int, grant_id: str, now_ms: int
-    ) -> CreditOutcome:
+        self, subject: Subject, level: Level, tokens: int, grant_id: str, now_ms: int,
+        granted_by: str = "", reason: str = "",
+    ) -> CreditOutcome:  # fmt: skip
         # A purchase must land in the shared store; a local balance would be lost.
         return await self._try(
-            lambda: self._primary.credit_balance(subject, level, tokens, grant_id, now_ms)
+            lambda: self._primary.credit_balance(
+                subject, level, tokens, grant_id, now_ms, granted_by, reason
+            )
         )
 
     async def read(self, subject: Subject, limits: LevelLimits, now_ms: int) -> Snapshot:
