@@ -28,11 +28,13 @@ from leaky_tokens.token.adapters.reservation_sweeper import ReservationSweeper
 from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
 from leaky_tokens.token.adapters.settings import Backend, TokenStoreSettings
 from leaky_tokens.token.adapters.store_factory import decision_store, redis_store
+from leaky_tokens.token.adapters.watched_config import Reloadable, Reloader, WatchedConfig
 from leaky_tokens.token.domain.access import Limits
 from leaky_tokens.token.domain.metering import Metering
 from leaky_tokens.token.domain.peers import ChatProvider, Membership
 from leaky_tokens.token.domain.policy_parse import DEFAULT_POLICY, PolicyError
 from leaky_tokens.token.domain.ports import DecisionStore
+from leaky_tokens.token.domain.rls_config import RateLimitConfig
 from leaky_tokens.token.domain.units import to_ms
 from leaky_tokens.token.rls_wiring import (  # RLS (ADR 0025)
     RLS_PUBLIC_METHODS,
@@ -108,6 +110,7 @@ class TokenComponents(PeerComponents):
     policy: PolicyFile | None = None
     metering: Metering | None = None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    rls_config: WatchedConfig[RateLimitConfig] | None = None  # reloaded with the policy
 
     async def close(self) -> None:
         """Stop the background tasks, then close every connection this build opened."""
@@ -139,13 +142,13 @@ async def build(
     """
     clock = clock or SystemClock()
     closers: list[Callable[[], Awaitable[None]]] = []
+    watched: list[Reloadable] = []  # reloaded on SIGHUP and on change, by one Reloader
     if policy is None:
         try:
             policy = PolicyFile(Path(settings.policy_file or SHIPPED_POLICY))
         except PolicyError as error:  # one line naming file:line, not a traceback
             raise SystemExit(f"token: bad policy file: {error}") from None
-        policy.start(settings.policy_poll_seconds)
-        closers.append(policy.stop)
+        watched.append(policy)
     if store is None:
         store = _store(settings, closers)
     if membership is None:
@@ -181,8 +184,18 @@ async def build(
         max_reservation_ttl=timedelta(seconds=settings.max_reservation_seconds),
     )
     token = TokenServicer(clock, metering)  # type: ignore[abstract]
-    rls = build_rls(settings, settings, clock, policy=lambda: policy.current, store=store)  # RLS
+    try:
+        rls = build_rls(settings, settings, clock, policy=lambda: policy.current, store=store)
+    except PolicyError as error:
+        for closer in reversed(closers):
+            await closer()
+        raise SystemExit(f"token: bad rls_config: {error}") from None
     closers.append(rls.close)  # RLS (ADR 0025)
+    if rls.config_file is not None:
+        watched.append(rls.config_file)
+    reloader = Reloader(watched)
+    reloader.start(settings.policy_poll_seconds)
+    closers.append(reloader.stop)
 
     def register(server: grpc.aio.Server) -> None:
         token_pb2_grpc.add_TokenServiceServicer_to_server(token, server)
@@ -196,7 +209,9 @@ async def build(
         unimplemented_reason=PENDING,
     )
     peer = peer_components(settings, spec, jwks=jwks, monotonic=monotonic)
-    return TokenComponents(peer.spec, peer.verifier, peer.owned_jwks, policy, metering, closers)
+    return TokenComponents(
+        peer.spec, peer.verifier, peer.owned_jwks, policy, metering, closers, rls.config_file
+    )
 
 
 def _store(settings: TokenSettings, closers: list[Callable[[], Awaitable[None]]]) -> DecisionStore:
