@@ -174,7 +174,7 @@ async def test_a_refund_gives_the_debit_back_once(store: DecisionStore) -> None:
     lim = limits(user_cap=100, org_cap=80, user_quota=1000)
     made = await store.decide(ask(ALICE_IN_ACME, lim, 60, T0))
     assert isinstance(made.result, Allowed)
-    back = await store.refund(ALICE_IN_ACME, made.decision_id, 60, T0)
+    back = await store.refund(ALICE_IN_ACME, made.decision_id, 60, T0, "provider call failed")
     assert (back.refunded, back.changed) == (60, True)
     assert await remaining(store, ALICE_IN_ACME, lim, T0) == {
         Level.USER_BUCKET: 100,
@@ -186,8 +186,11 @@ async def test_a_refund_gives_the_debit_back_once(store: DecisionStore) -> None:
     assert (twice.refunded, twice.changed) == (0, False)
     stranger = await store.refund(BOB_IN_ACME, made.decision_id, 60, T0)
     assert not stranger.changed
-    kinds = [e.kind for e in await events_of(store, ALICE_IN_ACME.tenant)]
-    assert kinds == [EventKind.ALLOWED, EventKind.REFUNDED]
+    events = await events_of(store, ALICE_IN_ACME.tenant)
+    assert [(e.kind, e.reason) for e in events] == [
+        (EventKind.ALLOWED, None),
+        (EventKind.REFUNDED, "provider call failed"),
+    ]
 
 
 async def test_a_decision_kept_for_no_refund_cannot_be_refunded(store: DecisionStore) -> None:

@@ -65,13 +65,19 @@ async def test_denials_settlements_and_grants_reach_the_bus_with_their_detail(
                 pb.ReserveRequest(user_id="user-1", provider="openai", tokens=30),
                 metadata=svc.auth(),
             )
+        svc.provider.fail = grpc.StatusCode.PERMISSION_DENIED  # not retried: one refund
+        with pytest.raises(grpc.aio.AioRpcError):
+            await svc.stub.Consume(
+                pb.ConsumeRequest(user_id="user-1", provider="openai", tokens=5),
+                metadata=svc.auth(),
+            )
         rid = held.reservation.reservation_id
         await svc.stub.Settle(
             pb.SettleRequest(reservation_id=rid, actual_tokens=60), metadata=svc.auth()
         )
-        cases = {"tokens_granted", "tokens_reserved", "reservation_settled"}
+        cases = {"tokens_granted", "tokens_reserved", "reservation_settled", "tokens_refunded"}
         await eventually(
-            lambda: len([e for e in seen if e.WhichOneof("event") in cases]) >= 4,
+            lambda: len([e for e in seen if e.WhichOneof("event") in cases]) >= 5,
             10,
             what="the grant, both reservations and the settlement on the bus",
         )
@@ -95,3 +101,5 @@ async def test_denials_settlements_and_grants_reach_the_bus_with_their_detail(
     assert (settled.reserved_tokens, settled.actual_tokens) == (90, 60)
     assert (settled.refunded_tokens, settled.charged_tokens) == (30, 0)
     assert {d.tokens for d in settled.debits} == {-30}
+    (refund,) = (e.tokens_refunded for e in by_case["tokens_refunded"])
+    assert (refund.reason, refund.tokens) == ("provider call failed", 5)

@@ -84,10 +84,10 @@ class InMemoryDecisionStore:
             return self._decide(request)
 
     async def refund(
-        self, subject: Subject, decision_id: str, tokens: int, now_ms: int
+        self, subject: Subject, decision_id: str, tokens: int, now_ms: int, reason: str = ""
     ) -> RefundOutcome:
         with self._lock:
-            return self._refund(subject, decision_id, tokens, now_ms)
+            return self._refund(subject, decision_id, tokens, now_ms, reason)
 
     async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
         with self._lock:
@@ -179,7 +179,9 @@ class InMemoryDecisionStore:
         self._emit(EventKind.ALLOWED, did, subject, request.tokens, now, did, levels)
         return DecisionOutcome(did, result)
 
-    def _refund(self, subject: Subject, decision_id: str, tokens: int, now: int) -> RefundOutcome:
+    def _refund(
+        self, subject: Subject, decision_id: str, tokens: int, now: int, reason: str
+    ) -> RefundOutcome:
         self._sweep(now, subject)
         base = self._layout.base_for(subject)
         record = self._live_decision(base, decision_id, now)
@@ -195,8 +197,9 @@ class InMemoryDecisionStore:
             del self._keys[record.ikey]
         levels = levels_of(record.limits)
         self._emit(
-            EventKind.REFUNDED, f"{decision_id}:refund", subject, give, now, decision_id, levels
-        )
+            EventKind.REFUNDED, f"{decision_id}:refund", subject, give, now, decision_id, levels,
+            reason or None,
+        )  # fmt: skip
         return RefundOutcome(decision_id, give, changed=True)
 
     def _reserve(self, request: ReserveRequest) -> ReserveOutcome:

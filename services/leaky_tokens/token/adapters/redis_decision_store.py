@@ -107,11 +107,13 @@ class RedisDecisionStore:
         return DecisionOutcome(did, result, replayed=bool(replayed))
 
     async def refund(
-        self, subject: Subject, decision_id: str, tokens: int, now_ms: int
+        self, subject: Subject, decision_id: str, tokens: int, now_ms: int, reason: str = ""
     ) -> RefundOutcome:
         base = self._layout.base_for(subject)
         self._layout.decision_key(base, decision_id)
-        given = int(await self._run("refund", base, subject, now_ms, decision_id, str(tokens)))
+        _check_text(reason)
+        args = (decision_id, str(tokens), reason)
+        given = int(await self._run("refund", base, subject, now_ms, *args))
         return RefundOutcome(decision_id, max(0, given), changed=given >= 0)
 
     async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
@@ -151,8 +153,7 @@ class RedisDecisionStore:
         base = self._layout.base_for(subject)
         self._layout.grant_key(base, grant_id)
         key = self._layout.level_key(base, level, subject)
-        if any(sep in text for text in (granted_by, reason) for sep in (RS, SEP)):
-            raise ValueError("granted_by and reason must not contain \\x1e or \\x1f")
+        _check_text(granted_by, reason)
         args = (grant_id, key, str(tokens), level.value, granted_by, reason)
         try:
             reply = await self._run("credit", base, subject, now_ms, *args)
@@ -269,6 +270,12 @@ class RedisDecisionStore:
             else:
                 pipe.execute_command("EVAL", c.script.text, 1, c.stream, *c.args)
         return list(await pipe.execute(raise_on_error=False))
+
+
+def _check_text(*texts: str) -> None:
+    # Free text travels in the packed script argument, whose separators it must not hold.
+    if any(sep in text for text in texts for sep in (RS, SEP)):
+        raise ValueError("a reason or name must not contain \\x1e or \\x1f")
 
 
 def _refuse_reuse(reply: Sequence[Any], subject: Subject, tokens: int) -> None:

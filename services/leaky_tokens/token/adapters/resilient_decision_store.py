@@ -96,11 +96,13 @@ class ResilientDecisionStore:
         return await self._local.reserve(replace(request, limits=self._fallback(request.limits)))
 
     async def refund(
-        self, subject: Subject, decision_id: str, tokens: int, now_ms: int
+        self, subject: Subject, decision_id: str, tokens: int, now_ms: int, reason: str = ""
     ) -> RefundOutcome:
         if decision_id in self._local_ids:
-            return await self._local.refund(subject, decision_id, tokens, now_ms)
-        return await self._try(lambda: self._primary.refund(subject, decision_id, tokens, now_ms))
+            return await self._local.refund(subject, decision_id, tokens, now_ms, reason)
+        return await self._try(
+            lambda: self._primary.refund(subject, decision_id, tokens, now_ms, reason)
+        )
 
     async def settle(
         self, subject: Subject, reservation_id: str, actual: int, now_ms: int

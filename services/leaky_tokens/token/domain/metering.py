@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -138,10 +139,12 @@ class Metering:
             return Consumed(scope, outcome.decision_id, outcome.result, True, None)
         try:
             answer = await self._provider.chat(ChatCall(provider, prompt, credential))
-        except BaseException:
+        except BaseException as error:
             # Whatever failed (the provider, or the client went away), nothing was served.
             now_ms = to_ms(self._clock.now())
-            await self._store.refund(scope.subject, outcome.decision_id, tokens, now_ms)
+            cancelled = isinstance(error, asyncio.CancelledError)
+            why = "cancelled" if cancelled else "provider call failed"
+            await self._store.refund(scope.subject, outcome.decision_id, tokens, now_ms, why)
             raise
         return Consumed(scope, outcome.decision_id, outcome.result, False, answer)
 

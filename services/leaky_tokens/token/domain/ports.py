@@ -210,9 +210,10 @@ class DecisionStore(Protocol):
         """Check and debit every level, all or nothing; a known idempotency key replays."""
 
     async def refund(
-        self, subject: Subject, decision_id: str, tokens: int, now_ms: int
+        self, subject: Subject, decision_id: str, tokens: int, now_ms: int, reason: str = ""
     ) -> RefundOutcome:
-        """Give back up to `tokens` of an allowed decision, once; forget its idempotency key."""
+        """Give back up to `tokens` of an allowed decision, once; forget its idempotency key.
+        `reason` (short printable text) says why, in the refund's event."""
 
     async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
         """Debit an estimate as a reservation; a known id or idempotency key replays."""
