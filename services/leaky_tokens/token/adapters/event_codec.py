@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 
-from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from leaky.events.v1 import events_pb2 as ev
-from leaky.token.v1 import limits_pb2
-from leaky_tokens.token.domain.decision import BUCKET_LEVELS, Level, LevelStatus, Limiting, Reason
+from leaky_tokens.token.adapters.event_limits import LEVELS as _LEVEL
+from leaky_tokens.token.adapters.event_limits import limit_statuses, statuses_back
+from leaky_tokens.token.domain.decision import Level, LevelStatus, Limiting
 from leaky_tokens.token.domain.ports import EventKind, UsageEvent
 
 SOURCE = "token"
 
 # A quota level's debit is recorded against its window: the store's event does not split
 # window from purchased balance (ADR 0024), consumers needing the split read the quota.
-_LEVEL = {
-    Level.USER_BUCKET: limits_pb2.LIMIT_LEVEL_USER_BUCKET,
-    Level.ORG_BUCKET: limits_pb2.LIMIT_LEVEL_ORG_BUCKET,
-    Level.USER_QUOTA: limits_pb2.LIMIT_LEVEL_USER_QUOTA_WINDOW,
-    Level.ORG_QUOTA: limits_pb2.LIMIT_LEVEL_ORG_QUOTA_WINDOW,
-}
 _LEVEL_BACK = {wire: level for level, wire in _LEVEL.items()}
-_NAMES = {  # as the RPC's LimitStatus names them (mapping.py)
-    Level.USER_BUCKET: "user-bucket",
-    Level.ORG_BUCKET: "org-bucket",
-    Level.USER_QUOTA: "user-quota",
-    Level.ORG_QUOTA: "org-quota",
-}
 _REASON = {
     "RATE_LIMITED": ev.DECISION_REASON_RATE_LIMITED,
     "QUOTA_EXHAUSTED": ev.DECISION_REASON_QUOTA_EXHAUSTED,
@@ -73,7 +61,7 @@ def envelope(event: UsageEvent, source: str = SOURCE) -> ev.EventEnvelope:
                 user_id=event.user_id,
                 org_id=org,
                 provider=event.provider,
-                limits=_limits(event),
+                limits=limit_statuses(event),
             )
         )
     elif kind is EventKind.REFUNDED:
@@ -103,7 +91,7 @@ def envelope(event: UsageEvent, source: str = SOURCE) -> ev.EventEnvelope:
                 user_id=event.user_id,
                 org_id=org,
                 provider=event.provider,
-                limits=_limits(event),
+                limits=limit_statuses(event),
             )
         )
         if granted and event.expires_at_ms:
@@ -220,7 +208,7 @@ def usage_event(env: ev.EventEnvelope) -> UsageEvent:
     if case == "tokens_granted":
         levels = (Level.ORG_QUOTA if body_any.org_id else Level.USER_QUOTA,)
     elif kind in (EventKind.DENIED, EventKind.RESERVE_DENIED):
-        statuses, limiting = _statuses_back(body_any.limits)
+        statuses, limiting = statuses_back(body_any.limits)
         levels = tuple(x.level for x in limiting)
     else:
         levels = tuple(_LEVEL_BACK[d.level] for d in body_any.debits)
@@ -263,49 +251,3 @@ def _debits(event: UsageEvent, sign: int) -> list[ev.LevelDebit]:
     # Every level of one request moves by the same token count (ADR 0018), so the store's
     # event keeps the levels alone.
     return [_debit(level, sign * event.tokens) for level in event.levels]
-
-
-def _duration(ms: int) -> Duration:
-    out = Duration()
-    out.FromMilliseconds(ms)
-    return out
-
-
-def _limits(event: UsageEvent) -> list[limits_pb2.LimitStatus]:
-    """A denial's levels as LimitStatus: OVER_LIMIT (and the wait) where a level refused."""
-    waits = {x.level: x.wait_ms for x in event.limiting}
-    out = []
-    over, ok = limits_pb2.LIMIT_CODE_OVER_LIMIT, limits_pb2.LIMIT_CODE_OK
-    for st in event.statuses:
-        status = limits_pb2.LimitStatus(
-            level=_LEVEL[st.level],
-            name=f"{event.provider}/{_NAMES[st.level]}",
-            code=over if st.level in waits else ok,
-            limit=st.limit,
-            remaining=st.remaining,
-            reset_after=_duration(st.reset_after_ms),
-        )
-        if (wait := waits.get(st.level)) is not None:
-            status.retry_after.CopyFrom(_duration(wait))
-        out.append(status)
-    return out
-
-
-def _statuses_back(
-    found: Iterable[limits_pb2.LimitStatus],
-) -> tuple[tuple[LevelStatus, ...], tuple[Limiting, ...]]:
-    """The domain's statuses and refusals back from `_limits` (the inverse)."""
-    statuses, limiting = [], []
-    for st in found:
-        level = _LEVEL_BACK[st.level]
-        statuses.append(LevelStatus(level, st.limit, st.remaining, st.reset_after.ToMilliseconds()))
-        if st.code != limits_pb2.LIMIT_CODE_OVER_LIMIT:
-            continue
-        wait = st.retry_after.ToMilliseconds() if st.HasField("retry_after") else None
-        # A bucket that no wait helps is one the request is larger than (ADR 0018).
-        if level not in BUCKET_LEVELS:
-            why = Reason.QUOTA_EXHAUSTED
-        else:
-            why = Reason.RATE_LIMITED if wait is not None else Reason.REQUEST_EXCEEDS_CAPACITY
-        limiting.append(Limiting(level, why, wait))
-    return tuple(statuses), tuple(limiting)
