@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import grpc
 import pytest
@@ -19,12 +20,15 @@ import pytest
 from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2 as pb
 from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2_grpc
 from leaky_tokens.runtime.server import start_server
+from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisionStore
 from leaky_tokens.token.adapters.in_memory_rate_counter import InMemoryRequestCounter
+from leaky_tokens.token.adapters.policy_file import PolicyFile
 from leaky_tokens.token.bootstrap import TokenComponents, TokenSettings
 from leaky_tokens.token.bootstrap import build as build_token
 from leaky_tokens.token.domain.rate_counter import CounterHit, CountStep
+from leaky_tokens.token.domain.rls_tokens import TokenDescriptors
 from leaky_tokens.token.rls_servicer import RateLimitServicer
-from leaky_tokens.token.rls_wiring import RlsSettings, rls_config_file
+from leaky_tokens.token.rls_wiring import RlsSettings, config_source, rls_config_file, token_policy
 from tests.support.fakes import FakeClock
 from tests.support.jwks import KeySet
 from tests.support.token_service import POLICY
@@ -194,3 +198,47 @@ async def test_a_request_in_flight_is_decided_by_the_rules_it_matched(tmp_path: 
     assert done.statuses[0].current_limit.requests_per_unit == 2  # the rules it started with
     after = await servicer.ShouldRateLimit(request("k"), context)
     assert after.statuses[0].current_limit.requests_per_unit == 5
+
+
+TOKEN_POLICY = """\
+providers:
+  openai: {capacity: 100, leak_rate: 1}
+rate_limits:
+  domain: leaky
+  descriptors:
+    - key: provider
+      value: openai
+      descriptors:
+        - key: user_id
+          token_bucket: openai
+"""
+
+
+def token_request(tokens: int) -> pb.RateLimitRequest:
+    req = pb.RateLimitRequest(domain="leaky", hits_addend=tokens)
+    entries = req.descriptors.add().entries
+    entries.add(key="provider", value="openai")
+    entries.add(key="user_id", value="u1")
+    return req
+
+
+async def test_a_policy_reload_mid_request_never_mixes_two_policies(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(TOKEN_POLICY)
+    policy = PolicyFile(path)
+    rules = config_source(None, lambda: policy.current)
+    tokens = TokenDescriptors(
+        InMemoryDecisionStore(), token_policy(None, lambda: policy.current), lambda: uuid4().hex
+    )
+    counter = GatedCounter()
+    servicer = RateLimitServicer(rules, counter, FakeClock(), tokens=tokens)
+    context: Any = None
+    in_flight = asyncio.ensure_future(servicer.ShouldRateLimit(token_request(50), context))
+    await asyncio.wait_for(counter.entered.wait(), 10)
+    rewrite(path, TOKEN_POLICY.replace("capacity: 100", "capacity: 10"), 6)
+    assert policy.check()
+    counter.gate.set()
+    # Matched under the first policy, charged under it too: 50 tokens fit its 100.
+    assert (await in_flight).overall_code == R.OK
+    later = await servicer.ShouldRateLimit(token_request(50), context)
+    assert later.overall_code == R.OVER_LIMIT  # the new 10-token bucket

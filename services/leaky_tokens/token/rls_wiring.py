@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,11 @@ def rls_config_file(settings: RlsSettings) -> WatchedConfig[RateLimitConfig] | N
     return WatchedConfig(Path(settings.rls_config), load, "rls_config")
 
 
+# The policy snapshot one ShouldRateLimit matched its rules in (each RPC runs in a task of
+# its own, so a value set here is that request's alone).
+_MATCHED: ContextVar[Policy | None] = ContextVar("leaky_rls_policy", default=None)
+
+
 def config_source(
     watched: WatchedConfig[RateLimitConfig] | None, policy: Callable[[], Policy]
 ) -> Callable[[], RateLimitConfig]:
@@ -87,7 +93,29 @@ def config_source(
     policy's `rate_limits` as the policy source has it now (its reloads apply)."""
     if watched is not None:
         return lambda: watched.current
-    return lambda: policy().rate_limits
+
+    def rules() -> RateLimitConfig:
+        snapshot = policy()
+        _MATCHED.set(snapshot)
+        return snapshot.rate_limits
+
+    return rules
+
+
+def token_policy(
+    watched: WatchedConfig[RateLimitConfig] | None, policy: Callable[[], Policy]
+) -> Callable[[], Policy]:
+    """The policy token descriptors are charged by: with the policy's own rules, the snapshot
+    the request matched them in, so a reload between matching and charging cannot mix two
+    policies in one decision (ADR 0031); with rls_config files (no token rules), the policy."""
+    if watched is not None:
+        return policy
+
+    def matched() -> Policy:
+        snapshot = _MATCHED.get()
+        return snapshot if snapshot is not None else policy()
+
+    return matched
 
 
 def rate_counter(settings: TokenStoreSettings) -> RequestCounterStore:
@@ -156,7 +184,7 @@ def build_rls(
     if store is None:
         store = _decision_store(store_settings, closers)
     source = policy_source(policy)
-    tokens = TokenDescriptors(store, source, lambda: uuid.uuid4().hex)
+    tokens = TokenDescriptors(store, token_policy(config_file, source), lambda: uuid.uuid4().hex)
     servicer = RateLimitServicer(
         config_source(config_file, source),
         counter,
