@@ -170,3 +170,16 @@ async def test_only_admin_grants_and_a_grant_lands_in_the_purchased_balance(
         svc.clock.advance(seconds=100)
     q = await quota(svc)
     assert (q.window_remaining, q.purchased_balance) == (0, 450)
+
+
+async def test_a_grant_reason_and_keys_must_be_short_printable_text(svc: TokenHarness) -> None:
+    admin = svc.auth("admin-1", "ADMIN")
+    bad = pb.GrantTokensRequest(
+        user_id="user-1", provider="openai", tokens=5, reason="a\x1eb", idempotency_key="k\x1e"
+    )
+    error = await refused(svc.stub.GrantTokens(bad, metadata=admin))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(error) == ["reason", "idempotencyKey"]
+    bad = pb.GrantTokensRequest(user_id="user-1", provider="openai", tokens=5, reason="x" * 201)
+    error = await refused(svc.stub.GrantTokens(bad, metadata=admin))
+    assert violations(error) == ["reason"]

@@ -222,3 +222,51 @@ async def test_an_idempotency_key_reused_for_another_request_is_already_exists(
         grpc.StatusCode.ALREADY_EXISTS,
         "IDEMPOTENCY_KEY_REUSED",
     )
+
+
+async def test_a_retry_after_a_failed_provider_call_is_decided_afresh(svc: TokenHarness) -> None:
+    svc.provider.fail = grpc.StatusCode.UNAVAILABLE
+    keyed = consume(tokens=25, idempotency_key="k-retry")
+    first = await refused(svc.stub.Consume(keyed, metadata=svc.auth()))
+    assert reason(first) == "PROVIDER_UNAVAILABLE"
+    svc.provider.fail = None
+    # The refund forgot the key: the retry calls the provider and answers with its reply,
+    # not a replay of a decision that served nothing.
+    retry = await svc.stub.Consume(keyed, metadata=svc.auth())
+    assert not retry.replayed
+    assert retry.provider_response["message"] == "Stubbed OpenAI response"
+    again = await svc.stub.Consume(keyed, metadata=svc.auth())
+    assert (again.replayed, again.decision_id) == (True, retry.decision_id)
+    quota = await svc.stub.GetQuota(
+        pb.GetQuotaRequest(user_id="user-1", provider="openai"), metadata=svc.auth()
+    )
+    assert quota.window_used == 25  # debited once: the refunded attempt gave its debit back
+
+
+async def test_a_retry_after_a_denial_is_decided_afresh(svc: TokenHarness) -> None:
+    await svc.stub.Consume(consume(tokens=90), metadata=svc.auth())
+    keyed = consume(tokens=30, idempotency_key="k-wait")
+    error = await refused(svc.stub.Consume(keyed, metadata=svc.auth()))
+    assert reason(error) == "RATE_LIMITED"
+    svc.clock.advance(seconds=20)  # as Retry-After said
+    got = await svc.stub.Consume(keyed, metadata=svc.auth())
+    assert (got.allowed, got.replayed) == (True, False)
+
+
+async def test_an_idempotency_key_reused_for_another_provider_is_refused(
+    svc: TokenHarness,
+) -> None:
+    await svc.stub.Consume(consume(tokens=25, idempotency_key="k-p"), metadata=svc.auth())
+    other = pb.ConsumeRequest(user_id="user-1", provider="qwen", tokens=25, idempotency_key="k-p")
+    error = await refused(svc.stub.Consume(other, metadata=svc.auth()))
+    assert (error.code(), reason(error)) == (
+        grpc.StatusCode.ALREADY_EXISTS,
+        "IDEMPOTENCY_KEY_REUSED",
+    )
+    assert "provider 'openai', not 'qwen'" in (error.details() or "")
+    assert svc.provider.calls == 1  # nothing decided, nothing served for the reuse
+    reserve = pb.ReserveRequest(user_id="user-1", provider="openai", tokens=5, idempotency_key="r")
+    await svc.stub.Reserve(reserve, metadata=svc.auth())
+    reserve.provider = "qwen"
+    error = await refused(svc.stub.Reserve(reserve, metadata=svc.auth()))
+    assert reason(error) == "IDEMPOTENCY_KEY_REUSED"

@@ -10,7 +10,7 @@ import pytest
 from leaky.events.v1 import events_pb2 as ev
 from leaky.token.v1 import limits_pb2
 from leaky_tokens.token.adapters import event_codec as codec
-from leaky_tokens.token.domain.decision import Level
+from leaky_tokens.token.domain.decision import Level, LevelStatus, Limiting, Reason
 from leaky_tokens.token.domain.ports import EventKind, UsageEvent
 
 T0 = 1_780_000_000_123
@@ -32,6 +32,21 @@ def event(kind: EventKind, **changes: object) -> UsageEvent:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
+STATUSES = (
+    LevelStatus(Level.USER_BUCKET, 100, 10, 90_000),
+    LevelStatus(Level.ORG_BUCKET, 500, 0, 500_000),
+    LevelStatus(Level.USER_QUOTA, 150, 0, 3_600_000),
+)
+LIMITING = (
+    Limiting(Level.ORG_BUCKET, Reason.REQUEST_EXCEEDS_CAPACITY, None),
+    Limiting(Level.USER_QUOTA, Reason.QUOTA_EXHAUSTED, 3_600_000),
+)
+REFUSED: dict[str, object] = {
+    "levels": (Level.ORG_BUCKET, Level.USER_QUOTA),
+    "statuses": STATUSES,
+    "limiting": LIMITING,
+}
+
 EVENTS = [
     event(EventKind.ALLOWED),
     event(
@@ -41,18 +56,37 @@ EVENTS = [
         tenant="user:alice",
         org_id=None,
     ),
+    event(EventKind.DENIED, reason="REQUEST_EXCEEDS_CAPACITY", **REFUSED),
+    event(
+        EventKind.RESERVE_DENIED,
+        event_id="r-9",
+        causation_id="r-9",
+        reason="RATE_LIMITED",
+        levels=(Level.USER_BUCKET,),
+        statuses=STATUSES[:1],
+        limiting=(Limiting(Level.USER_BUCKET, Reason.RATE_LIMITED, 20_000),),
+    ),
+    event(EventKind.RESERVED, event_id="r-2", causation_id="r-2", expires_at_ms=T0 + 60_000),
     event(EventKind.REFUNDED, event_id="d-1:refund", reason="provider call failed"),
     event(EventKind.RESERVED, event_id="r-1", causation_id="r-1"),
     event(
         EventKind.SETTLED,
         event_id="r-1:settle",
         causation_id="r-1",
-        levels=(),
+        estimate=30,
         overage=MappingProxyType({Level.USER_BUCKET: 5}),
     ),
     event(EventKind.RELEASED, event_id="r-1:release", causation_id="r-1", reason="expired"),
     event(EventKind.RELEASED, event_id="r-2:release", causation_id="r-2"),
     event(EventKind.CREDITED, event_id="g-1", causation_id="g-1", levels=(Level.ORG_QUOTA,)),
+    event(
+        EventKind.CREDITED,
+        event_id="g-2",
+        causation_id="g-2",
+        levels=(Level.ORG_QUOTA,),
+        granted_by="admin-1",
+        reason="support",
+    ),
 ]
 
 
@@ -125,3 +159,44 @@ def test_an_envelope_of_another_area_is_not_a_usage_event() -> None:
     env = ev.EventEnvelope(event_id="s-1", purchase_requested=ev.PurchaseRequested(saga_id="s"))
     with pytest.raises(codec.EventCodecError, match="purchase_requested"):
         codec.usage_event(env)
+
+
+def test_a_denial_names_each_level_it_was_checked_against() -> None:
+    body = codec.envelope(event(EventKind.DENIED, reason="QUOTA_EXHAUSTED", **REFUSED))
+    limits = body.token_usage_recorded.limits
+    assert [(s.name, s.code, s.limit, s.remaining) for s in limits] == [
+        ("openai/user-bucket", limits_pb2.LIMIT_CODE_OK, 100, 10),
+        ("openai/org-bucket", limits_pb2.LIMIT_CODE_OVER_LIMIT, 500, 0),
+        ("openai/user-quota", limits_pb2.LIMIT_CODE_OVER_LIMIT, 150, 0),
+    ]
+    assert not limits[1].HasField("retry_after")  # no wait lets a too-large request in
+    assert limits[2].retry_after.seconds == 3600
+    assert limits[0].reset_after.seconds == 90
+
+
+def test_a_reserve_denial_is_a_tokens_reserved_that_holds_nothing() -> None:
+    stored = event(EventKind.RESERVE_DENIED, event_id="r-9", causation_id="r-9", **REFUSED)
+    body = codec.envelope(stored).tokens_reserved
+    assert (body.allowed, body.reservation_id, body.decision_id) == (False, "", "r-9")
+    assert list(body.debits) == []
+    assert not body.HasField("expires_at")
+    assert len(body.limits) == 3
+
+
+@pytest.mark.parametrize(
+    ("estimate", "actual", "refunded", "charged", "nets"),
+    [(30, 40, 0, 10, [5, 10, 10]), (30, 12, 18, 0, [-18, -18, -18]), (30, 30, 0, 0, [0, 0, 0])],
+)
+def test_a_settlement_carries_the_estimate_and_each_levels_net(
+    estimate: int, actual: int, refunded: int, charged: int, nets: list[int]
+) -> None:
+    overage = MappingProxyType({Level.USER_BUCKET: 5} if actual > estimate else {})
+    stored = event(
+        EventKind.SETTLED, event_id="r:settle", causation_id="r", tokens=actual,
+        estimate=estimate, overage=overage,
+    )  # fmt: skip
+    body = codec.envelope(stored).reservation_settled
+    assert (body.reserved_tokens, body.actual_tokens) == (estimate, actual)
+    assert (body.refunded_tokens, body.charged_tokens) == (refunded, charged)
+    # The bucket that lacked room for 5 of the excess moved by the rest; it bills them.
+    assert [d.tokens for d in body.debits] == nets

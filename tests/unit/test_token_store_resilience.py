@@ -51,10 +51,10 @@ class FlakyStore(InMemoryDecisionStore):
         return await super().decide(request)
 
     async def refund(
-        self, subject: Subject, decision_id: str, tokens: int, now_ms: int
+        self, subject: Subject, decision_id: str, tokens: int, now_ms: int, reason: str = ""
     ) -> RefundOutcome:
         await self._gate()
-        return await super().refund(subject, decision_id, tokens, now_ms)
+        return await super().refund(subject, decision_id, tokens, now_ms, reason)
 
 
 class FakeMonotonic:

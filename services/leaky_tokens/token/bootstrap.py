@@ -31,11 +31,13 @@ from leaky_tokens.token.adapters.settings import Backend, TokenStoreSettings
 from leaky_tokens.token.adapters.store_factory import decision_store, redis_store
 from leaky_tokens.token.adapters.tenant_usage import MAX_TOP_N
 from leaky_tokens.token.adapters.token_metrics import Rpc, TokenMetrics
+from leaky_tokens.token.adapters.watched_config import Reloadable, Reloader, WatchedConfig
 from leaky_tokens.token.domain.access import Limits
 from leaky_tokens.token.domain.metering import Metering
 from leaky_tokens.token.domain.peers import ChatProvider, Membership
 from leaky_tokens.token.domain.policy_parse import DEFAULT_POLICY, PolicyError
 from leaky_tokens.token.domain.ports import DecisionStore
+from leaky_tokens.token.domain.rls_config import RateLimitConfig
 from leaky_tokens.token.domain.units import to_ms
 from leaky_tokens.token.rls_wiring import (  # RLS (ADR 0025)
     RLS_PUBLIC_METHODS,
@@ -127,6 +129,7 @@ class TokenComponents(PeerComponents):
     policy: PolicyFile | None = None
     metering: Metering | None = None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    rls_config: WatchedConfig[RateLimitConfig] | None = None  # reloaded with the policy
 
     async def close(self) -> None:
         """Stop the background tasks, then close every connection this build opened."""
@@ -159,13 +162,13 @@ async def build(
     clock = clock or SystemClock()
     closers: list[Callable[[], Awaitable[None]]] = []
     metrics = TokenMetrics(tenant_top_n=settings.metrics_tenant_top_n)
+    watched: list[Reloadable] = []  # reloaded on SIGHUP and on change, by one Reloader
     if policy is None:
         try:
             policy = PolicyFile(Path(settings.policy_file or SHIPPED_POLICY))
         except PolicyError as error:  # one line naming file:line, not a traceback
             raise SystemExit(f"token: bad policy file: {error}") from None
-        policy.start(settings.policy_poll_seconds)
-        closers.append(policy.stop)
+        watched.append(policy)
     if store is None:
         store = _store(settings, closers)
     if isinstance(store, ResilientDecisionStore):
@@ -205,15 +208,25 @@ async def build(
         max_reservation_ttl=timedelta(seconds=settings.max_reservation_seconds),
     )
     token = TokenServicer(clock, metering)  # type: ignore[abstract]
-    rls = build_rls(
-        settings,
-        settings,
-        clock,
-        policy=lambda: policy.current,
-        counter=MeteredRequestCounter(rate_counter(settings), metrics),
-        store=MeteredDecisionStore(store, metrics, Rpc.SHOULD_RATE_LIMIT),
-    )  # RLS
+    try:
+        rls = build_rls(
+            settings,
+            settings,
+            clock,
+            policy=lambda: policy.current,
+            counter=MeteredRequestCounter(rate_counter(settings), metrics),
+            store=MeteredDecisionStore(store, metrics, Rpc.SHOULD_RATE_LIMIT),
+        )  # RLS
+    except PolicyError as error:
+        for closer in reversed(closers):
+            await closer()
+        raise SystemExit(f"token: bad rls_config: {error}") from None
     closers.append(rls.close)  # RLS (ADR 0025)
+    if rls.config_file is not None:
+        watched.append(rls.config_file)
+    reloader = Reloader(watched)
+    reloader.start(settings.policy_poll_seconds)
+    closers.append(reloader.stop)
 
     def register(server: grpc.aio.Server) -> None:
         token_pb2_grpc.add_TokenServiceServicer_to_server(token, server)
@@ -228,7 +241,9 @@ async def build(
         collectors=(*metrics.collectors, *relay.metrics.collectors, rls.servicer.metrics.shadow),
     )
     peer = peer_components(settings, spec, jwks=jwks, monotonic=monotonic)
-    return TokenComponents(peer.spec, peer.verifier, peer.owned_jwks, policy, metering, closers)
+    return TokenComponents(
+        peer.spec, peer.verifier, peer.owned_jwks, policy, metering, closers, rls.config_file
+    )
 
 
 def _store(settings: TokenSettings, closers: list[Callable[[], Awaitable[None]]]) -> DecisionStore:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,16 +15,13 @@ from redis.asyncio.cluster import RedisCluster
 from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2_grpc
 from leaky_tokens.runtime.ports import Clock
 from leaky_tokens.runtime.settings import doc
-from leaky_tokens.token.adapters.config_files import (
-    load_policy,
-    load_rate_limit_directory,
-    load_rate_limit_files,
-)
+from leaky_tokens.token.adapters.config_files import load_policy, load_rate_limit_path
 from leaky_tokens.token.adapters.in_memory_rate_counter import InMemoryRequestCounter
 from leaky_tokens.token.adapters.redis_rate_counter import RedisRequestCounter
 from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
 from leaky_tokens.token.adapters.settings import Backend, TokenStoreSettings
 from leaky_tokens.token.adapters.store_factory import decision_store, redis_store
+from leaky_tokens.token.adapters.watched_config import WatchedConfig
 from leaky_tokens.token.domain.policy import Policy
 from leaky_tokens.token.domain.policy_parse import DEFAULT_POLICY
 from leaky_tokens.token.domain.ports import DecisionStore
@@ -68,21 +66,56 @@ def policy_source(policy: Callable[[], Policy] | None) -> Callable[[], Policy]:
     return lambda: shipped
 
 
+def rls_config_file(settings: RlsSettings) -> WatchedConfig[RateLimitConfig] | None:
+    """The rls_config file or directory, loaded now (PolicyError names file:line), or None.
+
+    The bootstrap reloads it with the policy file: on SIGHUP and on change (ADR 0031).
+    """
+    if not settings.rls_config:
+        return None
+    merge = settings.rls_merge_domains
+
+    def load(path: Path) -> RateLimitConfig:
+        return load_rate_limit_path(path, merge_domains=merge)
+
+    return WatchedConfig(Path(settings.rls_config), load, "rls_config")
+
+
+# The policy snapshot one ShouldRateLimit matched its rules in (each RPC runs in a task of
+# its own, so a value set here is that request's alone).
+_MATCHED: ContextVar[Policy | None] = ContextVar("leaky_rls_policy", default=None)
+
+
 def config_source(
-    settings: RlsSettings, policy: Callable[[], Policy]
+    watched: WatchedConfig[RateLimitConfig] | None, policy: Callable[[], Policy]
 ) -> Callable[[], RateLimitConfig]:
-    """The descriptor rules in force: the rls_config files (read once, at start), else the
+    """The descriptor rules in force: the rls_config files as last (re)loaded, else the
     policy's `rate_limits` as the policy source has it now (its reloads apply)."""
-    if settings.rls_config:
-        path = Path(settings.rls_config)
-        merge = settings.rls_merge_domains
-        loaded = (
-            load_rate_limit_directory(path, merge_domains=merge)
-            if path.is_dir()
-            else load_rate_limit_files([path], merge_domains=merge)
-        )
-        return lambda: loaded
-    return lambda: policy().rate_limits
+    if watched is not None:
+        return lambda: watched.current
+
+    def rules() -> RateLimitConfig:
+        snapshot = policy()
+        _MATCHED.set(snapshot)
+        return snapshot.rate_limits
+
+    return rules
+
+
+def token_policy(
+    watched: WatchedConfig[RateLimitConfig] | None, policy: Callable[[], Policy]
+) -> Callable[[], Policy]:
+    """The policy token descriptors are charged by: with the policy's own rules, the snapshot
+    the request matched them in, so a reload between matching and charging cannot mix two
+    policies in one decision (ADR 0031); with rls_config files (no token rules), the policy."""
+    if watched is not None:
+        return policy
+
+    def matched() -> Policy:
+        snapshot = _MATCHED.get()
+        return snapshot if snapshot is not None else policy()
+
+    return matched
 
 
 def rate_counter(settings: TokenStoreSettings) -> RequestCounterStore:
@@ -104,10 +137,12 @@ def rate_counter(settings: TokenStoreSettings) -> RequestCounterStore:
 
 @dataclass
 class RlsWiring:
-    """The built servicer, how to register it, and what to close at shutdown."""
+    """The built servicer, how to register it, what to close at shutdown, and the config
+    file to reload (None: the rules come from the policy file)."""
 
     servicer: RateLimitServicer
     close: Callable[[], Awaitable[None]]
+    config_file: WatchedConfig[RateLimitConfig] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(self.servicer, server)
@@ -143,14 +178,15 @@ def build_rls(
     descriptors charge `store`, which should be the bootstrap's own decision store (default:
     one built from the same settings)."""
     closers: list[Callable[[], Awaitable[None]]] = []
+    config_file = rls_config_file(settings)  # first: a bad file stops before any connection
     counter = counter or rate_counter(store_settings)
     closers.append(counter.close)
     if store is None:
         store = _decision_store(store_settings, closers)
     source = policy_source(policy)
-    tokens = TokenDescriptors(store, source, lambda: uuid.uuid4().hex)
+    tokens = TokenDescriptors(store, token_policy(config_file, source), lambda: uuid.uuid4().hex)
     servicer = RateLimitServicer(
-        config_source(settings, source),
+        config_source(config_file, source),
         counter,
         clock,
         headers=settings.rls_response_headers,
@@ -161,4 +197,4 @@ def build_rls(
         for closer in reversed(closers):
             await closer()
 
-    return RlsWiring(servicer, close)
+    return RlsWiring(servicer, close, config_file)

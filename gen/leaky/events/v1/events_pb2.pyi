@@ -120,6 +120,7 @@ class TokenUsageRecorded(_message.Message):
     ALLOWED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     DEBITS_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     """Id of the consume decision (ConsumeResponse.decision_id; not the x-request-id)."""
     user_id: _builtins.str
@@ -138,6 +139,14 @@ class TokenUsageRecorded(_message.Message):
     def debits(self) -> _containers.RepeatedCompositeFieldContainer[Global___LevelDebit]:
         """What each level was debited; empty when denied."""
 
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[_limits_pb2.LimitStatus]:
+        """Only when denied: every level checked, OVER_LIMIT on each that refused (with its
+        retry_after when waiting helps), with limit, remaining and reset_after as the decision
+        saw them. A quota level reports its pool (window allowance plus purchased balance) as
+        its *_QUOTA_WINDOW level, as a denial's LimitDecision does; window and unit are unset.
+        """
+
     def __init__(
         self,
         *,
@@ -149,10 +158,11 @@ class TokenUsageRecorded(_message.Message):
         allowed: _builtins.bool = ...,
         reason: Global___DecisionReason.ValueType = ...,
         debits: _abc.Iterable[Global___LevelDebit] | None = ...,
+        limits: _abc.Iterable[_limits_pb2.LimitStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "debits", b"debits", "decision_id", b"decision_id", "org_id", b"org_id", "provider", b"provider", "reason", b"reason", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "debits", b"debits", "decision_id", b"decision_id", "limits", b"limits", "org_id", b"org_id", "provider", b"provider", "reason", b"reason", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -222,6 +232,7 @@ class TokensReserved(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     DEBITS_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """The reservation's id (opaque, as in leaky.token.v1.Reservation); empty when denied."""
     decision_id: _builtins.str
@@ -246,6 +257,10 @@ class TokensReserved(_message.Message):
     def debits(self) -> _containers.RepeatedCompositeFieldContainer[Global___LevelDebit]:
         """What each level holds; empty when denied."""
 
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[_limits_pb2.LimitStatus]:
+        """Only when denied: every level checked, as in TokenUsageRecorded.limits."""
+
     def __init__(
         self,
         *,
@@ -259,10 +274,11 @@ class TokensReserved(_message.Message):
         reason: Global___DecisionReason.ValueType = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         debits: _abc.Iterable[Global___LevelDebit] | None = ...,
+        limits: _abc.Iterable[_limits_pb2.LimitStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "debits", b"debits", "decision_id", b"decision_id", "expires_at", b"expires_at", "org_id", b"org_id", "provider", b"provider", "reason", b"reason", "reservation_id", b"reservation_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "debits", b"debits", "decision_id", b"decision_id", "expires_at", b"expires_at", "limits", b"limits", "org_id", b"org_id", "provider", b"provider", "reason", b"reason", "reservation_id", b"reservation_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

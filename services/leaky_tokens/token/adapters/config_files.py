@@ -37,3 +37,20 @@ def load_rate_limit_files(paths: Iterable[Path], *, merge_domains: bool = False)
 def load_rate_limit_directory(directory: Path, *, merge_domains: bool = False) -> RateLimitConfig:
     """Every *.yaml file of a directory, in name order (upstream's RUNTIME_APPDIRECTORY)."""
     return load_rate_limit_files(sorted(directory.glob("*.yaml")), merge_domains=merge_domains)
+
+
+def load_rate_limit_path(path: Path, *, merge_domains: bool = False) -> RateLimitConfig:
+    """A config file, or a directory of them; PolicyError names the file (and line) at fault."""
+    where = path
+    try:
+        if path.is_dir():
+            files = sorted(path.glob("*.yaml"))
+            texts = []
+            for where in files:
+                texts.append((str(where), where.read_text(encoding="utf-8")))
+        else:
+            texts = [(str(path), path.read_text(encoding="utf-8"))]
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise PolicyError(str(where), 0, f"cannot read rate limit config: {why}") from None
+    return parse_rate_limit_files(texts, merge_domains=merge_domains)

@@ -8,20 +8,15 @@ from types import MappingProxyType
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from leaky.events.v1 import events_pb2 as ev
-from leaky.token.v1 import limits_pb2
-from leaky_tokens.token.domain.decision import Level
+from leaky_tokens.token.adapters.event_limits import LEVELS as _LEVEL
+from leaky_tokens.token.adapters.event_limits import limit_statuses, statuses_back
+from leaky_tokens.token.domain.decision import Level, LevelStatus, Limiting
 from leaky_tokens.token.domain.ports import EventKind, UsageEvent
 
 SOURCE = "token"
 
 # A quota level's debit is recorded against its window: the store's event does not split
 # window from purchased balance (ADR 0024), consumers needing the split read the quota.
-_LEVEL = {
-    Level.USER_BUCKET: limits_pb2.LIMIT_LEVEL_USER_BUCKET,
-    Level.ORG_BUCKET: limits_pb2.LIMIT_LEVEL_ORG_BUCKET,
-    Level.USER_QUOTA: limits_pb2.LIMIT_LEVEL_USER_QUOTA_WINDOW,
-    Level.ORG_QUOTA: limits_pb2.LIMIT_LEVEL_ORG_QUOTA_WINDOW,
-}
 _LEVEL_BACK = {wire: level for level, wire in _LEVEL.items()}
 _REASON = {
     "RATE_LIMITED": ev.DECISION_REASON_RATE_LIMITED,
@@ -66,6 +61,7 @@ def envelope(event: UsageEvent, source: str = SOURCE) -> ev.EventEnvelope:
                 user_id=event.user_id,
                 org_id=org,
                 provider=event.provider,
+                limits=limit_statuses(event),
             )
         )
     elif kind is EventKind.REFUNDED:
@@ -80,28 +76,39 @@ def envelope(event: UsageEvent, source: str = SOURCE) -> ev.EventEnvelope:
                 provider=event.provider,
             )
         )
-    elif kind is EventKind.RESERVED:
+    elif kind in (EventKind.RESERVED, EventKind.RESERVE_DENIED):
+        granted = kind is EventKind.RESERVED
         out.tokens_reserved.CopyFrom(
             ev.TokensReserved(
-                reservation_id=event.causation_id,
+                # A denial holds nothing, so it has no reservation id (the contract); its
+                # decision id is the one the client heard in the denial's LimitDecision.
+                reservation_id=event.causation_id if granted else "",
                 decision_id=event.event_id,
                 tokens=event.tokens,
-                allowed=True,
-                reason=ev.DECISION_REASON_ALLOWED,
-                debits=_debits(event, 1),
+                allowed=granted,
+                reason=_reason(event),
+                debits=_debits(event, 1) if granted else (),
                 user_id=event.user_id,
                 org_id=org,
                 provider=event.provider,
+                limits=limit_statuses(event),
             )
         )
+        if granted and event.expires_at_ms:
+            out.tokens_reserved.expires_at.CopyFrom(_timestamp(event.expires_at_ms))
     elif kind is EventKind.SETTLED:
+        net = event.tokens - event.estimate
         out.reservation_settled.CopyFrom(
             ev.ReservationSettled(
                 reservation_id=event.causation_id,
                 decision_id=event.event_id,
+                reserved_tokens=event.estimate,
                 actual_tokens=event.tokens,
-                # The store's event carries neither the estimate nor each level's net
-                # change, so reserved/refunded/charged and debits stay unset (ADR 0024).
+                refunded_tokens=max(0, -net),
+                charged_tokens=max(0, net),
+                # Each level moved by the difference, less the excess it had no room for
+                # (that part is overage: billed, not held against the limit).
+                debits=[_debit(lv, net - event.overage.get(lv, 0)) for lv in event.levels],
                 overage=[_debit(level, n) for level, n in sorted(event.overage.items())],
                 user_id=event.user_id,
                 org_id=org,
@@ -128,6 +135,8 @@ def envelope(event: UsageEvent, source: str = SOURCE) -> ev.EventEnvelope:
                 user_id=event.user_id,
                 org_id=org,
                 provider=event.provider,
+                granted_by=event.granted_by,
+                reason=event.reason or "",
             )
         )
     else:  # pragma: no cover - EventKind is closed; a new kind must be mapped here first
@@ -162,6 +171,7 @@ def usage_event(env: ev.EventEnvelope) -> UsageEvent:
     case = env.WhichOneof("event")
     reason: str | None = None
     overage: Mapping[Level, int] = MappingProxyType({})
+    estimate, expires_at_ms, granted_by = 0, 0, ""
     if case == "token_usage_recorded":
         body = env.token_usage_recorded
         kind = EventKind.ALLOWED if body.allowed else EventKind.DENIED
@@ -171,23 +181,35 @@ def usage_event(env: ev.EventEnvelope) -> UsageEvent:
         body_r = env.tokens_refunded
         kind, tokens, reason = EventKind.REFUNDED, body_r.tokens, body_r.reason or None
     elif case == "tokens_reserved":
-        kind, tokens = EventKind.RESERVED, env.tokens_reserved.tokens
+        body_v = env.tokens_reserved
+        kind = EventKind.RESERVED if body_v.allowed else EventKind.RESERVE_DENIED
+        reason = None if body_v.allowed else _REASON_BACK.get(body_v.reason)
+        tokens = body_v.tokens
+        if body_v.HasField("expires_at"):
+            expires_at_ms = body_v.expires_at.ToMilliseconds()
     elif case == "reservation_settled":
         body_s = env.reservation_settled
-        kind, tokens = EventKind.SETTLED, body_s.actual_tokens
+        kind, tokens, estimate = EventKind.SETTLED, body_s.actual_tokens, body_s.reserved_tokens
         overage = MappingProxyType({_LEVEL_BACK[d.level]: d.tokens for d in body_s.overage})
     elif case == "reservation_released":
         body_x = env.reservation_released
         kind, tokens = EventKind.RELEASED, body_x.released_tokens
         reason = EXPIRED if body_x.expired else None
     elif case == "tokens_granted":
-        kind, tokens = EventKind.CREDITED, env.tokens_granted.tokens
+        body_g = env.tokens_granted
+        kind, tokens, reason = EventKind.CREDITED, body_g.tokens, body_g.reason or None
+        granted_by = body_g.granted_by
     else:
         raise EventCodecError(f"not a token usage event: {case!r}")
     body_any = getattr(env, case)
     levels: tuple[Level, ...]
+    statuses: tuple[LevelStatus, ...] = ()
+    limiting: tuple[Limiting, ...] = ()
     if case == "tokens_granted":
         levels = (Level.ORG_QUOTA if body_any.org_id else Level.USER_QUOTA,)
+    elif kind in (EventKind.DENIED, EventKind.RESERVE_DENIED):
+        statuses, limiting = statuses_back(body_any.limits)
+        levels = tuple(x.level for x in limiting)
     else:
         levels = tuple(_LEVEL_BACK[d.level] for d in body_any.debits)
     return UsageEvent(
@@ -203,6 +225,11 @@ def usage_event(env: ev.EventEnvelope) -> UsageEvent:
         levels=levels,
         reason=reason,
         overage=overage,
+        statuses=statuses,
+        limiting=limiting,
+        estimate=estimate,
+        expires_at_ms=expires_at_ms,
+        granted_by=granted_by,
     )
 
 
@@ -211,7 +238,7 @@ def _timestamp(ms: int) -> Timestamp:
 
 
 def _reason(event: UsageEvent) -> ev.DecisionReason.ValueType:
-    if event.kind is EventKind.ALLOWED:
+    if event.kind in (EventKind.ALLOWED, EventKind.RESERVED):
         return ev.DECISION_REASON_ALLOWED
     return _REASON.get(event.reason or "", ev.DECISION_REASON_UNSPECIFIED)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
-from leaky_tokens.token.adapters.in_process_event_log import InProcessEventLog
+from leaky_tokens.token.adapters.in_process_event_log import InProcessEventLog, usage_event
 from leaky_tokens.token.adapters.key_layout import KeyLayout
 from leaky_tokens.token.adapters.snapshots import current, levels_of
 from leaky_tokens.token.domain import decision as dec
@@ -25,6 +26,7 @@ from leaky_tokens.token.domain.ports import (
     ReserveRequest,
     StoredEvent,
     Subject,
+    same_request,
 )
 from leaky_tokens.token.domain.quota import QuotaState
 from leaky_tokens.token.domain.reservation import Reservation, Reserved, Settlement
@@ -36,8 +38,9 @@ HOUR_MS = 3_600_000
 class _Decision:
     subject: Subject
     limits: LevelLimits
-    result: Allowed | Denied
+    result: Allowed
     expires_ms: int
+    ikey: str | None = None  # the idempotency key naming it, forgotten on its refund
     refunded: bool = False
 
 
@@ -45,8 +48,8 @@ class _Decision:
 class _Reservation:
     subject: Subject
     limits: LevelLimits
-    outcome: Reserved | Denied
-    held: Reservation | None  # None: a denial kept for its idempotency key
+    outcome: Reserved
+    held: Reservation
     expires_ms: int | None = None  # of the record, once no longer pending
 
 
@@ -74,7 +77,6 @@ class InMemoryDecisionStore:
         self._keys: dict[str, tuple[str, int]] = {}  # idempotency key -> (id, expires)
         self._grants: dict[str, tuple[int, int]] = {}  # grant key -> (balance, expires)
         self._log = InProcessEventLog()
-        self._emit = self._log.append
 
     # --- the port -------------------------------------------------------------------------
     async def decide(self, request: DecisionRequest) -> DecisionOutcome:
@@ -82,10 +84,10 @@ class InMemoryDecisionStore:
             return self._decide(request)
 
     async def refund(
-        self, subject: Subject, decision_id: str, tokens: int, now_ms: int
+        self, subject: Subject, decision_id: str, tokens: int, now_ms: int, reason: str = ""
     ) -> RefundOutcome:
         with self._lock:
-            return self._refund(subject, decision_id, tokens, now_ms)
+            return self._refund(subject, decision_id, tokens, now_ms, reason)
 
     async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
         with self._lock:
@@ -106,8 +108,9 @@ class InMemoryDecisionStore:
             return self._finish(subject, reservation_id, now_ms, None)
 
     async def credit_balance(
-        self, subject: Subject, level: Level, tokens: int, grant_id: str, now_ms: int
-    ) -> CreditOutcome:
+        self, subject: Subject, level: Level, tokens: int, grant_id: str, now_ms: int,
+        granted_by: str = "", reason: str = "",
+    ) -> CreditOutcome:  # fmt: skip
         if level not in dec.QUOTA_LEVELS or (level is Level.ORG_QUOTA and not subject.org_id):
             raise ValueError(f"a balance is credited to a quota level, not {level}")
         with self._lock:
@@ -121,7 +124,10 @@ class InMemoryDecisionStore:
             state = quota.credit(self._quotas.get(key, QuotaState()), tokens)
             self._quotas[key] = state
             self._grants[gkey] = (state.balance, now_ms + self._ttl)
-            self._emit(EventKind.CREDITED, grant_id, subject, tokens, now_ms, grant_id, (level,))
+            self._emit(
+                EventKind.CREDITED, grant_id, subject, tokens, now_ms, grant_id, (level,),
+                reason or None, granted_by=granted_by,
+            )  # fmt: skip
             return CreditOutcome(grant_id, state.balance, changed=True)
 
     async def read(self, subject: Subject, limits: LevelLimits, now_ms: int) -> Snapshot:
@@ -152,32 +158,35 @@ class InMemoryDecisionStore:
 
     # --- one step each ---------------------------------------------------------------------
     def _decide(self, request: DecisionRequest) -> DecisionOutcome:
-        now, subject = request.now_ms, request.subject
+        now, subject, did = request.now_ms, request.subject, request.decision_id
         self._sweep(now, subject)
         base = self._layout.base_for(subject)
         ikey = self._idem(base, "c", subject, request.idempotency_key)
         earlier = self._known(ikey, now)
         if earlier is not None and (record := self._live_decision(base, earlier, now)):
+            same_request(record.subject, record.result.debit.tokens, subject, request.tokens)
             return DecisionOutcome(earlier, record.result, replayed=True)
         snap = self._snapshot(subject, request.limits)
         result = dec.decide(snap, request.tokens, now)
-        if isinstance(result, Allowed):
-            self._write(subject, result.snapshot)
-            kind, levels, reason = EventKind.ALLOWED, levels_of(request.limits), None
-        else:
-            levels = tuple(x.level for x in result.limiting)
-            kind, reason = EventKind.DENIED, result.reason.value
-        dkey = self._layout.decision_key(base, request.decision_id)
-        kept = ikey or (request.refundable and isinstance(result, Allowed))
-        if kept:  # for a refund or a replay; otherwise nothing needs it
-            self._decisions[dkey] = _Decision(subject, request.limits, result, now + self._ttl)
+        if isinstance(result, Denied):
+            # A denial changed nothing and keeps no key: a retry is decided afresh (ADR 0031).
+            self._emit_denial(EventKind.DENIED, did, subject, request.tokens, now, result)
+            return DecisionOutcome(did, result)
+        self._write(subject, result.snapshot)
+        dkey = self._layout.decision_key(base, did)
+        if ikey or request.refundable:  # for a refund or a replay; otherwise nothing needs it
+            self._decisions[dkey] = _Decision(
+                subject, request.limits, result, now + self._ttl, ikey
+            )
         if ikey:
-            self._keys[ikey] = (request.decision_id, now + self._ttl)
-        did = request.decision_id
-        self._emit(kind, did, subject, request.tokens, now, did, levels, reason)
+            self._keys[ikey] = (did, now + self._ttl)
+        levels = levels_of(request.limits)
+        self._emit(EventKind.ALLOWED, did, subject, request.tokens, now, did, levels)
         return DecisionOutcome(did, result)
 
-    def _refund(self, subject: Subject, decision_id: str, tokens: int, now: int) -> RefundOutcome:
+    def _refund(
+        self, subject: Subject, decision_id: str, tokens: int, now: int, reason: str
+    ) -> RefundOutcome:
         self._sweep(now, subject)
         base = self._layout.base_for(subject)
         record = self._live_decision(base, decision_id, now)
@@ -188,10 +197,14 @@ class InMemoryDecisionStore:
         snap = self._snapshot(subject, record.limits)
         self._write(subject, dec.refund(snap, debit, give, now))
         record.refunded = True
+        if record.ikey is not None and self._known(record.ikey, now) == decision_id:
+            # Nothing was served: the client's retry with the same key is a new decision.
+            del self._keys[record.ikey]
         levels = levels_of(record.limits)
         self._emit(
-            EventKind.REFUNDED, f"{decision_id}:refund", subject, give, now, decision_id, levels
-        )
+            EventKind.REFUNDED, f"{decision_id}:refund", subject, give, now, decision_id, levels,
+            reason or None,
+        )  # fmt: skip
         return RefundOutcome(decision_id, give, changed=True)
 
     def _reserve(self, request: ReserveRequest) -> ReserveOutcome:
@@ -199,32 +212,32 @@ class InMemoryDecisionStore:
         self._sweep(now, subject)
         base = self._layout.base_for(subject)
         ikey = self._idem(base, "r", subject, request.idempotency_key)
-        earlier = self._known(ikey, now) or rid
-        known = self._reservations.get(self._layout.reservation_key(base, earlier))
+        earlier = self._known(ikey, now)
+        if earlier is not None and (
+            first := self._reservations.get(self._layout.reservation_key(base, earlier))
+        ):
+            same_request(first.subject, first.held.estimate, subject, request.estimate)
+            return ReserveOutcome(earlier, first.outcome, replayed=True)
+        rkey = self._layout.reservation_key(base, rid)
+        known = self._reservations.get(rkey)
         if known is not None and known.subject == subject:
-            return ReserveOutcome(earlier, known.outcome, replayed=True)
+            return ReserveOutcome(rid, known.outcome, replayed=True)
         if known is not None:
-            raise ReservationIdTakenError(earlier)
+            raise ReservationIdTakenError(rid)
         snap = self._snapshot(subject, request.limits)
         result = res.reserve(snap, rid, request.estimate, now, request.ttl_ms)
         if isinstance(result, Denied):
-            refused, why = tuple(x.level for x in result.limiting), result.reason.value
-            self._emit(EventKind.DENIED, rid, subject, request.estimate, now, rid, refused, why)
-            if ikey:  # a retry with the same key hears the same denial
-                rkey = self._layout.reservation_key(base, rid)
-                self._reservations[rkey] = _Reservation(
-                    subject, request.limits, result, None, now + self._ttl
-                )
-                self._keys[ikey] = (rid, now + self._ttl)
+            # Nothing held and no key kept: a retry is decided afresh (ADR 0031).
+            self._emit_denial(EventKind.RESERVE_DENIED, rid, subject, request.estimate, now, result)
             return ReserveOutcome(rid, result)
         self._write(subject, result.snapshot)
-        rkey = self._layout.reservation_key(base, rid)
         self._reservations[rkey] = _Reservation(subject, request.limits, result, result.reservation)
         if ikey:
             self._keys[ikey] = (rid, now + self._ttl)
         self._emit(
-            EventKind.RESERVED, rid, subject, request.estimate, now, rid, levels_of(request.limits)
-        )
+            EventKind.RESERVED, rid, subject, request.estimate, now, rid,
+            levels_of(request.limits), expires_at_ms=result.reservation.expires_at_ms,
+        )  # fmt: skip
         return ReserveOutcome(rid, result)
 
     def _finish(
@@ -232,7 +245,7 @@ class InMemoryDecisionStore:
     ) -> Settlement | None:
         rkey = self._layout.reservation_key(self._layout.base_for(subject), rid)
         record = self._reservations.get(rkey)
-        if record is None or record.subject != subject or record.held is None:
+        if record is None or record.subject != subject:
             return None
         snap = self._snapshot(subject, record.limits)
         if actual is None:
@@ -250,16 +263,9 @@ class InMemoryDecisionStore:
             )
         else:
             self._emit(
-                EventKind.SETTLED,
-                f"{rid}:settle",
-                subject,
-                actual,
-                now,
-                rid,
-                levels,
-                None,
-                done.reservation.overage,
-            )
+                EventKind.SETTLED, f"{rid}:settle", subject, actual, now, rid, levels, None,
+                done.reservation.overage, estimate=done.reservation.estimate,
+            )  # fmt: skip
         return done
 
     # --- shared steps ----------------------------------------------------------------------
@@ -272,11 +278,10 @@ class InMemoryDecisionStore:
             if base is None or self._layout.base_for(r.subject) == base
         ]
         # In deadline order, then by id, at most `sweep_limit` per call: as the scripts do.
-        held = (r.held for r in records if r.held is not None)
-        due = sorted(res.expire(held, now), key=_deadline)
+        due = sorted(res.expire((r.held for r in records), now), key=_deadline)
         if caller is not None:
             due = due[: self._sweep_limit]
-        by_id = {r.held.id: r for r in records if r.held is not None}
+        by_id = {r.held.id: r for r in records}
         for expired in due:
             record = by_id[expired.id]
             self._finish(record.subject, expired.id, now, None, "expired")
@@ -293,6 +298,18 @@ class InMemoryDecisionStore:
         for table in (self._keys, self._grants):
             for key in [k for k, v in table.items() if v[1] <= now]:
                 del table[key]
+
+    def _emit(self, *args: Any, **details: Any) -> None:
+        self._log.append(usage_event(*args, **details))
+
+    def _emit_denial(
+        self, kind: EventKind, did: str, subject: Subject, tokens: int, now: int, denied: Denied
+    ) -> None:
+        refused = tuple(x.level for x in denied.limiting)
+        self._emit(
+            kind, did, subject, tokens, now, did, refused, denied.reason.value,
+            statuses=denied.statuses, limiting=denied.limiting,
+        )  # fmt: skip
 
     def _idem(self, base: str, op: str, subject: Subject, key: str | None) -> str | None:
         return self._layout.idempotency_key(base, op, subject, key) if key else None

@@ -5,9 +5,30 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 from leaky_tokens.token.domain.decision import Level
 from leaky_tokens.token.domain.ports import EventKind, StoredEvent, Subject, UsageEvent
+
+
+def usage_event(
+    kind: EventKind,
+    event_id: str,
+    subject: Subject,
+    tokens: int,
+    now_ms: int,
+    cause: str,
+    levels: tuple[Level, ...],
+    reason: str | None = None,
+    overage: Mapping[Level, int] | None = None,
+    **details: Any,
+) -> UsageEvent:
+    """One event of `subject` at `now_ms`; `details` are UsageEvent's optional fields."""
+    return UsageEvent(
+        event_id, kind, now_ms, subject.tenant, subject.user_id, subject.org_id,
+        subject.provider, tokens, cause, levels, reason,
+        MappingProxyType(dict(overage or {})), **details,
+    )  # fmt: skip
 
 
 class InProcessEventLog:
@@ -20,25 +41,9 @@ class InProcessEventLog:
         self._events: deque[StoredEvent] = deque()
         self._position = 0
 
-    def append(
-        self,
-        kind: EventKind,
-        event_id: str,
-        subject: Subject,
-        tokens: int,
-        now_ms: int,
-        cause: str,
-        levels: tuple[Level, ...],
-        reason: str | None = None,
-        overage: Mapping[Level, int] | None = None,
-    ) -> None:
-        """Record one event of `subject` at `now_ms`."""
+    def append(self, event: UsageEvent) -> None:
+        """Record one event at the next position."""
         self._position += 1
-        event = UsageEvent(
-            event_id, kind, now_ms, subject.tenant, subject.user_id, subject.org_id,
-            subject.provider, tokens, cause, levels, reason,
-            MappingProxyType(dict(overage or {})),
-        )  # fmt: skip
         self._events.append(StoredEvent(str(self._position), event))
 
     @property

@@ -86,8 +86,13 @@ class KeyLayout:
         return f"{base}r:{check_id(reservation_id, 'reservation id')}"
 
     def idempotency_key(self, base: str, op: str, subject: Subject, key: str) -> str:
-        """A client idempotency key, scoped to the operation and the user."""
-        return f"{base}i:{op}:{subject.user_id}:{check_id(key, 'idempotency key')}"
+        """A client idempotency key, scoped to the operation, the tenant and the user (ADR 0031).
+
+        The fields are joined by the separator ids cannot hold, so no two scopes share a name;
+        the provider is not in the scope: a key reused for another provider is refused.
+        """
+        scope = SEP.join((subject.tenant, subject.user_id, check_id(key, "idempotency key")))
+        return f"{base}i:{op}:{scope}"
 
     def grant_key(self, base: str, grant_id: str) -> str:
         """The record of one balance grant (a repeat is a no-op)."""

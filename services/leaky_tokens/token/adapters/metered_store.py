@@ -117,11 +117,11 @@ class MeteredDecisionStore:
         self._m.decision(rpc, subject.provider, deciding_level(result), outcome).inc()
 
     async def refund(
-        self, subject: Subject, decision_id: str, tokens: int, now_ms: int
+        self, subject: Subject, decision_id: str, tokens: int, now_ms: int, reason: str = ""
     ) -> RefundOutcome:
         started = perf_counter()
         try:
-            done = await self._inner.refund(subject, decision_id, tokens, now_ms)
+            done = await self._inner.refund(subject, decision_id, tokens, now_ms, reason)
         finally:
             self._t_refund.observe(perf_counter() - started)
         if done.changed:
@@ -155,11 +155,14 @@ class MeteredDecisionStore:
         self._m.decision(rpc, subject.provider, ALL, outcome).inc()
 
     async def credit_balance(
-        self, subject: Subject, level: Level, tokens: int, grant_id: str, now_ms: int
-    ) -> CreditOutcome:
+        self, subject: Subject, level: Level, tokens: int, grant_id: str, now_ms: int,
+        granted_by: str = "", reason: str = "",
+    ) -> CreditOutcome:  # fmt: skip
         started = perf_counter()
         try:
-            return await self._inner.credit_balance(subject, level, tokens, grant_id, now_ms)
+            return await self._inner.credit_balance(
+                subject, level, tokens, grant_id, now_ms, granted_by, reason
+            )
         finally:
             self._t_credit.observe(perf_counter() - started)
 

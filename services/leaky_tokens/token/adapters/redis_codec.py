@@ -9,7 +9,16 @@ from types import MappingProxyType
 from leaky_tokens.token.adapters.key_layout import SEP, KeyLayout
 from leaky_tokens.token.adapters.snapshots import levels_of
 from leaky_tokens.token.domain.bucket import BucketLimit, BucketState
-from leaky_tokens.token.domain.decision import BucketSlot, Level, QuotaSlot, Snapshot
+from leaky_tokens.token.domain.decision import (
+    BucketSlot,
+    Denied,
+    Level,
+    LevelStatus,
+    Limiting,
+    QuotaSlot,
+    Snapshot,
+    decide,
+)
 from leaky_tokens.token.domain.policy import LevelLimits
 from leaky_tokens.token.domain.ports import EventKind, Subject, UsageEvent
 from leaky_tokens.token.domain.quota import QuotaLimit, QuotaState
@@ -26,6 +35,12 @@ class StoreInconsistencyError(RuntimeError):
 def who(subject: Subject) -> str:
     """The subject as scripts store and compare it (owner checks, events)."""
     return SEP.join((subject.tenant, subject.user_id, subject.org_id or "", subject.provider))
+
+
+def subject_of(text: str | bytes) -> Subject:
+    """The subject back from `who`."""
+    _tenant, user, org, provider = _text(text).split(SEP)
+    return Subject(user, provider, org or None)
 
 
 def level_spec(layout: KeyLayout, base: str, subject: Subject, limits: LevelLimits) -> str:
@@ -121,10 +136,22 @@ def overage(text: str | bytes) -> Mapping[Level, int]:
 
 
 def event(fields: Mapping[bytes, bytes]) -> UsageEvent:
-    """A usage event from its stream entry."""
+    """A usage event from its stream entry.
+
+    A denial's entry carries the decision's record; the domain's `decide` replayed on it gives
+    every level's status, exactly as the in-memory store records them (no arithmetic in Lua).
+    """
     get = {k.decode(): v.decode() for k, v in fields.items()}
     tenant, user, org, provider = get["who"].split(SEP)
     levels = tuple(Level(x) for x in get["lv"].split(",") if x)
+    statuses: tuple[LevelStatus, ...] = ()
+    limiting: tuple[Limiting, ...] = ()
+    if "rec" in get:
+        rec = record(get["rec"])
+        denied = decide(rec.before, rec.tokens, rec.now_ms)
+        if not isinstance(denied, Denied):
+            raise StoreInconsistencyError("a denial's record replays as allowed")
+        statuses, limiting = denied.statuses, denied.limiting
     return UsageEvent(
         event_id=get["id"],
         kind=EventKind(get["kind"]),
@@ -138,6 +165,11 @@ def event(fields: Mapping[bytes, bytes]) -> UsageEvent:
         levels=levels,
         reason=get["why"] or None,
         overage=overage(get["over"]),
+        statuses=statuses,
+        limiting=limiting,
+        estimate=int(get.get("est", 0)),
+        expires_at_ms=int(get.get("exp", 0)),
+        granted_by=get.get("by", ""),
     )
 
 

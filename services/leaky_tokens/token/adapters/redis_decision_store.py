@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from leaky_tokens.token.adapters import redis_codec as codec
-from leaky_tokens.token.adapters.key_layout import RS, KeyLayout
+from leaky_tokens.token.adapters.key_layout import RS, SEP, KeyLayout
 from leaky_tokens.token.adapters.redis_dispatcher import BatchDispatcher
 from leaky_tokens.token.adapters.redis_scripts import Script, load_scripts
 from leaky_tokens.token.adapters.snapshots import current
@@ -30,6 +30,7 @@ from leaky_tokens.token.domain.ports import (
     StoredEvent,
     StoreUnavailableError,
     Subject,
+    same_request,
 )
 from leaky_tokens.token.domain.reservation import ReservationStatus, Reserved, Settlement
 
@@ -96,18 +97,23 @@ class RedisDecisionStore:
         keep = "1" if request.refundable else "0"
         args = (request.decision_id, ikey, str(request.tokens), spec, keep)
         reply = await self._run("decide", base, s, request.now_ms, *args)
-        replayed, text, did = int(reply[0]), reply[1], _str(reply[2])
+        replayed, text = int(reply[0]), reply[1]
+        if replayed < 0:
+            _refuse_reuse(reply, s, request.tokens)
+        did = _str(reply[2])
         rec = codec.record(text)
         result = dec.decide(rec.before, rec.tokens, rec.now_ms)
         _agree(isinstance(result, Allowed), rec.allowed)
         return DecisionOutcome(did, result, replayed=bool(replayed))
 
     async def refund(
-        self, subject: Subject, decision_id: str, tokens: int, now_ms: int
+        self, subject: Subject, decision_id: str, tokens: int, now_ms: int, reason: str = ""
     ) -> RefundOutcome:
         base = self._layout.base_for(subject)
         self._layout.decision_key(base, decision_id)
-        given = int(await self._run("refund", base, subject, now_ms, decision_id, str(tokens)))
+        _check_text(reason)
+        args = (decision_id, str(tokens), reason)
+        given = int(await self._run("refund", base, subject, now_ms, *args))
         return RefundOutcome(decision_id, max(0, given), changed=given >= 0)
 
     async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
@@ -118,6 +124,8 @@ class RedisDecisionStore:
         spec = codec.level_spec(self._layout, base, s, request.limits)
         args = (rid, ikey, str(request.estimate), spec, str(request.ttl_ms))
         reply = await self._run("reserve", base, s, request.now_ms, *args)
+        if int(reply[0]) == -2:
+            _refuse_reuse(reply, s, request.estimate)
         if int(reply[0]) < 0:
             raise ReservationIdTakenError(rid)
         replayed, text, found = int(reply[0]), reply[1], _str(reply[2])
@@ -137,14 +145,16 @@ class RedisDecisionStore:
         return await self._finish(subject, reservation_id, now_ms, None)
 
     async def credit_balance(
-        self, subject: Subject, level: Level, tokens: int, grant_id: str, now_ms: int
-    ) -> CreditOutcome:
+        self, subject: Subject, level: Level, tokens: int, grant_id: str, now_ms: int,
+        granted_by: str = "", reason: str = "",
+    ) -> CreditOutcome:  # fmt: skip
         if level not in dec.QUOTA_LEVELS or (level is Level.ORG_QUOTA and not subject.org_id):
             raise ValueError(f"a balance is credited to a quota level, not {level}")
         base = self._layout.base_for(subject)
         self._layout.grant_key(base, grant_id)
         key = self._layout.level_key(base, level, subject)
-        args = (grant_id, key, str(tokens), level.value)
+        _check_text(granted_by, reason)
+        args = (grant_id, key, str(tokens), level.value, granted_by, reason)
         try:
             reply = await self._run("credit", base, subject, now_ms, *args)
         except rx.ResponseError as error:
@@ -267,6 +277,19 @@ class RedisDecisionStore:
             else:
                 pipe.execute_command("EVAL", c.script.text, 1, c.stream, *c.args)
         return list(await pipe.execute(raise_on_error=False))
+
+
+def _check_text(*texts: str) -> None:
+    # Free text travels in the packed script argument, whose separators it must not hold.
+    if any(sep in text for text in texts for sep in (RS, SEP)):
+        raise ValueError("a reason or name must not contain \\x1e or \\x1f")
+
+
+def _refuse_reuse(reply: Sequence[Any], subject: Subject, tokens: int) -> None:
+    """A key first used for another request: the script returned that request's subject."""
+    first = codec.subject_of(reply[1])
+    same_request(first, int(reply[2]) if len(reply) > 2 else -1, subject, tokens)
+    raise codec.StoreInconsistencyError("the script refused a key reuse the domain accepts")
 
 
 def _agree(domain_allowed: bool, script_allowed: bool) -> None:

@@ -105,11 +105,13 @@ class ResilientDecisionStore:
         return await self._local.reserve(replace(request, limits=self._fallback(request.limits)))
 
     async def refund(
-        self, subject: Subject, decision_id: str, tokens: int, now_ms: int
+        self, subject: Subject, decision_id: str, tokens: int, now_ms: int, reason: str = ""
     ) -> RefundOutcome:
         if decision_id in self._local_ids:
-            return await self._local.refund(subject, decision_id, tokens, now_ms)
-        return await self._try(lambda: self._primary.refund(subject, decision_id, tokens, now_ms))
+            return await self._local.refund(subject, decision_id, tokens, now_ms, reason)
+        return await self._try(
+            lambda: self._primary.refund(subject, decision_id, tokens, now_ms, reason)
+        )
 
     async def settle(
         self, subject: Subject, reservation_id: str, actual: int, now_ms: int
@@ -128,11 +130,14 @@ class ResilientDecisionStore:
         return await self._try(lambda: self._primary.release(subject, reservation_id, now_ms))
 
     async def credit_balance(
-        self, subject: Subject, level: Level, tokens: int, grant_id: str, now_ms: int
-    ) -> CreditOutcome:
+        self, subject: Subject, level: Level, tokens: int, grant_id: str, now_ms: int,
+        granted_by: str = "", reason: str = "",
+    ) -> CreditOutcome:  # fmt: skip
         # A purchase must land in the shared store; a local balance would be lost.
         return await self._try(
-            lambda: self._primary.credit_balance(subject, level, tokens, grant_id, now_ms)
+            lambda: self._primary.credit_balance(
+                subject, level, tokens, grant_id, now_ms, granted_by, reason
+            )
         )
 
     async def read(self, subject: Subject, limits: LevelLimits, now_ms: int) -> Snapshot:

@@ -15,6 +15,7 @@ from leaky_tokens.token.domain.units import SAFE_LIMIT
 
 MAX_IDEMPOTENCY_KEY = 100  # characters (the contract)
 MAX_ID = 128  # user, org and reservation ids are UUIDs; this bounds anything else
+MAX_REASON = 200  # characters of a grant's reason (it travels in the grant's event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +66,24 @@ def check_key(check: Validator, key: str) -> str | None:
     """The idempotency key (None when empty), recording a violation when too long."""
     if len(key) > MAX_IDEMPOTENCY_KEY:
         check.fail("idempotencyKey", f"must be at most {MAX_IDEMPOTENCY_KEY} characters")
-    if "\x1f" in key:
+    if _has_control(key):
         check.fail("idempotencyKey", "must not contain control characters")
     return key or None
+
+
+def check_reason(check: Validator, reason: str) -> None:
+    """Record a violation unless a grant's reason is given, short and printable."""
+    if not check.require("reason", reason):
+        return
+    if len(reason) > MAX_REASON:
+        check.fail("reason", f"must be at most {MAX_REASON} characters")
+    if _has_control(reason):
+        check.fail("reason", "must not contain control characters")
+
+
+def _has_control(text: str) -> bool:
+    # The store packs fields with \x1e/\x1f; no control character belongs in these texts.
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
 
 
 # A reservation id names its subject, so Settle and Release (which carry only the id) find

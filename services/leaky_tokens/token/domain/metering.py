@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
 from leaky_tokens.runtime.errors import (
-    AlreadyExistsError,
     FailedPreconditionError,
     NotFoundError,
     PermissionDeniedError,
@@ -135,15 +135,16 @@ class Metering:
         outcome = await self._store.decide(request)
         if isinstance(outcome.result, Denied):
             raise LimitDeniedError(scope, outcome.decision_id, outcome.result)
-        if outcome.replayed:
-            _same_request(outcome.result.debit.tokens, tokens)
+        if outcome.replayed:  # the same request again (the store refuses a key reused otherwise)
             return Consumed(scope, outcome.decision_id, outcome.result, True, None)
         try:
             answer = await self._provider.chat(ChatCall(provider, prompt, credential))
-        except BaseException:
+        except BaseException as error:
             # Whatever failed (the provider, or the client went away), nothing was served.
             now_ms = to_ms(self._clock.now())
-            await self._store.refund(scope.subject, outcome.decision_id, tokens, now_ms)
+            cancelled = isinstance(error, asyncio.CancelledError)
+            why = "cancelled" if cancelled else "provider call failed"
+            await self._store.refund(scope.subject, outcome.decision_id, tokens, now_ms, why)
             raise
         return Consumed(scope, outcome.decision_id, outcome.result, False, answer)
 
@@ -170,8 +171,6 @@ class Metering:
         outcome = await self._store.reserve(request)
         if isinstance(outcome.result, Denied):
             raise LimitDeniedError(scope, outcome.reservation_id, outcome.result)
-        if outcome.replayed:
-            _same_request(outcome.result.reservation.estimate, tokens)
         return Held(scope, outcome.result, outcome.replayed)
 
     async def settle(self, caller: Caller, rid: str, actual: int | None) -> Closed:
@@ -223,14 +222,16 @@ class Metering:
         check = Validator()
         access.check_subject(check, policy, user_id, provider, org_id)
         access.check_tokens(check, "tokens", tokens, self._limits, 1)
-        check.require("reason", reason)
+        access.check_reason(check, reason)
         ikey = access.check_key(check, key)
         check.raise_if_any()
         now = self._clock.now()
         subject = Subject(user_id, provider, org_id or None)
         level = Level.ORG_QUOTA if org_id else Level.USER_QUOTA
         grant_id = ikey or self._ids.new_id()
-        credit = await self._store.credit_balance(subject, level, tokens, grant_id, to_ms(now))
+        credit = await self._store.credit_balance(
+            subject, level, tokens, grant_id, to_ms(now), caller.user_id, reason
+        )
         view = await self.quota(caller, "", user_id, org_id, provider)
         return QuotaView(view.scope, view.snapshot, credit.grant_id, not credit.changed)
 
@@ -251,16 +252,6 @@ class Metering:
         limits = policy.limits_for(roles, provider, org_id or None, now)
         tier = policy.tier_for(roles).name
         return Scope(policy, Subject(user_id, provider, org_id or None), limits, tier, to_ms(now))
-
-
-def _same_request(first: int, now: int) -> None:
-    """A replayed key must come with the request it was first used for (same token count;
-    the store scopes keys to the user and tenant)."""
-    if first != now:
-        raise AlreadyExistsError(
-            f"the idempotency key was used for a request of {first} tokens, not {now}",
-            reason="IDEMPOTENCY_KEY_REUSED",
-        )
 
 
 def _limits_of(done: Settlement) -> LevelLimits:

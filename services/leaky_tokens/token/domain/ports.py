@@ -9,7 +9,14 @@ from types import MappingProxyType
 from typing import Protocol
 
 from leaky_tokens.runtime.errors import AlreadyExistsError, UnavailableError
-from leaky_tokens.token.domain.decision import Allowed, Denied, Level, Snapshot
+from leaky_tokens.token.domain.decision import (
+    Allowed,
+    Denied,
+    Level,
+    LevelStatus,
+    Limiting,
+    Snapshot,
+)
 from leaky_tokens.token.domain.policy import LevelLimits
 from leaky_tokens.token.domain.reservation import Reserved, Settlement
 
@@ -26,6 +33,25 @@ class ReservationIdTakenError(AlreadyExistsError):
             f"reservation id {reservation_id!r} is taken", reason="RESERVATION_ID_TAKEN"
         )
         self.reservation_id = reservation_id
+
+
+class IdempotencyKeyReusedError(AlreadyExistsError):
+    """A client key named another request of the same user and tenant (ADR 0031): refused,
+    never replayed, so a key reused for another provider or size cannot borrow a decision."""
+
+    def __init__(self, what: str, first: object, now: object) -> None:
+        super().__init__(
+            f"the idempotency key was used for a request with {what} {first}, not {now}",
+            reason="IDEMPOTENCY_KEY_REUSED",
+        )
+
+
+def same_request(first: Subject, first_tokens: int, now: Subject, now_tokens: int) -> None:
+    """Refuse a replay unless the key comes with the request it was first used for."""
+    if first.provider != now.provider:
+        raise IdempotencyKeyReusedError("provider", repr(first.provider), repr(now.provider))
+    if first_tokens != now_tokens:
+        raise IdempotencyKeyReusedError("tokens", first_tokens, now_tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +79,7 @@ class EventKind(StrEnum):
     DENIED = "denied"
     REFUNDED = "refunded"
     RESERVED = "reserved"
+    RESERVE_DENIED = "reserve_denied"
     SETTLED = "settled"
     RELEASED = "released"
     CREDITED = "credited"
@@ -64,7 +91,10 @@ class UsageEvent:
 
     `causation_id` is the decision, reservation or grant the event follows from; `levels` are
     the levels debited (allowed, reserved, settled), refused (denied) or given back; `reason`
-    names a denial's most severe refusal or why a reservation was released (`expired`).
+    names a denial's most severe refusal, why a reservation was released (`expired`) or why
+    tokens were granted. A denial (consume or reserve) also carries every checked level's
+    `statuses` and the refusing `limiting` levels; a settlement the `estimate` it settles; a
+    reservation its `expires_at_ms`; a grant the ADMIN who `granted_by`.
     """
 
     event_id: str
@@ -79,6 +109,11 @@ class UsageEvent:
     levels: tuple[Level, ...] = ()
     reason: str | None = None
     overage: Mapping[Level, int] = field(default_factory=lambda: MappingProxyType({}))
+    statuses: tuple[LevelStatus, ...] = ()
+    limiting: tuple[Limiting, ...] = ()
+    estimate: int = 0
+    expires_at_ms: int = 0
+    granted_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +128,13 @@ class StoredEvent:
 class DecisionRequest:
     """One consume: the levels' limits (`Policy.limits_for`), the tokens and the clock reading.
 
-    `idempotency_key` (the client's, per user) answers a retry with the first outcome; the
-    `decision_id` is fresh per request (the servicer's, never the client's) and becomes the
-    allowed/denied event's id. `refundable=False` (Envoy's ShouldRateLimit, which never
-    refunds) keeps no decision record unless an idempotency key needs one: less to store.
+    `idempotency_key` (the client's, per user and tenant) answers a retry with the first
+    allowed outcome while it stands: a denial and a refunded decision keep no key, so their
+    retry is decided afresh, and a key first used with another provider or token count is
+    refused (`IdempotencyKeyReusedError`, ADR 0031). The `decision_id` is fresh per request
+    (the servicer's, never the client's) and becomes the allowed/denied event's id.
+    `refundable=False` (Envoy's ShouldRateLimit, which never refunds) keeps no decision
+    record unless an idempotency key needs one: less to store.
     """
 
     decision_id: str
@@ -131,7 +169,7 @@ class ReserveRequest:
     """Reserve an estimate for `ttl_ms` under a fresh `reservation_id` (the servicer's).
 
     As for decisions, a retry is recognised by the client's `idempotency_key`, which then
-    answers with the first outcome (the reservation, or the denial).
+    answers with the first reservation; a denial keeps no key (the retry is decided afresh).
     """
 
     reservation_id: str
@@ -172,9 +210,10 @@ class DecisionStore(Protocol):
         """Check and debit every level, all or nothing; a known idempotency key replays."""
 
     async def refund(
-        self, subject: Subject, decision_id: str, tokens: int, now_ms: int
+        self, subject: Subject, decision_id: str, tokens: int, now_ms: int, reason: str = ""
     ) -> RefundOutcome:
-        """Give back up to `tokens` of an allowed decision, once."""
+        """Give back up to `tokens` of an allowed decision, once; forget its idempotency key.
+        `reason` (short printable text) says why, in the refund's event."""
 
     async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
         """Debit an estimate as a reservation; a known id or idempotency key replays."""
@@ -190,9 +229,11 @@ class DecisionStore(Protocol):
         """Give the whole estimate back (None: no such reservation for this subject)."""
 
     async def credit_balance(
-        self, subject: Subject, level: Level, tokens: int, grant_id: str, now_ms: int
-    ) -> CreditOutcome:
-        """Add purchased tokens to the balance of the user or org quota level (USER/ORG_QUOTA)."""
+        self, subject: Subject, level: Level, tokens: int, grant_id: str, now_ms: int,
+        granted_by: str = "", reason: str = "",
+    ) -> CreditOutcome:  # fmt: skip
+        """Add purchased tokens to the balance of the user or org quota level (USER/ORG_QUOTA);
+        the event names the ADMIN who granted them and why."""
 
     async def read(self, subject: Subject, limits: LevelLimits, now_ms: int) -> Snapshot:
         """The levels' states leaked and rolled to `now_ms` (for GetQuota); changes nothing."""

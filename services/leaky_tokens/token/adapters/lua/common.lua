@@ -211,10 +211,21 @@ local function charge_levels(levels, excess)
   return table.concat(over, ',')
 end
 
-local function emit(id, kind, who, tokens, cause, levels, why, over)
-  redis.call('XADD', STREAM, '*', 'id', id, 'kind', kind, 'at', n(NOW), 'who', who,
-             'tok', n(tokens), 'cause', cause, 'lv', table.concat(levels, ','),
-             'why', why or '', 'over', over or '')
+-- `extra` (optional) holds more field/value pairs: a denial's record ('rec', from which the
+-- service rebuilds every level's status), a settlement's estimate ('est'), a reservation's
+-- deadline ('exp'), a grant's ADMIN ('by'). Without it, the common case, no table is built.
+local function emit(id, kind, who, tokens, cause, levels, why, over, extra)
+  if extra == nil then
+    redis.call('XADD', STREAM, '*', 'id', id, 'kind', kind, 'at', n(NOW), 'who', who,
+               'tok', n(tokens), 'cause', cause, 'lv', table.concat(levels, ','),
+               'why', why or '', 'over', over or '')
+    return
+  end
+  local args = {'XADD', STREAM, '*', 'id', id, 'kind', kind, 'at', n(NOW), 'who', who,
+                'tok', n(tokens), 'cause', cause, 'lv', table.concat(levels, ','),
+                'why', why or '', 'over', over or ''}
+  for _, v in ipairs(extra) do args[#args + 1] = v end
+  redis.call(unpack(args))
 end
 
 -- reservation.release (or the end of settle): the reservation leaves PENDING.

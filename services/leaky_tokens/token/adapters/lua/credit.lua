@@ -1,4 +1,5 @@
--- A[6] grant id, A[7] quota key, A[8] tokens, A[9] level name.
+-- A[6] grant id, A[7] quota key, A[8] tokens, A[9] level name, A[10] the granting ADMIN,
+-- A[11] why.
 -- Returns {changed, balance}; a repeated grant id returns the balance it left.
 sweep()
 local gkey = BASE .. 'g:' .. A[6]
@@ -13,5 +14,5 @@ end
 lv.bal = lv.bal + tokens
 redis.call('HSET', lv.key, 'b', n(lv.bal))
 redis.call('SET', gkey, n(lv.bal), 'PX', TTL)
-emit(A[6], 'credited', WHO, tokens, A[6], {A[9]}, nil, '')
+emit(A[6], 'credited', WHO, tokens, A[6], {A[9]}, A[11], '', {'by', A[10]})
 return {1, lv.bal}

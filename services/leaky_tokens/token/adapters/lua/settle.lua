@@ -6,6 +6,7 @@ sweep()
 local rid = A[6]
 local rkey = BASE .. 'r:' .. rid
 local r = redis.call('HMGET', rkey, 'rec', 'who', 'st', 'spec', 'debit', 'est', 'act', 'over')
+-- 'denied': a denial recorded by an earlier version for its key; it holds nothing.
 if not r[1] or r[2] ~= WHO or r[3] == 'denied' then return {-1} end
 if r[3] ~= 'pending' then
   local now_states = load_all(parse_levels(split(r[4])))
@@ -26,5 +27,6 @@ else
 end
 finish(rkey, rid, 'settled', actual)
 redis.call('HSET', rkey, 'over', over)
-emit(rid .. ':settle', 'settled', WHO, actual, rid, names_of(levels), nil, over)
+emit(rid .. ':settle', 'settled', WHO, actual, rid, names_of(levels), nil, over,
+     {'est', r[6]})
 return {1, r[1], 'settled', A[7], over, before}
