@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import jwt
 import pytest
@@ -170,3 +172,152 @@ async def test_without_a_cache_every_verification_reads_the_source() -> None:
     with pytest.raises(errors.UnauthenticatedError) as info:
         await verifier.verify(old_token)  # no clock moved: refused at once
     assert info.value.reason == "UNKNOWN_KEY_ID"
+
+
+# The verified-token cache (ADR 0029).
+
+
+class FakeWall:
+    """Epoch seconds, starting at the real time (tokens are signed on it), moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every token PyJWT checked in full (signature and claims)."""
+    seen: list[str] = []
+    real = jwt.decode
+
+    def counting(token: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append(token)
+        return real(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    return seen
+
+
+async def test_a_verified_token_is_answered_from_memory_until_it_expires(
+    decodes: list[str],
+) -> None:
+    keys, wall = KeySet(), FakeWall()
+    verifier = JwtVerifier(
+        keys.fetch, issuer="iss", audience="aud", monotonic=FakeMonotonic(), wall=wall
+    )
+    exp = int(wall.now) + 300
+    token = keys.token(exp=exp)
+    first = await verifier.verify(token)
+    assert await verifier.verify(token) == first
+    assert len(decodes) == 1
+    wall.now = exp + 30 - 0.5  # the default 30 s leeway, as PyJWT applies it
+    assert await verifier.verify(token) == first
+    wall.now = exp + 30
+    with pytest.raises(errors.UnauthenticatedError) as info:
+        await verifier.verify(token)
+    assert info.value.reason == "TOKEN_EXPIRED"
+    assert verifier.cached == 0
+    assert len(decodes) == 1  # refused from what was remembered, not accepted again
+
+
+async def test_a_clock_stepped_back_before_iat_checks_the_token_in_full(
+    decodes: list[str],
+) -> None:
+    keys, wall = KeySet(), FakeWall()
+    verifier = JwtVerifier(
+        keys.fetch, issuer="iss", audience="aud", monotonic=FakeMonotonic(), wall=wall
+    )
+    token = keys.token()
+    await verifier.verify(token)
+    wall.now -= 3600
+    await verifier.verify(token)  # PyJWT, on the real clock, accepts it again
+    assert len(decodes) == 2
+
+
+def _tampered(token: str, at: int) -> str:
+    swap = "A" if token[at] != "A" else "B"
+    return token[:at] + swap + token[at + 1 :]
+
+
+async def test_a_token_with_one_character_changed_is_not_served_from_memory(
+    decodes: list[str],
+) -> None:
+    keys = KeySet()
+    verifier = verifier_for(keys)
+    token = keys.token()
+    await verifier.verify(token)
+    header, payload, signature = token.split(".")
+    middle_of_payload = len(header) + 1 + len(payload) // 2
+    middle_of_signature = len(header) + len(payload) + 2 + len(signature) // 2
+    for at in (len(header) // 2, middle_of_payload, middle_of_signature):
+        with pytest.raises(errors.UnauthenticatedError):
+            await verifier.verify(_tampered(token, at))
+    assert verifier.cached == 1  # refusals are never remembered
+    await verifier.verify(token)
+    assert decodes.count(token) == 1
+
+
+async def test_a_remembered_token_of_a_retired_key_is_refused_within_the_bound(
+    decodes: list[str],
+) -> None:
+    keys, clock = KeySet(), FakeMonotonic()
+    verifier = JwtVerifier(keys.fetch, issuer="iss", audience="aud", monotonic=clock, max_age=30)
+    old_token = keys.token("k1")
+    await verifier.verify(old_token)
+    keys.add("k2")
+    del keys.private["k1"]
+    clock.now += 30  # the cached key set is still within max_age: accepted, as before
+    await verifier.verify(old_token)
+    assert len(decodes) == 1
+    clock.now += 0.5  # the set is refetched first; k1 is gone
+    with pytest.raises(errors.UnauthenticatedError) as info:
+        await verifier.verify(old_token)
+    assert info.value.reason == "UNKNOWN_KEY_ID"
+    assert verifier.cached == 1  # still remembered, but every use checks its kid first
+    with pytest.raises(errors.UnauthenticatedError):
+        await verifier.verify(old_token)
+
+
+async def test_a_new_key_under_the_same_kid_does_not_vouch_for_remembered_tokens() -> None:
+    keys, clock = KeySet(), FakeMonotonic()
+    verifier = JwtVerifier(keys.fetch, issuer="iss", audience="aud", monotonic=clock, max_age=30)
+    old_token = keys.token("k1")
+    await verifier.verify(old_token)
+    keys.add("k1")  # a different key published under the same kid
+    clock.now += 31
+    with pytest.raises(errors.UnauthenticatedError) as info:
+        await verifier.verify(old_token)
+    assert info.value.reason == "INVALID_TOKEN"
+    assert verifier.cached == 0
+
+
+async def test_remembered_tokens_are_bounded_least_recently_used_first(
+    decodes: list[str],
+) -> None:
+    keys = KeySet()
+    verifier = JwtVerifier(
+        keys.fetch, issuer="iss", audience="aud", monotonic=FakeMonotonic(), cache_size=2
+    )
+    t1, t2, t3 = (keys.token(jti=f"j{n}") for n in range(3))
+    for token in (t1, t2, t1, t3):  # t1 used again, so t2 is the one dropped for t3
+        await verifier.verify(token)
+    assert verifier.cached == 2
+    assert decodes == [t1, t2, t3]
+    await verifier.verify(t1)
+    await verifier.verify(t2)
+    assert decodes == [t1, t2, t3, t2]
+
+
+async def test_cache_size_zero_checks_every_token_in_full(decodes: list[str]) -> None:
+    keys = KeySet()
+    verifier = JwtVerifier(
+        keys.fetch, issuer="iss", audience="aud", monotonic=FakeMonotonic(), cache_size=0
+    )
+    token = keys.token()
+    await verifier.verify(token)
+    await verifier.verify(token)
+    assert len(decodes) == 2
+    assert verifier.cached == 0

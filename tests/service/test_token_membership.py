@@ -92,3 +92,21 @@ async def test_a_refused_credential_and_an_unreachable_auth_are_told_apart(
         assert info.value.reason == "MEMBERSHIP_UNAVAILABLE"
     finally:
         await nowhere.close()
+
+
+async def test_answers_are_reused_and_bounded_oldest_first(auth: tuple[FakeAuth, str]) -> None:
+    fake, target = auth
+    for n in range(3):
+        fake.orgs[f"Bearer t{n}"] = [f"o{n}"]
+    members = GrpcMembership(target, 60.0, monotonic=Ticks(), max_users=2)
+    try:
+        for n in (0, 1, 0):
+            assert await members.org_ids(f"u{n}", f"t{n}") == {f"o{n}"}
+        assert fake.calls == 2  # u0's second answer came from the cache
+        await members.org_ids("u2", "t2")  # a third user: u0, fetched first, is dropped
+        await members.org_ids("u1", "t1")
+        assert fake.calls == 3
+        await members.org_ids("u0", "t0")
+        assert fake.calls == 4
+    finally:
+        await members.close()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
@@ -21,6 +24,19 @@ JwksFetcher = Callable[[], Awaitable[list[dict[str, str]]]]
 """Returns the current JWK set as a list of JWK dicts (kty, kid, n, e, ...)."""
 
 _MAX_REMEMBERED_UNKNOWN = 1024
+DEFAULT_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token that passed every check: what it proved, the key object it was checked with,
+    and the wall-clock span (epoch seconds, leeway applied) its time claims accept."""
+
+    caller: Caller
+    kid: str
+    key: Any
+    not_before: float
+    expires: float
 
 
 class JwtVerifier:
@@ -37,6 +53,13 @@ class JwtVerifier:
       then every verification answers UNAVAILABLE until a fetch succeeds (fail closed);
     - `max_age=0` disables the cache: every verification reads the key source, for a local
       source (the auth service's own store), so a retired key is refused at once.
+
+    Verified tokens (ADR 0029): the last `cache_size` tokens that passed are remembered by
+    their SHA-256, with the key object that verified them. A remembered token still goes
+    through the key-set policy above for its kid on every call, and is answered from memory
+    only while that kid still maps to that same key object and `wall` (epoch seconds) is
+    inside its exp/iat/nbf span; so expiry and key retirement refuse it exactly when they
+    would refuse a token seen for the first time. Refusals are never remembered.
     """
 
     def __init__(
@@ -50,6 +73,8 @@ class JwtVerifier:
         max_age: float = 30.0,
         outage_grace: float = 30.0,
         monotonic: Callable[[], float] = time.monotonic,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._fetch = fetch_jwks
         self._issuer = issuer
@@ -66,6 +91,14 @@ class JwtVerifier:
         self._generation = 0
         self._unknown: dict[str, float] = {}  # kid -> when it was found missing
         self._lock = asyncio.Lock()
+        self._cache_size = cache_size
+        self._wall = wall  # PyJWT reads the same system clock for a token seen first
+        self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
+
+    @property
+    def cached(self) -> int:
+        """How many verified tokens are remembered now (at most `cache_size`)."""
+        return len(self._verified)
 
     def _install(self, jwks: list[dict[str, str]]) -> None:
         # Parsing a JWK costs more than the fetch of a local set; reuse unchanged keys.
@@ -125,6 +158,30 @@ class JwtVerifier:
 
     async def verify(self, token: str) -> Caller:
         """The Caller a valid token proves; UnauthenticatedError otherwise."""
+        if self._cache_size <= 0:
+            return (await self._verify(token)).caller
+        digest = hashlib.sha256(token.encode()).digest()
+        seen = self._verified.get(digest)
+        if seen is not None:
+            # The key-set policy runs as for any token: refresh when due, UNKNOWN_KEY_ID once
+            # the kid left the set, UNAVAILABLE past the outage grace.
+            key = await self._key_for(seen.kid)
+            now = self._wall()
+            if key is seen.key and seen.not_before <= now < seen.expires:
+                if digest in self._verified:  # another call may have dropped it meanwhile
+                    self._verified.move_to_end(digest)
+                return seen.caller
+            self._verified.pop(digest, None)
+            if key is seen.key and now >= seen.expires:
+                raise UnauthenticatedError("token expired", reason="TOKEN_EXPIRED")
+            # A different key under that kid, or a clock stepped back: check it in full.
+        verified = await self._verify(token)
+        self._verified[digest] = verified
+        if len(self._verified) > self._cache_size:
+            self._verified.popitem(last=False)
+        return verified.caller
+
+    async def _verify(self, token: str) -> _Verified:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -146,11 +203,17 @@ class JwtVerifier:
             raise UnauthenticatedError("token expired", reason="TOKEN_EXPIRED") from exc
         except jwt.PyJWTError as exc:
             raise UnauthenticatedError("invalid token", reason="INVALID_TOKEN") from exc
-        return Caller(
+        caller = Caller(
             user_id=str(claims["sub"]),
             roles=frozenset(str(r) for r in claims.get("roles", [])),
             org_ids=frozenset(str(o) for o in claims.get("orgs", [])),
             token_id=str(claims["jti"]),
+        )
+        # PyJWT accepted these as integers: refused once exp <= now - leeway, and while
+        # iat or nbf > now + leeway.
+        starts = max(int(claims["iat"]), int(claims.get("nbf", claims["iat"])))
+        return _Verified(
+            caller, header["kid"], key, starts - self._leeway, int(claims["exp"]) + self._leeway
         )
 
 

@@ -85,17 +85,17 @@ def _status(scope: Scope, level: LevelCode, limit: int, remaining: int) -> lpb.L
 
 def _bucket(scope: Scope, st: LevelStatus) -> lpb.LimitStatus:
     out = _status(scope, _BUCKET[st.level], st.limit, st.remaining)
-    out.reset_after.CopyFrom(duration(st.reset_after_ms))
+    out.reset_after.FromMilliseconds(st.reset_after_ms)
     bl = scope.limits.buckets[st.level]
-    out.window.CopyFrom(duration(ceil_div(bl.capacity_units, bl.leak_per_ms)))
+    out.window.FromMilliseconds(ceil_div(bl.capacity_units, bl.leak_per_ms))
     return out
 
 
 def _window(scope: Scope, level: Level, limit: int, remaining: int) -> lpb.LimitStatus:
     out = _status(scope, _WINDOW[level], limit, remaining)
     ql = scope.limits.quotas[level]
-    out.reset_after.CopyFrom(duration(max(0, ql.window_end_ms - scope.now_ms)))
-    out.window.CopyFrom(duration(ql.window_end_ms - ql.window_start_ms))
+    out.reset_after.FromMilliseconds(max(0, ql.window_end_ms - scope.now_ms))
+    out.window.FromMilliseconds(ql.window_end_ms - ql.window_start_ms)
     out.unit = _UNITS.get(scope.policy.window.period, lpb.LIMIT_UNIT_UNSPECIFIED)
     return out
 

@@ -2,33 +2,33 @@
 
 from __future__ import annotations
 
-import math
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from prometheus_client import CollectorRegistry, Counter
 
-from leaky.vendor.envoy.config.core.v3.base_pb2 import HeaderValue
 from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2 as pb
 from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2_grpc
 from leaky.vendor.envoy.type.v3 import ratelimit_unit_pb2 as units_pb
 from leaky_tokens.runtime.errors import FieldViolation, InvalidArgumentError
 from leaky_tokens.runtime.ports import Clock
-from leaky_tokens.token.domain.rate_counter import RequestCounterStore
-from leaky_tokens.token.domain.rls_config import UNIT_SECONDS, RateLimitConfig, Unit
+from leaky_tokens.token.domain.rate_counter import CounterHit, RequestCounterStore
+from leaky_tokens.token.domain.rls_config import RateLimitConfig, Unit
 from leaky_tokens.token.domain.rls_decision import (
-    UINT32_MAX,
     Descriptor,
-    Status,
-    Verdict,
+    Planned,
     charges,
     counted,
     plan,
     verdict,
 )
-from leaky_tokens.token.domain.rls_tokens import TokenDescriptors
+from leaky_tokens.token.domain.rls_tokens import TokenCharge, TokenDescriptors
 from leaky_tokens.token.domain.units import to_ms
+from leaky_tokens.token.rls_encode import Shown, encode, shown_of
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -37,9 +37,9 @@ SHOULD_RATE_LIMIT = f"/{RLS_SERVICE.full_name}/ShouldRateLimit"
 MAX_DESCRIPTORS = 64
 MAX_ENTRIES = 32
 MAX_HITS = 2**32 - 1  # the request-level hits_addend is a uint32 upstream
+PLAN_CACHE_SIZE = 4096  # distinct requests remembered (ADR 0029)
+MAX_CACHED_REQUEST = 1024  # bytes; Envoy's are a few dozen
 _R = pb.RateLimitResponse
-# RLS's Unit numbers (envoy.service.ratelimit.v3.RateLimitResponse.RateLimit.Unit).
-_UNIT_CODES = {u: _R.RateLimit.Unit.Value(u.value) for u in Unit}
 # Envoy's override carries envoy.type.v3.RateLimitUnit (its own enum, the same names).
 _OVERRIDE_UNITS = {
     units_pb.RateLimitUnit.Value(u.value): u
@@ -72,6 +72,11 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
     `config` is read per request, so a policy reload applies to the next request while one in
     flight keeps the rules it matched. `headers` adds X-RateLimit-* (upstream's
     LIMIT_RESPONSE_HEADERS_ENABLED) and the IETF RateLimit / RateLimit-Policy fields.
+
+    Envoy sends the same few requests again and again, so what a request's bytes decode and
+    match to is remembered (`cache_size` requests of at most MAX_CACHED_REQUEST bytes, least
+    recently used dropped first, all forgotten when the config object changes): a request
+    seen before is neither parsed nor matched again (ADR 0029).
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         headers: bool = True,
         metrics: RlsMetrics | None = None,
         tokens: TokenDescriptors | None = None,
+        cache_size: int = PLAN_CACHE_SIZE,
     ) -> None:
         self._config = config
         self._counter = counter
@@ -90,27 +96,94 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         self._headers = headers
         self.metrics = metrics or RlsMetrics()
         self._tokens = tokens
+        self._cache_size = cache_size
+        self._plans: OrderedDict[bytes, Prepared] = OrderedDict()
+        self._plans_for: RateLimitConfig | None = None
+
+    @property
+    def plans_cached(self) -> int:
+        """How many requests' plans are remembered now (at most `cache_size`)."""
+        return len(self._plans)
 
     async def ShouldRateLimit(
         self, request: pb.RateLimitRequest, context: Context
     ) -> pb.RateLimitResponse:
-        descriptors = decode(request)
-        planned = plan(self._config(), request.domain, descriptors)
+        return await self._answer(self._prepared(request.SerializeToString(), request))
+
+    async def from_wire(self, data: bytes, context: Context) -> pb.RateLimitResponse:
+        """ShouldRateLimit on the request's bytes, as the server registers it (rls_wiring)."""
+        return await self._answer(self._prepared(data, None))
+
+    def _prepared(self, data: bytes, request: pb.RateLimitRequest | None) -> Prepared:
+        config = self._config()
+        if config is not self._plans_for:  # a reload: plans of the old rules are stale
+            self._plans.clear()
+            self._plans_for = config
+        found = self._plans.get(data)
+        if found is not None:
+            self._plans.move_to_end(data)
+            return found
+        if request is None:
+            try:
+                request = pb.RateLimitRequest.FromString(data)
+            except DecodeError:
+                bad = FieldViolation("request", "request is not a valid protobuf message")
+                raise InvalidArgumentError([bad]) from None
+        found = prepare(config, request, self.metrics)
+        # Requests past the size bound are answered uncached: memory stays bounded by
+        # cache_size x MAX_CACHED_REQUEST whatever a caller sends.
+        if self._cache_size > 0 and len(data) <= MAX_CACHED_REQUEST:
+            self._plans[data] = found
+            if len(self._plans) > self._cache_size:
+                self._plans.popitem(last=False)
+        return found
+
+    async def _answer(self, p: Prepared) -> pb.RateLimitResponse:
         now_ms = to_ms(self._clock.now())
-        step = await self._counter.hit(counted(planned), now_ms)
+        step = await self._counter.hit(p.hits, now_ms)
         # Tokens are charged only once the request counters admitted it: two stores, two
         # steps; a token refusal leaves the request counted, as upstream counts refusals.
-        wanted = charges(planned)
         tokens = None
-        if wanted and step.admitted and self._tokens is not None:
-            tokens = await self._tokens.charge(wanted, now_ms)
-        result = verdict(planned, step, tokens)
-        for status in result.statuses:
-            if status.shadowed and status.limit is not None:
-                self.metrics.shadow.labels(status.limit.name or status.limit.full_key).inc()
+        if p.charges and step.admitted and self._tokens is not None:
+            tokens = await self._tokens.charge(p.charges, now_ms)
+        result = verdict(p.planned, step, tokens)
+        if p.shadowable:
+            for status in result.statuses:
+                if status.shadowed and status.limit is not None:
+                    self.metrics.shadow.labels(status.limit.name or status.limit.full_key).inc()
+        (p.over if result.over else p.ok).inc()
         code = _R.OVER_LIMIT if result.over else _R.OK
-        self.metrics.decisions.labels(request.domain, _R.Code.Name(code)).inc()
-        return encode(result, code, self._headers)
+        return encode(result, code, self._headers, p.shown)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A request decoded, checked and matched against one config, with what answers reuse."""
+
+    planned: tuple[Planned, ...]
+    hits: tuple[CounterHit, ...]
+    charges: dict[int, TokenCharge]
+    shown: tuple[Shown | None, ...]  # by descriptor; None: no counted rule (or tokens)
+    shadowable: bool
+    ok: Any  # the decisions counter's children for this domain
+    over: Any
+
+
+def prepare(config: RateLimitConfig, request: pb.RateLimitRequest, metrics: RlsMetrics) -> Prepared:
+    """Everything of an answer that depends on the request and the config alone."""
+    planned = tuple(plan(config, request.domain, decode(request)))
+    shown = tuple(
+        shown_of(p.limit) if p.hit is not None and p.limit is not None else None for p in planned
+    )
+    return Prepared(
+        planned,
+        tuple(counted(planned)),
+        charges(planned),
+        shown,
+        any(p.limit is not None and p.limit.shadow_mode for p in planned),
+        metrics.decisions.labels(request.domain, _R.Code.Name(_R.OK)),
+        metrics.decisions.labels(request.domain, _R.Code.Name(_R.OVER_LIMIT)),
+    )
 
 
 def decode(request: pb.RateLimitRequest) -> list[Descriptor]:
@@ -143,69 +216,4 @@ def decode(request: pb.RateLimitRequest) -> list[Descriptor]:
         out.append(Descriptor(tuple((e.key, e.value) for e in d.entries), hits, override))
     if bad:
         raise InvalidArgumentError(bad)
-    return out
-
-
-def described(s: Status) -> tuple[str, int, int | None] | None:
-    """(name, limit, window seconds or None) of the rule a status reports, if any."""
-    if s.limit is None:
-        return None
-    if s.tokens is not None:
-        return (f"{s.limit.token_bucket}:{s.tokens.level.value}", s.tokens.limit, None)
-    if s.limit.unit is None:
-        return None
-    return (s.limit.name or s.limit.full_key, s.limit.requests_per_unit, UNIT_SECONDS[s.limit.unit])
-
-
-def _status(s: Status) -> _R.DescriptorStatus:
-    out = _R.DescriptorStatus(code=_R.OVER_LIMIT if s.over else _R.OK, limit_remaining=s.remaining)
-    rule = described(s)
-    if rule is None or s.limit is None:
-        return out
-    name, limit, _ = rule
-    out.current_limit.requests_per_unit = min(limit, UINT32_MAX)
-    # A token bucket has no calendar unit: UNKNOWN, named after its provider and level.
-    out.current_limit.unit = _UNIT_CODES[s.limit.unit] if s.limit.unit else _R.RateLimit.UNKNOWN
-    if s.limit.name or s.tokens is not None:
-        out.current_limit.name = name
-    out.duration_until_reset.FromMilliseconds(s.reset_after_ms)
-    return out
-
-
-def _seconds(ms: int) -> int:
-    return math.ceil(ms / 1000)
-
-
-def headers(result: Verdict) -> list[HeaderValue]:
-    """X-RateLimit-* of the headline status; RateLimit-Policy / RateLimit of every rule that
-    counted, the headline first (the TokenService's 429 shape, ADR 0017; a token bucket has
-    no window, so no `w`)."""
-    head = result.headline
-    top = described(head) if head is not None else None
-    if head is None or top is None:
-        return []
-    rules = [head, *(s for s in result.statuses if s is not head)]
-    policy, state = [], []
-    for s in rules:
-        rule = described(s)
-        if rule is None:
-            continue
-        name, limit, window = rule
-        policy.append(f'"{name}";q={limit}' + (f";w={window}" if window else ""))
-        state.append(f'"{name}";r={s.remaining};t={_seconds(s.reset_after_ms)}')
-    return [
-        HeaderValue(key="x-ratelimit-limit", value=str(top[1])),
-        HeaderValue(key="x-ratelimit-remaining", value=str(head.remaining)),
-        HeaderValue(key="x-ratelimit-reset", value=str(_seconds(head.reset_after_ms))),
-        HeaderValue(key="ratelimit-policy", value=", ".join(policy)),
-        HeaderValue(key="ratelimit", value=", ".join(state)),
-    ]
-
-
-def encode(result: Verdict, code: _R.Code.ValueType, with_headers: bool) -> pb.RateLimitResponse:
-    """The wire answer of a verdict."""
-    out = pb.RateLimitResponse(overall_code=code)
-    out.statuses.extend(_status(s) for s in result.statuses)
-    if with_headers:
-        out.response_headers_to_add.extend(headers(result))
     return out

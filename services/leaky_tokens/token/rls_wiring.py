@@ -12,7 +12,7 @@ import grpc
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2_grpc
+from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2
 from leaky_tokens.runtime.ports import Clock
 from leaky_tokens.runtime.settings import doc
 from leaky_tokens.token.adapters.config_files import load_policy, load_rate_limit_path
@@ -145,7 +145,19 @@ class RlsWiring:
     config_file: WatchedConfig[RateLimitConfig] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
-        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(self.servicer, server)
+        # As the generated add_..._to_server, but the handler takes the request's bytes
+        # (no deserializer): a request seen before is answered without parsing it (ADR 0029).
+        handlers = {
+            "ShouldRateLimit": grpc.unary_unary_rpc_method_handler(
+                self.servicer.from_wire,
+                response_serializer=rls_pb2.RateLimitResponse.SerializeToString,
+            )
+        }
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(RLS_SERVICE_NAME, handlers),)
+        )
+        # grpc-stubs does not know it yet; grpcio >= 1.62 routes registered methods faster.
+        server.add_registered_method_handlers(RLS_SERVICE_NAME, handlers)  # type: ignore[attr-defined]
 
 
 def _decision_store(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf import json_format
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from google.protobuf import struct_pb2
 
 from leaky.provider.v1 import provider_pb2, provider_pb2_grpc
 from leaky_tokens.token.adapters.circuit_breaker import CircuitBreaker
@@ -37,13 +38,13 @@ class ChatStub:
     """What the adapter calls: ProviderServiceAsyncStub.Chat (tests give their own)."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._stub = provider_pb2_grpc.ProviderServiceStub(channel)
+        self._chat = provider_pb2_grpc.ProviderServiceStub(channel).Chat  # one multicallable
 
     async def __call__(
         self, request: provider_pb2.ChatRequest, deadline: float, credential: str
     ) -> provider_pb2.ChatResponse:
-        metadata = (("authorization", f"Bearer {credential}"),) if credential else ()
-        return await self._stub.Chat(request, timeout=deadline, metadata=metadata)
+        metadata = (("authorization", "Bearer " + credential),) if credential else ()
+        return await self._chat(request, timeout=deadline, metadata=metadata)
 
 
 Chat = Callable[[provider_pb2.ChatRequest, float, str], Awaitable[provider_pb2.ChatResponse]]
@@ -57,10 +58,12 @@ class GrpcChatProvider:
     """Calls the provider service with the caller's credential.
 
     Each attempt has `timeout_seconds`; UNAVAILABLE and DEADLINE_EXCEEDED are retried with
-    full-jitter exponential backoff (tenacity); `breaker_failures` failed calls in a row open
-    the circuit for `breaker_reset_seconds` (then one trial call); at most `max_concurrent`
-    calls are in flight, more are refused at once rather than queued (a bulkhead: a slow
-    provider must not pile up every request the token service holds).
+    full-jitter exponential backoff (before retry n: uniform(0, min(backoff_max_seconds,
+    backoff_seconds * 2**(n-1))), tenacity's wait_random_exponential); `breaker_failures`
+    failed calls in a row open the circuit for `breaker_reset_seconds` (then one trial
+    call); at most `max_concurrent` calls are in flight, more are refused at once rather
+    than queued (a bulkhead: a slow provider must not pile up every request the token
+    service holds).
     """
 
     def __init__(
@@ -112,20 +115,69 @@ class GrpcChatProvider:
                 self.breaker.failed()
                 raise
         self.breaker.succeeded()
-        return json_format.MessageToDict(reply)
+        return answer(reply)
 
     async def _with_retries(self, call: ChatCall) -> provider_pb2.ChatResponse:
+        # A plain loop, not tenacity: its retry state, attempt and wait objects cost more per
+        # call than the rest of this adapter, on every call, though most calls succeed at once.
         request = provider_pb2.ChatRequest(provider=call.provider, prompt=call.prompt)
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._r.attempts),
-            wait=wait_random_exponential(
-                multiplier=self._r.backoff_seconds, max=self._r.backoff_max_seconds
-            ),
-            retry=retry_if_exception(_retryable),
-            sleep=self._sleep,
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                return await self._chat(request, self._r.timeout_seconds, call.credential)
-        raise AssertionError("unreachable: tenacity reraises the last error")
+        r = self._r
+        retry = 1
+        while True:
+            try:
+                return await self._chat(request, r.timeout_seconds, call.credential)
+            except grpc.aio.AioRpcError as error:
+                if retry >= r.attempts or not _retryable(error):
+                    raise
+            high = min(r.backoff_max_seconds, r.backoff_seconds * 2 ** (retry - 1))
+            await self._sleep(random.uniform(0, high))  # noqa: S311 (jitter, not a secret)
+            retry += 1
+
+
+def answer(reply: provider_pb2.ChatResponse) -> dict[str, object]:
+    """The reply as proto3 JSON, as json_format.MessageToDict gives it (unset fields left
+    out, int64 as strings, camelCase names), built field by field: MessageToDict's generic
+    walk cost about as much as the rest of a Consume's provider call."""
+    out: dict[str, object] = {}
+    if reply.id:
+        out["id"] = reply.id
+    if reply.provider:
+        out["provider"] = reply.provider
+    if reply.HasField("received"):
+        out["received"] = _struct(reply.received)
+    if reply.HasField("created"):
+        out["created"] = reply.created.ToJsonString()
+    if reply.message:
+        out["message"] = reply.message
+    if reply.HasField("usage"):
+        u = reply.usage
+        usage = {}
+        if u.prompt_tokens:
+            usage["promptTokens"] = str(u.prompt_tokens)
+        if u.completion_tokens:
+            usage["completionTokens"] = str(u.completion_tokens)
+        if u.total_tokens:
+            usage["totalTokens"] = str(u.total_tokens)
+        out["usage"] = usage
+    return out
+
+
+def _struct(s: struct_pb2.Struct) -> dict[str, object]:
+    return {k: _value(v) for k, v in s.fields.items()}
+
+
+def _value(v: struct_pb2.Value) -> object:
+    kind = v.WhichOneof("kind")
+    if kind == "struct_value":
+        return _struct(v.struct_value)
+    if kind == "list_value":
+        return [_value(x) for x in v.list_value.values]
+    if kind == "number_value":
+        if not math.isfinite(v.number_value):  # JSON has no such number (as MessageToDict)
+            raise ValueError("the provider answered a number JSON cannot carry")
+        return v.number_value
+    if kind == "string_value":
+        return v.string_value
+    if kind == "bool_value":
+        return v.bool_value
+    return None

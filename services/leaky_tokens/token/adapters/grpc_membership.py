@@ -12,6 +12,7 @@ from leaky_tokens.runtime.errors import UnauthenticatedError, UnavailableError
 
 PAGE = 200  # the most ListMyOrganizations returns per page
 MAX_PAGES = 50  # 10,000 organizations: far past any real user; bounds a looping token
+MAX_USERS = 10_000  # users whose answers are remembered
 
 
 class GrpcMembership:
@@ -19,6 +20,7 @@ class GrpcMembership:
 
     Answers are cached per user for `cache_seconds` (LEAKY_TOKEN_MEMBERSHIP_CACHE_SECONDS):
     a member removed from an organization is refused at most that long after the removal.
+    At most `max_users` answers are kept, the oldest dropped first.
     """
 
     def __init__(
@@ -28,10 +30,13 @@ class GrpcMembership:
         *,
         timeout_seconds: float = 2.0,
         monotonic: Callable[[], float] = time.monotonic,
+        max_users: int = MAX_USERS,
     ) -> None:
         self._channel = grpc.aio.insecure_channel(target)
         self._stub = auth_pb2_grpc.AuthServiceStub(self._channel)
         self._ttl, self._timeout, self._now = cache_seconds, timeout_seconds, monotonic
+        self._max_users = max_users
+        # In fetch order (a refetch moves a user to the end): the first entry is the oldest.
         self._cache: dict[str, tuple[float, frozenset[str]]] = {}
 
     async def close(self) -> None:
@@ -44,13 +49,16 @@ class GrpcMembership:
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
         found = await self._fetch(credential)
-        if len(self._cache) > 10_000:  # bounded memory: drop the stale half at most
-            self._cache = {u: v for u, v in self._cache.items() if now - v[0] < self._ttl}
+        self._cache.pop(user_id, None)
         self._cache[user_id] = (now, found)
+        # Dropping the oldest keeps a miss O(1): rebuilding the dict without the stale
+        # answers cost a full pass on every miss once every answer was still fresh.
+        while len(self._cache) > self._max_users:
+            del self._cache[next(iter(self._cache))]
         return found
 
     async def _fetch(self, credential: str) -> frozenset[str]:
-        metadata = (("authorization", f"Bearer {credential}"),)
+        metadata = (("authorization", "Bearer " + credential),)
         ids: set[str] = set()
         token = ""
         for _ in range(MAX_PAGES):

@@ -48,25 +48,28 @@ def count_step(
     the script read, so both stores answer alike.
     """
     running: dict[tuple[str, int], int] = {}
-    befores: list[int] = []
+    counted: list[tuple[CounterHit, int, int]] = []  # (hit, window start, count before)
     admitted = True
     for h in hits:
         if h.hits < 0:
             raise ValueError("hits must not be negative")
-        slot = (h.key, window_start(h, now_ms))
-        before = running.get(slot, stored.get(slot, 0))
-        befores.append(before)
+        start = now_ms // h.window_ms * h.window_ms
+        slot = (h.key, start)
+        before = running.get(slot)
+        if before is None:
+            before = stored.get(slot, 0)
         running[slot] = before + h.hits
         if h.enforced and before + h.hits > h.limit:
             admitted = False
+        counted.append((h, start, before))
     out = []
-    for h, before in zip(hits, befores, strict=True):
-        start = window_start(h, now_ms)
-        after = before + h.hits if admitted else before
+    for h, start, before in counted:
         within = before + h.hits <= h.limit
+        after = before + h.hits if admitted else before
         remaining = max(0, h.limit - after) if within else 0
-        reset = start + h.window_ms - now_ms
-        out.append(WindowHit(within, WindowCount(start, after), remaining, reset))
+        out.append(
+            WindowHit(within, WindowCount(start, after), remaining, start + h.window_ms - now_ms)
+        )
     return CountStep(admitted, tuple(out))
 
 

@@ -1,0 +1,99 @@
+"""ShouldRateLimit's wire answer: statuses and rate-limit headers of a verdict."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2 as pb
+from leaky_tokens.token.domain.rls_config import UNIT_SECONDS, RateLimit, Unit
+from leaky_tokens.token.domain.rls_decision import UINT32_MAX, Status, Verdict
+
+_R = pb.RateLimitResponse
+# RLS's Unit numbers (envoy.service.ratelimit.v3.RateLimitResponse.RateLimit.Unit).
+_UNIT_CODES = {u: _R.RateLimit.Unit.Value(u.value) for u in Unit}
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """How a counted rule shows: its current_limit message and its RateLimit-Policy item."""
+
+    name: str
+    limit: int
+    current_limit: _R.RateLimit
+    policy: str
+
+
+def shown_of(limit: RateLimit) -> Shown | None:
+    """The Shown of a counted rule (built once per plan); None for one without a unit."""
+    if limit.unit is None:
+        return None
+    name, window = limit.name or limit.full_key, UNIT_SECONDS[limit.unit]
+    current = _R.RateLimit(
+        requests_per_unit=min(limit.requests_per_unit, UINT32_MAX), unit=_UNIT_CODES[limit.unit]
+    )
+    if limit.name:
+        current.name = name
+    return Shown(
+        name, limit.requests_per_unit, current, f'"{name}";q={limit.requests_per_unit};w={window}'
+    )
+
+
+def _dynamic(s: Status) -> Shown | None:
+    """A status's Shown built now: a token bucket's level is known only once charged."""
+    if s.tokens is None or s.limit is None:
+        return shown_of(s.limit) if s.limit is not None else None
+    name, limit = f"{s.limit.token_bucket}:{s.tokens.level.value}", s.tokens.limit
+    # A token bucket has no calendar unit: UNKNOWN, named after its provider and level.
+    current = _R.RateLimit(
+        requests_per_unit=min(limit, UINT32_MAX), unit=_R.RateLimit.UNKNOWN, name=name
+    )
+    return Shown(name, limit, current, f'"{name}";q={limit}')
+
+
+def _seconds(ms: int) -> int:
+    return -(-ms // 1000)  # ceil, in integers
+
+
+def encode(
+    result: Verdict,
+    code: _R.Code.ValueType,
+    with_headers: bool,
+    shown: Sequence[Shown | None] | None = None,
+) -> pb.RateLimitResponse:
+    """The wire answer of a verdict; `shown` (by descriptor) saves rebuilding counted rules."""
+    out = pb.RateLimitResponse(overall_code=code)
+    add = out.statuses.add
+    rules: list[tuple[Status, Shown]] = []
+    for i, s in enumerate(result.statuses):
+        st = add(code=_R.OVER_LIMIT if s.over else _R.OK, limit_remaining=s.remaining)
+        rule = shown[i] if shown is not None and s.tokens is None else _dynamic(s)
+        if rule is None or s.limit is None:
+            continue
+        st.current_limit.CopyFrom(rule.current_limit)
+        st.duration_until_reset.FromMilliseconds(s.reset_after_ms)
+        rules.append((s, rule))
+    head = result.headline
+    if not with_headers or head is None or not rules:
+        return out
+    top = next((r for s, r in rules if s is head), None)
+    if top is None:
+        return out
+    # X-RateLimit-* of the headline status; RateLimit-Policy / RateLimit of every rule that
+    # counted, the headline first (the TokenService's 429 shape, ADR 0017; a token bucket has
+    # no window, so no `w`).
+    reset = _seconds(head.reset_after_ms)
+    h = out.response_headers_to_add.add
+    h(key="x-ratelimit-limit", value=str(top.limit))
+    h(key="x-ratelimit-remaining", value=str(head.remaining))
+    h(key="x-ratelimit-reset", value=str(reset))
+    state = f'"{top.name}";r={head.remaining};t={reset}'
+    if len(rules) == 1:  # the usual request: one rule, nothing to join
+        h(key="ratelimit-policy", value=top.policy)
+        h(key="ratelimit", value=state)
+        return out
+    others = [(s, r) for s, r in rules if s is not head]
+    h(key="ratelimit-policy", value=", ".join([top.policy, *(r.policy for _, r in others)]))
+    states = (f'"{r.name}";r={s.remaining};t={_seconds(s.reset_after_ms)}' for s, r in others)
+    h(key="ratelimit", value=", ".join([state, *states]))
+    return out
