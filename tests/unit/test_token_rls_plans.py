@@ -82,3 +82,25 @@ async def test_remembered_plans_are_bounded_in_number_and_request_size() -> None
     for user in ("a", "b", "c"):
         await service.from_wire(request({"api_key": user}).SerializeToString(), None)  # type: ignore[arg-type]
     assert service.plans_cached == 2
+
+
+async def test_a_domain_the_config_does_not_know_is_counted_as_other() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from leaky_tokens.token.rls_servicer import RlsMetrics
+
+    registry = CollectorRegistry()
+    fixed = config(3)
+    service = RateLimitServicer(
+        lambda: fixed, InMemoryRequestCounter(), FakeClock(START), metrics=RlsMetrics(registry)
+    )
+    for domain in ("edge", "made-up-1", "made-up-2"):
+        await service.ShouldRateLimit(request({"api_key": "k"}, domain=domain), None)  # type: ignore[arg-type]
+
+    def count(domain: str) -> float | None:
+        labels = {"domain": domain, "code": "OK"}
+        return registry.get_sample_value("leaky_token_rls_decisions_total", labels)
+
+    assert count("edge") == 1
+    assert count("other") == 2  # one series for every unknown domain, not one each
+    assert count("made-up-1") is None

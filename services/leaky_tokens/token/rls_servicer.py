@@ -175,14 +175,17 @@ def prepare(config: RateLimitConfig, request: pb.RateLimitRequest, metrics: RlsM
     shown = tuple(
         shown_of(p.limit) if p.hit is not None and p.limit is not None else None for p in planned
     )
+    # A domain the config does not know is labelled "other": the port needs no credentials,
+    # so labelling by whatever a caller sends would grow one series per made-up domain.
+    label = request.domain if request.domain in config.domains else "other"
     return Prepared(
         planned,
         tuple(counted(planned)),
         charges(planned),
         shown,
         any(p.limit is not None and p.limit.shadow_mode for p in planned),
-        metrics.decisions.labels(request.domain, _R.Code.Name(_R.OK)),
-        metrics.decisions.labels(request.domain, _R.Code.Name(_R.OVER_LIMIT)),
+        metrics.decisions.labels(label, _R.Code.Name(_R.OK)),
+        metrics.decisions.labels(label, _R.Code.Name(_R.OVER_LIMIT)),
     )
 
 
