@@ -47,8 +47,8 @@ local k, a = 0, 1
 while a <= #ARGV do
   local n = tonumber(ARGV[a])
   local ok, reply = pcall(count, k, n, a)
-  if not ok and not (type(reply) == 'table' and reply.err) then
-    reply = {err = 'ERR ' .. tostring(reply)}
+  if not ok and type(reply) ~= 'table' then  -- pcall hands over redis.call's error as text
+    reply = {err = tostring(reply)}
   end
   replies[#replies + 1] = reply
   k, a = k + n, a + 1 + 4 * n
