@@ -1,4 +1,4 @@
-"""CPU per RedisRequestCounter.hit, ours and Redis's, at fixed concurrency (ADR 0028).
+"""CPU per RedisRequestCounter.hit (or decide), ours and Redis's, at fixed concurrency (ADR 0028).
 
 Starts a private redis-server on a free port, drives `hit` from `--concurrency` tasks and
 prints the process CPU (time.process_time) and Redis's own CPU (INFO cpu) per hit. A script
@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import uuid
 
 from redis.asyncio import Redis
 
+from leaky_tokens.token.adapters.redis_decision_store import RedisDecisionStore
 from leaky_tokens.token.adapters.redis_rate_counter import RedisRequestCounter
 from leaky_tokens.token.adapters.settings import TokenStoreSettings
-from leaky_tokens.token.adapters.store_factory import redis_client, redis_counter
+from leaky_tokens.token.adapters.store_factory import redis_client, redis_counter, redis_store
+from leaky_tokens.token.domain.bucket import BucketLimit
+from leaky_tokens.token.domain.decision import Level
+from leaky_tokens.token.domain.policy import LevelLimits
+from leaky_tokens.token.domain.ports import DecisionRequest, Subject
 from leaky_tokens.token.domain.rate_counter import CounterHit
 
 
@@ -38,13 +45,17 @@ async def _run(port: int, args: argparse.Namespace) -> None:
     settings = TokenStoreSettings(
         store_backend="redis",
         store_redis_url=f"redis://127.0.0.1:{port}/0",
-        store_timeout_ms=1000,
+        store_timeout_ms=5000,
     )
-    counter = (
-        RedisRequestCounter(redis_client(settings), settings.store_key_prefix)
-        if args.redis_py
-        else redis_counter(settings)
-    )
+    counter: RedisRequestCounter | RedisDecisionStore
+    if args.store:
+        counter = redis_store(settings)
+        if args.redis_py:
+            counter._wire = None  # the script calls over redis-py's pipeline instead
+    elif args.redis_py:
+        counter = RedisRequestCounter(redis_client(settings), settings.store_key_prefix)
+    else:
+        counter = redis_counter(settings)
     admin = Redis(host="127.0.0.1", port=port)
     hits = [
         CounterHit(f"bench.k{i % args.keys}", 10**12, 60_000, 1, True)
@@ -52,9 +63,19 @@ async def _run(port: int, args: argparse.Namespace) -> None:
     ]
     per_task = args.calls // args.concurrency
 
+    limits = LevelLimits({Level.USER_BUCKET: BucketLimit.tokens(10**9, 10**9)}, {})
+
+    async def one() -> None:
+        now = int(time.time() * 1000)
+        if isinstance(counter, RedisDecisionStore):
+            subject = Subject(f"u{random.randrange(args.keys)}", "bench")  # noqa: S311
+            await counter.decide(DecisionRequest(uuid.uuid4().hex, subject, limits, 1, now))
+        else:
+            await counter.hit(hits, now)
+
     async def task() -> None:
         for _ in range(per_task):
-            await counter.hit(hits, int(time.time() * 1000))
+            await one()
 
     try:
         await asyncio.gather(*(task() for _ in range(args.concurrency // 5)))  # warm up
@@ -81,6 +102,7 @@ def main() -> None:
     parser.add_argument("--descriptors", type=int, default=1, help="hits per request")
     parser.add_argument("--keys", type=int, default=1, help="distinct counters")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--store", action="store_true", help="RedisDecisionStore.decide")
     parser.add_argument("--redis-py", action="store_true", help="redis-py, not the fast wire")
     args = parser.parse_args()
     binary = shutil.which("redis-server") or "redis-server"

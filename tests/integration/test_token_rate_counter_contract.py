@@ -91,6 +91,20 @@ async def test_all_or_nothing_across_descriptors(counter: RequestCounterStore) -
     assert alone.hits[0].after.count == 1  # the refused request counted nothing
 
 
+async def test_requests_sharing_a_batch_are_each_all_or_nothing(
+    counter: RequestCounterStore,
+) -> None:
+    await counter.hit([per_minute("m_full", 1)], T0)
+    refused, alone, counted = await asyncio.gather(  # one batch (one script call on the wire)
+        counter.hit([per_minute("m_free", 10), per_minute("m_full", 1)], T0),
+        counter.hit([per_minute("m_free", 10)], T0),
+        counter.hit([per_minute("m_free", 10, hits=2), per_minute("m_other", 5)], T0),
+    )
+    assert not refused.admitted
+    assert (alone.admitted, alone.hits[0].after.count) == (True, 1)
+    assert [h.after.count for h in counted.hits] == [3, 1]
+
+
 async def test_hits_addend_and_repeated_counters_add_up(counter: RequestCounterStore) -> None:
     step = await counter.hit([per_minute("h", 10, hits=4), per_minute("h", 10, hits=5)], T0)
     assert step.admitted
