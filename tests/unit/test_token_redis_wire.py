@@ -41,6 +41,9 @@ def test_a_script_call_is_packed_as_resp() -> None:
         b"$1\r\nk\r\n$1\r\n1\r\n$2\r\n\xc3\xa9\r\n"
     )
     assert script.call([], [], cached=False) == command("EVAL", "return 1", "0")
+    assert script.call(["a", "b"], ["c"], cached=True) == command(
+        "EVALSHA", "ab" * 20, "2", "a", "b", "c"
+    )
 
 
 async def test_replies_go_to_their_batches_in_order_and_errors_become_redis_py_errors() -> None:

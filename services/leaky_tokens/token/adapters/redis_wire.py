@@ -212,11 +212,13 @@ class WireScript:
     def call(self, keys: Sequence[str], args: Sequence[str], *, cached: bool) -> bytes:
         """EVALSHA (or EVAL, `cached` false) of this script with `keys` and `args`."""
         head = self._heads[0] if cached else self._heads[1]
-        parts = [b"*%d\r\n%b%b" % (3 + len(keys) + len(args), head, bulk(b"%d" % len(keys)))]
-        for value in (*keys, *args):
-            raw = value.encode()
-            parts.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
-        return b"".join(parts)
+        values = (*keys, *args)
+        # Formatted as text and encoded once: half the cost of encoding value by value. A
+        # bulk's length counts bytes, which only ASCII text shares with its length in chars.
+        text = "".join([f"${len(v)}\r\n{v}\r\n" for v in values])
+        ascii_only = text.isascii()
+        body = text.encode() if ascii_only else b"".join([bulk(v.encode()) for v in values])
+        return b"*%d\r\n%b%b%b" % (3 + len(values), head, bulk(b"%d" % len(keys)), body)
 
 
 async def run_scripts(
