@@ -94,10 +94,10 @@ class _Connection(asyncio.Protocol):
                     if not future.done():  # its caller may have given up
                         future.set_result(replies)
         except (hiredis.ProtocolError, rx.InvalidResponse) as error:
-            self.fail(rx.ConnectionError(f"redis: bad reply: {error}"))
+            self.fail(rx.ConnectionError(f"bad reply: {error}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.fail(rx.ConnectionError(f"redis: connection lost: {exc or 'closed by the server'}"))
+        self.fail(rx.ConnectionError(f"connection lost: {exc or 'closed by the server'}"))
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -159,7 +159,7 @@ class RedisWire:
 
     def _expire(self, conn: _Connection, future: asyncio.Future[list[Any]]) -> None:
         if not future.done():
-            conn.fail(rx.TimeoutError(f"redis: no reply within {self._timeout * 1000:.0f} ms"))
+            conn.fail(rx.TimeoutError(f"no reply within {self._timeout * 1000:.0f} ms"))
 
     async def _connect(self) -> _Connection:
         self._lock = self._lock or asyncio.Lock()
@@ -177,7 +177,7 @@ class RedisWire:
                         if isinstance(reply, Exception):
                             raise reply
             except BaseException:
-                conn.fail(rx.ConnectionError("redis: handshake failed"))
+                conn.fail(rx.ConnectionError("handshake failed"))
                 await conn.closed
                 raise
             self._conn = conn
@@ -193,9 +193,9 @@ class RedisWire:
                 else:
                     _, conn = await loop.create_connection(_Connection, e.host, e.port)
         except TimeoutError as error:
-            raise rx.TimeoutError(f"redis: connecting to {e} timed out") from error
+            raise rx.TimeoutError(f"connecting to {e} timed out") from error
         except OSError as error:
-            raise rx.ConnectionError(f"redis: cannot connect to {e}: {error}") from error
+            raise rx.ConnectionError(f"cannot connect to {e}: {error}") from error
         return conn
 
 
