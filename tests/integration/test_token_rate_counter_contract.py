@@ -1,4 +1,5 @@
-"""RequestCounterStore contract: in memory, on the stack's Redis and on a 3-node Redis Cluster."""
+"""RequestCounterStore contract: in memory, on the stack's Redis (the fast wire and redis-py)
+and on a 3-node Redis Cluster."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from leaky_tokens.stack.orchestrator import Stack
 from leaky_tokens.stack.redis import Redis as RedisComponent
 from leaky_tokens.token.adapters.in_memory_rate_counter import InMemoryRequestCounter
 from leaky_tokens.token.adapters.redis_rate_counter import RedisRequestCounter
+from leaky_tokens.token.adapters.redis_wire import Endpoint, RedisWire
 from leaky_tokens.token.domain.ports import StoreUnavailableError
 from leaky_tokens.token.domain.rate_counter import CounterHit, RequestCounterStore
 from tests.support.net import free_port
@@ -36,26 +38,33 @@ def cluster_ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int
         yield ports
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+@pytest.fixture(params=["memory", "wire", "redis", "cluster"])
 async def counter(request: pytest.FixtureRequest) -> AsyncIterator[RequestCounterStore]:
     if request.param == "memory":
         yield InMemoryRequestCounter()
         return
     client: Redis | RedisCluster
-    if request.param == "redis":
+    if request.param in ("wire", "redis"):
         stack: Stack = request.getfixturevalue("stack")
         redis = component(stack, "redis")
         assert isinstance(redis, RedisComponent)
-        client = Redis(host="127.0.0.1", port=redis.port)
+        port = redis.port
+        client = Redis(host="127.0.0.1", port=port)
     else:
         ports: list[int] = request.getfixturevalue("cluster_ports")
         client = RedisCluster(host="127.0.0.1", port=ports[0])
     prefix = f"t{uuid.uuid4().hex[:10]}"  # the stack's Redis is shared: no flushing
-    real = RedisRequestCounter(client, prefix)
+    if request.param == "wire":  # the single-Redis default: RedisWire, one script per batch
+        wire = RedisWire(Endpoint(port=port), timeout_s=5.0, connect_timeout_s=5.0)
+        real = RedisRequestCounter(wire, prefix)
+    else:
+        real = RedisRequestCounter(client, prefix)
     yield real
     async for key in client.scan_iter(match=f"{prefix}*", count=1000):
         await client.delete(key)
     await real.close()
+    if request.param == "wire":
+        await client.aclose()
 
 
 async def test_counts_up_to_the_limit_then_refuses_without_counting(
@@ -80,6 +89,20 @@ async def test_all_or_nothing_across_descriptors(counter: RequestCounterStore) -
     assert [h.within for h in refused.hits] == [True, False]
     alone = await counter.hit([per_minute("k_free", 10)], T0)
     assert alone.hits[0].after.count == 1  # the refused request counted nothing
+
+
+async def test_requests_sharing_a_batch_are_each_all_or_nothing(
+    counter: RequestCounterStore,
+) -> None:
+    await counter.hit([per_minute("m_full", 1)], T0)
+    refused, alone, counted = await asyncio.gather(  # one batch (one script call on the wire)
+        counter.hit([per_minute("m_free", 10), per_minute("m_full", 1)], T0),
+        counter.hit([per_minute("m_free", 10)], T0),
+        counter.hit([per_minute("m_free", 10, hits=2), per_minute("m_other", 5)], T0),
+    )
+    assert not refused.admitted
+    assert (alone.admitted, alone.hits[0].after.count) == (True, 1)
+    assert [h.after.count for h in counted.hits] == [3, 1]
 
 
 async def test_hits_addend_and_repeated_counters_add_up(counter: RequestCounterStore) -> None:
@@ -115,7 +138,7 @@ async def test_concurrent_requests_never_exceed_the_limit(counter: RequestCounte
     assert sum(s.admitted for s in steps) == 25
 
 
-@pytest.mark.parametrize("counter", ["redis", "cluster"], indirect=True)
+@pytest.mark.parametrize("counter", ["wire", "redis", "cluster"], indirect=True)
 async def test_concurrent_requests_share_pipelines(counter: RequestCounterStore) -> None:
     assert isinstance(counter, RedisRequestCounter)
     before = counter.batches_sent
@@ -123,22 +146,30 @@ async def test_concurrent_requests_share_pipelines(counter: RequestCounterStore)
     assert counter.batches_sent - before < 40
 
 
-@pytest.mark.parametrize("counter", ["redis"], indirect=True)
+@pytest.mark.parametrize("counter", ["wire", "redis"], indirect=True)
 async def test_keys_follow_upstreams_layout_and_expire_with_their_window(
-    counter: RequestCounterStore,
+    counter: RequestCounterStore, stack: Stack
 ) -> None:
     assert isinstance(counter, RedisRequestCounter)
     hit = per_minute("user_id_x", 5)
     await counter.hit([hit], T0)
     key = counter.key(hit, T0)
     assert key.endswith(f"{{leaky}}user_id_x_{(T0 - 5_000) // 1000}")
-    ttl = await counter._client.ttl(key)  # what Redis holds is the contract
+    redis = component(stack, "redis")
+    assert isinstance(redis, RedisComponent)
+    async with Redis(host="127.0.0.1", port=redis.port) as admin:
+        ttl = await admin.ttl(key)  # what Redis holds is the contract
     assert 0 < ttl <= 56
 
 
 async def test_an_unreachable_redis_is_store_unavailable() -> None:
     client = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
     down = RedisRequestCounter(client, "t")
+    with pytest.raises(StoreUnavailableError):
+        await down.hit([per_minute("d", 1)], T0)
+    await down.close()
+    wire = RedisWire(Endpoint(port=free_port()), timeout_s=0.5, connect_timeout_s=0.5)
+    down = RedisRequestCounter(wire, "t")
     with pytest.raises(StoreUnavailableError):
         await down.hit([per_minute("d", 1)], T0)
     await down.close()

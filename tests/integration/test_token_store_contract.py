@@ -1,5 +1,6 @@
-"""The DecisionStore contract, run against the in-memory store, a single real Redis and a real
-3-node Redis Cluster: all three must decide, refund, reserve and record events alike."""
+"""The DecisionStore contract, run against the in-memory store, a single real Redis (over the
+fast wire and over redis-py) and a real 3-node Redis Cluster: all must decide, refund, reserve
+and record events alike."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from leaky_tokens.token.adapters import event_codec as codec
 from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisionStore
 from leaky_tokens.token.adapters.key_layout import KeyLayout
 from leaky_tokens.token.adapters.redis_decision_store import RedisDecisionStore
+from leaky_tokens.token.adapters.redis_wire import Endpoint, RedisWire
 from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
 from leaky_tokens.token.adapters.settings import FailureMode
 from leaky_tokens.token.domain import decision as dec
@@ -84,23 +86,26 @@ def cluster_ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int
         yield ports
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+@pytest.fixture(params=["memory", "wire", "redis", "cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[DecisionStore]:
     if request.param == "memory":
         yield InMemoryDecisionStore()
         return
     client: Redis | RedisCluster
-    if request.param == "redis":
+    wire = None
+    if request.param in ("wire", "redis"):
         stack: Stack = request.getfixturevalue("stack")
         redis = component(stack, "redis")
         assert isinstance(redis, RedisComponent)
         client = Redis(host="127.0.0.1", port=redis.port)
+        if request.param == "wire":  # the single-Redis default: scripts over RedisWire
+            wire = RedisWire(Endpoint(port=redis.port), timeout_s=5.0, connect_timeout_s=5.0)
     else:
         ports: list[int] = request.getfixturevalue("cluster_ports")
         client = RedisCluster(host="127.0.0.1", port=ports[0])
     # A prefix of its own: the stack's Redis is shared, so no test flushes it.
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    real = RedisDecisionStore(client, KeyLayout(prefix=prefix, shards=8))
+    real = RedisDecisionStore(client, KeyLayout(prefix=prefix, shards=8), wire=wire)
     await real.load_scripts()
     yield real
     async for key in client.scan_iter(match=f"{prefix}*", count=1000):
@@ -489,11 +494,11 @@ async def test_every_decision_event_carries_its_detail(store: DecisionStore) -> 
     assert (granted.granted_by, granted.reason) == ("admin-1", "support")
 
 
-@pytest.mark.parametrize("kind", ["redis", "cluster"])
+@pytest.mark.parametrize("kind", ["wire", "redis", "cluster"])
 async def test_many_deciders_in_two_processes_never_over_admit(
     request: pytest.FixtureRequest, kind: str
 ) -> None:
-    if kind == "redis":
+    if kind in ("wire", "redis"):
         redis = component(request.getfixturevalue("stack"), "redis")
         assert isinstance(redis, RedisComponent)
         port = redis.port
@@ -501,7 +506,8 @@ async def test_many_deciders_in_two_processes_never_over_admit(
         port = request.getfixturevalue("cluster_ports")[0]
     prefix = f"t{uuid.uuid4().hex[:10]}"
     client = hammer.client_for(kind, port)
-    store = RedisDecisionStore(client, KeyLayout(prefix=prefix, shards=hammer.SHARDS))
+    layout = KeyLayout(prefix=prefix, shards=hammer.SHARDS)
+    store = RedisDecisionStore(client, layout, wire=hammer.wire_for(kind, port))
     await store.load_scripts()
     other = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -564,7 +570,7 @@ async def outcome(call: Awaitable[object]) -> object:
         return str(error)
 
 
-@pytest.mark.parametrize("store", ["redis", "cluster"], indirect=True)
+@pytest.mark.parametrize("store", ["wire", "redis", "cluster"], indirect=True)
 async def test_the_lua_port_decides_exactly_as_the_domain(store: DecisionStore) -> None:
     """A seeded random run of every operation, clock jumps and going back included: the
     Redis scripts and the in-memory store (the domain functions) answer the same each step."""

@@ -14,6 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from leaky_tokens.token.adapters.key_layout import KeyLayout
 from leaky_tokens.token.adapters.redis_decision_store import RedisDecisionStore
+from leaky_tokens.token.adapters.redis_wire import Endpoint, RedisWire
 from leaky_tokens.token.domain.bucket import BucketLimit
 from leaky_tokens.token.domain.decision import Allowed, Level
 from leaky_tokens.token.domain.policy import LevelLimits
@@ -63,8 +64,16 @@ def client_for(kind: str, port: int) -> Redis | RedisCluster:
     return Redis(host="127.0.0.1", port=port)
 
 
+def wire_for(kind: str, port: int) -> RedisWire | None:
+    """The fast RESP client the store sends its scripts over ("wire"), else None (redis-py)."""
+    if kind != "wire":
+        return None
+    return RedisWire(Endpoint(port=port), timeout_s=5.0, connect_timeout_s=5.0)
+
+
 async def _main(kind: str, port: int, prefix: str, tasks: int) -> None:
-    store = RedisDecisionStore(client_for(kind, port), KeyLayout(prefix=prefix, shards=SHARDS))
+    layout = KeyLayout(prefix=prefix, shards=SHARDS)
+    store = RedisDecisionStore(client_for(kind, port), layout, wire=wire_for(kind, port))
     await store.load_scripts()
     try:
         print(json.dumps(await hammer(store, tasks, lane=1)))

@@ -9,18 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 
 from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2
 from leaky_tokens.runtime.ports import Clock
 from leaky_tokens.runtime.settings import doc
 from leaky_tokens.token.adapters.config_files import load_policy, load_rate_limit_path
 from leaky_tokens.token.adapters.in_memory_rate_counter import InMemoryRequestCounter
-from leaky_tokens.token.adapters.redis_rate_counter import RedisRequestCounter
 from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
 from leaky_tokens.token.adapters.settings import Backend, TokenStoreSettings
-from leaky_tokens.token.adapters.store_factory import decision_store, redis_store
+from leaky_tokens.token.adapters.store_factory import decision_store, redis_counter, redis_store
 from leaky_tokens.token.adapters.watched_config import WatchedConfig
 from leaky_tokens.token.domain.policy import Policy
 from leaky_tokens.token.domain.policy_parse import DEFAULT_POLICY
@@ -122,17 +119,7 @@ def rate_counter(settings: TokenStoreSettings) -> RequestCounterStore:
     """In memory, or on the decision store's Redis (its own connections, same timeout)."""
     if settings.backend is Backend.MEMORY:
         return InMemoryRequestCounter()
-    timeout = settings.store_timeout_ms / 1000
-    client: Redis | RedisCluster
-    if settings.backend is Backend.CLUSTER:
-        client = RedisCluster.from_url(
-            settings.store_redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-    else:
-        client = Redis.from_url(
-            settings.store_redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-    return RedisRequestCounter(client, settings.store_key_prefix, settings.store_max_batch)
+    return redis_counter(settings)
 
 
 @dataclass

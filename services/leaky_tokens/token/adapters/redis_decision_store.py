@@ -14,6 +14,7 @@ from leaky_tokens.token.adapters import redis_codec as codec
 from leaky_tokens.token.adapters.key_layout import RS, SEP, KeyLayout
 from leaky_tokens.token.adapters.redis_dispatcher import BatchDispatcher
 from leaky_tokens.token.adapters.redis_scripts import Script, load_scripts
+from leaky_tokens.token.adapters.redis_wire import RedisWire, WireScript, run_scripts
 from leaky_tokens.token.adapters.snapshots import current
 from leaky_tokens.token.domain import decision as dec
 from leaky_tokens.token.domain import reservation as res
@@ -61,12 +62,16 @@ class RedisDecisionStore:
         record_ttl_ms: int = HOUR_MS,
         sweep_limit: int = 16,
         max_batch: int = 256,
+        wire: RedisWire | None = None,
     ) -> None:
         self._client = client
+        # Script calls over the dedicated RESP client when given (single Redis; ADR 0028).
+        self._wire = wire
         self._layout = layout or KeyLayout()
         self._ttl = str(record_ttl_ms)
         self._sweep_limit = str(sweep_limit)
         self._scripts = load_scripts()
+        self._wired = {s.name: WireScript(s.sha, s.text) for s in self._scripts.values()}
         self._dispatch: BatchDispatcher[_Call, Any] = BatchDispatcher(self._send, max_batch)
 
     @property
@@ -85,6 +90,8 @@ class RedisDecisionStore:
     async def close(self) -> None:
         """Finish the batches in flight and close the connections."""
         await self._dispatch.close()
+        if self._wire is not None:
+            await self._wire.close()
         await self._client.aclose()
 
     # --- the port -------------------------------------------------------------------------
@@ -268,6 +275,9 @@ class RedisDecisionStore:
         return [_mapped(r) if _unavailable(r) else r for r in results]
 
     async def _pipeline(self, calls: Sequence[_Call], *, cached: bool) -> list[Any]:
+        if self._wire is not None:
+            batch = [(self._wired[c.script.name], (c.stream,), c.args) for c in calls]
+            return await run_scripts(self._wire, batch, cached=cached)
         pipe = self._client.pipeline(transaction=False)
         for c in calls:
             # execute_command: redis-py's cluster pipeline blocks its evalsha() helper, yet

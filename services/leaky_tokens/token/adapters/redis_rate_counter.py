@@ -1,4 +1,4 @@
-"""RedisRequestCounter: ShouldRateLimit's fixed windows in Redis, one script call per request."""
+"""RedisRequestCounter: ShouldRateLimit's fixed windows in Redis, one script call per batch."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from leaky_tokens.token.adapters.redis_dispatcher import BatchDispatcher
+from leaky_tokens.token.adapters.redis_wire import RedisWire, WireScript
 from leaky_tokens.token.domain.ports import StoreUnavailableError
 from leaky_tokens.token.domain.rate_counter import CounterHit, CountStep, count_step, window_start
 
 SCRIPT = (files("leaky_tokens.token.adapters") / "lua" / "rate_counter.lua").read_text()
 SHA = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
+_WIRE_SCRIPT = WireScript(SHA, SCRIPT)
 _DOWN = (
     rx.ConnectionError,
     rx.TimeoutError,
@@ -40,11 +42,15 @@ class RedisRequestCounter:
 
     Keys follow upstream's layout, `<prefix>rl:{<domain>}<counter key>_<window start s>`,
     expiring when their window ends (plus a second). Every key of one request carries the
-    domain as its hash tag so the script stays on one slot. Concurrent requests' script
-    calls share one pipeline (BatchDispatcher): one round trip per request, often fewer.
+    domain as its hash tag so the script stays on one slot. Concurrent requests share one
+    batch (BatchDispatcher): on a single Redis over RedisWire the whole batch is one EVALSHA
+    (the script takes any number of requests, each still all or nothing), on redis-py (a
+    cluster) one EVALSHA per request in one pipeline.
     """
 
-    def __init__(self, client: Redis | RedisCluster, prefix: str = "lt", max_batch: int = 256):
+    def __init__(
+        self, client: Redis | RedisCluster | RedisWire, prefix: str = "lt", max_batch: int = 256
+    ):
         self._client = client
         self._prefix = f"{prefix}rl:"
         self._dispatch: BatchDispatcher[_Call, Any] = BatchDispatcher(self._send, max_batch)
@@ -63,7 +69,7 @@ class RedisRequestCounter:
         if not hits:
             return CountStep(True, ())
         keys = tuple(self.key(h, now_ms) for h in hits)
-        args: list[str] = []
+        args: list[str] = [str(len(hits))]
         for h in hits:
             ttl_s = (window_start(h, now_ms) + h.window_ms - now_ms) // 1000 + 1
             args += (str(h.limit), str(h.hits), "1" if h.enforced else "0", str(ttl_s))
@@ -81,9 +87,14 @@ class RedisRequestCounter:
     async def close(self) -> None:
         """Finish the batches in flight and close the connections."""
         await self._dispatch.close()
-        await self._client.aclose()
+        if isinstance(self._client, RedisWire):
+            await self._client.close()
+        else:
+            await self._client.aclose()
 
     async def _send(self, calls: Sequence[_Call]) -> list[Any]:
+        if isinstance(self._client, RedisWire):
+            return await self._send_wire(self._client, calls)
         try:
             results = await self._pipeline(calls, cached=True)
             missing = [i for i, r in enumerate(results) if isinstance(r, rx.NoScriptError)]
@@ -96,11 +107,29 @@ class RedisRequestCounter:
         return [StoreUnavailableError(f"redis: {r}") if _down(r) else r for r in results]
 
     async def _pipeline(self, calls: Sequence[_Call], *, cached: bool) -> list[Any]:
+        assert not isinstance(self._client, RedisWire)
         pipe = self._client.pipeline(transaction=False)
         for c in calls:
             head = ("EVALSHA", SHA) if cached else ("EVAL", SCRIPT)
             pipe.execute_command(*head, len(c.keys), *c.keys, *c.args)
-        return list(await pipe.execute(raise_on_error=False))
+        # The script answers a list of one reply per request: here, one request per call.
+        replies = await pipe.execute(raise_on_error=False)
+        return [r if isinstance(r, BaseException) else r[0] for r in replies]
+
+    async def _send_wire(self, wire: RedisWire, calls: Sequence[_Call]) -> list[Any]:
+        keys = [k for c in calls for k in c.keys]
+        args = [a for c in calls for a in c.args]
+        try:
+            (reply,) = await wire.execute(_WIRE_SCRIPT.call(keys, args, cached=True), 1)
+            if isinstance(reply, rx.NoScriptError):  # a restarted server: EVAL caches it again
+                (reply,) = await wire.execute(_WIRE_SCRIPT.call(keys, args, cached=False), 1)
+        except (rx.RedisError, OSError) as error:
+            raise StoreUnavailableError(f"redis: {error}") from error
+        if isinstance(reply, BaseException):  # the whole script failed (BUSY, OOM, ...)
+            reply = [reply] * len(calls)
+        elif len(reply) != len(calls):
+            raise RuntimeError("the rate counter script answered a different number of calls")
+        return [StoreUnavailableError(f"redis: {r}") if _down(r) else r for r in reply]
 
 
 def _down(result: object) -> bool:

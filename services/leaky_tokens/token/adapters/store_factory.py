@@ -10,29 +10,52 @@ from redis.asyncio.cluster import RedisCluster
 from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisionStore
 from leaky_tokens.token.adapters.key_layout import KeyLayout
 from leaky_tokens.token.adapters.redis_decision_store import RedisDecisionStore
+from leaky_tokens.token.adapters.redis_rate_counter import RedisRequestCounter
+from leaky_tokens.token.adapters.redis_wire import Endpoint, RedisWire
 from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
 from leaky_tokens.token.adapters.settings import Backend, TokenStoreSettings
 from leaky_tokens.token.domain.ports import DecisionStore
 
 
+def redis_client(settings: TokenStoreSettings) -> Redis | RedisCluster:
+    """redis-py's client for the store's Redis or cluster, with the store's timeouts."""
+    timeout = settings.store_timeout_ms / 1000
+    if settings.backend is Backend.CLUSTER:
+        return RedisCluster.from_url(
+            settings.store_redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+    return Redis.from_url(
+        settings.store_redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+
+
+def fast_wire(settings: TokenStoreSettings) -> RedisWire | None:
+    """The dedicated RESP client for script calls, or None where redis-py keeps them: a
+    cluster (slot routing) or a URL it does not take (rediss://: TLS)."""
+    if settings.backend is not Backend.REDIS:
+        return None
+    if not settings.store_redis_url.startswith(("redis://", "unix://")):
+        return None
+    timeout = settings.store_timeout_ms / 1000
+    endpoint = Endpoint.from_url(settings.store_redis_url)
+    return RedisWire(endpoint, timeout_s=timeout, connect_timeout_s=timeout)
+
+
+def redis_counter(settings: TokenStoreSettings) -> RedisRequestCounter:
+    """ShouldRateLimit's counters on the store's Redis (connections of their own)."""
+    client = fast_wire(settings) or redis_client(settings)
+    return RedisRequestCounter(client, settings.store_key_prefix, settings.store_max_batch)
+
+
 def redis_store(settings: TokenStoreSettings) -> RedisDecisionStore:
     """The Redis store alone (no failure policy); scripts are loaded on first use or NOSCRIPT."""
-    timeout = settings.store_timeout_ms / 1000
-    client: Redis | RedisCluster
-    if settings.backend is Backend.CLUSTER:
-        client = RedisCluster.from_url(
-            settings.store_redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-    else:
-        client = Redis.from_url(
-            settings.store_redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
     layout = KeyLayout(settings.store_key_prefix, settings.store_shards)
     return RedisDecisionStore(
-        client,
+        redis_client(settings),
         layout,
         record_ttl_ms=settings.store_record_ttl_ms,
         max_batch=settings.store_max_batch,
+        wire=fast_wire(settings),
     )
 
 
