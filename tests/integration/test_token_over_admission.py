@@ -167,6 +167,7 @@ async def mesh(stack: Stack, tmp_path: Path) -> AsyncIterator[Mesh]:
             "LEAKY_TOKEN_STORE_REDIS_URL": redis.url,
             "LEAKY_TOKEN_STORE_KEY_PREFIX": prefix,
             "LEAKY_TOKEN_STORE_TIMEOUT_MS": "5000",  # a loaded CI box: slow, not degraded
+            "LEAKY_TOKEN_PROVIDER_TIMEOUT_SECONDS": "10",  # likewise: no refund for slowness
             "LEAKY_TOKEN_SHUTDOWN_DELAY_SECONDS": "0",
         }
         try:
