@@ -1,5 +1,6 @@
 """Over-admission: two token-service processes on the stack's Redis, 64 concurrent gRPC clients
-on the same user and org keys; the admitted total never exceeds what the policy allows."""
+on the same user and org keys; the admitted total never exceeds what the policy allows, and
+every decision reaches the stack's Kafka as one usage event (after de-duplication)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from redis.asyncio import Redis
 
 from leaky.auth.v1 import auth_pb2, auth_pb2_grpc
+from leaky.events.v1.events_pb2 import TokenUsageRecorded
 from leaky.token.v1 import token_pb2, token_pb2_grpc
 from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from leaky_tokens.auth.adapters.in_memory_auth_store import InMemoryAuthStore
@@ -32,12 +36,15 @@ from leaky_tokens.auth.bootstrap import build as build_auth
 from leaky_tokens.provider.bootstrap import ProviderSettings
 from leaky_tokens.provider.bootstrap import build as build_provider
 from leaky_tokens.runtime.server import start_server
+from leaky_tokens.stack.kafka import Kafka
 from leaky_tokens.stack.orchestrator import Stack
 from leaky_tokens.stack.redis import Redis as RedisComponent
+from leaky_tokens.token.adapters import event_codec
 from tests.support.fakes import FakePasswordHasher
 from tests.support.grpc_errors import reason
 from tests.support.net import serving_port
 from tests.support.stack import component
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -81,6 +88,8 @@ class Mesh:
     alice: User
     bob: User
     org_id: str
+    kafka: str  # bootstrap address
+    topic: str  # where the processes' relay publishes usage events (this test's own)
 
 
 @asynccontextmanager
@@ -141,9 +150,17 @@ def token_process(env: dict[str, str], log: Path) -> Iterator[str]:
 
 @pytest.fixture
 async def mesh(stack: Stack, tmp_path: Path) -> AsyncIterator[Mesh]:
-    redis = component(stack, "redis")
+    redis, kafka = component(stack, "redis"), component(stack, "kafka")
     assert isinstance(redis, RedisComponent)
+    assert isinstance(kafka, Kafka)
     prefix = f"oa{uuid.uuid4().hex[:8]}"  # both processes share it; other tests never meet it
+    topic = f"leaky.usage.test.{prefix}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.address)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    finally:
+        await admin.close()
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     async with peers() as (auth_target, provider_target, auth):
@@ -169,6 +186,11 @@ async def mesh(stack: Stack, tmp_path: Path) -> AsyncIterator[Mesh]:
             "LEAKY_TOKEN_STORE_TIMEOUT_MS": "5000",  # a loaded CI box: slow, not degraded
             "LEAKY_TOKEN_PROVIDER_TIMEOUT_SECONDS": "10",  # likewise: no refund for slowness
             "LEAKY_TOKEN_SHUTDOWN_DELAY_SECONDS": "0",
+            # One relay (the lease holder of the two) publishes both processes' events.
+            "LEAKY_TOKEN_EVENTS_BUS": "kafka",
+            "LEAKY_TOKEN_EVENTS_KAFKA_BOOTSTRAP": kafka.address,
+            "LEAKY_TOKEN_EVENTS_USAGE_TOPIC": topic,
+            "LEAKY_TOKEN_EVENTS_POLL_MS": "20",
         }
         try:
             with ExitStack() as processes:
@@ -179,7 +201,7 @@ async def mesh(stack: Stack, tmp_path: Path) -> AsyncIterator[Mesh]:
                     )
                     for i in range(2)
                 ]
-                yield Mesh(addresses, alice, bob, org_id)
+                yield Mesh(addresses, alice, bob, org_id, kafka.address, topic)
         finally:
             client = Redis.from_url(redis.url)
             async for key in client.scan_iter(match=f"{prefix}*"):
@@ -234,6 +256,41 @@ async def test_two_token_processes_never_admit_more_than_the_buckets_allow(mesh:
     assert denied[LIMITED] > 0, "no request was refused: the test proved nothing"
     # Any other failure is a broken run, not a denial: it must not pass quietly.
     assert set(denied) == {LIMITED}, denied
+    # Every decision, allowed or denied, arrives once after de-duplication by event_id, and the
+    # events add up to what the clients saw.
+    usage = await usage_events(mesh, CLIENTS * CALLS)
+    assert len(usage) == CLIENTS * CALLS
+    for user_id, tokens in ((mesh.alice.user_id, alice), (mesh.bob.user_id, bob)):
+        mine = [u for u in usage if u.user_id == user_id and u.allowed]
+        assert sum(u.tokens for u in mine) == tokens
+    assert sum(not u.allowed for u in usage) == denied[LIMITED]
+    assert {u.org_id for u in usage} == {mesh.org_id}
+
+
+async def usage_events(mesh: Mesh, expected: int) -> list[TokenUsageRecorded]:
+    """The TokenUsageRecorded events on the topic, de-duplicated by event_id, once `expected`
+    of them arrived (a bound on waiting; a shortfall fails naming the count)."""
+    consumer = AIOKafkaConsumer(
+        mesh.topic, bootstrap_servers=mesh.kafka, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    found: dict[str, TokenUsageRecorded] = {}
+    try:
+
+        async def arrived() -> bool:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for message in records:
+                    envelope = event_codec.decode(message.value)
+                    if envelope.WhichOneof("event") == "token_usage_recorded":
+                        found.setdefault(envelope.event_id, envelope.token_usage_recorded)
+            return len(found) >= expected
+
+        await eventually(arrived, 120, what=f"{expected} usage events in {mesh.topic}")
+        # Anything past the expected count (an event too many) shows up in a last read.
+        await arrived()
+    finally:
+        await consumer.stop()
+    return list(found.values())
 
 
 async def test_should_rate_limit_across_two_processes_counts_one_window(mesh: Mesh) -> None:
