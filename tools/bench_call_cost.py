@@ -8,6 +8,9 @@ figure is the server's utime+stime (/proc/<pid>/stat) over those calls divided b
 interleave the kinds, so a busy neighbour weighs on all of them alike; medians are reported.
 
   python tools/bench_call_cost.py --kinds bare,ours,ours-headers --calls 20000 --rounds 5
+  git archive <before> services tools | tar -x -C /tmp/before   # then, before/after:
+  python tools/bench_call_cost.py --kinds bare,ours --against /tmp/before
+  python tools/bench_call_cost.py --kinds bare,ours,ours+uvloop,ours+opt --option NAME=VALUE
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import os
 import statistics
@@ -106,8 +110,7 @@ async def _serve(kind: str, port: int, options: list[tuple[str, Any]]) -> None:
 def _serve_main(args: argparse.Namespace) -> None:
     options = [_option(o) for o in args.option]
     if args.uvloop:
-        import uvloop  # type: ignore[import-not-found]  # measured, not a dependency
-
+        uvloop = importlib.import_module("uvloop")  # measured here, not a dependency
         uvloop.run(_serve(args.serve, args.port, options))
     else:
         asyncio.run(_serve(args.serve, args.port, options))
@@ -173,20 +176,28 @@ def main() -> None:
         _serve_main(args)
         return
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    unknown = set(kinds) - set(KINDS)
+    unknown = {k.partition("@")[0].split("+")[0] for k in kinds} - set(KINDS)
     if unknown:
         raise SystemExit(f"unknown kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
     procs = Processes(Path(tempfile.mkdtemp(prefix="call-cost-")))
     load = _Load(args.c, args.connections)
     started: dict[str, tuple[int, str]] = {}
-    extra = ["--uvloop"] if args.uvloop else []
-    extra += [f"--option={o}" for o in args.option]
-    env = {"LEAKY_LOG_LEVEL": "WARNING"}
+    trees = dict.fromkeys(kinds, "")
+    if args.against:  # the same `ours*` kinds from another checkout, e.g. before a change
+        other = str(Path(args.against).resolve() / "services")
+        trees |= {f"{k}@against": other for k in kinds if k.startswith("ours")}
+        kinds = list(trees)
     load_before = load_average()
     try:
-        for kind in kinds:
+        for kind, tree in trees.items():
             port = free_port()
-            argv = [sys.executable, __file__, "--serve", kind, "--port", str(port), *extra]
+            serve, *variants = kind.partition("@")[0].split("+")
+            argv = [sys.executable, __file__, "--serve", serve, "--port", str(port)]
+            if args.uvloop or "uvloop" in variants:
+                argv.append("--uvloop")
+            if "opt" in variants:  # the --option list applies to +opt kinds only
+                argv += [f"--option={o}" for o in args.option]
+            env = {"PYTHONPATH": tree} if tree else {}
             started[kind] = (procs.start(kind, argv, env, port), f"127.0.0.1:{port}")
         for _pid, target in started.values():  # warm up: connections, caches, the JIT-less rest
             load.run(target, max(args.calls // 10, 500))
@@ -222,19 +233,29 @@ def _report(
         median = statistics.median(per_call[kind])
         ratio = f" {median / base:.2f}x bare" if base else ""
         runs = ", ".join(f"{v:.0f}" for v in per_call[kind])
-        print(f"{kind:14s} {median:7.1f} us/call{ratio}   (runs: {runs})")
+        print(f"{kind:22s} {median:7.1f} us/call{ratio}   (runs: {runs})")
 
 
 def _options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kinds", default="bare,ours", help=f"of: {', '.join(KINDS)}")
+    parser.add_argument(
+        "--kinds",
+        default="bare,ours",
+        help=f"of: {', '.join(KINDS)}; KIND+uvloop runs on uvloop, KIND+opt with --option",
+    )
     parser.add_argument("--calls", type=int, default=20000, help="calls per measured run")
     parser.add_argument("--rounds", type=int, default=5, help="measured runs per kind")
     parser.add_argument("-c", type=int, default=50, help="concurrency")
     parser.add_argument("--connections", type=int, default=1, help="ghz connections")
     parser.add_argument("--uvloop", action="store_true", help="servers run on uvloop")
     parser.add_argument(
-        "--option", action="append", default=[], help="grpc server option NAME=VALUE (repeat)"
+        "--against", help="a checkout whose services/ also serves each ours* kind (before/after)"
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        help="grpc server option NAME=VALUE (repeat) for the KIND+opt kinds",
     )
     parser.add_argument("--serve", choices=sorted(KINDS), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
