@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
+
+import uvloop
 
 from leaky_tokens.runtime import logging as leaky_logging
 from leaky_tokens.runtime import settings as settings_mod
@@ -76,4 +77,5 @@ def run_service(
         finally:
             await components.close()
 
-    asyncio.run(main())
+    # uvloop: about a quarter less CPU per gRPC call than asyncio's own loop (ADR 0027).
+    uvloop.run(main())
