@@ -43,6 +43,7 @@ REQUEST = {"domain": "leaky", "descriptors": [{"entries": [{"key": "user_id", "v
 # What each kind of server is; `ours*` go through runtime/server.py's start_server.
 KINDS = {
     "bare": "grpc.aio.server() with the servicer, nothing else (the harness's ceiling)",
+    "bare-intercepted": "bare with a pass-through interceptor (grpc.aio's own interceptor cost)",
     "ours": "start_server: our interceptor, health, reflection; a public no-work servicer",
     "ours-headers": "as ours, the servicer adding two response headers (Consume's path)",
     "ours-auth": "as ours, the method protected and called without a token (UNAUTHENTICATED)",
@@ -72,6 +73,11 @@ class _Trivial(rls_pb2_grpc.RateLimitServiceServicer):
         return _answer(request)
 
 
+class _PassThrough(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        return await continuation(details)
+
+
 async def _serve(kind: str, port: int, options: list[tuple[str, Any]]) -> None:
     if options:  # measured server options, added to whatever the server sets itself
         real = grpc.aio.server
@@ -82,8 +88,9 @@ async def _serve(kind: str, port: int, options: list[tuple[str, Any]]) -> None:
 
         grpc.aio.server = with_options
     servicer = _Trivial(headers=kind == "ours-headers")
-    if kind == "bare":
-        server = grpc.aio.server()
+    if kind.startswith("bare"):
+        chain = [_PassThrough()] if kind == "bare-intercepted" else []
+        server = grpc.aio.server(interceptors=chain)
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(servicer, server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()

@@ -4,34 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import grpc
-from google.protobuf.message import DecodeError
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from leaky_tokens.runtime import status
 from leaky_tokens.runtime.errors import (
     DomainError,
-    FieldViolation,
-    InvalidArgumentError,
     UnauthenticatedError,
     UnavailableError,
     UnimplementedError,
 )
 from leaky_tokens.runtime.identity import caller_var
+from leaky_tokens.runtime.interceptor_parts import (
+    Context,
+    MethodMetrics,
+    Rejected,
+    ServerMetrics,
+    abort,
+    checked,
+    is_generated_stub,
+    request_id_of,
+    responses,
+    safe_deserializer,
+    send_headers,
+    trail,
+)
 from leaky_tokens.runtime.jwt_verifier import JwtVerifier, bearer_token
 from leaky_tokens.runtime.logging import request_id_var
 from leaky_tokens.runtime.response_headers import response_headers_var
 
 log = logging.getLogger(__name__)
 
-Context = grpc.aio.ServicerContext[Any, Any]
+__all__ = ["LeakyServerInterceptor", "ServerMetrics", "raise_unauthenticated"]
+
 # One signature for all four shapes: the first argument is a request or a request iterator,
 # the result a response, an async iterator of responses, or None (reader/writer handlers).
 Behavior = Callable[[Any, Context], Any]
@@ -41,56 +50,6 @@ if TYPE_CHECKING:  # grpc-stubs makes it generic; grpcio's class is not subscrip
     _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
     _Interceptor = grpc.aio.ServerInterceptor
-
-
-class _Rejected:
-    """Stands in for a request that could not be decoded, so the handler can answer 400."""
-
-    def __init__(self, description: str) -> None:
-        self.description = description
-
-    def error(self) -> InvalidArgumentError:
-        return InvalidArgumentError([FieldViolation("request", self.description)])
-
-
-class ServerMetrics:
-    """Prometheus metrics of one service: calls by method and code, latency by method."""
-
-    def __init__(self, slug: str, registry: CollectorRegistry) -> None:
-        slug = slug.replace("-", "_")  # a slug like "provider-x" is no valid metric name
-        self.handled = Counter(
-            f"leaky_{slug}_grpc_server_handled",
-            "RPCs completed, by method and status code.",
-            ["method", "code"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            f"leaky_{slug}_grpc_server_handling_seconds",
-            "RPC handling time in seconds (a stream's whole life), by method.",
-            ["method"],
-            registry=registry,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-        )
-
-
-class _MethodMetrics:
-    """One method's metric children, bound once when its handler is wrapped, not per call."""
-
-    __slots__ = ("_codes", "_handled", "_method", "latency", "ok")
-
-    def __init__(self, metrics: ServerMetrics, method: str) -> None:
-        self._handled = metrics.handled
-        self._method = method
-        self.ok = metrics.handled.labels(method, "OK")
-        self._codes = {"OK": self.ok}
-        self.latency = metrics.latency.labels(method)
-
-    def count(self, code: grpc.StatusCode | None) -> None:
-        name = code.name if code is not None else "UNKNOWN"
-        child = self._codes.get(name)
-        if child is None:
-            child = self._codes[name] = self._handled.labels(self._method, name)
-        child.inc()
 
 
 class LeakyServerInterceptor(_Interceptor):
@@ -153,9 +112,9 @@ class LeakyServerInterceptor(_Interceptor):
             or handler.stream_unary
             or handler.stream_stream,
         )
-        if _is_generated_stub(behavior):
+        if is_generated_stub(behavior):
             behavior = self._unimplemented(method)
-        deserializer = self._safe_deserializer(handler.request_deserializer)
+        deserializer = safe_deserializer(handler.request_deserializer, self._max)
         serializer = handler.response_serializer
         make, wrap = {
             (False, False): (grpc.unary_unary_rpc_method_handler, self._unary_unary),
@@ -163,7 +122,7 @@ class LeakyServerInterceptor(_Interceptor):
             (True, False): (grpc.stream_unary_rpc_method_handler, self._stream_unary),
             (True, True): (grpc.stream_stream_rpc_method_handler, self._stream_stream),
         }[(handler.request_streaming, handler.response_streaming)]
-        call = _Method(method, method in self._public, _MethodMetrics(self._metrics, method))
+        call = _Method(method, method in self._public, MethodMetrics(self._metrics, method))
         return make(
             wrap(call, behavior),
             request_deserializer=deserializer,
@@ -185,18 +144,18 @@ class LeakyServerInterceptor(_Interceptor):
             # Plain try/except, not a context manager: this runs on every call.
             started = time.perf_counter()
             metadata = context.invocation_metadata()
-            request_id = _request_id(metadata)
+            request_id = request_id_of(metadata)
             request_id_var.set(request_id)
             headers: dict[str, str] = {}
             response_headers_var.set(headers)
             try:
-                if isinstance(request, _Rejected):
+                if isinstance(request, Rejected):
                     raise request.error()
                 await self._authenticate(call.public, metadata)
                 response = await behavior(request, context)
                 if headers:
-                    await _send_headers(context, request_id, headers)
-                _trail(context, request_id)
+                    await send_headers(context, request_id, headers)
+                trail(context, request_id)
             except Exception as error:  # mapped to a status, never lost
                 await self._fail(call, error, context, request_id)
             except BaseException:  # CancelledError: the client went away
@@ -216,14 +175,14 @@ class LeakyServerInterceptor(_Interceptor):
             metadata = context.invocation_metadata()
             request_id = await self._open_stream(context, metadata)
             try:
-                if isinstance(request, _Rejected):
+                if isinstance(request, Rejected):
                     raise request.error()
                 await self._authenticate(call.public, metadata)
-                responses = _responses(behavior(request, context))
-                async with contextlib.aclosing(responses):
-                    async for response in responses:
+                answers = responses(behavior(request, context))
+                async with contextlib.aclosing(answers):
+                    async for response in answers:
                         yield response
-                _trail(context, request_id)
+                trail(context, request_id)
             except Exception as error:  # mapped to a status, never lost
                 await self._fail(call, error, context, request_id)
             except BaseException:  # CancelledError or GeneratorExit: the client went away
@@ -243,8 +202,8 @@ class LeakyServerInterceptor(_Interceptor):
             request_id = await self._open_stream(context, metadata)
             try:
                 await self._authenticate(call.public, metadata)
-                response = await behavior(_checked(requests), context)
-                _trail(context, request_id)
+                response = await behavior(checked(requests), context)
+                trail(context, request_id)
             except Exception as error:  # mapped to a status, never lost
                 await self._fail(call, error, context, request_id)
             except BaseException:
@@ -265,11 +224,11 @@ class LeakyServerInterceptor(_Interceptor):
             request_id = await self._open_stream(context, metadata)
             try:
                 await self._authenticate(call.public, metadata)
-                responses = _responses(behavior(_checked(requests), context))
-                async with contextlib.aclosing(responses):
-                    async for response in responses:
+                answers = responses(behavior(checked(requests), context))
+                async with contextlib.aclosing(answers):
+                    async for response in answers:
                         yield response
-                _trail(context, request_id)
+                trail(context, request_id)
             except Exception as error:  # mapped to a status, never lost
                 await self._fail(call, error, context, request_id)
             except BaseException:
@@ -285,7 +244,7 @@ class LeakyServerInterceptor(_Interceptor):
     @staticmethod
     async def _open_stream(context: Context, metadata: Any) -> str:
         """A stream's request id, sent first: initial metadata must precede its messages."""
-        request_id = _request_id(metadata)
+        request_id = request_id_of(metadata)
         request_id_var.set(request_id)
         response_headers_var.set({})  # a stream's headers are its first metadata: none extra
         await context.send_initial_metadata((("x-request-id", request_id),))
@@ -302,7 +261,7 @@ class LeakyServerInterceptor(_Interceptor):
         if isinstance(error, DomainError):
             grpc_status = status.to_status(error)
             call.metrics.count(grpc_status.code)
-            await _abort(context, grpc_status, request_id)
+            await abort(context, grpc_status, request_id)
         if isinstance(error, grpc.aio.AbortError):  # the handler called context.abort
             call.metrics.count(context.code() or grpc.StatusCode.UNKNOWN)
             raise error
@@ -311,20 +270,7 @@ class LeakyServerInterceptor(_Interceptor):
             raise asyncio.CancelledError("the client went away") from error
         call.metrics.count(grpc.StatusCode.INTERNAL)
         log.error("unhandled error in %s", call.name, exc_info=error)
-        await _abort(context, status.internal(request_id), request_id)
-
-    def _safe_deserializer(self, inner: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
-        limit = self._max
-
-        def deserialize(data: bytes) -> Any:
-            if len(data) > limit:
-                return _Rejected(f"request is {len(data)} bytes; the limit is {limit}")
-            try:
-                return inner(data) if inner else data
-            except DecodeError:
-                return _Rejected("request is not a valid protobuf message")
-
-        return deserialize
+        await abort(context, status.internal(request_id), request_id)
 
     async def _authenticate(self, public: bool, metadata: Any) -> None:
         """Verify the caller's token into caller_var; a public RPC goes on without one.
@@ -352,7 +298,7 @@ class _Method:
 
     __slots__ = ("metrics", "name", "public")
 
-    def __init__(self, name: str, public: bool, metrics: _MethodMetrics) -> None:
+    def __init__(self, name: str, public: bool, metrics: MethodMetrics) -> None:
         self.name = name
         self.public = public
         self.metrics = metrics
@@ -364,64 +310,3 @@ def raise_unauthenticated() -> NoReturn:
         "authentication required: send 'authorization: Bearer <token>'",
         reason="MISSING_CREDENTIALS",
     )
-
-
-def _is_generated_stub(behavior: Behavior) -> bool:
-    # The generated *Servicer base answers "Method not implemented!" from a module named
-    # *_pb2_grpc; a servicer that did not override the method hands us that function.
-    function = getattr(behavior, "__func__", behavior)
-    return str(getattr(function, "__module__", "")).endswith("_pb2_grpc")
-
-
-async def _checked(requests: Any) -> AsyncIterator[Any]:
-    """The request stream, refusing (INVALID_ARGUMENT) a message over the limit or garbled."""
-    async for request in requests:
-        if isinstance(request, _Rejected):
-            raise request.error()
-        yield request
-
-
-async def _responses(result: Any) -> AsyncGenerator[Any, None]:
-    """Responses of a streaming handler: an async generator, or none when it wrote them."""
-    if inspect.isawaitable(result):  # reader/writer API (context.write), e.g. health Watch
-        await result
-        return
-    if hasattr(result, "aclose"):  # an async generator: close it if the client goes away
-        async with contextlib.aclosing(result):
-            async for response in result:
-                yield response
-        return
-    for response in result or ():  # a plain generator
-        yield response
-
-
-async def _abort(context: Context, rpc_status: grpc.Status, request_id: str) -> NoReturn:
-    """End the call with `rpc_status`, its trailers carrying the request id too."""
-    trailers = (*rpc_status.trailing_metadata, ("x-request-id", request_id))
-    await context.abort(rpc_status.code, rpc_status.details, trailers)
-
-
-async def _send_headers(context: Context, request_id: str, headers: dict[str, str]) -> None:
-    """Send a unary answer's initial metadata; CancelledError when the client has gone.
-
-    The batch fails (grpc.aio.InternalError, gRPC core's ExecuteBatchError) when the call was
-    cancelled before it went out, e.g. a load generator stopping mid-call: no bug to log, no
-    one to answer; grpc.aio ends a call whose handler raised CancelledError quietly.
-    """
-    try:
-        await context.send_initial_metadata((("x-request-id", request_id), *headers.items()))
-    except grpc.aio.InternalError as error:
-        raise asyncio.CancelledError("the client went away") from error
-
-
-def _trail(context: Context, request_id: str) -> None:
-    """Put the request id in the trailing metadata, after any the handler set."""
-    handler_set = context.trailing_metadata()
-    context.set_trailing_metadata((*(handler_set or ()), ("x-request-id", request_id)))
-
-
-def _request_id(metadata: Any) -> str:
-    for key, value in metadata or ():
-        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
-            return value
-    return uuid.uuid4().hex
