@@ -24,7 +24,14 @@ import grpc
 from leaky.auth.v1 import auth_pb2, auth_pb2_grpc
 
 # tools/ is also leaky_tokens.assets.tools (a symlink): imported by that name, mypy checks them.
-from leaky_tokens.assets.tools.bench_procs import Ghz, Processes, Run, free_port, load_average
+from leaky_tokens.assets.tools.bench_procs import (
+    Ghz,
+    Processes,
+    Run,
+    free_port,
+    free_ports,
+    load_average,
+)
 from leaky_tokens.assets.tools.bench_report import TARGETS, Report, profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,9 +61,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="leaky-bench-"))
     procs = Processes(work)
     report = Report(_machine(args), load_average())
-    ghz = Ghz(CACHE / "bin" / "ghz", args.c, args.z)
+    ghz = Ghz(CACHE / "bin" / "ghz", args.c, args.z, connections=args.connections)
     try:
-        token_pid, token, jwt, user = _start_services(procs, work, harness)
+        token_pid, token, jwt, user = _start_services(procs, work, harness, args.processes)
         if "rls" in args.phases:
             report.harness = _harness(harness, token, args)
             for scenario in ("hot", "spread", "over"):
@@ -84,6 +91,15 @@ def _options() -> argparse.Namespace:
     parser.add_argument("-z", type=int, default=20, help="seconds per measured run")
     parser.add_argument("--phases", default="rls,consume", help="rls, consume or both")
     parser.add_argument("--profile", action="store_true", help="py-spy the token service too")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="token service processes sharing its port"
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="ghz connections (each lands on one process: use several with --processes)",
+    )
     parser.add_argument("--out", default=str(ROOT / ".leaky" / "bench" / "latest.md"))
     return parser.parse_args()
 
@@ -103,8 +119,14 @@ def _run(argv: list[str], env: dict[str, str] | None = None) -> str:
     return "".join(lines)
 
 
-def _start_services(procs: Processes, work: Path, harness: Path) -> tuple[int, str, str, str]:
-    """Redis, auth, provider stub and token service; (token pid, address, JWT, user id)."""
+def _start_services(
+    procs: Processes, work: Path, harness: Path, processes: int
+) -> tuple[int, str, str, str]:
+    """Redis, auth, provider stub and token service; (token pid, address, JWT, user id).
+
+    With several token processes the pid is their supervisor's (CPU is summed over its
+    workers); each worker's /metrics port, opened once it serves, tells that all are up.
+    """
     py = sys.executable
     redis, auth, provider, token = (free_port() for _ in range(4))
     procs.start(
@@ -148,7 +170,11 @@ def _start_services(procs: Processes, work: Path, harness: Path) -> tuple[int, s
         "POLICY_FILE": str(work / "policy.yaml"),
         "PROVIDER_TARGET": f"127.0.0.1:{provider}",
     }
+    metrics = free_ports(processes) if processes > 1 else 0
+    settings |= {"PROCESSES": str(processes), "METRICS_PORT": str(metrics)}
     pid = procs.start("token", [py, "-m", "leaky_tokens.token"], _env("TOKEN", settings), token)
+    for index in range(processes if metrics else 0):
+        procs.await_port("token", procs.started[-1][1], metrics + index)
     jwt, user = _register(f"127.0.0.1:{auth}")
     return pid, f"127.0.0.1:{token}", jwt, user
 
@@ -189,6 +215,8 @@ def _harness(harness: Path, token: str, args: argparse.Namespace) -> str:
     env = {f"RLSB_{p}_PORT": str(free_port()) for p in ports} | {"PYTHON": sys.executable}
     argv = [str(harness / "rls-bench.sh"), "--also", token, "--ceiling"]
     argv += ["--runs", str(args.runs), "-c", str(args.c), "-z", f"{args.z}s"]
+    if args.connections > 1:
+        argv += ["--ghz-args", f"--connections {args.connections}"]
     return _run(argv, env)
 
 
@@ -282,6 +310,8 @@ def _machine(args: argparse.Namespace) -> dict[str, str]:
         "commit": commit,
         "command": f"make bench BENCH_ARGS='--runs {args.runs} -c {args.c} -z {args.z}"
         + (" --profile" if args.profile else "")
+        + (f" --processes {args.processes}" if args.processes > 1 else "")
+        + (f" --connections {args.connections}" if args.connections > 1 else "")
         + "'",
         "targets": TARGETS,
     }

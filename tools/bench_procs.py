@@ -37,6 +37,37 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its live descendants (a supervisor and its workers)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += cpu_seconds(current)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended meanwhile
+    return total
+
+
+def free_ports(count: int) -> int:
+    """A loopback port p with p .. p+count-1 all free now (racy, like free_port)."""
+    for _ in range(100):
+        base = free_port()
+        taken = False
+        for port in range(base + 1, base + count):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    taken = True
+                    break
+        if not taken:
+            return base
+    raise SystemExit(f"bench: no {count} consecutive free ports")
+
+
 def load_average() -> str:
     """The 1/5/15-minute load averages, as /proc/loadavg has them."""
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -56,13 +87,17 @@ class Processes:
             argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
         )
         self.started.append((name, proc))
+        self.await_port(name, proc, port)
+        return proc.pid
+
+    def await_port(self, name: str, proc: subprocess.Popen[bytes], port: int) -> None:
+        """Wait until `proc` (started as `name`) or a child of it listens on `port`."""
         deadline = time.monotonic() + 60
         while not listening(port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
                 raise SystemExit(f"bench: {name} did not start on port {port}:\n{tail}")
             time.sleep(0.1)
-        return proc.pid
 
     def stop_all(self) -> None:
         """Stop what was started, newest first, each by its own PID."""
@@ -117,19 +152,22 @@ class Ghz:
     concurrency: int
     seconds: int
     warmup: int = 3
+    connections: int = 1  # TCP connections ghz spreads its calls over (processes sharing a port)
 
     def run(self, target: str, call: str, schema: list[str], data: list[str], pid: int) -> Run:
-        """Warm up, then load `target` for the duration; CPU of `pid` over the measured part."""
+        """Warm up, then load `target` for the duration; CPU of `pid` (and its workers, if it
+        supervises some) over the measured part."""
         base = [str(self.binary), "--insecure", *schema, "--call", call, *data]
         base += ["-c", str(self.concurrency), "--duration-stop=ignore"]
+        base += ["--connections", str(self.connections)]
         subprocess.run([*base, "-z", f"{self.warmup}s", target], capture_output=True, check=False)
-        before = cpu_seconds(pid)
+        before = tree_cpu_seconds(pid)
         done = subprocess.run(
             [*base, "-z", f"{self.seconds}s", "--format", "json", target],
             capture_output=True,
             check=False,
         )
-        used = cpu_seconds(pid) - before
+        used = tree_cpu_seconds(pid) - before
         if done.returncode != 0 or not done.stdout.strip():
             raise SystemExit(f"bench: ghz failed against {target}: {done.stderr.decode()[-1000:]}")
         report: dict[str, Any] = json.loads(done.stdout)

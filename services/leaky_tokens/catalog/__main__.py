@@ -4,4 +4,5 @@ from leaky_tokens.catalog.bootstrap import ENV_PREFIX, CatalogSettings, build
 from leaky_tokens.runtime.process import run_service
 
 if __name__ == "__main__":
-    run_service("catalog", CatalogSettings, ENV_PREFIX, build)
+    # Stateless (reflection and health only): any number of processes may share its port.
+    run_service("catalog", CatalogSettings, ENV_PREFIX, build, single_process_reason=lambda _: "")

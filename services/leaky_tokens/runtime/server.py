@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable
@@ -69,6 +70,14 @@ class ServerSettings:
     )
     jwt_issuer: str = field(default="leaky-tokens-auth", metadata=doc("Expected JWT iss."))
     jwt_audience: str = field(default="leaky-tokens", metadata=doc("Expected JWT aud."))
+    processes: int = field(
+        default=1,
+        metadata=doc(
+            "Processes sharing the gRPC port (SO_REUSEPORT) where the service allows more "
+            "than 1; process i serves /metrics on metrics_port+i, only the first registers "
+            "in Consul."
+        ),
+    )
 
 
 @dataclass
@@ -124,9 +133,17 @@ class RunningServer:
 
 
 async def start_server(
-    spec: ServiceSpec, settings: ServerSettings, verifier: JwtVerifier | None
+    spec: ServiceSpec,
+    settings: ServerSettings,
+    verifier: JwtVerifier | None,
+    *,
+    reuse_port: bool = False,
 ) -> RunningServer:
-    """Build, bind and start the server; mark every service SERVING."""
+    """Build, bind and start the server; mark every service SERVING.
+
+    `reuse_port` lets sibling processes bind the same port (runtime/workers.py); off, a
+    port already taken fails the bind instead of silently sharing its traffic.
+    """
     registry = CollectorRegistry()
     for collector in spec.collectors:
         registry.register(collector)
@@ -143,7 +160,7 @@ async def start_server(
         options=[
             ("grpc.max_receive_message_length", CORE_MESSAGE_CAP),
             ("grpc.max_send_message_length", CORE_MESSAGE_CAP),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(reuse_port)),
         ],
     )
     spec.register(server)
@@ -166,7 +183,11 @@ async def start_server(
         server, port, health_servicer, traces, registry, metrics_http=metrics_http
     )
     # Tests and operators read the bound ports from this line (port 0 picks a free one).
-    serving: dict[str, object] = {"service": spec.slug, "address": f"{settings.host}:{port}"}
+    serving: dict[str, object] = {
+        "service": spec.slug,
+        "address": f"{settings.host}:{port}",
+        "pid": os.getpid(),  # processes sharing a port each log their own line
+    }
     if running.metrics_port:
         serving["metrics_address"] = f"{settings.host}:{running.metrics_port}"
     log.info("serving", extra=serving)

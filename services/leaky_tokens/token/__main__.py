@@ -3,5 +3,15 @@
 from leaky_tokens.runtime.process import run_service
 from leaky_tokens.token.bootstrap import ENV_PREFIX, TokenSettings, build
 
+
+def _single_process_reason(settings: TokenSettings) -> str:
+    """Processes may share the port only when they share the store (Redis)."""
+    if settings.store_backend == "memory":
+        return "the memory store would give each process its own buckets (use redis or cluster)"
+    return ""
+
+
 if __name__ == "__main__":
-    run_service("token", TokenSettings, ENV_PREFIX, build)
+    run_service(
+        "token", TokenSettings, ENV_PREFIX, build, single_process_reason=_single_process_reason
+    )
