@@ -208,3 +208,18 @@ async def test_fail_closed_refuses_and_local_emergency_decides_while_redis_is_do
     finally:
         for primary in primaries:
             await primary.close()
+
+
+def test_the_services_event_loop_uvloop_drives_the_wire(server: RedisServer) -> None:
+    """The services run on uvloop (ADR 0027), whose transports are not asyncio's classes."""
+    import uvloop
+
+    async def counted() -> int:
+        counter = RedisRequestCounter(wire_of(server.port), "uv")
+        try:
+            step = await counter.hit([hit("uvloop", limit=10)], T0)
+            return step.hits[0].remaining
+        finally:
+            await counter.close()
+
+    assert uvloop.run(counted()) == 9

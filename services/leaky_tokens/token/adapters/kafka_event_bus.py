@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -92,11 +93,16 @@ async def _stop(producer: AIOKafkaProducer) -> None:
     # Stopping flushes first; a broker that is down must not hold the relay up for long. Cut
     # short, stop() leaves the sender and the client's metadata task running (they would
     # reconnect to a returning broker from an abandoned producer), so they are closed here.
+    # A stop cancelled half-way (the relay stopping mid-retry) must close them too, or their
+    # sockets outlive the producer; the cancellation goes on once they are closed.
     try:
         await asyncio.wait_for(producer.stop(), 2.0)
-    except (KafkaError, OSError, TimeoutError) as error:
-        log.debug("kafka producer stop: %s", error)
+    except (KafkaError, OSError, TimeoutError, asyncio.CancelledError) as error:
+        log.debug("kafka producer stop: %r", error)
         sender = getattr(producer, "_sender", None)
-        if sender is not None:
-            await sender.close()
-        await producer.client.close()
+        with contextlib.suppress(Exception):
+            if sender is not None:
+                await sender.close()
+            await producer.client.close()
+        if isinstance(error, asyncio.CancelledError):
+            raise

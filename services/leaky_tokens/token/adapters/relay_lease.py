@@ -55,12 +55,16 @@ class RedisLease:
         self._key = key
         self._ttl_ms = ttl_ms
         self.owner = uuid.uuid4().hex
+        self._released = False
 
     async def claim(self) -> bool:
+        if self._released:  # a relay task outliving its stop must not reopen a connection
+            return False
         held = await self._client.eval(_CLAIM, 1, self._key, self.owner, str(self._ttl_ms))
         return bool(int(held))
 
     async def release(self) -> None:
+        self._released = True
         try:
             await self._client.eval(_RELEASE, 1, self._key, self.owner)
         finally:
