@@ -350,3 +350,59 @@ async def test_embedded_defaults_relay_a_real_decision_to_in_process_subscribers
     stored = (await store.read_events(0, "", 10))[0].event
     assert await relayer.relay_once() == 1
     assert [(t, usage_event(e)) for t, e in got] == [("leaky.usage.v1", stored)]
+
+
+class SwallowingBus(FlakyBus):
+    """Fails twice, then hangs once in a send that swallows its cancellation (as aiokafka
+    can), then fails at once."""
+
+    def __init__(self) -> None:
+        super().__init__(failures=2)
+        self.parked = asyncio.Event()
+        self.swallowed = False
+
+    async def publish(self, topic: str, batch: Sequence[EventEnvelope]) -> None:
+        if self.failures:
+            await super().publish(topic, batch)
+        self.attempts.append([e.event_id for e in batch])
+        if not self.parked.is_set():
+            self.parked.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.swallowed = True  # the cancellation is lost here; the send fails instead
+        raise PublishError("broker away")  # and fails at once from then on
+
+
+class CountingLease(Lease):
+    def __init__(self) -> None:
+        super().__init__([True])
+        self.claims_after_release = 0
+        self.released = False
+
+    async def claim(self) -> bool:
+        if self.released:
+            self.claims_after_release += 1
+        return True
+
+    async def release(self) -> None:
+        self.released = True
+
+
+async def test_a_swallowed_cancellation_still_stops_the_relay_without_acknowledging() -> None:
+    store, bus = InMemoryDecisionStore(), SwallowingBus()
+    ids = await recorded(store, 1)
+    lease = CountingLease()
+    relayer = EventRelay(
+        store, bus, TOPIC, now_ms=lambda: T0, sleep=lambda s: asyncio.sleep(0), lease=lease
+    )
+    relayer.start()
+    await bus.parked.wait()
+    await relayer.stop()
+    attempts = len(bus.attempts)
+    for _ in range(20):  # a relay still running would publish or claim again by now
+        await asyncio.sleep(0)
+    assert bus.swallowed
+    assert len(bus.attempts) == attempts
+    assert lease.claims_after_release == 0
+    assert await waiting(store) == ids  # nothing acknowledged: relayed after a restart

@@ -93,6 +93,7 @@ class EventRelay:
         self._sleep = sleep
         self._own = own_shards
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._pending: dict[int, int] = {}  # per shard, for the pending gauge
         # Stores that can count their logs (all three of ours) make the gauge exact beyond
         # one batch; another store is counted by what one read found.
@@ -153,6 +154,8 @@ class EventRelay:
         batch = [event_codec.envelope(stored.event) for stored in events]
         delay = self._backoff
         while True:
+            if self._stopping:  # never acknowledged: relayed again after a restart
+                return False
             try:
                 await self._bus.publish(self._topic, batch)
                 break
@@ -180,7 +183,10 @@ class EventRelay:
     async def run(self) -> None:
         """Relay until cancelled; an unreachable store is retried after the backoff."""
         delay = self._backoff
-        while True:
+        # Checked on every turn as well as cancelled: a client library that swallows a
+        # cancellation (aiokafka can, mid-send) must not keep a stopped relay running on
+        # connections its stop() has closed (they would reopen, never to be closed again).
+        while not self._stopping:
             try:
                 found = await self.relay_once()
                 delay = self._backoff
@@ -199,13 +205,19 @@ class EventRelay:
 
     async def stop(self) -> None:
         """Stop relaying (what is not acknowledged stays in the store), give up the lease."""
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
             # Bounded: a publish stuck in a client library must not hang the shutdown (what
-            # it carried is unacknowledged, so it is relayed again after a restart).
-            done, _ = await asyncio.wait({self._task}, timeout=STOP_SECONDS)
-            if not done:
-                log.warning("relay: still stopping after %.0fs; leaving it", STOP_SECONDS)
+            # it carried is unacknowledged, so it is relayed again after a restart). Cancelled
+            # again each turn, in case a library swallowed the previous cancellation.
+            deadline = asyncio.get_running_loop().time() + STOP_SECONDS
+            while not self._task.done():
+                self._task.cancel()
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    log.warning("relay: still stopping after %.0fs; leaving it", STOP_SECONDS)
+                    break
+                await asyncio.wait({self._task}, timeout=min(left, 0.25))
             self._task = None
         with contextlib.suppress(Exception):  # best effort: the lease expires anyway
             async with asyncio.timeout(STOP_SECONDS):
