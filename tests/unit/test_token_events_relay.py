@@ -406,3 +406,34 @@ async def test_a_swallowed_cancellation_still_stops_the_relay_without_acknowledg
     assert len(bus.attempts) == attempts
     assert lease.claims_after_release == 0
     assert await waiting(store) == ids  # nothing acknowledged: relayed after a restart
+
+
+async def test_while_events_keep_coming_passes_are_paced_not_back_to_back() -> None:
+    store, bus = InMemoryDecisionStore(), FlakyBus()
+    ids = await recorded(store, 5)
+    waits: list[float] = []
+    passes = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(bus.delivered) < 10:  # the next pass finds new events too
+            await store.credit_balance(ALICE, Level.USER_QUOTA, 1, f"h-{len(waits)}", T0)
+        else:
+            passes.set()
+        await asyncio.sleep(0)
+
+    relayer = EventRelay(
+        store, bus, TOPIC, now_ms=lambda: T0, sleep=sleep, batch=5, pass_s=0.05, poll_s=0.2
+    )
+    relayer.start()
+    await passes.wait()
+    await relayer.stop()
+    assert bus.delivered[:5] == ids
+    busy = [w for w in waits if w != 0.2]  # waits after a pass that relayed something
+    assert busy, "a pass that relayed events was followed by no wait at all"
+    assert all(0 < w <= 0.05 for w in busy)
+
+
+def test_a_negative_pass_interval_is_refused_by_name() -> None:
+    with pytest.raises(SettingsError, match="events_pass_ms"):
+        RelaySettings(events_pass_ms=-1)

@@ -74,6 +74,7 @@ class EventRelay:
         lease: RelayLease | None = None,
         batch: int = 500,
         poll_s: float = 0.2,
+        pass_s: float = 0.0,
         backoff_s: float = 0.2,
         backoff_max_s: float = 10.0,
         metrics: RelayMetrics | None = None,
@@ -87,6 +88,7 @@ class EventRelay:
         self._lease = lease or SoleLease()
         self._batch = batch
         self._poll = poll_s
+        self._pass = pass_s
         self._backoff = backoff_s
         self._backoff_max = backoff_max_s
         self._metrics = metrics or RelayMetrics(CollectorRegistry())
@@ -187,6 +189,7 @@ class EventRelay:
         # cancellation (aiokafka can, mid-send) must not keep a stopped relay running on
         # connections its stop() has closed (they would reopen, never to be closed again).
         while not self._stopping:
+            started = asyncio.get_running_loop().time()
             try:
                 found = await self.relay_once()
                 delay = self._backoff
@@ -197,6 +200,12 @@ class EventRelay:
                 continue
             if not found:
                 await self._sleep(self._poll)
+                continue
+            # Busy: passes at most every `pass_s`, or every shard's read (one round trip
+            # each) would repeat back to back, costing more than the decisions themselves.
+            left = self._pass - (asyncio.get_running_loop().time() - started)
+            if left > 0:
+                await self._sleep(left)
 
     def start(self) -> None:
         """Run in the background on the current loop."""

@@ -69,6 +69,7 @@ def build_relay(
         lease=lease if lease is not None else relay_lease(store_settings, settings),
         batch=settings.events_batch,
         poll_s=settings.events_poll_ms / 1000,
+        pass_s=settings.events_pass_ms / 1000,
         backoff_s=settings.events_backoff_ms / 1000,
         backoff_max_s=settings.events_backoff_max_ms / 1000,
         metrics=RelayMetrics(registry),

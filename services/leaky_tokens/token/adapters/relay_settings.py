@@ -32,6 +32,13 @@ class RelaySettings:
     events_poll_ms: int = field(
         default=200, metadata=doc("How long the relay waits when no shard has new events.")
     )
+    events_pass_ms: int = field(
+        default=50,
+        metadata=doc(
+            "Shortest time between two relay passes while events keep coming (0: back to"
+            " back); each pass reads every shard once."
+        ),
+    )
     events_publish_timeout_ms: int = field(
         default=10_000, metadata=doc("A batch the bus has not acknowledged by then failed.")
     )
@@ -61,6 +68,8 @@ class RelaySettings:
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.events_pass_ms < 0:
+            raise SettingsError(f"events_pass_ms: must not be negative, got {self.events_pass_ms}")
         if self.events_backoff_max_ms < self.events_backoff_ms:
             raise SettingsError("events_backoff_max_ms: must not be below events_backoff_ms")
 
