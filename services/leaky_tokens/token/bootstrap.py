@@ -45,6 +45,7 @@ from leaky_tokens.token.rls_wiring import (  # RLS (ADR 0025)
     RlsSettings,
     build_rls,
     rate_counter,
+    rls_config_file,
 )
 from leaky_tokens.token.servicer import PENDING, PUBLIC_METHODS, TOKEN_SERVICE, TokenServicer
 
@@ -169,6 +170,10 @@ async def build(
         except PolicyError as error:  # one line naming file:line, not a traceback
             raise SystemExit(f"token: bad policy file: {error}") from None
         watched.append(policy)
+    try:  # before any connection opens: a bad file stops the service with one line
+        rls_config = rls_config_file(settings)
+    except PolicyError as error:
+        raise SystemExit(f"token: bad rls_config: {error}") from None
     if store is None:
         store = _store(settings, closers)
     if isinstance(store, ResilientDecisionStore):
@@ -208,19 +213,15 @@ async def build(
         max_reservation_ttl=timedelta(seconds=settings.max_reservation_seconds),
     )
     token = TokenServicer(clock, metering)  # type: ignore[abstract]
-    try:
-        rls = build_rls(
-            settings,
-            settings,
-            clock,
-            policy=lambda: policy.current,
-            counter=MeteredRequestCounter(rate_counter(settings), metrics),
-            store=MeteredDecisionStore(store, metrics, Rpc.SHOULD_RATE_LIMIT),
-        )  # RLS
-    except PolicyError as error:
-        for closer in reversed(closers):
-            await closer()
-        raise SystemExit(f"token: bad rls_config: {error}") from None
+    rls = build_rls(
+        settings,
+        settings,
+        clock,
+        config_file=rls_config,
+        policy=lambda: policy.current,
+        counter=MeteredRequestCounter(rate_counter(settings), metrics),
+        store=MeteredDecisionStore(store, metrics, Rpc.SHOULD_RATE_LIMIT),
+    )  # RLS
     closers.append(rls.close)  # RLS (ADR 0025)
     if rls.config_file is not None:
         watched.append(rls.config_file)

@@ -169,15 +169,16 @@ def build_rls(
     store_settings: TokenStoreSettings,
     clock: Clock,
     *,
+    config_file: WatchedConfig[RateLimitConfig] | None,
     policy: Callable[[], Policy] | None = None,
     counter: RequestCounterStore | None = None,
     store: DecisionStore | None = None,
 ) -> RlsWiring:
-    """ShouldRateLimit over `counter` (default: the one store_backend names); token
-    descriptors charge `store`, which should be the bootstrap's own decision store (default:
-    one built from the same settings)."""
+    """ShouldRateLimit over `config_file` (`rls_config_file(settings)`, read by the caller
+    before it opens any connection; None: the policy's own rules) and `counter` (default: the
+    one store_backend names); token descriptors charge `store`, which should be the
+    bootstrap's own decision store (default: one built from the same settings)."""
     closers: list[Callable[[], Awaitable[None]]] = []
-    config_file = rls_config_file(settings)  # first: a bad file stops before any connection
     counter = counter or rate_counter(store_settings)
     closers.append(counter.close)
     if store is None:
