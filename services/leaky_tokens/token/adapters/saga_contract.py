@@ -57,3 +57,25 @@ class SagaRecovery(Protocol):
 
     async def recover_stuck(self, limit: int) -> int:
         """Advance up to `limit` stuck sagas one step (through the outbox); how many."""
+
+
+class Closeable(Protocol):
+    """Something holding connections."""
+
+    async def close(self) -> None:
+        """Release them."""
+
+
+@dataclass(frozen=True)
+class SagaParts:
+    """What a process running the saga needs, built from settings by the saga's factory.
+
+    The embedded token service hands `participants` to the in-process bus; the Faust worker
+    makes one agent of each; both run an OutboxRelay over `outbox` and call `recovery`
+    periodically. `resources` are closed, in order, when the process stops.
+    """
+
+    participants: Sequence[Participant]
+    outbox: OutboxSource
+    recovery: SagaRecovery
+    resources: Sequence[Closeable] = ()
