@@ -19,8 +19,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from leaky.events.v1.events_pb2 import EventEnvelope, PurchaseRequested
+from leaky_tokens.stack.component import StackPaths
 from leaky_tokens.stack.kafka import Kafka
 from leaky_tokens.stack.orchestrator import Stack
+from leaky_tokens.stack.registry import default_components
+from leaky_tokens.stack.workers import WorkerComponent
 from leaky_tokens.token.adapters.kafka_event_bus import KafkaEventBus
 from leaky_tokens.token.adapters.saga_contract import OutboxRecord
 from tests.support.net import free_port
@@ -243,3 +246,35 @@ async def test_health_goes_critical_in_consul_while_a_participant_is_stuck(
     assert worker.stop() == 0
     # A graceful stop deregisters the instance.
     await eventually(lambda: status() is None, 20, what="deregistered")
+
+
+async def test_leaky_stack_starts_supervises_and_stops_the_worker(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stack's own component, in a stack directory of this test's (the shared servers
+    # stay someone else's), on a topic and group of its own, with the test participants.
+    servers = {c.name: c for c in stack.components}
+    worker = next(c for c in default_components() if isinstance(c, WorkerComponent))
+    component_ = WorkerComponent(
+        worker.worker, free_port(), consul=servers["consul"].address,
+        kafka=servers["kafka"].address, redis_url="redis://127.0.0.1:1/0",
+    )  # fmt: skip
+    run = uuid.uuid4().hex[:10]
+    for name, value in {
+        "LEAKY_TOKEN_SAGA_PARTS_FACTORY": "tests.support.saga_doubles:parts_from_env",
+        "LEAKY_TOKEN_SAGA_TOPIC": f"leaky.purchase.test.{run}",
+        "LEAKY_TOKEN_SAGA_GROUP": f"saga-test-{run}",
+        "LEAKY_TEST_SAGA_DIR": str(tmp_path),
+        "PYTHONPATH": str(ROOT),  # the doubles live in tests/
+    }.items():
+        monkeypatch.setenv(name, value)
+    own = Stack([component_], StackPaths(tmp_path / "stack", tmp_path / "cache"), say=print)
+    own.up()
+    try:
+        (row,) = own.status()
+        assert row.state == "healthy"  # its gRPC health answers SERVING
+        assert row.pid is not None
+    finally:
+        own.down()
+    assert own.status()[0].state == "stopped"
+    assert "saga worker running" in own.paths.log(component_.name).read_text()
