@@ -156,8 +156,13 @@ class SagaWorker:
                 log.exception("closing a saga resource failed")
 
 
+class FaustCrashed(RuntimeError):
+    """The Faust app crashed: the process exits so its supervisor restarts it."""
+
+
 async def serve(settings: SagaWorkerSettings, factory: PartsFactory, datadir: Path) -> None:
-    """Run until SIGTERM or SIGINT."""
+    """Run until SIGTERM or SIGINT; raise FaustCrashed if the Faust app crashes (a crashed
+    app consumes nothing and does not restart itself, while a new process rejoins)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -166,7 +171,11 @@ async def serve(settings: SagaWorkerSettings, factory: PartsFactory, datadir: Pa
     worker = SagaWorker(settings, parts, datadir)
     try:
         await worker.start()
-        await stop.wait()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.health_interval_ms / 1000)
+            if worker.app.crashed:
+                raise FaustCrashed(f"the Faust app crashed: {worker.app.crash_reason!r}")
     finally:
         await worker.stop()
 
@@ -196,6 +205,9 @@ def main() -> int:
     except SagaNotWired as error:
         print(f"{SLUG}: {error}", file=sys.stderr)
         return 2
+    except FaustCrashed as error:
+        log.error("saga worker exiting", extra={"reason": str(error)})
+        return 1
     return 0
 
 
