@@ -118,14 +118,14 @@ def worker(stack: Stack, tmp_path: Path) -> Iterator[Worker]:
         running.stop()
 
 
-def envelopes(prefix: str, n: int) -> list[EventEnvelope]:
-    """n purchase events over a few sagas (partition keys), ids `<prefix>-<i>`."""
+def envelopes(prefix: str, n: int, keys: int = 5) -> list[EventEnvelope]:
+    """n purchase events over `keys` sagas (partition keys), ids `<prefix>-<i>`."""
     return [
         EventEnvelope(
             event_id=f"{prefix}-{i}",
-            partition_key=f"user:u{i % 5}",
+            partition_key=f"user:u{i % keys}",
             source="test",
-            purchase_requested=PurchaseRequested(saga_id=f"s{i % 5}"),
+            purchase_requested=PurchaseRequested(saga_id=f"s{i % keys}"),
         )
         for i in range(n)
     ]
@@ -204,6 +204,51 @@ async def test_a_worker_killed_mid_stream_and_restarted_handles_every_event(
         await all_handled(worker, participant, ids)
         # At least once: copies allowed (events handled but not committed before the kill).
         assert set(worker.handled(participant)) == ids
+
+
+async def test_a_second_worker_joining_mid_stream_loses_nothing_in_the_rebalance(
+    worker: Worker,
+) -> None:
+    # The group rebalances while the first worker's beta is held on block-0 (what follows it
+    # in beta's stream unacked): partitions move to the newcomer, which handles from the
+    # committed offsets on; together they handle everything.
+    worker.extra["LEAKY_TEST_SAGA_BLOCKER"] = "beta"
+    (worker.root / "second").mkdir()
+    second = Worker(
+        worker.bootstrap, worker.root / "second", worker.topic, worker.group,
+        extra={**worker.extra, "LEAKY_TEST_SAGA_DIR": str(worker.root / "second")},
+    )  # fmt: skip
+    batch = envelopes("rb", 100) + envelopes("block", 1) + envelopes("ra", 100)
+    worker.start()
+    await worker.serving()
+    await publish(worker, batch)
+    try:
+        await eventually(
+            lambda: "block-0" in lines(worker.root / "beta.attempts"), DELIVERY, what="beta held"
+        )
+        second.start()
+        await second.serving()
+        # The newcomer owns partitions now: of events over many keys, it handles its share.
+        later = envelopes("post", 60, keys=60)
+        await publish(worker, later)
+        await eventually(
+            lambda: lines(second.root / "alpha.attempts"), DELIVERY, what="partitions moved"
+        )
+        assert "block-0" not in worker.handled("beta")
+        for root in (worker.root, second.root):
+            (root / "release").touch()
+        ids = {e.event_id for e in batch + later}
+
+        def everything_handled() -> bool:
+            worker.alive()
+            second.alive()
+            return all(
+                ids <= set(worker.handled(p)) | set(second.handled(p)) for p in ("alpha", "beta")
+            )
+
+        await eventually(everything_handled, DELIVERY, what="every event handled by the two")
+    finally:
+        second.stop()
 
 
 def check_status(client: consul.Consul, name: str, port: int) -> str | None:

@@ -133,6 +133,12 @@ def build_app(
         broker_session_timeout=config.session_timeout_s,
         broker_heartbeat_interval=config.session_timeout_s / 3,  # Kafka's advice: a third
         producer_acks=-1,
+        # A rebalance does not wait for in-flight handles: with several agents on one topic,
+        # Faust's wait would hang on a message its cleared buffers still count, until the
+        # group times the member out. Not waiting, an unfinished handle is simply not acked
+        # and its event comes again (participants are idempotent; commits skip revoked
+        # partitions).
+        stream_wait_empty=False,
     )
     topic = app.topic(
         config.topic,
@@ -153,27 +159,33 @@ def build_app(
 def _agent(participant: Participant, watch: HandleWatch, config: FaustConfig) -> Any:
     async def run(stream: faust.Stream[bytes]) -> None:
         async for event in stream.noack().events():
-            try:
-                envelope = event_codec.decode(event.value)
-            except event_codec.EventCodecError as error:
-                # Never handleable: retrying would stop the partition for good. Logged, acked.
-                watch.undecodable += 1
-                log.error(
-                    "saga: undecodable event skipped",
-                    extra={"participant": participant.name, "offset": event.message.offset,
-                           "error": str(error)},
-                )  # fmt: skip
-                event.ack()
-                continue
-            with watch.handling(participant.name, envelope.event_id) as flight:
-                await handle_until_done(
-                    participant, envelope, flight, config.backoff_s, config.backoff_max_s
-                )
-            event.ack()  # handled: the offset may now be committed
-            watch.done(participant.name)
+            await _one(participant, event, watch, config)
 
     run.__name__ = run.__qualname__ = f"saga_{participant.name}"
     return run
+
+
+async def _one(
+    participant: Participant, event: faust.EventT[bytes], watch: HandleWatch, config: FaustConfig
+) -> None:
+    try:
+        envelope = event_codec.decode(event.value)
+    except event_codec.EventCodecError as error:
+        # Never handleable: retrying would stop the partition for good. Logged, acked.
+        watch.undecodable += 1
+        log.error(
+            "saga: undecodable event skipped",
+            extra={"participant": participant.name, "offset": event.message.offset,
+                   "error": str(error)},
+        )  # fmt: skip
+        event.ack()
+        return
+    with watch.handling(participant.name, envelope.event_id) as flight:
+        await handle_until_done(
+            participant, envelope, flight, config.backoff_s, config.backoff_max_s
+        )
+    event.ack()  # handled: the offset may now be committed
+    watch.done(participant.name)
 
 
 @dataclass(frozen=True)
