@@ -146,6 +146,9 @@ def _settings(args: argparse.Namespace) -> int:
     for service in topology.SERVICES:
         module, _, name = service.settings_class.partition(":")
         classes.append((getattr(importlib.import_module(module), name), service.env_prefix))
+    for worker in topology.WORKERS:
+        module, _, name = worker.settings_class.partition(":")
+        classes.append((getattr(importlib.import_module(module), name), worker.env_prefix))
     classes += [
         (DiscoverySettings, "LEAKY_DISCOVERY"),
         (PathSettings, "LEAKY"),

@@ -106,6 +106,37 @@ SERVICES: tuple[Service, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class Worker:
+    """A process of the mesh that serves no API, only gRPC health (a Kafka consumer).
+
+    Runs only against the native stack (`leaky stack up`, `leaky up --stack`): embedded
+    `leaky up` has no Kafka, and runs the same logic inside `within`'s process instead.
+    """
+
+    name: str  # component and Consul service name, log file
+    module: str  # run as `python -m <module>`
+    env_prefix: str  # its settings' prefix; it also gets `within`'s variables
+    within: str  # the service whose settings (stores, databases) it shares
+    settings_class: str  # `module:Class` of its settings dataclass (for `leaky settings`)
+    # gRPC health port under `leaky up --stack` (moved by --grpc-base-port); `leaky stack up`
+    # takes LEAKY_STACK_<NAME>_PORT instead (stack/settings.py).
+    health_port: int
+
+
+# The purchase saga's Faust worker (ADR 0033).
+WORKERS: tuple[Worker, ...] = (
+    Worker(
+        name="token-saga",
+        module="leaky_tokens.token.saga_worker",
+        env_prefix="LEAKY_TOKEN_SAGA",
+        within="token",
+        settings_class="leaky_tokens.token.adapters.saga_settings:SagaWorkerSettings",
+        health_port=50055,
+    ),
+)
+
+
 def public_services(services: tuple[Service, ...] = SERVICES) -> dict[str, str]:
     """Full proto service name -> the slug (Envoy cluster) that serves it."""
     return {name: s.slug for s in services for name in s.proto_services}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from leaky_tokens.topology import GRPC_BASE_PORT, METRICS_BASE_PORT, SERVICES
+from leaky_tokens.topology import GRPC_BASE_PORT, METRICS_BASE_PORT, SERVICES, WORKERS
 from tests.support.net import free_port, free_port_block
 from tests.support.wait import wait_until
 
@@ -29,6 +30,7 @@ class Gateway:
     data_dir: Path
     grpc_ports: list[int]  # each topology service's gRPC port, in topology order
     metrics_ports: dict[str, int] = field(default_factory=dict)  # slug -> /metrics port
+    worker_ports: dict[str, int] = field(default_factory=dict)  # worker -> gRPC health port
 
 
 @pytest.fixture(scope="session")
@@ -58,17 +60,24 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], deadline: float) -> N
 
 @contextmanager
 def leaky_up(
-    args: list[str], data_dir: Path, http: str, ready_paths: tuple[str, ...]
+    args: list[str],
+    data_dir: Path,
+    http: str,
+    ready_paths: tuple[str, ...],
+    env: dict[str, str] | None = None,
 ) -> Iterator[Gateway]:
-    """Run `leaky up <args>` until the gateway at `http` answers every ready path; Ctrl-C it
-    (SIGINT) afterwards. Its output is printed if it never becomes ready."""
+    """Run `leaky up <args>` (with `env` added to the environment) until the gateway at `http`
+    answers every ready path; Ctrl-C it (SIGINT) afterwards. Its output is printed if it
+    never becomes ready."""
     # `leaky up` takes explicit ports and cannot report bound ones yet (tests/support/net.py).
     offsets = [s.grpc_port - GRPC_BASE_PORT for s in SERVICES]
+    # Workers' health ports (stack mode) are on the gRPC base too: the block covers them.
+    all_offsets = offsets + [w.health_port - GRPC_BASE_PORT for w in WORKERS]
     # The services' /metrics on free ports too, so tests can scrape them: one block for both,
     # so the two ranges cannot overlap.
     exporting = {s.slug: s.metrics_port - METRICS_BASE_PORT for s in SERVICES if s.metrics_port}
-    grpc_base = free_port_block(max(offsets) + 1 + max(exporting.values()) + 1)
-    metrics_base = grpc_base + max(offsets) + 1
+    grpc_base = free_port_block(max(all_offsets) + 1 + max(exporting.values()) + 1)
+    metrics_base = grpc_base + max(all_offsets) + 1
     log = (data_dir / "up.log").open("wb")
     process = subprocess.Popen(
         [
@@ -86,6 +95,7 @@ def leaky_up(
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     try:
         deadline = time.monotonic() + 90
@@ -105,6 +115,7 @@ def leaky_up(
             process=process,
             data_dir=data_dir,
             grpc_ports=[grpc_base + offset for offset in offsets],
+            worker_ports={w.name: grpc_base + w.health_port - GRPC_BASE_PORT for w in WORKERS},
             metrics_ports={slug: metrics_base + off for slug, off in exporting.items()},
         )
     except (RuntimeError, AssertionError):

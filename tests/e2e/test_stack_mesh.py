@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,15 +23,32 @@ from tests.support.wait import wait_until
 pytestmark = pytest.mark.e2e
 
 
+def saga_env(root: Path) -> dict[str, str]:
+    """The saga worker's own consumer group and topic (other runs share the stack's Kafka);
+    its participants are test doubles until the saga's factory exists (issue 8), after
+    which it runs the real saga parts."""
+    run = uuid.uuid4().hex[:10]
+    env = {
+        "LEAKY_TOKEN_SAGA_GROUP": f"leaky-token-saga-e2e-{run}",
+        "LEAKY_TOKEN_SAGA_TOPIC": f"leaky.purchase.e2e.{run}",
+    }
+    if importlib.util.find_spec("leaky_tokens.token.adapters.saga_factory") is None:
+        env["LEAKY_TOKEN_SAGA_PARTS_FACTORY"] = "tests.support.saga_doubles:parts_from_env"
+        env["LEAKY_TEST_SAGA_DIR"] = str(root)
+    return env
+
+
 @pytest.fixture(scope="module")
 def stack_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """`leaky up --stack`: the gateway is the stack's Envoy, which finds the services only
     once they are registered in Consul."""
+    root = tmp_path_factory.mktemp("stack-mesh")
     with leaky_up(
         ["--stack"],
-        tmp_path_factory.mktemp("stack-mesh"),
+        root,
         f"http://{component(stack, 'envoy').address}",
         ("/api/v1/tokens/status", "/oauth2/jwks", "/api/v1/analytics/health"),
+        env=saga_env(root),
     ) as running:
         yield running
 
@@ -68,6 +87,14 @@ def test_services_are_registered_with_passing_grpc_checks(
         _, nodes = client.health.service(service, passing=True)
         ports = {n["Service"]["Port"] for n in nodes}
         assert port in ports, f"{service} on {port} not passing in Consul"
+    # The saga's Faust worker too: its check passes once its consumer joined its group.
+    (port,) = stack_gateway.worker_ports.values()
+
+    def saga_passing() -> bool:
+        _, nodes = client.health.service("token-saga", passing=True)
+        return port in {n["Service"]["Port"] for n in nodes}
+
+    wait_until(saga_passing, 30, what="token-saga passing in Consul")
 
 
 def test_grpcurl_reflection_through_the_stack_envoy(grpcurl: Path, stack_gateway: Gateway) -> None:

@@ -11,7 +11,15 @@ from pathlib import Path
 
 from leaky_tokens.gateway.envoy_config import Upstream, dump, render
 from leaky_tokens.loopback import HOST, port_taken
-from leaky_tokens.topology import GRPC_BASE_PORT, ISSUER, METRICS_BASE_PORT, SERVICES, Service
+from leaky_tokens.topology import (
+    GRPC_BASE_PORT,
+    ISSUER,
+    METRICS_BASE_PORT,
+    SERVICES,
+    WORKERS,
+    Service,
+    Worker,
+)
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,10 @@ class MeshPorts:
     grpc: Mapping[str, int] = field(default_factory=lambda: {s.slug: s.grpc_port for s in SERVICES})
     metrics: Mapping[str, int] = field(
         default_factory=lambda: {s.slug: s.metrics_port for s in SERVICES}
+    )
+    # gRPC health port of each worker (stack mode only).
+    workers: Mapping[str, int] = field(
+        default_factory=lambda: {w.name: w.health_port for w in WORKERS}
     )
 
     @classmethod
@@ -43,7 +55,8 @@ class MeshPorts:
             else 0
             for s in services
         }
-        return cls(gateway, admin, grpc_ports, metrics)
+        workers = {w.name: grpc_base + w.health_port - GRPC_BASE_PORT for w in WORKERS}
+        return cls(gateway, admin, grpc_ports, metrics, workers)
 
 
 @dataclass
@@ -119,7 +132,44 @@ def service_children(
                 health_service=service.health_service,
             )
         )
+    if stack is not None:
+        children += worker_children(ports, children, stack)
     return children
+
+
+def worker_children(
+    ports: MeshPorts,
+    service_children: list[Child],
+    stack: StackTargets,
+    workers: tuple[Worker, ...] = WORKERS,
+) -> list[Child]:
+    """The stack-only workers (the saga's Faust worker), each with the settings of the
+    service it works for (same stores and databases) plus its own health port, Consul and
+    Kafka; skipped when that service is not run."""
+    by_name = {c.name: c for c in service_children}
+    found = []
+    for worker in workers:
+        within = by_name.get(worker.within)
+        if within is None:
+            continue
+        prefix, port = worker.env_prefix, ports.workers[worker.name]
+        env = {
+            **within.env,
+            f"{prefix}_HOST": HOST,
+            f"{prefix}_PORT": str(port),
+            f"{prefix}_CONSUL_ADDRESS": stack.consul,
+            f"{prefix}_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+        }
+        found.append(
+            Child(
+                name=worker.name,
+                argv=[sys.executable, "-m", worker.module],
+                env=env,
+                log_path=within.log_path.with_name(f"{worker.name}.log"),
+                address=f"{HOST}:{port}",
+            )
+        )
+    return found
 
 
 def envoy_yaml(ports: MeshPorts, services: tuple[Service, ...] = SERVICES) -> str:
@@ -157,6 +207,9 @@ def port_plan(
             what = f"{service.slug} /metrics"
             moved = "--metrics-base-port (0 turns metrics off)"
             uses.append(PortUse(ports.metrics[service.slug], what, moved))
+    if not embedded:  # the workers run in stack mode only
+        for name, port in ports.workers.items():
+            uses.append(PortUse(port, f"{name} gRPC health", "--grpc-base-port"))
     return uses
 
 

@@ -156,7 +156,7 @@ class Stack:
                     raise ComponentError(
                         f"{component.name}: {component.address} is already taken by a process "
                         f"this stack did not start; stop it, or move the port with "
-                        f"LEAKY_STACK_{component.name.upper()}_PORT"
+                        f"LEAKY_STACK_{component.name.upper().replace('-', '_')}_PORT"
                     )
                 self._say(f"{component.name}: provisioning")
                 component.provision(self.paths)

@@ -13,14 +13,42 @@ from leaky_tokens.stack.kafka import Kafka
 from leaky_tokens.stack.postgres import Postgres
 from leaky_tokens.stack.redis import Redis
 from leaky_tokens.stack.settings import StackSettings, load_stack_settings
-from leaky_tokens.topology import SERVICES, Service
+from leaky_tokens.stack.workers import WorkerComponent
+from leaky_tokens.topology import SERVICES, WORKERS, Service
 
 
 def default_components(
-    settings: StackSettings | None = None, services: tuple[Service, ...] = SERVICES
+    settings: StackSettings | None = None,
+    services: tuple[Service, ...] = SERVICES,
+    *,
+    workers: bool = True,
 ) -> list[Component]:
-    """Every component, in the order `up` starts them (`down` stops in reverse)."""
+    """Every component, in the order `up` starts them (`down` stops in reverse); the
+    workers (the saga's Faust worker) last, after the servers they use, unless `workers`
+    is False (the servers alone: what integration tests share)."""
     s = settings if settings is not None else load_stack_settings()
+    servers = _servers(s, services)
+    if not workers:
+        return servers
+    by_name = {c.name: c for c in servers}
+    postgres, redis = by_name["postgres"], by_name["redis"]
+    assert isinstance(postgres, Postgres)
+    assert isinstance(redis, Redis)
+    databases = {svc.slug: postgres.url(svc.database) for svc in services if svc.database}
+    return servers + [
+        WorkerComponent(
+            w,
+            getattr(s, f"{w.name.replace('-', '_')}_port"),  # LEAKY_STACK_<NAME>_PORT
+            consul=by_name["consul"].address,
+            kafka=by_name["kafka"].address,
+            redis_url=redis.url,
+            database_url=databases.get(w.within, ""),
+        )
+        for w in WORKERS
+    ]
+
+
+def _servers(s: StackSettings, services: tuple[Service, ...]) -> list[Component]:
     return [
         Redis(s.redis_port),
         Postgres(s.postgres_port),
@@ -48,7 +76,7 @@ def stack_endpoints(
     settings: StackSettings | None = None, services: tuple[Service, ...] = SERVICES
 ) -> StackEndpoints:
     """The configured stack's Consul, gateway, Envoy admin and each service's database."""
-    components = {c.name: c for c in default_components(settings, services)}
+    components = {c.name: c for c in default_components(settings, services, workers=False)}
     postgres, envoy, consul = components["postgres"], components["envoy"], components["consul"]
     redis, kafka = components["redis"], components["kafka"]
     assert isinstance(postgres, Postgres)

@@ -46,6 +46,7 @@ class StackSettings:
     discovery_port: int = _port(18000, "the discovery service (Envoy's EDS)")
     envoy_port: int = _port(8080, "the stack's Envoy gateway")
     envoy_admin_port: int = _port(9902, "the stack's Envoy admin")
+    token_saga_port: int = _port(18100, "the purchase saga worker's gRPC health")
 
     def root(self) -> Path:
         """The state directory, absolute."""

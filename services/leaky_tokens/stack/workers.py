@@ -1,0 +1,78 @@
+"""Stack-only workers as stack components: the saga's Faust worker, after the servers it uses."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from leaky_tokens.stack.component import HOST, Component, Launch, StackPaths
+from leaky_tokens.topology import Worker
+
+
+def grpc_serving(address: str, timeout: float = 1.0) -> bool:
+    """True if the gRPC health service at `address` answers SERVING for the whole server."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+class WorkerComponent(Component):
+    """`python -m <worker.module>` on the stack's Kafka and Consul, with the settings of the
+    service it works for pointed at the stack's Redis and PostgreSQL; ready once its health
+    says SERVING (topic created, consumer joined its group, nothing stuck)."""
+
+    startup_timeout = 90.0  # a Kafka group join on two busy cores
+    stop_signal = signal.SIGTERM  # leaves Consul and stops consuming without acking
+    stop_timeout = 30.0
+
+    def __init__(
+        self,
+        worker: Worker,
+        port: int,
+        *,
+        consul: str,
+        kafka: str,
+        redis_url: str,
+        database_url: str = "",
+    ) -> None:
+        self.worker = worker
+        self.name = worker.name
+        self.port = port
+        self.consul = consul
+        self.kafka = kafka
+        self.redis_url = redis_url
+        self.database_url = database_url
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def launch(self, paths: StackPaths) -> Launch:
+        prefix = self.worker.env_prefix
+        within = f"LEAKY_{self.worker.within.upper()}"
+        env = {
+            "LEAKY_DATA_DIR": str(paths.data(self.name)),
+            f"{prefix}_HOST": HOST,
+            f"{prefix}_PORT": str(self.port),
+            f"{prefix}_CONSUL_ADDRESS": self.consul,
+            f"{prefix}_KAFKA_BOOTSTRAP": self.kafka,
+            # The stores of the service it works for, as `leaky up --stack` sets them.
+            f"{within}_STORE_BACKEND": "redis",
+            f"{within}_STORE_REDIS_URL": self.redis_url,
+            f"{within}_EVENTS_BUS": "kafka",
+            f"{within}_EVENTS_KAFKA_BOOTSTRAP": self.kafka,
+        }
+        if self.database_url:
+            env[f"{within}_DATABASE_URL"] = self.database_url
+        return Launch([sys.executable, "-m", self.worker.module], env=env)
+
+    def ready(self, paths: StackPaths) -> bool:
+        return grpc_serving(self.address)
