@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from leaky.events.v1.events_pb2 import EventEnvelope
 from leaky_tokens.runtime.ports import Clock
 from leaky_tokens.token.adapters.event_bus import InProcessEventBus
 from leaky_tokens.token.adapters.outbox_relay import OutboxRelay
@@ -37,9 +38,14 @@ class EmbeddedSaga:
         self.bus = InProcessEventBus()
         for deliver in subscribers(parts.participants, topic):
             self.bus.subscribe(deliver)
-        self.relay = OutboxRelay(parts.outbox, self.bus, poll_s=1.0)
+        self.relay = OutboxRelay(parts.outbox, self.bus)
+        self.bus.subscribe(self._handled)
         self._interval_s, self._batch = recovery_interval_s, recovery_batch
         self._task: asyncio.Task[None] | None = None
+
+    async def _handled(self, topic: str, envelope: EventEnvelope) -> None:
+        # Every participant has handled the envelope; what they emitted waits in the outbox.
+        self.relay.kick()
 
     def kick(self) -> None:
         """A saga step is waiting in the outbox: relay it now."""

@@ -147,11 +147,11 @@ class SqlSagaStore:
             return list((await conn.execute(query)).scalars())
 
     async def steps_done(self, saga_id: str) -> list[str]:
-        """The steps recorded for a saga, in the order they ran (operators and tests)."""
+        """The steps recorded for a saga, by name (operators and tests)."""
         query = (
             sa.select(purchase_steps.c.step)
             .where(purchase_steps.c.saga_id == saga_id)
-            .order_by(purchase_steps.c.done_at, purchase_steps.c.step)
+            .order_by(purchase_steps.c.step)
         )
         async with self._engine.connect() as conn:
             return list((await conn.execute(query)).scalars())
