@@ -144,7 +144,8 @@ async def test_a_failed_capture_reverts_the_allocation_and_releases_exactly_once
         assert (payment.reserved, payment.captured, payment.released) == (1, 0, 1)
         assert h.store is not None
         kinds = [e.event.kind for e in await h.store.read_events(0, "", 100)]
-        assert kinds.count(EventKind.CREDITED) == 1 and kinds.count(EventKind.REVERTED) == 1
+        assert kinds.count(EventKind.CREDITED) == 1
+        assert kinds.count(EventKind.REVERTED) == 1
 
 
 @pytest.mark.parametrize(
@@ -164,7 +165,8 @@ async def test_every_event_delivered_again_changes_nothing(
         saga_id = (await buy(h, 25)).saga_id
         before = await settled(h, saga_id)
         store, parts = h.components.purchases, h.components.saga
-        assert store is not None and parts is not None
+        assert store is not None
+        assert parts is not None
         steps, money = await store.steps_done(saga_id), await balance(h)
         counts = (payment.reserved, payment.captured, payment.released)
         for envelope in list(seen) * 2:  # every event, twice more, to every participant

@@ -33,7 +33,8 @@ def started() -> Purchase:
 def step(p: Purchase, s: Step, outcome: Outcome = OK, **kw: bool) -> tuple[Purchase, EventType]:
     nxt, events = saga.apply(s, p, outcome, T0 + timedelta(seconds=1), "cause", **kw)
     assert len(events) == 1
-    assert events[0].purchase == nxt and events[0].causation_id == "cause"
+    assert events[0].purchase == nxt
+    assert events[0].causation_id == "cause"
     return nxt, events[0].type
 
 
@@ -52,7 +53,8 @@ def test_the_happy_path_reserves_allocates_captures_and_completes() -> None:
     assert (p.status, kind, p.updated_at) == (
         SagaStatus.COMPLETED, EventType.PURCHASE_COMPLETED, T0 + timedelta(seconds=1),
     )  # fmt: skip
-    assert saga.pending_step(p) is None and saga.pending_step(p, timed_out=True) is None
+    assert saga.pending_step(p) is None
+    assert saga.pending_step(p, timed_out=True) is None
 
 
 def test_a_declined_payment_fails_with_its_reason_and_nothing_to_undo() -> None:
@@ -108,7 +110,7 @@ def test_a_failed_capture_reverts_the_allocation_then_releases_then_fails() -> N
                 status=SagaStatus.TOKENS_ALLOCATED,
                 payment=PaymentState.RESERVED,
                 allocation=AllocationState.ALLOCATED,
-            ),  # fmt: skip
+            ),
             Step.CAPTURE_PAYMENT,  # allocated: pushed on to completion
         ),
     ],
