@@ -58,7 +58,9 @@ async def settled(h: TokenHarness, saga_id: str, user: str = USER) -> pb.TokenPu
         )
         return got if got.status in TERMINAL else None
 
-    return await eventually(done, 20, what=f"purchase {saga_id} terminal")
+    found = await eventually(done, 20, what=f"purchase {saga_id} terminal")
+    assert found is not None
+    return found
 
 
 async def balance(h: TokenHarness, user: str = USER) -> int:
