@@ -13,12 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 MIGRATIONS = Path(__file__).with_name("saga_migrations")
 # Any fixed number works; it serialises concurrent migrators on one PostgreSQL database.
 _PG_LOCK_ID = 0x70CE_5A6A
+# Execution option of a connection that only reads: SQLite runs it without a write lock.
+READ_ONLY = "leaky_read_only"
 
 
 def make_engine(url: str) -> AsyncEngine:
     """An async engine. On SQLite every transaction starts BEGIN IMMEDIATE: a saga step reads
     then writes, and two deferred transactions doing that would fail each other instead of
-    one waiting (the busy timeout) for the other."""
+    one waiting (the busy timeout) for the other. Connections marked READ_ONLY take no lock
+    (each statement on its own, which WAL lets run beside a writer)."""
     if not url.startswith("sqlite"):
         return create_async_engine(url, pool_pre_ping=True, pool_size=10, hide_parameters=True)
     engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
@@ -32,7 +35,8 @@ def make_engine(url: str) -> AsyncEngine:
 
     @sa.event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if not conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 

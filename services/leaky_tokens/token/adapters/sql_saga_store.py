@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ from leaky_tokens.runtime.ports import Clock
 from leaky_tokens.token.adapters import saga_codec
 from leaky_tokens.token.adapters.saga_contract import OutboxRecord
 from leaky_tokens.token.adapters.saga_schema import purchase_outbox, purchase_steps, purchases
+from leaky_tokens.token.adapters.saga_sql import READ_ONLY
 from leaky_tokens.token.domain.saga import (
     TERMINAL,
     AllocationState,
@@ -80,7 +82,7 @@ class SqlSagaStore:
             return found
 
     async def get(self, saga_id: str) -> Purchase | None:
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             row = (
                 await conn.execute(sa.select(purchases).where(purchases.c.saga_id == saga_id))
             ).first()
@@ -91,7 +93,7 @@ class SqlSagaStore:
         if before > 0:
             query = query.where(purchases.c.seq < before)
         query = query.order_by(purchases.c.seq.desc()).limit(limit + 1)
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             rows = (await conn.execute(query)).all()
         more = len(rows) > limit
         rows = rows[:limit]
@@ -143,7 +145,7 @@ class SqlSagaStore:
             .order_by(purchases.c.updated_at)
             .limit(limit)
         )
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             return list((await conn.execute(query)).scalars())
 
     async def steps_done(self, saga_id: str) -> list[str]:
@@ -153,13 +155,13 @@ class SqlSagaStore:
             .where(purchase_steps.c.saga_id == saga_id)
             .order_by(purchase_steps.c.step)
         )
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             return list((await conn.execute(query)).scalars())
 
     # --- OutboxSource ---------------------------------------------------------------------
     async def pending(self, limit: int) -> Sequence[OutboxRecord]:
         query = sa.select(purchase_outbox).order_by(purchase_outbox.c.seq).limit(limit)
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             rows = (await conn.execute(query)).all()
         out = []
         for row in rows:
@@ -181,6 +183,11 @@ class SqlSagaStore:
         await self._engine.dispose()
 
     # --- helpers --------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self._engine.connect() as conn:
+            yield await conn.execution_options(**{READ_ONLY: True})
+
     async def _outbox(self, conn: AsyncConnection, events: Sequence[SagaEvent]) -> None:
         for event in events:
             await conn.execute(
@@ -197,7 +204,7 @@ class SqlSagaStore:
         query = sa.select(purchases).where(
             purchases.c.user_id == user_id, purchases.c.idempotency_key == key
         )
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else _purchase(row)
 
