@@ -24,6 +24,15 @@ from tests.support.stack import component, running_stack
 FAST_HASHER = {"time_cost": 1, "memory_kib": 1024}
 
 
+@pytest.fixture(autouse=True)
+def _own_data_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Services built in-process keep their SQLite files (the token service's purchase
+    database, auth.db) in a directory of the test's own, never in ./data."""
+    monkeypatch.setenv("LEAKY_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

@@ -82,6 +82,7 @@ SERVICES: tuple[Service, ...] = (
         gateway_probe="/api/v1/tokens/status",
         needs_auth_target=True,
         targets=("provider",),
+        database="leaky_token",  # purchase sagas and their outbox (ADR 0032)
         uses_redis=True,
         publishes_events=True,
     ),

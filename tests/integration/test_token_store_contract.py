@@ -438,6 +438,46 @@ async def test_a_credited_balance_is_spent_after_the_window(store: DecisionStore
     assert kinds == [EventKind.CREDITED, EventKind.ALLOWED, EventKind.DENIED]
 
 
+async def test_a_reverted_credit_is_taken_back_once(store: DecisionStore) -> None:
+    lim = limits(user_cap=1000, user_quota=100)
+    await store.credit_balance(ALICE, Level.USER_QUOTA, 500, "grant-r", T0)
+    taken = await store.revert_credit(ALICE, Level.USER_QUOTA, "grant-r", T0, "capture failed")
+    assert (taken.reverted, taken.balance, taken.changed) == (500, 0, True)
+    again = await store.revert_credit(ALICE, Level.USER_QUOTA, "grant-r", T0 + 1)
+    assert (again.reverted, again.balance, again.changed) == (500, 0, False)
+    # The grant id stays spent: crediting it again adds nothing.
+    late = await store.credit_balance(ALICE, Level.USER_QUOTA, 500, "grant-r", T0 + 2)
+    assert (late.balance, late.changed) == (500, False)  # the grant's own answer
+    assert (await store.read(ALICE, lim, T0)).quotas[Level.USER_QUOTA].state.balance == 0
+    got = [e for e in await events_of(store, ALICE.tenant) if e.kind is EventKind.REVERTED]
+    assert [(e.event_id, e.tokens, e.causation_id, e.reason) for e in got] == [
+        ("grant-r:revert", 500, "grant-r", "capture failed")
+    ]
+
+
+async def test_a_revert_takes_at_most_the_balance_left_and_bars_an_unknown_grant(
+    store: DecisionStore,
+) -> None:
+    lim = limits(user_cap=1000, user_quota=0)
+    await store.credit_balance(ALICE, Level.USER_QUOTA, 300, "g-spent", T0)
+    made = await store.decide(ask(ALICE, lim, 200, T0))  # spends 200 of it
+    assert isinstance(made.result, Allowed)
+    part = await store.revert_credit(ALICE, Level.USER_QUOTA, "g-spent", T0)
+    assert (part.reverted, part.balance) == (100, 0)
+    # A revert before its credit (a compensation racing a late step) takes nothing and
+    # keeps the credit from ever landing; an org's balance alike.
+    first = await store.revert_credit(ALICE_IN_ACME, Level.ORG_QUOTA, "g-never", T0)
+    assert (first.reverted, first.changed) == (0, True)
+    barred = await store.credit_balance(ALICE_IN_ACME, Level.ORG_QUOTA, 50, "g-never", T0)
+    assert (barred.balance, barred.changed) == (0, False)
+    org_lim = LevelLimits(
+        {Level.USER_BUCKET: BucketLimit.tokens(1000, 1000)},
+        {Level.ORG_QUOTA: QuotaLimit(0, *WINDOW)},
+    )
+    state = (await store.read(ALICE_IN_ACME, org_lim, T0)).quotas[Level.ORG_QUOTA].state
+    assert state.balance == 0
+
+
 async def test_every_decision_event_carries_its_detail(store: DecisionStore) -> None:
     lim = limits(user_cap=100, user_quota=1000)
     await store.credit_balance(ALICE, Level.USER_QUOTA, 5, "g-e", T0, "admin-1", "support")

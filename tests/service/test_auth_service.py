@@ -66,6 +66,7 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
         await channel.close(grace=None)
     for server in servers:
         await server.stop(0)
+    await token.close()  # its tasks and the purchase database's connections
     await auth.close()
 
 

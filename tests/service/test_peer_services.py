@@ -18,7 +18,6 @@ from leaky_tokens.analytics.bootstrap import build as build_analytics
 from leaky_tokens.provider.bootstrap import ProviderSettings
 from leaky_tokens.provider.bootstrap import build as build_provider
 from leaky_tokens.runtime.server import RunningServer, start_server
-from leaky_tokens.token import servicer as token_servicer
 from leaky_tokens.token.bootstrap import TokenSettings
 from leaky_tokens.token.bootstrap import build as build_token
 from tests.support.fakes import FakeClock
@@ -85,19 +84,6 @@ async def test_public_probes_tell_the_injected_clock(peers: Peers) -> None:
 async def test_rpcs_not_written_yet_say_which_and_why(peers: Peers) -> None:
     auth = bearer(peers.keys.token())
     calls: list[tuple[Awaitable[object], str, str]] = [
-        (
-            peers.token.Purchase(
-                token_pb2.PurchaseRequest(user_id="user-1", provider="openai", tokens=5),
-                metadata=auth,
-            ),
-            "leaky.token.v1.TokenService/Purchase",
-            token_servicer.PENDING,
-        ),
-        (
-            peers.token.GetPurchase(token_pb2.GetPurchaseRequest(saga_id="s"), metadata=auth),
-            "leaky.token.v1.TokenService/GetPurchase",
-            token_servicer.PENDING,
-        ),
         (
             peers.analytics.GetUsage(analytics_pb2.GetUsageRequest(), metadata=auth),
             "leaky.analytics.v1.AnalyticsService/GetUsage",

@@ -22,6 +22,7 @@ from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisio
 from leaky_tokens.token.adapters.policy_file import PolicyFile
 from leaky_tokens.token.bootstrap import TokenComponents, TokenSettings, build
 from leaky_tokens.token.domain.ports import DecisionStore
+from leaky_tokens.token.domain.saga_ports import PaymentGateway
 from tests.support.fakes import FakeClock
 from tests.support.grpc_errors import unpack
 from tests.support.jwks import KeySet, bearer
@@ -104,11 +105,13 @@ async def token_service(
     bus: EventBus | None = None,
     store: DecisionStore | None = None,
     policy: str = POLICY,
+    payment: PaymentGateway | None = None,
     **settings: Any,
 ) -> AsyncIterator[TokenHarness]:
     """The token service (its bootstrap) against a fake provider served in-process; `store`
     replaces the in-memory store (e.g. one wrapped in the failure policy), `policy` the
-    policy file's text."""
+    policy file's text, `payment` the saga's stub payment; the token database is a SQLite
+    file in `tmp` unless `database_url` says otherwise."""
     keys, clock = KeySet("leaky-tokens-auth", "leaky-tokens"), FakeClock()
     policy_path = tmp / "policy.yaml"
     policy_path.write_text(policy)
@@ -117,6 +120,8 @@ async def token_service(
     provider_pb2_grpc.add_ProviderServiceServicer_to_server(fake, provider_server)
     provider_port = provider_server.add_insecure_port("127.0.0.1:0")
     await provider_server.start()
+    settings.setdefault("database_url", f"sqlite+aiosqlite:///{tmp / 'token.db'}")
+    settings.setdefault("saga_payment_latency_ms", 0)
     config = TokenSettings(
         port=0,
         metrics_port=0,
@@ -137,6 +142,7 @@ async def token_service(
         policy=PolicyFile(policy_path),
         membership=members,
         bus=bus,
+        payment=payment,
     )
     server = await start_server(components.spec, config, components.verifier)
     try:

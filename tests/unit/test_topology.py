@@ -145,3 +145,12 @@ def test_the_stack_creates_every_topology_database() -> None:
     for service in SERVICES:
         if service.database:
             assert service.database in postgres.DATABASES
+
+
+def test_auth_and_token_have_their_databases_in_the_stack_and_in_compose() -> None:
+    # Token keeps its purchase sagas in PostgreSQL natively (ADR 0032), as auth its users.
+    compose = (Path(__file__).parents[2] / "compose.yaml").read_text()
+    for service in SERVICES:
+        if service.slug in ("auth", "token"):
+            assert service.database == f"leaky_{service.slug}"
+            assert f"LEAKY_{service.slug.upper()}_DATABASE_URL:" in compose

@@ -23,11 +23,14 @@ from leaky_tokens.token.adapters.grpc_chat_provider import GrpcChatProvider, Res
 from leaky_tokens.token.adapters.grpc_membership import GrpcMembership
 from leaky_tokens.token.adapters.metered_store import MeteredDecisionStore, MeteredRequestCounter
 from leaky_tokens.token.adapters.policy_file import PolicyFile
+from leaky_tokens.token.adapters.purchase_settings import PurchaseSagaSettings
 from leaky_tokens.token.adapters.relay_factory import build_relay
 from leaky_tokens.token.adapters.relay_settings import RelaySettings
 from leaky_tokens.token.adapters.reservation_sweeper import ReservationSweeper
 from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
-from leaky_tokens.token.adapters.settings import Backend, TokenStoreSettings
+from leaky_tokens.token.adapters.saga_embedded import EmbeddedSaga, purchase_saga
+from leaky_tokens.token.adapters.settings import Backend
+from leaky_tokens.token.adapters.sql_saga_store import SqlSagaStore
 from leaky_tokens.token.adapters.store_factory import decision_store, redis_store
 from leaky_tokens.token.adapters.tenant_usage import MAX_TOP_N
 from leaky_tokens.token.adapters.token_metrics import Rpc, TokenMetrics
@@ -37,7 +40,9 @@ from leaky_tokens.token.domain.metering import Metering
 from leaky_tokens.token.domain.peers import ChatProvider, Membership
 from leaky_tokens.token.domain.policy_parse import DEFAULT_POLICY, PolicyError
 from leaky_tokens.token.domain.ports import DecisionStore
+from leaky_tokens.token.domain.purchases import Purchases
 from leaky_tokens.token.domain.rls_config import RateLimitConfig
+from leaky_tokens.token.domain.saga_ports import PaymentGateway
 from leaky_tokens.token.domain.units import to_ms
 from leaky_tokens.token.rls_wiring import (  # RLS (ADR 0025)
     RLS_PUBLIC_METHODS,
@@ -55,15 +60,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TokenSettings(PeerSettings, TokenStoreSettings, RlsSettings, RelaySettings):
-    """Token service settings (LEAKY_TOKEN_<FIELD>); the store_* ones are the store's."""
+class TokenSettings(PeerSettings, PurchaseSagaSettings, RlsSettings, RelaySettings):
+    """Token service settings (LEAKY_TOKEN_<FIELD>); the store_* ones are the store's, the
+    database_url and saga_* ones the purchase saga's (shared with the saga worker)."""
 
     port: int = field(default=50052, metadata=doc("gRPC port."))
     metrics_port: int = field(default=9102, metadata=doc("Prometheus /metrics port; 0 disables."))
-    policy_file: str = field(
-        default="",
-        metadata=doc("Policy YAML (providers, tiers, orgs, windows); empty = the shipped one."),
-    )
     policy_poll_seconds: float = field(
         default=1.0,
         metadata=doc("How often the policy file's mtime is checked for a reload; 0 = SIGHUP only."),
@@ -115,7 +117,7 @@ class TokenSettings(PeerSettings, TokenStoreSettings, RlsSettings, RelaySettings
     )
 
     def __post_init__(self) -> None:
-        TokenStoreSettings.__post_init__(self)
+        PurchaseSagaSettings.__post_init__(self)  # the store's settings too
         RelaySettings.__post_init__(self)
         if not 0 <= self.metrics_tenant_top_n <= MAX_TOP_N:
             raise SettingsError(
@@ -131,6 +133,8 @@ class TokenComponents(PeerComponents):
     metering: Metering | None = None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     rls_config: WatchedConfig[RateLimitConfig] | None = None  # reloaded with the policy
+    purchases: SqlSagaStore | None = None  # the purchase sagas' store
+    saga: EmbeddedSaga | None = None  # the saga run here (saga_runner=embedded)
 
     async def close(self) -> None:
         """Stop the background tasks, then close every connection this build opened."""
@@ -151,6 +155,7 @@ async def build(
     membership: Membership | None = None,
     provider: ChatProvider | None = None,
     bus: EventBus | None = None,
+    payment: PaymentGateway | None = None,
 ) -> TokenComponents:
     """Wire the token service; collaborators default to the real ones.
 
@@ -158,7 +163,8 @@ async def build(
     `settings.auth_target`) and `monotonic` ages the cached key set and the membership cache;
     `store` to the one `store_backend` names (ADR 0021), `policy` to the policy
     file, `membership` to the auth service, `provider` to the provider service, `bus` to the
-    one `events_bus` names (in-process, or Kafka with --stack; ADR 0024).
+    one `events_bus` names (in-process, or Kafka with --stack; ADR 0024), `payment` to
+    the payment stub of the saga_payment_* settings (ADR 0032).
     """
     clock = clock or SystemClock()
     closers: list[Callable[[], Awaitable[None]]] = []
@@ -212,7 +218,13 @@ async def build(
         limits=Limits(settings.max_request_tokens),
         max_reservation_ttl=timedelta(seconds=settings.max_reservation_seconds),
     )
-    token = TokenServicer(clock, metering)  # type: ignore[abstract]
+    saga_store, saga = await purchase_saga(settings, clock, store, policy, payment, closers)
+    purchases = Purchases(
+        store=saga_store, policy=policy, membership=membership, clock=clock,
+        ids=ids or SystemRandomness(), limits=Limits(settings.max_request_tokens),
+        on_started=saga.kick if saga is not None else lambda: None,
+    )  # fmt: skip
+    token = TokenServicer(clock, metering, purchases)
     rls = build_rls(
         settings,
         settings,
@@ -243,8 +255,9 @@ async def build(
     )
     peer = peer_components(settings, spec, jwks=jwks, monotonic=monotonic)
     return TokenComponents(
-        peer.spec, peer.verifier, peer.owned_jwks, policy, metering, closers, rls.config_file
-    )
+        peer.spec, peer.verifier, peer.owned_jwks, policy, metering, closers, rls.config_file,
+        saga_store, saga,
+    )  # fmt: skip
 
 
 def _store(settings: TokenSettings, closers: list[Callable[[], Awaitable[None]]]) -> DecisionStore:

@@ -775,6 +775,180 @@ class PurchaseFailed(_message.Message):
 Global___PurchaseFailed: _TypeAlias = PurchaseFailed  # noqa: Y015
 
 @_typing.final
+class GrantReverted(_message.Message):
+    """GrantReverted takes a credited balance back out (a purchase's allocation compensated)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    """Id of the grant taken back (a purchase's grant is "purchase:<saga id>")."""
+    user_id: _builtins.str
+    """The user credited, or whose org is credited."""
+    org_id: _builtins.str
+    """The organization credited, or empty."""
+    provider: _builtins.str
+    """Provider name the tokens are for."""
+    tokens: _builtins.int
+    """Tokens taken back out of the purchased balance (at most what was left of it)."""
+    reason: _builtins.str
+    """Why, e.g. "payment capture failed"."""
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        tokens: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "org_id", b"org_id", "provider", b"provider", "reason", b"reason", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantReverted: _TypeAlias = GrantReverted  # noqa: Y015
+
+@_typing.final
+class AllocationFailed(_message.Message):
+    """AllocationFailed says the tokens could not be added; the payment is released next."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAGA_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    saga_id: _builtins.str
+    """The saga's id (UUID)."""
+    user_id: _builtins.str
+    """The user the purchase is for."""
+    org_id: _builtins.str
+    """The organization the purchase is for, or empty."""
+    provider: _builtins.str
+    """Provider name the tokens are for."""
+    tokens: _builtins.int
+    """Tokens that were to be added."""
+    reason: _builtins.str
+    """Why the allocation failed."""
+    def __init__(
+        self,
+        *,
+        saga_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        tokens: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "provider", b"provider", "reason", b"reason", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllocationFailed: _TypeAlias = AllocationFailed  # noqa: Y015
+
+@_typing.final
+class PaymentCaptured(_message.Message):
+    """PaymentCaptured says the reserved payment was charged; the saga completes next."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAGA_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    saga_id: _builtins.str
+    """The saga's id (UUID)."""
+    user_id: _builtins.str
+    """The user the purchase is for."""
+    org_id: _builtins.str
+    """The organization the purchase is for, or empty."""
+    provider: _builtins.str
+    """Provider name the tokens are for."""
+    tokens: _builtins.int
+    """Tokens bought."""
+    payment_id: _builtins.str
+    """The payment participant's reservation id that was captured."""
+    def __init__(
+        self,
+        *,
+        saga_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        tokens: _builtins.int = ...,
+        payment_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "payment_id", b"payment_id", "provider", b"provider", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentCaptured: _TypeAlias = PaymentCaptured  # noqa: Y015
+
+@_typing.final
+class PaymentCaptureFailed(_message.Message):
+    """PaymentCaptureFailed says the reserved payment could not be charged after the tokens were
+    allocated; the allocation is reverted and the payment released next.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAGA_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    saga_id: _builtins.str
+    """The saga's id (UUID)."""
+    user_id: _builtins.str
+    """The user the purchase is for."""
+    org_id: _builtins.str
+    """The organization the purchase is for, or empty."""
+    provider: _builtins.str
+    """Provider name the tokens are for."""
+    tokens: _builtins.int
+    """Tokens bought."""
+    payment_id: _builtins.str
+    """The payment participant's reservation id."""
+    reason: _builtins.str
+    """Why the capture failed."""
+    def __init__(
+        self,
+        *,
+        saga_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        tokens: _builtins.int = ...,
+        payment_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "payment_id", b"payment_id", "provider", b"provider", "reason", b"reason", "saga_id", b"saga_id", "tokens", b"tokens", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentCaptureFailed: _TypeAlias = PaymentCaptureFailed  # noqa: Y015
+
+@_typing.final
 class EventEnvelope(_message.Message):
     """EventEnvelope is the Kafka message value: the headers, then exactly one typed event."""
 
@@ -792,6 +966,7 @@ class EventEnvelope(_message.Message):
     RESERVATION_SETTLED_FIELD_NUMBER: _builtins.int
     RESERVATION_RELEASED_FIELD_NUMBER: _builtins.int
     TOKENS_GRANTED_FIELD_NUMBER: _builtins.int
+    GRANT_REVERTED_FIELD_NUMBER: _builtins.int
     PURCHASE_REQUESTED_FIELD_NUMBER: _builtins.int
     PAYMENT_RESERVED_FIELD_NUMBER: _builtins.int
     PAYMENT_FAILED_FIELD_NUMBER: _builtins.int
@@ -800,6 +975,9 @@ class EventEnvelope(_message.Message):
     PAYMENT_RELEASED_FIELD_NUMBER: _builtins.int
     PURCHASE_COMPLETED_FIELD_NUMBER: _builtins.int
     PURCHASE_FAILED_FIELD_NUMBER: _builtins.int
+    ALLOCATION_FAILED_FIELD_NUMBER: _builtins.int
+    PAYMENT_CAPTURED_FIELD_NUMBER: _builtins.int
+    PAYMENT_CAPTURE_FAILED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique event id (UUID), assigned once when the event is recorded and kept by every
     relay and retry; consumers de-duplicate by it.
@@ -846,6 +1024,10 @@ class EventEnvelope(_message.Message):
         """An ADMIN grant to a purchased balance."""
 
     @_builtins.property
+    def grant_reverted(self) -> Global___GrantReverted:
+        """A grant taken back (a purchase's allocation compensated)."""
+
+    @_builtins.property
     def purchase_requested(self) -> Global___PurchaseRequested:
         """Saga start."""
 
@@ -877,6 +1059,18 @@ class EventEnvelope(_message.Message):
     def purchase_failed(self) -> Global___PurchaseFailed:
         """Saga failed."""
 
+    @_builtins.property
+    def allocation_failed(self) -> Global___AllocationFailed:
+        """Allocation failed (the payment is released next)."""
+
+    @_builtins.property
+    def payment_captured(self) -> Global___PaymentCaptured:
+        """Payment captured (the saga completes next)."""
+
+    @_builtins.property
+    def payment_capture_failed(self) -> Global___PaymentCaptureFailed:
+        """Payment capture failed (the allocation is reverted next)."""
+
     def __init__(
         self,
         *,
@@ -892,6 +1086,7 @@ class EventEnvelope(_message.Message):
         reservation_settled: Global___ReservationSettled | None = ...,
         reservation_released: Global___ReservationReleased | None = ...,
         tokens_granted: Global___TokensGranted | None = ...,
+        grant_reverted: Global___GrantReverted | None = ...,
         purchase_requested: Global___PurchaseRequested | None = ...,
         payment_reserved: Global___PaymentReserved | None = ...,
         payment_failed: Global___PaymentFailed | None = ...,
@@ -900,12 +1095,15 @@ class EventEnvelope(_message.Message):
         payment_released: Global___PaymentReleased | None = ...,
         purchase_completed: Global___PurchaseCompleted | None = ...,
         purchase_failed: Global___PurchaseFailed | None = ...,
+        allocation_failed: Global___AllocationFailed | None = ...,
+        payment_captured: Global___PaymentCaptured | None = ...,
+        payment_capture_failed: Global___PaymentCaptureFailed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation_reverted", b"allocation_reverted", "event", b"event", "occurred_at", b"occurred_at", "payment_failed", b"payment_failed", "payment_released", b"payment_released", "payment_reserved", b"payment_reserved", "purchase_completed", b"purchase_completed", "purchase_failed", b"purchase_failed", "purchase_requested", b"purchase_requested", "reservation_released", b"reservation_released", "reservation_settled", b"reservation_settled", "token_usage_recorded", b"token_usage_recorded", "tokens_allocated", b"tokens_allocated", "tokens_granted", b"tokens_granted", "tokens_refunded", b"tokens_refunded", "tokens_reserved", b"tokens_reserved"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation_failed", b"allocation_failed", "allocation_reverted", b"allocation_reverted", "event", b"event", "grant_reverted", b"grant_reverted", "occurred_at", b"occurred_at", "payment_capture_failed", b"payment_capture_failed", "payment_captured", b"payment_captured", "payment_failed", b"payment_failed", "payment_released", b"payment_released", "payment_reserved", b"payment_reserved", "purchase_completed", b"purchase_completed", "purchase_failed", b"purchase_failed", "purchase_requested", b"purchase_requested", "reservation_released", b"reservation_released", "reservation_settled", b"reservation_settled", "token_usage_recorded", b"token_usage_recorded", "tokens_allocated", b"tokens_allocated", "tokens_granted", b"tokens_granted", "tokens_refunded", b"tokens_refunded", "tokens_reserved", b"tokens_reserved"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_reverted", b"allocation_reverted", "causation_id", b"causation_id", "correlation_id", b"correlation_id", "event", b"event", "event_id", b"event_id", "occurred_at", b"occurred_at", "partition_key", b"partition_key", "payment_failed", b"payment_failed", "payment_released", b"payment_released", "payment_reserved", b"payment_reserved", "purchase_completed", b"purchase_completed", "purchase_failed", b"purchase_failed", "purchase_requested", b"purchase_requested", "reservation_released", b"reservation_released", "reservation_settled", b"reservation_settled", "source", b"source", "token_usage_recorded", b"token_usage_recorded", "tokens_allocated", b"tokens_allocated", "tokens_granted", b"tokens_granted", "tokens_refunded", b"tokens_refunded", "tokens_reserved", b"tokens_reserved"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_failed", b"allocation_failed", "allocation_reverted", b"allocation_reverted", "causation_id", b"causation_id", "correlation_id", b"correlation_id", "event", b"event", "event_id", b"event_id", "grant_reverted", b"grant_reverted", "occurred_at", b"occurred_at", "partition_key", b"partition_key", "payment_capture_failed", b"payment_capture_failed", "payment_captured", b"payment_captured", "payment_failed", b"payment_failed", "payment_released", b"payment_released", "payment_reserved", b"payment_reserved", "purchase_completed", b"purchase_completed", "purchase_failed", b"purchase_failed", "purchase_requested", b"purchase_requested", "reservation_released", b"reservation_released", "reservation_settled", b"reservation_settled", "source", b"source", "token_usage_recorded", b"token_usage_recorded", "tokens_allocated", b"tokens_allocated", "tokens_granted", b"tokens_granted", "tokens_refunded", b"tokens_refunded", "tokens_reserved", b"tokens_reserved"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["token_usage_recorded", "tokens_refunded", "tokens_reserved", "reservation_settled", "reservation_released", "tokens_granted", "purchase_requested", "payment_reserved", "payment_failed", "tokens_allocated", "allocation_reverted", "payment_released", "purchase_completed", "purchase_failed"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["token_usage_recorded", "tokens_refunded", "tokens_reserved", "reservation_settled", "reservation_released", "tokens_granted", "grant_reverted", "purchase_requested", "payment_reserved", "payment_failed", "tokens_allocated", "allocation_reverted", "payment_released", "purchase_completed", "purchase_failed", "allocation_failed", "payment_captured", "payment_capture_failed"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

@@ -785,6 +785,60 @@ class GetPurchaseRequest(_message.Message):
 Global___GetPurchaseRequest: _TypeAlias = GetPurchaseRequest  # noqa: Y015
 
 @_typing.final
+class ListPurchasesRequest(_message.Message):
+    """ListPurchasesRequest asks for one page of the caller's purchases."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Purchases per page, 1 to 100; 0 means 20."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPurchasesRequest: _TypeAlias = ListPurchasesRequest  # noqa: Y015
+
+@_typing.final
+class ListPurchasesResponse(_message.Message):
+    """ListPurchasesResponse is one page of purchases, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURCHASES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
+    @_builtins.property
+    def purchases(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenPurchase]:
+        """The purchases of this page."""
+
+    def __init__(
+        self,
+        *,
+        purchases: _abc.Iterable[Global___TokenPurchase] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "purchases", b"purchases"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPurchasesResponse: _TypeAlias = ListPurchasesResponse  # noqa: Y015
+
+@_typing.final
 class GrantTokensRequest(_message.Message):
     """GrantTokensRequest credits a purchased balance without a purchase."""
 

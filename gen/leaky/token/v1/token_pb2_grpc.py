@@ -121,6 +121,11 @@ class TokenServiceStub:
                 request_serializer=leaky_dot_token_dot_v1_dot_token__pb2.GetPurchaseRequest.SerializeToString,
                 response_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.TokenPurchase.FromString,
                 _registered_method=True)
+        self.ListPurchases = channel.unary_unary(
+                '/leaky.token.v1.TokenService/ListPurchases',
+                request_serializer=leaky_dot_token_dot_v1_dot_token__pb2.ListPurchasesRequest.SerializeToString,
+                response_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.ListPurchasesResponse.FromString,
+                _registered_method=True)
         self.GrantTokens = channel.unary_unary(
                 '/leaky.token.v1.TokenService/GrantTokens',
                 request_serializer=leaky_dot_token_dot_v1_dot_token__pb2.GrantTokensRequest.SerializeToString,
@@ -262,9 +267,17 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPurchases(self, request, context):
+        """ListPurchases lists the caller's own purchases (those it bought, for itself or an org),
+        newest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GrantTokens(self, request, context):
         """GrantTokens credits a user's or org's purchased balance (ADMIN only). Internal, gRPC
-        only (no REST path): operators and tests use it until the purchase saga lands.
+        only (no REST path): operators and tests use it; users buy tokens with Purchase.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -317,6 +330,11 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.GetPurchase,
                     request_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.GetPurchaseRequest.FromString,
                     response_serializer=leaky_dot_token_dot_v1_dot_token__pb2.TokenPurchase.SerializeToString,
+            ),
+            'ListPurchases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPurchases,
+                    request_deserializer=leaky_dot_token_dot_v1_dot_token__pb2.ListPurchasesRequest.FromString,
+                    response_serializer=leaky_dot_token_dot_v1_dot_token__pb2.ListPurchasesResponse.SerializeToString,
             ),
             'GrantTokens': grpc.unary_unary_rpc_method_handler(
                     servicer.GrantTokens,
@@ -609,6 +627,33 @@ class TokenService:
             '/leaky.token.v1.TokenService/GetPurchase',
             leaky_dot_token_dot_v1_dot_token__pb2.GetPurchaseRequest.SerializeToString,
             leaky_dot_token_dot_v1_dot_token__pb2.TokenPurchase.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPurchases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leaky.token.v1.TokenService/ListPurchases',
+            leaky_dot_token_dot_v1_dot_token__pb2.ListPurchasesRequest.SerializeToString,
+            leaky_dot_token_dot_v1_dot_token__pb2.ListPurchasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

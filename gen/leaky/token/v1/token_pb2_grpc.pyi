@@ -126,9 +126,13 @@ class TokenServiceStub:
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
+    ListPurchases: _grpc.UnaryUnaryMultiCallable[_token_pb2.ListPurchasesRequest, _token_pb2.ListPurchasesResponse]
+    """ListPurchases lists the caller's own purchases (those it bought, for itself or an org),
+    newest first, a page at a time.
+    """
     GrantTokens: _grpc.UnaryUnaryMultiCallable[_token_pb2.GrantTokensRequest, _token_pb2.GrantTokensResponse]
     """GrantTokens credits a user's or org's purchased balance (ADMIN only). Internal, gRPC
-    only (no REST path): operators and tests use it until the purchase saga lands.
+    only (no REST path): operators and tests use it; users buy tokens with Purchase.
     """
 
 @_typing.type_check_only
@@ -229,9 +233,13 @@ class TokenServiceAsyncStub(TokenServiceStub):
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
+    ListPurchases: _aio.UnaryUnaryMultiCallable[_token_pb2.ListPurchasesRequest, _token_pb2.ListPurchasesResponse]  # type: ignore[assignment]
+    """ListPurchases lists the caller's own purchases (those it bought, for itself or an org),
+    newest first, a page at a time.
+    """
     GrantTokens: _aio.UnaryUnaryMultiCallable[_token_pb2.GrantTokensRequest, _token_pb2.GrantTokensResponse]  # type: ignore[assignment]
     """GrantTokens credits a user's or org's purchased balance (ADMIN only). Internal, gRPC
-    only (no REST path): operators and tests use it until the purchase saga lands.
+    only (no REST path): operators and tests use it; users buy tokens with Purchase.
     """
 
 class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -385,13 +393,23 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def ListPurchases(
+        self,
+        request: _token_pb2.ListPurchasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_token_pb2.ListPurchasesResponse, _abc.Awaitable[_token_pb2.ListPurchasesResponse]]:
+        """ListPurchases lists the caller's own purchases (those it bought, for itself or an org),
+        newest first, a page at a time.
+        """
+
+    @_abc_1.abstractmethod
     def GrantTokens(
         self,
         request: _token_pb2.GrantTokensRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_token_pb2.GrantTokensResponse, _abc.Awaitable[_token_pb2.GrantTokensResponse]]:
         """GrantTokens credits a user's or org's purchased balance (ADMIN only). Internal, gRPC
-        only (no REST path): operators and tests use it until the purchase saga lands.
+        only (no REST path): operators and tests use it; users buy tokens with Purchase.
         """
 
 def add_TokenServiceServicer_to_server(servicer: TokenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -139,6 +139,17 @@ def envelope(event: UsageEvent, source: str = SOURCE) -> ev.EventEnvelope:
                 reason=event.reason or "",
             )
         )
+    elif kind is EventKind.REVERTED:
+        out.grant_reverted.CopyFrom(
+            ev.GrantReverted(
+                grant_id=event.causation_id,
+                tokens=event.tokens,
+                user_id=event.user_id,
+                org_id=org,
+                provider=event.provider,
+                reason=event.reason or "",
+            )
+        )
     else:  # pragma: no cover - EventKind is closed; a new kind must be mapped here first
         raise EventCodecError(f"no envelope for event kind {kind!r}")
     return out
@@ -199,13 +210,16 @@ def usage_event(env: ev.EventEnvelope) -> UsageEvent:
         body_g = env.tokens_granted
         kind, tokens, reason = EventKind.CREDITED, body_g.tokens, body_g.reason or None
         granted_by = body_g.granted_by
+    elif case == "grant_reverted":
+        body_gr = env.grant_reverted
+        kind, tokens, reason = EventKind.REVERTED, body_gr.tokens, body_gr.reason or None
     else:
         raise EventCodecError(f"not a token usage event: {case!r}")
     body_any = getattr(env, case)
     levels: tuple[Level, ...]
     statuses: tuple[LevelStatus, ...] = ()
     limiting: tuple[Limiting, ...] = ()
-    if case == "tokens_granted":
+    if case in ("tokens_granted", "grant_reverted"):
         levels = (Level.ORG_QUOTA if body_any.org_id else Level.USER_QUOTA,)
     elif kind in (EventKind.DENIED, EventKind.RESERVE_DENIED):
         statuses, limiting = statuses_back(body_any.limits)

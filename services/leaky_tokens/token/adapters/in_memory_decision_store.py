@@ -24,6 +24,7 @@ from leaky_tokens.token.domain.ports import (
     ReservationIdTakenError,
     ReserveOutcome,
     ReserveRequest,
+    RevertOutcome,
     StoredEvent,
     Subject,
     same_request,
@@ -75,7 +76,8 @@ class InMemoryDecisionStore:
         self._decisions: dict[str, _Decision] = {}
         self._reservations: dict[str, _Reservation] = {}
         self._keys: dict[str, tuple[str, int]] = {}  # idempotency key -> (id, expires)
-        self._grants: dict[str, tuple[int, int]] = {}  # grant key -> (balance, expires)
+        self._grants: dict[str, tuple[int, int, int]] = {}  # grant -> (balance, expires, tokens)
+        self._reverts: dict[str, tuple[int, int, int]] = {}  # grant -> (reverted, exp, balance)
         self._log = InProcessEventLog()
 
     # --- the port -------------------------------------------------------------------------
@@ -111,8 +113,7 @@ class InMemoryDecisionStore:
         self, subject: Subject, level: Level, tokens: int, grant_id: str, now_ms: int,
         granted_by: str = "", reason: str = "",
     ) -> CreditOutcome:  # fmt: skip
-        if level not in dec.QUOTA_LEVELS or (level is Level.ORG_QUOTA and not subject.org_id):
-            raise ValueError(f"a balance is credited to a quota level, not {level}")
+        _quota_level(subject, level)
         with self._lock:
             self._sweep(now_ms, subject)
             base = self._layout.base_for(subject)
@@ -120,15 +121,42 @@ class InMemoryDecisionStore:
             known = self._grants.get(gkey)
             if known is not None and known[1] > now_ms:
                 return CreditOutcome(grant_id, known[0], changed=False)
+            barred = self._reverts.get(gkey)
+            if barred is not None and barred[1] > now_ms:  # reverted first: never credited
+                return CreditOutcome(grant_id, barred[2], changed=False)
             key = self._layout.level_key(base, level, subject)
             state = quota.credit(self._quotas.get(key, QuotaState()), tokens)
             self._quotas[key] = state
-            self._grants[gkey] = (state.balance, now_ms + self._ttl)
+            self._grants[gkey] = (state.balance, now_ms + self._ttl, tokens)
             self._emit(
                 EventKind.CREDITED, grant_id, subject, tokens, now_ms, grant_id, (level,),
                 reason or None, granted_by=granted_by,
             )  # fmt: skip
             return CreditOutcome(grant_id, state.balance, changed=True)
+
+    async def revert_credit(
+        self, subject: Subject, level: Level, grant_id: str, now_ms: int, reason: str = ""
+    ) -> RevertOutcome:
+        _quota_level(subject, level)
+        with self._lock:
+            self._sweep(now_ms, subject)
+            base = self._layout.base_for(subject)
+            gkey = self._layout.grant_key(base, grant_id)
+            done = self._reverts.get(gkey)
+            if done is not None and done[1] > now_ms:
+                return RevertOutcome(grant_id, done[0], done[2], changed=False)
+            key = self._layout.level_key(base, level, subject)
+            state = self._quotas.get(key, QuotaState())
+            grant = self._grants.get(gkey)
+            taken = min(grant[2], state.balance) if grant is not None and grant[1] > now_ms else 0
+            state = QuotaState(state.window_start_ms, state.used, state.balance - taken)
+            self._quotas[key] = state
+            self._reverts[gkey] = (taken, now_ms + self._ttl, state.balance)
+            self._emit(
+                EventKind.REVERTED, f"{grant_id}:revert", subject, taken, now_ms, grant_id,
+                (level,), reason or None,
+            )  # fmt: skip
+            return RevertOutcome(grant_id, taken, state.balance, changed=True)
 
     async def read(self, subject: Subject, limits: LevelLimits, now_ms: int) -> Snapshot:
         with self._lock:
@@ -295,7 +323,7 @@ class InMemoryDecisionStore:
         done = [k for k, r in self._reservations.items() if (r.expires_ms or now + 1) <= now]
         for rkey in done:
             del self._reservations[rkey]
-        for table in (self._keys, self._grants):
+        for table in (self._keys, self._grants, self._reverts):
             for key in [k for k, v in table.items() if v[1] <= now]:
                 del table[key]
 
@@ -343,3 +371,8 @@ class InMemoryDecisionStore:
 
 def _deadline(held: Reservation) -> tuple[int, bytes]:
     return held.expires_at_ms, held.id.encode()
+
+
+def _quota_level(subject: Subject, level: Level) -> None:
+    if level not in dec.QUOTA_LEVELS or (level is Level.ORG_QUOTA and not subject.org_id):
+        raise ValueError(f"a balance is credited to a quota level, not {level}")

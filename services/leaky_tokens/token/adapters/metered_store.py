@@ -25,6 +25,7 @@ from leaky_tokens.token.domain.ports import (
     RefundOutcome,
     ReserveOutcome,
     ReserveRequest,
+    RevertOutcome,
     StoredEvent,
     StoreUnavailableError,
     Subject,
@@ -163,6 +164,15 @@ class MeteredDecisionStore:
             return await self._inner.credit_balance(
                 subject, level, tokens, grant_id, now_ms, granted_by, reason
             )
+        finally:
+            self._t_credit.observe(perf_counter() - started)
+
+    async def revert_credit(
+        self, subject: Subject, level: Level, grant_id: str, now_ms: int, reason: str = ""
+    ) -> RevertOutcome:
+        started = perf_counter()
+        try:
+            return await self._inner.revert_credit(subject, level, grant_id, now_ms, reason)
         finally:
             self._t_credit.observe(perf_counter() - started)
 

@@ -98,6 +98,9 @@ class OutboxRelay:
     async def _loop(self) -> None:
         backoff = self._backoff_s
         while not self._stopping:
+            # Cleared before the pass, not after: a kick during the pass (a step that just
+            # committed, e.g. an in-process participant) runs the next pass at once.
+            self._wake.clear()
             try:
                 await self.run_once()
                 backoff = self._backoff_s
@@ -108,6 +111,5 @@ class OutboxRelay:
             except Exception:  # the store failed: same retry, nothing was marked
                 log.exception("outbox relay: pass failed, retrying in %.1f s", backoff)
                 wait, backoff = backoff, min(backoff * 2, self._backoff_max_s)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)

@@ -28,6 +28,7 @@ from leaky_tokens.token.domain.ports import (
     ReservationIdTakenError,
     ReserveOutcome,
     ReserveRequest,
+    RevertOutcome,
     StoredEvent,
     StoreUnavailableError,
     Subject,
@@ -167,6 +168,18 @@ class RedisDecisionStore:
         except rx.ResponseError as error:
             raise ValueError(str(error)) from error
         return CreditOutcome(grant_id, int(reply[1]), changed=bool(int(reply[0])))
+
+    async def revert_credit(
+        self, subject: Subject, level: Level, grant_id: str, now_ms: int, reason: str = ""
+    ) -> RevertOutcome:
+        if level not in dec.QUOTA_LEVELS or (level is Level.ORG_QUOTA and not subject.org_id):
+            raise ValueError(f"a balance is credited to a quota level, not {level}")
+        base = self._layout.base_for(subject)
+        self._layout.grant_key(base, grant_id)
+        _check_text(reason)
+        args = (grant_id, self._layout.level_key(base, level, subject), level.value, reason)
+        reply = await self._run("revert", base, subject, now_ms, *args)
+        return RevertOutcome(grant_id, int(reply[1]), int(reply[2]), changed=bool(int(reply[0])))
 
     async def read(self, subject: Subject, limits: LevelLimits, now_ms: int) -> Snapshot:
         base = self._layout.base_for(subject)

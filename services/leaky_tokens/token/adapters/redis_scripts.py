@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from importlib.resources import files
 
-OPERATIONS = ("decide", "reserve", "refund", "settle", "credit", "read", "sweep")
+OPERATIONS = ("decide", "reserve", "refund", "settle", "credit", "revert", "read", "sweep")
 
 
 @dataclass(frozen=True, slots=True)

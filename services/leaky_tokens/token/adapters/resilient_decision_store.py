@@ -24,6 +24,7 @@ from leaky_tokens.token.domain.ports import (
     RefundOutcome,
     ReserveOutcome,
     ReserveRequest,
+    RevertOutcome,
     StoredEvent,
     StoreUnavailableError,
     Subject,
@@ -138,6 +139,14 @@ class ResilientDecisionStore:
             lambda: self._primary.credit_balance(
                 subject, level, tokens, grant_id, now_ms, granted_by, reason
             )
+        )
+
+    async def revert_credit(
+        self, subject: Subject, level: Level, grant_id: str, now_ms: int, reason: str = ""
+    ) -> RevertOutcome:
+        # As a credit: a compensation must land in the shared store, or be retried.
+        return await self._try(
+            lambda: self._primary.revert_credit(subject, level, grant_id, now_ms, reason)
         )
 
     async def read(self, subject: Subject, limits: LevelLimits, now_ms: int) -> Snapshot:

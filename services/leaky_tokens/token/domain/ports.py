@@ -83,6 +83,7 @@ class EventKind(StrEnum):
     SETTLED = "settled"
     RELEASED = "released"
     CREDITED = "credited"
+    REVERTED = "reverted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +200,17 @@ class CreditOutcome:
     changed: bool
 
 
+@dataclass(frozen=True, slots=True)
+class RevertOutcome:
+    """A grant taken back: `reverted` tokens (at most the balance left), `balance` after it;
+    `changed` is False for a repeated revert (which answers as the first did)."""
+
+    grant_id: str
+    reverted: int
+    balance: int
+    changed: bool
+
+
 class DecisionStore(Protocol):
     """Every mutating call is one atomic step that also appends its usage event.
 
@@ -233,7 +245,15 @@ class DecisionStore(Protocol):
         granted_by: str = "", reason: str = "",
     ) -> CreditOutcome:  # fmt: skip
         """Add purchased tokens to the balance of the user or org quota level (USER/ORG_QUOTA);
-        the event names the ADMIN who granted them and why."""
+        the event names the ADMIN who granted them and why. A grant id seen before (or
+        reverted before) credits nothing and answers with the balance it left."""
+
+    async def revert_credit(
+        self, subject: Subject, level: Level, grant_id: str, now_ms: int, reason: str = ""
+    ) -> RevertOutcome:
+        """Take a grant's tokens back out of the balance, once (a compensation): at most what
+        is left of the balance. An unknown grant id takes nothing and bars a later credit
+        under it; a repeat changes nothing. Appends a `reverted` event when it changed."""
 
     async def read(self, subject: Subject, limits: LevelLimits, now_ms: int) -> Snapshot:
         """The levels' states leaked and rolled to `now_ms` (for GetQuota); changes nothing."""
