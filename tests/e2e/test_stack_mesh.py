@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import uuid
@@ -25,17 +24,12 @@ pytestmark = pytest.mark.e2e
 
 def saga_env(root: Path) -> dict[str, str]:
     """The saga worker's own consumer group and topic (other runs share the stack's Kafka);
-    its participants are test doubles until the saga's factory exists (issue 8), after
-    which it runs the real saga parts."""
+    it runs the real saga parts on the stack's PostgreSQL and Redis."""
     run = uuid.uuid4().hex[:10]
-    env = {
+    return {
         "LEAKY_TOKEN_SAGA_GROUP": f"leaky-token-saga-e2e-{run}",
         "LEAKY_TOKEN_SAGA_TOPIC": f"leaky.purchase.e2e.{run}",
     }
-    if importlib.util.find_spec("leaky_tokens.token.adapters.saga_factory") is None:
-        env["LEAKY_TOKEN_SAGA_PARTS_FACTORY"] = "tests.support.saga_doubles:parts_from_env"
-        env["LEAKY_TEST_SAGA_DIR"] = str(root)
-    return env
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from leaky_tokens.stack.workers import WorkerComponent
 from leaky_tokens.token.adapters.faust_saga import ConsumerState, HandleWatch, handle_until_done
 from leaky_tokens.token.adapters.saga_health import HealthReporter, verdict
 from leaky_tokens.token.adapters.saga_settings import SagaWorkerSettings
-from leaky_tokens.token.saga_worker import SagaNotWired, build_parts, load_factory
+from leaky_tokens.token.saga_worker import build_parts, load_factory
 from tests.support.wait import eventually
 
 HEALTHY = ConsumerState(running=True, joined=True, rebalancing=False)
@@ -118,22 +118,29 @@ def test_settings_refuse_what_cannot_work() -> None:
     assert loaded.topic == "t"
 
 
-async def test_the_factory_setting_resolves_or_says_why_not() -> None:
+async def test_the_factory_setting_resolves_or_says_why_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     with pytest.raises(SettingsError, match="cannot load"):
         load_factory("leaky_tokens.nowhere:build")
     with pytest.raises(SettingsError, match="not callable"):
         load_factory("leaky_tokens.token.saga_worker:ENV_PREFIX")
-    # Until the saga's factory is wired in, the default says so instead of running nothing.
-    with pytest.raises(SagaNotWired, match="saga_factory"):
+    # The default is the saga's real factory: it refuses a store the token service cannot share.
+    monkeypatch.setenv("LEAKY_TOKEN_STORE_BACKEND", "memory")
+    with pytest.raises(SettingsError, match="store_backend"):
         await build_parts(load_factory(SagaWorkerSettings().parts_factory))
 
 
 def test_leaky_up_runs_the_worker_only_against_the_stack(tmp_path: Path) -> None:
     ports = MeshPorts.from_bases(8080, 9901, 51050, 0)
     targets = StackTargets("127.0.0.1:8500", "127.0.0.1:8080", kafka_bootstrap="127.0.0.1:9092")
-    embedded = {c.name for c in service_children(ports, tmp_path)}
+    embedded = {c.name: c for c in service_children(ports, tmp_path)}
     assert "token-saga" not in embedded
-    (worker,) = [c for c in service_children(ports, tmp_path, targets) if c.name == "token-saga"]
+    assert "LEAKY_TOKEN_SAGA_RUNNER" not in embedded["token"].env  # the saga runs in-process
+    native = {c.name: c for c in service_children(ports, tmp_path, targets)}
+    worker = native["token-saga"]
+    # With the worker beside it, the token service only records purchases (the worker runs them).
+    assert native["token"].env["LEAKY_TOKEN_SAGA_RUNNER"] == "external"
     assert worker.argv[1:] == ["-m", "leaky_tokens.token.saga_worker"]
     assert worker.address == "127.0.0.1:51055"  # moved with --grpc-base-port
     assert worker.env["LEAKY_TOKEN_SAGA_KAFKA_BOOTSTRAP"] == "127.0.0.1:9092"

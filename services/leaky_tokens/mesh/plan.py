@@ -153,6 +153,8 @@ def worker_children(
         if within is None:
             continue
         prefix, port = worker.env_prefix, ports.workers[worker.name]
+        within_prefix = f"LEAKY_{worker.within.upper()}"
+        within.env.update({f"{within_prefix}_{k}": v for k, v in worker.within_settings})
         env = {
             **within.env,
             f"{prefix}_HOST": HOST,

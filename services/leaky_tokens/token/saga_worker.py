@@ -33,7 +33,9 @@ from leaky_tokens.token.adapters.faust_saga import (
 from leaky_tokens.token.adapters.kafka_event_bus import KafkaEventBus
 from leaky_tokens.token.adapters.kafka_topics import ensure_topic
 from leaky_tokens.token.adapters.outbox_relay import OutboxRelay
+from leaky_tokens.token.adapters.purchase_settings import PurchaseSagaSettings
 from leaky_tokens.token.adapters.saga_contract import SagaParts
+from leaky_tokens.token.adapters.saga_factory import build_saga_parts
 from leaky_tokens.token.adapters.saga_health import NOT_SERVING, HealthReporter
 from leaky_tokens.token.adapters.saga_settings import SagaWorkerSettings
 
@@ -43,20 +45,13 @@ log = logging.getLogger(__name__)
 PartsFactory = Callable[[], SagaParts | Awaitable[SagaParts]]
 
 
-class SagaNotWired(RuntimeError):
-    """No saga parts to run: the saga's factory is not there (yet)."""
-
-
-def token_saga_parts() -> SagaParts:
+async def token_saga_parts() -> SagaParts:
     """The saga's real participants, outbox and recovery, from the token's settings.
 
-    Wired at merge with the saga's factory, one line:
-    `return build_saga_parts(load(<its settings class>, "LEAKY_TOKEN"))`
+    The token service's own LEAKY_TOKEN_* settings (its database, decision store and policy):
+    the worker credits the balances the token service reads.
     """
-    raise SagaNotWired(
-        "the purchase saga's factory (token/adapters/saga_factory.py) is not wired in; "
-        f"set {ENV_PREFIX}_PARTS_FACTORY to a module:callable returning SagaParts"
-    )
+    return await build_saga_parts(load(PurchaseSagaSettings, "LEAKY_TOKEN"))
 
 
 def load_factory(path: str) -> PartsFactory:
@@ -202,8 +197,8 @@ def main() -> int:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(settings, factory, datadir))
-    except SagaNotWired as error:
-        print(f"{SLUG}: {error}", file=sys.stderr)
+    except SettingsError as error:  # the saga's own settings, read by its factory
+        print(f"{SLUG}: bad setting: {error}", file=sys.stderr)
         return 2
     except FaustCrashed as error:
         log.error("saga worker exiting", extra={"reason": str(error)})
