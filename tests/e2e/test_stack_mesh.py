@@ -146,3 +146,42 @@ def test_provider_chat_through_the_stack_envoy(stack_gateway: Gateway) -> None:
     status, reply = answered
     assert status == 200, reply
     assert reply["message"] == "Stubbed Gemini response"
+
+
+def test_a_purchase_is_run_by_the_faust_worker_over_kafka(
+    stack_gateway: Gateway, stack: Stack
+) -> None:
+    buyer = register(stack_gateway)
+    auth = {"authorization": f"Bearer {buyer['token']}"}
+    body = {"userId": buyer["userId"], "provider": "openai", "tokens": 120}
+    keyed = {**auth, "idempotency-key": "stack-top-up"}
+    status, _, started = call(stack_gateway, "POST", "/api/v1/tokens/purchase", body, keyed)
+    assert status == 200, started
+    assert started["status"] == "PURCHASE_STATUS_STARTED"
+    saga_id = started["sagaId"]
+
+    def completed() -> dict[str, Any] | None:
+        path = f"/api/v1/tokens/purchase/{saga_id}"
+        status, _, seen = call(stack_gateway, "GET", path, None, auth)
+        assert status == 200, seen
+        assert seen["status"] != "PURCHASE_STATUS_FAILED", seen
+        return seen if seen["status"] == "PURCHASE_STATUS_COMPLETED" else None
+
+    # The token service only recorded it (SAGA_RUNNER=external): the worker's agents ran it.
+    wait_until(completed, 60, what="the purchase completed by the saga worker")
+    quota_path = f"/api/v1/tokens/quota?userId={buyer['userId']}&provider=openai"
+    status, _, quota = call(stack_gateway, "GET", quota_path, None, auth)
+    assert status == 200, quota
+    assert quota["purchasedBalance"] == "120"
+    postgres = component(stack, "postgres")
+    steps = subprocess.run(
+        [
+            *("psql", "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "postgres"),  # type: ignore[attr-defined]
+            *("-d", "leaky_token", "-tAc"),
+            f"SELECT status FROM purchases WHERE saga_id = '{saga_id}'",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert steps == ["COMPLETED"]  # the saga's state, in the stack's PostgreSQL
