@@ -225,7 +225,10 @@ class ResilientDecisionStore:
             # This call probes; the others keep to the fallback until it answers.
             self._retry_at = now + self._recovery
         try:
-            result = await asyncio.wait_for(call(), max(self._timeout, at_least_s))
+            # asyncio.timeout, not wait_for: no task of its own per call (this is every
+            # decision's path); the call runs in the caller's task, cancelled at the deadline.
+            async with asyncio.timeout(max(self._timeout, at_least_s)):
+                result = await call()
         except (StoreUnavailableError, TimeoutError, OSError) as error:
             self._retry_at = self._monotonic() + self._recovery
             self._set_degraded(True)
