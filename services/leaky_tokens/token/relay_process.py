@@ -34,7 +34,8 @@ class RelayProcessSettings(TokenStoreSettings, RelaySettings):
 
 async def serve(settings: RelayProcessSettings) -> None:
     """Relay from the Redis store until SIGTERM or SIGINT."""
-    relay = build_relay(settings, settings, redis_store(settings))
+    store = redis_store(settings)
+    relay = build_relay(settings, settings, store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -43,6 +44,7 @@ async def serve(settings: RelayProcessSettings) -> None:
     print("relay: running", flush=True)  # readiness line for whoever started us
     await stop.wait()
     await relay.stop()
+    await store.close()  # its connections, the relay's own RESP connection included
 
 
 def main() -> int:

@@ -7,53 +7,17 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry
 
 from leaky_tokens.token.adapters import event_codec
 from leaky_tokens.token.adapters.event_bus import EventBus, PublishError
 from leaky_tokens.token.adapters.relay_lease import RelayLease, SoleLease
+from leaky_tokens.token.adapters.relay_metrics import RelayMetrics
 from leaky_tokens.token.domain.ports import DecisionStore, StoredEvent, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 STOP_SECONDS = 5.0  # how long stop() waits for the loop, the lease and the bus
-
-
-class RelayMetrics:
-    """Relay lag (age of the oldest event not yet relayed, how many wait), events relayed,
-    failures. Unregistered without a registry: the service exports `collectors`."""
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.relayed = Counter(
-            "leaky_token_events_relayed", "Usage events delivered to the bus.", registry=registry
-        )
-        self.failures = Counter(
-            "leaky_token_events_relay_failures",
-            "Failed relay steps (publish: the bus; store: reading or acknowledging).",
-            ["stage"],
-            registry=registry,
-        )
-        self.lag = Gauge(
-            "leaky_token_events_relay_lag_seconds",
-            "Age of the oldest usage event not yet relayed (0: none waiting).",
-            registry=registry,
-        )
-        self.leader = Gauge(
-            "leaky_token_events_relay_leader",
-            "1 while this instance holds the relay lease.",
-            registry=registry,
-        )
-        self.pending = Gauge(
-            "leaky_token_events_relay_pending",
-            "Usage events recorded in the store and not yet acknowledged by the bus, in the "
-            "logs this instance relays.",
-            registry=registry,
-        )
-
-    @property
-    def collectors(self) -> tuple[Collector, ...]:
-        """Every relay metric, for a registry."""
-        return (self.relayed, self.failures, self.lag, self.leader, self.pending)
+__all__ = ["EventRelay", "RelayMetrics"]
 
 
 class EventRelay:
@@ -118,46 +82,87 @@ class EventRelay:
         """One pass over the shards: the shared ones while holding the lease, this instance's
         own ones (its degraded-mode log) always; returns how many events were relayed.
 
-        A shard the store cannot serve is skipped, so one down does not stop the others;
-        when nothing was relayed because of that, `StoreUnavailableError` says so.
+        Every shard is read in one call (one round trip where the store batches it, ADR
+        0035); what was found goes out in publishes of at most `batch` events (a shard's
+        read is never split), each acknowledged in one call once the bus confirmed it. A
+        shard the store cannot serve is skipped, so one down does not stop the others; when
+        nothing was relayed because of that, `StoreUnavailableError` says so.
         """
         held = await self._claim()
-        total, oldest, more, unavailable = 0, None, False, None
+        shards = []
         for shard in range(self._store.shard_count):
-            shared = shard not in self._own
-            if shared and not held:
+            if held or shard in self._own:
+                shards.append(shard)
+            else:
                 self._count(shard, 0)  # another instance relays it
-                continue
-            try:
-                events = await self._store.read_events(shard, "", self._batch)
-                if not events:
-                    self._count(shard, 0)
-                    continue
-                more = more or len(events) == self._batch
-                await self._recount(shard, len(events), ask=len(events) == self._batch)
-                first = events[0].event.occurred_at_ms
-                oldest = first if oldest is None else min(oldest, first)
-                self._set_lag(oldest)
-                if not await self._deliver(shard, events, needs_lease=shared):
-                    held = False  # the lease went to another instance mid-retry
-                    continue
-            except StoreUnavailableError as error:
+        oldest, more, unavailable = None, False, None
+        waiting: list[tuple[int, list[StoredEvent]]] = []
+        for shard, found in zip(shards, await self._read(shards), strict=True):
+            if isinstance(found, StoreUnavailableError):
                 self._metrics.failures.labels("store").inc()
-                unavailable = error
+                unavailable = found
                 continue
-            total += len(events)
+            if isinstance(found, BaseException):
+                raise found
+            if not found:
+                self._count(shard, 0)
+                continue
+            more = more or len(found) == self._batch
+            await self._recount(shard, len(found), ask=len(found) == self._batch)
+            first = found[0].event.occurred_at_ms
+            oldest = first if oldest is None else min(oldest, first)
+            waiting.append((shard, found))
+        if oldest is not None:
+            self._set_lag(oldest)
+        total = 0
+        for group in self._groups(waiting):
+            shared = group[0][0] not in self._own
+            if shared and not held:
+                continue  # the lease went to another instance earlier in this pass
+            delivered = await self._deliver(group, needs_lease=shared)
+            if delivered is None:
+                held = held and not shared  # the lease went to another instance mid-retry
+                continue
+            relayed, failed = delivered
+            total += relayed
+            unavailable = failed or unavailable
         if unavailable is not None and not total:
             raise unavailable
         if not more and unavailable is None:  # every log read to its end and relayed
             self._set_lag(None)
         return total
 
-    async def _deliver(self, shard: int, events: list[StoredEvent], *, needs_lease: bool) -> bool:
-        batch = [event_codec.envelope(stored.event) for stored in events]
+    def _groups(
+        self, waiting: list[tuple[int, list[StoredEvent]]]
+    ) -> list[list[tuple[int, list[StoredEvent]]]]:
+        """Shards' reads in publishes of at most `batch` events, shared and own apart."""
+        groups: list[list[tuple[int, list[StoredEvent]]]] = []
+        size = 0
+        for shard, events in waiting:
+            own = shard in self._own
+            if (
+                groups
+                and (size + len(events) <= self._batch)
+                and (groups[-1][0][0] in self._own) == own
+            ):
+                groups[-1].append((shard, events))
+                size += len(events)
+            else:
+                groups.append([(shard, events)])
+                size = len(events)
+        return groups
+
+    async def _deliver(
+        self, group: list[tuple[int, list[StoredEvent]]], *, needs_lease: bool
+    ) -> tuple[int, StoreUnavailableError | None] | None:
+        """Publish the group's events until the bus confirms them, then acknowledge each
+        shard's; (events acknowledged, an acknowledgement's failure), or None when it gave
+        up (stopping, or the lease lost) with nothing acknowledged."""
+        batch = [event_codec.envelope(stored.event) for _, events in group for stored in events]
         delay = self._backoff
         while True:
             if self._stopping:  # never acknowledged: relayed again after a restart
-                return False
+                return None
             try:
                 await self._bus.publish(self._topic, batch)
                 break
@@ -169,18 +174,65 @@ class EventRelay:
                     delay,
                     error,
                 )
-                self._set_lag(events[0].event.occurred_at_ms)
-                await self._recount(shard, len(batch), ask=True)  # rises while the bus is down
+                self._set_lag(min(events[0].event.occurred_at_ms for _, events in group))
+                for shard, events in group:  # rises while the bus is down
+                    await self._recount(shard, len(events), ask=True)
                 await self._sleep(delay)
                 delay = min(delay * 2, self._backoff_max)
                 if needs_lease and not await self._claim():
-                    return False
-        # Delivered; should this ack fail, the batch is published again: a duplicate.
-        await self._store.ack_events(shard, events[-1].position)
-        self._count(shard, max(0, self._pending.get(shard, 0) - len(events)))
-        self._metrics.relayed.inc(len(events))
-        self.relayed += len(events)
-        return True
+                    return None
+        # Delivered; should an ack fail, its shard's events are published again: duplicates.
+        acked = await self._ack([(shard, events[-1].position) for shard, events in group])
+        relayed, failed = 0, None
+        for (shard, events), done in zip(group, acked, strict=True):
+            if isinstance(done, StoreUnavailableError):
+                self._metrics.failures.labels("store").inc()
+                failed = done
+                continue
+            if isinstance(done, BaseException):
+                raise done
+            self._count(shard, max(0, self._pending.get(shard, 0) - len(events)))
+            relayed += len(events)
+        self._metrics.relayed.inc(relayed)
+        self.relayed += relayed
+        return relayed, failed
+
+    async def _read(self, shards: list[int]) -> list[list[StoredEvent] | BaseException]:
+        """Every shard's unacknowledged log from its start: in one call where the store
+        batches them, else shard by shard; a shard's failure is its result."""
+        if not shards:
+            return []
+        batch = getattr(self._store, "read_events_batch", None)
+        try:
+            if batch is not None:
+                found: list[list[StoredEvent] | BaseException] = await batch(shards, self._batch)
+                return found
+        except StoreUnavailableError as error:
+            return [error] * len(shards)
+        each: list[list[StoredEvent] | BaseException] = []
+        for shard in shards:
+            try:
+                each.append(await self._store.read_events(shard, "", self._batch))
+            except StoreUnavailableError as error:
+                each.append(error)
+        return each
+
+    async def _ack(self, acks: list[tuple[int, str]]) -> list[int | BaseException]:
+        """Acknowledge each (shard, upto): in one call where the store batches them."""
+        batch = getattr(self._store, "ack_events_batch", None)
+        try:
+            if batch is not None:
+                done: list[int | BaseException] = await batch(acks)
+                return done
+        except StoreUnavailableError as error:
+            return [error] * len(acks)
+        each: list[int | BaseException] = []
+        for shard, upto in acks:
+            try:
+                each.append(await self._store.ack_events(shard, upto))
+            except StoreUnavailableError as error:
+                each.append(error)
+        return each
 
     async def run(self) -> None:
         """Relay until cancelled; an unreachable store is retried after the backoff."""
@@ -201,8 +253,8 @@ class EventRelay:
             if not found:
                 await self._sleep(self._poll)
                 continue
-            # Busy: passes at most every `pass_s`, or every shard's read (one round trip
-            # each) would repeat back to back, costing more than the decisions themselves.
+            # Busy: passes at most every `pass_s`, or passes would repeat back to back,
+            # each a read of every shard, costing more than the decisions themselves.
             left = self._pass - (asyncio.get_running_loop().time() - started)
             if left > 0:
                 await self._sleep(left)

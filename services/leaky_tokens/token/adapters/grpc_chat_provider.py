@@ -19,6 +19,10 @@ from leaky_tokens.token.domain.peers import ChatCall, ProviderUnavailableError
 # Only these mean "the call may not have reached a working provider": anything else
 # (a refused credential, a bad argument) would fail the same way again.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# gRPC core's own retry layer off: this adapter retries (UNAVAILABLE included, which is what
+# core's transparent retries cover), and core's layer holds a copy of every call's messages
+# for a replay on every call (ADR 0035).
+CHANNEL_OPTIONS = (("grpc.enable_retries", 0),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +90,7 @@ class GrpcChatProvider:
         cls, target: str, resilience: Resilience, monotonic: Callable[[], float] = time.monotonic
     ) -> GrpcChatProvider:
         """An adapter with its own channel to `target` (host:port)."""
-        channel = grpc.aio.insecure_channel(target)
+        channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
 
         async def close() -> None:
             await channel.close(None)

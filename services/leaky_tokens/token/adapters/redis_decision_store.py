@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import Any
 
 from redis import exceptions as rx
 from redis.asyncio import Redis
@@ -13,6 +13,9 @@ from redis.asyncio.cluster import RedisCluster
 from leaky_tokens.token.adapters import redis_codec as codec
 from leaky_tokens.token.adapters.key_layout import RS, SEP, KeyLayout
 from leaky_tokens.token.adapters.redis_dispatcher import BatchDispatcher
+from leaky_tokens.token.adapters.redis_errors import mapped as _mapped
+from leaky_tokens.token.adapters.redis_errors import unavailable as _unavailable
+from leaky_tokens.token.adapters.redis_event_log import RedisEventLog
 from leaky_tokens.token.adapters.redis_scripts import Script, load_scripts
 from leaky_tokens.token.adapters.redis_wire import RedisWire, WireScript, run_scripts
 from leaky_tokens.token.adapters.snapshots import current
@@ -64,6 +67,7 @@ class RedisDecisionStore:
         sweep_limit: int = 16,
         max_batch: int = 256,
         wire: RedisWire | None = None,
+        events_wire: RedisWire | None = None,
     ) -> None:
         self._client = client
         # Script calls over the dedicated RESP client when given (single Redis; ADR 0028).
@@ -74,6 +78,9 @@ class RedisDecisionStore:
         self._scripts = load_scripts()
         self._wired = {s.name: WireScript(s.sha, s.text) for s in self._scripts.values()}
         self._dispatch: BatchDispatcher[_Call, Any] = BatchDispatcher(self._send, max_batch)
+        # The relay's reads on a connection of their own (ADR 0035).
+        self._events_wire = events_wire
+        self._events = RedisEventLog(client, self._layout, events_wire)
 
     @property
     def batches_sent(self) -> int:
@@ -93,6 +100,8 @@ class RedisDecisionStore:
         await self._dispatch.close()
         if self._wire is not None:
             await self._wire.close()
+        if self._events_wire is not None:
+            await self._events_wire.close()
         await self._client.aclose()
 
     # --- the port -------------------------------------------------------------------------
@@ -206,31 +215,24 @@ class RedisDecisionStore:
         return self._layout.shards
 
     async def read_events(self, shard: int, after: str, limit: int) -> list[StoredEvent]:
-        stream = self._layout.base(shard) + "ev"
-        start = f"({after}" if after not in ("", "0") else "-"
-        try:
-            found = await self._client.xrange(stream, min=start, max="+", count=limit)
-            entries = cast(list[tuple[bytes, dict[bytes, bytes]]], found)
-        except (rx.RedisError, rx.RedisClusterException) as error:
-            raise _mapped(error) from error
-        return [StoredEvent(_str(pos), codec.event(fields)) for pos, fields in entries]
+        return await self._events.read(shard, after, limit)
 
     async def ack_events(self, shard: int, upto: str) -> int:
-        stream = self._layout.base(shard) + "ev"
-        ms, _, seq = upto.partition("-")
-        # MINID keeps entries at or after the id given: the one right after `upto`.
-        after = f"{ms}-{int(seq or 0) + 1}"
-        try:
-            return int(await self._client.xtrim(stream, minid=after, approximate=False))
-        except (rx.RedisError, rx.RedisClusterException) as error:
-            raise _mapped(error) from error
+        return await self._events.ack(shard, upto)
 
     async def pending_events(self, shard: int) -> int:
         """Events recorded and not yet acknowledged (acks trim the stream, so its length)."""
-        try:
-            return int(await self._client.xlen(self._layout.base(shard) + "ev"))
-        except (rx.RedisError, rx.RedisClusterException) as error:
-            raise _mapped(error) from error
+        return await self._events.pending(shard)
+
+    async def read_events_batch(
+        self, shards: Sequence[int], limit: int
+    ) -> list[list[StoredEvent] | BaseException]:
+        """`read_events(shard, "", limit)` of every shard given, in one round trip."""
+        return await self._events.read_batch(shards, limit)
+
+    async def ack_events_batch(self, acks: Sequence[tuple[int, str]]) -> list[int | BaseException]:
+        """`ack_events` of every (shard, upto) given, in one round trip."""
+        return await self._events.ack_batch(acks)
 
     # --- calls ------------------------------------------------------------------------------
     async def _finish(
@@ -318,34 +320,6 @@ def _refuse_reuse(reply: Sequence[Any], subject: Subject, tokens: int) -> None:
 def _agree(domain_allowed: bool, script_allowed: bool) -> None:
     if domain_allowed != script_allowed:
         raise codec.StoreInconsistencyError("the Lua port and the domain disagree on a verdict")
-
-
-# What says "the store cannot serve now" (the failure policy takes over), as opposed to a
-# script's own error: connection trouble, a cluster without a primary for the slot, a
-# read-only replica after a failover, a full server, a script running too long (BUSY).
-_DOWN = (
-    rx.ConnectionError,
-    rx.TimeoutError,
-    rx.ClusterError,
-    rx.TryAgainError,
-    rx.ReadOnlyError,
-    rx.OutOfMemoryError,
-    rx.RedisClusterException,
-)
-
-
-def _unavailable(result: object) -> bool:
-    if isinstance(result, _DOWN):
-        return True
-    return isinstance(result, rx.ResponseError) and str(result).startswith("BUSY")
-
-
-def _mapped(error: object) -> BaseException:
-    if _unavailable(error):
-        return StoreUnavailableError(f"redis: {error}")
-    if isinstance(error, BaseException):
-        return error
-    return RuntimeError(f"redis: {error!r}")
 
 
 def _str(value: str | bytes) -> str:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
@@ -34,6 +34,9 @@ from leaky_tokens.token.domain.reservation import Settlement
 from leaky_tokens.token.domain.units import SAFE_LIMIT
 
 T = TypeVar("T")
+# The relay's reads and trims of every shard at once get at least this long (a backlog's
+# replies are large); a decision's call keeps the store's short timeout.
+EVENTS_S = 1.0
 _LOCAL_IDS = 100_000  # decisions answered locally, remembered for their refunds
 
 
@@ -188,8 +191,42 @@ class ResilientDecisionStore:
         count: int = await self._try(lambda: backlog(shard))
         return count
 
+    async def read_events_batch(
+        self, shards: Sequence[int], limit: int
+    ) -> list[list[StoredEvent] | BaseException]:
+        """`read_events(shard, "", limit)` of every shard given: the primary's in one call
+        (one round trip where it batches them), the local log's from memory."""
+        local = self._primary.shard_count
+        shared = [s for s in shards if s != local]
+        found: dict[int, list[StoredEvent] | BaseException] = {}
+        if shared:
+            try:
+                got = await self._try(lambda: _read_batch(self._primary, shared, limit), EVENTS_S)
+            except StoreUnavailableError as error:
+                got = [error] * len(shared)
+            found.update(zip(shared, got, strict=True))
+        if local in shards:
+            found[local] = await self._local.read_events(0, "", limit)
+        return [found[s] for s in shards]
+
+    async def ack_events_batch(self, acks: Sequence[tuple[int, str]]) -> list[int | BaseException]:
+        """`ack_events` of every (shard, upto) given, the primary's in one call."""
+        local = self._primary.shard_count
+        shared = [(s, upto) for s, upto in acks if s != local]
+        done: dict[int, int | BaseException] = {}
+        if shared:
+            try:
+                got = await self._try(lambda: _ack_batch(self._primary, shared), EVENTS_S)
+            except StoreUnavailableError as error:
+                got = [error] * len(shared)
+            done.update(zip((s for s, _ in shared), got, strict=True))
+        for shard, upto in acks:
+            if shard == local:
+                done[shard] = await self._local.ack_events(0, upto)
+        return [done[s] for s, _ in acks]
+
     # --- the breaker ----------------------------------------------------------------------
-    async def _try(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _try(self, call: Callable[[], Awaitable[T]], at_least_s: float = 0.0) -> T:
         if self._degraded:
             now = self._monotonic()
             if now < self._retry_at:
@@ -197,7 +234,10 @@ class ResilientDecisionStore:
             # This call probes; the others keep to the fallback until it answers.
             self._retry_at = now + self._recovery
         try:
-            result = await asyncio.wait_for(call(), self._timeout)
+            # asyncio.timeout, not wait_for: no task of its own per call (this is every
+            # decision's path); the call runs in the caller's task, cancelled at the deadline.
+            async with asyncio.timeout(max(self._timeout, at_least_s)):
+                result = await call()
         except (StoreUnavailableError, TimeoutError, OSError) as error:
             self._retry_at = self._monotonic() + self._recovery
             self._set_degraded(True)
@@ -220,6 +260,26 @@ class ResilientDecisionStore:
         if self._mode is FailureMode.FAIL_OPEN:
             return opened(limits)
         return scaled(limits, self._percent)
+
+
+async def _read_batch(
+    store: DecisionStore, shards: list[int], limit: int
+) -> list[list[StoredEvent] | BaseException]:
+    batch = getattr(store, "read_events_batch", None)
+    if batch is not None:
+        found: list[list[StoredEvent] | BaseException] = await batch(shards, limit)
+        return found
+    return [await store.read_events(s, "", limit) for s in shards]
+
+
+async def _ack_batch(
+    store: DecisionStore, acks: list[tuple[int, str]]
+) -> list[int | BaseException]:
+    batch = getattr(store, "ack_events_batch", None)
+    if batch is not None:
+        done: list[int | BaseException] = await batch(acks)
+        return done
+    return [await store.ack_events(s, upto) for s, upto in acks]
 
 
 def scaled(limits: LevelLimits, percent: int) -> LevelLimits:

@@ -16,6 +16,8 @@ from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisi
 from leaky_tokens.token.adapters.settings import Backend, TokenStoreSettings
 from leaky_tokens.token.domain.ports import DecisionStore
 
+EVENTS_TIMEOUT_S = 1.0  # at least this long for one read or trim of every event log
+
 
 def redis_client(settings: TokenStoreSettings) -> Redis | RedisCluster:
     """redis-py's client for the store's Redis or cluster, with the store's timeouts."""
@@ -29,14 +31,14 @@ def redis_client(settings: TokenStoreSettings) -> Redis | RedisCluster:
     )
 
 
-def fast_wire(settings: TokenStoreSettings) -> RedisWire | None:
+def fast_wire(settings: TokenStoreSettings, *, min_timeout_s: float = 0.0) -> RedisWire | None:
     """The dedicated RESP client for script calls, or None where redis-py keeps them: a
     cluster (slot routing) or a URL it does not take (rediss://: TLS)."""
     if settings.backend is not Backend.REDIS:
         return None
     if not settings.store_redis_url.startswith(("redis://", "unix://")):
         return None
-    timeout = settings.store_timeout_ms / 1000
+    timeout = max(settings.store_timeout_ms / 1000, min_timeout_s)
     endpoint = Endpoint.from_url(settings.store_redis_url)
     return RedisWire(endpoint, timeout_s=timeout, connect_timeout_s=timeout)
 
@@ -56,6 +58,9 @@ def redis_store(settings: TokenStoreSettings) -> RedisDecisionStore:
         record_ttl_ms=settings.store_record_ttl_ms,
         max_batch=settings.store_max_batch,
         wire=fast_wire(settings),
+        # The relay's reads of every shard at once: its own connection, and a budget for a
+        # backlog's large replies (the failure policy bounds them the same way, ADR 0035).
+        events_wire=fast_wire(settings, min_timeout_s=EVENTS_TIMEOUT_S),
     )
 
 
