@@ -114,6 +114,10 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         """ShouldRateLimit on the request's bytes, as the server registers it (rls_wiring)."""
         return await self._answer(self._prepared(data, None))
 
+    async def answer_wire(self, data: bytes) -> bytes:
+        """The request's bytes to the response's: what the server runs (rls_lane, ADR 0034)."""
+        return (await self._answer(self._prepared(data, None))).SerializeToString()
+
     def _prepared(self, data: bytes, request: pb.RateLimitRequest | None) -> Prepared:
         config = self._config()
         if config is not self._plans_for:  # a reload: plans of the old rules are stale
