@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 HARNESS = ROOT.parent / "shared" / "bench"
 
 
-def _start(procs: Processes, work: Path, trees: dict[str, str]) -> tuple[int, dict[str, int]]:
+def _start(
+    procs: Processes, work: Path, trees: dict[str, str], extra: dict[str, dict[str, str]]
+) -> tuple[int, dict[str, int]]:
     """Redis, auth, the provider stub and one token service per tree; (redis port, ports)."""
     py = sys.executable
     redis_port, auth, provider = free_port(), free_port(), free_port()
@@ -64,6 +66,7 @@ def _start(procs: Processes, work: Path, trees: dict[str, str]) -> tuple[int, di
             "PROVIDER_TARGET": f"127.0.0.1:{provider}",
         }
         env = _env("TOKEN", settings) | ({"PYTHONPATH": tree} if tree else {})
+        env |= extra.get(name, {})
         procs.start(name, [py, "-m", "leaky_tokens.token"], env, port)
         ports[name] = port
     return redis_port, ports
@@ -107,7 +110,8 @@ def main() -> None:
     batch: dict[str, list[float]] = {}
     codes: dict[str, dict[str, int]] = {}
     try:
-        redis_port, ports = _start(procs, procs.logs, trees)
+        extra = {"against": dict(kv.split("=", 1) for kv in args.against_env)}
+        redis_port, ports = _start(procs, procs.logs, trees, extra)
         pids = {name: proc.pid for name, proc in procs.started if name in trees}
         pids["ceiling"], ceiling = _ceiling(procs, HARNESS)
         targets = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
@@ -154,7 +158,9 @@ def main() -> None:
 def _profile(args: argparse.Namespace, pid: int, target: str, data: Path) -> None:
     spy = Path(sys.executable).with_name("py-spy")
     argv = [str(spy), "record", "-p", str(pid), "-o", args.profile, "-f", "raw"]
-    recorder = subprocess.Popen([*argv, "-d", "15", "-r", "200", "--nonblocking"])
+    argv += ["--native"] if args.native else []
+    blocking = [] if args.native else ["--nonblocking"]  # py-spy needs it to unwind C
+    recorder = subprocess.Popen([*argv, "-d", "15", "-r", "200", *blocking])
     time.sleep(1)
     _ghz(target, args.calls * 3, data, args.c)
     recorder.wait()
@@ -167,7 +173,14 @@ def _options() -> argparse.Namespace:
     parser.add_argument("-c", type=int, default=50, help="ghz concurrency")
     parser.add_argument("--req", default="hot", choices=("hot", "spread", "over"))
     parser.add_argument("--against", help="a checkout whose services/ is measured too")
+    parser.add_argument(
+        "--against-env",
+        action="append",
+        default=[],
+        help="K=V in the environment of the --against service only (repeat)",
+    )
     parser.add_argument("--profile", help="write a py-spy raw profile of ours here")
+    parser.add_argument("--native", action="store_true", help="the profile with C frames")
     return parser.parse_args()
 
 

@@ -12,7 +12,7 @@ from typing import Any, cast
 import grpc
 
 from leaky_tokens.runtime.ports import Clock
-from leaky_tokens.runtime.settings import doc
+from leaky_tokens.runtime.settings import SettingsError, doc
 from leaky_tokens.token.adapters.config_files import load_policy, load_rate_limit_path
 from leaky_tokens.token.adapters.in_memory_rate_counter import InMemoryRequestCounter
 from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
@@ -56,6 +56,20 @@ class RlsSettings:
         default=True,
         metadata=doc("Answer X-RateLimit-* and IETF RateLimit / RateLimit-Policy headers."),
     )
+    rls_batch_interval_us: int = field(
+        default=1000,
+        metadata=doc(
+            "While busy, send the request counters' Redis batch at most this often "
+            "(microseconds; a request after a quiet interval goes at once); 0 = every "
+            "loop turn."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rls_batch_interval_us <= 100_000:
+            raise SettingsError(
+                f"rls_batch_interval_us: 0 to 100000, got {self.rls_batch_interval_us}"
+            )
 
 
 def policy_source(policy: Callable[[], Policy] | None) -> Callable[[], Policy]:
@@ -119,10 +133,15 @@ def token_policy(
 
 
 def rate_counter(settings: TokenStoreSettings) -> RequestCounterStore:
-    """In memory, or on the decision store's Redis (its own connections, same timeout)."""
+    """In memory, or on the decision store's Redis (its own connections, same timeout),
+    its batches spaced by `rls_batch_interval_us` when the settings carry it (the token
+    service's do; ADR 0034)."""
     if settings.backend is Backend.MEMORY:
         return InMemoryRequestCounter()
-    return redis_counter(settings)
+    counter = redis_counter(settings)
+    if isinstance(settings, RlsSettings):
+        counter.space_batches(settings.rls_batch_interval_us / 1_000_000)
+    return counter
 
 
 @dataclass

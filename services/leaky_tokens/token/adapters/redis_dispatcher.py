@@ -25,6 +25,12 @@ class BatchDispatcher(Generic[C, R]):
     than it would have queued behind that batch anyway, and the batches grow with the load
     instead of leaving one request each (grpc.aio starts each RPC in a loop iteration of
     its own; ADR 0034).
+
+    `min_interval_s` (0: none) spaces the flushes: a call arriving sooner than that after the
+    previous flush waits for the rest of the interval, so under load each batch gathers
+    what arrived meanwhile (one write, one script call, one reply for all), while a call
+    arriving after a quiet interval leaves at once (envoyproxy/ratelimit's
+    REDIS_PIPELINE_WINDOW, applied only when busy).
     """
 
     def __init__(
@@ -32,15 +38,20 @@ class BatchDispatcher(Generic[C, R]):
         send: Callable[[Sequence[C]], Awaitable[Sequence[R | BaseException]]],
         max_batch: int = 256,
         max_inflight: int | None = None,
+        min_interval_s: float = 0.0,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if max_inflight is not None and max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
+        if min_interval_s < 0:
+            raise ValueError("min_interval_s must not be negative")
         self._send = send
         self._max = max_batch
         self._max_inflight = max_inflight
         self._running = 0  # batches sent, not yet answered
+        self._interval = min_interval_s
+        self._next = 0.0  # loop time before which no flush is due
         self._calls: list[C] = []
         self._waiters: list[asyncio.Future[R]] = []
         self._scheduled = False
@@ -56,9 +67,22 @@ class BatchDispatcher(Generic[C, R]):
         if len(self._calls) >= self._max:
             self._flush()
         elif not self._scheduled and not self._full():
-            self._scheduled = True
-            loop.call_soon(self._flush)
+            self._schedule(loop)
         return await waiter
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = True
+        wait = self._next - loop.time() if self._interval else 0.0
+        if wait > 0:
+            loop.call_later(wait, self._flush)
+        else:
+            loop.call_soon(self._flush)
+
+    def space(self, min_interval_s: float) -> None:
+        """Change `min_interval_s` (applies from the next flush)."""
+        if min_interval_s < 0:
+            raise ValueError("min_interval_s must not be negative")
+        self._interval = min_interval_s
 
     def _full(self) -> bool:
         return self._max_inflight is not None and self._running >= self._max_inflight
@@ -71,6 +95,8 @@ class BatchDispatcher(Generic[C, R]):
         self._calls, self._waiters = [], []
         self.batches_sent += 1
         self._running += 1
+        if self._interval:
+            self._next = asyncio.get_running_loop().time() + self._interval
         task = asyncio.ensure_future(self._deliver(calls, waiters))
         self._inflight.add(task)  # keep a reference until done (the loop holds weak ones)
         task.add_done_callback(self._inflight.discard)
@@ -99,7 +125,10 @@ class BatchDispatcher(Generic[C, R]):
         """A batch came back: the calls held meanwhile leave now (no extra loop turn)."""
         self._running -= 1
         if self._calls and not self._scheduled and not self._full():
-            self._flush()
+            if self._interval:
+                self._schedule(asyncio.get_running_loop())
+            else:
+                self._flush()
 
     async def close(self) -> None:
         """Wait for the batches in flight."""

@@ -70,18 +70,24 @@ class RedisRequestCounter:
         prefix: str = "lt",
         max_batch: int = 256,
         max_inflight: int | None = 1,
+        min_interval_s: float = 0.0,
     ):
         self._client = client
         self._prefix = f"{prefix}rl:"
-        # One batch in flight: requests arriving meanwhile wait for it and leave together
-        # (grpc.aio starts RPCs one loop turn each, so unheld batches carry one request).
+        # One batch in flight, and (min_interval_s) flushes spaced while busy: requests
+        # arriving meanwhile leave together (grpc.aio starts RPCs one loop turn each, so
+        # batches left alone carry one request each; ADR 0034).
         self._dispatch: BatchDispatcher[_Call, Any] = BatchDispatcher(
-            self._send, max_batch, max_inflight
+            self._send, max_batch, max_inflight, min_interval_s
         )
         # A request's keys and arguments change only with the second (window start, TTL):
         # built once per second per plan (its `hits` tuple, kept alive by the entry, so its
         # id is not reused meanwhile). Bounded; cleared when full.
         self._calls: dict[int, tuple[Sequence[CounterHit], int, _Call]] = {}
+
+    def space_batches(self, seconds: float) -> None:
+        """Flush at most every `seconds` while busy (0: at once); see BatchDispatcher."""
+        self._dispatch.space(seconds)
 
     @property
     def batches_sent(self) -> int:
