@@ -74,9 +74,15 @@ class BatchDispatcher(Generic[C, R]):
         self._scheduled = True
         wait = self._next - loop.time() if self._interval else 0.0
         if wait > 0:
-            loop.call_later(wait, self._flush)
+            loop.call_later(wait, self._due)
         else:
-            loop.call_soon(self._flush)
+            loop.call_soon(self._due)
+
+    def _due(self) -> None:
+        """A scheduled flush: it waits for a batch to come back if too many are out."""
+        self._scheduled = False
+        if not self._full():
+            self._flush()
 
     def space(self, min_interval_s: float) -> None:
         """Change `min_interval_s` (applies from the next flush)."""
@@ -88,7 +94,6 @@ class BatchDispatcher(Generic[C, R]):
         return self._max_inflight is not None and self._running >= self._max_inflight
 
     def _flush(self) -> None:
-        self._scheduled = False
         if not self._calls:
             return
         calls, waiters = self._calls, self._waiters
