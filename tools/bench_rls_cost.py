@@ -8,8 +8,11 @@ asyncio, the do-nothing server `make bench` compares with). ghz (from the bench 
 N calls at c=50 to each in turn, rounds interleaved; the figure per server is its
 utime+stime (/proc/<pid>/stat) over the calls ÷ the calls answered, and for the token
 services the Redis script calls per decision (INFO commandstats: how well requests batch).
-`--profile FILE` records one more load on this checkout's service with py-spy (raw format;
-py-spy installed by hand into .venv, not a dependency); profiled runs are not measured ones.
+`--profile FILE` records one more load on this checkout's service with py-spy (raw format,
+`--native` with C frames; py-spy installed by hand into .venv, not a dependency); profiled
+runs are not measured ones. `--against-env K=V` sets the environment of the `--against`
+service only: `--against . --against-env LEAKY_TOKEN_RLS_BATCH_INTERVAL_US=0` compares a
+setting within one tree.
 
   python tools/bench_rls_cost.py --calls 20000 --rounds 3 --req hot
   git archive <before> services | tar -x -C /tmp/before   # then, before/after:
