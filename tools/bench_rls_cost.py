@@ -75,8 +75,8 @@ def _start(
     return redis_port, ports
 
 
-def _ghz(target: str, calls: int, data: Path, c: int) -> tuple[int, float, dict[str, int]]:
-    """`calls` calls at concurrency `c`; (answered, rps, status codes)."""
+def _ghz(target: str, calls: int, data: Path, c: int) -> tuple[int, float, float, dict[str, int]]:
+    """`calls` calls at concurrency `c`; (answered, rps, p99 in ms, status codes)."""
     done = subprocess.run(
         [
             *(str(CACHE / "bin" / "ghz"), "--insecure", "--protoset", str(CACHE / "rls.protoset")),
@@ -89,7 +89,11 @@ def _ghz(target: str, calls: int, data: Path, c: int) -> tuple[int, float, dict[
     if not done.stdout.strip():
         raise SystemExit(f"ghz failed against {target}: {done.stderr.decode()[-800:]}")
     out = json.loads(done.stdout)
-    return int(out["count"]), float(out["rps"]), out.get("statusCodeDistribution") or {}
+    p99 = next(
+        (d["latency"] / 1e6 for d in out.get("latencyDistribution") or () if d["percentage"] == 99),
+        0.0,
+    )
+    return int(out["count"]), float(out["rps"]), p99, out.get("statusCodeDistribution") or {}
 
 
 def _script_calls(client: redis.Redis) -> int:
@@ -110,6 +114,7 @@ def main() -> None:
     load_before = load_average()
     cpu: dict[str, list[float]] = {}
     rps: dict[str, list[float]] = {}
+    p99: dict[str, list[float]] = {}
     batch: dict[str, list[float]] = {}
     codes: dict[str, dict[str, int]] = {}
     try:
@@ -128,10 +133,11 @@ def main() -> None:
         for n in range(args.rounds):
             for name in names if n % 2 == 0 else names[::-1]:
                 before, scripts = cpu_seconds(pids[name]), _script_calls(client)
-                answered, rate, seen = _ghz(targets[name], args.calls, data, args.c)
+                answered, rate, tail, seen = _ghz(targets[name], args.calls, data, args.c)
                 used = cpu_seconds(pids[name]) - before
                 cpu.setdefault(name, []).append(used / max(answered, 1) * 1e6)
                 rps.setdefault(name, []).append(rate)
+                p99.setdefault(name, []).append(tail)
                 if name != "ceiling":
                     calls = _script_calls(client) - scripts
                     batch.setdefault(name, []).append(answered / max(calls, 1))
@@ -154,7 +160,8 @@ def main() -> None:
         )
         print(
             f"{name:8s} {median:6.0f} us/decision {median / base:.2f}x ceiling  "
-            f"rps {statistics.median(rps[name]):5.0f}{per}  (runs: {runs}) {codes[name]}"
+            f"rps {statistics.median(rps[name]):5.0f} p99 {statistics.median(p99[name]):5.1f} ms"
+            f"{per}  (runs: {runs}) {codes[name]}"
         )
 
 
