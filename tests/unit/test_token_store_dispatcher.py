@@ -106,3 +106,73 @@ async def test_a_caller_that_gives_up_does_not_disturb_the_others() -> None:
 def test_a_batch_needs_room_for_one_call() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         BatchDispatcher(Recorder().send, max_batch=0)
+
+
+async def test_with_one_batch_in_flight_the_next_calls_wait_for_it_and_leave_together() -> None:
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    dispatch = BatchDispatcher(rec.send, max_inflight=1)
+    first = asyncio.ensure_future(dispatch.submit(1))
+    await settle()
+    held = [asyncio.ensure_future(dispatch.submit(i)) for i in (2, 3)]
+    await settle()
+    held.append(asyncio.ensure_future(dispatch.submit(4)))
+    await settle()
+    assert rec.batches == [[1]]  # nothing else leaves while the first is out
+    rec.gate.set()
+    assert await first == 10
+    assert [await h for h in held] == [20, 30, 40]
+    assert rec.batches == [[1], [2, 3, 4]]  # all that waited, in one batch
+
+
+async def test_a_full_batch_leaves_even_when_the_in_flight_bound_is_reached() -> None:
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    dispatch = BatchDispatcher(rec.send, max_batch=2, max_inflight=1)
+    calls = [asyncio.ensure_future(dispatch.submit(i)) for i in range(5)]
+    await settle()
+    assert rec.batches == [[0, 1], [2, 3]]  # full batches never wait; the partial one does
+    rec.gate.set()
+    assert [await c for c in calls] == [0, 10, 20, 30, 40]
+
+
+async def test_a_failed_batch_releases_the_calls_held_behind_it() -> None:
+    gate = asyncio.Event()
+    sent: list[list[int]] = []
+
+    async def flaky(calls: Sequence[int]) -> list[int | BaseException]:
+        sent.append(list(calls))
+        if len(sent) == 1:
+            await gate.wait()
+            raise ConnectionError("down")
+        return [c * 10 for c in calls]
+
+    dispatch = BatchDispatcher(flaky, max_inflight=1)
+    first = asyncio.ensure_future(dispatch.submit(1))
+    await settle()
+    held = asyncio.ensure_future(dispatch.submit(2))
+    await settle()
+    gate.set()
+    with pytest.raises(ConnectionError):
+        await first
+    assert await held == 20
+    assert sent == [[1], [2]]
+
+
+async def test_spaced_flushes_hold_calls_after_a_flush_and_never_a_first_call() -> None:
+    rec = Recorder()
+    dispatch = BatchDispatcher(rec.send, min_interval_s=3600)  # the next flush: an hour away
+    assert await dispatch.submit(7) == 70  # a first call (or one after a quiet hour) leaves
+    later = [asyncio.ensure_future(dispatch.submit(i)) for i in (8, 9)]
+    await settle()
+    assert rec.batches == [[7]]  # held: the interval since the last flush has not passed
+    await dispatch.close()  # close sends what is held
+    assert [await c for c in later] == [80, 90]
+    assert rec.batches == [[7], [8, 9]]
+
+
+def test_the_bounds_must_be_sane() -> None:
+    with pytest.raises(ValueError, match="max_inflight"):
+        BatchDispatcher(Recorder().send, max_inflight=0)
+    with pytest.raises(ValueError, match="min_interval_s"):
+        BatchDispatcher(Recorder().send, min_interval_s=-1)

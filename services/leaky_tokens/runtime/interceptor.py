@@ -22,6 +22,7 @@ from leaky_tokens.runtime.identity import caller_var
 from leaky_tokens.runtime.interceptor_parts import (
     Context,
     MethodMetrics,
+    OwnLane,
     Rejected,
     ServerMetrics,
     abort,
@@ -104,6 +105,13 @@ class LeakyServerInterceptor(_Interceptor):
     def _wrap(
         self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
+        # A public OwnLane does the per-call work itself (ADR 0034); a protected one is
+        # wrapped as any handler, so it is authenticated (it only loses the shortcut).
+        if isinstance(handler, OwnLane) and method in self._public:
+            bound: grpc.RpcMethodHandler[Any, Any] = handler.bind(
+                MethodMetrics(self._metrics, method), self._max
+            )
+            return bound
         # grpc-stubs types handlers as sync; on an aio server they are coroutines/generators.
         behavior = cast(
             Behavior,

@@ -68,6 +68,32 @@ class MethodMetrics:
         child.inc()
 
 
+class OwnLane:
+    """A unary-unary handler that does the interceptor's per-call work itself (ADR 0034).
+
+    For an RPC hot enough that the generic wrapper's bookkeeping shows (ShouldRateLimit):
+    `bind(metrics, max_message_bytes)` returns the handler the server runs, given the
+    method's metric children and the input limit, and the interceptor returns it as is
+    instead of wrapping it. The bound handler must keep the interceptor's contract: the
+    input limit (INVALID_ARGUMENT), errors mapped by runtime/status.py with the request id
+    in the trailers, an unexpected error logged and answered INTERNAL, every call counted
+    and timed. Only public methods can take this lane: nothing here authenticates.
+    Served without our interceptor (a bare server), it runs as bound to no metrics.
+    """
+
+    request_streaming = False
+    response_streaming = False
+    request_deserializer = None
+    response_serializer = None
+    unary_stream = None
+    stream_unary = None
+    stream_stream = None
+
+    def __init__(self, bind: Callable[[MethodMetrics | None, int], Any], max_bytes: int) -> None:
+        self.bind = bind
+        self.unary_unary = bind(None, max_bytes).unary_unary
+
+
 def safe_deserializer(inner: Callable[[bytes], Any] | None, limit: int) -> Callable[[bytes], Any]:
     """`inner`, answering a Rejected for a message over `limit` bytes or garbled (no raise:
     the handler then answers INVALID_ARGUMENT through the one error mapping)."""

@@ -119,6 +119,7 @@ class TokenSettings(PeerSettings, PurchaseSagaSettings, RlsSettings, RelaySettin
     def __post_init__(self) -> None:
         PurchaseSagaSettings.__post_init__(self)  # the store's settings too
         RelaySettings.__post_init__(self)
+        RlsSettings.__post_init__(self)
         if not 0 <= self.metrics_tenant_top_n <= MAX_TOP_N:
             raise SettingsError(
                 f"metrics_tenant_top_n: must be 0 to {MAX_TOP_N}, got {self.metrics_tenant_top_n}"

@@ -22,6 +22,9 @@ class Shown:
     limit: int
     current_limit: _R.RateLimit
     policy: str
+    wire: bytes = b""  # current_limit as DescriptorStatus field 2, encoded (encode_bytes)
+    fixed_headers: bytes = b""  # x-ratelimit-limit, encoded (encode_bytes)
+    policy_header: bytes = b""  # ratelimit-policy, encoded
 
 
 def shown_of(limit: RateLimit) -> Shown | None:
@@ -34,8 +37,15 @@ def shown_of(limit: RateLimit) -> Shown | None:
     )
     if limit.name:
         current.name = name
+    policy = f'"{name}";q={limit.requests_per_unit};w={window}'
     return Shown(
-        name, limit.requests_per_unit, current, f'"{name}";q={limit.requests_per_unit};w={window}'
+        name,
+        limit.requests_per_unit,
+        current,
+        policy,
+        _field(0x12, current.SerializeToString()),
+        _header(b"x-ratelimit-limit", str(limit.requests_per_unit)),
+        _header(b"ratelimit-policy", policy),
     )
 
 
@@ -97,3 +107,66 @@ def encode(
     states = (f'"{r.name}";r={s.remaining};t={_seconds(s.reset_after_ms)}' for s, r in others)
     h(key="ratelimit", value=", ".join([state, *states]))
     return out
+
+
+# Protobuf wire tags of the fields encode_bytes writes (field number << 3 | wire type).
+_CODE = {False: b"\x08\x01", True: b"\x08\x02"}  # overall_code / code: OK, OVER_LIMIT
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited field (tags below 128, as all of these are)."""
+    size = len(payload)
+    if size < 0x80:
+        return bytes((tag, size)) + payload
+    return bytes((tag,)) + _varint(size) + payload
+
+
+def _header(key: bytes, value: str) -> bytes:
+    return _field(0x1A, _field(0x0A, key) + _field(0x12, value.encode()))
+
+
+def encode_bytes(
+    result: Verdict,
+    code: _R.Code.ValueType,
+    with_headers: bool,
+    shown: Sequence[Shown | None] | None = None,
+) -> bytes:
+    """`encode(...)`'s serialized bytes. The usual answer (one descriptor on a counted rule)
+    is written directly, byte for byte what protobuf writes for the same message (fields in
+    number order; tests/unit/test_token_rls_encode_bytes.py compares them); anything else
+    goes through the message."""
+    one = result.statuses[0] if len(result.statuses) == 1 else None
+    rule = shown[0] if shown is not None and one is not None else None
+    if one is None or rule is None or not rule.wire or one.tokens is not None or one.limit is None:
+        return encode(result, code, with_headers, shown).SerializeToString()
+    seconds, ms = divmod(one.reset_after_ms, 1000)
+    duration = (b"\x08" + _varint(seconds) if seconds else b"") + (
+        b"\x10" + _varint(ms * 1_000_000) if ms else b""
+    )
+    status = _CODE[one.over] + rule.wire
+    if one.remaining:
+        status += b"\x18" + _varint(one.remaining)
+    out = _CODE[code == _R.OVER_LIMIT] + _field(0x12, status + _field(0x22, duration))
+    if not with_headers or result.headline is not one:
+        return out
+    reset = _seconds(one.reset_after_ms)
+    left = str(one.remaining)
+    return b"".join(
+        (
+            out,
+            rule.fixed_headers,
+            _header(b"x-ratelimit-remaining", left),
+            _header(b"x-ratelimit-reset", str(reset)),
+            rule.policy_header,
+            _header(b"ratelimit", f'"{rule.name}";r={left};t={reset}'),
+        )
+    )

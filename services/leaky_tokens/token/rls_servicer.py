@@ -21,6 +21,7 @@ from leaky_tokens.token.domain.rls_config import RateLimitConfig, Unit
 from leaky_tokens.token.domain.rls_decision import (
     Descriptor,
     Planned,
+    Verdict,
     charges,
     counted,
     plan,
@@ -28,7 +29,7 @@ from leaky_tokens.token.domain.rls_decision import (
 )
 from leaky_tokens.token.domain.rls_tokens import TokenCharge, TokenDescriptors
 from leaky_tokens.token.domain.units import to_ms
-from leaky_tokens.token.rls_encode import Shown, encode, shown_of
+from leaky_tokens.token.rls_encode import Shown, encode, encode_bytes, shown_of
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -114,6 +115,10 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         """ShouldRateLimit on the request's bytes, as the server registers it (rls_wiring)."""
         return await self._answer(self._prepared(data, None))
 
+    async def answer_wire(self, data: bytes) -> bytes:
+        """The request's bytes to the response's: what the server runs (rls_lane, ADR 0034)."""
+        return await self._answer_bytes(self._prepared(data, None))
+
     def _prepared(self, data: bytes, request: pb.RateLimitRequest | None) -> Prepared:
         config = self._config()
         if config is not self._plans_for:  # a reload: plans of the old rules are stale
@@ -139,6 +144,14 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         return found
 
     async def _answer(self, p: Prepared) -> pb.RateLimitResponse:
+        result, code = await self._decide(p)
+        return encode(result, code, self._headers, p.shown)
+
+    async def _answer_bytes(self, p: Prepared) -> bytes:
+        result, code = await self._decide(p)
+        return encode_bytes(result, code, self._headers, p.shown)
+
+    async def _decide(self, p: Prepared) -> tuple[Verdict, _R.Code.ValueType]:
         now_ms = to_ms(self._clock.now())
         step = await self._counter.hit(p.hits, now_ms)
         # Tokens are charged only once the request counters admitted it: two stores, two
@@ -152,8 +165,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
                 if status.shadowed and status.limit is not None:
                     self.metrics.shadow.labels(status.limit.name or status.limit.full_key).inc()
         (p.over if result.over else p.ok).inc()
-        code = _R.OVER_LIMIT if result.over else _R.OK
-        return encode(result, code, self._headers, p.shown)
+        return result, _R.OVER_LIMIT if result.over else _R.OK
 
 
 @dataclass(frozen=True, slots=True)

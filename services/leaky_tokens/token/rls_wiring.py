@@ -7,12 +7,12 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 
-from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2
 from leaky_tokens.runtime.ports import Clock
-from leaky_tokens.runtime.settings import doc
+from leaky_tokens.runtime.settings import SettingsError, doc
 from leaky_tokens.token.adapters.config_files import load_policy, load_rate_limit_path
 from leaky_tokens.token.adapters.in_memory_rate_counter import InMemoryRequestCounter
 from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
@@ -25,6 +25,7 @@ from leaky_tokens.token.domain.ports import DecisionStore
 from leaky_tokens.token.domain.rate_counter import RequestCounterStore
 from leaky_tokens.token.domain.rls_config import RateLimitConfig
 from leaky_tokens.token.domain.rls_tokens import TokenDescriptors
+from leaky_tokens.token.rls_lane import rls_lane
 from leaky_tokens.token.rls_servicer import RLS_SERVICE, SHOULD_RATE_LIMIT, RateLimitServicer
 
 SHIPPED_POLICY = Path(__file__).with_name(DEFAULT_POLICY)
@@ -32,6 +33,8 @@ RLS_SERVICE_NAME = RLS_SERVICE.full_name
 # Envoy's ratelimit filter calls without a user JWT: public to the interceptor, and reachable
 # only on the token service's own port, which the gateway never routes to (ADR 0025).
 RLS_PUBLIC_METHODS = frozenset({SHOULD_RATE_LIMIT})
+# The input limit on a server without our interceptor (ours binds its max_message_bytes).
+UNBOUND_MAX_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,20 @@ class RlsSettings:
         default=True,
         metadata=doc("Answer X-RateLimit-* and IETF RateLimit / RateLimit-Policy headers."),
     )
+    rls_batch_interval_us: int = field(
+        default=1000,
+        metadata=doc(
+            "While busy, send the request counters' Redis batch at most this often "
+            "(microseconds; a request after a quiet interval goes at once); 0 = every "
+            "loop turn."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rls_batch_interval_us <= 100_000:
+            raise SettingsError(
+                f"rls_batch_interval_us: 0 to 100000, got {self.rls_batch_interval_us}"
+            )
 
 
 def policy_source(policy: Callable[[], Policy] | None) -> Callable[[], Policy]:
@@ -116,10 +133,15 @@ def token_policy(
 
 
 def rate_counter(settings: TokenStoreSettings) -> RequestCounterStore:
-    """In memory, or on the decision store's Redis (its own connections, same timeout)."""
+    """In memory, or on the decision store's Redis (its own connections, same timeout),
+    its batches spaced by `rls_batch_interval_us` when the settings carry it (the token
+    service's do; ADR 0034)."""
     if settings.backend is Backend.MEMORY:
         return InMemoryRequestCounter()
-    return redis_counter(settings)
+    counter = redis_counter(settings)
+    if isinstance(settings, RlsSettings):
+        counter.space_batches(settings.rls_batch_interval_us / 1_000_000)
+    return counter
 
 
 @dataclass
@@ -132,14 +154,12 @@ class RlsWiring:
     config_file: WatchedConfig[RateLimitConfig] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
-        # As the generated add_..._to_server, but the handler takes the request's bytes
-        # (no deserializer): a request seen before is answered without parsing it (ADR 0029).
-        handlers = {
-            "ShouldRateLimit": grpc.unary_unary_rpc_method_handler(
-                self.servicer.from_wire,
-                response_serializer=rls_pb2.RateLimitResponse.SerializeToString,
-            )
-        }
+        # As the generated add_..._to_server, but bytes in and out (a request seen before is
+        # answered without parsing it, ADR 0029) on a lane of its own that does the
+        # interceptor's per-call work inline (ADR 0034).
+        lane = rls_lane(SHOULD_RATE_LIMIT, self.servicer.answer_wire, UNBOUND_MAX_BYTES)
+        # An OwnLane is shaped as an RpcMethodHandler (grpc reads only its attributes).
+        handlers = {"ShouldRateLimit": cast("grpc.RpcMethodHandler[Any, Any]", lane)}
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(RLS_SERVICE_NAME, handlers),)
         )

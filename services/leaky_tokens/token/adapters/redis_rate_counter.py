@@ -13,13 +13,14 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from leaky_tokens.token.adapters.redis_dispatcher import BatchDispatcher
-from leaky_tokens.token.adapters.redis_wire import RedisWire, WireScript
+from leaky_tokens.token.adapters.redis_wire import RedisWire, bulk
 from leaky_tokens.token.domain.ports import StoreUnavailableError
 from leaky_tokens.token.domain.rate_counter import CounterHit, CountStep, count_step, window_start
 
 SCRIPT = (files("leaky_tokens.token.adapters") / "lua" / "rate_counter.lua").read_text()
 SHA = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
-_WIRE_SCRIPT = WireScript(SHA, SCRIPT)
+_CALLS_CACHED = 4096  # plans whose call of this second is kept
+_HEADS = (b"$7\r\nEVALSHA\r\n" + bulk(SHA.encode()), b"$4\r\nEVAL\r\n" + bulk(SCRIPT.encode()))
 _DOWN = (
     rx.ConnectionError,
     rx.TimeoutError,
@@ -35,6 +36,21 @@ _DOWN = (
 class _Call:
     keys: tuple[str, ...]
     args: tuple[str, ...]
+    packed_keys: bytes  # the keys as RESP bulk strings, and the arguments (RedisWire)
+    packed_args: bytes
+
+
+def _packed(values: Sequence[str]) -> bytes:
+    return b"".join([bulk(v.encode()) for v in values])
+
+
+def _script_call(head: bytes, calls: Sequence[_Call]) -> bytes:
+    """One EVALSHA/EVAL of the batch script over `calls`, from their packed parts."""
+    keys = sum(len(c.keys) for c in calls)
+    size = 3 + keys + sum(len(c.args) for c in calls)
+    keys_part = b"".join([c.packed_keys for c in calls])
+    args_part = b"".join([c.packed_args for c in calls])
+    return b"*%d\r\n%b%b%b%b" % (size, head, bulk(b"%d" % keys), keys_part, args_part)
 
 
 class RedisRequestCounter:
@@ -49,11 +65,29 @@ class RedisRequestCounter:
     """
 
     def __init__(
-        self, client: Redis | RedisCluster | RedisWire, prefix: str = "lt", max_batch: int = 256
+        self,
+        client: Redis | RedisCluster | RedisWire,
+        prefix: str = "lt",
+        max_batch: int = 256,
+        max_inflight: int | None = 1,
+        min_interval_s: float = 0.0,
     ):
         self._client = client
         self._prefix = f"{prefix}rl:"
-        self._dispatch: BatchDispatcher[_Call, Any] = BatchDispatcher(self._send, max_batch)
+        # One batch in flight, and (min_interval_s) flushes spaced while busy: requests
+        # arriving meanwhile leave together (grpc.aio starts RPCs one loop turn each, so
+        # batches left alone carry one request each; ADR 0034).
+        self._dispatch: BatchDispatcher[_Call, Any] = BatchDispatcher(
+            self._send, max_batch, max_inflight, min_interval_s
+        )
+        # A request's keys and arguments change only with the second (window start, TTL):
+        # built once per second per plan (its `hits` tuple, kept alive by the entry, so its
+        # id is not reused meanwhile). Bounded; cleared when full.
+        self._calls: dict[int, tuple[Sequence[CounterHit], int, _Call]] = {}
+
+    def space_batches(self, seconds: float) -> None:
+        """Flush at most every `seconds` while busy (0: at once); see BatchDispatcher."""
+        self._dispatch.space(seconds)
 
     @property
     def batches_sent(self) -> int:
@@ -68,12 +102,7 @@ class RedisRequestCounter:
     async def hit(self, hits: Sequence[CounterHit], now_ms: int) -> CountStep:
         if not hits:
             return CountStep(True, ())
-        keys = tuple(self.key(h, now_ms) for h in hits)
-        args: list[str] = [str(len(hits))]
-        for h in hits:
-            ttl_s = (window_start(h, now_ms) + h.window_ms - now_ms) // 1000 + 1
-            args += (str(h.limit), str(h.hits), "1" if h.enforced else "0", str(ttl_s))
-        reply = await self._dispatch.submit(_Call(keys, tuple(args)))
+        reply = await self._dispatch.submit(self._call(hits, now_ms))
         stored = {
             (h.key, window_start(h, now_ms)): int(n)
             for h, n in zip(hits, reply[:-1], strict=True)
@@ -83,6 +112,25 @@ class RedisRequestCounter:
         if step.admitted != bool(int(reply[-1])):
             raise RuntimeError("the rate counter script and count_step disagree on a verdict")
         return step
+
+    def _call(self, hits: Sequence[CounterHit], now_ms: int) -> _Call:
+        second = now_ms // 1000
+        found = self._calls.get(id(hits))
+        if found is not None and found[0] is hits and found[1] == second:
+            return found[2]
+        keys = tuple(self.key(h, now_ms) for h in hits)
+        args: list[str] = [str(len(hits))]
+        for h in hits:
+            ttl_s = (window_start(h, now_ms) + h.window_ms - now_ms) // 1000 + 1
+            args += (str(h.limit), str(h.hits), "1" if h.enforced else "0", str(ttl_s))
+        call = _Call(keys, tuple(args), _packed(keys), _packed(args))
+        # Whole-second windows only (every rule's unit is): then the call is the same for
+        # the whole second.
+        if all(h.window_ms % 1000 == 0 for h in hits):
+            if len(self._calls) >= _CALLS_CACHED:
+                self._calls.clear()
+            self._calls[id(hits)] = (hits, second, call)
+        return call
 
     async def close(self) -> None:
         """Finish the batches in flight and close the connections."""
@@ -117,12 +165,10 @@ class RedisRequestCounter:
         return [r if isinstance(r, BaseException) else r[0] for r in replies]
 
     async def _send_wire(self, wire: RedisWire, calls: Sequence[_Call]) -> list[Any]:
-        keys = [k for c in calls for k in c.keys]
-        args = [a for c in calls for a in c.args]
         try:
-            (reply,) = await wire.execute(_WIRE_SCRIPT.call(keys, args, cached=True), 1)
+            (reply,) = await wire.execute(_script_call(_HEADS[0], calls), 1)
             if isinstance(reply, rx.NoScriptError):  # a restarted server: EVAL caches it again
-                (reply,) = await wire.execute(_WIRE_SCRIPT.call(keys, args, cached=False), 1)
+                (reply,) = await wire.execute(_script_call(_HEADS[1], calls), 1)
         except (rx.RedisError, OSError) as error:
             raise StoreUnavailableError(f"redis: {error}") from error
         if isinstance(reply, BaseException):  # the whole script failed (BUSY, OOM, ...)
