@@ -223,3 +223,43 @@ def test_the_services_event_loop_uvloop_drives_the_wire(server: RedisServer) -> 
             await counter.close()
 
     assert uvloop.run(counted()) == 9
+
+
+def test_a_reply_already_arrived_when_a_late_loop_fires_the_timeout_is_taken(
+    server: RedisServer,
+) -> None:
+    """uvloop runs due timers before it reads sockets: a loop that ran late (a busy box) must
+    still read a reply that arrived in time instead of failing the batch as timed out."""
+    import socket
+    import time
+
+    import uvloop
+
+    ping = b"*1\r\n$4\r\nPING\r\n"
+
+    async def late() -> list[object]:
+        wire = wire_of(server.port, timeout_s=0.05)
+        try:
+            await wire.execute(ping, 1)  # connected
+
+            # Another socket's callback stalls the loop in the poll phase that did not see the
+            # reply yet; the reply lands meanwhile, and the next turn runs the due timer first.
+            ours, theirs = socket.socketpair()
+            loop = asyncio.get_running_loop()
+
+            def stall() -> None:
+                ours.recv(1)
+                time.sleep(0.3)
+
+            loop.add_reader(ours.fileno(), stall)
+            try:
+                theirs.send(b"x")  # ready at once: the next poll sees it, not the reply
+                return await wire.execute(ping, 1)
+            finally:
+                loop.remove_reader(ours.fileno())
+                ours.close()
+                theirs.close()
+        finally:
+            await wire.close()
+
+    assert uvloop.run(late()) == [b"PONG"]

@@ -25,6 +25,9 @@ def command(*parts: str | bytes) -> bytes:
     return b"*%d\r\n" % len(raw) + b"".join(bulk(p) for p in raw)
 
 
+GRACE_S = 0.001  # after the timeout, one more loop turn to read a reply that arrived
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where and how to connect: a TCP host and port or a Unix socket, AUTH, SELECT."""
@@ -157,9 +160,18 @@ class RedisWire:
         finally:
             timer.cancel()
 
-    def _expire(self, conn: _Connection, future: asyncio.Future[list[Any]]) -> None:
-        if not future.done():
-            conn.fail(rx.TimeoutError(f"no reply within {self._timeout * 1000:.0f} ms"))
+    def _expire(
+        self, conn: _Connection, future: asyncio.Future[list[Any]], polled: bool = False
+    ) -> None:
+        if future.done():
+            return
+        if not polled:
+            # uvloop runs due timers before it reads sockets: after a stall (a busy box) the
+            # reply may be waiting unread. Give the loop one poll (the 1 ms timer fires only
+            # in a later turn, after it) before calling the batch timed out.
+            asyncio.get_running_loop().call_later(GRACE_S, self._expire, conn, future, True)
+            return
+        conn.fail(rx.TimeoutError(f"no reply within {self._timeout * 1000:.0f} ms"))
 
     async def _connect(self) -> _Connection:
         self._lock = self._lock or asyncio.Lock()
