@@ -21,6 +21,7 @@ from leaky_tokens.token.adapters.kafka_event_bus import KafkaEventBus
 from leaky_tokens.token.adapters.saga_schema import purchase_outbox, purchase_steps
 from leaky_tokens.token.adapters.saga_sql import make_engine
 from leaky_tokens.token.domain.units import SAFE_LIMIT
+from tests.integration.test_saga_worker import Worker
 from tests.support.saga_lane import DELIVERY, TERMINAL, Lane, distinct, saga_lane
 from tests.support.wait import eventually
 
@@ -190,3 +191,44 @@ async def test_a_stuck_saga_is_failed_timed_out_by_recovery(stack: Stack, tmp_pa
         assert await stuck.balance("buyer-stuck") == 0
         assert await stuck.counts(saga_id) == Counter(payment_released=1, purchase_failed=1)
         assert await steps(stuck, saga_id) == ["keeper.fail", "payment.release"]
+
+
+async def test_a_saga_stuck_after_allocation_is_completed_by_another_workers_recovery(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # The worker dies while capturing (a slow payment); nobody consumes its topic any more.
+    # A second worker on the same database (its own topic and group) finds the saga stuck in
+    # TOKENS_ALLOCATED and, as ADR 0032 says, captures and completes it.
+    env = {"LEAKY_TOKEN_SAGA_PAYMENT_LATENCY_MS": "1500"}
+    async with saga_lane(stack, tmp_path, env) as first:
+        user = "buyer-recovered"
+        saga_id = (await first.buy(user, 35)).saga_id
+
+        async def allocated() -> bool:
+            got = await first.get(saga_id, user)
+            return bool(got.status == pb.PURCHASE_STATUS_TOKENS_ALLOCATED)
+
+        await eventually(allocated, DELIVERY, what="the saga allocated, its capture pending")
+        first.worker.stop(signal.SIGKILL)
+        (tmp_path / "recoverer").mkdir()
+        recoverer = Worker(
+            first.worker.bootstrap, tmp_path / "recoverer",
+            extra={**first.worker.extra, "LEAKY_TOKEN_SAGA_TIMEOUT_SECONDS": "2",
+                   "LEAKY_TOKEN_SAGA_RECOVERY_INTERVAL_MS": "200"},
+        )  # fmt: skip
+        recoverer.start()
+        try:
+            second = Lane(first.h, recoverer, first.database_url)
+            done = await second.settled(saga_id, user)
+            assert (done.status, done.failure_reason) == (pb.PURCHASE_STATUS_COMPLETED, "")
+            assert await first.balance(user) == 35
+            both = await first.events() + await second.events()
+            assert distinct(both, saga_id) == COMPLETED
+            assert distinct(await second.events(), saga_id) == Counter(
+                payment_captured=1, purchase_completed=1
+            )
+            assert await steps(first, saga_id) == [
+                "allocation.allocate", "keeper.complete", "payment.capture", "payment.reserve",
+            ]  # fmt: skip
+        finally:
+            recoverer.stop()
