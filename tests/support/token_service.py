@@ -106,13 +106,15 @@ async def token_service(
     store: DecisionStore | None = None,
     policy: str = POLICY,
     payment: PaymentGateway | None = None,
+    clock: FakeClock | None = None,
     **settings: Any,
 ) -> AsyncIterator[TokenHarness]:
     """The token service (its bootstrap) against a fake provider served in-process; `store`
     replaces the in-memory store (e.g. one wrapped in the failure policy), `policy` the
-    policy file's text, `payment` the saga's stub payment; the token database is a SQLite
-    file in `tmp` unless `database_url` says otherwise."""
-    keys, clock = KeySet("leaky-tokens-auth", "leaky-tokens"), FakeClock()
+    policy file's text, `payment` the saga's stub payment, `clock` the fake clock (one that
+    follows the wall clock, when another process shares its database); the token database
+    is a SQLite file in `tmp` unless `database_url` says otherwise."""
+    keys, clock = KeySet("leaky-tokens-auth", "leaky-tokens"), clock or FakeClock()
     policy_path = tmp / "policy.yaml"
     policy_path.write_text(policy)
     fake = FakeProvider()
