@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -103,7 +104,11 @@ def test_leaky_up_from_the_installed_package_serves_the_gateway(
     argv = [str(installed / "bin" / "leaky"), "up", "--port", str(port), "--admin-port", str(admin)]
     argv += ["--grpc-base-port", str(grpc_base), "--metrics-base-port", "0"]
     with log_path.open("wb") as log:
-        process = subprocess.Popen(argv, cwd=elsewhere, stdout=log, stderr=subprocess.STDOUT)
+        # The default data directory (./data of the working directory), not the tests' own.
+        env = {k: v for k, v in os.environ.items() if k != "LEAKY_DATA_DIR"}
+        process = subprocess.Popen(
+            argv, cwd=elsewhere, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}/api/v1/tokens/status"
     try:
         wait_http_ok(url, process, log_path, within=90)
