@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from leaky_tokens.auth.domain.ports import DuplicateError
-from leaky_tokens.runtime.errors import UnavailableError
-
-T = TypeVar("T")
+from leaky_tokens.runtime import sql
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -65,22 +60,4 @@ def as_duplicate(error: IntegrityError) -> DuplicateError:
     return DuplicateError(field)
 
 
-def unavailable_on_outage(cls: type[T]) -> type[T]:
-    """Turn lost connections and database outages into UnavailableError in every method."""
-
-    def wrap(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        @functools.wraps(method)
-        async def guarded(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await method(*args, **kwargs)
-            except (OperationalError, InterfaceError) as exc:
-                raise UnavailableError(
-                    "the auth database is unavailable", reason="DATABASE_UNAVAILABLE"
-                ) from exc
-
-        return guarded
-
-    for name, member in list(vars(cls).items()):
-        if inspect.iscoroutinefunction(member) and not name.startswith("_"):
-            setattr(cls, name, wrap(member))
-    return cls
+unavailable_on_outage = sql.unavailable_on_outage("auth")

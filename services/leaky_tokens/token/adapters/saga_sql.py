@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from leaky_tokens.runtime import sql
 
 MIGRATIONS = Path(__file__).with_name("saga_migrations")
 # Any fixed number works; it serialises concurrent migrators on one PostgreSQL database.
@@ -41,16 +41,6 @@ def make_engine(url: str) -> AsyncEngine:
     return engine
 
 
-def _upgrade(connection: sa.Connection) -> None:
-    if connection.dialect.name == "postgresql":
-        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["connection"] = connection
-    command.upgrade(config, "head")
-
-
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the database to the newest schema; safe to run from several instances at once."""
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+    await sql.migrate(engine, MIGRATIONS, _PG_LOCK_ID)

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from leaky.events.v1.events_pb2 import EventEnvelope
-from leaky_tokens.runtime.errors import UnavailableError
 from leaky_tokens.runtime.ports import Clock
+from leaky_tokens.runtime.sql import unavailable_on_outage
 from leaky_tokens.token.adapters import saga_codec
 from leaky_tokens.token.adapters.saga_contract import OutboxRecord
 from leaky_tokens.token.adapters.saga_schema import purchase_outbox, purchase_steps, purchases
@@ -31,31 +29,8 @@ from leaky_tokens.token.domain.saga import (
 )
 from leaky_tokens.token.domain.saga_ports import Decide, Page
 
-T = TypeVar("T")
 
-
-def _unavailable_on_outage(cls: type[T]) -> type[T]:
-    """Lost connections and database outages become UnavailableError (the step is retried)."""
-
-    def wrap(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        @functools.wraps(method)
-        async def guarded(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await method(*args, **kwargs)
-            except (OperationalError, InterfaceError) as exc:
-                raise UnavailableError(
-                    "the token database is unavailable", reason="DATABASE_UNAVAILABLE"
-                ) from exc
-
-        return guarded
-
-    for name, member in list(vars(cls).items()):
-        if inspect.iscoroutinefunction(member) and not name.startswith("_"):
-            setattr(cls, name, wrap(member))
-    return cls
-
-
-@_unavailable_on_outage
+@unavailable_on_outage("token")
 class SqlSagaStore:
     """SagaStore and OutboxSource over SQLAlchemy (SQLite or PostgreSQL).
 
