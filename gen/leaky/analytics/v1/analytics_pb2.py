@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from leaky.token.v1 import token_pb2 as leaky_dot_token_dot_v1_dot_token__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"leaky/analytics/v1/analytics.proto\x12\x12leaky.analytics.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetHealthRequest\"c\n\x11GetHealthResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x0fGetUsageRequest\x12\x16\n\x08provider\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x05limit\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\x08\n\x06_limit\"K\n\x08UsageKey\x12\x10\n\x08provider\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8a\x01\n\tUsageItem\x12)\n\x03key\x18\x01 \x01(\x0b\x32\x1c.leaky.analytics.v1.UsageKey\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x01(\x03\x12\x0f\n\x07\x61llowed\x18\x04 \x01(\x08\x12\x0e\n\x06org_id\x18\x05 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x06 \x01(\t\"a\n\x10GetUsageResponse\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12,\n\x05items\x18\x03 \x03(\x0b\x32\x1d.leaky.analytics.v1.UsageItem\"x\n\x10GetReportRequest\x12\x16\n\x08provider\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x0ewindow_minutes\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\x05limit\x18\x03 \x01(\x05H\x01\x88\x01\x01\x42\x11\n\x0f_window_minutesB\x08\n\x06_limit\"@\n\x07TopUser\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\x03\x12\x0e\n\x06\x65vents\x18\x03 \x01(\x03\"\xe0\x02\n\x11GetReportResponse\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x30\n\x0cwindow_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctotal_events\x18\x04 \x01(\x03\x12\x16\n\x0e\x61llowed_events\x18\x05 \x01(\x03\x12\x15\n\rdenied_events\x18\x06 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x07 \x01(\x03\x12 \n\x18\x61verage_tokens_per_event\x18\x08 \x01(\x01\x12\x14\n\x0cunique_users\x18\t \x01(\x03\x12\x14\n\x0csample_limit\x18\n \x01(\x05\x12.\n\ttop_users\x18\x0b \x03(\x0b\x32\x1b.leaky.analytics.v1.TopUser\"\xeb\x01\n\x13GetAnomaliesRequest\x12\x16\n\x08provider\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x0ewindow_minutes\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x1d\n\x10\x62\x61seline_windows\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12!\n\x14threshold_multiplier\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05limit\x18\x05 \x01(\x05H\x03\x88\x01\x01\x42\x11\n\x0f_window_minutesB\x13\n\x11_baseline_windowsB\x17\n\x15_threshold_multiplierB\x08\n\x06_limit\"\xb1\x02\n\x14GetAnomaliesResponse\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x30\n\x0cwindow_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x62\x61seline_windows\x18\x04 \x01(\x05\x12\x16\n\x0e\x63urrent_tokens\x18\x05 \x01(\x03\x12\x1f\n\x17\x62\x61seline_average_tokens\x18\x06 \x01(\x01\x12\r\n\x05ratio\x18\x07 \x01(\x01\x12\x1c\n\x14threshold_multiplier\x18\x08 \x01(\x01\x12\x0f\n\x07\x61nomaly\x18\t \x01(\x08\x12\x14\n\x0csample_limit\x18\n \x01(\x05\x32\x8b\x04\n\x10\x41nalyticsService\x12z\n\tGetHealth\x12$.leaky.analytics.v1.GetHealthRequest\x1a%.leaky.analytics.v1.GetHealthResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/api/v1/analytics/health\x12v\n\x08GetUsage\x12#.leaky.analytics.v1.GetUsageRequest\x1a$.leaky.analytics.v1.GetUsageResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/analytics/usage\x12z\n\tGetReport\x12$.leaky.analytics.v1.GetReportRequest\x1a%.leaky.analytics.v1.GetReportResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/api/v1/analytics/report\x12\x86\x01\n\x0cGetAnomalies\x12\'.leaky.analytics.v1.GetAnomaliesRequest\x1a(.leaky.analytics.v1.GetAnomaliesResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/api/v1/analytics/anomaliesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"leaky/analytics/v1/analytics.proto\x12\x12leaky.analytics.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1aleaky/token/v1/token.proto\"\x12\n\x10GetHealthRequest\"c\n\x11GetHealthResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x0fGetUsageRequest\x12\x16\n\x08provider\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x05limit\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0e\n\x06org_id\x18\x04 \x01(\tB\x08\n\x06_limit\"K\n\x08UsageKey\x12\x10\n\x08provider\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8a\x01\n\tUsageItem\x12)\n\x03key\x18\x01 \x01(\x0b\x32\x1c.leaky.analytics.v1.UsageKey\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x01(\x03\x12\x0f\n\x07\x61llowed\x18\x04 \x01(\x08\x12\x0e\n\x06org_id\x18\x05 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x06 \x01(\t\"a\n\x10GetUsageResponse\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12,\n\x05items\x18\x03 \x03(\x0b\x32\x1d.leaky.analytics.v1.UsageItem\"\x99\x01\n\x10GetReportRequest\x12\x16\n\x08provider\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x0ewindow_minutes\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\x05limit\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x0e\n\x06org_id\x18\x05 \x01(\tB\x11\n\x0f_window_minutesB\x08\n\x06_limit\"@\n\x07TopUser\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\x03\x12\x0e\n\x06\x65vents\x18\x03 \x01(\x03\"\xc9\x03\n\x11GetReportResponse\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x30\n\x0cwindow_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctotal_events\x18\x04 \x01(\x03\x12\x16\n\x0e\x61llowed_events\x18\x05 \x01(\x03\x12\x15\n\rdenied_events\x18\x06 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x07 \x01(\x03\x12 \n\x18\x61verage_tokens_per_event\x18\x08 \x01(\x01\x12\x14\n\x0cunique_users\x18\t \x01(\x03\x12\x14\n\x0csample_limit\x18\n \x01(\x05\x12.\n\ttop_users\x18\x0b \x03(\x0b\x32\x1b.leaky.analytics.v1.TopUser\x12\x16\n\x0e\x61llowed_tokens\x18\x0c \x01(\x03\x12\x15\n\rdenied_tokens\x18\r \x01(\x03\x12\x17\n\x0frefunded_tokens\x18\x0e \x01(\x03\x12\x0f\n\x07user_id\x18\x0f \x01(\t\x12\x0e\n\x06org_id\x18\x10 \x01(\t\"\x8c\x02\n\x13GetAnomaliesRequest\x12\x16\n\x08provider\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x0ewindow_minutes\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x1d\n\x10\x62\x61seline_windows\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12!\n\x14threshold_multiplier\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05limit\x18\x05 \x01(\x05H\x03\x88\x01\x01\x12\x0f\n\x07user_id\x18\x06 \x01(\t\x12\x0e\n\x06org_id\x18\x07 \x01(\tB\x11\n\x0f_window_minutesB\x13\n\x11_baseline_windowsB\x17\n\x15_threshold_multiplierB\x08\n\x06_limit\"\xb1\x02\n\x14GetAnomaliesResponse\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x30\n\x0cwindow_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x62\x61seline_windows\x18\x04 \x01(\x05\x12\x16\n\x0e\x63urrent_tokens\x18\x05 \x01(\x03\x12\x1f\n\x17\x62\x61seline_average_tokens\x18\x06 \x01(\x01\x12\r\n\x05ratio\x18\x07 \x01(\x01\x12\x1c\n\x14threshold_multiplier\x18\x08 \x01(\x01\x12\x0f\n\x07\x61nomaly\x18\t \x01(\x08\x12\x14\n\x0csample_limit\x18\n \x01(\x05\"\xba\x01\n\x0bUsageTotals\x12\x0e\n\x06\x65vents\x18\x01 \x01(\x03\x12\x16\n\x0e\x61llowed_events\x18\x02 \x01(\x03\x12\x15\n\rdenied_events\x18\x03 \x01(\x03\x12\x0e\n\x06tokens\x18\x04 \x01(\x03\x12\x16\n\x0e\x61llowed_tokens\x18\x05 \x01(\x03\x12\x15\n\rdenied_tokens\x18\x06 \x01(\x03\x12\x17\n\x0frefunded_tokens\x18\x07 \x01(\x03\x12\x14\n\x0cunique_users\x18\x08 \x01(\x03\"\xde\x01\n\x15GetUsageSeriesRequest\x12\x16\n\x08provider\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x38\n\nresolution\x18\x02 \x01(\x0e\x32\x1e.leaky.analytics.v1.ResolutionB\x04\xe2\x41\x01\x02\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12\x0e\n\x06org_id\x18\x06 \x01(\t\"i\n\x0bSeriesPoint\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06totals\x18\x02 \x01(\x0b\x32\x1f.leaky.analytics.v1.UsageTotals\"\xb0\x01\n\x16GetUsageSeriesResponse\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x32\n\nresolution\x18\x02 \x01(\x0e\x32\x1e.leaky.analytics.v1.Resolution\x12/\n\x06points\x18\x03 \x03(\x0b\x32\x1f.leaky.analytics.v1.SeriesPoint\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x0e\n\x06org_id\x18\x05 \x01(\t\"j\n\x17\x43ompareProvidersRequest\x12\x1b\n\x0ewindow_minutes\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06org_id\x18\x03 \x01(\tB\x11\n\x0f_window_minutes\"g\n\rProviderUsage\x12\x10\n\x08provider\x18\x01 \x01(\t\x12/\n\x06totals\x18\x02 \x01(\x0b\x32\x1f.leaky.analytics.v1.UsageTotals\x12\x13\n\x0btoken_share\x18\x03 \x01(\x01\"\xd3\x01\n\x18\x43ompareProvidersResponse\x12\x30\n\x0cwindow_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\tproviders\x18\x03 \x03(\x0b\x32!.leaky.analytics.v1.ProviderUsage\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x0e\n\x06org_id\x18\x05 \x01(\t\"Z\n\x19GetPurchaseHistoryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x12\n\x05limit\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x08\n\x06_limit\"\xc0\x01\n\x1aGetPurchaseHistoryResponse\x12\x30\n\tpurchases\x18\x01 \x03(\x0b\x32\x1d.leaky.token.v1.TokenPurchase\x12\x1b\n\x13\x63ompleted_purchases\x18\x02 \x01(\x03\x12\x18\n\x10\x63ompleted_tokens\x18\x03 \x01(\x03\x12\x18\n\x10\x66\x61iled_purchases\x18\x04 \x01(\x03\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12\x0e\n\x06org_id\x18\x06 \x01(\t*h\n\nResolution\x12\x1a\n\x16RESOLUTION_UNSPECIFIED\x10\x00\x12\x15\n\x11RESOLUTION_MINUTE\x10\x01\x12\x13\n\x0fRESOLUTION_HOUR\x10\x02\x12\x12\n\x0eRESOLUTION_DAY\x10\x03\x32\xc7\x07\n\x10\x41nalyticsService\x12z\n\tGetHealth\x12$.leaky.analytics.v1.GetHealthRequest\x1a%.leaky.analytics.v1.GetHealthResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/api/v1/analytics/health\x12v\n\x08GetUsage\x12#.leaky.analytics.v1.GetUsageRequest\x1a$.leaky.analytics.v1.GetUsageResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/analytics/usage\x12z\n\tGetReport\x12$.leaky.analytics.v1.GetReportRequest\x1a%.leaky.analytics.v1.GetReportResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/api/v1/analytics/report\x12\x86\x01\n\x0cGetAnomalies\x12\'.leaky.analytics.v1.GetAnomaliesRequest\x1a(.leaky.analytics.v1.GetAnomaliesResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/api/v1/analytics/anomalies\x12\x89\x01\n\x0eGetUsageSeries\x12).leaky.analytics.v1.GetUsageSeriesRequest\x1a*.leaky.analytics.v1.GetUsageSeriesResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/api/v1/analytics/series\x12\x92\x01\n\x10\x43ompareProviders\x12+.leaky.analytics.v1.CompareProvidersRequest\x1a,.leaky.analytics.v1.CompareProvidersResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/api/v1/analytics/providers\x12\x98\x01\n\x12GetPurchaseHistory\x12-.leaky.analytics.v1.GetPurchaseHistoryRequest\x1a..leaky.analytics.v1.GetPurchaseHistoryResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/api/v1/analytics/purchasesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +41,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETREPORTREQUEST'].fields_by_name['provider']._serialized_options = b'\342A\001\002'
   _globals['_GETANOMALIESREQUEST'].fields_by_name['provider']._loaded_options = None
   _globals['_GETANOMALIESREQUEST'].fields_by_name['provider']._serialized_options = b'\342A\001\002'
+  _globals['_GETUSAGESERIESREQUEST'].fields_by_name['provider']._loaded_options = None
+  _globals['_GETUSAGESERIESREQUEST'].fields_by_name['provider']._serialized_options = b'\342A\001\002'
+  _globals['_GETUSAGESERIESREQUEST'].fields_by_name['resolution']._loaded_options = None
+  _globals['_GETUSAGESERIESREQUEST'].fields_by_name['resolution']._serialized_options = b'\342A\001\002'
   _globals['_ANALYTICSSERVICE'].methods_by_name['GetHealth']._loaded_options = None
   _globals['_ANALYTICSSERVICE'].methods_by_name['GetHealth']._serialized_options = b'\202\323\344\223\002\032\022\030/api/v1/analytics/health'
   _globals['_ANALYTICSSERVICE'].methods_by_name['GetUsage']._loaded_options = None
@@ -48,28 +53,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ANALYTICSSERVICE'].methods_by_name['GetReport']._serialized_options = b'\202\323\344\223\002\032\022\030/api/v1/analytics/report'
   _globals['_ANALYTICSSERVICE'].methods_by_name['GetAnomalies']._loaded_options = None
   _globals['_ANALYTICSSERVICE'].methods_by_name['GetAnomalies']._serialized_options = b'\202\323\344\223\002\035\022\033/api/v1/analytics/anomalies'
-  _globals['_GETHEALTHREQUEST']._serialized_start=154
-  _globals['_GETHEALTHREQUEST']._serialized_end=172
-  _globals['_GETHEALTHRESPONSE']._serialized_start=174
-  _globals['_GETHEALTHRESPONSE']._serialized_end=273
-  _globals['_GETUSAGEREQUEST']._serialized_start=275
-  _globals['_GETUSAGEREQUEST']._serialized_end=346
-  _globals['_USAGEKEY']._serialized_start=348
-  _globals['_USAGEKEY']._serialized_end=423
-  _globals['_USAGEITEM']._serialized_start=426
-  _globals['_USAGEITEM']._serialized_end=564
-  _globals['_GETUSAGERESPONSE']._serialized_start=566
-  _globals['_GETUSAGERESPONSE']._serialized_end=663
-  _globals['_GETREPORTREQUEST']._serialized_start=665
-  _globals['_GETREPORTREQUEST']._serialized_end=785
-  _globals['_TOPUSER']._serialized_start=787
-  _globals['_TOPUSER']._serialized_end=851
-  _globals['_GETREPORTRESPONSE']._serialized_start=854
-  _globals['_GETREPORTRESPONSE']._serialized_end=1206
-  _globals['_GETANOMALIESREQUEST']._serialized_start=1209
-  _globals['_GETANOMALIESREQUEST']._serialized_end=1444
-  _globals['_GETANOMALIESRESPONSE']._serialized_start=1447
-  _globals['_GETANOMALIESRESPONSE']._serialized_end=1752
-  _globals['_ANALYTICSSERVICE']._serialized_start=1755
-  _globals['_ANALYTICSSERVICE']._serialized_end=2278
+  _globals['_ANALYTICSSERVICE'].methods_by_name['GetUsageSeries']._loaded_options = None
+  _globals['_ANALYTICSSERVICE'].methods_by_name['GetUsageSeries']._serialized_options = b'\202\323\344\223\002\032\022\030/api/v1/analytics/series'
+  _globals['_ANALYTICSSERVICE'].methods_by_name['CompareProviders']._loaded_options = None
+  _globals['_ANALYTICSSERVICE'].methods_by_name['CompareProviders']._serialized_options = b'\202\323\344\223\002\035\022\033/api/v1/analytics/providers'
+  _globals['_ANALYTICSSERVICE'].methods_by_name['GetPurchaseHistory']._loaded_options = None
+  _globals['_ANALYTICSSERVICE'].methods_by_name['GetPurchaseHistory']._serialized_options = b'\202\323\344\223\002\035\022\033/api/v1/analytics/purchases'
+  _globals['_RESOLUTION']._serialized_start=3401
+  _globals['_RESOLUTION']._serialized_end=3505
+  _globals['_GETHEALTHREQUEST']._serialized_start=182
+  _globals['_GETHEALTHREQUEST']._serialized_end=200
+  _globals['_GETHEALTHRESPONSE']._serialized_start=202
+  _globals['_GETHEALTHRESPONSE']._serialized_end=301
+  _globals['_GETUSAGEREQUEST']._serialized_start=303
+  _globals['_GETUSAGEREQUEST']._serialized_end=407
+  _globals['_USAGEKEY']._serialized_start=409
+  _globals['_USAGEKEY']._serialized_end=484
+  _globals['_USAGEITEM']._serialized_start=487
+  _globals['_USAGEITEM']._serialized_end=625
+  _globals['_GETUSAGERESPONSE']._serialized_start=627
+  _globals['_GETUSAGERESPONSE']._serialized_end=724
+  _globals['_GETREPORTREQUEST']._serialized_start=727
+  _globals['_GETREPORTREQUEST']._serialized_end=880
+  _globals['_TOPUSER']._serialized_start=882
+  _globals['_TOPUSER']._serialized_end=946
+  _globals['_GETREPORTRESPONSE']._serialized_start=949
+  _globals['_GETREPORTRESPONSE']._serialized_end=1406
+  _globals['_GETANOMALIESREQUEST']._serialized_start=1409
+  _globals['_GETANOMALIESREQUEST']._serialized_end=1677
+  _globals['_GETANOMALIESRESPONSE']._serialized_start=1680
+  _globals['_GETANOMALIESRESPONSE']._serialized_end=1985
+  _globals['_USAGETOTALS']._serialized_start=1988
+  _globals['_USAGETOTALS']._serialized_end=2174
+  _globals['_GETUSAGESERIESREQUEST']._serialized_start=2177
+  _globals['_GETUSAGESERIESREQUEST']._serialized_end=2399
+  _globals['_SERIESPOINT']._serialized_start=2401
+  _globals['_SERIESPOINT']._serialized_end=2506
+  _globals['_GETUSAGESERIESRESPONSE']._serialized_start=2509
+  _globals['_GETUSAGESERIESRESPONSE']._serialized_end=2685
+  _globals['_COMPAREPROVIDERSREQUEST']._serialized_start=2687
+  _globals['_COMPAREPROVIDERSREQUEST']._serialized_end=2793
+  _globals['_PROVIDERUSAGE']._serialized_start=2795
+  _globals['_PROVIDERUSAGE']._serialized_end=2898
+  _globals['_COMPAREPROVIDERSRESPONSE']._serialized_start=2901
+  _globals['_COMPAREPROVIDERSRESPONSE']._serialized_end=3112
+  _globals['_GETPURCHASEHISTORYREQUEST']._serialized_start=3114
+  _globals['_GETPURCHASEHISTORYREQUEST']._serialized_end=3204
+  _globals['_GETPURCHASEHISTORYRESPONSE']._serialized_start=3207
+  _globals['_GETPURCHASEHISTORYRESPONSE']._serialized_end=3399
+  _globals['_ANALYTICSSERVICE']._serialized_start=3508
+  _globals['_ANALYTICSSERVICE']._serialized_end=4475
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,8 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from leaky.token.v1 import token_pb2 as _token_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +20,34 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _Resolution:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ResolutionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Resolution.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESOLUTION_UNSPECIFIED: _Resolution.ValueType  # 0
+    """Not set: INVALID_ARGUMENT."""
+    RESOLUTION_MINUTE: _Resolution.ValueType  # 1
+    """One-minute buckets; a series spans at most 1440 of them."""
+    RESOLUTION_HOUR: _Resolution.ValueType  # 2
+    """One-hour buckets; at most 1440 of them."""
+    RESOLUTION_DAY: _Resolution.ValueType  # 3
+    """One-day buckets (UTC days); at most 1440 of them."""
+
+class Resolution(_Resolution, metaclass=_ResolutionEnumTypeWrapper):
+    """Resolution is the bucket size of a usage series."""
+
+RESOLUTION_UNSPECIFIED: Resolution.ValueType  # 0
+"""Not set: INVALID_ARGUMENT."""
+RESOLUTION_MINUTE: Resolution.ValueType  # 1
+"""One-minute buckets; a series spans at most 1440 of them."""
+RESOLUTION_HOUR: Resolution.ValueType  # 2
+"""One-hour buckets; at most 1440 of them."""
+RESOLUTION_DAY: Resolution.ValueType  # 3
+"""One-day buckets (UTC days); at most 1440 of them."""
+Global___Resolution: _TypeAlias = Resolution  # noqa: Y015
 
 @_typing.final
 class GetHealthRequest(_message.Message):
@@ -76,19 +106,27 @@ class GetUsageRequest(_message.Message):
 
     PROVIDER_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Provider name, e.g. "openai"."""
     limit: _builtins.int
     """Maximum events to return; absent means 20; clamped to [1, 200]."""
+    user_id: _builtins.str
+    """Scope: this user's events (see the service comment)."""
+    org_id: _builtins.str
+    """Scope: this organization's events (see the service comment)."""
     def __init__(
         self,
         *,
         provider: _builtins.str = ...,
         limit: _builtins.int | None = ...,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit", "org_id", b"org_id", "provider", b"provider", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
     _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
@@ -211,22 +249,32 @@ class GetReportRequest(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     WINDOW_MINUTES_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Provider name, e.g. "openai"."""
     window_minutes: _builtins.int
     """Window length in minutes, ending now; absent or <= 0 means 60; at most 1440."""
     limit: _builtins.int
-    """Maximum events sampled; absent or <= 0 means 5000; at most 5000."""
+    """Accepted for compatibility and echoed as sample_limit (absent or <= 0 means 5000, at most
+    5000); reports are exact and no longer sampled.
+    """
+    user_id: _builtins.str
+    """Scope: this user's usage (see the service comment)."""
+    org_id: _builtins.str
+    """Scope: this organization's usage (see the service comment)."""
     def __init__(
         self,
         *,
         provider: _builtins.str = ...,
         window_minutes: _builtins.int | None = ...,
         limit: _builtins.int | None = ...,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "_window_minutes", b"_window_minutes", "limit", b"limit", "window_minutes", b"window_minutes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "_window_minutes", b"_window_minutes", "limit", b"limit", "provider", b"provider", "window_minutes", b"window_minutes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "_window_minutes", b"_window_minutes", "limit", b"limit", "org_id", b"org_id", "provider", b"provider", "user_id", b"user_id", "window_minutes", b"window_minutes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
     _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
@@ -286,6 +334,11 @@ class GetReportResponse(_message.Message):
     UNIQUE_USERS_FIELD_NUMBER: _builtins.int
     SAMPLE_LIMIT_FIELD_NUMBER: _builtins.int
     TOP_USERS_FIELD_NUMBER: _builtins.int
+    ALLOWED_TOKENS_FIELD_NUMBER: _builtins.int
+    DENIED_TOKENS_FIELD_NUMBER: _builtins.int
+    REFUNDED_TOKENS_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Provider name, as requested."""
     total_events: _builtins.int
@@ -301,7 +354,19 @@ class GetReportResponse(_message.Message):
     unique_users: _builtins.int
     """Distinct users with events in the window."""
     sample_limit: _builtins.int
-    """The event sample limit applied."""
+    """The limit parameter after defaulting and clamping (compatibility; nothing is sampled)."""
+    allowed_tokens: _builtins.int
+    """Tokens of admitted events (not in the original)."""
+    denied_tokens: _builtins.int
+    """Tokens of denied events: total_tokens - allowed_tokens (not in the original)."""
+    refunded_tokens: _builtins.int
+    """Tokens given back in the window: refunds after provider failures, the unused part of
+    settled reservations and released reservations (not in the original).
+    """
+    user_id: _builtins.str
+    """The scope read: the user id, or empty."""
+    org_id: _builtins.str
+    """The scope read: the organization id, or empty."""
     @_builtins.property
     def window_start(self) -> _timestamp_pb2.Timestamp:
         """Start of the window (inclusive)."""
@@ -312,7 +377,7 @@ class GetReportResponse(_message.Message):
 
     @_builtins.property
     def top_users(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopUser]:
-        """Up to 5 users with the most tokens, most first."""
+        """Up to 5 users with the most tokens, most first (ties by user id)."""
 
     def __init__(
         self,
@@ -328,10 +393,15 @@ class GetReportResponse(_message.Message):
         unique_users: _builtins.int = ...,
         sample_limit: _builtins.int = ...,
         top_users: _abc.Iterable[Global___TopUser] | None = ...,
+        allowed_tokens: _builtins.int = ...,
+        denied_tokens: _builtins.int = ...,
+        refunded_tokens: _builtins.int = ...,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_events", b"allowed_events", "average_tokens_per_event", b"average_tokens_per_event", "denied_events", b"denied_events", "provider", b"provider", "sample_limit", b"sample_limit", "top_users", b"top_users", "total_events", b"total_events", "total_tokens", b"total_tokens", "unique_users", b"unique_users", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_events", b"allowed_events", "allowed_tokens", b"allowed_tokens", "average_tokens_per_event", b"average_tokens_per_event", "denied_events", b"denied_events", "denied_tokens", b"denied_tokens", "org_id", b"org_id", "provider", b"provider", "refunded_tokens", b"refunded_tokens", "sample_limit", b"sample_limit", "top_users", b"top_users", "total_events", b"total_events", "total_tokens", b"total_tokens", "unique_users", b"unique_users", "user_id", b"user_id", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -350,6 +420,8 @@ class GetAnomaliesRequest(_message.Message):
     BASELINE_WINDOWS_FIELD_NUMBER: _builtins.int
     THRESHOLD_MULTIPLIER_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Provider name, e.g. "openai"."""
     window_minutes: _builtins.int
@@ -359,7 +431,13 @@ class GetAnomaliesRequest(_message.Message):
     threshold_multiplier: _builtins.float
     """Ratio at or above which the current window is an anomaly; absent means 2.0; at least 1.0."""
     limit: _builtins.int
-    """Maximum events sampled per window; absent or <= 0 means 5000; at most 5000."""
+    """Accepted for compatibility and echoed as sample_limit (absent or <= 0 means 5000, at most
+    5000); windows are summed exactly.
+    """
+    user_id: _builtins.str
+    """Scope: this user's usage (see the service comment)."""
+    org_id: _builtins.str
+    """Scope: this organization's usage (see the service comment)."""
     def __init__(
         self,
         *,
@@ -368,10 +446,12 @@ class GetAnomaliesRequest(_message.Message):
         baseline_windows: _builtins.int | None = ...,
         threshold_multiplier: _builtins.float | None = ...,
         limit: _builtins.int | None = ...,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_baseline_windows", b"_baseline_windows", "_limit", b"_limit", "_threshold_multiplier", b"_threshold_multiplier", "_window_minutes", b"_window_minutes", "baseline_windows", b"baseline_windows", "limit", b"limit", "threshold_multiplier", b"threshold_multiplier", "window_minutes", b"window_minutes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_baseline_windows", b"_baseline_windows", "_limit", b"_limit", "_threshold_multiplier", b"_threshold_multiplier", "_window_minutes", b"_window_minutes", "baseline_windows", b"baseline_windows", "limit", b"limit", "provider", b"provider", "threshold_multiplier", b"threshold_multiplier", "window_minutes", b"window_minutes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_baseline_windows", b"_baseline_windows", "_limit", b"_limit", "_threshold_multiplier", b"_threshold_multiplier", "_window_minutes", b"_window_minutes", "baseline_windows", b"baseline_windows", "limit", b"limit", "org_id", b"org_id", "provider", b"provider", "threshold_multiplier", b"threshold_multiplier", "user_id", b"user_id", "window_minutes", b"window_minutes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__baseline_windows: _TypeAlias = _typing.Literal["baseline_windows"]  # noqa: Y015
     _WhichOneofArgType__baseline_windows: _TypeAlias = _typing.Literal["_baseline_windows", b"_baseline_windows"]  # noqa: Y015
@@ -425,7 +505,7 @@ class GetAnomaliesResponse(_message.Message):
     anomaly: _builtins.bool
     """True when baseline_average_tokens > 0 and ratio >= threshold_multiplier."""
     sample_limit: _builtins.int
-    """The event sample limit applied to each window."""
+    """The limit parameter after defaulting and clamping (compatibility; nothing is sampled)."""
     @_builtins.property
     def window_start(self) -> _timestamp_pb2.Timestamp:
         """Start of the current window."""
@@ -455,3 +535,355 @@ class GetAnomaliesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAnomaliesResponse: _TypeAlias = GetAnomaliesResponse  # noqa: Y015
+
+@_typing.final
+class UsageTotals(_message.Message):
+    """UsageTotals are the sums over a set of events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    ALLOWED_EVENTS_FIELD_NUMBER: _builtins.int
+    DENIED_EVENTS_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    ALLOWED_TOKENS_FIELD_NUMBER: _builtins.int
+    DENIED_TOKENS_FIELD_NUMBER: _builtins.int
+    REFUNDED_TOKENS_FIELD_NUMBER: _builtins.int
+    UNIQUE_USERS_FIELD_NUMBER: _builtins.int
+    events: _builtins.int
+    """Decision events (consume and reserve)."""
+    allowed_events: _builtins.int
+    """Admitted decision events."""
+    denied_events: _builtins.int
+    """Denied decision events."""
+    tokens: _builtins.int
+    """Tokens requested, denied requests included."""
+    allowed_tokens: _builtins.int
+    """Tokens of admitted events."""
+    denied_tokens: _builtins.int
+    """Tokens of denied events."""
+    refunded_tokens: _builtins.int
+    """Tokens given back (refunds, unused settled reservations, releases)."""
+    unique_users: _builtins.int
+    """Distinct users with decision events."""
+    def __init__(
+        self,
+        *,
+        events: _builtins.int = ...,
+        allowed_events: _builtins.int = ...,
+        denied_events: _builtins.int = ...,
+        tokens: _builtins.int = ...,
+        allowed_tokens: _builtins.int = ...,
+        denied_tokens: _builtins.int = ...,
+        refunded_tokens: _builtins.int = ...,
+        unique_users: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_events", b"allowed_events", "allowed_tokens", b"allowed_tokens", "denied_events", b"denied_events", "denied_tokens", b"denied_tokens", "events", b"events", "refunded_tokens", b"refunded_tokens", "tokens", b"tokens", "unique_users", b"unique_users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageTotals: _TypeAlias = UsageTotals  # noqa: Y015
+
+@_typing.final
+class GetUsageSeriesRequest(_message.Message):
+    """GetUsageSeriesRequest selects a series (query parameters provider, resolution, start, end,
+    userId, orgId).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """Provider name, e.g. "openai"."""
+    resolution: Global___Resolution.ValueType
+    """Bucket size."""
+    user_id: _builtins.str
+    """Scope: this user's usage (see the service comment)."""
+    org_id: _builtins.str
+    """Scope: this organization's usage (see the service comment)."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """First instant of the range; rounded down to its bucket. Absent: end minus 60 buckets."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """Last instant of the range (inclusive); rounded down to its bucket. Absent: now."""
+
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        resolution: Global___Resolution.ValueType = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "org_id", b"org_id", "provider", b"provider", "resolution", b"resolution", "start", b"start", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageSeriesRequest: _TypeAlias = GetUsageSeriesRequest  # noqa: Y015
+
+@_typing.final
+class SeriesPoint(_message.Message):
+    """SeriesPoint is one bucket of a series."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Start of the bucket."""
+
+    @_builtins.property
+    def totals(self) -> Global___UsageTotals:
+        """The bucket's sums (every bucket of the range is present, zeros included)."""
+
+    def __init__(
+        self,
+        *,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        totals: Global___UsageTotals | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start", "totals", b"totals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["start", b"start", "totals", b"totals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeriesPoint: _TypeAlias = SeriesPoint  # noqa: Y015
+
+@_typing.final
+class GetUsageSeriesResponse(_message.Message):
+    """GetUsageSeriesResponse is the series, oldest bucket first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """Provider name, as requested."""
+    resolution: Global___Resolution.ValueType
+    """Bucket size."""
+    user_id: _builtins.str
+    """The scope read: the user id, or empty."""
+    org_id: _builtins.str
+    """The scope read: the organization id, or empty."""
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeriesPoint]:
+        """The buckets from start to end."""
+
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        resolution: Global___Resolution.ValueType = ...,
+        points: _abc.Iterable[Global___SeriesPoint] | None = ...,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "points", b"points", "provider", b"provider", "resolution", b"resolution", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageSeriesResponse: _TypeAlias = GetUsageSeriesResponse  # noqa: Y015
+
+@_typing.final
+class CompareProvidersRequest(_message.Message):
+    """CompareProvidersRequest selects a window (query parameters windowMinutes, userId, orgId)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_MINUTES_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    window_minutes: _builtins.int
+    """Window length in minutes; absent or <= 0 means 60; at most 1440."""
+    user_id: _builtins.str
+    """Scope: this user's usage (see the service comment)."""
+    org_id: _builtins.str
+    """Scope: this organization's usage (see the service comment)."""
+    def __init__(
+        self,
+        *,
+        window_minutes: _builtins.int | None = ...,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_window_minutes", b"_window_minutes", "window_minutes", b"window_minutes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_window_minutes", b"_window_minutes", "org_id", b"org_id", "user_id", b"user_id", "window_minutes", b"window_minutes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__window_minutes: _TypeAlias = _typing.Literal["window_minutes"]  # noqa: Y015
+    _WhichOneofArgType__window_minutes: _TypeAlias = _typing.Literal["_window_minutes", b"_window_minutes"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__window_minutes) -> _WhichOneofReturnType__window_minutes | None: ...
+
+Global___CompareProvidersRequest: _TypeAlias = CompareProvidersRequest  # noqa: Y015
+
+@_typing.final
+class ProviderUsage(_message.Message):
+    """ProviderUsage is one provider's sums over the window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    TOKEN_SHARE_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """Provider name."""
+    token_share: _builtins.float
+    """The provider's share of all tokens requested in the window, 0 to 1."""
+    @_builtins.property
+    def totals(self) -> Global___UsageTotals:
+        """The provider's sums."""
+
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        totals: Global___UsageTotals | None = ...,
+        token_share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider", "token_share", b"token_share", "totals", b"totals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderUsage: _TypeAlias = ProviderUsage  # noqa: Y015
+
+@_typing.final
+class CompareProvidersResponse(_message.Message):
+    """CompareProvidersResponse lists the providers with usage in the window, most tokens first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The scope read: the user id, or empty."""
+    org_id: _builtins.str
+    """The scope read: the organization id, or empty."""
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp:
+        """Start of the window."""
+
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp:
+        """End of the window, the time of the query."""
+
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProviderUsage]:
+        """One entry per provider with at least one event in the window."""
+
+    def __init__(
+        self,
+        *,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        providers: _abc.Iterable[Global___ProviderUsage] | None = ...,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "providers", b"providers", "user_id", b"user_id", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareProvidersResponse: _TypeAlias = CompareProvidersResponse  # noqa: Y015
+
+@_typing.final
+class GetPurchaseHistoryRequest(_message.Message):
+    """GetPurchaseHistoryRequest selects purchases (query parameters userId, orgId, limit)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Scope: this user's purchases (see the service comment)."""
+    org_id: _builtins.str
+    """Scope: this organization's purchases (see the service comment)."""
+    limit: _builtins.int
+    """Maximum purchases to return; absent means 20; clamped to [1, 200]."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+        limit: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit", "org_id", b"org_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
+
+Global___GetPurchaseHistoryRequest: _TypeAlias = GetPurchaseHistoryRequest  # noqa: Y015
+
+@_typing.final
+class GetPurchaseHistoryResponse(_message.Message):
+    """GetPurchaseHistoryResponse lists purchases, newest first, with totals over all of them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURCHASES_FIELD_NUMBER: _builtins.int
+    COMPLETED_PURCHASES_FIELD_NUMBER: _builtins.int
+    COMPLETED_TOKENS_FIELD_NUMBER: _builtins.int
+    FAILED_PURCHASES_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    completed_purchases: _builtins.int
+    """Completed purchases in the scope, all time."""
+    completed_tokens: _builtins.int
+    """Tokens bought by completed purchases, all time."""
+    failed_purchases: _builtins.int
+    """Failed purchases in the scope, all time."""
+    user_id: _builtins.str
+    """The scope read: the user id, or empty."""
+    org_id: _builtins.str
+    """The scope read: the organization id, or empty."""
+    @_builtins.property
+    def purchases(self) -> _containers.RepeatedCompositeFieldContainer[_token_pb2.TokenPurchase]:
+        """The purchases (latest known state of each saga)."""
+
+    def __init__(
+        self,
+        *,
+        purchases: _abc.Iterable[_token_pb2.TokenPurchase] | None = ...,
+        completed_purchases: _builtins.int = ...,
+        completed_tokens: _builtins.int = ...,
+        failed_purchases: _builtins.int = ...,
+        user_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_purchases", b"completed_purchases", "completed_tokens", b"completed_tokens", "failed_purchases", b"failed_purchases", "org_id", b"org_id", "purchases", b"purchases", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPurchaseHistoryResponse: _TypeAlias = GetPurchaseHistoryResponse  # noqa: Y015

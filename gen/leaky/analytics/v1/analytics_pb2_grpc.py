@@ -33,6 +33,17 @@ class AnalyticsServiceStub:
     lowerCamelCase proto3 JSON names of the fields below. Optional numeric query parameters are
     proto3 `optional`, so an absent parameter is told apart from 0. Token sums and event counts
     are int64, which proto3 JSON renders as strings.
+
+    Scope (not in the original, which showed every caller everyone's data): every query reads one
+    scope, chosen by the optional user_id and org_id parameters (query parameters userId and
+    orgId). org_id set: that organization's usage (events charged to it), readable by its
+    members and ADMIN. user_id set: that user's usage, readable by the user and ADMIN. Neither:
+    the whole provider for ADMIN, the caller's own usage for anyone else. Both set is
+    INVALID_ARGUMENT. A scope the caller may not read is PERMISSION_DENIED.
+
+    Windows are whole minutes (a change from the original's millisecond edges, so that reports
+    come exactly from per-minute rollups): a window of W minutes is the current minute (up to the
+    query time) and the W-1 minutes before it. Reports are exact, never sampled.
     """
 
     def __init__(self, channel):
@@ -61,6 +72,21 @@ class AnalyticsServiceStub:
                 request_serializer=leaky_dot_analytics_dot_v1_dot_analytics__pb2.GetAnomaliesRequest.SerializeToString,
                 response_deserializer=leaky_dot_analytics_dot_v1_dot_analytics__pb2.GetAnomaliesResponse.FromString,
                 _registered_method=True)
+        self.GetUsageSeries = channel.unary_unary(
+                '/leaky.analytics.v1.AnalyticsService/GetUsageSeries',
+                request_serializer=leaky_dot_analytics_dot_v1_dot_analytics__pb2.GetUsageSeriesRequest.SerializeToString,
+                response_deserializer=leaky_dot_analytics_dot_v1_dot_analytics__pb2.GetUsageSeriesResponse.FromString,
+                _registered_method=True)
+        self.CompareProviders = channel.unary_unary(
+                '/leaky.analytics.v1.AnalyticsService/CompareProviders',
+                request_serializer=leaky_dot_analytics_dot_v1_dot_analytics__pb2.CompareProvidersRequest.SerializeToString,
+                response_deserializer=leaky_dot_analytics_dot_v1_dot_analytics__pb2.CompareProvidersResponse.FromString,
+                _registered_method=True)
+        self.GetPurchaseHistory = channel.unary_unary(
+                '/leaky.analytics.v1.AnalyticsService/GetPurchaseHistory',
+                request_serializer=leaky_dot_analytics_dot_v1_dot_analytics__pb2.GetPurchaseHistoryRequest.SerializeToString,
+                response_deserializer=leaky_dot_analytics_dot_v1_dot_analytics__pb2.GetPurchaseHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyticsServiceServicer:
@@ -71,6 +97,17 @@ class AnalyticsServiceServicer:
     lowerCamelCase proto3 JSON names of the fields below. Optional numeric query parameters are
     proto3 `optional`, so an absent parameter is told apart from 0. Token sums and event counts
     are int64, which proto3 JSON renders as strings.
+
+    Scope (not in the original, which showed every caller everyone's data): every query reads one
+    scope, chosen by the optional user_id and org_id parameters (query parameters userId and
+    orgId). org_id set: that organization's usage (events charged to it), readable by its
+    members and ADMIN. user_id set: that user's usage, readable by the user and ADMIN. Neither:
+    the whole provider for ADMIN, the caller's own usage for anyone else. Both set is
+    INVALID_ARGUMENT. A scope the caller may not read is PERMISSION_DENIED.
+
+    Windows are whole minutes (a change from the original's millisecond edges, so that reports
+    come exactly from per-minute rollups): a window of W minutes is the current minute (up to the
+    query time) and the W-1 minutes before it. Reports are exact, never sampled.
     """
 
     def GetHealth(self, request, context):
@@ -103,6 +140,30 @@ class AnalyticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsageSeries(self, request, context):
+        """GetUsageSeries returns one provider's usage in a scope as a time series of minute, hour
+        or day buckets over a time range (not in the original).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompareProviders(self, request, context):
+        """CompareProviders totals each provider's usage in a scope over one window, largest first
+        (not in the original).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPurchaseHistory(self, request, context):
+        """GetPurchaseHistory lists the purchases of a user or an organization as projected from
+        the purchase events, newest first, with totals (not in the original).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyticsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +187,21 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     request_deserializer=leaky_dot_analytics_dot_v1_dot_analytics__pb2.GetAnomaliesRequest.FromString,
                     response_serializer=leaky_dot_analytics_dot_v1_dot_analytics__pb2.GetAnomaliesResponse.SerializeToString,
             ),
+            'GetUsageSeries': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageSeries,
+                    request_deserializer=leaky_dot_analytics_dot_v1_dot_analytics__pb2.GetUsageSeriesRequest.FromString,
+                    response_serializer=leaky_dot_analytics_dot_v1_dot_analytics__pb2.GetUsageSeriesResponse.SerializeToString,
+            ),
+            'CompareProviders': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareProviders,
+                    request_deserializer=leaky_dot_analytics_dot_v1_dot_analytics__pb2.CompareProvidersRequest.FromString,
+                    response_serializer=leaky_dot_analytics_dot_v1_dot_analytics__pb2.CompareProvidersResponse.SerializeToString,
+            ),
+            'GetPurchaseHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPurchaseHistory,
+                    request_deserializer=leaky_dot_analytics_dot_v1_dot_analytics__pb2.GetPurchaseHistoryRequest.FromString,
+                    response_serializer=leaky_dot_analytics_dot_v1_dot_analytics__pb2.GetPurchaseHistoryResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'leaky.analytics.v1.AnalyticsService', rpc_method_handlers)
@@ -142,6 +218,17 @@ class AnalyticsService:
     lowerCamelCase proto3 JSON names of the fields below. Optional numeric query parameters are
     proto3 `optional`, so an absent parameter is told apart from 0. Token sums and event counts
     are int64, which proto3 JSON renders as strings.
+
+    Scope (not in the original, which showed every caller everyone's data): every query reads one
+    scope, chosen by the optional user_id and org_id parameters (query parameters userId and
+    orgId). org_id set: that organization's usage (events charged to it), readable by its
+    members and ADMIN. user_id set: that user's usage, readable by the user and ADMIN. Neither:
+    the whole provider for ADMIN, the caller's own usage for anyone else. Both set is
+    INVALID_ARGUMENT. A scope the caller may not read is PERMISSION_DENIED.
+
+    Windows are whole minutes (a change from the original's millisecond edges, so that reports
+    come exactly from per-minute rollups): a window of W minutes is the current minute (up to the
+    query time) and the W-1 minutes before it. Reports are exact, never sampled.
     """
 
     @staticmethod
@@ -242,6 +329,87 @@ class AnalyticsService:
             '/leaky.analytics.v1.AnalyticsService/GetAnomalies',
             leaky_dot_analytics_dot_v1_dot_analytics__pb2.GetAnomaliesRequest.SerializeToString,
             leaky_dot_analytics_dot_v1_dot_analytics__pb2.GetAnomaliesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsageSeries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leaky.analytics.v1.AnalyticsService/GetUsageSeries',
+            leaky_dot_analytics_dot_v1_dot_analytics__pb2.GetUsageSeriesRequest.SerializeToString,
+            leaky_dot_analytics_dot_v1_dot_analytics__pb2.GetUsageSeriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareProviders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leaky.analytics.v1.AnalyticsService/CompareProviders',
+            leaky_dot_analytics_dot_v1_dot_analytics__pb2.CompareProvidersRequest.SerializeToString,
+            leaky_dot_analytics_dot_v1_dot_analytics__pb2.CompareProvidersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPurchaseHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leaky.analytics.v1.AnalyticsService/GetPurchaseHistory',
+            leaky_dot_analytics_dot_v1_dot_analytics__pb2.GetPurchaseHistoryRequest.SerializeToString,
+            leaky_dot_analytics_dot_v1_dot_analytics__pb2.GetPurchaseHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

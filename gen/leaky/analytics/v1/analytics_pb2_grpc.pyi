@@ -34,6 +34,17 @@ class AnalyticsServiceStub:
     lowerCamelCase proto3 JSON names of the fields below. Optional numeric query parameters are
     proto3 `optional`, so an absent parameter is told apart from 0. Token sums and event counts
     are int64, which proto3 JSON renders as strings.
+
+    Scope (not in the original, which showed every caller everyone's data): every query reads one
+    scope, chosen by the optional user_id and org_id parameters (query parameters userId and
+    orgId). org_id set: that organization's usage (events charged to it), readable by its
+    members and ADMIN. user_id set: that user's usage, readable by the user and ADMIN. Neither:
+    the whole provider for ADMIN, the caller's own usage for anyone else. Both set is
+    INVALID_ARGUMENT. A scope the caller may not read is PERMISSION_DENIED.
+
+    Windows are whole minutes (a change from the original's millisecond edges, so that reports
+    come exactly from per-minute rollups): a window of W minutes is the current minute (up to the
+    query time) and the W-1 minutes before it. Reports are exact, never sampled.
     """
 
     @_typing.overload
@@ -52,6 +63,18 @@ class AnalyticsServiceStub:
     """GetAnomalies compares one provider's tokens in the last window with the mean of the
     preceding windows and flags a spike.
     """
+    GetUsageSeries: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetUsageSeriesRequest, _analytics_pb2.GetUsageSeriesResponse]
+    """GetUsageSeries returns one provider's usage in a scope as a time series of minute, hour
+    or day buckets over a time range (not in the original).
+    """
+    CompareProviders: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.CompareProvidersRequest, _analytics_pb2.CompareProvidersResponse]
+    """CompareProviders totals each provider's usage in a scope over one window, largest first
+    (not in the original).
+    """
+    GetPurchaseHistory: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetPurchaseHistoryRequest, _analytics_pb2.GetPurchaseHistoryResponse]
+    """GetPurchaseHistory lists the purchases of a user or an organization as projected from
+    the purchase events, newest first, with totals (not in the original).
+    """
 
 @_typing.type_check_only
 class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
@@ -62,6 +85,17 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     lowerCamelCase proto3 JSON names of the fields below. Optional numeric query parameters are
     proto3 `optional`, so an absent parameter is told apart from 0. Token sums and event counts
     are int64, which proto3 JSON renders as strings.
+
+    Scope (not in the original, which showed every caller everyone's data): every query reads one
+    scope, chosen by the optional user_id and org_id parameters (query parameters userId and
+    orgId). org_id set: that organization's usage (events charged to it), readable by its
+    members and ADMIN. user_id set: that user's usage, readable by the user and ADMIN. Neither:
+    the whole provider for ADMIN, the caller's own usage for anyone else. Both set is
+    INVALID_ARGUMENT. A scope the caller may not read is PERMISSION_DENIED.
+
+    Windows are whole minutes (a change from the original's millisecond edges, so that reports
+    come exactly from per-minute rollups): a window of W minutes is the current minute (up to the
+    query time) and the W-1 minutes before it. Reports are exact, never sampled.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -77,6 +111,18 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     """GetAnomalies compares one provider's tokens in the last window with the mean of the
     preceding windows and flags a spike.
     """
+    GetUsageSeries: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetUsageSeriesRequest, _analytics_pb2.GetUsageSeriesResponse]  # type: ignore[assignment]
+    """GetUsageSeries returns one provider's usage in a scope as a time series of minute, hour
+    or day buckets over a time range (not in the original).
+    """
+    CompareProviders: _aio.UnaryUnaryMultiCallable[_analytics_pb2.CompareProvidersRequest, _analytics_pb2.CompareProvidersResponse]  # type: ignore[assignment]
+    """CompareProviders totals each provider's usage in a scope over one window, largest first
+    (not in the original).
+    """
+    GetPurchaseHistory: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetPurchaseHistoryRequest, _analytics_pb2.GetPurchaseHistoryResponse]  # type: ignore[assignment]
+    """GetPurchaseHistory lists the purchases of a user or an organization as projected from
+    the purchase events, newest first, with totals (not in the original).
+    """
 
 class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     """AnalyticsService answers usage queries over the token usage events: raw events, windowed
@@ -86,6 +132,17 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     lowerCamelCase proto3 JSON names of the fields below. Optional numeric query parameters are
     proto3 `optional`, so an absent parameter is told apart from 0. Token sums and event counts
     are int64, which proto3 JSON renders as strings.
+
+    Scope (not in the original, which showed every caller everyone's data): every query reads one
+    scope, chosen by the optional user_id and org_id parameters (query parameters userId and
+    orgId). org_id set: that organization's usage (events charged to it), readable by its
+    members and ADMIN. user_id set: that user's usage, readable by the user and ADMIN. Neither:
+    the whole provider for ADMIN, the caller's own usage for anyone else. Both set is
+    INVALID_ARGUMENT. A scope the caller may not read is PERMISSION_DENIED.
+
+    Windows are whole minutes (a change from the original's millisecond edges, so that reports
+    come exactly from per-minute rollups): a window of W minutes is the current minute (up to the
+    query time) and the W-1 minutes before it. Reports are exact, never sampled.
     """
 
     @_abc_1.abstractmethod
@@ -122,6 +179,36 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_analytics_pb2.GetAnomaliesResponse, _abc.Awaitable[_analytics_pb2.GetAnomaliesResponse]]:
         """GetAnomalies compares one provider's tokens in the last window with the mean of the
         preceding windows and flags a spike.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsageSeries(
+        self,
+        request: _analytics_pb2.GetUsageSeriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.GetUsageSeriesResponse, _abc.Awaitable[_analytics_pb2.GetUsageSeriesResponse]]:
+        """GetUsageSeries returns one provider's usage in a scope as a time series of minute, hour
+        or day buckets over a time range (not in the original).
+        """
+
+    @_abc_1.abstractmethod
+    def CompareProviders(
+        self,
+        request: _analytics_pb2.CompareProvidersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.CompareProvidersResponse, _abc.Awaitable[_analytics_pb2.CompareProvidersResponse]]:
+        """CompareProviders totals each provider's usage in a scope over one window, largest first
+        (not in the original).
+        """
+
+    @_abc_1.abstractmethod
+    def GetPurchaseHistory(
+        self,
+        request: _analytics_pb2.GetPurchaseHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.GetPurchaseHistoryResponse, _abc.Awaitable[_analytics_pb2.GetPurchaseHistoryResponse]]:
+        """GetPurchaseHistory lists the purchases of a user or an organization as projected from
+        the purchase events, newest first, with totals (not in the original).
         """
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

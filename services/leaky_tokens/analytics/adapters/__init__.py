@@ -1,0 +1,1 @@
+"""Analytics adapters: event decoding, the SQLite and Cassandra usage stores, the projection."""

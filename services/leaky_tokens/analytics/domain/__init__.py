@@ -1,0 +1,1 @@
+"""Analytics rules: usage facts, minute-aligned windows, rollup totals, reports (no I/O)."""
