@@ -10,7 +10,7 @@ import pytest
 
 from leaky.auth.v1 import auth_pb2, auth_pb2_grpc
 from leaky_tokens.runtime.errors import UnauthenticatedError, UnavailableError
-from leaky_tokens.token.adapters.grpc_membership import GrpcMembership
+from leaky_tokens.runtime.membership import GrpcMembership
 
 
 class FakeAuth(auth_pb2_grpc.AuthServiceServicer):

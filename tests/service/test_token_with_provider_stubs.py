@@ -11,8 +11,8 @@ from leaky.token.v1 import token_pb2 as pb
 from leaky.token.v1 import token_pb2_grpc
 from leaky_tokens.provider.bootstrap import ProviderSettings
 from leaky_tokens.provider.bootstrap import build as build_provider
+from leaky_tokens.runtime.membership import InMemoryMembership
 from leaky_tokens.runtime.server import start_server
-from leaky_tokens.token.adapters.grpc_membership import InMemoryMembership
 from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisionStore
 from leaky_tokens.token.adapters.policy_file import PolicyFile
 from leaky_tokens.token.bootstrap import TokenSettings

@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry
 
 from leaky.provider.v1 import provider_pb2, provider_pb2_grpc
 from leaky.token.v1 import limits_pb2, token_pb2_grpc
+from leaky_tokens.runtime.membership import InMemoryMembership
 from leaky_tokens.runtime.server import start_server
 from leaky_tokens.token.adapters.event_bus import EventBus
-from leaky_tokens.token.adapters.grpc_membership import InMemoryMembership
 from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisionStore
 from leaky_tokens.token.adapters.policy_file import PolicyFile
 from leaky_tokens.token.bootstrap import TokenComponents, TokenSettings, build

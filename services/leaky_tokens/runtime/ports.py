@@ -1,4 +1,4 @@
-"""Ports every service's domain may need: time and randomness."""
+"""Ports every service's domain may need: time, randomness and org membership."""
 
 from __future__ import annotations
 
@@ -21,3 +21,14 @@ class Randomness(Protocol):
 
     def secret(self, nbytes: int) -> str:
         """A URL-safe string carrying `nbytes` random bytes."""
+
+
+class Membership(Protocol):
+    """Whether a user is a member of an organization now, as the auth service knows it."""
+
+    async def org_ids(self, user_id: str, credential: str) -> frozenset[str]:
+        """The user's organizations, at most a documented bound old (the adapter's cache).
+
+        `credential` is the caller's own bearer token, forwarded so auth answers for that
+        caller only.
+        """

@@ -13,6 +13,7 @@ import grpc
 
 from leaky.token.v1 import token_pb2_grpc
 from leaky_tokens.runtime.jwt_verifier import JwksFetcher
+from leaky_tokens.runtime.membership import GrpcMembership
 from leaky_tokens.runtime.peer_service import PeerComponents, PeerSettings, peer_components
 from leaky_tokens.runtime.ports import Clock, Randomness
 from leaky_tokens.runtime.server import ServiceSpec
@@ -20,7 +21,6 @@ from leaky_tokens.runtime.settings import SettingsError, doc
 from leaky_tokens.runtime.system import SystemClock, SystemRandomness
 from leaky_tokens.token.adapters.event_bus import EventBus
 from leaky_tokens.token.adapters.grpc_chat_provider import GrpcChatProvider, Resilience
-from leaky_tokens.token.adapters.grpc_membership import GrpcMembership
 from leaky_tokens.token.adapters.metered_store import MeteredDecisionStore, MeteredRequestCounter
 from leaky_tokens.token.adapters.policy_file import PolicyFile
 from leaky_tokens.token.adapters.purchase_settings import PurchaseSagaSettings

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from leaky_tokens.runtime.errors import PermissionDeniedError, UnavailableError
+from leaky_tokens.runtime.ports import Membership as Membership  # shared with analytics
 from leaky_tokens.token.domain.policy import Policy
 
 
@@ -16,17 +17,6 @@ class PolicySource(Protocol):
     @property
     def current(self) -> Policy:
         """The policy now. A request reads it once and keeps that snapshot to the end."""
-
-
-class Membership(Protocol):
-    """Whether a user is a member of an organization now, as the auth service knows it."""
-
-    async def org_ids(self, user_id: str, credential: str) -> frozenset[str]:
-        """The user's organizations, at most a documented bound old (the adapter's cache).
-
-        `credential` is the caller's own bearer token, forwarded so auth answers for that
-        caller only.
-        """
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,8 @@
-"""Membership from the auth service (ListMyOrganizations as the caller), cached briefly."""
+"""Membership from the auth service (ListMyOrganizations as the caller), cached briefly.
+
+Shared by the services that check org membership now rather than trust the JWT's org list
+(ADR 0023): the token service and the analytics service.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ MAX_USERS = 10_000  # users whose answers are remembered
 class GrpcMembership:
     """The Membership port over AuthService.ListMyOrganizations with the caller's token.
 
-    Answers are cached per user for `cache_seconds` (LEAKY_TOKEN_MEMBERSHIP_CACHE_SECONDS):
+    Answers are cached per user for `cache_seconds` (the service's membership_cache_seconds):
     a member removed from an organization is refused at most that long after the removal.
     At most `max_users` answers are kept, the oldest dropped first.
     """
