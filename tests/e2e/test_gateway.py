@@ -225,13 +225,13 @@ def test_every_reshaped_rest_path_reaches_its_rpc(gateway: Gateway) -> None:
     consume = {"userId": user["userId"], "provider": "openai", "tokens": 5, "prompt": "hi"}
     # Every reshaped REST path reaches its RPC (the provider stubs: test_provider_stubs.py); an
     # unknown body field would be a 400 from the transcoder, so the JSON names are checked too.
-    # The token RPCs answer (tests/e2e/test_token_consume.py); the unwritten ones say so.
+    # The token RPCs answer (tests/e2e/test_token_consume.py), and so does analytics.
     for method, path, body, expected in [
         ("POST", "/api/v1/tokens/reservations", {**consume, "ttl": "30s"}, 200),
         ("POST", "/api/v1/tokens/reservations/r1/settle", {"actualTokens": 3}, 404),
         ("POST", "/api/v1/tokens/reservations/r1/release", {}, 404),
         ("GET", f"/api/v1/tokens/quota?userId={user['userId']}&provider=openai", None, 200),
-        ("GET", "/api/v1/analytics/usage?provider=openai", None, 501),
+        ("GET", "/api/v1/analytics/usage?provider=openai", None, 200),
     ]:
         status, _, answer = call(gateway, method, path, body, auth)
         assert status == expected, (path, answer)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC
 
@@ -12,7 +12,6 @@ import pytest
 from leaky.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from leaky.provider.v1 import provider_pb2_grpc
 from leaky.token.v1 import token_pb2, token_pb2_grpc
-from leaky_tokens.analytics import servicer as analytics_servicer
 from leaky_tokens.analytics.bootstrap import AnalyticsSettings
 from leaky_tokens.analytics.bootstrap import build as build_analytics
 from leaky_tokens.provider.bootstrap import ProviderSettings
@@ -21,7 +20,6 @@ from leaky_tokens.runtime.server import RunningServer, start_server
 from leaky_tokens.token.bootstrap import TokenSettings
 from leaky_tokens.token.bootstrap import build as build_token
 from tests.support.fakes import FakeClock
-from tests.support.grpc_errors import reason
 from tests.support.jwks import KeySet, bearer
 
 
@@ -81,21 +79,13 @@ async def test_public_probes_tell_the_injected_clock(peers: Peers) -> None:
     assert health.timestamp.ToDatetime(tzinfo=UTC) == peers.clock.now()
 
 
-async def test_rpcs_not_written_yet_say_which_and_why(peers: Peers) -> None:
-    auth = bearer(peers.keys.token())
-    calls: list[tuple[Awaitable[object], str, str]] = [
-        (
-            peers.analytics.GetUsage(analytics_pb2.GetUsageRequest(), metadata=auth),
-            "leaky.analytics.v1.AnalyticsService/GetUsage",
-            analytics_servicer.PENDING,
-        ),
-    ]
-    for call, method, why in calls:
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await call
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert info.value.details() == f"{method} is not implemented yet: {why}"
-        assert reason(info.value) == "UNIMPLEMENTED"
+async def test_analytics_queries_verify_callers_with_the_injected_keys(peers: Peers) -> None:
+    request = analytics_pb2.GetUsageRequest(provider="openai")
+    with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+        await peers.analytics.GetUsage(request)
+    assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    usage = await peers.analytics.GetUsage(request, metadata=bearer(peers.keys.token()))
+    assert (usage.provider, usage.count) == ("openai", 0)
 
 
 async def test_unwritten_protected_rpc_still_requires_credentials(peers: Peers) -> None:

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
 
 from leaky.analytics.v1 import analytics_pb2_grpc
-from leaky_tokens.analytics.servicer import (
-    ANALYTICS_SERVICE,
-    PENDING,
-    PUBLIC_METHODS,
-    AnalyticsServicer,
-)
+from leaky_tokens.analytics.adapters.memory_usage_store import InMemoryUsageStore
+from leaky_tokens.analytics.domain.ports import UsageStore
+from leaky_tokens.analytics.domain.reports import Queries
+from leaky_tokens.analytics.servicer import ANALYTICS_SERVICE, PUBLIC_METHODS, AnalyticsServicer
 from leaky_tokens.runtime.jwt_verifier import JwksFetcher
+from leaky_tokens.runtime.membership import GrpcMembership
 from leaky_tokens.runtime.peer_service import PeerComponents, PeerSettings, peer_components
-from leaky_tokens.runtime.ports import Clock
+from leaky_tokens.runtime.ports import Clock, Membership
 from leaky_tokens.runtime.server import ServiceSpec
 from leaky_tokens.runtime.settings import doc
 from leaky_tokens.runtime.system import SystemClock
@@ -31,6 +30,27 @@ class AnalyticsSettings(PeerSettings):
 
     port: int = field(default=50053, metadata=doc("gRPC port."))
     metrics_port: int = field(default=9103, metadata=doc("Prometheus /metrics port; 0 disables."))
+    membership_cache_seconds: float = field(
+        default=5.0,
+        metadata=doc(
+            "Org membership answers from auth are reused this long: a removed member can "
+            "read the organization's usage at most this many seconds after the removal."
+        ),
+    )
+
+
+@dataclass
+class AnalyticsComponents(PeerComponents):
+    """The built analytics service and what it must close."""
+
+    store: UsageStore | None = None
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        """Close the usage store and the channels this build opened, newest first."""
+        for closer in reversed(self.closers):
+            await closer()
+        await super().close()
 
 
 async def build(
@@ -39,24 +59,34 @@ async def build(
     clock: Clock | None = None,
     jwks: JwksFetcher | None = None,
     monotonic: Callable[[], float] = time.monotonic,
-) -> PeerComponents:
+    store: UsageStore | None = None,
+    membership: Membership | None = None,
+) -> AnalyticsComponents:
     """Wire the analytics service; collaborators default to the real ones.
 
     `clock` tells the time, `jwks` fetches the auth service's signing keys (default: gRPC to
-    `settings.auth_target`) and `monotonic` ages the cached key set.
+    `settings.auth_target`) and `monotonic` ages the cached key set and the membership cache;
+    `store` is where the projection's usage is read (default: an in-memory store, until the
+    SQLite and Cassandra stores are wired from settings; a store this build makes is closed
+    on shutdown, one passed in is the caller's to close);
+    `membership` answers org membership (default: the auth service, as the token service).
     """
-    # The generated base declares every RPC abstract; the ones not written yet are answered
-    # UNIMPLEMENTED by the interceptor (mypy lists them here until they exist).
-    servicer = AnalyticsServicer(clock or SystemClock())  # type: ignore[abstract]
+    clock = clock or SystemClock()
+    closers: list[Callable[[], Awaitable[None]]] = []
+    if store is None:  # the coordinator wires SQLite/Cassandra from settings here
+        store = InMemoryUsageStore()
+        closers.append(store.close)
+    if membership is None:
+        grpc_members = GrpcMembership(
+            settings.auth_target, settings.membership_cache_seconds, monotonic=monotonic
+        )
+        membership = grpc_members
+        closers.append(grpc_members.close)
+    servicer = AnalyticsServicer(clock, Queries(store, membership, clock))
 
     def register(server: grpc.aio.Server) -> None:
         analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
 
-    spec = ServiceSpec(
-        "analytics",
-        (ANALYTICS_SERVICE.full_name,),
-        register,
-        PUBLIC_METHODS,
-        unimplemented_reason=PENDING,
-    )
-    return peer_components(settings, spec, jwks=jwks, monotonic=monotonic)
+    spec = ServiceSpec("analytics", (ANALYTICS_SERVICE.full_name,), register, PUBLIC_METHODS)
+    peer = peer_components(settings, spec, jwks=jwks, monotonic=monotonic)
+    return AnalyticsComponents(peer.spec, peer.verifier, peer.owned_jwks, store, closers)
