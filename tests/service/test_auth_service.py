@@ -67,6 +67,7 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
     for server in servers:
         await server.stop(0)
     await token.close()  # its tasks and the purchase database's connections
+    await analytics.close()  # its channel to auth (membership)
     await auth.close()
 
 
@@ -267,6 +268,30 @@ async def test_organizations_over_grpc(mesh: Mesh) -> None:
         pb.ListOrganizationMembersRequest(org_id=org_id), metadata=bearer(relogin.token)
     )
     assert [m.username for m in validated.members] == ["alice", "bob"]
+
+
+async def test_analytics_asks_auth_who_may_read_an_organization(mesh: Mesh) -> None:
+    alice = await register(mesh, "alice")
+    bob = await register(mesh, "bob")
+    created = await mesh.auth.CreateOrganization(
+        pb.CreateOrganizationRequest(name="acme"), metadata=bearer(alice.token)
+    )
+    org_id = created.organization.id
+    # Alice's token predates the organization: the analytics service asks auth, not the JWT.
+    report = await mesh.analytics.GetReport(
+        analytics_pb2.GetReportRequest(provider="openai", org_id=org_id),
+        metadata=bearer(alice.token),
+    )
+    assert (report.org_id, report.total_events) == (org_id, 0)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await mesh.analytics.GetReport(
+            analytics_pb2.GetReportRequest(provider="openai", org_id=org_id),
+            metadata=bearer(bob.token),
+        )
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    error_info = details(info.value)["ErrorInfo"]
+    assert isinstance(error_info, error_details_pb2.ErrorInfo)
+    assert error_info.reason == "NOT_ORG_MEMBER"
 
 
 async def test_malformed_protobuf_is_invalid_argument_not_unknown(mesh: Mesh) -> None:
