@@ -242,6 +242,45 @@ def test_every_reshaped_rest_path_reaches_its_rpc(gateway: Gateway) -> None:
     assert answer["providerResponse"]["provider"] == "openai"
 
 
+def test_analytics_queries_over_http_keep_the_original_names_and_scope(gateway: Gateway) -> None:
+    me, other = register(gateway), register(gateway)
+    auth = {"authorization": f"Bearer {me['token']}"}
+    status, _, report = call(
+        gateway, "GET", "/api/v1/analytics/report?provider=openai&windowMinutes=5&limit=9", None,
+        auth,
+    )  # fmt: skip
+    assert status == 200, report
+    assert {"provider", "windowStart", "windowEnd", "sampleLimit", "userId"} <= set(report)
+    assert (report["sampleLimit"], report["userId"]) == (9, me["userId"])
+    status, _, anomalies = call(
+        gateway, "GET", "/api/v1/analytics/anomalies?provider=openai&baselineWindows=2", None, auth
+    )
+    assert status == 200, anomalies
+    assert anomalies["baselineWindows"] == 2
+    for path in (
+        "/api/v1/analytics/series?provider=openai&resolution=RESOLUTION_HOUR",
+        "/api/v1/analytics/providers?windowMinutes=60",
+        "/api/v1/analytics/purchases?limit=5",
+        "/api/v1/analytics/usage?provider=openai&limit=3",
+    ):
+        status, _, answer = call(gateway, "GET", path, None, auth)
+        assert status == 200, (path, answer)
+    status, _, series = call(
+        gateway, "GET", "/api/v1/analytics/series?provider=openai&resolution=RESOLUTION_DAY",
+        None, auth,
+    )  # fmt: skip
+    assert len(series["points"]) == 61
+    status, _, denied = call(
+        gateway, "GET", f"/api/v1/analytics/report?provider=openai&userId={other['userId']}",
+        None, auth,
+    )  # fmt: skip
+    assert status == 403, denied
+    status, _, bad = call(gateway, "GET", "/api/v1/analytics/series?provider=openai", None, auth)
+    assert status == 400, bad
+    fields = [v["field"] for d in bad["details"] for v in d.get("fieldViolations", ())]
+    assert fields == ["resolution"]
+
+
 def grpcurl_run(grpcurl: Path, gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(grpcurl), "-plaintext", *args], capture_output=True, text=True, timeout=30

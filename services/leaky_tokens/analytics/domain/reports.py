@@ -297,30 +297,32 @@ class Queries:
         """Every bucket from start's to end's (default: now and 60 buckets before it)."""
         check = Validator()
         access.check_provider(check, provider)
-        starts: list[int] = []
-        if resolution is None:
-            check.fail("resolution", "must be RESOLUTION_MINUTE, _HOUR or _DAY")
-        else:
-            end = end_ms if end_ms is not None else to_ms(self._clock.now())
-            start = (
-                start_ms if start_ms is not None else end - DEFAULT_SERIES_SPAN * resolution.value
-            )
-            if start > end:
-                check.fail("start", "must not be after end")
-            else:
-                count = (resolution.floor(end) - resolution.floor(start)) // resolution.value + 1
-                if count > MAX_SERIES_BUCKETS:
-                    check.fail(
-                        "start",
-                        f"the range spans {count} buckets; at most {MAX_SERIES_BUCKETS}",
-                    )
-                else:
-                    starts = series_starts(resolution, start, end)
+        starts = self._series_range(check, resolution, start_ms, end_ms)
         scope = await self._scope(check, caller, credential, user_id, org_id)
-        assert resolution is not None  # a missing one was raised by _scope's check
+        if resolution is None:  # refused by _scope's check already; this tells mypy
+            raise AssertionError("resolution was checked")
         found = await self._store.buckets(scope, provider, resolution, starts)
         points = [(t, _copy(found.get(t))) for t in starts]
         return Series(scope, provider, resolution, points)
+
+    def _series_range(
+        self, check: Validator, resolution: Resolution | None, start_ms: int | None,
+        end_ms: int | None,
+    ) -> list[int]:  # fmt: skip
+        """The bucket starts of a series, recording why the range is refused if it is."""
+        if resolution is None:
+            check.fail("resolution", "must be RESOLUTION_MINUTE, _HOUR or _DAY")
+            return []
+        end = end_ms if end_ms is not None else to_ms(self._clock.now())
+        start = start_ms if start_ms is not None else end - DEFAULT_SERIES_SPAN * resolution.value
+        if start > end:
+            check.fail("start", "must not be after end")
+            return []
+        count = (resolution.floor(end) - resolution.floor(start)) // resolution.value + 1
+        if count > MAX_SERIES_BUCKETS:
+            check.fail("start", f"the range spans {count} buckets; at most {MAX_SERIES_BUCKETS}")
+            return []
+        return series_starts(resolution, start, end)
 
     async def compare(
         self, caller: Caller, credential: str, user_id: str, org_id: str, minutes: int | None
