@@ -71,7 +71,7 @@ async def assert_rollups_match(store: UsageStore, facts: Sequence[UsageFact]) ->
         expected: dict[int, list[UsageFact]] = {}
         for fact in mine:
             expected.setdefault(resolution.floor(fact.occurred_at_ms), []).append(fact)
-        starts = sorted(expected) + [T0 - resolution.value]  # an empty bucket too
+        starts = [*sorted(expected), T0 - resolution.value]  # an empty bucket too
         got = await store.buckets(scope, provider, resolution, starts)
         assert set(got) == set(expected), (scope, provider, resolution)
         for start, bucket in expected.items():
@@ -96,7 +96,8 @@ async def test_projected_facts_roll_up_exactly_per_scope_and_resolution(store: U
     await assert_rollups_match(store, facts)
     org = await store.buckets(Scope(ScopeKind.ORG, "acme"), "openai", RESOLUTIONS[2], [T0])
     assert org[T0].refunded_tokens == 15
-    assert org[T0].events == 2 and org[T0].unique_users == 2
+    assert org[T0].events == 2
+    assert org[T0].unique_users == 2
 
 
 async def test_duplicates_and_replays_change_nothing(store: UsageStore) -> None:
@@ -201,7 +202,7 @@ async def test_purchases_keep_their_latest_state_and_terminal_states_are_final(
 
 
 async def test_random_facts_with_duplicates_match_brute_force(store: UsageStore) -> None:
-    rng = random.Random(9)
+    rng = random.Random(9)  # noqa: S311 - reproducible test data, not secrets
     kinds = list(FactKind)
     facts = [
         usage(
