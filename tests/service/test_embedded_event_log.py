@@ -359,3 +359,30 @@ async def test_stop_without_start_and_twice_is_harmless(
     await tailer.stop()
     await tailer.stop()
     await tailer.log.close()
+
+
+async def test_the_migrated_schema_is_the_one_the_store_declares(tmp_path: Path) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from leaky_tokens.analytics.adapters.usage_schema import metadata
+
+    store = await open_sqlite_usage_store(
+        f"sqlite+aiosqlite:///{tmp_path / 'm.db'}", raw_ttl_seconds=60
+    )
+
+    def diff(conn: object) -> list[object]:
+        context = MigrationContext.configure(conn)  # type: ignore[arg-type]
+        changes = compare_metadata(context, metadata)
+        # Indexes live in the migration only (the tables' declarations do not repeat them);
+        # the version table is Alembic's.
+        return [
+            c
+            for c in changes
+            if not (isinstance(c, tuple) and c[0] in ("remove_index", "remove_table"))
+            or (c[0] == "remove_table" and c[1].name != "analytics_alembic_version")
+        ]
+
+    async with store._engine.connect() as conn:
+        assert await conn.run_sync(diff) == []
+    await store.close()
