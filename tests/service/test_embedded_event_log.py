@@ -5,6 +5,7 @@ aside with its reason."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -386,3 +387,49 @@ async def test_the_migrated_schema_is_the_one_the_store_declares(tmp_path: Path)
     async with store._engine.connect() as conn:
         assert await conn.run_sync(diff) == []
     await store.close()
+
+
+async def _tail_child(log: Path, db: Path) -> asyncio.subprocess.Process:
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.support.tail_child", str(log), str(db),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert child.stdout is not None
+    assert await child.stdout.readline() == b"tailing\n"
+    return child
+
+
+async def test_a_tailer_killed_mid_stream_resumes_exactly_once(
+    tmp_path: Path, store: SqliteUsageStore
+) -> None:
+    """The projecting process SIGKILLed three times, wherever it is, while the writer keeps
+    appending (duplicates included): restarted, the projection ends with every event once."""
+    log = EventLogFile(tmp_path / "events.sqlite")
+    db = tmp_path / "analytics.db"
+    child = await _tail_child(log.path, db)
+    events = [consumed(f"k-{i}", user=f"u{i % 7}", tokens=i % 50) for i in range(1500)]
+    kills: list[int] = []
+    for i in range(0, len(events), 10):
+        await log.append(USAGE, entries(events[i : i + 10]))
+        if i % 50 == 0:
+            await log.append(USAGE, entries(events[i : i + 10]))  # a relay retry
+        position = await store.position(USAGE)
+        if len(kills) < 3 and position > (kills[-1] if kills else 0):
+            child.kill()
+            await child.wait()
+            kills.append(await store.position(USAGE))
+            if len(kills) < 3:
+                child = await _tail_child(log.path, db)
+    if child.returncode is None:
+        child.kill()
+        await child.wait()
+    last = (await log.read(USAGE, 0, 10_000))[-1].seq
+    assert len(kills) == 3
+    assert 0 < kills[-1] < last  # it died with work left
+    restarted = LogTailer(EventLogFile(log.path), store, [USAGE], batch=20)
+    await restarted.run_once()
+    assert await store.position(USAGE) == last
+    assert await store.raw_count() == len(events)
+    assert await day_totals(store) == expected(events)
+    await restarted.log.close()
+    await log.close()
