@@ -433,3 +433,36 @@ async def test_a_tailer_killed_mid_stream_resumes_exactly_once(
     assert await day_totals(store) == expected(events)
     await restarted.log.close()
     await log.close()
+
+
+async def test_the_lag_gauge_follows_a_draining_backlog(
+    tmp_path: Path, store: SqliteUsageStore
+) -> None:
+    clock = Clock()
+    log = EventLogFile(tmp_path / "events.sqlite", now_ms=clock.now_ms)
+    for at, name in ((0, "a"), (3_000, "b"), (5_000, "c")):
+        clock.now = T0 + at
+        await log.append(USAGE, entries([consumed(f"{name}{i}") for i in range(10)]))
+    registry = CollectorRegistry()
+    seen: list[float | None] = []
+
+    class Watching(FlakyStore):
+        async def apply(self, *args: object, **kwargs: object) -> None:
+            seen.append(
+                registry.get_sample_value(
+                    "leaky_analytics_projection_lag_seconds", {"source": "embedded"}
+                )
+            )
+            await super().apply(*args, **kwargs)
+
+    tailer = LogTailer(
+        log, Watching(store, fail_on=0), [USAGE], batch=10, metrics=ProjectionMetrics(registry)
+    )
+    assert await tailer.run_once() == 30
+    # Before each batch: nothing measured yet, then 2 s behind (b's time to c's), then 0.
+    assert seen == [None, 2.0, 0.0]
+    assert (
+        registry.get_sample_value("leaky_analytics_projection_lag_seconds", {"source": "embedded"})
+        == 0
+    )
+    await log.close()

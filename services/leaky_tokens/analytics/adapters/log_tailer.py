@@ -186,7 +186,7 @@ class LogTailer:
     async def run_once(self) -> int:
         """Project everything the log holds now; how many records were consumed."""
         consumed = 0
-        lag_ms = 0
+        lags = dict.fromkeys(self._topics, 0)
         for topic in self._topics:
             while not self._stopping:
                 after = await self.store.position(topic, PARTITION)
@@ -200,10 +200,13 @@ class LogTailer:
                 self.metrics.projected.labels(SOURCE).inc(len(records))
                 if dead:
                     self.metrics.dead_letters.labels(SOURCE).inc(len(dead))
+                # Kept current while a backlog drains, not only once it has.
+                lags[topic] = await self.log.lag_ms(topic, records[-1].seq)
+                self.metrics.lag.labels(SOURCE).set(max(lags.values()) / 1000)
                 if len(records) < self._batch:
                     break
-            lag_ms = max(lag_ms, await self.log.lag_ms(topic, await self.store.position(topic)))
-        self.metrics.lag.labels(SOURCE).set(lag_ms / 1000)
+            lags[topic] = await self.log.lag_ms(topic, await self.store.position(topic))
+        self.metrics.lag.labels(SOURCE).set(max(lags.values(), default=0) / 1000)
         await self._expire()
         return consumed
 
