@@ -95,6 +95,8 @@ class SqliteUsageStore:
     transaction: a replay changes nothing. Raw rows expire `raw_ttl_ms` after they were
     projected (`expire_raw`); rollups are kept. A duplicate arriving after its raw row expired
     would count again, so the TTL must outlast any redelivery (the log's retention).
+    A USER scope's bucket keeps no per-user rows: its only user's share is the bucket's own
+    events and tokens.
     """
 
     def __init__(
@@ -253,6 +255,8 @@ class SqliteUsageStore:
                         allowed_tokens=row.allowed_tokens,
                         refunded_tokens=row.refunded_tokens,
                     )
+                    if scope.kind is ScopeKind.USER and row.events:
+                        totals.users[scope.id] = UserShare(row.tokens, row.events)
                 if row.user_id is not None:
                     totals.users[row.user_id] = UserShare(row.user_tokens, row.user_events)
         return out
@@ -378,6 +382,8 @@ class SqliteUsageStore:
                     if fact.allowed:
                         delta.allowed_events += 1
                         delta.allowed_tokens += fact.tokens
+                    if scope.kind is ScopeKind.USER:
+                        continue  # the one user's share is the bucket itself (see buckets)
                     share = users[(key, fact.user_id)]
                     share[0] += fact.tokens
                     share[1] += 1
