@@ -11,12 +11,9 @@ from prometheus_client import CollectorRegistry
 from leaky.events.v1.events_pb2 import EventEnvelope
 from leaky_tokens.runtime.settings import SettingsError
 from leaky_tokens.token.adapters.event_bus import InProcessEventBus, PublishError
-from leaky_tokens.token.adapters.event_codec import usage_event
 from leaky_tokens.token.adapters.event_relay import EventRelay, RelayMetrics
 from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisionStore
-from leaky_tokens.token.adapters.relay_factory import build_relay
 from leaky_tokens.token.adapters.relay_settings import RelaySettings
-from leaky_tokens.token.adapters.settings import TokenStoreSettings
 from leaky_tokens.token.domain.decision import Level
 from leaky_tokens.token.domain.ports import StoredEvent, StoreUnavailableError, Subject
 
@@ -334,22 +331,6 @@ async def test_a_shard_the_store_cannot_serve_does_not_hold_up_the_others() -> N
     assert metrics.failures.labels("store")._value.get() == 1
     with pytest.raises(StoreUnavailableError):  # nothing left to relay but the down shard
         await relay(store, bus, clock).relay_once()
-
-
-async def test_embedded_defaults_relay_a_real_decision_to_in_process_subscribers() -> None:
-    store, clock = InMemoryDecisionStore(), Clock()
-    relayer = build_relay(TokenStoreSettings(), RelaySettings(), store, now_ms=clock.now_ms)
-    assert isinstance(relayer.bus, InProcessEventBus)
-    got: list[tuple[str, EventEnvelope]] = []
-
-    async def analytics(topic: str, envelope: EventEnvelope) -> None:
-        got.append((topic, envelope))
-
-    relayer.bus.subscribe(analytics)
-    await recorded(store, 1)
-    stored = (await store.read_events(0, "", 10))[0].event
-    assert await relayer.relay_once() == 1
-    assert [(t, usage_event(e)) for t, e in got] == [("leaky.usage.v1", stored)]
 
 
 class SwallowingBus(FlakyBus):

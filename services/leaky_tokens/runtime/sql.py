@@ -12,16 +12,44 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from leaky_tokens.runtime.errors import UnavailableError
 
 T = TypeVar("T")
+# Execution option of a connection that only reads: SQLite runs it without a write lock.
+READ_ONLY = "leaky_read_only"
 
 
-def unavailable_on_outage(database: str) -> Callable[[type[T]], type[T]]:
-    """A class decorator: lost connections and outages of `database` become UnavailableError
-    in every public coroutine method (the caller may retry)."""
+def make_engine(url: str) -> AsyncEngine:
+    """An async engine. On SQLite (WAL) every transaction starts BEGIN IMMEDIATE: one that
+    reads then writes would otherwise fail another doing the same instead of waiting (the busy
+    timeout) for it. Connections marked READ_ONLY take no lock (each statement on its own,
+    which WAL lets run beside a writer)."""
+    if not url.startswith("sqlite"):
+        return create_async_engine(url, pool_pre_ping=True, pool_size=10, hide_parameters=True)
+    engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
+
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the driver's own BEGIN off: ours below
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        if not conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def unavailable_on_outage(
+    database: str, error: type[UnavailableError] = UnavailableError
+) -> Callable[[type[T]], type[T]]:
+    """A class decorator: lost connections and outages of `database` become `error` (an
+    UnavailableError) in every public coroutine method (the caller may retry)."""
 
     def wrap(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(method)
@@ -29,7 +57,7 @@ def unavailable_on_outage(database: str) -> Callable[[type[T]], type[T]]:
             try:
                 return await method(*args, **kwargs)
             except (OperationalError, InterfaceError) as exc:
-                raise UnavailableError(
+                raise error(
                     f"the {database} database is unavailable", reason="DATABASE_UNAVAILABLE"
                 ) from exc
 

@@ -25,7 +25,7 @@ from leaky_tokens.token.adapters.metered_store import MeteredDecisionStore, Mete
 from leaky_tokens.token.adapters.policy_file import PolicyFile
 from leaky_tokens.token.adapters.purchase_settings import PurchaseSagaSettings
 from leaky_tokens.token.adapters.relay_factory import build_relay
-from leaky_tokens.token.adapters.relay_settings import RelaySettings
+from leaky_tokens.token.adapters.relay_settings import BusKind, RelaySettings
 from leaky_tokens.token.adapters.reservation_sweeper import ReservationSweeper
 from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
 from leaky_tokens.token.adapters.saga_embedded import EmbeddedSaga, purchase_saga
@@ -219,7 +219,9 @@ async def build(
         limits=Limits(settings.max_request_tokens),
         max_reservation_ttl=timedelta(seconds=settings.max_reservation_seconds),
     )
-    saga_store, saga = await purchase_saga(settings, clock, store, policy, payment, closers)
+    # Embedded, the saga's events also go to the event log file analytics tails (ADR 0038).
+    log = None if settings.bus_kind is BusKind.KAFKA else settings
+    saga_store, saga = await purchase_saga(settings, clock, store, policy, payment, closers, log)
     purchases = Purchases(
         store=saga_store, policy=policy, membership=membership, clock=clock,
         ids=ids or SystemRandomness(), limits=Limits(settings.max_request_tokens),

@@ -1,4 +1,4 @@
-"""The event bus port and its in-process adapter (embedded mode; what analytics subscribes to)."""
+"""The event bus port and its in-process adapter (the embedded file bus extends it, ADR 0038)."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ class EventRelay:
 
     @property
     def bus(self) -> EventBus:
-        """Where events go (embedded mode: the in-process bus analytics subscribes to)."""
+        """Where events go (embedded mode: the file bus, the log analytics tails, ADR 0038)."""
         return self._bus
 
     async def relay_once(self) -> int:

@@ -9,8 +9,10 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from leaky_tokens.token.adapters.event_bus import EventBus, InProcessEventBus
+from leaky_tokens.runtime.event_log_file import EventLogFile
+from leaky_tokens.token.adapters.event_bus import EventBus
 from leaky_tokens.token.adapters.event_relay import EventRelay, RelayMetrics
+from leaky_tokens.token.adapters.file_event_bus import FileEventBus
 from leaky_tokens.token.adapters.kafka_event_bus import KafkaEventBus
 from leaky_tokens.token.adapters.relay_lease import RedisLease, RelayLease, SoleLease
 from leaky_tokens.token.adapters.relay_settings import BusKind, RelaySettings
@@ -20,13 +22,14 @@ from leaky_tokens.token.domain.ports import DecisionStore
 
 
 def event_bus(settings: RelaySettings) -> EventBus:
-    """The in-process bus (embedded) or Kafka, as `events_bus` says."""
+    """Kafka, or (embedded) the event log file the analytics service tails, as `events_bus`
+    says; the embedded bus also delivers to in-process subscribers (ADR 0038)."""
     if settings.bus_kind is BusKind.KAFKA:
         return KafkaEventBus(
             settings.events_kafka_bootstrap,
             timeout_s=settings.events_publish_timeout_ms / 1000,
         )
-    return InProcessEventBus()
+    return FileEventBus(EventLogFile.open(settings))
 
 
 def relay_lease(store_settings: TokenStoreSettings, settings: RelaySettings) -> RelayLease:

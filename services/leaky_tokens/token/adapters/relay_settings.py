@@ -5,22 +5,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from leaky_tokens.runtime.event_log_file import EventLogSettings
 from leaky_tokens.runtime.settings import SettingsError, doc
 
 
 class BusKind(StrEnum):
     """Where relayed events go."""
 
-    MEMORY = "memory"  # the in-process bus (embedded mode)
+    MEMORY = "memory"  # embedded mode: the event log file (ADR 0038) and in-process subscribers
     KAFKA = "kafka"
 
 
 @dataclass(frozen=True)
-class RelaySettings:
-    """The relay's settings."""
+class RelaySettings(EventLogSettings):
+    """The relay's settings; with the memory bus, the event log file's (ADR 0038)."""
 
     events_bus: str = field(
-        default="memory", metadata=doc("Where usage events are relayed: memory or kafka.")
+        default="memory",
+        metadata=doc(
+            "Where usage events are relayed: memory (embedded: the event log file analytics"
+            " tails, and in-process subscribers) or kafka."
+        ),
     )
     events_kafka_bootstrap: str = field(
         default="127.0.0.1:9092", metadata=doc("Kafka bootstrap servers (host:port,...).")
@@ -54,6 +59,7 @@ class RelaySettings:
     )
 
     def __post_init__(self) -> None:
+        EventLogSettings.__post_init__(self)
         if self.events_bus not in {b.value for b in BusKind}:
             raise SettingsError(
                 f"events_bus: expected one of memory, kafka, got {self.events_bus!r}"

@@ -8,8 +8,10 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from leaky.events.v1.events_pb2 import EventEnvelope
+from leaky_tokens.runtime.event_log_file import EventLogFile, EventLogSettings
 from leaky_tokens.runtime.ports import Clock
 from leaky_tokens.token.adapters.event_bus import InProcessEventBus
+from leaky_tokens.token.adapters.file_event_bus import FileEventBus
 from leaky_tokens.token.adapters.outbox_relay import OutboxRelay
 from leaky_tokens.token.adapters.purchase_settings import PurchaseSagaSettings, SagaRunner
 from leaky_tokens.token.adapters.saga_contract import SagaParts
@@ -28,14 +30,22 @@ class EmbeddedSaga:
     periodic recovery: the same parts the Faust worker runs over Kafka.
 
     A participant that raises fails the relay's batch, which is retried after a backoff (at
-    least once, as from Kafka); `kick()` after a purchase commits runs the saga at once.
+    least once, as from Kafka); `kick()` after a purchase commits runs the saga at once. With
+    a FileEventBus as `bus` every saga event is also appended to the event log file first
+    (analytics' purchase history, ADR 0038).
     """
 
     def __init__(
-        self, parts: SagaParts, topic: str, *, recovery_interval_s: float, recovery_batch: int
+        self,
+        parts: SagaParts,
+        topic: str,
+        *,
+        recovery_interval_s: float,
+        recovery_batch: int,
+        bus: InProcessEventBus | None = None,
     ) -> None:
         self.parts = parts
-        self.bus = InProcessEventBus()
+        self.bus = bus if bus is not None else InProcessEventBus()
         for deliver in subscribers(parts.participants, topic):
             self.bus.subscribe(deliver)
         self.relay = OutboxRelay(parts.outbox, self.bus)
@@ -86,9 +96,11 @@ class EmbeddedSaga:
 async def purchase_saga(
     settings: PurchaseSagaSettings, clock: Clock, store: DecisionStore, policy: PolicySource,
     payment: PaymentGateway | None, closers: list[Callable[[], Awaitable[None]]],
+    event_log: EventLogSettings | None = None,
 ) -> tuple[SqlSagaStore, EmbeddedSaga | None]:  # fmt: skip
     """The purchases' store, and the saga itself unless an external worker runs it (ADR 0032).
 
+    With `event_log` (embedded mode) the saga's events are also appended to that log file.
     What it starts is appended to `closers` (closed in reverse order).
     """
     saga_store = await open_saga_store(settings, clock)
@@ -102,6 +114,7 @@ async def purchase_saga(
     saga = EmbeddedSaga(
         parts, settings.saga_topic, recovery_interval_s=settings.saga_recovery_interval_seconds,
         recovery_batch=settings.saga_recovery_batch,
+        bus=None if event_log is None else FileEventBus(EventLogFile.open(event_log)),
     )  # fmt: skip
     saga.start()
     closers.append(saga.stop)
