@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+from leaky_tokens.analytics.adapters.memory_usage_store import InMemoryUsageStore
 from leaky_tokens.analytics.adapters.sqlite_usage_store import open_sqlite_usage_store
 from leaky_tokens.analytics.domain.ports import UsageStore
 
@@ -28,5 +29,18 @@ async def sqlite_usage_store() -> AsyncIterator[UsageStore]:
             await store.close()
 
 
-# name -> factory; the in-memory and Cassandra stores join here.
-USAGE_STORES: dict[str, StoreFactory] = {"sqlite": sqlite_usage_store}
+@contextlib.asynccontextmanager
+async def memory_usage_store() -> AsyncIterator[UsageStore]:
+    """The fast tests' store: everything in dictionaries."""
+    store = InMemoryUsageStore()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+# name -> factory
+USAGE_STORES: dict[str, StoreFactory] = {
+    "memory": memory_usage_store,
+    "sqlite": sqlite_usage_store,
+}
