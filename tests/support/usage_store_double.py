@@ -5,8 +5,9 @@ event id, whatever offset or batch brings it again.
 taken down (`outage`) so calls raise UsageStoreUnavailableError, and answers the read side
 from the facts it kept. `SqliteRecordingStore` keeps the same in a SQLite file, so a worker
 subprocess's projection survives its SIGKILL and the test reads it afterwards
-(`store_from_env` is the worker's store_factory in the integration tests; the coordinator
-switches those tests to the Cassandra store once it exists).
+(`store_from_env` is the worker's store_factory in the integration tests, with
+LEAKY_TEST_USAGE_STORE_* its settings; the coordinator switches those tests to the Cassandra
+store once it exists).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from leaky_tokens.analytics.domain.totals import Totals
 from leaky_tokens.analytics.domain.windows import Resolution
 
 STORE_PATH_ENV = "LEAKY_TEST_USAGE_STORE_PATH"
+STORE_DELAY_ENV = "LEAKY_TEST_USAGE_STORE_DELAY_MS"
 
 
 class _ReadSide:
@@ -172,8 +174,9 @@ class SqliteRecordingStore(_ReadSide):
     call, so a call killed midway applied nothing), plus a row per fact received, so a test
     sees the replays. Down while the file `<path>.down` exists."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, delay_s: float = 0.0) -> None:
         self.path = path
+        self._delay = delay_s  # each project call takes this long (a kill lands mid-stream)
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
@@ -192,6 +195,8 @@ class SqliteRecordingStore(_ReadSide):
     async def project(self, facts: Sequence[SourcedFact]) -> None:
         if self.down_flag.exists():
             raise UsageStoreUnavailableError("the test store is down")
+        if self._delay:
+            await asyncio.sleep(self._delay)
         rows = [(s.fact.event_id, s.topic, s.partition, s.offset) for s in facts]
         with self._db:
             self._db.execute("BEGIN")
@@ -213,4 +218,5 @@ class SqliteRecordingStore(_ReadSide):
 
 def store_from_env() -> SqliteRecordingStore:
     """The worker's store_factory in integration tests: the file LEAKY_TEST_USAGE_STORE_PATH."""
-    return SqliteRecordingStore(Path(os.environ[STORE_PATH_ENV]))
+    delay_s = int(os.environ.get(STORE_DELAY_ENV, "0")) / 1000
+    return SqliteRecordingStore(Path(os.environ[STORE_PATH_ENV]), delay_s=delay_s)
