@@ -126,9 +126,10 @@ class Worker:
     # Settings `within` gets when this worker runs beside it (suffixes of its env prefix):
     # the token service leaves the saga to the worker instead of running it in-process.
     within_settings: tuple[tuple[str, str], ...] = ()
+    uses_cassandra: bool = False  # `leaky stack up` points its store at the stack's Cassandra
 
 
-# The purchase saga's Faust worker (ADR 0033).
+# The purchase saga's Faust worker (ADR 0033) and the analytics projection (ADR 0039).
 WORKERS: tuple[Worker, ...] = (
     Worker(
         name="token-saga",
@@ -138,6 +139,15 @@ WORKERS: tuple[Worker, ...] = (
         settings_class="leaky_tokens.token.adapters.saga_settings:SagaWorkerSettings",
         health_port=50055,
         within_settings=(("SAGA_RUNNER", "external"),),
+    ),
+    Worker(
+        name="analytics-projection",
+        module="leaky_tokens.analytics.projection_worker",
+        env_prefix="LEAKY_ANALYTICS_PROJECTION",
+        within="analytics",
+        settings_class="leaky_tokens.analytics.adapters.projection_settings:ProjectionSettings",
+        health_port=50056,
+        uses_cassandra=True,
     ),
 )
 

@@ -32,11 +32,15 @@ from leaky_tokens.analytics.adapters.faust_projection import (
 )
 from leaky_tokens.analytics.adapters.projection_health import verdict
 from leaky_tokens.analytics.adapters.projection_metrics import ProjectionMetrics
+from leaky_tokens.analytics.adapters.projection_settings import ProjectionSettings
 from leaky_tokens.analytics.domain.facts import FactKind, PurchaseFact, PurchaseState, UsageFact
+from leaky_tokens.analytics.projection_worker import STORES, open_store, store_factory
+from leaky_tokens.runtime.settings import SettingsError
 from tests.support.usage_store_double import RecordingUsageStore
 from tests.support.wait import eventually
 
 USAGE, PURCHASE = "leaky.usage.test", "leaky.purchase.test"
+STORES_MODULE = "leaky_tokens.analytics.projection_worker"
 WAIT = 10.0  # a bound on waiting, never asserted on
 NOW_S = 1_800_000_000.0  # the projector's injected clock
 
@@ -268,3 +272,15 @@ async def test_an_agent_stopped_mid_batch_acks_none_of_it(rig: Rig) -> None:
         await eventually(rig.store.entered.is_set, WAIT, what="project called")
     assert acked(events) == [False, False]
     assert rig.store.applied == {}
+
+
+async def test_the_store_comes_from_store_factory_or_the_store_named() -> None:
+    chosen = ProjectionSettings(
+        store_factory="tests.support.usage_store_double:RecordingUsageStore"
+    )
+    assert isinstance(await open_store(store_factory(chosen)), RecordingUsageStore)
+    with pytest.raises(SettingsError, match="cannot be loaded"):
+        store_factory(ProjectionSettings(store_factory="leaky_tokens.nowhere:open"))
+    with pytest.raises(SettingsError, match="not callable"):
+        store_factory(ProjectionSettings(store_factory=f"{STORES_MODULE}:ENV_PREFIX"))
+    assert set(STORES) == {"cassandra", "sqlite"}  # what `store` may name

@@ -24,14 +24,14 @@ def default_components(
     workers: bool = True,
 ) -> list[Component]:
     """Every component, in the order `up` starts them (`down` stops in reverse); the
-    workers (the saga's Faust worker) last, after the servers they use, unless `workers`
-    is False (the servers alone: what integration tests share)."""
+    workers (the saga's Faust worker, the analytics projection) last, after the servers
+    they use, unless `workers` is False (the servers alone: what integration tests share)."""
     s = settings if settings is not None else load_stack_settings()
     servers = _servers(s, services)
     if not workers:
         return servers
     by_name = {c.name: c for c in servers}
-    postgres, redis = by_name["postgres"], by_name["redis"]
+    postgres, redis, cassandra = by_name["postgres"], by_name["redis"], by_name["cassandra"]
     assert isinstance(postgres, Postgres)
     assert isinstance(redis, Redis)
     databases = {svc.slug: postgres.url(svc.database) for svc in services if svc.database}
@@ -43,6 +43,7 @@ def default_components(
             kafka=by_name["kafka"].address,
             redis_url=redis.url,
             database_url=databases.get(w.within, ""),
+            cassandra=cassandra.address if w.uses_cassandra else "",
         )
         for w in WORKERS
     ]
