@@ -123,6 +123,9 @@ class Worker:
     # gRPC health port under `leaky up --stack` (moved by --grpc-base-port); `leaky stack up`
     # takes LEAKY_STACK_<NAME>_PORT instead (stack/settings.py).
     health_port: int
+    # Prometheus port under `leaky up --stack` (moved by --metrics-base-port); 0 = none.
+    # `leaky stack up` takes LEAKY_STACK_<NAME>_METRICS_PORT instead.
+    metrics_port: int = 0
     # Settings `within` gets when this worker runs beside it (suffixes of its env prefix):
     # the token service leaves the saga to the worker instead of running it in-process.
     within_settings: tuple[tuple[str, str], ...] = ()
@@ -147,6 +150,7 @@ WORKERS: tuple[Worker, ...] = (
         within="analytics",
         settings_class="leaky_tokens.analytics.adapters.projection_settings:ProjectionSettings",
         health_port=50056,
+        metrics_port=9106,
         uses_cassandra=True,
     ),
 )

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from leaky_tokens.analytics.adapters.projection_settings import ProjectionSettings
+from leaky_tokens.mesh.plan import MeshPorts, StackTargets, port_plan, service_children
 from leaky_tokens.runtime.settings import SettingsError, load
 from leaky_tokens.stack.component import StackPaths
 from leaky_tokens.stack.registry import default_components
@@ -55,3 +56,26 @@ def test_the_stack_runs_the_projection_on_its_kafka_and_cassandra(tmp_path: Path
     assert env["LEAKY_ANALYTICS_PROJECTION_PORT"] == "18101"
     saga_env = saga.launch(StackPaths(tmp_path, tmp_path)).env
     assert not any("CASSANDRA" in name for name in saga_env)
+
+
+def test_the_stack_gives_the_projection_its_own_metrics_port(tmp_path: Path) -> None:
+    components = {c.name: c for c in default_components()}
+    env = components["analytics-projection"].launch(StackPaths(tmp_path, tmp_path)).env
+    assert env["LEAKY_ANALYTICS_PROJECTION_METRICS_PORT"] == "18102"
+
+
+def test_leaky_up_stack_moves_the_projection_ports_with_the_bases(tmp_path: Path) -> None:
+    targets = StackTargets("127.0.0.1:8500", "127.0.0.1:8080", kafka_bootstrap="127.0.0.1:9092")
+    ports = MeshPorts.from_bases(8080, 9901, 51050, 9201)
+    native = {c.name: c for c in service_children(ports, tmp_path, targets)}
+    projection = native["analytics-projection"]
+    assert projection.argv[1:] == ["-m", "leaky_tokens.analytics.projection_worker"]
+    assert projection.address == "127.0.0.1:51056"
+    assert projection.env["LEAKY_ANALYTICS_PROJECTION_METRICS_PORT"] == "9206"
+    assert projection.metrics == "http://127.0.0.1:9206/metrics"
+    assert "LEAKY_TOKEN_SAGA_METRICS_PORT" not in native["token-saga"].env
+    planned = {u.port for u in port_plan(ports, embedded=False)}
+    assert {51056, 9206} <= planned
+    off = MeshPorts.from_bases(8080, 9901, 51050, 0)
+    native_off = {c.name: c for c in service_children(off, tmp_path, targets)}
+    assert native_off["analytics-projection"].env["LEAKY_ANALYTICS_PROJECTION_METRICS_PORT"] == "0"

@@ -44,6 +44,10 @@ def default_components(
             redis_url=redis.url,
             database_url=databases.get(w.within, ""),
             cassandra=cassandra.address if w.uses_cassandra else "",
+            # LEAKY_STACK_<NAME>_METRICS_PORT, for workers that export metrics
+            metrics_port=getattr(s, f"{w.name.replace('-', '_')}_metrics_port")
+            if w.metrics_port
+            else 0,
         )
         for w in WORKERS
     ]

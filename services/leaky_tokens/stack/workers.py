@@ -44,6 +44,7 @@ class WorkerComponent(Component):
         redis_url: str,
         database_url: str = "",
         cassandra: str = "",
+        metrics_port: int = 0,
     ) -> None:
         self.worker = worker
         self.name = worker.name
@@ -53,6 +54,7 @@ class WorkerComponent(Component):
         self.redis_url = redis_url
         self.database_url = database_url
         self.cassandra = cassandra  # host:port of the stack's CQL, for workers that use it
+        self.metrics_port = metrics_port  # its /metrics; 0 = it exports none
 
     @property
     def address(self) -> str:
@@ -75,6 +77,8 @@ class WorkerComponent(Component):
         }
         if self.database_url:
             env[f"{within}_DATABASE_URL"] = self.database_url
+        if self.metrics_port:
+            env[f"{prefix}_METRICS_PORT"] = str(self.metrics_port)
         if self.cassandra:
             # The usage store of the service it works for (the analytics projection's).
             env[f"{prefix}_STORE"] = "cassandra"
