@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import consul
 import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
@@ -38,8 +39,12 @@ from leaky_tokens.analytics.domain.facts import UsageFact
 from leaky_tokens.analytics.domain.ports import PurchaseTotals, Scope, UsageStore, scopes_of
 from leaky_tokens.analytics.domain.totals import Totals
 from leaky_tokens.analytics.domain.windows import RESOLUTIONS, Resolution
+from leaky_tokens.analytics.projection_worker import SLUG
+from leaky_tokens.stack.component import StackPaths
 from leaky_tokens.stack.kafka import Kafka
 from leaky_tokens.stack.orchestrator import Stack
+from leaky_tokens.stack.workers import WorkerComponent
+from leaky_tokens.topology import WORKERS
 from tests.support.net import free_port
 from tests.support.stack import component
 from tests.support.usage_store_double import (
@@ -368,17 +373,38 @@ async def test_poison_goes_to_the_dead_letter_topic_and_the_projection_goes_on(
     assert worker.metrics()[f"leaky_analytics_dead_letters_total{usage_label}"] == 2
 
 
+def check_status(client: consul.Consul, port: int) -> str | None:
+    _, nodes = client.health.service(SLUG)
+    checks = [
+        c
+        for n in nodes
+        if n["Service"]["Port"] == port
+        for c in n["Checks"]
+        if c.get("ServiceName") == SLUG
+    ]
+    return str(checks[0]["Status"]) if checks else None
+
+
 async def test_a_store_outage_stalls_the_projection_and_it_resumes_when_the_store_is_back(
-    worker: Worker, producer: AIOKafkaProducer
+    worker: Worker, producer: AIOKafkaProducer, stack: Stack
 ) -> None:
+    consul_port = component(stack, "consul").http_port  # type: ignore[attr-defined]
+    client = consul.Consul(host="127.0.0.1", port=consul_port)
+    worker.store.env["LEAKY_ANALYTICS_PROJECTION_CONSUL_ADDRESS"] = f"127.0.0.1:{consul_port}"
     reader = worker.store.reader()
     worker.start()
     await worker.health(health_pb2.HealthCheckResponse.SERVING)
+
+    def status() -> str | None:
+        return check_status(client, worker.port)
+
+    await eventually(lambda: status() == "passing", DELIVERY, what="check passing")
     worker.store.down()
     await publish(producer, worker.usage_topic, [usage_event(i) for i in range(30)])
 
     await worker.health(health_pb2.HealthCheckResponse.NOT_SERVING)
     assert worker.metrics()["leaky_analytics_projection_stalled"] == 1
+    await eventually(lambda: status() == "critical", DELIVERY, what="check critical")
     assert await decisions(reader) == []
     worker.store.up()
     await worker.health(health_pb2.HealthCheckResponse.SERVING)
@@ -388,3 +414,40 @@ async def test_a_store_outage_stalls_the_projection_and_it_resumes_when_the_stor
 
     await eventually(projected, DELIVERY, what="projected after the outage")
     assert worker.metrics()["leaky_analytics_projection_stalled"] == 0
+    await eventually(lambda: status() == "passing", DELIVERY, what="check passing again")
+    assert worker.stop() == 0
+    await eventually(lambda: status() is None, 20, what="deregistered")  # a graceful stop
+
+
+async def test_leaky_stack_starts_and_stops_the_projection(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, usage_store: StoreUnderTest
+) -> None:
+    # The stack's own component, in a stack directory of this test's (the shared servers
+    # stay someone else's), on topics and a group of its own, with the test store.
+    servers = {c.name: c for c in stack.components}
+    (worker,) = [w for w in WORKERS if w.name == SLUG]
+    component_ = WorkerComponent(
+        worker, free_port(), consul=servers["consul"].address, kafka=servers["kafka"].address,
+        redis_url="redis://127.0.0.1:1/0", cassandra=servers["cassandra"].address,
+        metrics_port=free_port(),
+    )  # fmt: skip
+    run = uuid.uuid4().hex[:10]
+    prefix = "LEAKY_ANALYTICS_PROJECTION"
+    for name, value in {
+        **usage_store.env,
+        f"{prefix}_USAGE_TOPIC": f"leaky.usage.test.{run}",
+        f"{prefix}_PURCHASE_TOPIC": f"leaky.purchase.test.{run}",
+        f"{prefix}_DEAD_LETTER_TOPIC": f"leaky.analytics.dead-letter.test.{run}",
+        f"{prefix}_GROUP": f"projection-test-{run}",
+        "PYTHONPATH": str(ROOT),  # the doubles live in tests/
+    }.items():
+        monkeypatch.setenv(name, value)
+    own = Stack([component_], StackPaths(tmp_path / "stack", tmp_path / "cache"), say=print)
+    own.up()
+    try:
+        (row,) = own.status()
+        assert row.state == "healthy"  # its gRPC health answers SERVING
+    finally:
+        own.down()
+    assert own.status()[0].state == "stopped"
+    assert "analytics projection running" in own.paths.log(component_.name).read_text()
