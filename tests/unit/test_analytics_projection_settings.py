@@ -65,7 +65,10 @@ def test_the_stack_gives_the_projection_its_own_metrics_port(tmp_path: Path) -> 
 
 
 def test_leaky_up_stack_moves_the_projection_ports_with_the_bases(tmp_path: Path) -> None:
-    targets = StackTargets("127.0.0.1:8500", "127.0.0.1:8080", kafka_bootstrap="127.0.0.1:9092")
+    targets = StackTargets(
+        "127.0.0.1:8500", "127.0.0.1:8080", kafka_bootstrap="127.0.0.1:9092",
+        cassandra="127.0.0.1:9042",
+    )  # fmt: skip
     ports = MeshPorts.from_bases(8080, 9901, 51050, 9201)
     native = {c.name: c for c in service_children(ports, tmp_path, targets)}
     projection = native["analytics-projection"]
@@ -73,6 +76,9 @@ def test_leaky_up_stack_moves_the_projection_ports_with_the_bases(tmp_path: Path
     assert projection.address == "127.0.0.1:51056"
     assert projection.env["LEAKY_ANALYTICS_PROJECTION_METRICS_PORT"] == "9206"
     assert projection.metrics == "http://127.0.0.1:9206/metrics"
+    assert projection.env["LEAKY_ANALYTICS_PROJECTION_STORE"] == "cassandra"
+    assert projection.env["LEAKY_ANALYTICS_CASSANDRA_CONTACT_POINTS"] == "127.0.0.1:9042"
+    assert "LEAKY_ANALYTICS_PROJECTION_KAFKA_BOOTSTRAP" in projection.env
     assert "LEAKY_TOKEN_SAGA_METRICS_PORT" not in native["token-saga"].env
     planned = {u.port for u in port_plan(ports, embedded=False)}
     assert {51056, 9206} <= planned

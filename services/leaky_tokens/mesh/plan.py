@@ -95,6 +95,7 @@ class StackTargets:
     envoy_admin: str = ""  # host:port of the stack Envoy's admin
     redis_url: str = ""  # the stack's Redis, for services with uses_redis
     kafka_bootstrap: str = ""  # the stack's Kafka, for services with publishes_events
+    cassandra: str = ""  # the stack's CQL host:port, for workers with uses_cassandra
 
 
 def service_children(
@@ -173,6 +174,9 @@ def worker_children(
             f"{prefix}_CONSUL_ADDRESS": stack.consul,
             f"{prefix}_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
         }
+        if worker.uses_cassandra and stack.cassandra:
+            env[f"{prefix}_STORE"] = "cassandra"
+            env[f"{within_prefix}_CASSANDRA_CONTACT_POINTS"] = stack.cassandra
         metrics = ports.worker_metrics.get(worker.name, 0)
         if worker.metrics_port:
             env[f"{prefix}_METRICS_PORT"] = str(metrics)  # 0: --metrics-base-port 0

@@ -75,6 +75,7 @@ class StackEndpoints:
     database_urls: dict[str, str]  # service slug -> URL of its database
     redis_url: str = ""  # the stack's Redis (services with uses_redis keep state there)
     kafka_bootstrap: str = ""  # the stack's Kafka (services with publishes_events relay there)
+    cassandra: str = ""  # the stack's CQL host:port (the analytics projection's store)
 
 
 def stack_endpoints(
@@ -83,11 +84,17 @@ def stack_endpoints(
     """The configured stack's Consul, gateway, Envoy admin and each service's database."""
     components = {c.name: c for c in default_components(settings, services, workers=False)}
     postgres, envoy, consul = components["postgres"], components["envoy"], components["consul"]
-    redis, kafka = components["redis"], components["kafka"]
+    redis, kafka, cassandra = components["redis"], components["kafka"], components["cassandra"]
     assert isinstance(postgres, Postgres)
     assert isinstance(envoy, Envoy)
     assert isinstance(redis, Redis)
     urls = {s.slug: postgres.url(s.database) for s in services if s.database}
     return StackEndpoints(
-        consul.address, envoy.address, f"{HOST}:{envoy.admin_port}", urls, redis.url, kafka.address
+        consul.address,
+        envoy.address,
+        f"{HOST}:{envoy.admin_port}",
+        urls,
+        redis.url,
+        kafka.address,
+        cassandra.address,
     )
