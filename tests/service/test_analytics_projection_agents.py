@@ -13,6 +13,8 @@ from typing import Any
 
 import faust
 import pytest
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry
 
 from leaky.events.v1.events_pb2 import EventEnvelope, PurchaseCompleted, TokensGranted
@@ -30,7 +32,12 @@ from leaky_tokens.analytics.adapters.faust_projection import (
     Projector,
     build_app,
 )
-from leaky_tokens.analytics.adapters.projection_health import verdict
+from leaky_tokens.analytics.adapters.projection_health import (
+    NOT_SERVING,
+    SERVING,
+    HealthReporter,
+    verdict,
+)
 from leaky_tokens.analytics.adapters.projection_metrics import ProjectionMetrics
 from leaky_tokens.analytics.adapters.projection_settings import ProjectionSettings
 from leaky_tokens.analytics.domain.facts import FactKind, PurchaseFact, PurchaseState, UsageFact
@@ -284,3 +291,30 @@ async def test_the_store_comes_from_store_factory_or_the_store_named() -> None:
     with pytest.raises(SettingsError, match="not callable"):
         store_factory(ProjectionSettings(store_factory=f"{STORES_MODULE}:ENV_PREFIX"))
     assert set(STORES) == {"cassandra", "sqlite"}  # what `store` may name
+
+
+async def test_the_health_reporter_publishes_not_serving_and_the_stalled_gauge() -> None:
+    servicer = health_aio.HealthServicer()
+    state = ConsumerState(running=True, joined=True, rebalancing=False)
+    registry = CollectorRegistry()
+    metrics = ProjectionMetrics(registry)
+    watch = ProjectionWatch()
+    reporter = HealthReporter(
+        servicer, lambda: state, watch, metrics, stuck_after_s=60, interval_s=1
+    )
+
+    async def status() -> int:
+        reply = await servicer.Check(health_pb2.HealthCheckRequest(), None)
+        return int(reply.status)
+
+    assert await reporter.evaluate() == ""
+    assert await status() == SERVING
+    with watch.calling(USAGE, "store") as call:
+        call.failures, call.error = 1, "UsageStoreUnavailableError: down"
+        reason = await reporter.evaluate()
+        assert reason == f"{USAGE}: the store call failed 1 time(s), last {call.error}"
+        assert await status() == NOT_SERVING
+        assert registry.get_sample_value("leaky_analytics_projection_stalled") == 1
+    assert await reporter.evaluate() == ""
+    assert await status() == SERVING
+    assert registry.get_sample_value("leaky_analytics_projection_stalled") == 0
