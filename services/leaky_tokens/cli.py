@@ -64,6 +64,7 @@ def _stack_targets() -> StackTargets | None:
         found.envoy_admin,
         found.redis_url,
         found.kafka_bootstrap,
+        found.cassandra,
     )
 
 

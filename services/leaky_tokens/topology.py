@@ -123,12 +123,16 @@ class Worker:
     # gRPC health port under `leaky up --stack` (moved by --grpc-base-port); `leaky stack up`
     # takes LEAKY_STACK_<NAME>_PORT instead (stack/settings.py).
     health_port: int
+    # Prometheus port under `leaky up --stack` (moved by --metrics-base-port); 0 = none.
+    # `leaky stack up` takes LEAKY_STACK_<NAME>_METRICS_PORT instead.
+    metrics_port: int = 0
     # Settings `within` gets when this worker runs beside it (suffixes of its env prefix):
     # the token service leaves the saga to the worker instead of running it in-process.
     within_settings: tuple[tuple[str, str], ...] = ()
+    uses_cassandra: bool = False  # `leaky stack up` points its store at the stack's Cassandra
 
 
-# The purchase saga's Faust worker (ADR 0033).
+# The purchase saga's Faust worker (ADR 0033) and the analytics projection (ADR 0039).
 WORKERS: tuple[Worker, ...] = (
     Worker(
         name="token-saga",
@@ -138,6 +142,16 @@ WORKERS: tuple[Worker, ...] = (
         settings_class="leaky_tokens.token.adapters.saga_settings:SagaWorkerSettings",
         health_port=50055,
         within_settings=(("SAGA_RUNNER", "external"),),
+    ),
+    Worker(
+        name="analytics-projection",
+        module="leaky_tokens.analytics.projection_worker",
+        env_prefix="LEAKY_ANALYTICS_PROJECTION",
+        within="analytics",
+        settings_class="leaky_tokens.analytics.adapters.projection_settings:ProjectionSettings",
+        health_port=50056,
+        metrics_port=9106,
+        uses_cassandra=True,
     ),
 )
 

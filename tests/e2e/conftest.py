@@ -76,7 +76,10 @@ def leaky_up(
     # The services' /metrics on free ports too, so tests can scrape them: one block for both,
     # so the two ranges cannot overlap.
     exporting = {s.slug: s.metrics_port - METRICS_BASE_PORT for s in SERVICES if s.metrics_port}
-    grpc_base = free_port_block(max(all_offsets) + 1 + max(exporting.values()) + 1)
+    # Workers' /metrics (stack mode) are on the metrics base too.
+    metric_offsets = [*exporting.values()]
+    metric_offsets += [w.metrics_port - METRICS_BASE_PORT for w in WORKERS if w.metrics_port]
+    grpc_base = free_port_block(max(all_offsets) + 1 + max(metric_offsets) + 1)
     metrics_base = grpc_base + max(all_offsets) + 1
     log = (data_dir / "up.log").open("wb")
     process = subprocess.Popen(

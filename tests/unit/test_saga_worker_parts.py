@@ -150,9 +150,14 @@ def test_leaky_up_runs_the_worker_only_against_the_stack(tmp_path: Path) -> None
     assert 51055 not in {u.port for u in port_plan(ports)}
 
 
-def test_the_stack_starts_the_worker_last_and_tests_can_leave_it_out() -> None:
+def test_the_stack_starts_the_workers_last_and_tests_can_leave_them_out() -> None:
     components = default_components()
-    assert isinstance(components[-1], WorkerComponent)
-    assert components[-1].name == "token-saga"
-    assert components[-1].address == "127.0.0.1:18100"
-    assert "token-saga" not in {c.name for c in default_components(workers=False)}
+    saga, projection = components[-2:]
+    assert isinstance(saga, WorkerComponent)
+    assert isinstance(projection, WorkerComponent)
+    assert saga.name == "token-saga"
+    assert saga.address == "127.0.0.1:18100"
+    assert projection.name == "analytics-projection"
+    assert projection.address == "127.0.0.1:18101"
+    names = {c.name for c in default_components(workers=False)}
+    assert not names & {"token-saga", "analytics-projection"}

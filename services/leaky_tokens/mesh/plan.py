@@ -36,6 +36,10 @@ class MeshPorts:
     workers: Mapping[str, int] = field(
         default_factory=lambda: {w.name: w.health_port for w in WORKERS}
     )
+    # Prometheus port of each worker that exports metrics (0: none, or metrics off).
+    worker_metrics: Mapping[str, int] = field(
+        default_factory=lambda: {w.name: w.metrics_port for w in WORKERS}
+    )
 
     @classmethod
     def from_bases(
@@ -56,7 +60,13 @@ class MeshPorts:
             for s in services
         }
         workers = {w.name: grpc_base + w.health_port - GRPC_BASE_PORT for w in WORKERS}
-        return cls(gateway, admin, grpc_ports, metrics, workers)
+        worker_metrics = {
+            w.name: metrics_base + w.metrics_port - METRICS_BASE_PORT
+            if metrics_base and w.metrics_port
+            else 0
+            for w in WORKERS
+        }
+        return cls(gateway, admin, grpc_ports, metrics, workers, worker_metrics)
 
 
 @dataclass
@@ -85,6 +95,7 @@ class StackTargets:
     envoy_admin: str = ""  # host:port of the stack Envoy's admin
     redis_url: str = ""  # the stack's Redis, for services with uses_redis
     kafka_bootstrap: str = ""  # the stack's Kafka, for services with publishes_events
+    cassandra: str = ""  # the stack's CQL host:port, for workers with uses_cassandra
 
 
 def service_children(
@@ -143,9 +154,10 @@ def worker_children(
     stack: StackTargets,
     workers: tuple[Worker, ...] = WORKERS,
 ) -> list[Child]:
-    """The stack-only workers (the saga's Faust worker), each with the settings of the
-    service it works for (same stores and databases) plus its own health port, Consul and
-    Kafka; skipped when that service is not run."""
+    """The stack-only workers (the saga's Faust worker, the analytics projection), each
+    with the settings of the service it works for (same stores and databases) plus its own
+    health port (and /metrics port, if it has one), Consul and Kafka; skipped when that
+    service is not run."""
     by_name = {c.name: c for c in service_children}
     found = []
     for worker in workers:
@@ -162,6 +174,12 @@ def worker_children(
             f"{prefix}_CONSUL_ADDRESS": stack.consul,
             f"{prefix}_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
         }
+        if worker.uses_cassandra and stack.cassandra:
+            env[f"{prefix}_STORE"] = "cassandra"
+            env[f"{within_prefix}_CASSANDRA_CONTACT_POINTS"] = stack.cassandra
+        metrics = ports.worker_metrics.get(worker.name, 0)
+        if worker.metrics_port:
+            env[f"{prefix}_METRICS_PORT"] = str(metrics)  # 0: --metrics-base-port 0
         found.append(
             Child(
                 name=worker.name,
@@ -169,6 +187,7 @@ def worker_children(
                 env=env,
                 log_path=within.log_path.with_name(f"{worker.name}.log"),
                 address=f"{HOST}:{port}",
+                metrics=f"http://{HOST}:{metrics}/metrics" if metrics else "",
             )
         )
     return found
@@ -212,6 +231,10 @@ def port_plan(
     if not embedded:  # the workers run in stack mode only
         for name, port in ports.workers.items():
             uses.append(PortUse(port, f"{name} gRPC health", "--grpc-base-port"))
+        for name, port in ports.worker_metrics.items():
+            if port:
+                moved = "--metrics-base-port (0 turns metrics off)"
+                uses.append(PortUse(port, f"{name} /metrics", moved))
     return uses
 
 

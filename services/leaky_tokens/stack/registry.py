@@ -24,14 +24,14 @@ def default_components(
     workers: bool = True,
 ) -> list[Component]:
     """Every component, in the order `up` starts them (`down` stops in reverse); the
-    workers (the saga's Faust worker) last, after the servers they use, unless `workers`
-    is False (the servers alone: what integration tests share)."""
+    workers (the saga's Faust worker, the analytics projection) last, after the servers
+    they use, unless `workers` is False (the servers alone: what integration tests share)."""
     s = settings if settings is not None else load_stack_settings()
     servers = _servers(s, services)
     if not workers:
         return servers
     by_name = {c.name: c for c in servers}
-    postgres, redis = by_name["postgres"], by_name["redis"]
+    postgres, redis, cassandra = by_name["postgres"], by_name["redis"], by_name["cassandra"]
     assert isinstance(postgres, Postgres)
     assert isinstance(redis, Redis)
     databases = {svc.slug: postgres.url(svc.database) for svc in services if svc.database}
@@ -43,6 +43,11 @@ def default_components(
             kafka=by_name["kafka"].address,
             redis_url=redis.url,
             database_url=databases.get(w.within, ""),
+            cassandra=cassandra.address if w.uses_cassandra else "",
+            # LEAKY_STACK_<NAME>_METRICS_PORT, for workers that export metrics
+            metrics_port=getattr(s, f"{w.name.replace('-', '_')}_metrics_port")
+            if w.metrics_port
+            else 0,
         )
         for w in WORKERS
     ]
@@ -70,6 +75,7 @@ class StackEndpoints:
     database_urls: dict[str, str]  # service slug -> URL of its database
     redis_url: str = ""  # the stack's Redis (services with uses_redis keep state there)
     kafka_bootstrap: str = ""  # the stack's Kafka (services with publishes_events relay there)
+    cassandra: str = ""  # the stack's CQL host:port (the analytics projection's store)
 
 
 def stack_endpoints(
@@ -78,11 +84,17 @@ def stack_endpoints(
     """The configured stack's Consul, gateway, Envoy admin and each service's database."""
     components = {c.name: c for c in default_components(settings, services, workers=False)}
     postgres, envoy, consul = components["postgres"], components["envoy"], components["consul"]
-    redis, kafka = components["redis"], components["kafka"]
+    redis, kafka, cassandra = components["redis"], components["kafka"], components["cassandra"]
     assert isinstance(postgres, Postgres)
     assert isinstance(envoy, Envoy)
     assert isinstance(redis, Redis)
     urls = {s.slug: postgres.url(s.database) for s in services if s.database}
     return StackEndpoints(
-        consul.address, envoy.address, f"{HOST}:{envoy.admin_port}", urls, redis.url, kafka.address
+        consul.address,
+        envoy.address,
+        f"{HOST}:{envoy.admin_port}",
+        urls,
+        redis.url,
+        kafka.address,
+        cassandra.address,
     )

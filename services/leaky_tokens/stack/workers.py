@@ -1,4 +1,5 @@
-"""Stack-only workers as stack components: the saga's Faust worker, after the servers it uses."""
+"""Stack-only workers as stack components: the saga's Faust worker and the analytics
+projection, after the servers they use."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ class WorkerComponent(Component):
         kafka: str,
         redis_url: str,
         database_url: str = "",
+        cassandra: str = "",
+        metrics_port: int = 0,
     ) -> None:
         self.worker = worker
         self.name = worker.name
@@ -50,6 +53,8 @@ class WorkerComponent(Component):
         self.kafka = kafka
         self.redis_url = redis_url
         self.database_url = database_url
+        self.cassandra = cassandra  # host:port of the stack's CQL, for workers that use it
+        self.metrics_port = metrics_port  # its /metrics; 0 = it exports none
 
     @property
     def address(self) -> str:
@@ -72,6 +77,12 @@ class WorkerComponent(Component):
         }
         if self.database_url:
             env[f"{within}_DATABASE_URL"] = self.database_url
+        if self.metrics_port:
+            env[f"{prefix}_METRICS_PORT"] = str(self.metrics_port)
+        if self.cassandra:
+            # The usage store of the service it works for (the analytics projection's).
+            env[f"{prefix}_STORE"] = "cassandra"
+            env[f"{within}_CASSANDRA_CONTACT_POINTS"] = self.cassandra
         return Launch([sys.executable, "-m", self.worker.module], env=env)
 
     def ready(self, paths: StackPaths) -> bool:

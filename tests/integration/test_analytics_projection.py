@@ -1,0 +1,453 @@
+"""The analytics projection worker against the stack's real Kafka: N events, duplicates and
+a SIGKILL in the middle give exactly N facts in the store whose rollups match a brute-force
+computation; poison goes to the dead-letter topic with its reason; a store outage turns the
+health NOT_SERVING and the projection resumes when the store is back.
+
+The store is the `usage_store` fixture: for now tests/support's SQLite-file double (honest
+dedup by event id, readable after the worker died); the coordinator switches that fixture to
+the Cassandra store once it is merged (one line, see `usage_store`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import consul
+import grpc
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from leaky.events.v1.events_pb2 import EventEnvelope
+from leaky_tokens.analytics.adapters.dead_letters import (
+    REASON,
+    SOURCE_OFFSET,
+    SOURCE_PARTITION,
+    SOURCE_TOPIC,
+)
+from leaky_tokens.analytics.adapters.event_facts import fact_of
+from leaky_tokens.analytics.domain.facts import UsageFact
+from leaky_tokens.analytics.domain.ports import PurchaseTotals, Scope, UsageStore, scopes_of
+from leaky_tokens.analytics.domain.totals import Totals
+from leaky_tokens.analytics.domain.windows import RESOLUTIONS, Resolution
+from leaky_tokens.analytics.projection_worker import SLUG
+from leaky_tokens.stack.component import StackPaths
+from leaky_tokens.stack.kafka import Kafka
+from leaky_tokens.stack.orchestrator import Stack
+from leaky_tokens.stack.workers import WorkerComponent
+from leaky_tokens.topology import WORKERS
+from tests.support.net import free_port
+from tests.support.stack import component
+from tests.support.usage_store_double import (
+    STORE_DELAY_ENV,
+    STORE_PATH_ENV,
+    SqliteRecordingStore,
+)
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+DELIVERY = 90.0  # a bound on waiting, never asserted on
+BASE_MS = 1_764_633_600_000  # 2025-12-02T00:00Z: events spread over two days from here
+PROVIDERS = ("openai", "anthropic")
+
+
+@dataclass
+class StoreUnderTest:
+    """What the worker needs to open the store (env), how the test reads it, and how to
+    take it down and bring it back."""
+
+    env: dict[str, str]
+    reader: Callable[[], UsageStore]
+    down: Callable[[], None]
+    up: Callable[[], None]
+
+
+def sqlite_double(root: Path) -> StoreUnderTest:
+    path = root / "usage.sqlite"
+    SqliteRecordingStore(path)  # creates the tables before two processes race to
+    flag = path.with_name(path.name + ".down")
+    return StoreUnderTest(
+        env={
+            "LEAKY_ANALYTICS_PROJECTION_STORE_FACTORY": (
+                "tests.support.usage_store_double:store_from_env"
+            ),
+            STORE_PATH_ENV: str(path),
+        },
+        reader=lambda: SqliteRecordingStore(path),
+        down=flag.touch,
+        up=lambda: flag.unlink(missing_ok=True),
+    )
+
+
+@pytest.fixture
+def usage_store(tmp_path: Path) -> StoreUnderTest:
+    return sqlite_double(tmp_path)  # after merge: the Cassandra store of the stack
+
+
+@dataclass
+class Worker:
+    """One test's topics and group; starts projection worker subprocesses on them."""
+
+    bootstrap: str
+    root: Path
+    store: StoreUnderTest
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+    port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def usage_topic(self) -> str:
+        return f"leaky.usage.test.{self.tag}"
+
+    @property
+    def purchase_topic(self) -> str:
+        return f"leaky.purchase.test.{self.tag}"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"leaky.analytics.dead-letter.test.{self.tag}"
+
+    def start(self) -> None:
+        prefix = "LEAKY_ANALYTICS_PROJECTION"
+        env = {
+            **os.environ,
+            "LEAKY_DATA_DIR": str(self.root / "data"),
+            f"{prefix}_KAFKA_BOOTSTRAP": self.bootstrap,
+            f"{prefix}_USAGE_TOPIC": self.usage_topic,
+            f"{prefix}_PURCHASE_TOPIC": self.purchase_topic,
+            f"{prefix}_DEAD_LETTER_TOPIC": self.dead_letter_topic,
+            f"{prefix}_GROUP": f"projection-test-{self.tag}",
+            f"{prefix}_PORT": str(self.port),
+            f"{prefix}_METRICS_PORT": str(self.metrics_port),
+            f"{prefix}_BATCH_SIZE": "50",
+            f"{prefix}_BATCH_WINDOW_MS": "50",
+            f"{prefix}_RETRY_BACKOFF_MS": "20",
+            f"{prefix}_RETRY_BACKOFF_MAX_MS": "200",
+            f"{prefix}_COMMIT_INTERVAL_MS": "200",
+            f"{prefix}_HEALTH_INTERVAL_MS": "100",
+            f"{prefix}_SESSION_TIMEOUT_MS": "6000",  # the killed worker's lapses soon
+            **self.store.env,
+        }
+        with (self.root / "worker.log").open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "leaky_tokens.analytics.projection_worker"],
+                env=env, cwd=ROOT, stdout=out, stderr=out,
+            )  # fmt: skip
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        process, self.process = self.process, None
+        if process is None:
+            return 0
+        process.send_signal(sig)
+        try:
+            return process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait(30)
+
+    def alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            log = (self.root / "worker.log").read_text()[-3000:]
+            raise AssertionError(f"worker exited {self.process.returncode}:\n{log}")
+
+    async def health(self, want: int) -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+
+            async def reached() -> bool:
+                self.alive()
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                return bool(reply.status == want)
+
+            name = health_pb2.HealthCheckResponse.ServingStatus.Name(want)
+            await eventually(reached, DELIVERY, what=f"worker {name}", ignoring=(grpc.RpcError,))
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as reply:
+            text = reply.read().decode()
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+
+@pytest.fixture
+def worker(stack: Stack, tmp_path: Path, usage_store: StoreUnderTest) -> Iterator[Worker]:
+    kafka = component(stack, "kafka")
+    assert isinstance(kafka, Kafka)
+    running = Worker(kafka.address, tmp_path, usage_store)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+async def producer(worker: Worker) -> AsyncIterator[AIOKafkaProducer]:
+    started = AIOKafkaProducer(bootstrap_servers=worker.bootstrap, acks="all")
+    await started.start()
+    try:
+        yield started
+    finally:
+        await started.stop()
+
+
+def usage_event(i: int) -> EventEnvelope:
+    """Event i: users u0..u6, orgs on some, both providers, consumes and reserves (some
+    denied), refunds and releases; spread over two days, several per minute."""
+    envelope = EventEnvelope(event_id=f"use-{i}", partition_key=f"user:u{i % 7}")
+    envelope.occurred_at.FromMilliseconds(BASE_MS + i * 41_357)
+    common = {
+        "user_id": f"u{i % 7}",
+        "org_id": f"o{i % 3}" if i % 7 < 4 else "",
+        "provider": PROVIDERS[i % 2],
+    }
+    body: Any
+    match i % 5:
+        case 0 | 1:
+            body = envelope.token_usage_recorded
+            body.tokens, body.allowed = 10 + i % 17, i % 4 != 0
+        case 2:
+            body = envelope.tokens_reserved
+            body.tokens, body.allowed = 100 + i % 5, i % 3 != 0
+        case 3:
+            body = envelope.tokens_refunded
+            body.tokens = i % 9
+        case _:
+            body = envelope.reservation_released
+            body.released_tokens = i % 11
+    for key, value in common.items():
+        setattr(body, key, value)
+    return envelope
+
+
+def purchase_event(i: int) -> EventEnvelope:
+    envelope = EventEnvelope(event_id=f"buy-{i}", partition_key=f"user:u{i % 3}")
+    envelope.occurred_at.FromMilliseconds(BASE_MS + i * 1_000)
+    done = envelope.purchase_completed if i % 2 else envelope.purchase_failed
+    done.saga_id, done.user_id, done.provider, done.tokens = f"s{i}", f"u{i % 3}", "openai", 500
+    return envelope
+
+
+async def publish(producer: AIOKafkaProducer, topic: str, envelopes: list[EventEnvelope]) -> None:
+    sent = [
+        await producer.send(topic, value=e.SerializeToString(), key=e.partition_key.encode())
+        for e in envelopes
+    ]
+    for delivery in sent:
+        await delivery
+
+
+def expected_buckets(facts: list[UsageFact]) -> dict[tuple[Scope, str, Resolution, int], Totals]:
+    """Brute force: every (scope, provider, resolution, bucket) the facts fall in."""
+    found: dict[tuple[Scope, str, Resolution, int], Totals] = {}
+    for fact in facts:
+        for scope in scopes_of(fact):
+            for resolution in RESOLUTIONS:
+                key = (scope, fact.provider, resolution, resolution.floor(fact.occurred_at_ms))
+                found.setdefault(key, Totals()).add(fact)
+    return found
+
+
+async def decisions(store: UsageStore) -> list[UsageFact]:
+    """Every decision fact stored, through the port (a duplicate would be a second row)."""
+    found: list[UsageFact] = []
+    for provider in PROVIDERS:
+        found += await store.latest(Scope.everyone(), provider, 1_000_000)
+    return found
+
+
+def by_id(facts: list[UsageFact]) -> list[UsageFact]:
+    return sorted(facts, key=lambda f: f.event_id)
+
+
+async def test_n_events_with_duplicates_and_a_kill_in_the_middle_give_exactly_n_facts(
+    worker: Worker, producer: AIOKafkaProducer
+) -> None:
+    n = 600
+    events = [usage_event(i) for i in range(n)]
+    purchases = [purchase_event(i) for i in range(20)]
+    duplicates = events[100:160] + events[500:520]  # the same event ids at new offsets
+    expected = [f for f in (fact_of(e) for e in events) if isinstance(f, UsageFact)]
+    assert len(expected) == n
+    expected_decisions = [f for f in expected if f.kind.is_decision]
+    reader = worker.store.reader()
+    worker.store.env[STORE_DELAY_ENV] = "200"  # so the kill lands mid-stream
+
+    worker.start()
+    await worker.health(health_pb2.HealthCheckResponse.SERVING)
+    await publish(producer, worker.usage_topic, events[:300])
+    await publish(producer, worker.purchase_topic, purchases)
+
+    async def some() -> bool:
+        return len(await decisions(reader)) >= 30
+
+    await eventually(some, DELIVERY, what="some projected")
+    worker.stop(signal.SIGKILL)
+    assert len(await decisions(reader)) < 180, "meant to die with events not projected"
+    await publish(producer, worker.usage_topic, events[300:] + duplicates)
+    worker.start()
+    await worker.health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def all_projected() -> bool:
+        worker.alive()
+        done = len(await reader.purchases(Scope.everyone(), 1000)) == len(purchases)
+        return done and len(await decisions(reader)) >= len(expected_decisions)
+
+    await eventually(all_projected, DELIVERY, what=f"{n} usage events projected")
+    assert by_id(await decisions(reader)) == by_id(expected_decisions)
+    # Rollups (give-backs included) equal the brute-force totals, every scope and resolution.
+    wanted = expected_buckets(expected)
+    queries: dict[tuple[Scope, str, Resolution], list[int]] = {}
+    for scope, provider, resolution, start in wanted:
+        queries.setdefault((scope, provider, resolution), []).append(start)
+    for (scope, provider, resolution), starts in queries.items():
+        got = await reader.buckets(scope, provider, resolution, starts)
+        assert dict(got) == {s: wanted[(scope, provider, resolution, s)] for s in starts}
+    assert await reader.providers(Scope.everyone()) == sorted(PROVIDERS)
+    assert await reader.purchase_totals(Scope.everyone()) == PurchaseTotals(10, 5000, 10)
+    if isinstance(reader, SqliteRecordingStore):  # the double also saw the copies arrive
+        assert len(reader.received()) >= n + len(duplicates) + len(purchases)
+
+    samples = worker.metrics()
+    usage_label = f'{{topic="{worker.usage_topic}"}}'
+    assert samples[f"leaky_analytics_projected_facts_total{usage_label}"] >= n - 300
+    assert samples[f"leaky_analytics_projection_lag_seconds{usage_label}"] > 0
+    assert samples["leaky_analytics_projection_stalled"] == 0
+    assert worker.stop() == 0
+
+
+async def test_poison_goes_to_the_dead_letter_topic_and_the_projection_goes_on(
+    worker: Worker, producer: AIOKafkaProducer
+) -> None:
+    reader = worker.store.reader()
+    worker.start()
+    await worker.health(health_pb2.HealthCheckResponse.SERVING)
+    no_id = usage_event(1)
+    no_id.event_id = ""
+    await producer.send_and_wait(worker.usage_topic, b"\xff\x00 not protobuf", partition=0)
+    await producer.send_and_wait(worker.usage_topic, no_id.SerializeToString(), partition=0)
+    await publish(producer, worker.usage_topic, [usage_event(i) for i in range(10)])
+
+    async def projected() -> bool:
+        return len(await decisions(reader)) == 6  # of usage_event(0..9): 0, 1, 2, 5, 6, 7
+
+    await eventually(projected, DELIVERY, what="the good ones projected")
+    consumer = AIOKafkaConsumer(
+        worker.dead_letter_topic, bootstrap_servers=worker.bootstrap,
+        auto_offset_reset="earliest", enable_auto_commit=False,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        letters: list[Any] = []
+        while len(letters) < 2:
+            batch = await consumer.getmany(timeout_ms=int(DELIVERY * 1000), max_records=10)
+            assert batch, "no dead letters arrived"
+            letters += [record for records in batch.values() for record in records]
+    finally:
+        await consumer.stop()
+    # Without a key each letter may land on any partition: order them by source offset.
+    first, second = sorted(letters, key=lambda r: dict(r.headers)[SOURCE_OFFSET])
+    assert first.value == b"\xff\x00 not protobuf"
+    headers = dict(first.headers)
+    assert headers[REASON].startswith(b"not an EventEnvelope")
+    assert headers[SOURCE_TOPIC] == worker.usage_topic.encode()
+    assert (headers[SOURCE_PARTITION], headers[SOURCE_OFFSET]) == (b"0", b"0")
+    assert dict(second.headers)[REASON] == b"event_id is empty"
+    assert dict(second.headers)[SOURCE_OFFSET] == b"1"
+    usage_label = f'{{topic="{worker.usage_topic}"}}'
+    assert worker.metrics()[f"leaky_analytics_dead_letters_total{usage_label}"] == 2
+
+
+def check_status(client: consul.Consul, port: int) -> str | None:
+    _, nodes = client.health.service(SLUG)
+    checks = [
+        c
+        for n in nodes
+        if n["Service"]["Port"] == port
+        for c in n["Checks"]
+        if c.get("ServiceName") == SLUG
+    ]
+    return str(checks[0]["Status"]) if checks else None
+
+
+async def test_a_store_outage_stalls_the_projection_and_it_resumes_when_the_store_is_back(
+    worker: Worker, producer: AIOKafkaProducer, stack: Stack
+) -> None:
+    consul_port = component(stack, "consul").http_port  # type: ignore[attr-defined]
+    client = consul.Consul(host="127.0.0.1", port=consul_port)
+    worker.store.env["LEAKY_ANALYTICS_PROJECTION_CONSUL_ADDRESS"] = f"127.0.0.1:{consul_port}"
+    reader = worker.store.reader()
+    worker.start()
+    await worker.health(health_pb2.HealthCheckResponse.SERVING)
+
+    def status() -> str | None:
+        return check_status(client, worker.port)
+
+    await eventually(lambda: status() == "passing", DELIVERY, what="check passing")
+    worker.store.down()
+    await publish(producer, worker.usage_topic, [usage_event(i) for i in range(30)])
+
+    await worker.health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert worker.metrics()["leaky_analytics_projection_stalled"] == 1
+    await eventually(lambda: status() == "critical", DELIVERY, what="check critical")
+    assert await decisions(reader) == []
+    worker.store.up()
+    await worker.health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def projected() -> bool:
+        return len(await decisions(reader)) == 18  # 3 of every 5 are decisions
+
+    await eventually(projected, DELIVERY, what="projected after the outage")
+    assert worker.metrics()["leaky_analytics_projection_stalled"] == 0
+    await eventually(lambda: status() == "passing", DELIVERY, what="check passing again")
+    assert worker.stop() == 0
+    await eventually(lambda: status() is None, 20, what="deregistered")  # a graceful stop
+
+
+async def test_leaky_stack_starts_and_stops_the_projection(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, usage_store: StoreUnderTest
+) -> None:
+    # The stack's own component, in a stack directory of this test's (the shared servers
+    # stay someone else's), on topics and a group of its own, with the test store.
+    servers = {c.name: c for c in stack.components}
+    (worker,) = [w for w in WORKERS if w.name == SLUG]
+    component_ = WorkerComponent(
+        worker, free_port(), consul=servers["consul"].address, kafka=servers["kafka"].address,
+        redis_url="redis://127.0.0.1:1/0", cassandra=servers["cassandra"].address,
+        metrics_port=free_port(),
+    )  # fmt: skip
+    run = uuid.uuid4().hex[:10]
+    prefix = "LEAKY_ANALYTICS_PROJECTION"
+    for name, value in {
+        **usage_store.env,
+        f"{prefix}_USAGE_TOPIC": f"leaky.usage.test.{run}",
+        f"{prefix}_PURCHASE_TOPIC": f"leaky.purchase.test.{run}",
+        f"{prefix}_DEAD_LETTER_TOPIC": f"leaky.analytics.dead-letter.test.{run}",
+        f"{prefix}_GROUP": f"projection-test-{run}",
+        "PYTHONPATH": str(ROOT),  # the doubles live in tests/
+    }.items():
+        monkeypatch.setenv(name, value)
+    own = Stack([component_], StackPaths(tmp_path / "stack", tmp_path / "cache"), say=print)
+    own.up()
+    try:
+        (row,) = own.status()
+        assert row.state == "healthy"  # its gRPC health answers SERVING
+    finally:
+        own.down()
+    assert own.status()[0].state == "stopped"
+    assert "analytics projection running" in own.paths.log(component_.name).read_text()
