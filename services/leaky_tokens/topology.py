@@ -123,6 +123,9 @@ class Worker:
     # gRPC health port under `leaky up --stack` (moved by --grpc-base-port); `leaky stack up`
     # takes LEAKY_STACK_<NAME>_PORT instead (stack/settings.py).
     health_port: int
+    # Prometheus /metrics port under `leaky up --stack` (moved by --metrics-base-port, like the
+    # services'); `leaky stack up` takes LEAKY_STACK_<NAME>_METRICS_PORT. 0: no metrics.
+    metrics_port: int = 0
     # Settings `within` gets when this worker runs beside it (suffixes of its env prefix):
     # the token service leaves the saga to the worker instead of running it in-process.
     within_settings: tuple[tuple[str, str], ...] = ()
@@ -137,6 +140,7 @@ WORKERS: tuple[Worker, ...] = (
         within="token",
         settings_class="leaky_tokens.token.adapters.saga_settings:SagaWorkerSettings",
         health_port=50055,
+        metrics_port=9105,  # purchases by outcome, steps, recoveries (ADR 0040)
         within_settings=(("SAGA_RUNNER", "external"),),
     ),
 )

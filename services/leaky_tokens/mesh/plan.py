@@ -36,6 +36,10 @@ class MeshPorts:
     workers: Mapping[str, int] = field(
         default_factory=lambda: {w.name: w.health_port for w in WORKERS}
     )
+    # /metrics port of each worker (stack mode only; 0: off).
+    worker_metrics: Mapping[str, int] = field(
+        default_factory=lambda: {w.name: w.metrics_port for w in WORKERS}
+    )
 
     @classmethod
     def from_bases(
@@ -56,7 +60,13 @@ class MeshPorts:
             for s in services
         }
         workers = {w.name: grpc_base + w.health_port - GRPC_BASE_PORT for w in WORKERS}
-        return cls(gateway, admin, grpc_ports, metrics, workers)
+        worker_metrics = {
+            w.name: metrics_base + w.metrics_port - METRICS_BASE_PORT
+            if metrics_base and w.metrics_port
+            else 0
+            for w in WORKERS
+        }
+        return cls(gateway, admin, grpc_ports, metrics, workers, worker_metrics)
 
 
 @dataclass
@@ -161,6 +171,7 @@ def worker_children(
             f"{prefix}_PORT": str(port),
             f"{prefix}_CONSUL_ADDRESS": stack.consul,
             f"{prefix}_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+            f"{prefix}_METRICS_PORT": str(ports.worker_metrics.get(worker.name, 0)),
         }
         found.append(
             Child(
@@ -212,6 +223,10 @@ def port_plan(
     if not embedded:  # the workers run in stack mode only
         for name, port in ports.workers.items():
             uses.append(PortUse(port, f"{name} gRPC health", "--grpc-base-port"))
+        for name, port in ports.worker_metrics.items():
+            if port:
+                moved = "--metrics-base-port (0 turns metrics off)"
+                uses.append(PortUse(port, f"{name} /metrics", moved))
     return uses
 
 

@@ -43,6 +43,7 @@ def default_components(
             kafka=by_name["kafka"].address,
             redis_url=redis.url,
             database_url=databases.get(w.within, ""),
+            metrics_port=getattr(s, f"{w.name.replace('-', '_')}_metrics_port", 0),
         )
         for w in WORKERS
     ]

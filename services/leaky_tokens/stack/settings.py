@@ -47,6 +47,7 @@ class StackSettings:
     envoy_port: int = _port(8080, "the stack's Envoy gateway")
     envoy_admin_port: int = _port(9902, "the stack's Envoy admin")
     token_saga_port: int = _port(18100, "the purchase saga worker's gRPC health")
+    token_saga_metrics_port: int = _port(18101, "the purchase saga worker's /metrics (0: off)")
 
     def root(self) -> Path:
         """The state directory, absolute."""

@@ -42,6 +42,7 @@ class WorkerComponent(Component):
         kafka: str,
         redis_url: str,
         database_url: str = "",
+        metrics_port: int = 0,
     ) -> None:
         self.worker = worker
         self.name = worker.name
@@ -50,6 +51,7 @@ class WorkerComponent(Component):
         self.kafka = kafka
         self.redis_url = redis_url
         self.database_url = database_url
+        self.metrics_port = metrics_port
 
     @property
     def address(self) -> str:
@@ -64,6 +66,7 @@ class WorkerComponent(Component):
             f"{prefix}_PORT": str(self.port),
             f"{prefix}_CONSUL_ADDRESS": self.consul,
             f"{prefix}_KAFKA_BOOTSTRAP": self.kafka,
+            f"{prefix}_METRICS_PORT": str(self.metrics_port),
             # The stores of the service it works for, as `leaky up --stack` sets them.
             f"{within}_STORE_BACKEND": "redis",
             f"{within}_STORE_REDIS_URL": self.redis_url,
