@@ -35,7 +35,7 @@ PYTHON_NEWEST := $(firstword $(foreach p,python3.$(PY_HIGH) $(wildcard $(HOME)/.
 endif
 VENV_NEWEST := .venv-3.$(PY_HIGH)
 
-.PHONY: grpcurl install check-python compose-check stack-up stack-down gen gen-check proto-lint proto-breaking lint typecheck layers envoy-validate \
+.PHONY: grpcurl promtool rules-check install check-python compose-check stack-up stack-down gen gen-check proto-lint proto-breaking lint typecheck layers envoy-validate \
         docs test test-fast test-newest test-unit test-service test-integration test-e2e check up lock clean
 
 # The pre-commit hook (.pre-commit-config.yaml runs the linters and test-fast) in a clone's
@@ -182,8 +182,14 @@ compose-check:
 	@command -v docker-compose >/dev/null || { $(call APT,docker-compose,make compose-check parses compose.yaml with it); }
 	docker-compose -f compose.yaml config -q
 
+# The Prometheus config and alert rules compose mounts, and the rules' unit tests (promtool
+# 2.55, the compose image's version, built once from the Go module proxy: tools/promtool.py).
+rules-check: promtool
+	$(BIN)/promtool check config deploy/prometheus.yml
+	cd deploy && $(CURDIR)/$(BIN)/promtool test rules prometheus-rules.test.yml
+
 # CI: everything, then the fast tier again on the newest supported interpreter.
-check: gen-check proto-lint proto-breaking lint typecheck layers envoy-validate compose-check test test-newest
+check: gen-check proto-lint proto-breaking lint typecheck layers envoy-validate compose-check rules-check test test-newest
 
 # The native stack (no Docker): Redis, PostgreSQL, Kafka, Cassandra, Consul, discovery, Envoy.
 stack-up: install
@@ -198,6 +204,10 @@ up: install grpcurl
 # grpcurl for the README's examples: .venv/bin/grpcurl, cached in $(LEAKY_TOOLS_DIR).
 grpcurl: install
 	@$(PY) tools/grpcurl.py --link $(BIN)/grpcurl >/dev/null
+
+# promtool for rules-check: .venv/bin/promtool, cached in $(LEAKY_TOOLS_DIR).
+promtool: install
+	@$(PY) tools/promtool.py --link $(BIN)/promtool >/dev/null
 
 # The benchmark (issue 7 section 6, docs/benchmarks.md): ShouldRateLimit through ../shared/bench
 # beside envoyproxy/ratelimit and the do-nothing ceiling, then Consume with ghz. A script, never

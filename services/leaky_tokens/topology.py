@@ -141,6 +141,7 @@ WORKERS: tuple[Worker, ...] = (
         within="token",
         settings_class="leaky_tokens.token.adapters.saga_settings:SagaWorkerSettings",
         health_port=50055,
+        metrics_port=9105,  # purchases by outcome, steps, recoveries (ADR 0040)
         within_settings=(("SAGA_RUNNER", "external"),),
     ),
     Worker(

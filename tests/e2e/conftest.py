@@ -31,6 +31,8 @@ class Gateway:
     grpc_ports: list[int]  # each topology service's gRPC port, in topology order
     metrics_ports: dict[str, int] = field(default_factory=dict)  # slug -> /metrics port
     worker_ports: dict[str, int] = field(default_factory=dict)  # worker -> gRPC health port
+    worker_metrics_ports: dict[str, int] = field(default_factory=dict)  # worker -> /metrics
+    admin_port: int = 0  # Envoy's admin (its /stats/prometheus), when the run has its own
 
 
 @pytest.fixture(scope="session")
@@ -120,6 +122,8 @@ def leaky_up(
             grpc_ports=[grpc_base + offset for offset in offsets],
             worker_ports={w.name: grpc_base + w.health_port - GRPC_BASE_PORT for w in WORKERS},
             metrics_ports={slug: metrics_base + off for slug, off in exporting.items()},
+            worker_metrics_ports={n: metrics_base + off for n, off in worker_exporting.items()},
+            admin_port=int(args[args.index("--admin-port") + 1]) if "--admin-port" in args else 0,
         )
     except (RuntimeError, AssertionError):
         print((data_dir / "up.log").read_text(), file=sys.stderr)

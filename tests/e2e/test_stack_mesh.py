@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,9 @@ import pytest
 from leaky_tokens.stack.orchestrator import Stack
 from leaky_tokens.topology import slugs
 from tests.e2e.conftest import Gateway, leaky_up
+from tests.e2e.test_dashboard_metrics import DASHBOARD
 from tests.e2e.test_gateway import call, register
+from tests.support.promql import Exported, dashboard_exprs, metric_names
 from tests.support.stack import component
 from tests.support.wait import wait_until
 
@@ -185,3 +188,25 @@ def test_a_purchase_is_run_by_the_faust_worker_over_kafka(
         check=True,
     ).stdout.split()
     assert steps == ["COMPLETED"]  # the saga's state, in the stack's PostgreSQL
+
+
+def test_the_saga_worker_exports_the_dashboards_saga_metrics(stack_gateway: Gateway) -> None:
+    """With the stack the worker runs the saga, so its /metrics carries the saga panels'."""
+    (port,) = stack_gateway.worker_metrics_ports.values()
+    worker, token = Exported(), Exported()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        worker.add_text(response.read().decode())
+    token_port = stack_gateway.metrics_ports["token"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{token_port}/metrics", timeout=5) as response:
+        token.add_text(response.read().decode())
+    saga = [
+        expr
+        for expr in dashboard_exprs(DASHBOARD)
+        if any(
+            s.name.startswith(("leaky_token_purchases", "leaky_token_saga_"))
+            for s in metric_names(expr)
+        )
+    ]
+    assert len(saga) >= 3
+    assert worker.missing(saga) == []
+    assert token.missing(saga) != []  # the token service leaves the saga to the worker here

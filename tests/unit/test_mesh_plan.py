@@ -13,6 +13,7 @@ from leaky_tokens.mesh.plan import (
     port_conflicts,
     port_plan,
     service_children,
+    worker_children,
 )
 from leaky_tokens.mesh.supervisor import status_table
 
@@ -92,3 +93,20 @@ def test_the_token_service_is_told_its_provider_and_with_the_stack_its_redis(
     )
     assert on_stack["auth"].env["LEAKY_AUTH_DATABASE_URL"] == "postgresql+psycopg://x/leaky_auth"
     assert "LEAKY_AUTH_STORE_BACKEND" not in on_stack["auth"].env
+
+
+def test_the_saga_worker_gets_a_metrics_port_in_stack_mode_moved_with_the_services(
+    tmp_path: Path,
+) -> None:
+    ports = MeshPorts.from_bases(8080, 9901, 41000, 19101)
+    assert ports.worker_metrics == {"token-saga": 19105}
+    assert 19105 not in {use.port for use in port_plan(ports)}  # embedded: no worker
+    stack_uses = {use.port: use.what for use in port_plan(ports, embedded=False)}
+    assert stack_uses[19105] == "token-saga /metrics"
+    stack = StackTargets("127.0.0.1:8500", "127.0.0.1:8080", {}, kafka_bootstrap="k:9092")
+    (saga,) = worker_children(ports, service_children(ports, tmp_path, stack), stack)
+    assert saga.env["LEAKY_TOKEN_SAGA_METRICS_PORT"] == "19105"
+    off = MeshPorts.from_bases(8080, 9901, 41000, 0)  # --metrics-base-port 0: metrics off
+    (quiet,) = worker_children(off, service_children(off, tmp_path, stack), stack)
+    assert quiet.env["LEAKY_TOKEN_SAGA_METRICS_PORT"] == "0"
+    assert all("/metrics" not in use.what for use in port_plan(off, embedded=False))

@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2
 from leaky.events.v1.events_pb2 import EventEnvelope
 from leaky_tokens.mesh.plan import MeshPorts, StackTargets, port_plan, service_children
 from leaky_tokens.runtime.settings import SettingsError, load
+from leaky_tokens.stack.component import StackPaths
 from leaky_tokens.stack.registry import default_components
 from leaky_tokens.stack.workers import WorkerComponent
 from leaky_tokens.token.adapters.faust_saga import ConsumerState, HandleWatch, handle_until_done
@@ -150,7 +151,7 @@ def test_leaky_up_runs_the_worker_only_against_the_stack(tmp_path: Path) -> None
     assert 51055 not in {u.port for u in port_plan(ports)}
 
 
-def test_the_stack_starts_the_workers_last_and_tests_can_leave_them_out() -> None:
+def test_the_stack_starts_the_workers_last_and_tests_can_leave_them_out(tmp_path: Path) -> None:
     components = default_components()
     saga, projection = components[-2:]
     assert isinstance(saga, WorkerComponent)
@@ -159,5 +160,7 @@ def test_the_stack_starts_the_workers_last_and_tests_can_leave_them_out() -> Non
     assert saga.address == "127.0.0.1:18100"
     assert projection.name == "analytics-projection"
     assert projection.address == "127.0.0.1:18101"
+    launch = saga.launch(StackPaths(tmp_path, tmp_path))
+    assert launch.env["LEAKY_TOKEN_SAGA_METRICS_PORT"] == "18103"  # its /metrics (ADR 0040)
     names = {c.name for c in default_components(workers=False)}
     assert not names & {"token-saga", "analytics-projection"}

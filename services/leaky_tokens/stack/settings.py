@@ -51,6 +51,7 @@ class StackSettings:
     analytics_projection_metrics_port: int = _port(
         18102, "the analytics projection worker's Prometheus /metrics"
     )
+    token_saga_metrics_port: int = _port(18103, "the purchase saga worker's /metrics (0: off)")
 
     def root(self) -> Path:
         """The state directory, absolute."""

@@ -69,6 +69,7 @@ class WorkerComponent(Component):
             f"{prefix}_PORT": str(self.port),
             f"{prefix}_CONSUL_ADDRESS": self.consul,
             f"{prefix}_KAFKA_BOOTSTRAP": self.kafka,
+            f"{prefix}_METRICS_PORT": str(self.metrics_port),
             # The stores of the service it works for, as `leaky up --stack` sets them.
             f"{within}_STORE_BACKEND": "redis",
             f"{within}_STORE_REDIS_URL": self.redis_url,
@@ -77,8 +78,6 @@ class WorkerComponent(Component):
         }
         if self.database_url:
             env[f"{within}_DATABASE_URL"] = self.database_url
-        if self.metrics_port:
-            env[f"{prefix}_METRICS_PORT"] = str(self.metrics_port)
         if self.cassandra:
             # The usage store of the service it works for (the analytics projection's).
             env[f"{prefix}_STORE"] = "cassandra"

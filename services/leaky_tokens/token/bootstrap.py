@@ -254,7 +254,12 @@ async def build(
         register,
         PUBLIC_METHODS | RLS_PUBLIC_METHODS,  # RLS: Envoy calls without a JWT (ADR 0025)
         unimplemented_reason=PENDING,
-        collectors=(*metrics.collectors, *relay.metrics.collectors, rls.servicer.metrics.shadow),
+        collectors=(
+            *metrics.collectors,
+            *relay.metrics.collectors,
+            rls.servicer.metrics.shadow,
+            *(saga.parts.collectors if saga is not None else ()),
+        ),
     )
     peer = peer_components(settings, spec, jwks=jwks, monotonic=monotonic)
     return TokenComponents(

@@ -103,7 +103,12 @@ class SagaWorker:
         """Topic, health server (NOT_SERVING until the consumer joined), Faust, relay, recovery."""
         s = self.settings
         await ensure_topic(s.kafka_bootstrap, s.topic, s.topic_partitions, s.topic_replication)
-        spec = ServiceSpec(slug=SLUG, service_names=(), register=lambda server: None)
+        spec = ServiceSpec(
+            slug=SLUG,
+            service_names=(),
+            register=lambda server: None,
+            collectors=tuple(self.parts.collectors),
+        )  # the saga's metrics on /metrics when metrics_port is set
         self.server = await start_server(spec, s, None)
         await self.server.health.set("", NOT_SERVING)
         self.health = HealthReporter(

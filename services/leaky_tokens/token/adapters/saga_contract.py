@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from prometheus_client.registry import Collector
+
 from leaky.events.v1.events_pb2 import EventEnvelope
 
 
@@ -72,10 +74,12 @@ class SagaParts:
 
     The embedded token service hands `participants` to the in-process bus; the Faust worker
     makes one agent of each; both run an OutboxRelay over `outbox` and call `recovery`
-    periodically. `resources` are closed, in order, when the process stops.
+    periodically. `resources` are closed, in order, when the process stops; `collectors`
+    (the saga's metrics) go on the running process's /metrics.
     """
 
     participants: Sequence[Participant]
     outbox: OutboxSource
     recovery: SagaRecovery
     resources: Sequence[Closeable] = ()
+    collectors: Sequence[Collector] = ()

@@ -15,6 +15,7 @@ from leaky_tokens.runtime.system import SystemClock
 from leaky_tokens.token.adapters.policy_file import PolicyFile
 from leaky_tokens.token.adapters.purchase_settings import PurchaseSagaSettings
 from leaky_tokens.token.adapters.saga_contract import Closeable, SagaParts
+from leaky_tokens.token.adapters.saga_metrics import MeteredRecovery, MeteredSagaStore, SagaMetrics
 from leaky_tokens.token.adapters.saga_participants import SagaTimeouts, participants
 from leaky_tokens.token.adapters.saga_sql import make_engine, migrate
 from leaky_tokens.token.adapters.settings import Backend
@@ -82,8 +83,16 @@ async def build_saga_parts(
     if saga_store is None:
         saga_store = await open_saga_store(settings, clock)
         resources.append(saga_store)
+    metrics = SagaMetrics()  # steps counted as they commit, whichever process runs them
     engine = SagaEngine(
-        saga_store, payment or StubPaymentGateway(settings.payment_stub()), balances, policy, clock
+        MeteredSagaStore(saga_store, metrics),
+        payment or StubPaymentGateway(settings.payment_stub()),
+        balances,
+        policy,
+        clock,
     )
     recovery = SagaTimeouts(engine, timedelta(seconds=settings.saga_timeout_seconds))
-    return SagaParts(participants(engine), saga_store, recovery, tuple(resources))
+    return SagaParts(
+        participants(engine), saga_store, MeteredRecovery(recovery, metrics), tuple(resources),
+        metrics.collectors,
+    )  # fmt: skip
