@@ -79,8 +79,10 @@ def leaky_up(
     # so the two ranges cannot overlap.
     exporting = {s.slug: s.metrics_port - METRICS_BASE_PORT for s in SERVICES if s.metrics_port}
     # Workers' /metrics (stack mode) are on the metrics base too.
-    metric_offsets = [*exporting.values()]
-    metric_offsets += [w.metrics_port - METRICS_BASE_PORT for w in WORKERS if w.metrics_port]
+    worker_exporting = {
+        w.name: w.metrics_port - METRICS_BASE_PORT for w in WORKERS if w.metrics_port
+    }
+    metric_offsets = [*exporting.values(), *worker_exporting.values()]
     grpc_base = free_port_block(max(all_offsets) + 1 + max(metric_offsets) + 1)
     metrics_base = grpc_base + max(all_offsets) + 1
     log = (data_dir / "up.log").open("wb")
