@@ -79,7 +79,7 @@ def test_leaky_up_stack_moves_the_projection_ports_with_the_bases(tmp_path: Path
     assert projection.env["LEAKY_ANALYTICS_PROJECTION_STORE"] == "cassandra"
     assert projection.env["LEAKY_ANALYTICS_CASSANDRA_CONTACT_POINTS"] == "127.0.0.1:9042"
     assert "LEAKY_ANALYTICS_PROJECTION_KAFKA_BOOTSTRAP" in projection.env
-    assert "LEAKY_TOKEN_SAGA_METRICS_PORT" not in native["token-saga"].env
+    assert native["token-saga"].env["LEAKY_TOKEN_SAGA_METRICS_PORT"] == "9205"  # ADR 0040
     planned = {u.port for u in port_plan(ports, embedded=False)}
     assert {51056, 9206} <= planned
     off = MeshPorts.from_bases(8080, 9901, 51050, 0)

@@ -99,7 +99,7 @@ def test_the_saga_worker_gets_a_metrics_port_in_stack_mode_moved_with_the_servic
     tmp_path: Path,
 ) -> None:
     ports = MeshPorts.from_bases(8080, 9901, 41000, 19101)
-    assert ports.worker_metrics == {"token-saga": 19105}
+    assert ports.worker_metrics == {"token-saga": 19105, "analytics-projection": 19106}
     assert 19105 not in {use.port for use in port_plan(ports)}  # embedded: no worker
     stack_uses = {use.port: use.what for use in port_plan(ports, embedded=False)}
     assert stack_uses[19105] == "token-saga /metrics"
