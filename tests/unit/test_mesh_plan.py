@@ -104,7 +104,7 @@ def test_the_saga_worker_gets_a_metrics_port_in_stack_mode_moved_with_the_servic
     stack_uses = {use.port: use.what for use in port_plan(ports, embedded=False)}
     assert stack_uses[19105] == "token-saga /metrics"
     stack = StackTargets("127.0.0.1:8500", "127.0.0.1:8080", {}, kafka_bootstrap="k:9092")
-    (saga,) = worker_children(ports, service_children(ports, tmp_path, stack), stack)
+    saga, _projection = worker_children(ports, service_children(ports, tmp_path, stack), stack)
     assert saga.env["LEAKY_TOKEN_SAGA_METRICS_PORT"] == "19105"
     off = MeshPorts.from_bases(8080, 9901, 41000, 0)  # --metrics-base-port 0: metrics off
     (quiet,) = worker_children(off, service_children(off, tmp_path, stack), stack)
