@@ -107,6 +107,6 @@ def test_the_saga_worker_gets_a_metrics_port_in_stack_mode_moved_with_the_servic
     saga, _projection = worker_children(ports, service_children(ports, tmp_path, stack), stack)
     assert saga.env["LEAKY_TOKEN_SAGA_METRICS_PORT"] == "19105"
     off = MeshPorts.from_bases(8080, 9901, 41000, 0)  # --metrics-base-port 0: metrics off
-    (quiet,) = worker_children(off, service_children(off, tmp_path, stack), stack)
+    quiet, _ = worker_children(off, service_children(off, tmp_path, stack), stack)
     assert quiet.env["LEAKY_TOKEN_SAGA_METRICS_PORT"] == "0"
     assert all("/metrics" not in use.what for use in port_plan(off, embedded=False))
