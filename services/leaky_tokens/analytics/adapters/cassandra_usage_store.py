@@ -83,8 +83,18 @@ KEEP_MS = {
 }
 IN_CHUNK = 100  # ids per existence lookup
 MAX_IN_FLIGHT = 128  # concurrent requests per call
-BATCH_BYTES = 4_000  # unlogged batches stay under Cassandra's 5 KiB warning
-BATCH_ROWS = 40
+BATCH_BYTES = 4_500  # unlogged batches stay under Cassandra's 5 KiB warning (estimated)
+BATCH_PARTITIONS = 10  # and its "unlogged batch covering more than 10 partitions" warning
+# How many leading bind parameters of each write statement make its partition key.
+PARTITION_KEY = {
+    "raw_insert": 4,
+    "day_insert": 3,
+    "cell_write": 5,
+    "source_claim": 3,
+    "source_max": 3,
+    "provider_insert": 2,
+    "purchase_put": 2,
+}
 NONE = -(2**63)
 
 # Driver errors that mean "Cassandra is not reachable or not answering now" (not a bad query:
@@ -426,25 +436,34 @@ class CassandraUsageStore:
             raise self._unavailable(error) from error
 
     async def _write_all(self, writes: list[tuple[str, tuple[Any, ...], int]]) -> None:
-        """Run (statement, params, size estimate) writes: small ones in unlogged batches."""
+        """Run (statement, params, size estimate) writes: small ones in unlogged batches of
+        rows sorted by partition (at most BATCH_PARTITIONS partitions, about BATCH_BYTES)."""
         if not writes:
             return
         session = await self._ready()
         requests: list[Any] = []
         batch: BatchStatement | None = None
-        batch_bytes = batch_rows = 0
-        for name, params, size in writes:
+        batch_bytes = 0
+        partitions: set[tuple[Any, ...]] = set()
+        for name, params, size in sorted(writes, key=lambda w: (w[0], w[1][: PARTITION_KEY[w[0]]])):
             statement = self._prepared[name]
             if size >= BATCH_BYTES:
                 requests.append(statement.bind(params))
                 continue
-            if batch is None or batch_bytes + size > BATCH_BYTES or batch_rows >= BATCH_ROWS:
+            partition = params[: PARTITION_KEY[name]]
+            new_partition = partition not in partitions
+            if (
+                batch is None
+                or batch_bytes + size > BATCH_BYTES
+                or (new_partition and len(partitions) >= BATCH_PARTITIONS)
+            ):
                 batch = BatchStatement(BatchType.UNLOGGED)
                 requests.append(batch)
-                batch_bytes = batch_rows = 0
+                batch_bytes = 0
+                partitions = set()
             batch.add(statement, params)
             batch_bytes += size
-            batch_rows += 1
+            partitions.add(partition)
         await self._run_all(session, requests)
 
     async def _run_all(self, session: Session, requests: list[Any]) -> None:
@@ -521,15 +540,21 @@ class CassandraUsageStore:
                     updated[cell_key].add(fact)
         for cell in updated.values():
             cell.applied_offset = max(cell.applied_offset, last_offset)
-        # Cells first, then raw rows (ADR 0036: a raw row implies its cells are written).
+        # Cells first, then the index and the scoped raw copies, and the ALL-scope raw rows (the
+        # ones looked up) last: a looked-up row implies everything else is written (ADR 0036).
         await self._write_all(
             [
                 self._cell_write(cell_key, cell, topic, partition)
                 for cell_key, cell in updated.items()
             ]
         )
-        await self._write_all(self._raw_writes([fact for _, fact in fresh]))
-        await self._write_all(self._index_writes([fact for _, fact in fresh]))
+        facts = [fact for _, fact in fresh]
+        providers, days, index = self._index_writes(facts)
+        await self._write_all(index)
+        self._known_providers.update(providers)
+        self._known_days.update(days)
+        await self._write_all(self._raw_writes(facts, looked_up=False))
+        await self._write_all(self._raw_writes(facts, looked_up=True))
         source.cells.update(updated)
         self._evict(source)
 
@@ -624,15 +649,23 @@ class CassandraUsageStore:
             cell.refunded_tokens,
             blob,
         )
-        return "cell_write", params, 120 + len(scope_id) + len(provider) + len(blob or b"")
+        return "cell_write", params, 250 + 2 * (len(scope_id) + len(provider)) + len(blob or b"")
 
-    def _raw_writes(self, facts: list[UsageFact]) -> list[tuple[str, tuple[Any, ...], int]]:
+    def _raw_writes(
+        self, facts: list[UsageFact], *, looked_up: bool
+    ) -> list[tuple[str, tuple[Any, ...], int]]:
+        """The ALL-scope raw rows (`looked_up`: every fact, give-backs too) or the USER and
+        ORG copies of the decisions."""
         writes = []
         for fact in facts:
             day = _day(fact.occurred_at_ms)
             decision = fact.kind.is_decision
-            # Give-backs only in the ALL scope (where ids are looked up); decisions in each.
-            scopes = scopes_of(fact) if decision else (Scope.everyone(),)
+            if looked_up:
+                scopes: Sequence[Scope] = (Scope.everyone(),)
+            elif decision:
+                scopes = scopes_of(fact)[1:]
+            else:
+                continue
             for scope in scopes:
                 params = (
                     scope.kind.value,
@@ -649,12 +682,21 @@ class CassandraUsageStore:
                     fact.allowed,
                     self._ttl,
                 )
-                size = 80 + len(fact.event_id) + len(fact.user_id) + 2 * len(fact.org_id)
+                size = 160 + 2 * (len(fact.event_id) + len(fact.user_id) + len(fact.org_id))
                 writes.append(("raw_insert", params, size))
         return writes
 
-    def _index_writes(self, facts: list[UsageFact]) -> list[tuple[str, tuple[Any, ...], int]]:
-        """Days with raw rows (for `latest`) and providers per scope, once per instance."""
+    def _index_writes(
+        self, facts: list[UsageFact]
+    ) -> tuple[
+        set[tuple[ScopeKind, str, str]],
+        set[tuple[ScopeKind, str, str, int]],
+        list[tuple[str, tuple[Any, ...], int]],
+    ]:
+        """Days with raw rows (for `latest`) and providers per scope that this instance has
+        not written yet (remembered once the writes succeed)."""
+        providers: set[tuple[ScopeKind, str, str]] = set()
+        days: set[tuple[ScopeKind, str, str, int]] = set()
         writes: list[tuple[str, tuple[Any, ...], int]] = []
         for fact in facts:
             if not fact.kind.is_decision:
@@ -662,17 +704,17 @@ class CassandraUsageStore:
             day = _day(fact.occurred_at_ms)
             for scope in scopes_of(fact):
                 p_key = (scope.kind, scope.id, fact.provider)
-                if p_key not in self._known_providers:
-                    self._known_providers.add(p_key)
+                if p_key not in self._known_providers and p_key not in providers:
+                    providers.add(p_key)
                     writes.append(
-                        ("provider_insert", (scope.kind.value, scope.id, fact.provider), 60)
+                        ("provider_insert", (scope.kind.value, scope.id, fact.provider), 100)
                     )
                 d_key = (scope.kind, scope.id, fact.provider, day)
-                if d_key not in self._known_days:
-                    self._known_days.add(d_key)
+                if d_key not in self._known_days and d_key not in days:
+                    days.add(d_key)
                     params = (scope.kind.value, scope.id, fact.provider, day, self._ttl + 86_400)
-                    writes.append(("day_insert", params, 60))
-        return writes
+                    writes.append(("day_insert", params, 100))
+        return providers, days, writes
 
     def _evict(self, source: _Source) -> None:
         """Drop cells well behind the newest bucket; raise the floor so they are read again."""
