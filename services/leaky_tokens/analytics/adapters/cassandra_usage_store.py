@@ -64,7 +64,13 @@ from leaky_tokens.analytics.domain.ports import (
     scopes_of,
 )
 from leaky_tokens.analytics.domain.totals import Totals, UserShare
-from leaky_tokens.analytics.domain.windows import DAY_MS, RESOLUTIONS, Resolution
+from leaky_tokens.analytics.domain.windows import (
+    DAY_MS,
+    HOUR_MS,
+    MINUTE_MS,
+    RESOLUTIONS,
+    Resolution,
+)
 
 try:  # the wheel's compiled libev reactor; asyncore (the driver's default) is gone in 3.12
     from cassandra.io.libevreactor import LibevConnection as _Connection
@@ -74,17 +80,15 @@ except ImportError:  # pragma: no cover - a build without the C extension
 T = TypeVar("T")
 
 # How many minute/hour/day buckets one rollup partition holds (bounded partitions).
-PERIOD_MS = {Resolution.MINUTE: DAY_MS, Resolution.HOUR: 30 * DAY_MS, Resolution.DAY: 360 * DAY_MS}
+PERIOD_MS = {MINUTE_MS: DAY_MS, HOUR_MS: 30 * DAY_MS, DAY_MS: 360 * DAY_MS}
 # How far behind the newest bucket a cell stays cached (late events within a partition).
-KEEP_MS = {
-    Resolution.MINUTE: 15 * 60_000,
-    Resolution.HOUR: 3 * 3_600_000,
-    Resolution.DAY: 3 * DAY_MS,
-}
+KEEP_MS = {MINUTE_MS: 15 * MINUTE_MS, HOUR_MS: 3 * HOUR_MS, DAY_MS: 3 * DAY_MS}
 IN_CHUNK = 100  # ids per existence lookup
 MAX_IN_FLIGHT = 128  # concurrent requests per call
 BATCH_BYTES = 4_500  # unlogged batches stay under Cassandra's 5 KiB warning (estimated)
 BATCH_PARTITIONS = 10  # and its "unlogged batch covering more than 10 partitions" warning
+OWN_BATCH_ROWS = 8  # a partition with this many rows in one write gets its own batches
+PARTITION_BATCH_ROWS = 500  # rows of one partition per batch (one mutation)
 # How many leading bind parameters of each write statement make its partition key.
 PARTITION_KEY = {
     "raw_insert": 4,
@@ -267,7 +271,10 @@ def _add_share(users: dict[str, UserShare], user: str, tokens: int, events: int)
 
 # --- rollup cells ---------------------------------------------------------------------------
 
-CellKey = tuple[ScopeKind, str, str, Resolution, int]  # scope kind, id, provider, res, bucket
+# (scope kind value, scope id, provider, resolution length in ms, bucket start): plain str and
+# int, hashed many times per fact (an enum's hash runs Python code).
+CellKey = tuple[str, str, str, int, int]
+RES_NAME = {r.value: r.name for r in RESOLUTIONS}
 
 
 @dataclass(slots=True)
@@ -320,13 +327,13 @@ class _Source:
     cells: dict[CellKey, _Cell] = field(default_factory=dict)
     # Buckets above the floor (per resolution) that are not cached hold nothing of this
     # partition: no earlier writer applied an event that late, and we never evicted them.
-    floor: dict[Resolution, int] = field(default_factory=dict)
+    floor: dict[int, int] = field(default_factory=dict)  # by resolution length
     max_occurred: int = NONE
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-def _period(resolution: Resolution, bucket: int) -> int:
-    return bucket - bucket % PERIOD_MS[resolution]
+def _period(resolution_ms: int, bucket: int) -> int:
+    return bucket - bucket % PERIOD_MS[resolution_ms]
 
 
 def _day(t_ms: int) -> int:
@@ -436,34 +443,48 @@ class CassandraUsageStore:
             raise self._unavailable(error) from error
 
     async def _write_all(self, writes: list[tuple[str, tuple[Any, ...], int]]) -> None:
-        """Run (statement, params, size estimate) writes: small ones in unlogged batches of
-        rows sorted by partition (at most BATCH_PARTITIONS partitions, about BATCH_BYTES)."""
+        """Run (statement, params, size estimate) writes in unlogged batches.
+
+        A partition with many rows gets batches of its own: Cassandra applies each as one
+        mutation and does not size-check it. The other partitions' rows share batches of at
+        most BATCH_PARTITIONS partitions and about BATCH_BYTES (below the server's
+        warnings); big rows go alone.
+        """
         if not writes:
             return
         session = await self._ready()
+        groups: dict[tuple[Any, ...], list[tuple[str, tuple[Any, ...], int]]] = {}
+        for write in writes:
+            name, params, _ = write
+            groups.setdefault((name, *params[: PARTITION_KEY[name]]), []).append(write)
         requests: list[Any] = []
-        batch: BatchStatement | None = None
-        batch_bytes = 0
+        shared: BatchStatement | None = None
+        shared_bytes = 0
         partitions: set[tuple[Any, ...]] = set()
-        for name, params, size in sorted(writes, key=lambda w: (w[0], w[1][: PARTITION_KEY[w[0]]])):
-            statement = self._prepared[name]
-            if size >= BATCH_BYTES:
-                requests.append(statement.bind(params))
+        for key, group in groups.items():
+            if len(group) >= OWN_BATCH_ROWS:
+                for i in range(0, len(group), PARTITION_BATCH_ROWS):
+                    batch = BatchStatement(BatchType.UNLOGGED)
+                    for name, params, _ in group[i : i + PARTITION_BATCH_ROWS]:
+                        batch.add(self._prepared[name], params)
+                    requests.append(batch)
                 continue
-            partition = params[: PARTITION_KEY[name]]
-            new_partition = partition not in partitions
-            if (
-                batch is None
-                or batch_bytes + size > BATCH_BYTES
-                or (new_partition and len(partitions) >= BATCH_PARTITIONS)
-            ):
-                batch = BatchStatement(BatchType.UNLOGGED)
-                requests.append(batch)
-                batch_bytes = 0
-                partitions = set()
-            batch.add(statement, params)
-            batch_bytes += size
-            partitions.add(partition)
+            for name, params, size in group:
+                if size >= BATCH_BYTES:
+                    requests.append(self._prepared[name].bind(params))
+                    continue
+                if (
+                    shared is None
+                    or shared_bytes + size > BATCH_BYTES
+                    or (key not in partitions and len(partitions) >= BATCH_PARTITIONS)
+                ):
+                    shared = BatchStatement(BatchType.UNLOGGED)
+                    requests.append(shared)
+                    shared_bytes = 0
+                    partitions = set()
+                shared.add(self._prepared[name], params)
+                shared_bytes += size
+                partitions.add(key)
         await self._run_all(session, requests)
 
     async def _run_all(self, session: Session, requests: list[Any]) -> None:
@@ -528,14 +549,14 @@ class CassandraUsageStore:
             await self._execute("source_max", (newest, topic, partition))
             source.max_occurred = newest
         # The cells the facts count in, as they are now (cache, Cassandra, or empty).
+        counted = [(offset, fact, _cell_keys(fact)) for offset, fact in fresh]
         keys: dict[CellKey, None] = {}
-        for _, fact in fresh:
-            for cell_key in _cell_keys(fact):
-                keys[cell_key] = None
+        for _, _, fact_keys in counted:
+            keys.update(dict.fromkeys(fact_keys))
         current = await self._load_cells(key, source, list(keys))
         updated = {k: c.copy() for k, c in current.items()}
-        for offset, fact in fresh:
-            for cell_key in _cell_keys(fact):
+        for offset, fact, fact_keys in counted:
+            for cell_key in fact_keys:
                 if offset > current[cell_key].applied_offset:
                     updated[cell_key].add(fact)
         for cell in updated.values():
@@ -570,7 +591,7 @@ class CassandraUsageStore:
         await self._execute("source_claim", (self.writer_id, topic, partition))
         known = NONE if max_occurred is None else max_occurred
         source.max_occurred = known
-        source.floor = dict.fromkeys(RESOLUTIONS, known)
+        source.floor = dict.fromkeys(RES_NAME, known)
         source.claimed = True
 
     async def _in_raw(self, facts: list[UsageFact]) -> set[str]:
@@ -593,14 +614,14 @@ class CassandraUsageStore:
     ) -> dict[CellKey, _Cell]:
         topic, partition = key
         cells: dict[CellKey, _Cell] = {}
-        wanted: dict[tuple[ScopeKind, str, str, Resolution, int], list[int]] = {}
+        wanted: dict[tuple[str, str, str, int, int], list[int]] = {}
         for cell_key in keys:
             cached = source.cells.get(cell_key)
             if cached is not None:
                 cells[cell_key] = cached
                 continue
             kind, scope_id, provider, resolution, bucket = cell_key
-            cells[cell_key] = _Cell(shares=None if kind is ScopeKind.USER else {})
+            cells[cell_key] = _Cell(shares=None if kind == "user" else {})
             if bucket <= source.floor[resolution]:
                 part = (kind, scope_id, provider, resolution, _period(resolution, bucket))
                 wanted.setdefault(part, []).append(bucket)
@@ -608,7 +629,7 @@ class CassandraUsageStore:
         reads = [
             self._execute(
                 "cells_own",
-                (kind.value, scope_id, provider, res.name, period, buckets, topic, partition),
+                (kind, scope_id, provider, RES_NAME[res], period, buckets, topic, partition),
             )
             for (kind, scope_id, provider, res, period), buckets in parts
         ]
@@ -623,7 +644,7 @@ class CassandraUsageStore:
                     tok,
                     atok,
                     ref,
-                    None if kind is ScopeKind.USER else decode_shares(blob or b""),
+                    None if kind == "user" else decode_shares(blob or b""),
                 )
         return cells
 
@@ -633,10 +654,10 @@ class CassandraUsageStore:
         kind, scope_id, provider, resolution, bucket = key
         blob = None if cell.shares is None else encode_shares(cell.shares)
         params = (
-            kind.value,
+            kind,
             scope_id,
             provider,
-            resolution.name,
+            RES_NAME[resolution],
             _period(resolution, bucket),
             bucket,
             topic,
@@ -819,7 +840,7 @@ class CassandraUsageStore:
     ) -> Mapping[int, Totals]:
         by_period: dict[int, list[int]] = {}
         for start in dict.fromkeys(starts):
-            by_period.setdefault(_period(resolution, start), []).append(start)
+            by_period.setdefault(_period(resolution.value, start), []).append(start)
         reads = [
             self._execute(
                 "cells_read",
@@ -886,11 +907,24 @@ def _with_created(view: PurchaseView, created: int) -> PurchaseView:
 
 
 def _cell_keys(fact: UsageFact) -> list[CellKey]:
-    return [
-        (scope.kind, scope.id, fact.provider, resolution, resolution.floor(fact.occurred_at_ms))
-        for scope in scopes_of(fact)
-        for resolution in RESOLUTIONS
+    """The cells a fact counts in: minute, hour and day of each of its scopes."""
+    t, provider = fact.occurred_at_ms, fact.provider
+    minute, hour, day = t - t % MINUTE_MS, t - t % HOUR_MS, t - t % DAY_MS
+    keys: list[CellKey] = [
+        ("all", "", provider, MINUTE_MS, minute),
+        ("all", "", provider, HOUR_MS, hour),
+        ("all", "", provider, DAY_MS, day),
+        ("user", fact.user_id, provider, MINUTE_MS, minute),
+        ("user", fact.user_id, provider, HOUR_MS, hour),
+        ("user", fact.user_id, provider, DAY_MS, day),
     ]
+    if fact.org_id:
+        keys += [
+            ("org", fact.org_id, provider, MINUTE_MS, minute),
+            ("org", fact.org_id, provider, HOUR_MS, hour),
+            ("org", fact.org_id, provider, DAY_MS, day),
+        ]
+    return keys
 
 
 def _wrap(future: ResponseFuture) -> asyncio.Future[Any]:
