@@ -83,6 +83,7 @@ T = TypeVar("T")
 PERIOD_MS = {MINUTE_MS: DAY_MS, HOUR_MS: 30 * DAY_MS, DAY_MS: 360 * DAY_MS}
 # How far behind the newest bucket a cell stays cached (late events within a partition).
 KEEP_MS = {MINUTE_MS: 15 * MINUTE_MS, HOUR_MS: 3 * HOUR_MS, DAY_MS: 3 * DAY_MS}
+DECISIONS = frozenset(kind for kind in FactKind if kind.is_decision)
 IN_CHUNK = 100  # ids per existence lookup
 MAX_IN_FLIGHT = 128  # concurrent requests per call
 BATCH_BYTES = 4_500  # unlogged batches stay under Cassandra's 5 KiB warning (estimated)
@@ -301,8 +302,9 @@ class _Cell:
             shares,
         )
 
-    def add(self, fact: UsageFact) -> None:
-        if not fact.kind.is_decision:
+    def add(self, fact: UsageFact, decision: bool) -> None:
+        """Count one fact in (`decision`: its kind's is_decision, computed once per fact)."""
+        if not decision:
             self.refunded_tokens += fact.tokens
             return
         self.events += 1
@@ -549,16 +551,18 @@ class CassandraUsageStore:
             await self._execute("source_max", (newest, topic, partition))
             source.max_occurred = newest
         # The cells the facts count in, as they are now (cache, Cassandra, or empty).
-        counted = [(offset, fact, _cell_keys(fact)) for offset, fact in fresh]
+        counted = [
+            (offset, fact, fact.kind in DECISIONS, _cell_keys(fact)) for offset, fact in fresh
+        ]
         keys: dict[CellKey, None] = {}
-        for _, _, fact_keys in counted:
+        for _, _, _, fact_keys in counted:
             keys.update(dict.fromkeys(fact_keys))
         current = await self._load_cells(key, source, list(keys))
         updated = {k: c.copy() for k, c in current.items()}
-        for offset, fact, fact_keys in counted:
+        for offset, fact, decision, fact_keys in counted:
             for cell_key in fact_keys:
                 if offset > current[cell_key].applied_offset:
-                    updated[cell_key].add(fact)
+                    updated[cell_key].add(fact, decision)
         for cell in updated.values():
             cell.applied_offset = max(cell.applied_offset, last_offset)
         # Cells first, then the index and the scoped raw copies, and the ALL-scope raw rows (the
