@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
-from cassandra.cluster import Cluster, Session
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.policies import RoundRobinPolicy
 
 from leaky_tokens.analytics.adapters.cassandra_usage_store import CassandraUsageStore
 from leaky_tokens.analytics.domain.facts import (
@@ -61,7 +62,14 @@ async def store(port: int) -> AsyncIterator[CassandraUsageStore]:
 
 @pytest.fixture(scope="module")
 def cql(port: int) -> Iterator[Session]:
-    cluster = Cluster(["127.0.0.1"], port=port, protocol_version=5, connect_timeout=10)
+    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy())
+    cluster = Cluster(
+        ["127.0.0.1"],
+        port=port,
+        protocol_version=5,
+        connect_timeout=10,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+    )
     try:
         yield cluster.connect()
     finally:
@@ -382,3 +390,13 @@ class TcpProxy:
                 dst.close()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_a_bucket_with_only_a_zero_token_give_back_is_present(
+    store: CassandraUsageStore,
+) -> None:
+    give_back = UsageFact("r1", T0, FactKind.RELEASE, "openai", "u", "", 0, False)
+    await store.project([SourcedFact(TOPIC, 0, 0, give_back)])
+    got = await store.buckets(Scope(ScopeKind.USER, "u"), "openai", Resolution.HOUR, [T0])
+    assert dict(got) == {T0: Totals.of([give_back])}
+    assert await store.latest(Scope.everyone(), "openai", 5) == []

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from cassandra.cluster import Cluster
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+from cassandra.policies import RoundRobinPolicy
 
 from leaky_tokens.analytics.adapters.cassandra_settings import CassandraStoreSettings
 from leaky_tokens.analytics.adapters.cassandra_usage_store import CassandraUsageStore
@@ -38,7 +39,14 @@ def new_keyspace() -> str:
 
 def drop_keyspace(port: int, keyspace: str) -> None:
     """Drop a test keyspace (blocking)."""
-    cluster = Cluster(["127.0.0.1"], port=port, protocol_version=5, connect_timeout=10)
+    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy())
+    cluster = Cluster(
+        ["127.0.0.1"],
+        port=port,
+        protocol_version=5,
+        connect_timeout=10,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+    )
     try:
         cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
     finally:

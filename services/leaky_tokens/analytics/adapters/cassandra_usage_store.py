@@ -869,7 +869,9 @@ class CassandraUsageStore:
                         _add_share(totals.users, user, tok, ev)
                 else:
                     _shares_into(totals, blob)
-        return {b: t for b, t in out.items() if t.events or t.refunded_tokens}
+        # A cell exists only once a fact counted in it, so every bucket read has usage (a
+        # zero-token give-back alone still makes a bucket, as it does for Totals.of).
+        return out
 
     async def providers(self, scope: Scope) -> list[str]:
         rows = await self._execute("providers", (scope.kind.value, scope.id))
