@@ -52,7 +52,11 @@ def test_the_stack_runs_the_projection_on_its_kafka_and_cassandra(tmp_path: Path
     env = projection.launch(StackPaths(tmp_path, tmp_path)).env
     assert env["LEAKY_ANALYTICS_PROJECTION_KAFKA_BOOTSTRAP"] == components["kafka"].address
     assert env["LEAKY_ANALYTICS_PROJECTION_STORE"] == "cassandra"
-    assert env["LEAKY_ANALYTICS_CASSANDRA_CONTACT_POINTS"] == components["cassandra"].address
+    host, port = components["cassandra"].address.rsplit(":", 1)
+    assert (env["LEAKY_ANALYTICS_CASSANDRA_HOSTS"], env["LEAKY_ANALYTICS_CASSANDRA_PORT"]) == (
+        host,
+        port,
+    )
     assert env["LEAKY_ANALYTICS_PROJECTION_PORT"] == "18101"
     saga_env = saga.launch(StackPaths(tmp_path, tmp_path)).env
     assert not any("CASSANDRA" in name for name in saga_env)
@@ -77,7 +81,9 @@ def test_leaky_up_stack_moves_the_projection_ports_with_the_bases(tmp_path: Path
     assert projection.env["LEAKY_ANALYTICS_PROJECTION_METRICS_PORT"] == "9206"
     assert projection.metrics == "http://127.0.0.1:9206/metrics"
     assert projection.env["LEAKY_ANALYTICS_PROJECTION_STORE"] == "cassandra"
-    assert projection.env["LEAKY_ANALYTICS_CASSANDRA_CONTACT_POINTS"] == "127.0.0.1:9042"
+    assert projection.env["LEAKY_ANALYTICS_CASSANDRA_HOSTS"] == "127.0.0.1"
+    assert projection.env["LEAKY_ANALYTICS_CASSANDRA_PORT"] == "9042"
+    assert native["analytics"].env["LEAKY_ANALYTICS_STORE"] == "cassandra"  # reads it too
     assert "LEAKY_ANALYTICS_PROJECTION_KAFKA_BOOTSTRAP" in projection.env
     assert native["token-saga"].env["LEAKY_TOKEN_SAGA_METRICS_PORT"] == "9205"  # ADR 0040
     planned = {u.port for u in port_plan(ports, embedded=False)}

@@ -45,8 +45,8 @@ StoreFactory = Callable[[], UsageStore | Awaitable[UsageStore]]
 
 # The real stores, by `store` (each reads its own settings, the analytics service's).
 STORES = {
-    "cassandra": "leaky_tokens.analytics.adapters.cassandra_usage_store:open_usage_store",
-    "sqlite": "leaky_tokens.analytics.adapters.sqlite_usage_store:open_usage_store",
+    "cassandra": "leaky_tokens.analytics.adapters.store_openers:open_cassandra",
+    "sqlite": "leaky_tokens.analytics.adapters.store_openers:open_sqlite",
 }
 
 

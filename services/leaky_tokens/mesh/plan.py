@@ -175,8 +175,16 @@ def worker_children(
             f"{prefix}_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
         }
         if worker.uses_cassandra and stack.cassandra:
+            # The service reads what the worker writes: both on the stack's Cassandra.
+            host, _, cql_port = stack.cassandra.rpartition(":")
+            cassandra = {
+                f"{within_prefix}_STORE": "cassandra",
+                f"{within_prefix}_CASSANDRA_HOSTS": host,
+                f"{within_prefix}_CASSANDRA_PORT": cql_port,
+            }
+            within.env.update(cassandra)
+            env.update(cassandra)
             env[f"{prefix}_STORE"] = "cassandra"
-            env[f"{within_prefix}_CASSANDRA_CONTACT_POINTS"] = stack.cassandra
         metrics = ports.worker_metrics.get(worker.name, 0)
         if worker.metrics_port:
             env[f"{prefix}_METRICS_PORT"] = str(metrics)  # 0: --metrics-base-port 0

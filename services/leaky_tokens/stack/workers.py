@@ -81,7 +81,9 @@ class WorkerComponent(Component):
         if self.cassandra:
             # The usage store of the service it works for (the analytics projection's).
             env[f"{prefix}_STORE"] = "cassandra"
-            env[f"{within}_CASSANDRA_CONTACT_POINTS"] = self.cassandra
+            host, _, cql_port = self.cassandra.rpartition(":")
+            env[f"{within}_CASSANDRA_HOSTS"] = host
+            env[f"{within}_CASSANDRA_PORT"] = cql_port
         return Launch([sys.executable, "-m", self.worker.module], env=env)
 
     def ready(self, paths: StackPaths) -> bool:
