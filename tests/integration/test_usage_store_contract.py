@@ -26,6 +26,7 @@ from leaky_tokens.analytics.domain.ports import (
 )
 from leaky_tokens.analytics.domain.totals import Totals
 from leaky_tokens.analytics.domain.windows import DAY_MS, HOUR_MS, MINUTE_MS, RESOLUTIONS
+from tests.support.cassandra_store import cassandra_port, cassandra_store
 from tests.support.usage_stores import USAGE_STORES, StoreFactory
 
 T0 = 1_780_000_000_000 - 1_780_000_000_000 % DAY_MS  # a UTC midnight
@@ -33,8 +34,13 @@ USAGE, PURCHASE = "leaky.usage.v1", "leaky.purchase.v1"
 _offsets = itertools.count(1)
 
 
-@pytest.fixture(params=sorted(USAGE_STORES))
+@pytest.fixture(params=[*sorted(USAGE_STORES), "cassandra"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[UsageStore]:
+    if request.param == "cassandra":  # the stack's real Cassandra, a fresh keyspace per test
+        port = cassandra_port(request.getfixturevalue("stack"))
+        async with cassandra_store(port) as opened:
+            yield opened
+        return
     factory: StoreFactory = USAGE_STORES[request.param]
     async with factory() as fresh:
         yield fresh
