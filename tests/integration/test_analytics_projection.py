@@ -3,9 +3,9 @@ a SIGKILL in the middle give exactly N facts in the store whose rollups match a 
 computation; poison goes to the dead-letter topic with its reason; a store outage turns the
 health NOT_SERVING and the projection resumes when the store is back.
 
-The store is the `usage_store` fixture: for now tests/support's SQLite-file double (honest
-dedup by event id, readable after the worker died); the coordinator switches that fixture to
-the Cassandra store once it is merged (one line, see `usage_store`).
+The store is the `usage_store` fixture: the stack's real Cassandra (a fresh keyspace per
+test), except for the outage test, which needs a store it can take down without stopping the
+shared Cassandra: tests/support's SQLite-file double (honest dedup by event id).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-u
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from leaky.events.v1.events_pb2 import EventEnvelope
+from leaky_tokens.analytics.adapters.cassandra_usage_store import CassandraUsageStore
 from leaky_tokens.analytics.adapters.dead_letters import (
     REASON,
     SOURCE_OFFSET,
@@ -45,6 +46,12 @@ from leaky_tokens.stack.kafka import Kafka
 from leaky_tokens.stack.orchestrator import Stack
 from leaky_tokens.stack.workers import WorkerComponent
 from leaky_tokens.topology import WORKERS
+from tests.support.cassandra_store import (
+    cassandra_port,
+    drop_keyspace,
+    new_keyspace,
+    store_settings,
+)
 from tests.support.net import free_port
 from tests.support.stack import component
 from tests.support.usage_store_double import (
@@ -90,9 +97,38 @@ def sqlite_double(root: Path) -> StoreUnderTest:
     )
 
 
+def cassandra_real(port: int, keyspace: str) -> StoreUnderTest:
+    def cannot() -> None:
+        raise NotImplementedError("the shared Cassandra is not taken down by tests")
+
+    settings = store_settings(port, keyspace)
+    return StoreUnderTest(
+        env={
+            "LEAKY_ANALYTICS_PROJECTION_STORE_FACTORY": (
+                "tests.support.usage_store_double:cassandra_from_env"
+            ),
+            "LEAKY_ANALYTICS_CASSANDRA_HOSTS": "127.0.0.1",
+            "LEAKY_ANALYTICS_CASSANDRA_PORT": str(port),
+            "LEAKY_ANALYTICS_CASSANDRA_KEYSPACE": keyspace,
+        },
+        reader=lambda: CassandraUsageStore(settings),
+        down=cannot,
+        up=cannot,
+    )
+
+
 @pytest.fixture
-def usage_store(tmp_path: Path) -> StoreUnderTest:
-    return sqlite_double(tmp_path)  # after merge: the Cassandra store of the stack
+def usage_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
+    """The real Cassandra store; parametrize indirectly with "double" for the SQLite double."""
+    if getattr(request, "param", "cassandra") == "double":
+        yield sqlite_double(tmp_path)
+        return
+    port = cassandra_port(request.getfixturevalue("stack"))
+    keyspace = new_keyspace()
+    try:
+        yield cassandra_real(port, keyspace)
+    finally:
+        drop_keyspace(port, keyspace)
 
 
 @dataclass
@@ -385,6 +421,7 @@ def check_status(client: consul.Consul, port: int) -> str | None:
     return str(checks[0]["Status"]) if checks else None
 
 
+@pytest.mark.parametrize("usage_store", ["double"], indirect=True)
 async def test_a_store_outage_stalls_the_projection_and_it_resumes_when_the_store_is_back(
     worker: Worker, producer: AIOKafkaProducer, stack: Stack
 ) -> None:

@@ -19,6 +19,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from leaky_tokens.analytics.domain.facts import (
     Fact,
@@ -33,6 +34,7 @@ from leaky_tokens.analytics.domain.ports import (
     PurchaseView,
     Scope,
     ScopeKind,
+    UsageStore,
     UsageStoreUnavailableError,
     scopes_of,
 )
@@ -220,3 +222,28 @@ def store_from_env() -> SqliteRecordingStore:
     """The worker's store_factory in integration tests: the file LEAKY_TEST_USAGE_STORE_PATH."""
     delay_s = int(os.environ.get(STORE_DELAY_ENV, "0")) / 1000
     return SqliteRecordingStore(Path(os.environ[STORE_PATH_ENV]), delay_s=delay_s)
+
+
+class SlowedStore:
+    """A real store whose `project` first waits (so a test's kill lands mid-stream)."""
+
+    def __init__(self, inner: UsageStore, delay_s: float) -> None:
+        self._inner = inner
+        self._delay_s = delay_s
+
+    async def project(self, facts: Sequence[SourcedFact]) -> None:
+        await asyncio.sleep(self._delay_s)
+        await self._inner.project(facts)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def cassandra_from_env() -> UsageStore:
+    """The worker's store_factory in integration tests: the real Cassandra store (as the
+    LEAKY_ANALYTICS_CASSANDRA_* variables say), slowed by LEAKY_TEST_USAGE_STORE_DELAY_MS."""
+    from leaky_tokens.analytics.adapters.store_openers import open_cassandra
+
+    store = await open_cassandra()
+    delay_s = int(os.environ.get(STORE_DELAY_ENV, "0")) / 1000
+    return SlowedStore(store, delay_s) if delay_s else store
