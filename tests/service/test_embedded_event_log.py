@@ -277,15 +277,9 @@ async def test_the_running_tailer_retries_a_failed_batch_and_projects_everything
     await tailer.stop()
     assert await store.raw_count() == 60
     assert await day_totals(store) == expected(events)
+    assert registry.get_sample_value("leaky_analytics_projection_failures_total") == 1
     assert (
-        registry.get_sample_value(
-            "leaky_analytics_projection_failures_total", {"source": "embedded"}
-        )
-        == 1
-    )
-    assert (
-        registry.get_sample_value("leaky_analytics_projection_lag_seconds", {"source": "embedded"})
-        == 0
+        registry.get_sample_value("leaky_analytics_projection_lag_seconds", {"topic": USAGE}) == 0
     )
     await log.close()
 
@@ -315,9 +309,7 @@ async def test_poison_is_recorded_with_its_reason_and_skipped(
         "ok-1",
     ]
     assert await store.position(USAGE) == records[-1].seq
-    assert (
-        registry.get_sample_value("leaky_analytics_dead_letters_total", {"source": "embedded"}) == 2
-    )
+    assert registry.get_sample_value("leaky_analytics_dead_letters_total", {"topic": USAGE}) == 2
     assert await tailer.run_once() == 0  # skipped for good, recorded once
     assert len(await store.dead_letters()) == 2
     await log.close()
@@ -450,7 +442,7 @@ async def test_the_lag_gauge_follows_a_draining_backlog(
         async def apply(self, *args: object, **kwargs: object) -> None:
             seen.append(
                 registry.get_sample_value(
-                    "leaky_analytics_projection_lag_seconds", {"source": "embedded"}
+                    "leaky_analytics_projection_lag_seconds", {"topic": USAGE}
                 )
             )
             await super().apply(*args, **kwargs)
@@ -462,7 +454,6 @@ async def test_the_lag_gauge_follows_a_draining_backlog(
     # Before each batch: nothing measured yet, then 2 s behind (b's time to c's), then 0.
     assert seen == [None, 2.0, 0.0]
     assert (
-        registry.get_sample_value("leaky_analytics_projection_lag_seconds", {"source": "embedded"})
-        == 0
+        registry.get_sample_value("leaky_analytics_projection_lag_seconds", {"topic": USAGE}) == 0
     )
     await log.close()

@@ -14,10 +14,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.registry import Collector
 
 from leaky_tokens.analytics.adapters.event_facts import PoisonEventError, decode, fact_of
+from leaky_tokens.analytics.adapters.projection_metrics import (
+    ProjectionMetrics as WorkerProjectionMetrics,
+)
 from leaky_tokens.analytics.adapters.sqlite_usage_store import (
     DeadLetter,
     SqliteUsageStore,
@@ -92,41 +95,22 @@ class EmbeddedProjectionSettings(EventLogSettings):
         return self.embedded_database_url or paths.sqlite_url("analytics.db")
 
 
-class ProjectionMetrics:
-    """Projection lag and counts. Unregistered without a registry: export `collectors`."""
+class ProjectionMetrics(WorkerProjectionMetrics):
+    """The projection worker's families (lag, facts, dead letters per topic; stalled), so the
+    dashboard and alerts read embedded and native alike, plus the failed passes. Lag here is
+    how far the tail is behind the newest record of the log's topic."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.lag = Gauge(
-            "leaky_analytics_projection_lag_seconds",
-            "How far the projection is behind the newest event of its source (0: caught up).",
-            ["source"],
-            registry=registry,
-        )
-        self.projected = Counter(
-            "leaky_analytics_projected_records",
-            "Source records projected (facts, ignored and poison alike).",
-            ["source"],
-            registry=registry,
-        )
-        self.dead_letters = Counter(
-            "leaky_analytics_dead_letters",
-            "Records that could never be projected, recorded with their reason and skipped.",
-            ["source"],
-            registry=registry,
-        )
+        super().__init__(registry)
         self.failures = Counter(
             "leaky_analytics_projection_failures",
             "Projection passes that failed (the log or the store away); retried.",
-            ["source"],
             registry=registry,
         )
 
     @property
     def collectors(self) -> tuple[Collector, ...]:
-        return (self.lag, self.projected, self.dead_letters, self.failures)
-
-
-SOURCE = "embedded"
+        return (*super().collectors, self.failures)
 
 
 def decode_batch(
@@ -177,6 +161,9 @@ class LogTailer:
         self._batch, self._poll_s = batch, poll_s
         self._backoff_s, self._backoff_max_s = backoff_s, backoff_max_s
         self.metrics = metrics or ProjectionMetrics()
+        for topic in self._topics:  # every series exported from the start, at 0
+            self.metrics.projected.labels(topic)
+            self.metrics.dead_letters.labels(topic)
         self._monotonic = monotonic
         self._expired_at: float | None = None
         self._task: asyncio.Task[None] | None = None
@@ -197,16 +184,16 @@ class LogTailer:
                 facts, dead = decode_batch(records)
                 await self.store.apply(facts, dead, {(topic, PARTITION): records[-1].seq})
                 consumed += len(records)
-                self.metrics.projected.labels(SOURCE).inc(len(records))
+                self.metrics.projected.labels(topic).inc(len(records))
                 if dead:
-                    self.metrics.dead_letters.labels(SOURCE).inc(len(dead))
+                    self.metrics.dead_letters.labels(topic).inc(len(dead))
                 # Kept current while a backlog drains, not only once it has.
                 lags[topic] = await self.log.lag_ms(topic, records[-1].seq)
-                self.metrics.lag.labels(SOURCE).set(max(lags.values()) / 1000)
+                self.metrics.lag.labels(topic).set(lags[topic] / 1000)
                 if len(records) < self._batch:
                     break
             lags[topic] = await self.log.lag_ms(topic, await self.store.position(topic))
-        self.metrics.lag.labels(SOURCE).set(max(lags.values(), default=0) / 1000)
+            self.metrics.lag.labels(topic).set(lags[topic] / 1000)
         await self._expire()
         return consumed
 
@@ -239,9 +226,11 @@ class LogTailer:
             self._wake.clear()
             try:
                 await self.run_once()
+                self.metrics.stalled.set(0)
                 backoff, wait = self._backoff_s, self._poll_s
             except Exception:  # the log or the store away: nothing of the batch committed
-                self.metrics.failures.labels(SOURCE).inc()
+                self.metrics.failures.inc()
+                self.metrics.stalled.set(1)
                 log.exception("analytics: projection pass failed, retrying in %.1f s", backoff)
                 wait, backoff = backoff, min(backoff * 2, self._backoff_max_s)
             with contextlib.suppress(TimeoutError):
