@@ -32,7 +32,8 @@ def saga_env(root: Path) -> dict[str, str]:
     """The saga worker's and the analytics projection's own consumer groups and topics (other
     runs share the stack's Kafka); the saga runs the real saga parts on the stack's PostgreSQL
     and Redis, the projection projects this run's usage and purchase topics into the stack's
-    Cassandra (its shared keyspace: the tests read fresh users' and orgs' scopes)."""
+    Cassandra (its shared keyspace: the tests read fresh users' and orgs' scopes). `leaky up`
+    points the projection at the token service's topics (mesh/plan.py TOPIC_FOLLOWERS)."""
     run = uuid.uuid4().hex[:10]
     purchases, usage = f"leaky.purchase.e2e.{run}", f"leaky.usage.e2e.{run}"
     return {
@@ -40,8 +41,6 @@ def saga_env(root: Path) -> dict[str, str]:
         "LEAKY_TOKEN_SAGA_TOPIC": purchases,
         "LEAKY_TOKEN_EVENTS_USAGE_TOPIC": usage,
         "LEAKY_ANALYTICS_PROJECTION_GROUP": f"leaky-analytics-projection-e2e-{run}",
-        "LEAKY_ANALYTICS_PROJECTION_USAGE_TOPIC": usage,
-        "LEAKY_ANALYTICS_PROJECTION_PURCHASE_TOPIC": purchases,
         "LEAKY_ANALYTICS_PROJECTION_DEAD_LETTER_TOPIC": f"leaky.analytics.dead.e2e.{run}",
     }
 
