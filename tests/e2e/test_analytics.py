@@ -279,6 +279,38 @@ def test_scoping_through_envoy(gateway: Gateway, org_usage: dict[str, Any]) -> N
     assert int(everything["uniqueUsers"]) >= 2
 
 
+def test_a_removed_member_loses_the_org_and_their_token_does_not_keep_it(
+    gateway: Gateway,
+) -> None:
+    """Membership is asked of auth (ADR 0037), not read from the JWT: a member added after
+    their token was minted reads the org, and once removed is refused with the same token
+    (within the membership cache's few seconds: polled with a bound)."""
+    owner, member = register(gateway), register(gateway)
+    org = create_org(gateway, owner, member)  # member's token predates the membership
+    path = f"/api/v1/analytics/report?provider={PROVIDER}&orgId={org}"
+    status, report = get(gateway, path, member)
+    assert status == 200, report
+    assert report["orgId"] == org
+    removed, _, answer = call(
+        gateway,
+        "DELETE",
+        f"/api/v1/auth/orgs/{org}/members/{member['userId']}",
+        None,
+        bearer(owner),
+    )
+    assert removed == 200, answer
+
+    def refused() -> Any:
+        status, body = get(gateway, path, member)
+        assert status in (200, 403), body
+        return body if status == 403 else None
+
+    body = wait_until(refused, 30, what="the removed member is refused the org")
+    assert reasons(body) == ["NOT_ORG_MEMBER"]
+    status, still = get(gateway, path, owner)
+    assert status == 200, still
+
+
 def test_bad_input_is_400_with_a_json_body_naming_the_field(gateway: Gateway) -> None:
     user = register(gateway)
     for query, field in (
