@@ -6,18 +6,21 @@ import json
 import subprocess
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import consul
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from leaky_tokens.stack.orchestrator import Stack
 from leaky_tokens.topology import slugs
 from tests.e2e.conftest import Gateway, leaky_up
 from tests.e2e.test_dashboard_metrics import DASHBOARD
 from tests.e2e.test_gateway import call, register
+from tests.e2e.test_token_consume import bearer, consume, create_org
 from tests.support.promql import Exported, dashboard_exprs, metric_names
 from tests.support.stack import component
 from tests.support.wait import wait_until
@@ -26,12 +29,19 @@ pytestmark = pytest.mark.e2e
 
 
 def saga_env(root: Path) -> dict[str, str]:
-    """The saga worker's own consumer group and topic (other runs share the stack's Kafka);
-    it runs the real saga parts on the stack's PostgreSQL and Redis."""
+    """The saga worker's and the analytics projection's own consumer groups and topics (other
+    runs share the stack's Kafka); the saga runs the real saga parts on the stack's PostgreSQL
+    and Redis, the projection projects this run's usage and purchase topics into the stack's
+    Cassandra (its shared keyspace: the tests read fresh users' and orgs' scopes). `leaky up`
+    points the projection at the token service's topics (mesh/plan.py TOPIC_FOLLOWERS)."""
     run = uuid.uuid4().hex[:10]
+    purchases, usage = f"leaky.purchase.e2e.{run}", f"leaky.usage.e2e.{run}"
     return {
         "LEAKY_TOKEN_SAGA_GROUP": f"leaky-token-saga-e2e-{run}",
-        "LEAKY_TOKEN_SAGA_TOPIC": f"leaky.purchase.e2e.{run}",
+        "LEAKY_TOKEN_SAGA_TOPIC": purchases,
+        "LEAKY_TOKEN_EVENTS_USAGE_TOPIC": usage,
+        "LEAKY_ANALYTICS_PROJECTION_GROUP": f"leaky-analytics-projection-e2e-{run}",
+        "LEAKY_ANALYTICS_PROJECTION_DEAD_LETTER_TOPIC": f"leaky.analytics.dead.e2e.{run}",
     }
 
 
@@ -85,7 +95,7 @@ def test_services_are_registered_with_passing_grpc_checks(
         ports = {n["Service"]["Port"] for n in nodes}
         assert port in ports, f"{service} on {port} not passing in Consul"
     # The saga's Faust worker too: its check passes once its consumer joined its group.
-    (port,) = stack_gateway.worker_ports.values()
+    port = stack_gateway.worker_ports["token-saga"]
 
     def saga_passing() -> bool:
         _, nodes = client.health.service("token-saga", passing=True)
@@ -192,7 +202,7 @@ def test_a_purchase_is_run_by_the_faust_worker_over_kafka(
 
 def test_the_saga_worker_exports_the_dashboards_saga_metrics(stack_gateway: Gateway) -> None:
     """With the stack the worker runs the saga, so its /metrics carries the saga panels'."""
-    (port,) = stack_gateway.worker_metrics_ports.values()
+    port = stack_gateway.worker_metrics_ports["token-saga"]
     worker, token = Exported(), Exported()
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         worker.add_text(response.read().decode())
@@ -210,3 +220,89 @@ def test_the_saga_worker_exports_the_dashboards_saga_metrics(stack_gateway: Gate
     assert len(saga) >= 3
     assert worker.missing(saga) == []
     assert token.missing(saga) != []  # the token service leaves the saga to the worker here
+
+
+def test_usage_and_a_purchase_reach_report_through_kafka_the_projection_and_cassandra(
+    stack_gateway: Gateway,
+) -> None:
+    """Consume and buy through the stack's Envoy; the token service publishes to Kafka, the
+    projection worker writes Cassandra, the analytics service (LEAKY_ANALYTICS_STORE=cassandra)
+    answers Report, Usage and the purchase history through the same Envoy."""
+    owner, member = register(stack_gateway), register(stack_gateway)
+    org = create_org(stack_gateway, owner, member)
+    statuses = []
+    for user, tokens in ((owner, 300), (owner, 300), (member, 100)):
+        status, _, answer = consume(stack_gateway, user, tokens, provider="gemini", org=org)
+        statuses.append(status)
+    assert statuses == [200, 429, 200]  # gemini's bucket holds 500: the second 300 is denied
+    auth = bearer(member)
+    body = {"userId": member["userId"], "provider": "gemini", "tokens": 70}
+    keyed = {**auth, "idempotency-key": "stack-analytics"}
+    status, _, started = call(stack_gateway, "POST", "/api/v1/tokens/purchase", body, keyed)
+    assert status == 200, started
+
+    def read(path: str, done: Callable[[Any], bool]) -> Any:
+        status, _, seen = call(stack_gateway, "GET", path, None, auth)
+        if status == 503:  # Envoy may not route to a service just registered in Consul
+            return None
+        assert status == 200, seen
+        return seen if done(seen) else None
+
+    report_path = f"/api/v1/analytics/report?provider=gemini&orgId={org}"
+    report = wait_until(
+        lambda: read(report_path, lambda r: r.get("totalEvents") == "3"),
+        60,
+        what="Report shows the 3 consumes (Kafka -> projection -> Cassandra)",
+    )
+    assert (report["allowedEvents"], report["deniedEvents"]) == ("2", "1")
+    assert (report["totalTokens"], report["uniqueUsers"]) == ("700", "2")
+    assert report["averageTokensPerEvent"] == pytest.approx(700 / 3)
+    assert report["topUsers"] == [
+        {"userId": owner["userId"], "totalTokens": "600", "events": "2"},
+        {"userId": member["userId"], "totalTokens": "100", "events": "1"},
+    ]
+    status, _, usage = call(
+        stack_gateway, "GET", f"/api/v1/analytics/usage?provider=gemini&orgId={org}", None, auth
+    )
+    assert status == 200, usage
+    assert [(i["userId"], i["tokens"]) for i in usage["items"]] == [
+        (member["userId"], "100"),
+        (owner["userId"], "300"),
+        (owner["userId"], "300"),
+    ]
+    assert all(i["eventId"] for i in usage["items"])
+
+    def completed(history: Any) -> bool:
+        purchases = history.get("purchases", [])
+        return bool(purchases) and purchases[0]["status"] == "PURCHASE_STATUS_COMPLETED"
+
+    history = wait_until(
+        lambda: read(f"/api/v1/analytics/purchases?userId={member['userId']}", completed),
+        60,
+        what="the purchase history shows the purchase COMPLETED",
+    )
+    (purchase,) = history["purchases"]
+    assert (purchase["sagaId"], purchase["tokens"]) == (started["sagaId"], "70")
+    assert (history["completedPurchases"], history["completedTokens"]) == ("1", "70")
+    # This run's projection worker did it: facts projected from both topics, and SERVING.
+    port = stack_gateway.worker_metrics_ports["analytics-projection"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        exported = response.read().decode()
+    projected = {
+        line.split('topic="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in exported.splitlines()
+        if line.startswith("leaky_analytics_projected_facts_total{")
+    }
+    usage_topics = [t for t in projected if t.startswith("leaky.usage.e2e.")]
+    purchase_topics = [t for t in projected if t.startswith("leaky.purchase.e2e.")]
+    assert len(usage_topics) == len(purchase_topics) == 1, projected
+    assert projected[usage_topics[0]] >= 3
+    assert projected[purchase_topics[0]] >= 1
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{stack_gateway.worker_ports['analytics-projection']}"
+    )
+    with channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING

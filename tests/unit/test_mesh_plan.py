@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pytest
+
 from leaky_tokens.cli import build_parser
 from leaky_tokens.mesh.plan import (
     Child,
@@ -110,3 +112,36 @@ def test_the_saga_worker_gets_a_metrics_port_in_stack_mode_moved_with_the_servic
     quiet, _ = worker_children(off, service_children(off, tmp_path, stack), stack)
     assert quiet.env["LEAKY_TOKEN_SAGA_METRICS_PORT"] == "0"
     assert all("/metrics" not in use.what for use in port_plan(off, embedded=False))
+
+
+def test_analytics_reads_the_topics_the_token_service_was_told_to_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A topic renamed for the token service only is the one the embedded tailer and the
+    projection worker read; their own variable, when set, wins."""
+    monkeypatch.setenv("LEAKY_TOKEN_EVENTS_USAGE_TOPIC", "usage.renamed")
+    monkeypatch.setenv("LEAKY_TOKEN_SAGA_TOPIC", "purchase.renamed")
+    monkeypatch.setenv("LEAKY_ANALYTICS_PROJECTION_PURCHASE_TOPIC", "purchase.own")
+    monkeypatch.delenv("LEAKY_ANALYTICS_USAGE_TOPIC", raising=False)
+    monkeypatch.delenv("LEAKY_ANALYTICS_PURCHASE_TOPIC", raising=False)
+    monkeypatch.delenv("LEAKY_ANALYTICS_PROJECTION_USAGE_TOPIC", raising=False)
+    ports = MeshPorts.from_bases(8080, 9901, 41000, 19101)
+    stack = StackTargets("127.0.0.1:8500", "127.0.0.1:8080", {}, kafka_bootstrap="k:9092")
+    children = service_children(ports, tmp_path, stack)
+    analytics = next(c for c in children if c.name == "analytics")
+    assert analytics.env["LEAKY_ANALYTICS_USAGE_TOPIC"] == "usage.renamed"
+    assert analytics.env["LEAKY_ANALYTICS_PURCHASE_TOPIC"] == "purchase.renamed"
+    _saga, projection = worker_children(ports, children, stack)
+    assert projection.env["LEAKY_ANALYTICS_PROJECTION_USAGE_TOPIC"] == "usage.renamed"
+    assert projection.env["LEAKY_ANALYTICS_PROJECTION_PURCHASE_TOPIC"] == "purchase.own"
+
+
+def test_without_a_renamed_topic_nothing_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("LEAKY_TOKEN_EVENTS_USAGE_TOPIC", "LEAKY_TOKEN_SAGA_TOPIC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("LEAKY_ANALYTICS_USAGE_TOPIC", raising=False)
+    ports = MeshPorts.from_bases(8080, 9901, 41000, 19101)
+    analytics = next(c for c in service_children(ports, tmp_path) if c.name == "analytics")
+    assert "LEAKY_ANALYTICS_USAGE_TOPIC" not in analytics.env  # the settings' default applies

@@ -98,6 +98,32 @@ class StackTargets:
     cassandra: str = ""  # the stack's CQL host:port, for workers with uses_cassandra
 
 
+# Analytics reads the topics the token service writes: a topic set for the token service only
+# (LEAKY_TOKEN_*) is the one analytics' embedded tailer and the projection worker read, unless
+# their own variable says otherwise. Without this, a renamed topic left Report and the purchase
+# history silently empty.
+TOPIC_FOLLOWERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "LEAKY_TOKEN_EVENTS_USAGE_TOPIC",
+        ("LEAKY_ANALYTICS_USAGE_TOPIC", "LEAKY_ANALYTICS_PROJECTION_USAGE_TOPIC"),
+    ),
+    (
+        "LEAKY_TOKEN_SAGA_TOPIC",
+        ("LEAKY_ANALYTICS_PURCHASE_TOPIC", "LEAKY_ANALYTICS_PROJECTION_PURCHASE_TOPIC"),
+    ),
+)
+
+
+def follow_topics(env: dict[str, str]) -> dict[str, str]:
+    """env with each follower of TOPIC_FOLLOWERS set to its source's value when the source is
+    set and the follower is not (an explicit follower wins)."""
+    for source, followers in TOPIC_FOLLOWERS:
+        if env.get(source):
+            for follower in followers:
+                env.setdefault(follower, env[source])
+    return env
+
+
 def service_children(
     ports: MeshPorts,
     data_dir: Path,
@@ -111,13 +137,15 @@ def service_children(
     for service in services:
         prefix, port = service.env_prefix, ports.grpc[service.slug]
         metrics = ports.metrics[service.slug]
-        child_env = {
-            **os.environ,
-            "LEAKY_DATA_DIR": str(data_dir),
-            f"{prefix}_HOST": HOST,
-            f"{prefix}_PORT": str(port),
-            f"{prefix}_METRICS_PORT": str(metrics),
-        }
+        child_env = follow_topics(
+            {
+                **os.environ,
+                "LEAKY_DATA_DIR": str(data_dir),
+                f"{prefix}_HOST": HOST,
+                f"{prefix}_PORT": str(port),
+                f"{prefix}_METRICS_PORT": str(metrics),
+            }
+        )
         if service.needs_auth_target:
             child_env[f"{prefix}_AUTH_TARGET"] = auth_target
         for peer in service.targets:

@@ -49,10 +49,18 @@ class EmbeddedProjectionSettings(EventLogSettings):
         ),
     )
     usage_topic: str = field(
-        default="leaky.usage.v1", metadata=doc("Topic of the token service's usage events.")
+        default="leaky.usage.v1",
+        metadata=doc(
+            "Topic of the token service's usage events; `leaky up` sets it to"
+            " LEAKY_TOKEN_EVENTS_USAGE_TOPIC when only that is set."
+        ),
     )
     purchase_topic: str = field(
-        default="leaky.purchase.v1", metadata=doc("Topic of the purchase saga's events.")
+        default="leaky.purchase.v1",
+        metadata=doc(
+            "Topic of the purchase saga's events; `leaky up` sets it to LEAKY_TOKEN_SAGA_TOPIC"
+            " when only that is set."
+        ),
     )
     embedded_poll_ms: int = field(
         default=200,

@@ -22,10 +22,18 @@ class ProjectionSettings(ServerSettings):
         default="127.0.0.1:9092", metadata=doc("Kafka bootstrap servers (host:port,...).")
     )
     usage_topic: str = field(
-        default="leaky.usage.v1", metadata=doc("The token service's usage topic, projected.")
+        default="leaky.usage.v1",
+        metadata=doc(
+            "The token service's usage topic, projected; `leaky up --stack` sets it to"
+            " LEAKY_TOKEN_EVENTS_USAGE_TOPIC when only that is set."
+        ),
     )
     purchase_topic: str = field(
-        default="leaky.purchase.v1", metadata=doc("The purchase saga's topic, projected.")
+        default="leaky.purchase.v1",
+        metadata=doc(
+            "The purchase saga's topic, projected; `leaky up --stack` sets it to"
+            " LEAKY_TOKEN_SAGA_TOPIC when only that is set."
+        ),
     )
     dead_letter_topic: str = field(
         default="leaky.analytics.dead-letter.v1",
