@@ -258,6 +258,19 @@ async def test_series_returns_every_bucket_of_the_range(svc: Analytics) -> None:
     assert ms(default.points[-1].start) == NOW_MS - NOW_MS % HOUR_MS
 
 
+async def test_a_series_at_the_first_representable_day_starts_there(svc: Analytics) -> None:
+    # The default start (end minus 60 buckets) would be before 0001-01-01, which no Timestamp
+    # holds: the points start at that day rather than the call failing INTERNAL.
+    first = to_ms(datetime(1, 1, 1, tzinfo=UTC))
+    got = await svc.stub.GetUsageSeries(
+        pb.GetUsageSeriesRequest(
+            provider="openai", resolution=pb.RESOLUTION_DAY, end=ts(first + 2 * DAY_MS + 5)
+        ),
+        metadata=svc.admin(),
+    )
+    assert [ms(p.start) for p in got.points] == [first, first + DAY_MS, first + 2 * DAY_MS]
+
+
 async def test_compare_providers_ranks_by_tokens_with_shares(svc: Analytics) -> None:
     await svc.store.project(
         sourced(

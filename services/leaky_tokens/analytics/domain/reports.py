@@ -44,6 +44,8 @@ DEFAULT_SERIES_SPAN = 60  # buckets before the end when a series names no start
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
+# 0001-01-01T00:00:00Z, the first instant a Timestamp (and a datetime) holds; a day edge.
+EARLIEST_MS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // _MS
 
 
 def to_ms(when: datetime) -> int:
@@ -314,7 +316,10 @@ class Queries:
             check.fail("resolution", "must be RESOLUTION_MINUTE, _HOUR or _DAY")
             return []
         end = end_ms if end_ms is not None else to_ms(self._clock.now())
-        start = start_ms if start_ms is not None else end - DEFAULT_SERIES_SPAN * resolution.value
+        if start_ms is not None:
+            start = start_ms
+        else:  # never before the first instant a point's start can be sent as
+            start = max(end - DEFAULT_SERIES_SPAN * resolution.value, EARLIEST_MS)
         if start > end:
             check.fail("start", "must not be after end")
             return []
