@@ -29,6 +29,10 @@ PURCHASE_STATES = {
 }
 # Events analytics has no use for (grants are ADMIN credits, not usage or purchases).
 IGNORED = frozenset({"tokens_granted", "grant_reverted"})
+# 9999-12-31T23:59:59Z: the last second a Timestamp may hold. A later occurred_at parses (the
+# wire does not check it) but could never be sent back: one such row would make every Usage
+# of its provider fail.
+LAST_SECOND = 253_402_300_799
 
 
 class PoisonEventError(ValueError):
@@ -62,7 +66,12 @@ def fact_of(envelope: EventEnvelope) -> Fact | None:
         raise PoisonEventError("event_id is empty")
     if not envelope.HasField("occurred_at"):
         raise PoisonEventError("occurred_at is missing")
-    at = envelope.occurred_at.seconds * 1000 + envelope.occurred_at.nanos // 1_000_000
+    when = envelope.occurred_at
+    if not 0 <= when.nanos <= 999_999_999:
+        raise PoisonEventError("occurred_at has nanos outside 0-999999999")
+    if when.seconds > LAST_SECOND:
+        raise PoisonEventError("occurred_at is after 9999-12-31")
+    at = when.seconds * 1000 + when.nanos // 1_000_000
     if at <= 0:
         raise PoisonEventError("occurred_at is not after 1970")
     body = getattr(envelope, case)
