@@ -129,7 +129,7 @@ class EventLogFile:
         self._now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="event-log")
         self._conn: sqlite3.Connection | None = None
-        self._pruned_ms: int | None = None
+        self._pruned_ms: dict[str, int] = {}  # per topic: when this instance last pruned it
         self._closed = False
 
     @classmethod
@@ -216,9 +216,12 @@ class EventLogFile:
     def _append(self, conn: sqlite3.Connection, topic: str, entries: Sequence[Entry]) -> int:
         now = self._now_ms()
         with _immediate(conn):
-            if self._pruned_ms is None or now - self._pruned_ms >= PRUNE_INTERVAL_MS:
+            # Per topic: with one clock for all, a busy topic took every slot and a quiet
+            # one appended by the same instance was never pruned (it grew without bound).
+            pruned = self._pruned_ms.get(topic)
+            if pruned is None or now - pruned >= PRUNE_INTERVAL_MS:
                 self._prune(conn, topic, now)
-                self._pruned_ms = now
+                self._pruned_ms[topic] = now
             last = 0
             for entry in entries:
                 cursor = conn.execute(
@@ -234,7 +237,7 @@ class EventLogFile:
         with _immediate(conn):
             topics = [row[0] for row in conn.execute("SELECT DISTINCT topic FROM events")]
             deleted = sum(self._prune(conn, topic, now) for topic in topics)
-        self._pruned_ms = now
+        self._pruned_ms = dict.fromkeys(topics, now)
         return deleted
 
     def _prune(self, conn: sqlite3.Connection, topic: str, now: int) -> int:
