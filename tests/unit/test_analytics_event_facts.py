@@ -10,12 +10,14 @@ from leaky_tokens.analytics.adapters.event_facts import PoisonEventError, fact_o
 from leaky_tokens.analytics.domain.facts import UsageFact
 
 
-def consume(occurred_at: timestamp_pb2.Timestamp) -> events_pb2.EventEnvelope:
+def consume(
+    occurred_at: timestamp_pb2.Timestamp | None = None, tokens: int = 5
+) -> events_pb2.EventEnvelope:
     envelope = events_pb2.EventEnvelope(event_id="e1", partition_key="u1")
-    envelope.occurred_at.CopyFrom(occurred_at)
+    envelope.occurred_at.CopyFrom(occurred_at or timestamp_pb2.Timestamp(seconds=1_700_000_000))
     envelope.token_usage_recorded.CopyFrom(
         events_pb2.TokenUsageRecorded(
-            decision_id="d1", user_id="u1", provider="openai", tokens=5, allowed=True
+            decision_id="d1", user_id="u1", provider="openai", tokens=tokens, allowed=True
         )
     )
     return envelope
@@ -45,3 +47,19 @@ def test_an_unrepresentable_time_is_poison(seconds: int, nanos: int, reason: str
     with pytest.raises(PoisonEventError) as raised:
         fact_of(envelope)
     assert raised.value.reason == reason
+
+
+def test_a_token_count_no_request_can_carry_is_poison() -> None:
+    assert isinstance(fact_of(consume(tokens=2**53)), UsageFact)
+    # 2**62 twice in one bucket overflows a 64-bit sum: the stores must never see it.
+    for tokens in (2**53 + 1, 2**62):
+        with pytest.raises(PoisonEventError, match="more than 9007199254740992 tokens"):
+            fact_of(consume(tokens=tokens))
+    purchase = events_pb2.EventEnvelope(event_id="e2", partition_key="s1")
+    purchase.occurred_at.CopyFrom(timestamp_pb2.Timestamp(seconds=1_700_000_000))
+    purchase.purchase_requested.saga_id = "s1"
+    purchase.purchase_requested.user_id = "u1"
+    purchase.purchase_requested.provider = "openai"
+    purchase.purchase_requested.tokens = 2**62
+    with pytest.raises(PoisonEventError, match="tokens"):
+        fact_of(purchase)
