@@ -691,3 +691,28 @@ def _fact_of(item: pb.UsageItem) -> tuple[object, ...]:
 
 def _fact_of_usage(f: UsageFact) -> tuple[object, ...]:
     return (f.user_id, f.org_id, f.tokens, f.allowed, f.occurred_at_ms)
+
+
+async def test_close_closes_everything_even_when_one_closer_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    keys = KeySet("leaky-tokens-auth", "leaky-tokens")
+    components = await build(
+        AnalyticsSettings(port=0, metrics_port=0),
+        jwks=keys.fetch,
+        store=InMemoryUsageStore(),
+        membership=InMemoryMembership(),
+    )
+    closed: list[str] = []
+
+    async def first() -> None:
+        closed.append("store")
+
+    async def broken() -> None:
+        raise RuntimeError("the cluster would not shut down")
+
+    components.closers[:] = [first, broken]  # closed newest first: broken, then first
+    with caplog.at_level("ERROR"):
+        await components.close()
+    assert closed == ["store"]
+    assert "closing a resource failed" in caplog.text
