@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from pathlib import Path
 
 import yaml
 
 import leaky
+from leaky_tokens.analytics.adapters.cassandra_settings import CassandraStoreSettings
 from leaky_tokens.catalog.bootstrap import CatalogSettings
 from leaky_tokens.catalog.bootstrap import build as build_catalog
 from leaky_tokens.discovery.bootstrap import DiscoverySettings
 from leaky_tokens.gateway.envoy_config import compose_yaml
 from leaky_tokens.mesh.plan import MeshPorts, envoy_yaml, service_children
+from leaky_tokens.runtime.settings import load
 from leaky_tokens.stack import postgres
 from leaky_tokens.stack.component import StackPaths
 from leaky_tokens.stack.edge import Discovery, Envoy
+from leaky_tokens.token.adapters.purchase_settings import PurchaseSagaSettings
 from leaky_tokens.topology import SERVICES, WORKERS, Service, public_services, slugs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,6 +171,14 @@ def test_compose_runs_probes_and_scrapes_every_worker() -> None:
         if worker.metrics_port:
             assert env[f"{worker.env_prefix}_METRICS_PORT"] == str(worker.metrics_port)
             assert f"{worker.name}:{worker.metrics_port}" in targets
+    # Every process's settings load from that block (a value its parser refuses fails here).
+    plain = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
+    for process in (*SERVICES, *WORKERS):
+        module, _, name = process.settings_class.partition(":")
+        loaded = load(getattr(importlib.import_module(module), name), process.env_prefix, plain)
+        assert loaded.port == getattr(process, "grpc_port", getattr(process, "health_port", 0))
+    assert load(PurchaseSagaSettings, "LEAKY_TOKEN", plain).saga_runner == "external"
+    assert load(CassandraStoreSettings, "LEAKY_ANALYTICS", plain).cassandra_hosts == ("cassandra",)
 
 
 def test_the_stack_creates_every_topology_database() -> None:
