@@ -173,10 +173,12 @@ def test_compose_runs_probes_and_scrapes_every_worker() -> None:
             assert f"{worker.name}:{worker.metrics_port}" in targets
     # Every process's settings load from that block (a value its parser refuses fails here).
     plain = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
-    for process in (*SERVICES, *WORKERS):
-        module, _, name = process.settings_class.partition(":")
-        loaded = load(getattr(importlib.import_module(module), name), process.env_prefix, plain)
-        assert loaded.port == getattr(process, "grpc_port", getattr(process, "health_port", 0))
+    processes = [(s.settings_class, s.env_prefix, s.grpc_port) for s in SERVICES] + [
+        (w.settings_class, w.env_prefix, w.health_port) for w in WORKERS
+    ]
+    for settings_class, prefix, port in processes:
+        module, _, name = settings_class.partition(":")
+        assert load(getattr(importlib.import_module(module), name), prefix, plain).port == port
     assert load(PurchaseSagaSettings, "LEAKY_TOKEN", plain).saga_runner == "external"
     assert load(CassandraStoreSettings, "LEAKY_ANALYTICS", plain).cassandra_hosts == ("cassandra",)
 
