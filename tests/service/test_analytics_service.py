@@ -432,6 +432,17 @@ async def test_bad_input_is_invalid_argument_naming_each_field(svc: Analytics) -
             ),
             ["end"],
         ),
+        (  # an invalid time is reported with the request's other faults, not alone
+            svc.stub.GetUsageSeries(
+                pb.GetUsageSeriesRequest(
+                    provider="OpenAI",
+                    start=timestamp_pb2.Timestamp(seconds=-(10**12)),
+                    user_id=long_id,
+                ),
+                metadata=a,
+            ),
+            ["start", "provider", "resolution", "userId"],
+        ),
         (
             svc.stub.CompareProviders(
                 pb.CompareProvidersRequest(user_id="u", org_id="o"), metadata=a

@@ -295,11 +295,22 @@ class Queries:
     async def series(
         self, caller: Caller, credential: str, provider: str, user_id: str, org_id: str,
         resolution: Resolution | None, start_ms: int | None, end_ms: int | None,
+        check: Validator | None = None,
     ) -> Series:  # fmt: skip
-        """Every bucket from start's to end's (default: now and 60 buckets before it)."""
-        check = Validator()
+        """Every bucket from start's to end's (default: now and 60 buckets before it).
+
+        `check` may hold the violations of start and end found while decoding them: they are
+        reported with the rest, and the range itself is then not judged.
+        """
+        check = check or Validator()
+        times_refused = bool(check.violations)
         access.check_provider(check, provider)
-        starts = self._series_range(check, resolution, start_ms, end_ms)
+        if times_refused:
+            starts = []
+            if resolution is None:
+                check.fail("resolution", "must be RESOLUTION_MINUTE, _HOUR or _DAY")
+        else:
+            starts = self._series_range(check, resolution, start_ms, end_ms)
         scope = await self._scope(check, caller, credential, user_id, org_id)
         if resolution is None:  # refused by _scope's check already; this tells mypy
             raise AssertionError("resolution was checked")
