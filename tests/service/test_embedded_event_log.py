@@ -303,6 +303,29 @@ async def test_the_running_tailer_retries_a_failed_batch_and_projects_everything
     await log.close()
 
 
+def _delete_log(directory: Path) -> None:
+    for leftover in directory.glob("events.sqlite*"):  # the file, its WAL and shared memory
+        leftover.unlink()
+
+
+async def test_a_replaced_log_file_is_projected_from_its_start(
+    tmp_path: Path, store: SqliteUsageStore
+) -> None:
+    path = tmp_path / "events.sqlite"
+    log = EventLogFile(path)
+    await log.append(USAGE, entries([consumed(f"old-{i}") for i in range(3)]))
+    assert await LogTailer(log, store, [USAGE]).run_once() == 3
+    await log.close()
+    _delete_log(tmp_path)  # e.g. to reclaim the space
+    fresh = EventLogFile(path)  # offsets start at 1 again, below the projected position
+    await fresh.append(USAGE, entries([consumed("new-1"), consumed("new-2")]))
+    assert await LogTailer(fresh, store, [USAGE]).run_once() == 2
+    latest = await store.latest(Scope.everyone(), "openai", 10)
+    assert sorted(f.event_id for f in latest) == ["new-1", "new-2", "old-0", "old-1", "old-2"]
+    assert await store.position(USAGE) == 2
+    await fresh.close()
+
+
 async def test_poison_is_recorded_with_its_reason_and_skipped(
     tmp_path: Path, store: SqliteUsageStore
 ) -> None:

@@ -158,6 +158,11 @@ class EventLogFile:
         append time minus that of the first one it has not read (0 when it has read all)."""
         return await self._run(lambda conn: _lag(conn, topic, after_seq))
 
+    async def high_water(self, topic: str) -> int:
+        """The highest offset `topic` ever had in this file, kept or deleted (0: none). A
+        reader positioned above it is reading another, replaced file."""
+        return await self._run(lambda conn: _high_water(conn, topic))
+
     async def truncated_through(self, topic: str) -> int:
         """The highest offset retention deleted from `topic` (0: none)."""
         return await self._run(lambda conn: _truncated(conn, topic))
@@ -305,3 +310,8 @@ def _lag(conn: sqlite3.Connection, topic: str, after_seq: int) -> int:
 def _truncated(conn: sqlite3.Connection, topic: str) -> int:
     row = conn.execute("SELECT through_seq FROM truncated WHERE topic = ?", (topic,)).fetchone()
     return int(row[0]) if row else 0
+
+
+def _high_water(conn: sqlite3.Connection, topic: str) -> int:
+    row = conn.execute("SELECT max(seq) FROM events WHERE topic = ?", (topic,)).fetchone()
+    return max(int(row[0] or 0), _truncated(conn, topic))

@@ -136,6 +136,16 @@ class SqliteUsageStore:
                     [{"topic": t, "partition": p, "offset": o} for (t, p), o in positions.items()],
                 )
 
+    async def rewind(self, topic: str, partition: int = 0) -> None:
+        """Forget the position of (topic, partition): its source starts again from 0 (the
+        event log file was replaced; what it replays again is de-duplicated by event id)."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                source_positions.delete().where(
+                    source_positions.c.topic == topic, source_positions.c.partition == partition
+                )
+            )
+
     async def position(self, topic: str, partition: int = 0) -> int:
         """The highest offset of (topic, partition) projected so far (0: none)."""
         query = sa.select(source_positions.c.offset).where(
