@@ -258,6 +258,19 @@ async def test_series_returns_every_bucket_of_the_range(svc: Analytics) -> None:
     assert ms(default.points[-1].start) == NOW_MS - NOW_MS % HOUR_MS
 
 
+async def test_a_series_at_the_first_representable_day_starts_there(svc: Analytics) -> None:
+    # The default start (end minus 60 buckets) would be before 0001-01-01, which no Timestamp
+    # holds: the points start at that day rather than the call failing INTERNAL.
+    first = to_ms(datetime(1, 1, 1, tzinfo=UTC))
+    got = await svc.stub.GetUsageSeries(
+        pb.GetUsageSeriesRequest(
+            provider="openai", resolution=pb.RESOLUTION_DAY, end=ts(first + 2 * DAY_MS + 5)
+        ),
+        metadata=svc.admin(),
+    )
+    assert [ms(p.start) for p in got.points] == [first, first + DAY_MS, first + 2 * DAY_MS]
+
+
 async def test_compare_providers_ranks_by_tokens_with_shares(svc: Analytics) -> None:
     await svc.store.project(
         sourced(
@@ -418,6 +431,17 @@ async def test_bad_input_is_invalid_argument_naming_each_field(svc: Analytics) -
                 metadata=a,
             ),
             ["end"],
+        ),
+        (  # an invalid time is reported with the request's other faults, not alone
+            svc.stub.GetUsageSeries(
+                pb.GetUsageSeriesRequest(
+                    provider="OpenAI",
+                    start=timestamp_pb2.Timestamp(seconds=-(10**12)),
+                    user_id=long_id,
+                ),
+                metadata=a,
+            ),
+            ["start", "provider", "resolution", "userId"],
         ),
         (
             svc.stub.CompareProviders(
@@ -678,3 +702,28 @@ def _fact_of(item: pb.UsageItem) -> tuple[object, ...]:
 
 def _fact_of_usage(f: UsageFact) -> tuple[object, ...]:
     return (f.user_id, f.org_id, f.tokens, f.allowed, f.occurred_at_ms)
+
+
+async def test_close_closes_everything_even_when_one_closer_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    keys = KeySet("leaky-tokens-auth", "leaky-tokens")
+    components = await build(
+        AnalyticsSettings(port=0, metrics_port=0),
+        jwks=keys.fetch,
+        store=InMemoryUsageStore(),
+        membership=InMemoryMembership(),
+    )
+    closed: list[str] = []
+
+    async def first() -> None:
+        closed.append("store")
+
+    async def broken() -> None:
+        raise RuntimeError("the cluster would not shut down")
+
+    components.closers[:] = [first, broken]  # closed newest first: broken, then first
+    with caplog.at_level("ERROR"):
+        await components.close()
+    assert closed == ["store"]
+    assert "closing a resource failed" in caplog.text

@@ -24,7 +24,12 @@ from leaky_tokens.analytics.domain.facts import FactKind, SourcedFact, UsageFact
 from leaky_tokens.analytics.domain.ports import Scope, UsageStoreUnavailableError
 from leaky_tokens.analytics.domain.totals import Totals
 from leaky_tokens.analytics.domain.windows import Resolution
-from leaky_tokens.runtime.event_log_file import Entry, EventLogFile, EventLogSettings
+from leaky_tokens.runtime.event_log_file import (
+    PRUNE_INTERVAL_MS,
+    Entry,
+    EventLogFile,
+    EventLogSettings,
+)
 from leaky_tokens.token.adapters.event_bus import PublishError
 from leaky_tokens.token.adapters.event_codec import usage_event
 from leaky_tokens.token.adapters.file_event_bus import FileEventBus
@@ -104,6 +109,20 @@ async def test_retention_keeps_the_newest_rows_and_drops_old_ones(tmp_path: Path
     await log.append(USAGE, entries([consumed("new")]))  # an append prunes when it is time
     assert [r.event_id for r in await log.read(USAGE, 0, 10)] == ["new"]
     assert await log.truncated_through(USAGE) == kept[-1].seq
+    await log.close()
+
+
+async def test_a_quiet_topic_is_pruned_beside_a_busy_one(tmp_path: Path) -> None:
+    # One instance appending two topics: the busy one must not take every pruning slot.
+    clock = Clock()
+    log = EventLogFile(tmp_path / "events.sqlite", keep_rows=1, now_ms=clock.now_ms)
+    for i in range(6):
+        clock.now += PRUNE_INTERVAL_MS
+        await log.append(USAGE, entries([consumed(f"u{i}")]))
+        clock.now += 1
+        await log.append(PURCHASE, entries([consumed(f"p{i}")]))
+    assert len(await log.read(USAGE, 0, 10)) == 2  # pruned on its last append, then one more
+    assert len(await log.read(PURCHASE, 0, 10)) == 2
     await log.close()
 
 
@@ -282,6 +301,29 @@ async def test_the_running_tailer_retries_a_failed_batch_and_projects_everything
         registry.get_sample_value("leaky_analytics_projection_lag_seconds", {"topic": USAGE}) == 0
     )
     await log.close()
+
+
+def _delete_log(directory: Path) -> None:
+    for leftover in directory.glob("events.sqlite*"):  # the file, its WAL and shared memory
+        leftover.unlink()
+
+
+async def test_a_replaced_log_file_is_projected_from_its_start(
+    tmp_path: Path, store: SqliteUsageStore
+) -> None:
+    path = tmp_path / "events.sqlite"
+    log = EventLogFile(path)
+    await log.append(USAGE, entries([consumed(f"old-{i}") for i in range(3)]))
+    assert await LogTailer(log, store, [USAGE]).run_once() == 3
+    await log.close()
+    _delete_log(tmp_path)  # e.g. to reclaim the space
+    fresh = EventLogFile(path)  # offsets start at 1 again, below the projected position
+    await fresh.append(USAGE, entries([consumed("new-1"), consumed("new-2")]))
+    assert await LogTailer(fresh, store, [USAGE]).run_once() == 2
+    latest = await store.latest(Scope.everyone(), "openai", 10)
+    assert sorted(f.event_id for f in latest) == ["new-1", "new-2", "old-0", "old-1", "old-2"]
+    assert await store.position(USAGE) == 2
+    await fresh.close()
 
 
 async def test_poison_is_recorded_with_its_reason_and_skipped(

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from pathlib import Path
 
 import yaml
 
 import leaky
+from leaky_tokens.analytics.adapters.cassandra_settings import CassandraStoreSettings
 from leaky_tokens.catalog.bootstrap import CatalogSettings
 from leaky_tokens.catalog.bootstrap import build as build_catalog
 from leaky_tokens.discovery.bootstrap import DiscoverySettings
 from leaky_tokens.gateway.envoy_config import compose_yaml
 from leaky_tokens.mesh.plan import MeshPorts, envoy_yaml, service_children
+from leaky_tokens.runtime.settings import load
 from leaky_tokens.stack import postgres
 from leaky_tokens.stack.component import StackPaths
 from leaky_tokens.stack.edge import Discovery, Envoy
-from leaky_tokens.topology import SERVICES, Service, public_services, slugs
+from leaky_tokens.token.adapters.purchase_settings import PurchaseSagaSettings
+from leaky_tokens.topology import SERVICES, WORKERS, Service, public_services, slugs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -139,6 +143,44 @@ def test_compose_runs_and_probes_every_topology_service() -> None:
     for service in SERVICES:
         if service.metrics_port:
             assert f"{service.slug}:{service.metrics_port}" in targets
+
+
+def test_compose_runs_probes_and_scrapes_every_worker() -> None:
+    compose_text = (ROOT / "compose.yaml").read_text()
+    compose = yaml.safe_load(compose_text)
+    services = compose["services"]
+    env = services["token"]["environment"]  # the one shared block (x-leaky-env)
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"]
+               for t in c["targets"]}  # fmt: skip
+    for worker in WORKERS:
+        assert worker.name in services, f"compose.yaml has no worker {worker.name}"
+        entry = services[worker.name]
+        assert entry["command"] == ["python", "-m", worker.module]
+        assert f"127.0.0.1:{worker.health_port}" in entry["healthcheck"]["test"]
+        assert env[f"{worker.env_prefix}_PORT"] == str(worker.health_port)
+        assert env[f"{worker.env_prefix}_HOST"] == "0.0.0.0"  # noqa: S104 (a container listens on all)
+        assert env[f"{worker.env_prefix}_KAFKA_BOOTSTRAP"] == "kafka:9092"
+        assert env[f"{worker.env_prefix}_CONSUL_ADDRESS"] == "consul:8500"
+        within = f"LEAKY_{worker.within.upper()}"
+        for key, value in worker.within_settings:
+            assert env[f"{within}_{key}"] == value  # e.g. the saga left to the worker
+        if worker.uses_cassandra:  # the service reads what the worker writes
+            assert env[f"{within}_STORE"] == env[f"{worker.env_prefix}_STORE"] == "cassandra"
+            assert env[f"{within}_CASSANDRA_HOSTS"] == "cassandra"
+        if worker.metrics_port:
+            assert env[f"{worker.env_prefix}_METRICS_PORT"] == str(worker.metrics_port)
+            assert f"{worker.name}:{worker.metrics_port}" in targets
+    # Every process's settings load from that block (a value its parser refuses fails here).
+    plain = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
+    processes = [(s.settings_class, s.env_prefix, s.grpc_port) for s in SERVICES] + [
+        (w.settings_class, w.env_prefix, w.health_port) for w in WORKERS
+    ]
+    for settings_class, prefix, port in processes:
+        module, _, name = settings_class.partition(":")
+        assert load(getattr(importlib.import_module(module), name), prefix, plain).port == port
+    assert load(PurchaseSagaSettings, "LEAKY_TOKEN", plain).saga_runner == "external"
+    assert load(CassandraStoreSettings, "LEAKY_ANALYTICS", plain).cassandra_hosts == ("cassandra",)
 
 
 def test_the_stack_creates_every_topology_database() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from leaky_tokens.runtime.ports import Clock, Membership
 from leaky_tokens.runtime.server import ServiceSpec
 from leaky_tokens.runtime.settings import SettingsError, doc
 from leaky_tokens.runtime.system import SystemClock
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "LEAKY_ANALYTICS"
 
@@ -69,9 +72,14 @@ class AnalyticsComponents(PeerComponents):
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def close(self) -> None:
-        """Close the usage store and the channels this build opened, newest first."""
+        """Close the usage store and the channels this build opened, newest first; one that
+        fails is logged and the rest are closed anyway (a Cassandra that will not shut down
+        cleanly must not leave the auth channels open)."""
         for closer in reversed(self.closers):
-            await closer()
+            try:
+                await closer()
+            except Exception:
+                log.exception("analytics: closing a resource failed; closing the rest")
         await super().close()
 
 

@@ -16,6 +16,7 @@ from leaky_tokens.analytics.domain.reports import Queries, to_ms
 from leaky_tokens.analytics.domain.totals import Totals
 from leaky_tokens.analytics.domain.windows import Resolution
 from leaky_tokens.runtime.convert import optional_datetime, timestamp
+from leaky_tokens.runtime.errors import InvalidArgumentError, Validator
 from leaky_tokens.runtime.identity import current_caller
 from leaky_tokens.runtime.jwt_verifier import bearer_token
 from leaky_tokens.runtime.ports import Clock
@@ -56,8 +57,14 @@ def _optional(message: Any, name: str) -> Any:
     return getattr(message, name) if message.HasField(name) else None
 
 
-def _optional_ms(message: Any, name: str) -> int | None:
-    when = optional_datetime(message, name, name)
+def _optional_ms(message: Any, name: str, check: Validator) -> int | None:
+    """A Timestamp field's epoch ms, None when absent; an invalid one is recorded in `check`
+    (and is None) so that it is reported together with the request's other violations."""
+    try:
+        when = optional_datetime(message, name, name)
+    except InvalidArgumentError as error:
+        check.violations.extend(error.violations)
+        return None
     return None if when is None else to_ms(when)
 
 
@@ -198,10 +205,11 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         self, request: pb.GetUsageSeriesRequest, context: Context
     ) -> pb.GetUsageSeriesResponse:
         r = request
-        start, end = _optional_ms(r, "start"), _optional_ms(r, "end")
+        check = Validator()
+        start, end = _optional_ms(r, "start", check), _optional_ms(r, "end", check)
         series = await self._q.series(
             current_caller(), _credential(context), r.provider, r.user_id, r.org_id,
-            _RESOLUTIONS.get(r.resolution), start, end,
+            _RESOLUTIONS.get(r.resolution), start, end, check,
         )  # fmt: skip
         user_id, org_id = _ids(series.scope)
         return pb.GetUsageSeriesResponse(

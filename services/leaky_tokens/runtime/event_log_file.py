@@ -129,7 +129,7 @@ class EventLogFile:
         self._now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="event-log")
         self._conn: sqlite3.Connection | None = None
-        self._pruned_ms: int | None = None
+        self._pruned_ms: dict[str, int] = {}  # per topic: when this instance last pruned it
         self._closed = False
 
     @classmethod
@@ -157,6 +157,11 @@ class EventLogFile:
         """How far a reader at `after_seq` is behind the newest record: the newest record's
         append time minus that of the first one it has not read (0 when it has read all)."""
         return await self._run(lambda conn: _lag(conn, topic, after_seq))
+
+    async def high_water(self, topic: str) -> int:
+        """The highest offset `topic` ever had in this file, kept or deleted (0: none). A
+        reader positioned above it is reading another, replaced file."""
+        return await self._run(lambda conn: _high_water(conn, topic))
 
     async def truncated_through(self, topic: str) -> int:
         """The highest offset retention deleted from `topic` (0: none)."""
@@ -216,9 +221,12 @@ class EventLogFile:
     def _append(self, conn: sqlite3.Connection, topic: str, entries: Sequence[Entry]) -> int:
         now = self._now_ms()
         with _immediate(conn):
-            if self._pruned_ms is None or now - self._pruned_ms >= PRUNE_INTERVAL_MS:
+            # Per topic: with one clock for all, a busy topic took every slot and a quiet
+            # one appended by the same instance was never pruned (it grew without bound).
+            pruned = self._pruned_ms.get(topic)
+            if pruned is None or now - pruned >= PRUNE_INTERVAL_MS:
                 self._prune(conn, topic, now)
-                self._pruned_ms = now
+                self._pruned_ms[topic] = now
             last = 0
             for entry in entries:
                 cursor = conn.execute(
@@ -234,7 +242,7 @@ class EventLogFile:
         with _immediate(conn):
             topics = [row[0] for row in conn.execute("SELECT DISTINCT topic FROM events")]
             deleted = sum(self._prune(conn, topic, now) for topic in topics)
-        self._pruned_ms = now
+        self._pruned_ms = dict.fromkeys(topics, now)
         return deleted
 
     def _prune(self, conn: sqlite3.Connection, topic: str, now: int) -> int:
@@ -302,3 +310,8 @@ def _lag(conn: sqlite3.Connection, topic: str, after_seq: int) -> int:
 def _truncated(conn: sqlite3.Connection, topic: str) -> int:
     row = conn.execute("SELECT through_seq FROM truncated WHERE topic = ?", (topic,)).fetchone()
     return int(row[0]) if row else 0
+
+
+def _high_water(conn: sqlite3.Connection, topic: str) -> int:
+    row = conn.execute("SELECT max(seq) FROM events WHERE topic = ?", (topic,)).fetchone()
+    return max(int(row[0] or 0), _truncated(conn, topic))

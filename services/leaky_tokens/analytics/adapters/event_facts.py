@@ -29,6 +29,15 @@ PURCHASE_STATES = {
 }
 # Events analytics has no use for (grants are ADMIN credits, not usage or purchases).
 IGNORED = frozenset({"tokens_granted", "grant_reverted"})
+# 9999-12-31T23:59:59Z: the last second a Timestamp may hold. A later occurred_at parses (the
+# wire does not check it) but could never be sent back: one such row would make every Usage
+# of its provider fail.
+LAST_SECOND = 253_402_300_799
+# The most tokens one event may carry: the token service refuses more per request (its
+# SAFE_LIMIT). Far larger counts would overflow the stores' 64-bit sums (SQLite turns them
+# into floats that no response can carry; Cassandra refuses the write, so the projection
+# would retry that batch for ever instead of dead-lettering it).
+MAX_EVENT_TOKENS = 2**53
 
 
 class PoisonEventError(ValueError):
@@ -62,7 +71,12 @@ def fact_of(envelope: EventEnvelope) -> Fact | None:
         raise PoisonEventError("event_id is empty")
     if not envelope.HasField("occurred_at"):
         raise PoisonEventError("occurred_at is missing")
-    at = envelope.occurred_at.seconds * 1000 + envelope.occurred_at.nanos // 1_000_000
+    when = envelope.occurred_at
+    if not 0 <= when.nanos <= 999_999_999:
+        raise PoisonEventError("occurred_at has nanos outside 0-999999999")
+    if when.seconds > LAST_SECOND:
+        raise PoisonEventError("occurred_at is after 9999-12-31")
+    at = when.seconds * 1000 + when.nanos // 1_000_000
     if at <= 0:
         raise PoisonEventError("occurred_at is not after 1970")
     body = getattr(envelope, case)
@@ -70,6 +84,7 @@ def fact_of(envelope: EventEnvelope) -> Fact | None:
         _require(body.saga_id, "saga_id")
         _require(body.user_id, "user_id")
         _require(body.provider, "provider")
+        _require_tokens(case, body.tokens)
         return PurchaseFact(
             event_id=envelope.event_id,
             occurred_at_ms=at,
@@ -86,8 +101,7 @@ def fact_of(envelope: EventEnvelope) -> Fact | None:
         return None
     _require(body.user_id, "user_id")
     _require(body.provider, "provider")
-    if tokens < 0:
-        raise PoisonEventError(f"{case}: negative tokens")
+    _require_tokens(case, tokens)
     return UsageFact(
         event_id=envelope.event_id,
         occurred_at_ms=at,
@@ -117,3 +131,10 @@ def _usage(case: str, body: object) -> tuple[FactKind | None, int, bool]:
 def _require(value: str, name: str) -> None:
     if not value:
         raise PoisonEventError(f"{name} is empty")
+
+
+def _require_tokens(case: str, tokens: int) -> None:
+    if tokens < 0:
+        raise PoisonEventError(f"{case}: negative tokens")
+    if tokens > MAX_EVENT_TOKENS:
+        raise PoisonEventError(f"{case}: more than {MAX_EVENT_TOKENS} tokens")

@@ -183,6 +183,7 @@ class LogTailer:
         consumed = 0
         lags = dict.fromkeys(self._topics, 0)
         for topic in self._topics:
+            await self._check_replaced(topic)
             while not self._stopping:
                 after = await self.store.position(topic, PARTITION)
                 await self._check_truncation(topic, after)
@@ -243,6 +244,20 @@ class LogTailer:
                 wait, backoff = backoff, min(backoff * 2, self._backoff_max_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _check_replaced(self, topic: str) -> None:
+        """Start `topic` again from 0 when the store's position is past anything the log file
+        ever held: the file was deleted and created anew (its offsets restart at 1), and
+        without this every record up to the old position would be skipped unread."""
+        after = await self.store.position(topic, PARTITION)
+        if after and await self.log.high_water(topic) < after:
+            log.error(
+                "analytics: the event log holds no %s record up to %d, where the projection "
+                "stood: the file was replaced; projecting it from the start",
+                topic,
+                after,
+            )
+            await self.store.rewind(topic, PARTITION)
 
     async def _check_truncation(self, topic: str, after: int) -> None:
         through = await self.log.truncated_through(topic)

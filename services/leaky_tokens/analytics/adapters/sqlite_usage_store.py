@@ -61,15 +61,6 @@ class DeadLetter:
     value: bytes
 
 
-@dataclass(slots=True)
-class _Delta:
-    events: int = 0
-    allowed_events: int = 0
-    tokens: int = 0
-    allowed_tokens: int = 0
-    refunded_tokens: int = 0
-
-
 async def open_sqlite_usage_store(
     url: str,
     *,
@@ -144,6 +135,16 @@ class SqliteUsageStore:
                     ),
                     [{"topic": t, "partition": p, "offset": o} for (t, p), o in positions.items()],
                 )
+
+    async def rewind(self, topic: str, partition: int = 0) -> None:
+        """Forget the position of (topic, partition): its source starts again from 0 (the
+        event log file was replaced; what it replays again is de-duplicated by event id)."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                source_positions.delete().where(
+                    source_positions.c.topic == topic, source_positions.c.partition == partition
+                )
+            )
 
     async def position(self, topic: str, partition: int = 0) -> int:
         """The highest offset of (topic, partition) projected so far (0: none)."""
@@ -361,7 +362,7 @@ class SqliteUsageStore:
         )
 
     async def _add_to_rollups(self, conn: AsyncConnection, fresh: list[UsageFact]) -> None:
-        totals: dict[_BucketKey, _Delta] = defaultdict(_Delta)
+        totals: dict[_BucketKey, Totals] = defaultdict(Totals)
         users: dict[tuple[_BucketKey, str], list[int]] = defaultdict(lambda: [0, 0])
         for fact in fresh:
             for scope in scopes_of(fact):
@@ -373,17 +374,10 @@ class SqliteUsageStore:
                         resolution.value,
                         resolution.floor(fact.occurred_at_ms),
                     )
-                    delta = totals[key]
-                    if not fact.kind.is_decision:
-                        delta.refunded_tokens += fact.tokens
+                    if not totals[key].add_sums(fact) or scope.kind is ScopeKind.USER:
+                        # not a decision, or a USER bucket: the one user's share is the
+                        # bucket itself (see buckets)
                         continue
-                    delta.events += 1
-                    delta.tokens += fact.tokens
-                    if fact.allowed:
-                        delta.allowed_events += 1
-                        delta.allowed_tokens += fact.tokens
-                    if scope.kind is ScopeKind.USER:
-                        continue  # the one user's share is the bucket itself (see buckets)
                     share = users[(key, fact.user_id)]
                     share[0] += fact.tokens
                     share[1] += 1
@@ -461,7 +455,7 @@ class SqliteUsageStore:
         )
 
 
-def _delta_row(d: _Delta) -> dict[str, int]:
+def _delta_row(d: Totals) -> dict[str, int]:
     return {
         "events": d.events,
         "allowed_events": d.allowed_events,

@@ -44,6 +44,8 @@ DEFAULT_SERIES_SPAN = 60  # buckets before the end when a series names no start
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
+# 0001-01-01T00:00:00Z, the first instant a Timestamp (and a datetime) holds; a day edge.
+EARLIEST_MS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // _MS
 
 
 def to_ms(when: datetime) -> int:
@@ -293,11 +295,22 @@ class Queries:
     async def series(
         self, caller: Caller, credential: str, provider: str, user_id: str, org_id: str,
         resolution: Resolution | None, start_ms: int | None, end_ms: int | None,
+        check: Validator | None = None,
     ) -> Series:  # fmt: skip
-        """Every bucket from start's to end's (default: now and 60 buckets before it)."""
-        check = Validator()
+        """Every bucket from start's to end's (default: now and 60 buckets before it).
+
+        `check` may hold the violations of start and end found while decoding them: they are
+        reported with the rest, and the range itself is then not judged.
+        """
+        check = check or Validator()
+        times_refused = bool(check.violations)
         access.check_provider(check, provider)
-        starts = self._series_range(check, resolution, start_ms, end_ms)
+        if times_refused:
+            starts = []
+            if resolution is None:
+                check.fail("resolution", "must be RESOLUTION_MINUTE, _HOUR or _DAY")
+        else:
+            starts = self._series_range(check, resolution, start_ms, end_ms)
         scope = await self._scope(check, caller, credential, user_id, org_id)
         if resolution is None:  # refused by _scope's check already; this tells mypy
             raise AssertionError("resolution was checked")
@@ -314,7 +327,10 @@ class Queries:
             check.fail("resolution", "must be RESOLUTION_MINUTE, _HOUR or _DAY")
             return []
         end = end_ms if end_ms is not None else to_ms(self._clock.now())
-        start = start_ms if start_ms is not None else end - DEFAULT_SERIES_SPAN * resolution.value
+        if start_ms is not None:
+            start = start_ms
+        else:  # never before the first instant a point's start can be sent as
+            start = max(end - DEFAULT_SERIES_SPAN * resolution.value, EARLIEST_MS)
         if start > end:
             check.fail("start", "must not be after end")
             return []

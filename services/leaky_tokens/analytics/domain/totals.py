@@ -41,19 +41,25 @@ class Totals:
 
     def add(self, fact: UsageFact) -> None:
         """Count one fact in."""
-        if not fact.kind.is_decision:
-            self.refunded_tokens += fact.tokens
+        if not self.add_sums(fact):
             return
-        self.events += 1
-        self.tokens += fact.tokens
-        if fact.allowed:
-            self.allowed_events += 1
-            self.allowed_tokens += fact.tokens
         share = self.users.get(fact.user_id)
         if share is None:
             share = self.users[fact.user_id] = UserShare()
         share.tokens += fact.tokens
         share.events += 1
+
+    def add_sums(self, fact: UsageFact) -> bool:
+        """Count one fact into the sums only (not `users`); whether it was a decision."""
+        if not fact.kind.is_decision:
+            self.refunded_tokens += fact.tokens
+            return False
+        self.events += 1
+        self.tokens += fact.tokens
+        if fact.allowed:
+            self.allowed_events += 1
+            self.allowed_tokens += fact.tokens
+        return True
 
     def merge(self, other: Totals) -> None:
         """Add another bucket's totals in."""
