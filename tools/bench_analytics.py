@@ -50,8 +50,8 @@ DAY_MS = 86_400_000
 # --- the producer process ------------------------------------------------------------------
 
 
-def envelope_bytes(i: int, at_ms: int, users: int, orgs: int) -> tuple[bytes, bytes]:
-    """Usage event i (key, value): 95% consumes (80% allowed), 5% refunds, users and orgs."""
+def envelope_bytes(i: int, at_ms: int, users: int, orgs: int) -> tuple[int, bytes, bytes]:
+    """Usage event i (user, key, value): 95% consumes (80% allowed), 5% refunds."""
     from leaky.events.v1.events_pb2 import EventEnvelope
 
     rng = random.Random(i)  # noqa: S311 - reproducible load, not secrets
@@ -67,7 +67,7 @@ def envelope_bytes(i: int, at_ms: int, users: int, orgs: int) -> tuple[bytes, by
         body.tokens = rng.randint(1, 500)
     body.user_id, body.provider = f"user-{user:05d}", PROVIDER
     body.org_id = f"org-{user % orgs:03d}" if user % 3 else ""
-    return envelope.partition_key.encode(), envelope.SerializeToString()
+    return user, envelope.partition_key.encode(), envelope.SerializeToString()
 
 
 async def produce(args: argparse.Namespace) -> None:
@@ -90,8 +90,8 @@ async def produce(args: argparse.Namespace) -> None:
         pending.clear()
 
     async def send(i: int, at: int) -> None:
-        key, value = envelope_bytes(i, at, args.users, args.orgs)
-        partition = i % args.partitions
+        user, key, value = envelope_bytes(i, at, args.users, args.orgs)
+        partition = user % args.partitions  # keyed by user, as the relay does
         pending.append((await producer.send(args.topic, value, key, partition), at))
 
     try:
@@ -117,8 +117,12 @@ async def produce(args: argparse.Namespace) -> None:
         await settle()
     finally:
         await producer.stop()
-    with open(args.out, "wb") as out:
-        for values in (parts, offsets, times):
+    write_sent(Path(args.out), (parts, offsets, times))
+
+
+def write_sent(path: Path, columns: tuple[array.array[int], ...]) -> None:
+    with path.open("wb") as out:
+        for values in columns:
             out.write(len(values).to_bytes(8, "little"))
             values.tofile(out)
 
@@ -182,13 +186,10 @@ class Run:
                 "LEAKY_ANALYTICS_CASSANDRA_KEYSPACE": self.keyspace,
                 "LEAKY_ANALYTICS_CASSANDRA_REQUEST_TIMEOUT_MS": "60000",
             }
+            command = [sys.executable, "-m", "leaky_tokens.analytics.projection_worker"]
             with (self.work / f"worker-{n}.log").open("ab") as out:
-                self.workers.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "leaky_tokens.analytics.projection_worker"],
-                        env=env, cwd=ROOT, stdout=out, stderr=out,
-                    )  # fmt: skip
-                )
+                process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=out)
+            self.workers.append(process)
 
     def stop_workers(self) -> None:
         for process in self.workers:
@@ -207,7 +208,9 @@ class Run:
                 log = (self.work / f"worker-{n}.log").read_text()[-3000:]
                 raise SystemExit(f"worker {n} exited {process.returncode}:\n{log}")
 
-    def producer(self, out: Path, *, rate: float, seconds: float, count: int) -> subprocess.Popen[bytes]:
+    def producer(
+        self, out: Path, *, rate: float, seconds: float, count: int
+    ) -> subprocess.Popen[bytes]:
         a = self.args
         command = [
             sys.executable, __file__, "produce", "--bootstrap", a.bootstrap,
@@ -223,11 +226,12 @@ class Cells:
 
     def __init__(self, session: object, keyspace: str) -> None:
         self._session = session
-        self._query = session.prepare(  # type: ignore[attr-defined]
-            f"SELECT bucket, source_partition, applied_offset FROM {keyspace}.usage_rollup"
+        cql = (
+            "SELECT bucket, source_partition, applied_offset FROM {k}.usage_rollup"
             " WHERE scope_kind = 'all' AND scope_id = '' AND provider = ? AND resolution = ?"
             " AND period = ?"
         )
+        self._query = session.prepare(cql.format(k=keyspace))  # type: ignore[attr-defined]
 
     def read(self, resolution: str, periods: list[int]) -> dict[tuple[int, int], int]:
         found: dict[tuple[int, int], int] = {}
@@ -254,7 +258,6 @@ def connect(args: argparse.Namespace) -> tuple[object, object]:
 
 def create_schema(args: argparse.Namespace, keyspace: str) -> None:
     """The store's keyspace and tables (the worker's store creates them on first use)."""
-    from leaky_tokens.analytics.adapters.cassandra_settings import CassandraStoreSettings
     from leaky_tokens.analytics.adapters.cassandra_usage_store import CassandraUsageStore
 
     async def once() -> None:
@@ -515,7 +518,10 @@ def machine() -> str:
             if line.startswith("model name"):
                 cpu_name = line.split(":", 1)[1].strip()
                 break
-    return f"{os.cpu_count()} cores ({cpu_name}), Python {platform.python_version()}, load {os.getloadavg()[0]:.1f}"
+    load = os.getloadavg()[0]
+    return (
+        f"{os.cpu_count()} cores ({cpu_name}), Python {platform.python_version()}, load {load:.1f}"
+    )
 
 
 def table(rows: list[dict[str, str]]) -> str:
@@ -536,7 +542,15 @@ def main() -> None:
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"{stamp}; {machine()}; workers {args.workers}, batch {args.batch_size}", flush=True)
     for phase in args.phases:
-        row = (rate_phase if phase == "rate" else drain_phase)(args, work, pid)
+        if phase == "report":  # again over a keyspace a drain --keep left
+            from leaky_tokens.analytics.adapters.cassandra_usage_store import CassandraUsageStore
+
+            store = CassandraUsageStore(settings(args, args.keyspace))  # type: ignore[arg-type]
+            p50, p99, events = asyncio.run(report_reads(store, args.reads))
+            row = {"mode": f"report over {args.keyspace}", "report p50": f"{p50:.1f} ms",
+                   "report p99": f"{p99:.1f} ms", "report events": f"{events:,}"}  # fmt: skip
+        else:
+            row = (rate_phase if phase == "rate" else drain_phase)(args, work, pid)
         print(row, flush=True)
         rows.append(row)
     print(table(rows))
@@ -545,7 +559,10 @@ def main() -> None:
 def options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("phase", nargs="?", default="run", choices=["run", "produce"])
-    parser.add_argument("--phases", nargs="+", default=["rate", "drain"], choices=["rate", "drain"])
+    parser.add_argument(
+        "--phases", nargs="+", default=["rate", "drain"], choices=["rate", "drain", "report"]
+    )
+    parser.add_argument("--keyspace", default="", help="the report phase's (a kept drain's)")
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--cassandra-host", default="127.0.0.1")
     parser.add_argument("--cassandra-port", type=int, default=9042)
