@@ -31,6 +31,7 @@ import gc
 import os
 import platform
 import random
+import resource
 import signal
 import statistics
 import subprocess
@@ -40,6 +41,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from leaky_tokens.analytics.adapters.cassandra_settings import CassandraStoreSettings
+from leaky_tokens.analytics.domain.ports import UsageStore
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVIDER = "openai"
@@ -72,7 +76,7 @@ def envelope_bytes(i: int, at_ms: int, users: int, orgs: int) -> tuple[int, byte
 
 async def produce(args: argparse.Namespace) -> None:
     """Send events; write (partition, offset, occurred_at_ms) per event to --out."""
-    from aiokafka import AIOKafkaProducer
+    from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
     producer = AIOKafkaProducer(
         bootstrap_servers=args.bootstrap, acks=1, linger_ms=5, max_batch_size=256 * 1024
@@ -98,7 +102,8 @@ async def produce(args: argparse.Namespace) -> None:
         if args.rate == 0:  # load: spread over the day before now
             now = int(time.time() * 1000)
             rng = random.Random(1)  # noqa: S311
-            ats = sorted(rng.randrange(now - DAY_MS + MINUTE_MS, now) for _ in range(args.count))
+            span = args.span_minutes * MINUTE_MS
+            ats = sorted(rng.randrange(now - span + MINUTE_MS, now) for _ in range(args.count))
             for i, at in enumerate(ats):
                 await send(i, at)
                 if len(pending) >= 20_000:
@@ -216,7 +221,7 @@ class Run:
             sys.executable, __file__, "produce", "--bootstrap", a.bootstrap,
             "--topic", self.topic, "--partitions", str(a.partitions), "--out", str(out),
             "--rate", str(rate), "--seconds", str(seconds), "--count", str(count),
-            "--users", str(a.users), "--orgs", str(a.orgs),
+            "--users", str(a.users), "--orgs", str(a.orgs), "--span-minutes", str(a.span_minutes),
         ]  # fmt: skip
         return subprocess.Popen(command, cwd=ROOT)
 
@@ -268,9 +273,7 @@ def create_schema(args: argparse.Namespace, keyspace: str) -> None:
     asyncio.run(once())
 
 
-def settings(args: argparse.Namespace, keyspace: str) -> object:
-    from leaky_tokens.analytics.adapters.cassandra_settings import CassandraStoreSettings
-
+def settings(args: argparse.Namespace, keyspace: str) -> CassandraStoreSettings:
     return CassandraStoreSettings(
         cassandra_hosts=(args.cassandra_host,), cassandra_port=args.cassandra_port,
         cassandra_keyspace=keyspace, cassandra_request_timeout_ms=60_000,
@@ -324,6 +327,8 @@ def rate_phase(args: argparse.Namespace, work: Path, cassandra_pid: int | None) 
         cells = Cells(session, run.keyspace)
         worker_cpu0 = cpu([p.pid for p in run.workers])
         cass_cpu0 = cpu([cassandra_pid] if cassandra_pid else [])
+        kafka_cpu0 = cpu([args.kafka_pid] if args.kafka_pid else [])
+        children0 = children_cpu()
         sent_path = work / "sent-rate.bin"
         started = time.time()
         producer = run.producer(sent_path, rate=args.rate, seconds=args.seconds, count=0)
@@ -331,24 +336,26 @@ def rate_phase(args: argparse.Namespace, work: Path, cassandra_pid: int | None) 
         total = int(args.rate * args.seconds)
         done_at = None
         last_offsets: dict[int, int] | None = None
+        producer_cpu = 0.0
         while True:
             run.alive()
             now = time.time()
             periods = sorted({(int(now * 1000) - d) // DAY_MS * DAY_MS for d in (0, 120_000)})
             for key, applied in cells.read("MINUTE", periods).items():
-                times, applieds = polls.setdefault(key, ([], []))
+                seen_at, applieds = polls.setdefault(key, ([], []))
                 if not applieds or applied != applieds[-1]:
-                    times.append(now)
+                    seen_at.append(now)
                     applieds.append(applied)
             if last_offsets is None and producer.poll() is not None:
                 if producer.returncode:
                     raise SystemExit(f"producer exited {producer.returncode}")
+                producer_cpu = children_cpu() - children0  # the only child reaped meanwhile
                 parts, offsets, _ = read_sent(sent_path)
                 last_offsets = {}
                 for p, o in zip(parts, offsets, strict=True):
                     last_offsets[p] = max(last_offsets.get(p, -1), o)
             if last_offsets is not None:
-                newest = {}
+                newest: dict[int, int] = {}
                 for (_, p), (_, applieds) in polls.items():
                     newest[p] = max(newest.get(p, -1), applieds[-1])
                 if all(newest.get(p, -1) >= o for p, o in last_offsets.items()):
@@ -359,8 +366,10 @@ def rate_phase(args: argparse.Namespace, work: Path, cassandra_pid: int | None) 
             time.sleep(args.poll_ms / 1000)
         worker_cpu = cpu([p.pid for p in run.workers]) - worker_cpu0
         cass_cpu = cpu([cassandra_pid] if cassandra_pid else []) - cass_cpu0
+        kafka_cpu = cpu([args.kafka_pid] if args.kafka_pid else []) - kafka_cpu0
         parts, offsets, times = read_sent(sent_path)
-        lags, unseen = [], 0
+        lags: list[float] = []
+        unseen = 0
         for p, o, at in zip(parts, offsets, times, strict=True):
             key = (at - at % MINUTE_MS, p)
             seen = polls.get(key)
@@ -383,6 +392,12 @@ def rate_phase(args: argparse.Namespace, work: Path, cassandra_pid: int | None) 
             "worker CPU/event": f"{worker_cpu / max(len(times), 1) * 1e6:,.0f} us",
             "cassandra CPU/event": (
                 f"{cass_cpu / max(len(times), 1) * 1e6:,.0f} us" if cassandra_pid else "-"
+            ),
+            "kafka CPU/event": (
+                f"{kafka_cpu / max(len(times), 1) * 1e6:,.0f} us" if args.kafka_pid else "-"
+            ),
+            "producer CPU/event": (
+                f"{producer_cpu / max(len(times), 1) * 1e6:,.0f} us" if last_offsets else "-"
             ),
         }
     finally:
@@ -431,7 +446,7 @@ def drain_phase(args: argparse.Namespace, work: Path, cassandra_pid: int | None)
         run.stop_workers()
         del parts, offsets, times
         gc.collect()
-        store = CassandraUsageStore(settings(args, run.keyspace))  # type: ignore[arg-type]
+        store = CassandraUsageStore(settings(args, run.keyspace))
         p50, p99, events = asyncio.run(report_reads(store, args.reads))
         return {
             "mode": f"drain {args.events:,} loaded events (max rate)",
@@ -465,7 +480,7 @@ async def ensure(args: argparse.Namespace, topic: str) -> None:
     await ensure_topic(args.bootstrap, topic, args.partitions, 1, client_id="leaky-bench-admin")
 
 
-async def report_reads(store: object, reads: int) -> tuple[float, float, int]:
+async def report_reads(store: UsageStore, reads: int) -> tuple[float, float, int]:
     from leaky_tokens.analytics.domain.ports import Scope
     from leaky_tokens.analytics.domain.reports import window_totals
     from leaky_tokens.analytics.domain.windows import minute_window
@@ -476,14 +491,15 @@ async def report_reads(store: object, reads: int) -> tuple[float, float, int]:
             now = int(time.time() * 1000)
             window = minute_window(now, 1440)
             t = time.perf_counter()
-            (totals,) = await window_totals(store, Scope.everyone(), PROVIDER, [window])  # type: ignore[arg-type]
+            # As Queries.report: the minutes after the window (after now) are known empty.
+            (totals,) = await window_totals(store, Scope.everyone(), PROVIDER, [window], window[1])
             totals.top_users(5)
             if i:  # the first warms the prepared statements
                 latencies.append((time.perf_counter() - t) * 1000)
             events = totals.events
         return pct(latencies, 50), pct(latencies, 99), events
     finally:
-        await store.close()  # type: ignore[attr-defined]
+        await store.close()
 
 
 def drop(session: object, keyspace: str, keep: bool) -> None:
@@ -492,9 +508,14 @@ def drop(session: object, keyspace: str, keep: bool) -> None:
             session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)  # type: ignore[attr-defined]
 
 
-def cassandra_pid(args: argparse.Namespace) -> int | None:
-    """The pid listening on the Cassandra port, if this user can see it (for CPU/event)."""
-    port = f"{args.cassandra_port:04X}"
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pid_on(port_number: int) -> int | None:
+    """The pid listening on a local port, if this user can see it (for CPU/event)."""
+    port = f"{port_number:04X}"
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as f:
@@ -537,7 +558,8 @@ def main() -> None:
         asyncio.run(produce(args))
         return
     work = Path(tempfile.mkdtemp(prefix="leaky-bench-analytics-"))
-    pid = cassandra_pid(args)
+    pid = pid_on(args.cassandra_port)
+    args.kafka_pid = pid_on(int(args.bootstrap.split(",")[0].rpartition(":")[2]))
     rows = []
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"{stamp}; {machine()}; workers {args.workers}, batch {args.batch_size}", flush=True)
@@ -545,7 +567,7 @@ def main() -> None:
         if phase == "report":  # again over a keyspace a drain --keep left
             from leaky_tokens.analytics.adapters.cassandra_usage_store import CassandraUsageStore
 
-            store = CassandraUsageStore(settings(args, args.keyspace))  # type: ignore[arg-type]
+            store = CassandraUsageStore(settings(args, args.keyspace))
             p50, p99, events = asyncio.run(report_reads(store, args.reads))
             row = {"mode": f"report over {args.keyspace}", "report p50": f"{p50:.1f} ms",
                    "report p99": f"{p99:.1f} ms", "report events": f"{events:,}"}  # fmt: skip
@@ -570,6 +592,10 @@ def options() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--events", type=int, default=1_000_000, help="events of the drain phase")
     parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument(
+        "--span-minutes", type=int, default=1440,
+        help="the drain's events lie in the last minutes before now (fewer events, same density)",
+    )  # fmt: skip
     parser.add_argument("--workers", type=int, default=1, help="projection worker processes")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--batch-window-ms", type=int, default=100)

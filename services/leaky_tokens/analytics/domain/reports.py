@@ -2,9 +2,10 @@
 comparison and purchase history (no I/O but the store's).
 
 Windows are whole minutes (windows.minute_window) summed exactly from rollup buckets
-(windows.split), never sampled: the report of a window equals `Totals.of` its facts. Each
-query asks the store once per bucket resolution it needs. Defaults and limits are the
-original system's, as the analytics proto documents them (ADR 0037).
+(windows.signed_split: split, with a ragged edge read as its whole hour or day minus the rest
+when that is fewer buckets), never sampled: the report of a window equals `Totals.of` its
+facts. Each query asks the store once per bucket resolution it needs. Defaults and limits
+are the original system's, as the analytics proto documents them (ADR 0037).
 """
 
 from __future__ import annotations
@@ -128,8 +129,9 @@ async def window_totals(
 ) -> list[Totals]:
     """The exact totals of each minute-aligned [start, end) window, in order.
 
-    Every window is split into day, hour and minute buckets; the buckets of all windows are
-    fetched with one store call per resolution.
+    Every window is split into day, hour and minute buckets, some taken out of a bigger one
+    (`signed_split`; buckets from `empty_from_ms` on, after now, count as free); the buckets
+    of all windows are fetched with one store call per resolution, the calls concurrently.
     """
     plans = [signed_split(start, end, empty_from_ms) for start, end in windows]
     wanted: dict[Resolution, set[int]] = defaultdict(set)
