@@ -16,7 +16,7 @@ runs, on a fresh topic, consumer group and keyspace each:
   --reads times over that keyspace, p50/p99.
 
 Prints a table with the worker's and Cassandra's CPU per event. Every process it starts it
-stops by PID; it drops its keyspace unless --keep.
+stops by PID; it drops its keyspace and topics unless --keep.
 """
 
 from __future__ import annotations
@@ -403,6 +403,7 @@ def rate_phase(args: argparse.Namespace, work: Path, cassandra_pid: int | None) 
     finally:
         run.stop_workers()
         drop(session, run.keyspace, args.keep)
+        drop_topics(args, run)
         cluster.shutdown()  # type: ignore[attr-defined]
 
 
@@ -467,6 +468,7 @@ def drain_phase(args: argparse.Namespace, work: Path, cassandra_pid: int | None)
     finally:
         run.stop_workers()
         drop(session, run.keyspace, args.keep)
+        drop_topics(args, run)
         cluster.shutdown()  # type: ignore[attr-defined]
 
 
@@ -500,6 +502,32 @@ async def report_reads(store: UsageStore, reads: int) -> tuple[float, float, int
         return pct(latencies, 50), pct(latencies, 99), events
     finally:
         await store.close()
+
+
+def drop_topics(args: argparse.Namespace, run: Run) -> None:
+    """The run's three topics (unless --keep): the shared Kafka keeps no bench data."""
+    if args.keep:
+        return
+    from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
+
+    async def delete() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=args.bootstrap)
+        await admin.start()
+        try:
+            names = (
+                "leaky.usage.bench",
+                "leaky.purchase.bench",
+                "leaky.analytics.dead-letter.bench",
+            )
+            mine = {f"{name}.{run.tag}" for name in names}
+            found = [t for t in await admin.list_topics() if t in mine]
+            if found:
+                await admin.delete_topics(found)
+        finally:
+            await admin.close()
+
+    with contextlib.suppress(Exception):
+        asyncio.run(delete())
 
 
 def drop(session: object, keyspace: str, keep: bool) -> None:
