@@ -68,9 +68,7 @@ def signed_split(
                 groups.setdefault(big.floor(bucket), []).append(bucket)
         for parent, inside in groups.items():
             taken = set(inside)
-            outside = [
-                b for b in range(parent, parent + big.value, small.value) if b not in taken
-            ]
+            outside = [b for b in range(parent, parent + big.value, small.value) if b not in taken]
             cost = 1 + sum(1 for b in outside if empty_from_ms is None or b < empty_from_ms)
             if cost >= len(inside):
                 continue
