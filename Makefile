@@ -217,6 +217,15 @@ promtool: install
 bench: install
 	$(PY) tools/bench.py $(BENCH_ARGS)
 
+# The analytics benchmark (issue 9 section 5, docs/benchmarks.md, ADR 0036): usage events at a
+# fixed rate through Kafka, the projection worker and Cassandra (lag p50/p99 by visibility),
+# then a million loaded events drained at full speed and Report timed over them. Needs the
+# native stack (`leaky stack up`); never part of check or test.
+# BENCH_ANALYTICS_ARGS: e.g. --rate 2000 --seconds 60, --phases rate, --workers 2, --events N.
+.PHONY: bench-analytics
+bench-analytics: install
+	$(PY) tools/bench_analytics.py $(BENCH_ANALYTICS_ARGS)
+
 # Regenerate docs/configuration.md from the settings classes (a test checks it).
 docs: install
 	{ sed '/^| variable/,$$d' docs/configuration.md; $(BIN)/leaky settings; } > docs/configuration.md.new

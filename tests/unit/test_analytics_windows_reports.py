@@ -22,6 +22,7 @@ from leaky_tokens.analytics.domain.windows import (
     MINUTE_MS,
     Resolution,
     minute_window,
+    signed_split,
     split,
 )
 from leaky_tokens.runtime.errors import InvalidArgumentError, PermissionDeniedError
@@ -99,6 +100,51 @@ def test_split_covers_the_window_exactly_with_aligned_buckets(start: int, minute
     assert t == e
     if minutes <= 1440:
         assert len(list(split(s, e))) <= 59 + 23 + 59 + 1
+
+
+@given(
+    start=st.integers(0, 40 * DAY_MS // MINUTE_MS),
+    minutes=st.integers(0, 3 * 1440),
+    hint=st.integers(0, 4 * 1440),
+)
+def test_signed_split_adds_up_to_the_window_minute_by_minute(
+    start: int, minutes: int, hint: int
+) -> None:
+    s = start * MINUTE_MS
+    e = s + minutes * MINUTE_MS
+    weight: dict[int, int] = {}
+    for resolution, bucket, sign in signed_split(s, e, s + hint * MINUTE_MS):
+        assert bucket % resolution.value == 0
+        assert sign in (1, -1)
+        for t in range(bucket, bucket + resolution.value, MINUTE_MS):
+            weight[t] = weight.get(t, 0) + sign
+    assert {t for t, w in weight.items() if w} == set(range(s, e, MINUTE_MS))
+    assert all(w in (0, 1) for w in weight.values())
+
+
+def test_a_day_long_window_ending_now_reads_at_most_half_an_hour_of_minutes() -> None:
+    start, end = minute_window(NOW_MS, 1440)  # ends 13:28, starts 13:28 the day before
+    terms = signed_split(start, end, end)
+    past = [b for r, b, _ in terms if r is Resolution.MINUTE and b < end]
+    assert len(past) <= 30  # split: 32 + 28 minutes
+    hours = [b for r, b, _ in terms if r is Resolution.HOUR and b < end]
+    assert len(hours) <= 12  # split: 23
+    # Today is read whole, its minutes and hours after now taken out (empty ones).
+    assert (Resolution.DAY, end - end % DAY_MS, 1) in terms
+    assert (Resolution.MINUTE, end, -1) in terms
+    assert (Resolution.HOUR, end - end % HOUR_MS + HOUR_MS, -1) in terms
+    # Without the hint, a subtraction is chosen only where it reads fewer buckets.
+    assert len([t for t in signed_split(start, end) if t[0] is Resolution.MINUTE]) <= 60
+
+
+def test_subtract_takes_a_merged_part_out_and_drops_users_left_without_events() -> None:
+    whole, part = Totals(), Totals()
+    facts = [usage(NOW_MS, user="u1", tokens=5), usage(NOW_MS, user="u2", tokens=7)]
+    for fact in facts:
+        whole.add(fact)
+    part.add(facts[1])
+    whole.subtract(part)
+    assert whole == Totals.of(facts[:1])
 
 
 # -- parameters ---------------------------------------------------------------------------
@@ -185,8 +231,8 @@ async def test_long_windows_are_fetched_once_per_resolution() -> None:
     store = CountingStore()
     await store.project(sourced([usage(NOW_MS - 3 * DAY_MS)]))
     await queries(store).anomalies(ADMIN_CALLER, "", "openai", "", "", 1440, 24, None, None)
-    # 25 windows of a day, none of them a calendar day: hours and minutes, one call each.
-    assert sorted(r.name for r, _ in store.calls) == ["HOUR", "MINUTE"]
+    # 25 windows of a day: days, hours and minutes, one call each.
+    assert sorted(r.name for r, _ in store.calls) == ["DAY", "HOUR", "MINUTE"]
 
 
 # -- series -------------------------------------------------------------------------------

@@ -290,18 +290,6 @@ class _Cell:
     refunded_tokens: int = 0
     shares: dict[str, list[int]] | None = None  # ALL and ORG scopes; USER cells are one user
 
-    def copy(self) -> _Cell:
-        shares = None if self.shares is None else {u: list(s) for u, s in self.shares.items()}
-        return _Cell(
-            self.applied_offset,
-            self.events,
-            self.allowed_events,
-            self.tokens,
-            self.allowed_tokens,
-            self.refunded_tokens,
-            shares,
-        )
-
     def add(self, fact: UsageFact, decision: bool) -> None:
         """Count one fact in (`decision`: its kind's is_decision, computed once per fact)."""
         if not decision:
@@ -557,12 +545,15 @@ class CassandraUsageStore:
         keys: dict[CellKey, None] = {}
         for _, _, _, fact_keys in counted:
             keys.update(dict.fromkeys(fact_keys))
-        current = await self._load_cells(key, source, list(keys))
-        updated = {k: c.copy() for k, c in current.items()}
+        # Updated in place, cached ones too: if a write below fails, _project_source marks
+        # the source unclaimed, so the next call drops the whole cache and reads it again.
+        updated = await self._load_cells(key, source, list(keys))
         for offset, fact, decision, fact_keys in counted:
             for cell_key in fact_keys:
-                if offset > current[cell_key].applied_offset:
-                    updated[cell_key].add(fact, decision)
+                cell = updated[cell_key]
+                # applied_offset is raised only after this loop: it is the cell's as loaded.
+                if offset > cell.applied_offset:
+                    cell.add(fact, decision)
         for cell in updated.values():
             cell.applied_offset = max(cell.applied_offset, last_offset)
         # Cells first, then the index and the scoped raw copies, and the ALL-scope raw rows (the

@@ -2,13 +2,15 @@
 comparison and purchase history (no I/O but the store's).
 
 Windows are whole minutes (windows.minute_window) summed exactly from rollup buckets
-(windows.split), never sampled: the report of a window equals `Totals.of` its facts. Each
-query asks the store once per bucket resolution it needs. Defaults and limits are the
-original system's, as the analytics proto documents them (ADR 0037).
+(windows.signed_split: split, with a ragged edge read as its whole hour or day minus the rest
+when that is fewer buckets), never sampled: the report of a window equals `Totals.of` its
+facts. Each query asks the store once per bucket resolution it needs. Defaults and limits
+are the original system's, as the analytics proto documents them (ADR 0037).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,7 +26,12 @@ from leaky_tokens.analytics.domain.ports import (
     UsageStore,
 )
 from leaky_tokens.analytics.domain.totals import Totals, UserShare
-from leaky_tokens.analytics.domain.windows import MINUTE_MS, Resolution, minute_window, split
+from leaky_tokens.analytics.domain.windows import (
+    MINUTE_MS,
+    Resolution,
+    minute_window,
+    signed_split,
+)
 from leaky_tokens.runtime.errors import Validator
 from leaky_tokens.runtime.identity import Caller
 from leaky_tokens.runtime.ports import Clock, Membership
@@ -116,29 +123,41 @@ def has_usage(totals: Totals) -> bool:
 
 
 async def window_totals(
-    store: UsageStore, scope: Scope, provider: str, windows: Sequence[tuple[int, int]]
+    store: UsageStore,
+    scope: Scope,
+    provider: str,
+    windows: Sequence[tuple[int, int]],
+    empty_from_ms: int | None = None,
 ) -> list[Totals]:
     """The exact totals of each minute-aligned [start, end) window, in order.
 
-    Every window is split into day, hour and minute buckets; the buckets of all windows are
-    fetched with one store call per resolution.
+    Every window is split into day, hour and minute buckets, some taken out of a bigger one
+    (`signed_split`; buckets from `empty_from_ms` on, after now, count as free); the buckets
+    of all windows are fetched with one store call per resolution, the calls concurrently.
     """
-    plans = [list(split(start, end)) for start, end in windows]
+    plans = [signed_split(start, end, empty_from_ms) for start, end in windows]
     wanted: dict[Resolution, set[int]] = defaultdict(set)
     for plan in plans:
-        for resolution, start in plan:
+        for resolution, start, _ in plan:
             wanted[resolution].add(start)
-    fetched = {
-        resolution: await store.buckets(scope, provider, resolution, sorted(starts))
-        for resolution, starts in wanted.items()
-    }
+    # The resolutions' reads run concurrently (a Report's are day, hour and minute buckets).
+    resolutions = list(wanted)
+    found = await asyncio.gather(
+        *(store.buckets(scope, provider, r, sorted(wanted[r])) for r in resolutions)
+    )
+    fetched = dict(zip(resolutions, found, strict=True))
     out: list[Totals] = []
     for plan in plans:
         totals = Totals()
-        for resolution, start in plan:
-            bucket = fetched[resolution].get(start)
-            if bucket is not None:
-                totals.merge(bucket)
+        for wanted_sign in (1, -1):  # the bigger buckets in, then what lies outside out
+            for resolution, start, sign in plan:
+                bucket = fetched[resolution].get(start)
+                if bucket is None or sign != wanted_sign:
+                    continue
+                if sign > 0:
+                    totals.merge(bucket)
+                else:
+                    totals.subtract(bucket)
         out.append(totals)
     return out
 
@@ -267,7 +286,8 @@ class Queries:
         scope = await self._scope(check, caller, credential, user_id, org_id)
         now = to_ms(self._clock.now())
         start, end = minute_window(now, window_minutes(minutes))
-        (totals,) = await window_totals(self._store, scope, provider, [(start, end)])
+        # Minutes after `end` (after now) are empty: reading the current hour whole is cheap.
+        (totals,) = await window_totals(self._store, scope, provider, [(start, end)], end)
         return Report(scope, provider, start, now, totals, sample_limit(limit))
 
     async def anomalies(
@@ -284,7 +304,7 @@ class Queries:
         start, end = minute_window(now, width)
         span = width * MINUTE_MS
         windows = [(start - i * span, end - i * span) for i in range(count + 1)]
-        current, *earlier = await window_totals(self._store, scope, provider, windows)
+        current, *earlier = await window_totals(self._store, scope, provider, windows, end)
         average = sum(t.tokens for t in earlier) / count
         ratio = anomaly_ratio(current.tokens, average)
         return Anomalies(
@@ -350,7 +370,7 @@ class Queries:
         start, end = minute_window(now, window_minutes(minutes))
         found: list[tuple[str, Totals]] = []
         for provider in await self._store.providers(scope):
-            (totals,) = await window_totals(self._store, scope, provider, [(start, end)])
+            (totals,) = await window_totals(self._store, scope, provider, [(start, end)], end)
             if has_usage(totals):
                 found.append((provider, totals))
         everything = sum(t.tokens for _, t in found)

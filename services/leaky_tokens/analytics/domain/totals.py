@@ -76,6 +76,29 @@ class Totals:
                 share.tokens += theirs.tokens
                 share.events += theirs.events
 
+    def subtract(self, other: Totals) -> None:
+        """Take out a bucket's totals that were merged in as part of a bigger one (see
+        windows.signed_split); a user left with no events drops out.
+
+        Exact when both were read at one state. A projection writing between the two reads
+        (a late event in the smaller bucket) can take out a user the bigger one did not have
+        yet: such a user is skipped, as one left with no events is dropped.
+        """
+        self.events -= other.events
+        self.allowed_events -= other.allowed_events
+        self.tokens -= other.tokens
+        self.allowed_tokens -= other.allowed_tokens
+        self.refunded_tokens -= other.refunded_tokens
+        users = self.users
+        for user, theirs in other.users.items():
+            share = users.get(user)
+            if share is None:
+                continue
+            share.tokens -= theirs.tokens
+            share.events -= theirs.events
+            if share.events <= 0:
+                del users[user]
+
     def top_users(self, n: int) -> list[tuple[str, UserShare]]:
         """The n users with the most tokens, most first, ties by user id."""
         ranked = sorted(self.users.items(), key=lambda item: (-item[1].tokens, item[0]))

@@ -46,3 +46,33 @@ def split(start_ms: int, end_ms: int) -> Iterator[tuple[Resolution, int]]:
                 yield resolution, t
                 t += resolution.value
                 break
+
+
+def signed_split(
+    start_ms: int, end_ms: int, empty_from_ms: int | None = None
+) -> list[tuple[Resolution, int, int]]:
+    """(resolution, bucket, +1 or -1): buckets whose signed sum is exactly [start, end).
+
+    `split`, except that the minutes (hours) at a ragged edge are read as their whole hour
+    (day) minus the minutes (hours) of it outside the window when those are fewer to read.
+    Buckets from `empty_from_ms` on (after now: expected empty, so cheap) do not count as
+    reads. A Report's 1440-minute window ending now then merges at most ~30 minute buckets
+    with usage instead of 60, and about half the hours. Add the +1 buckets first, then take
+    the -1 ones out (Totals.subtract). Exact whatever `empty_from_ms` says.
+    """
+    terms = [(r, b, 1) for r, b in split(start_ms, end_ms)]
+    for small, big in ((Resolution.MINUTE, Resolution.HOUR), (Resolution.HOUR, Resolution.DAY)):
+        groups: dict[int, list[int]] = {}
+        for resolution, bucket, sign in terms:
+            if resolution is small and sign > 0:
+                groups.setdefault(big.floor(bucket), []).append(bucket)
+        for parent, inside in groups.items():
+            taken = set(inside)
+            outside = [b for b in range(parent, parent + big.value, small.value) if b not in taken]
+            cost = 1 + sum(1 for b in outside if empty_from_ms is None or b < empty_from_ms)
+            if cost >= len(inside):
+                continue
+            terms = [t for t in terms if not (t[0] is small and t[2] > 0 and t[1] in taken)]
+            terms.append((big, parent, 1))
+            terms += [(small, b, -1) for b in outside]
+    return terms
