@@ -242,3 +242,14 @@ async def test_random_facts_with_duplicates_match_brute_force(store: UsageStore)
         reverse=True,
     )[:25]
     assert await store.latest(Scope.everyone(), "mistral", 25) == newest
+
+
+async def test_purchases_created_in_the_same_millisecond_come_by_saga_id_descending(
+    store: UsageStore,
+) -> None:
+    s = PurchaseState
+    await store.project(
+        sourced([step(saga, s.STARTED, T0 + 7) for saga in ("pa", "pc", "pb")], PURCHASE)
+    )
+    assert [v.saga_id for v in await store.purchases(Scope.everyone(), 10)] == ["pc", "pb", "pa"]
+    assert [v.saga_id for v in await store.purchases(Scope.everyone(), 2)] == ["pc", "pb"]

@@ -33,7 +33,7 @@ from leaky_tokens.analytics.adapters.projection_metrics import ProjectionMetrics
 from leaky_tokens.analytics.adapters.projection_settings import ProjectionSettings
 from leaky_tokens.analytics.domain.ports import UsageStore
 from leaky_tokens.runtime import logging as leaky_logging
-from leaky_tokens.runtime.kafka_topics import ensure_topic
+from leaky_tokens.runtime.kafka_topics import ensure_topic_waiting
 from leaky_tokens.runtime.paths import data_dir
 from leaky_tokens.runtime.server import RunningServer, ServiceSpec, start_server
 from leaky_tokens.runtime.settings import SettingsError, load
@@ -109,7 +109,7 @@ class ProjectionWorker:
         """Topics, health server (NOT_SERVING until the consumer joined) and /metrics, Faust."""
         s = self.settings
         for topic in (s.usage_topic, s.purchase_topic, s.dead_letter_topic):
-            await ensure_topic(
+            await ensure_topic_waiting(
                 s.kafka_bootstrap, topic, s.topic_partitions, s.topic_replication,
                 client_id="leaky-analytics-projection-admin",
             )  # fmt: skip

@@ -1,13 +1,15 @@
 """Creates a Kafka topic if it does not exist yet (a worker's input or dead-letter topic).
 
-The token service keeps its own copy (token/adapters/kafka_topics.py, ADR 0033); services do
-not import each other, so shared Kafka plumbing lives here.
+Both workers (the token saga's and the analytics projection's) use it; services do not import
+each other, so shared Kafka plumbing lives here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError  # type: ignore[import-untyped]
@@ -48,3 +50,37 @@ async def ensure_topic(
             raise KafkaError(f"creating topic {topic}: error code {code}")
     log.info("topic created", extra={"topic": name, "partitions": partitions})
     return True
+
+
+# How long a worker waits for Kafka at start: `leaky stack up` starts every component at once,
+# and a cold Kafka takes up to its 90 s start-up budget to listen.
+KAFKA_WAIT_S = 150.0
+
+
+async def ensure_topic_waiting(
+    bootstrap: str,
+    name: str,
+    partitions: int,
+    replication: int,
+    *,
+    client_id: str = "leaky-admin",
+    wait_s: float = KAFKA_WAIT_S,
+    retry_s: float = 1.0,
+    create: Callable[..., Awaitable[bool]] | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> bool:
+    """`ensure_topic`, retried every `retry_s` while the broker cannot be reached, for up to
+    `wait_s`; then the last error is raised (the worker exits, its supervisor says so)."""
+    make = create or ensure_topic
+    deadline = monotonic() + wait_s
+    while True:
+        try:
+            return await make(bootstrap, name, partitions, replication, client_id=client_id)
+        except (KafkaError, TimeoutError, OSError) as error:
+            if monotonic() >= deadline:
+                raise
+            log.warning(
+                "kafka not reachable yet; retrying",
+                extra={"topic": name, "bootstrap": bootstrap, "error": str(error)},
+            )
+            await asyncio.sleep(retry_s)

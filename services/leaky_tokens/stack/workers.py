@@ -30,7 +30,9 @@ class WorkerComponent(Component):
     service it works for pointed at the stack's Redis and PostgreSQL; ready once its health
     says SERVING (topic created, consumer joined its group, nothing stuck)."""
 
-    startup_timeout = 90.0  # a Kafka group join on two busy cores
+    startup_timeout = (
+        240.0  # Kafka started beside it (up to 150 s, KAFKA_WAIT_S), then a group join
+    )
     stop_signal = signal.SIGTERM  # leaves Consul and stops consuming without acking
     stop_timeout = 30.0
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import cast
 
 from leaky_tokens.runtime import logging as leaky_logging
+from leaky_tokens.runtime.kafka_topics import ensure_topic_waiting
 from leaky_tokens.runtime.paths import data_dir
 from leaky_tokens.runtime.server import RunningServer, ServiceSpec, start_server
 from leaky_tokens.runtime.settings import SettingsError, load
@@ -31,7 +32,6 @@ from leaky_tokens.token.adapters.faust_saga import (
     consumer_state,
 )
 from leaky_tokens.token.adapters.kafka_event_bus import KafkaEventBus
-from leaky_tokens.token.adapters.kafka_topics import ensure_topic
 from leaky_tokens.token.adapters.outbox_relay import OutboxRelay
 from leaky_tokens.token.adapters.purchase_settings import PurchaseSagaSettings
 from leaky_tokens.token.adapters.saga_contract import SagaParts
@@ -102,7 +102,10 @@ class SagaWorker:
     async def start(self) -> None:
         """Topic, health server (NOT_SERVING until the consumer joined), Faust, relay, recovery."""
         s = self.settings
-        await ensure_topic(s.kafka_bootstrap, s.topic, s.topic_partitions, s.topic_replication)
+        await ensure_topic_waiting(
+            s.kafka_bootstrap, s.topic, s.topic_partitions, s.topic_replication,
+            client_id="leaky-token-saga-admin",
+        )  # fmt: skip
         spec = ServiceSpec(
             slug=SLUG,
             service_names=(),

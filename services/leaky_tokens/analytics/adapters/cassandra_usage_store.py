@@ -877,7 +877,7 @@ class CassandraUsageStore:
 
     async def purchases(self, scope: Scope, limit: int) -> list[PurchaseView]:
         views = await self._purchase_views(scope)
-        views.sort(key=lambda v: (-v.created_at_ms, v.saga_id))
+        views.sort(key=lambda v: (v.created_at_ms, v.saga_id), reverse=True)  # as SQLite
         return views[: max(limit, 0)]
 
     async def purchase_totals(self, scope: Scope) -> PurchaseTotals:
