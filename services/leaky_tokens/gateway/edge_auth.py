@@ -41,6 +41,8 @@ JWKS_PATH = "/oauth2/jwks"
 # Envoy 1.40's jwt_authn cannot refetch on an unknown kid: the set is refetched in the
 # background this often, so a rotated key verifies at the edge within this bound.
 JWKS_CACHE_SECONDS = 5
+# Envoy's counter of successful JWKS fetches (`leaky up` waits for the first one).
+JWKS_FETCHED_STAT = "jwt_authn.jwks_fetch_success"
 # The services' JwtVerifier leeway (runtime/jwt_verifier.py): the edge is no stricter.
 CLOCK_SKEW_SECONDS = 30
 
