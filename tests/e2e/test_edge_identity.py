@@ -205,7 +205,8 @@ def test_bad_jwts_are_refused_by_envoy_with_the_error_shape(gateway: Gateway, ca
     assert headers["content-type"] == "application/json"
     assert set(body) == {"code", "message", "details"}
     # Envoy's jwt_authn answered (its messages name the Jwt, no ErrorInfo), not the service.
-    assert "Jwt" in body["message"] and body["details"] == [], body
+    assert "Jwt" in body["message"], body
+    assert body["details"] == []
     assert quota_used(gateway, user) == 0
 
 
