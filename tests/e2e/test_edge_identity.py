@@ -227,7 +227,7 @@ def test_public_routes_need_no_credentials_and_ignore_bad_ones(gateway: Gateway)
         iat=datetime.now(UTC) - timedelta(hours=2),
         exp=datetime.now(UTC) - timedelta(hours=1),
     )
-    for headers in ({}, {"authorization": f"Bearer {expired}"}):
+    for headers in ({}, {"authorization": f"Bearer {expired}"}, {"x-api-key": "lt_not-a-key"}):
         for method, path, body in (
             ("GET", "/oauth2/jwks", None),
             ("GET", "/api/v1/tokens/status", None),
@@ -250,3 +250,9 @@ def test_validate_api_key_through_envoy_still_sees_the_key(gateway: Gateway) -> 
     )
     assert status == 200, body
     assert (body["userId"], body["apiKeyId"]) == (owner["userId"], key["id"])
+    # A public RPC: the edge does not check the key, the service answers about it.
+    status, _, body = call(
+        gateway, "GET", "/api/v1/auth/api-keys/validate", headers={"x-api-key": "lt_not-a-key"}
+    )
+    assert status == 401, body
+    assert body["details"][0]["reason"] == "INVALID_API_KEY"

@@ -68,15 +68,6 @@ async def test_check_answers_a_valid_key_with_a_mesh_token_the_token_service_acc
     assert quota.user_id == me.user_id
 
 
-async def test_check_keeps_the_key_for_validate_api_key(mesh: Mesh) -> None:
-    _, _, secret = await issued_key(mesh)
-    check = external_auth_pb2_grpc.AuthorizationStub(mesh.auth_channel)
-    for path in ("/api/v1/auth/api-keys/validate", "/leaky.auth.v1.AuthService/ValidateApiKey"):
-        answer = await check.Check(check_request({API_KEY_HEADER: secret}, path))
-        assert answer.status.code == 0
-        assert list(answer.ok_response.headers_to_remove) == []
-
-
 async def test_check_refuses_unknown_and_missing_keys_with_401(mesh: Mesh) -> None:
     check = external_auth_pb2_grpc.AuthorizationStub(mesh.auth_channel)
     for headers in ({API_KEY_HEADER: "lt_not-a-key"}, {}):

@@ -242,3 +242,8 @@ def test_the_identity_filter_strips_every_client_identity_header(config: dict[st
     assert script.index("headers:remove") < script.index('headers:add("x-leaky-user-id"')
     assert 'meta:get("envoy.filters.http.jwt_authn")' in script
     assert 'jwt["jwt_payload"]' in script
+    # Public RPCs (which ignore credentials) never send their API key to Check.
+    for path in ('"/api/v1/auth/login"', '"/leaky.auth.v1.AuthService/ValidateApiKey"'):
+        assert f"[{path}] = true" in script
+    assert '"/api/v1/tokens/consume"' not in script
+    assert '"/grpc.reflection."' in script
