@@ -247,3 +247,19 @@ def test_the_identity_filter_strips_every_client_identity_header(config: dict[st
         assert f"[{path}] = true" in script
     assert '"/api/v1/tokens/consume"' not in script
     assert '"/grpc.reflection."' in script
+
+
+def test_the_edge_expects_the_auth_services_issuer_and_audience(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LEAKY_AUTH_JWT_ISSUER", "https://auth.example")
+    monkeypatch.setenv("LEAKY_AUTH_JWT_AUDIENCE", "example-api")
+    config: dict[str, Any] = yaml.safe_load(compose_yaml())
+    provider = by_name(config, edge_auth.JWT_AUTHN_FILTER)["providers"][edge_auth.PROVIDER]
+    assert (provider["issuer"], provider["audiences"]) == ("https://auth.example", ["example-api"])
+
+
+def test_a_verified_token_drops_a_key_sent_beside_it(config: dict[str, Any]) -> None:
+    script = by_name(config, edge_auth.IDENTITY_FILTER)["default_source_code"]["inline_string"]
+    jwt_branch = script[script.index('headers:add("x-leaky-auth", "jwt")') : script.index("elseif")]
+    assert 'headers:remove("x-api-key")' in jwt_branch

@@ -21,6 +21,7 @@ matches none (the routes are gRPC paths).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from leaky_tokens.gateway import bindings
@@ -49,6 +50,17 @@ CLOCK_SKEW_SECONDS = 30
 # The services' LEAKY_<SVC>_JWT_ISSUER / _JWT_AUDIENCE defaults (runtime/server.py).
 DEFAULT_ISSUER = "leaky-tokens-auth"
 DEFAULT_AUDIENCE = "leaky-tokens"
+
+
+
+def issuer_and_audience() -> tuple[str, str]:
+    """What the edge's jwt_authn expects: the auth service's LEAKY_AUTH_JWT_ISSUER and
+    _JWT_AUDIENCE where set when the config is rendered, else the defaults."""
+    return (
+        os.environ.get("LEAKY_AUTH_JWT_ISSUER") or DEFAULT_ISSUER,
+        os.environ.get("LEAKY_AUTH_JWT_AUDIENCE") or DEFAULT_AUDIENCE,
+    )
+
 
 IDENTITY_PREFIX = "x-leaky-"
 USER_ID_HEADER = "x-leaky-user-id"
@@ -166,6 +178,8 @@ function envoy_on_request(h)
   if payload and type(payload["sub"]) == "string" then
     headers:add("USER_ID_HEADER", payload["sub"])
     headers:add("AUTH_HEADER", "jwt")
+    -- The token decides; a key sent beside it goes no further than the edge.
+    headers:remove("API_KEY_HEADER")
   elseif headers:get("API_KEY_HEADER") ~= nil and not is_public(headers:get(":path") or "") then
     meta:set("leaky", "api_key", "1")
   end

@@ -153,16 +153,18 @@ def render(
     descriptor: Path = DESCRIPTOR,
     discovery: tuple[str, int] | None = None,
     services: tuple[Service, ...] = SERVICES,
-    issuer: str = edge_auth.DEFAULT_ISSUER,
-    audience: str = edge_auth.DEFAULT_AUDIENCE,
+    issuer: str | None = None,
+    audience: str | None = None,
 ) -> dict[str, Any]:
     """The whole bootstrap config as a dict (dump it as YAML or JSON).
 
     Without `discovery` the upstreams' endpoints are static; with it (host, port of the
     discovery service) Envoy polls their live endpoints over REST EDS (ADR 0007). Routes
     and transcoded services come from `services` (the topology). JWTs are checked for
-    `issuer` and `audience` (the services' LEAKY_<SVC>_JWT_* settings; ADR 0041).
+    `issuer` and `audience` (default: edge_auth.issuer_and_audience(); ADR 0041).
     """
+    if issuer is None or audience is None:
+        issuer, audience = edge_auth.issuer_and_audience()
     http_filters = [
         request_checks.request_checks_filter(),
         *edge_auth.request_filters(services, issuer=issuer, audience=audience),
