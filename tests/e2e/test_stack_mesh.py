@@ -7,6 +7,7 @@ import subprocess
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from leaky_tokens.loopback import envoy_binary
+from leaky_tokens.stack.edge import Envoy
 from leaky_tokens.stack.orchestrator import Stack
 from leaky_tokens.topology import slugs
 from tests.e2e.conftest import Gateway, leaky_up
 from tests.e2e.test_dashboard_metrics import DASHBOARD
 from tests.e2e.test_gateway import call, register
 from tests.e2e.test_token_consume import bearer, consume, create_org
+from tests.support.net import free_port
 from tests.support.promql import Exported, dashboard_exprs, metric_names
 from tests.support.stack import component
 from tests.support.wait import wait_until
@@ -312,35 +316,85 @@ def test_usage_and_a_purchase_reach_report_through_kafka_the_projection_and_cass
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_an_api_key_consumes_as_its_owner_through_the_stack_envoy(
-    stack_gateway: Gateway, stack: Stack
-) -> None:
-    # ADR 0041 on the stack's Envoy (EDS clusters, ext_authz to auth instances from Consul);
-    # a stack started before that config has no edge authentication to test.
-    admin = component(stack, "envoy").admin_port  # type: ignore[attr-defined]
+@contextmanager
+def edge_with_this_config(stack_gateway: Gateway, stack: Stack, root: Path) -> Iterator[Gateway]:
+    """The stack's Envoy if it runs this branch's config (ADR 0041's filters), else an Envoy
+    of our own with the stack's config (Envoy().config(): EDS from the stack's discovery) on
+    free ports, so the stack config is tested either way."""
+    envoy = component(stack, "envoy")
+    admin = envoy.admin_port  # type: ignore[attr-defined]
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/config_dump", timeout=10) as dump:
-        if b"envoy.filters.http.ext_authz" not in dump.read():
-            pytest.skip("the running stack's Envoy predates edge authentication (ADR 0041)")
-    owner = register(stack_gateway)
-    status, _, key = call(
-        stack_gateway,
-        "POST",
-        "/api/v1/auth/api-keys",
-        {"userId": owner["userId"], "name": "stack"},
-        {"authorization": f"Bearer {owner['token']}"},
+        if b"envoy.filters.http.ext_authz" in dump.read():
+            yield stack_gateway
+            return
+    port, admin = free_port(), free_port()
+    config = root / "envoy.yaml"
+    config.write_text(Envoy(port, admin, envoy.discovery_port).config())  # type: ignore[attr-defined]
+    log = (root / "envoy.log").open("wb")
+    process = subprocess.Popen(
+        [envoy_binary(), "-c", str(config), "--use-dynamic-base-id", "--log-level", "warn"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
-    assert status == 200, key
-    body = {"userId": owner["userId"], "provider": "openai", "tokens": 4}
-    status, _, answer = call(
-        stack_gateway, "POST", "/api/v1/tokens/consume", body, {"x-api-key": key["apiKey"]}
-    )
-    assert status == 200, answer
-    assert answer["allowed"] is True
-    forged = {"x-api-key": key["apiKey"], "x-leaky-user-id": str(uuid.uuid4())}
-    other = {**body, "userId": register(stack_gateway)["userId"]}
-    status, _, refused = call(stack_gateway, "POST", "/api/v1/tokens/consume", other, forged)
-    assert status == 403, refused
-    status, _, refused = call(
-        stack_gateway, "POST", "/api/v1/tokens/consume", body, {"x-api-key": "lt_not-a-key"}
-    )
-    assert (status, refused["code"]) == (401, 16)
+    try:
+        gateway = Gateway(
+            http=f"http://127.0.0.1:{port}",
+            grpc=f"127.0.0.1:{port}",
+            process=process,
+            data_dir=root,
+            grpc_ports=[],
+        )
+
+        def routed() -> bool:
+            status, _, _ = call(gateway, "GET", "/api/v1/tokens/status")
+            return status == 200 and _jwks_fetched(admin)
+
+        wait_until(routed, 60, what="our Envoy routing through the stack", ignoring=(OSError,))
+        yield gateway
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+def _jwks_fetched(admin: int) -> bool:
+    url = f"http://127.0.0.1:{admin}/stats?filter=jwks_fetch_success"
+    with urllib.request.urlopen(url, timeout=2) as stats:
+        return any(
+            line.rpartition(":")[2].strip() not in ("", "0")
+            for line in stats.read().decode().splitlines()
+        )
+
+
+def test_an_api_key_consumes_as_its_owner_through_the_stack_envoy(
+    stack_gateway: Gateway, stack: Stack, tmp_path: Path
+) -> None:
+    # ADR 0041 on the stack config: EDS clusters, ext_authz to auth instances from Consul, the
+    # JWKS through the listener itself.
+    with edge_with_this_config(stack_gateway, stack, tmp_path) as edge:
+        owner = register(edge)
+        status, _, key = call(
+            edge,
+            "POST",
+            "/api/v1/auth/api-keys",
+            {"userId": owner["userId"], "name": "stack"},
+            {"authorization": f"Bearer {owner['token']}"},
+        )
+        assert status == 200, key
+        body = {"userId": owner["userId"], "provider": "openai", "tokens": 4}
+        consume_path = "/api/v1/tokens/consume"
+        status, _, answer = call(edge, "POST", consume_path, body, {"x-api-key": key["apiKey"]})
+        assert status == 200, answer
+        assert answer["allowed"] is True
+        forged = {"x-api-key": key["apiKey"], "x-leaky-user-id": str(uuid.uuid4())}
+        other = {**body, "userId": register(edge)["userId"]}
+        status, _, refused = call(edge, "POST", consume_path, other, forged)
+        assert status == 403, refused
+        status, _, refused = call(edge, "POST", consume_path, body, {"x-api-key": "lt_not-a-key"})
+        assert (status, refused["code"]) == (401, 16)
+        tampered = owner["token"].split(".")
+        tampered[1] = tampered[1][:-2] + ("AA" if not tampered[1].endswith("AA") else "BB")
+        status, _, refused = call(
+            edge, "POST", consume_path, body, {"authorization": "Bearer " + ".".join(tampered)}
+        )
+        assert status == 401, refused
