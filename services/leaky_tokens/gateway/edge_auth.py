@@ -52,7 +52,6 @@ DEFAULT_ISSUER = "leaky-tokens-auth"
 DEFAULT_AUDIENCE = "leaky-tokens"
 
 
-
 def issuer_and_audience() -> tuple[str, str]:
     """What the edge's jwt_authn expects: the auth service's LEAKY_AUTH_JWT_ISSUER and
     _JWT_AUDIENCE where set when the config is rendered, else the defaults."""
