@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from leaky.token.v1 import token_pb2, token_pb2_grpc
 from tests.e2e.conftest import Gateway
+from tests.e2e.test_analytics import admin
 from tests.e2e.test_gateway import call, register
 
 pytestmark = pytest.mark.e2e
@@ -256,3 +257,32 @@ def test_validate_api_key_through_envoy_still_sees_the_key(gateway: Gateway) -> 
     )
     assert status == 401, body
     assert body["details"][0]["reason"] == "INVALID_API_KEY"
+
+
+def test_a_rotated_signing_key_is_accepted_at_the_edge_after_a_refetch(gateway: Gateway) -> None:
+    # Envoy 1.40 cannot refetch on an unknown kid: its JWKS is refetched every 5 s
+    # (edge_auth.JWKS_CACHE_SECONDS). Polled until the new key verifies; the test ends only
+    # then, so later tests never meet the window.
+    boss = admin(gateway)
+    old_kid = jwt.get_unverified_header(boss["token"])["kid"]
+    status, _, rotated = call(
+        gateway,
+        "POST",
+        "/api/v1/auth/signing-keys/rotate",
+        {},
+        {"authorization": f"Bearer {boss['token']}"},
+    )
+    assert status == 200, rotated
+    assert rotated["kid"] != old_kid
+    user = register(gateway)
+    assert jwt.get_unverified_header(user["token"])["kid"] == rotated["kid"]
+    deadline = time.monotonic() + 30
+    while (
+        answer := consume(gateway, user["userId"], {"authorization": f"Bearer {user['token']}"})
+    )[0] != 200:
+        assert answer[0] == 401, answer
+        assert time.monotonic() < deadline, "the edge never accepted the rotated key"
+        time.sleep(0.2)
+    # The previous key stays published: tokens signed before the rotation still pass.
+    status, _, body = consume(gateway, boss["userId"], {"authorization": f"Bearer {boss['token']}"})
+    assert status == 200, body
