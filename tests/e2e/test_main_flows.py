@@ -473,3 +473,27 @@ def test_main_flow(target: Gateway, transport: str, grpcurl: Path) -> None:
     finally:
         if isinstance(flow, Client):
             flow.close()
+
+
+def readme_python_example() -> str:
+    """The README's Python client example (the first python block of its section)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Python client\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_the_readme_python_client_example_prints_what_it_says(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The example as written, for a new user standing in for alice (the README's curl lines
+    registered alice), on the embedded mesh's port instead of 8080."""
+    example = readme_python_example()
+    name = f"r{uuid.uuid4().hex[:10]}"
+    with LeakyClient(gateway.grpc) as client:
+        client.register(name, f"{name}@example.com", PASSWORD)
+    code = example.replace('"alice"', f'"{name}"').replace('"127.0.0.1:8080"', repr(gateway.grpc))
+    assert code != example
+    expected = [line.split("# ", 1)[1].strip() for line in example.splitlines() if "print(" in line]
+    assert len(expected) == 4
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 (our own README)
+    assert capsys.readouterr().out.splitlines() == expected
