@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import pytest
 
 from leaky.token.v1 import limits_pb2, token_pb2
-from leaky_tokens.client import LeakyClient, RateLimited
+from leaky_tokens.client import AsyncLeakyClient, LeakyClient, RateLimited
 from leaky_tokens.stack.orchestrator import Stack
 from tests.e2e.conftest import Gateway, leaky_up
 from tests.e2e.test_gateway import call
@@ -497,3 +497,27 @@ def test_the_readme_python_client_example_prints_what_it_says(
     assert len(expected) == 4
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102 (our own README)
     assert capsys.readouterr().out.splitlines() == expected
+
+
+async def test_the_async_client_through_envoy(gateway: Gateway) -> None:
+    """AsyncLeakyClient (grpc.aio) on the embedded mesh: a 429 decoded from Envoy's trailers,
+    a reservation settled and one released."""
+    name = f"a{uuid.uuid4().hex[:10]}"
+    async with AsyncLeakyClient(gateway.grpc) as client:
+        await client.register(name, f"{name}@example.com", PASSWORD)
+        async with client.reservation(PROVIDER, 300) as held:
+            held.actual = 100
+        assert held.settled is not None
+        assert held.settled.refunded_tokens == 200
+        with pytest.raises(LookupError):
+            async with client.reservation(PROVIDER, 300) as dropped:
+                raise LookupError("the LLM call failed")
+        assert dropped.released is not None
+        assert dropped.released.released_tokens == 300
+        assert (await client.consume(PROVIDER, 350)).allowed  # 100 settled + 350 of 500
+        with pytest.raises(RateLimited) as denied:
+            await client.consume(PROVIDER, CHUNK)
+        assert denied.value.trailers["x-ratelimit-limit"] == str(CAPACITY)
+        assert denied.value.retry_after is not None
+        quota = await client.get_quota(PROVIDER)
+        assert quota.window_used == 450

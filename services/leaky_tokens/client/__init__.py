@@ -7,11 +7,13 @@
         with client.reservation("openai", 800) as held:
             held.actual = call_the_llm()          # settled at 'actual', released on error
 
-It speaks gRPC to Envoy's port over the generated stubs (`leaky.*`) and returns their proto
-messages; failures are the typed exceptions of `leaky_tokens.client.errors`. It imports no
-service code (an import-linter contract), so it is usable on its own.
+`AsyncLeakyClient` is the same for asyncio (`async with client.reservation(...)`). Both
+speak gRPC to Envoy's port over the generated stubs (`leaky.*`) and return their proto
+messages; failures are the typed exceptions of `leaky_tokens.client.errors`. The package
+imports no service code (an import-linter contract), so it is usable on its own.
 """
 
+from leaky_tokens.client.aio import AsyncLeakyClient
 from leaky_tokens.client.client import (
     DEFAULT_TARGET,
     LeakyClient,
@@ -47,6 +49,7 @@ from leaky_tokens.client.retry import RetryPolicy
 __all__ = [
     "DEFAULT_TARGET",
     "AlreadyExists",
+    "AsyncLeakyClient",
     "DeadlineExceeded",
     "FailedPrecondition",
     "FieldViolation",

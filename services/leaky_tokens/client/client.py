@@ -16,69 +16,36 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import grpc
-from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from leaky.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from leaky.auth.v1 import auth_pb2, auth_pb2_grpc
 from leaky.token.v1 import token_pb2, token_pb2_grpc
-from leaky_tokens.client.errors import (
-    DeadlineExceeded,
-    LeakyError,
-    Unauthenticated,
-    from_rpc_error,
+from leaky_tokens.client._core import (
+    DEFAULT_REFRESH_MARGIN,
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT,
+    RELOGIN,
+    TERMINAL_PURCHASE,
+    Attempts,
+    Credentials,
+    Login,
+    Requests,
+    Reservation,
+    release_note,
+    still_running,
 )
+from leaky_tokens.client.errors import LeakyError, from_rpc_error
 from leaky_tokens.client.retry import RetryPolicy
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
 
-DEFAULT_TARGET = "127.0.0.1:8080"
-TERMINAL_PURCHASE = (token_pb2.PURCHASE_STATUS_COMPLETED, token_pb2.PURCHASE_STATUS_FAILED)
-
-
-@dataclass
-class _Login:
-    """What a re-login needs; the password stays in this process's memory, never logged."""
-
-    username: str
-    password: str = field(repr=False)
-
-
-@dataclass
-class _Credentials:
-    token: str = ""
-    expires_at: datetime | None = None
-    login: _Login | None = None
-    api_key: str = field(default="", repr=False)
-
-
-@dataclass
-class Reservation:
-    """An open reservation inside `LeakyClient.reservation`: set `actual` to the tokens really
-    used; leaving the block settles at `actual` (at the whole estimate when it is not set),
-    an exception releases everything instead."""
-
-    held: token_pb2.ReserveResponse
-    """The Reserve answer (the reservation, every level after the hold)."""
-    actual: int | None = None
-    settled: token_pb2.SettleResponse | None = None
-    """The Settle answer, once the block ended normally."""
-    released: token_pb2.ReleaseResponse | None = None
-    """The Release answer, once the block ended with an exception."""
-
-    @property
-    def reservation_id(self) -> str:
-        return self.held.reservation.reservation_id
-
-    @property
-    def reserved_tokens(self) -> int:
-        return self.held.reservation.reserved_tokens
+__all__ = ["DEFAULT_TARGET", "LeakyClient", "Reservation", "new_idempotency_key"]
 
 
 class LeakyClient:
@@ -93,11 +60,11 @@ class LeakyClient:
         self,
         target: str = DEFAULT_TARGET,
         *,
-        timeout: timedelta = timedelta(seconds=10),
+        timeout: timedelta = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         channel: grpc.Channel | None = None,
         channel_credentials: grpc.ChannelCredentials | None = None,
-        refresh_margin: timedelta = timedelta(seconds=30),
+        refresh_margin: timedelta = DEFAULT_REFRESH_MARGIN,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -122,7 +89,7 @@ class LeakyClient:
         self.retry = retry or RetryPolicy()
         self._margin = refresh_margin
         self._clock, self._monotonic, self._sleep = clock, monotonic, sleep
-        self._credentials = _Credentials()
+        self._credentials = Credentials()
         self._lock = threading.Lock()
         self.user_id = ""
         """The authenticated user's id (from login, register or the API key), the default
@@ -143,29 +110,17 @@ class LeakyClient:
         if not authenticated:
             return ()
         with self._lock:
-            creds = self._credentials
-            if creds.api_key:
-                return (("x-api-key", creds.api_key),)
-            if creds.login is not None and (
-                creds.expires_at is None or creds.expires_at - self._margin <= self._clock()
-            ):
-                self._relogin(creds.login)
-            if not self._credentials.token:
-                return ()
-            return (("authorization", f"Bearer {self._credentials.token}"),)
+            login = self._credentials.due(self._clock(), self._margin)
+            if login is not None:
+                self._login(login)
+            return self._credentials.metadata()
 
-    def _relogin(self, login: _Login) -> None:
-        answer = self._call(
-            self._auth.Login,
-            auth_pb2.LoginRequest(username=login.username, password=login.password),
-            idempotent=False,
-            authenticated=False,
-        )
-        self._take(answer.token, answer.expires_at, login)
-
-    def _take(self, token: str, expires: timestamp_pb2.Timestamp, login: _Login | None) -> None:
-        at = expires.ToDatetime(tzinfo=UTC) if expires.seconds or expires.nanos else None
-        self._credentials = _Credentials(token=token, expires_at=at, login=login)
+    def _login(self, login: Login) -> auth_pb2.LoginResponse:
+        request = auth_pb2.LoginRequest(username=login.username, password=login.password)
+        answer = self._call(self._auth.Login, request, idempotent=False, authenticated=False)
+        self._credentials = Credentials.from_login(answer.token, answer.expires_at, login)
+        self.user_id = answer.user_id
+        return answer
 
     def _call(
         self,
@@ -176,34 +131,23 @@ class LeakyClient:
         authenticated: bool = True,
         timeout: timedelta | None = None,
     ) -> Resp:
-        """One RPC with a deadline over all attempts; retried on UNAVAILABLE only when
-        `idempotent`; re-authenticated once after UNAUTHENTICATED when logged in with a
-        password (the call was refused before it ran, so that is safe for any call)."""
-        deadline = self._monotonic() + (timeout or self.timeout).total_seconds()
-        attempt, relogged = 1, False
+        """One RPC with a deadline over all attempts (see _core.Attempts)."""
+        attempts = Attempts(self.retry, self._monotonic(), timeout or self.timeout, idempotent)
         while True:
             metadata = self._metadata(authenticated)
-            remaining = deadline - self._monotonic()
-            if remaining <= 0:
-                raise DeadlineExceeded(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
             try:
+                remaining = attempts.remaining(self._monotonic())
                 return method(request, timeout=remaining, metadata=metadata)
             except grpc.RpcError as raw:
                 error = from_rpc_error(raw)
-            login = self._credentials.login
-            if isinstance(error, Unauthenticated) and authenticated and login and not relogged:
-                relogged = True
+            login = self._credentials.login if authenticated else None
+            step = attempts.after(error, self._monotonic(), can_relogin=login is not None)
+            if step == RELOGIN:
+                assert login is not None
                 with self._lock:
-                    self._relogin(login)
-                continue
-            again = idempotent and attempt < self.retry.max_attempts
-            if not (again and self.retry.retryable(error)):
-                raise error
-            wait = self.retry.backoff(attempt, error).total_seconds()
-            if self._monotonic() + wait >= deadline:
-                raise error
-            self._sleep(wait)
-            attempt += 1
+                    self._login(login)
+            else:
+                self._sleep(step)
 
     # -- auth --------------------------------------------------------------------------
 
@@ -216,34 +160,27 @@ class LeakyClient:
             authenticated=False,
         )
         with self._lock:
-            self._take(answer.token, answer.expires_at, _Login(username, password))
+            login = Login(username, password)
+            self._credentials = Credentials.from_login(answer.token, answer.expires_at, login)
         self.user_id = answer.user_id
         return answer
 
     def login(self, username: str, password: str) -> auth_pb2.LoginResponse:
         """Log in; the token is renewed by logging in again shortly before it expires."""
-        answer = self._call(
-            self._auth.Login,
-            auth_pb2.LoginRequest(username=username, password=password),
-            idempotent=False,
-            authenticated=False,
-        )
         with self._lock:
-            self._take(answer.token, answer.expires_at, _Login(username, password))
-        self.user_id = answer.user_id
-        return answer
+            return self._login(Login(username, password))
 
     def use_token(self, token: str, user_id: str = "") -> None:
         """Authenticate with a JWT obtained elsewhere (never renewed)."""
         with self._lock:
-            self._credentials = _Credentials(token=token)
+            self._credentials = Credentials(token=token)
         self.user_id = user_id
 
     def use_api_key(self, api_key: str) -> auth_pb2.ValidateApiKeyResponse:
         """Authenticate every call with an API key (`x-api-key` metadata); the key's owner,
         from ValidateApiKey, becomes `user_id`."""
         with self._lock:
-            self._credentials = _Credentials(api_key=api_key)
+            self._credentials = Credentials(api_key=api_key)
         owner = self.validate_api_key()
         self.user_id = owner.user_id
         return owner
@@ -262,9 +199,7 @@ class LeakyClient:
         self, name: str = "", *, expires_at: datetime | None = None, user_id: str = ""
     ) -> auth_pb2.CreateApiKeyResponse:
         """A new API key (its secret, `api_key`, is shown only here)."""
-        request = auth_pb2.CreateApiKeyRequest(user_id=user_id or self.user_id, name=name)
-        if expires_at is not None:
-            request.expires_at.FromDatetime(expires_at)
+        request = Requests.create_api_key(user_id or self.user_id, name, expires_at)
         return self._call(self._auth.CreateApiKey, request, idempotent=False)
 
     def list_api_keys(
@@ -328,15 +263,9 @@ class LeakyClient:
         idempotency_key: str = "",
     ) -> token_pb2.ReserveResponse:
         """Hold an estimate. Retried only with an idempotency key."""
-        request = token_pb2.ReserveRequest(
-            user_id=user_id or self.user_id,
-            org_id=org_id,
-            provider=provider,
-            tokens=tokens,
-            idempotency_key=idempotency_key,
+        request = Requests.reserve(
+            user_id or self.user_id, provider, tokens, org_id, ttl, idempotency_key
         )
-        if ttl is not None:
-            request.ttl.CopyFrom(_duration(ttl))
         return self._call(self._token.Reserve, request, idempotent=bool(idempotency_key))
 
     def settle(self, reservation_id: str, actual_tokens: int) -> token_pb2.SettleResponse:
@@ -380,10 +309,9 @@ class LeakyClient:
             try:
                 handle.released = self.release(handle.reservation_id)
             except LeakyError as failed:
-                error.add_note(f"releasing {handle.reservation_id} failed too: {failed}")
+                error.add_note(release_note(handle, failed))
             raise
-        actual = handle.reserved_tokens if handle.actual is None else handle.actual
-        handle.settled = self.settle(handle.reservation_id, actual)
+        handle.settled = self.settle(handle.reservation_id, handle.settle_at)
 
     def purchase(
         self,
@@ -426,10 +354,7 @@ class LeakyClient:
             if seen.status in TERMINAL_PURCHASE:
                 return seen
             if self._monotonic() + interval >= deadline:
-                status = token_pb2.PurchaseStatus.Name(seen.status)
-                raise DeadlineExceeded(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, f"purchase {saga_id} still {status}"
-                )
+                raise still_running(saga_id, seen)
             self._sleep(interval)
 
     # -- analytics ---------------------------------------------------------------------
@@ -445,27 +370,15 @@ class LeakyClient:
     ) -> analytics_pb2.GetReportResponse:
         """Window totals for a provider, scoped to `user_id` or `org_id` (the caller's
         visible usage when both are empty)."""
-        request = analytics_pb2.GetReportRequest(provider=provider, user_id=user_id, org_id=org_id)
-        if window_minutes is not None:
-            request.window_minutes = window_minutes
-        if limit is not None:
-            request.limit = limit
+        request = Requests.report(provider, window_minutes, limit, user_id, org_id)
         return self._call(self._analytics.GetReport, request, idempotent=True)
 
     def get_usage(
         self, provider: str, *, limit: int | None = None, user_id: str = "", org_id: str = ""
     ) -> analytics_pb2.GetUsageResponse:
         """The latest usage events of a provider, scoped like `get_report`."""
-        request = analytics_pb2.GetUsageRequest(provider=provider, user_id=user_id, org_id=org_id)
-        if limit is not None:
-            request.limit = limit
+        request = Requests.usage(provider, limit, user_id, org_id)
         return self._call(self._analytics.GetUsage, request, idempotent=True)
-
-
-def _duration(value: timedelta) -> duration_pb2.Duration:
-    out = duration_pb2.Duration()
-    out.FromTimedelta(value)
-    return out
 
 
 def new_idempotency_key() -> str:

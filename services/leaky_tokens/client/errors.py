@@ -15,8 +15,8 @@ from datetime import timedelta
 from typing import Any, cast
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 from leaky.token.v1 import limits_pb2
 
@@ -190,10 +190,7 @@ def _details(error: grpc.RpcError) -> tuple[str, _Details]:
     had no grpc-status-details-bin trailer, e.g. an error made by Envoy or the transport)."""
     found = _Details()
     message = str(error.details() or "") if hasattr(error, "details") else ""
-    try:
-        status: Any = rpc_status.from_call(error)  # type: ignore[arg-type]
-    except (ValueError, AttributeError):  # details not matching the status, or not a call
-        status = None
+    status = _rich_status(error)
     if status is None:
         return message, found
     for packed in status.details:
@@ -216,6 +213,20 @@ def _details(error: grpc.RpcError) -> tuple[str, _Details]:
             packed.Unpack(decision)
             found.limits = decision
     return str(status.message) or message, found
+
+
+def _rich_status(error: grpc.RpcError) -> Any:
+    """The google.rpc.Status of the grpc-status-details-bin trailer, or None."""
+    if not hasattr(error, "trailing_metadata"):
+        return None
+    for item in error.trailing_metadata() or ():
+        key, value = cast(tuple[str, str | bytes], tuple(item))  # type: ignore[arg-type]
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            try:
+                return status_pb2.Status.FromString(value)
+            except DecodeError:
+                return None
+    return None
 
 
 def from_rpc_error(error: grpc.RpcError) -> LeakyError:
