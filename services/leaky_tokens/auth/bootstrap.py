@@ -11,12 +11,14 @@ from datetime import timedelta
 import grpc
 
 from leaky.auth.v1 import auth_pb2_grpc
+from leaky.vendor.envoy.service.auth.v3 import external_auth_pb2_grpc
 from leaky_tokens.auth.adapters.argon2_password_hasher import Argon2PasswordHasher
 from leaky_tokens.auth.adapters.bounded_password_hasher import BoundedPasswordHasher
 from leaky_tokens.auth.adapters.in_memory_throttle_store import InMemoryThrottleStore
 from leaky_tokens.auth.adapters.migrate import migrate
 from leaky_tokens.auth.adapters.rsa_token_crypto import RsaTokenCrypto
 from leaky_tokens.auth.adapters.sql_auth_store import SqlAuthStore, make_engine
+from leaky_tokens.auth.domain.api_key_gate import MAX_CACHE_SECONDS, ApiKeyGate
 from leaky_tokens.auth.domain.audit import client_address_var
 from leaky_tokens.auth.domain.ports import AuthStore, PasswordHasher, ThrottleStore, TokenCrypto
 from leaky_tokens.auth.domain.registration_throttle import RegistrationRule, RegistrationThrottle
@@ -27,6 +29,7 @@ from leaky_tokens.auth.domain.throttle import (
     ThrottleRule,
     address_key,
 )
+from leaky_tokens.auth.edge_check import AUTHORIZATION_SERVICE, CHECK, EdgeAuthorizationServicer
 from leaky_tokens.auth.servicer import PUBLIC_METHODS, SERVICE_NAME, AuthServicer
 from leaky_tokens.runtime.jwt_verifier import JwtVerifier
 from leaky_tokens.runtime.paths import sqlite_url
@@ -176,6 +179,21 @@ class AuthSettings(ServerSettings):
             "reason OWNED_ORG_LIMIT."
         ),
     )
+    # -- API keys at the edge (ADR 0041)
+    api_key_cache_seconds: float = field(
+        default=0.5,
+        metadata=doc(
+            "How long Envoy's API-key check (Authorization/Check) reuses a key's answer: "
+            "a revoked or expired key is refused within this bound; below 1; 0 = no cache."
+        ),
+    )
+    mesh_token_ttl_seconds: int = field(
+        default=60,
+        metadata=doc(
+            "Lifetime of the token Check mints for an API-key call (audience <aud>#mesh, "
+            "refused at the edge); reused per key while more than half of it is left."
+        ),
+    )
 
 
 @dataclass
@@ -232,6 +250,10 @@ async def build(
             "LEAKY_AUTH_MAX_API_KEYS_PER_USER and LEAKY_AUTH_MAX_OWNED_ORGS_PER_USER must be "
             "at least 1"
         )
+    if not 0 <= settings.api_key_cache_seconds < MAX_CACHE_SECONDS:
+        raise SettingsError("LEAKY_AUTH_API_KEY_CACHE_SECONDS must be >= 0 and below 1")
+    if settings.mesh_token_ttl_seconds < 2:
+        raise SettingsError("LEAKY_AUTH_MESH_TOKEN_TTL_SECONDS must be at least 2")
     release = None
     if store is None:
         sql_store = await open_sql_store(settings)
@@ -304,11 +326,25 @@ def _components(
     release: Callable[[], Awaitable[None]] | None,
 ) -> AuthComponents:
     servicer = AuthServicer(app)
+    gate = ApiKeyGate(
+        app,
+        cache_seconds=settings.api_key_cache_seconds,
+        token_ttl=timedelta(seconds=settings.mesh_token_ttl_seconds),
+    )
+    edge = EdgeAuthorizationServicer(gate)
 
     def register(server: grpc.aio.Server) -> None:
         auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(edge, server)
 
-    spec = ServiceSpec("auth", (SERVICE_NAME,), register, PUBLIC_METHODS)
+    # Check is called by Envoy without a JWT: public to the interceptor. Only the key's own
+    # secret buys an answer; the gateway routes no client to it (it is no topology service).
+    spec = ServiceSpec(
+        "auth",
+        (SERVICE_NAME, AUTHORIZATION_SERVICE.full_name),
+        register,
+        PUBLIC_METHODS | {CHECK},
+    )
     # max_age=0: no cache; local keys are read on every call, so retired keys fail at once.
     verifier = JwtVerifier(
         app.jwks, issuer=settings.jwt_issuer, audience=settings.jwt_audience, max_age=0

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from leaky_tokens.gateway import bindings, hardening, request_checks
+from leaky_tokens.gateway import bindings, edge_auth, hardening, request_checks
 from leaky_tokens.runtime.paths import descriptor
 from leaky_tokens.topology import SERVICES, Service, public_services
 
@@ -153,15 +153,19 @@ def render(
     descriptor: Path = DESCRIPTOR,
     discovery: tuple[str, int] | None = None,
     services: tuple[Service, ...] = SERVICES,
+    issuer: str = edge_auth.DEFAULT_ISSUER,
+    audience: str = edge_auth.DEFAULT_AUDIENCE,
 ) -> dict[str, Any]:
     """The whole bootstrap config as a dict (dump it as YAML or JSON).
 
     Without `discovery` the upstreams' endpoints are static; with it (host, port of the
     discovery service) Envoy polls their live endpoints over REST EDS (ADR 0007). Routes
-    and transcoded services come from `services` (the topology).
+    and transcoded services come from `services` (the topology). JWTs are checked for
+    `issuer` and `audience` (the services' LEAKY_<SVC>_JWT_* settings; ADR 0041).
     """
     http_filters = [
         request_checks.request_checks_filter(),
+        *edge_auth.request_filters(services, issuer=issuer, audience=audience),
         {
             "name": "envoy.filters.http.grpc_json_transcoder",
             "typed_config": {
@@ -182,6 +186,8 @@ def render(
             },
         },
         request_checks.after_transcoding_filter(bindings.query_refused_calls(services)),
+        # After the transcoder (ext_authz skips requests with no route), before rate limits.
+        *edge_auth.after_transcoding_filters(),
         {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": ROUTER},
@@ -228,7 +234,8 @@ def render(
                 }
             ],
             "clusters": [_cluster(u, "discovery" if discovery else None) for u in upstreams]
-            + ([_discovery_cluster("discovery", discovery)] if discovery else []),
+            + ([_discovery_cluster("discovery", discovery)] if discovery else [])
+            + [edge_auth.jwks_cluster(listen)],
         },
         # xDS needs a node identity; harmless without it.
         "node": {"id": "leaky-gateway", "cluster": "leaky"},

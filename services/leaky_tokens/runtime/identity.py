@@ -8,6 +8,13 @@ from dataclasses import dataclass
 from leaky_tokens.runtime.errors import UnauthenticatedError
 
 ADMIN = "ADMIN"
+API_KEY_AUTH = "api_key"  # the `amr` value of a mesh token minted for an API-key call
+
+
+def mesh_audience(audience: str) -> str:
+    """The audience of tokens the auth service mints for API-key calls at the edge (ADR 0041):
+    the services accept it beside `audience`; the edge's jwt_authn accepts only `audience`."""
+    return audience + "#mesh"
 
 
 @dataclass(frozen=True)
@@ -18,6 +25,7 @@ class Caller:
     roles: frozenset[str]
     org_ids: frozenset[str]
     token_id: str = ""
+    api_key_id: str = ""  # set when the call was made with an API key (through the edge)
 
     @property
     def is_admin(self) -> bool:

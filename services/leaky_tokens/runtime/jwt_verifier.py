@@ -16,7 +16,7 @@ import jwt
 from jwt.algorithms import RSAAlgorithm
 
 from leaky_tokens.runtime.errors import UnauthenticatedError, UnavailableError
-from leaky_tokens.runtime.identity import Caller
+from leaky_tokens.runtime.identity import Caller, mesh_audience
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class JwtVerifier:
                 key,
                 algorithms=["RS256"],
                 issuer=self._issuer,
-                audience=self._audience,
+                audience=[self._audience, mesh_audience(self._audience)],
                 leeway=self._leeway,
                 options={"require": ["exp", "iat", "sub", "iss", "aud", "jti"]},
             )
@@ -208,6 +208,7 @@ class JwtVerifier:
             roles=frozenset(str(r) for r in claims.get("roles", [])),
             org_ids=frozenset(str(o) for o in claims.get("orgs", [])),
             token_id=str(claims["jti"]),
+            api_key_id=str(claims.get("akid", "")),
         )
         # PyJWT accepted these as integers: refused once exp <= now - leeway, and while
         # iat or nbf > now + leeway.

@@ -40,7 +40,7 @@ from leaky_tokens.runtime.errors import (
     UnauthenticatedError,
     Validator,
 )
-from leaky_tokens.runtime.identity import Caller
+from leaky_tokens.runtime.identity import API_KEY_AUTH, Caller, mesh_audience
 from leaky_tokens.runtime.ports import Clock, Randomness
 
 API_KEY_PREFIX = "lt_"
@@ -302,6 +302,31 @@ class AuthApp(OrganizationCases):
             raise UnauthenticatedError("invalid api key", reason="INVALID_API_KEY")
         orgs = await self._store.list_orgs_for_user(user.id)
         return ApiKeyOwner(key=key, roles=user.roles, org_ids=frozenset(o.id for o in orgs))
+
+    async def mesh_token(self, owner: ApiKeyOwner, ttl: timedelta) -> tuple[str, datetime]:
+        """A short-lived JWT for an API-key call, for the services behind the edge (ADR 0041).
+
+        Signed with the current key like a login token, but for the mesh audience (the edge
+        refuses it, so it is worthless outside), marked as an API-key call (`amr`) with the
+        key's id (`akid`), and never valid past the key's own expiry.
+        """
+        now = self._clock.now()
+        expires = now + ttl
+        if owner.key.expires_at is not None:
+            expires = min(expires, owner.key.expires_at)
+        claims = {
+            "iss": self._policy.issuer,
+            "aud": mesh_audience(self._policy.audience),
+            "sub": owner.key.user_id,
+            "roles": sorted(owner.roles),
+            "orgs": sorted(owner.org_ids),
+            "iat": int(now.timestamp()),
+            "exp": int(expires.timestamp()),
+            "jti": self._random.new_id(),
+            "amr": [API_KEY_AUTH],
+            "akid": owner.key.id,
+        }
+        return self._crypto.sign(claims, await self._current_key()), expires
 
     # -- signing keys ---------------------------------------------------------------------
 

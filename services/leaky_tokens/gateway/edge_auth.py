@@ -1,0 +1,240 @@
+"""Authentication at the front door: jwt_authn, the identity Lua filter and ext_authz (ADR 0041).
+
+Filter order: hardening Lua -> jwt_authn -> identity Lua -> transcoder -> query-check Lua ->
+ext_authz -> ratelimit -> router. ext_authz sits after the transcoder: Envoy's
+ext_authz skips requests that match no route, and before the transcoder an HTTP/JSON path
+matches none (the routes are gRPC paths).
+
+- jwt_authn verifies `authorization: Bearer <jwt>` against the auth service's JWKS on every
+  protected path (a missing token is let through: the API key may decide, and without either
+  the service answers UNAUTHENTICATED itself); a bad, expired, tampered or foreign token is
+  refused here with 401. Public paths (PUBLIC_GRPC_PATHS and their HTTP bindings) are not
+  checked at all: a client that always sends its expired token can still log in (ADR 0005).
+- The identity filter removes every client-sent `x-leaky-*` header, then writes
+  `x-leaky-user-id` and `x-leaky-auth: jwt` from a verified token's payload, or marks the
+  request for ext_authz when it carries an X-Api-Key and no verified token.
+- ext_authz runs only on requests so marked: the auth service's Authorization/Check resolves
+  the key (revocation effective within a second) and answers with a short-lived mesh token
+  in `authorization`, plus `x-leaky-user-id`, `x-leaky-api-key-id` and `x-leaky-auth:
+  api_key`, so the services keep verifying one thing: a JWT signed by auth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from leaky_tokens.gateway import bindings
+from leaky_tokens.topology import ISSUER, Service
+
+_T = "type.googleapis.com/envoy.extensions.filters.http."
+JWT_AUTHN_TYPE = _T + "jwt_authn.v3.JwtAuthentication"
+EXT_AUTHZ_TYPE = _T + "ext_authz.v3.ExtAuthz"
+LUA_TYPE = _T + "lua.v3.Lua"
+
+JWT_AUTHN_FILTER = "envoy.filters.http.jwt_authn"
+EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+IDENTITY_FILTER = "leaky.identity"
+PROVIDER = "leaky"
+JWT_PAYLOAD = "jwt_payload"  # key of the verified payload in jwt_authn's dynamic metadata
+JWKS_CLUSTER = "leaky_jwks"
+JWKS_PATH = "/oauth2/jwks"
+# Envoy 1.40's jwt_authn cannot refetch on an unknown kid: the set is refetched in the
+# background this often, so a rotated key verifies at the edge within this bound.
+JWKS_CACHE_SECONDS = 5
+# The services' JwtVerifier leeway (runtime/jwt_verifier.py): the edge is no stricter.
+CLOCK_SKEW_SECONDS = 30
+
+# The services' LEAKY_<SVC>_JWT_ISSUER / _JWT_AUDIENCE defaults (runtime/server.py).
+DEFAULT_ISSUER = "leaky-tokens-auth"
+DEFAULT_AUDIENCE = "leaky-tokens"
+
+IDENTITY_PREFIX = "x-leaky-"
+USER_ID_HEADER = "x-leaky-user-id"
+API_KEY_ID_HEADER = "x-leaky-api-key-id"
+AUTH_HEADER = "x-leaky-auth"
+API_KEY_HEADER = "x-api-key"
+
+# ADR 0005's credential-free RPCs (the servicers' PUBLIC_METHODS; a unit test keeps them
+# equal). The gateway's streams (health, reflection) are public too.
+PUBLIC_GRPC_PATHS = (
+    "/leaky.auth.v1.AuthService/Register",
+    "/leaky.auth.v1.AuthService/Login",
+    "/leaky.auth.v1.AuthService/ValidateApiKey",
+    "/leaky.auth.v1.AuthService/GetJwks",
+    "/leaky.token.v1.TokenService/GetStatus",
+    "/leaky.analytics.v1.AnalyticsService/GetHealth",
+)
+
+
+def public_rules(services: tuple[Service, ...]) -> list[dict[str, Any]]:
+    """jwt_authn rules with no requirement: every public RPC by gRPC path and HTTP binding.
+
+    Route matches ignore the query string; trailing slashes are matched as the transcoder
+    ignores them. Listed before the catch-all, so they win.
+    """
+    rules: list[dict[str, Any]] = [{"match": {"path": path}} for path in PUBLIC_GRPC_PATHS]
+    templates = sorted(
+        {b.template for b in bindings.http_bindings(services) if b.grpc_path in PUBLIC_GRPC_PATHS}
+    )
+    rules += [
+        {"match": {"safe_regex": {"regex": bindings._path_regex(t) + "/*"}}} for t in templates
+    ]
+    prefixes = sorted({p for s in services for p in s.gateway_prefixes})
+    rules += [{"match": {"prefix": p}} for p in prefixes]
+    return rules
+
+
+def jwt_authn_filter(
+    services: tuple[Service, ...], *, issuer: str, audience: str
+) -> dict[str, Any]:
+    """Verify bearer tokens at the edge; JWKS from the auth service through our own listener."""
+    provider = {
+        "issuer": issuer,
+        "audiences": [audience],  # never the mesh audience: mesh tokens stay inside
+        "remote_jwks": {
+            # GetJwks speaks gRPC only: the transcoder of this very listener serves its JSON.
+            "http_uri": {
+                "uri": "http://jwks.leaky" + JWKS_PATH,
+                "cluster": JWKS_CLUSTER,
+                "timeout": "1s",
+            },
+            "cache_duration": f"{JWKS_CACHE_SECONDS}s",
+            # Fetched in the background on the main thread; the listener must not wait for
+            # it, since the fetch goes through the listener itself.
+            "async_fetch": {"fast_listener": True, "failed_refetch_duration": "1s"},
+        },
+        # Only the header: no access_token query parameter (query strings reach logs).
+        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+        "forward": True,  # the services verify it again (ADR 0005)
+        "payload_in_metadata": JWT_PAYLOAD,
+        "clock_skew_seconds": CLOCK_SKEW_SECONDS,
+        "require_expiration": True,
+        "jwt_cache_config": {"jwt_cache_size": 4096},
+    }
+    optional_jwt = {
+        "requires_any": {"requirements": [{"provider_name": PROVIDER}, {"allow_missing": {}}]}
+    }
+    return {
+        "name": JWT_AUTHN_FILTER,
+        "typed_config": {
+            "@type": JWT_AUTHN_TYPE,
+            "providers": {PROVIDER: provider},
+            "rules": [
+                *public_rules(services),
+                {"match": {"prefix": "/"}, "requires": optional_jwt},
+            ],
+            "bypass_cors_preflight": True,
+        },
+    }
+
+
+# Runs right after jwt_authn. Header names are lower case inside Envoy.
+IDENTITY_SCRIPT = r"""
+function envoy_on_request(h)
+  local headers = h:headers()
+  local forged = {}
+  for key, _ in pairs(headers) do
+    if string.sub(key, 1, PREFIX_LENGTH) == "PREFIX" then
+      table.insert(forged, key)
+    end
+  end
+  for _, key in ipairs(forged) do
+    headers:remove(key)
+  end
+  local meta = h:streamInfo():dynamicMetadata()
+  local jwt = meta:get("JWT_FILTER")
+  local payload = jwt and jwt["JWT_PAYLOAD"]
+  if payload and type(payload["sub"]) == "string" then
+    headers:add("USER_ID_HEADER", payload["sub"])
+    headers:add("AUTH_HEADER", "jwt")
+  elseif headers:get("API_KEY_HEADER") ~= nil then
+    meta:set("leaky", "api_key", "1")
+  end
+end
+"""
+
+
+def identity_filter() -> dict[str, Any]:
+    """Strip forged identity headers; forward a verified JWT's subject; flag API-key calls."""
+    script = IDENTITY_SCRIPT
+    for name, value in {
+        "PREFIX_LENGTH": str(len(IDENTITY_PREFIX)),
+        "PREFIX": IDENTITY_PREFIX,
+        "JWT_FILTER": JWT_AUTHN_FILTER,
+        "JWT_PAYLOAD": JWT_PAYLOAD,
+        "USER_ID_HEADER": USER_ID_HEADER,
+        "AUTH_HEADER": AUTH_HEADER,
+        "API_KEY_HEADER": API_KEY_HEADER,
+    }.items():
+        script = script.replace(name, value)
+    return {
+        "name": IDENTITY_FILTER,
+        "typed_config": {"@type": LUA_TYPE, "default_source_code": {"inline_string": script}},
+    }
+
+
+def ext_authz_filter() -> dict[str, Any]:
+    """API keys: the auth service's Authorization/Check, only for requests the identity filter
+    marked (an X-Api-Key and no verified JWT); an error or timeout answers 503, never lets
+    the request through."""
+    return {
+        "name": EXT_AUTHZ_FILTER,
+        "typed_config": {
+            "@type": EXT_AUTHZ_TYPE,
+            "grpc_service": {"envoy_grpc": {"cluster_name": ISSUER}, "timeout": "1s"},
+            "transport_api_version": "V3",
+            "failure_mode_allow": False,
+            "status_on_error": {"code": "ServiceUnavailable"},
+            # The key is all Check needs; nothing else of the request goes to it.
+            "allowed_headers": {"patterns": [{"exact": API_KEY_HEADER}]},
+            "filter_enabled_metadata": {
+                "filter": "leaky",
+                "path": [{"key": "api_key"}],
+                "value": {"string_match": {"exact": "1"}},
+            },
+        },
+    }
+
+
+def request_filters(
+    services: tuple[Service, ...], *, issuer: str, audience: str
+) -> list[dict[str, Any]]:
+    """The filters before the transcoder (after the hardening Lua and CORS)."""
+    return [jwt_authn_filter(services, issuer=issuer, audience=audience), identity_filter()]
+
+
+def after_transcoding_filters() -> list[dict[str, Any]]:
+    """ext_authz, after the transcoder (and its query check), before the ratelimit filter.
+
+    Before the transcoder an HTTP/JSON request matches no route (the routes are gRPC paths),
+    and Envoy's ext_authz skips the check of a request without a route: after it, every
+    request it would protect has one.
+    """
+    return [ext_authz_filter()]
+
+
+def jwks_cluster(listen: tuple[str, int]) -> dict[str, Any]:
+    """The cluster jwt_authn fetches the JWKS through: this Envoy's own listener (whose
+    transcoder turns GET /oauth2/jwks into AuthService/GetJwks on a healthy auth instance)."""
+    host = "127.0.0.1" if listen[0] in ("0.0.0.0", "") else listen[0]  # noqa: S104
+    return {
+        "name": JWKS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": JWKS_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": host, "port_value": listen[1]}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
