@@ -1,6 +1,7 @@
 """The main flows the way users call them, one suite over every transport and both targets.
 
-Register, log in, create and list an API key, consume until 429, read the quota, buy tokens
+Register, log in, create and list an API key, consume with it (X-Api-Key, resolved by
+Envoy's ext_authz), consume with the JWT until 429, read the quota, buy tokens
 until the purchase is COMPLETED, then see the consumes in the analytics report: over HTTP/JSON
 (urllib), over grpcurl by reflection and by the descriptor set Envoy's transcoder loads
 (envoy/leaky.pb), and over the Python client (leaky_tokens.client, the generated stubs), each
@@ -65,6 +66,7 @@ class Transport(Protocol):
     def create_api_key(self, user: User) -> tuple[str, str]: ...
     def list_api_keys(self, user: User) -> list[str]: ...
     def consume(self, user: User, tokens: int) -> Decision: ...
+    def consume_with_api_key(self, user: User, api_key: str, tokens: int) -> None: ...
     def quota(self, user: User) -> dict[str, int]: ...
     def purchase(self, user: User, tokens: int, key: str) -> str: ...
     def purchase_status(self, user: User, saga_id: str) -> str: ...
@@ -164,6 +166,17 @@ class Http:
         assert float(retry["retryDelay"].rstrip("s")) > 0
         return Decision(False, reason)
 
+    def consume_with_api_key(self, user: User, api_key: str, tokens: int) -> None:
+        body = {"userId": user.user_id, "provider": PROVIDER, "tokens": tokens}
+        path = "/api/v1/tokens/consume"
+        status, head, answer = self._call("POST", path, body, None, **{"x-api-key": api_key})
+        assert status == 200, answer
+        assert answer["allowed"] is True
+        assert head["x-ratelimit-remaining"] == str(CAPACITY - tokens), head  # the user's bucket
+        status, head, refused = self._call("POST", path, body, None, **{"x-api-key": api_key + "x"})
+        assert status == 401, refused
+        assert head["www-authenticate"].startswith("ApiKey"), head
+
     def quota(self, user: User) -> dict[str, int]:
         path = f"/api/v1/tokens/quota?userId={user.user_id}&provider={PROVIDER}"
         status, _, quota = self._call("GET", path, None, user)
@@ -198,6 +211,7 @@ class Http:
 class GrpcurlAnswer:
     code: int  # the gRPC status code (grpcurl exits with 64 + code)
     body: dict[str, Any]  # the response, or the error status with its details
+    headers: dict[str, str]  # response headers (initial metadata)
     trailers: dict[str, str]
 
 
@@ -209,12 +223,15 @@ class Grpcurl:
         self.gateway, self.binary = gateway, binary
         self.source = ["-protoset", str(DESCRIPTOR_SET)] if protoset else []
 
-    def rpc(self, method: str, body: dict[str, Any], user: User | None = None) -> GrpcurlAnswer:
-        headers = ["-H", f"authorization: Bearer {user.token}"] if user else []
+    def rpc(
+        self, method: str, body: dict[str, Any], user: User | None = None, api_key: str = ""
+    ) -> GrpcurlAnswer:
+        sent = ["-H", f"authorization: Bearer {user.token}"] if user else []
+        sent += ["-H", f"x-api-key: {api_key}"] if api_key else []
         done = subprocess.run(
             [
                 str(self.binary),
-                *("-plaintext", "-v", "-format-error", *self.source, *headers),
+                *("-plaintext", "-v", "-format-error", *self.source, *sent),
                 *("-d", json.dumps(body), self.gateway.grpc, method),
             ],
             capture_output=True,
@@ -224,16 +241,21 @@ class Grpcurl:
         code = 0 if done.returncode == 0 else done.returncode - 64
         assert 0 <= code <= 16, done.stderr
         out = done.stdout
-        trailers = {}
-        if "Response trailers received:" in out:
-            block = out.split("Response trailers received:\n", 1)[1].split("\nSent ", 1)[0]
-            trailers = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+
+        def block(title: str, end: str) -> dict[str, str]:
+            if title not in out:
+                return {}
+            text = out.split(title, 1)[1].split(end, 1)[0]
+            return dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+
+        headers = block("Response headers received:\n", "\n\n")
+        trailers = block("Response trailers received:\n", "\nSent ")
         if code == 0:
             text = out.split("Response contents:\n", 1)[1].split("\n\nResponse trailers", 1)[0]
         else:
             text = done.stderr
         assert trailers.get("x-request-id"), out  # Envoy's, on every answer
-        return GrpcurlAnswer(code, json.loads(text), trailers)
+        return GrpcurlAnswer(code, json.loads(text), headers, trailers)
 
     def register(self, user: User) -> None:
         body = {"username": user.username, "email": f"{user.username}@example.com"}
@@ -268,9 +290,10 @@ class Grpcurl:
     def consume(self, user: User, tokens: int) -> Decision:
         body = {"userId": user.user_id, "provider": PROVIDER, "tokens": tokens}
         answer = self.rpc("leaky.token.v1.TokenService/Consume", body, user)
-        # The token service's rate-limit fields travel as gRPC metadata on both outcomes.
-        assert answer.trailers.get("x-ratelimit-limit") or answer.code == 0, answer
+        # The rate-limit fields travel as gRPC metadata on both outcomes: response headers on
+        # an answer, trailers (trailers-only) on a denial.
         if answer.code == 0:
+            assert answer.headers["x-ratelimit-limit"] == str(CAPACITY), answer
             assert answer.body["allowed"] is True
             levels = [s["level"] for s in answer.body["limits"]]
             assert "LIMIT_LEVEL_USER_BUCKET" in levels
@@ -284,6 +307,14 @@ class Grpcurl:
         bucket = next(s for s in decision["limits"] if s["level"] == "LIMIT_LEVEL_USER_BUCKET")
         assert bucket["code"] == "LIMIT_CODE_OVER_LIMIT"
         return Decision(False, reason)
+
+    def consume_with_api_key(self, user: User, api_key: str, tokens: int) -> None:
+        body = {"userId": user.user_id, "provider": PROVIDER, "tokens": tokens}
+        answer = self.rpc("leaky.token.v1.TokenService/Consume", body, api_key=api_key)
+        assert answer.code == 0, answer
+        assert answer.body["allowed"] is True
+        assert int(answer.body["remaining"]) == CAPACITY - tokens  # the key's owner's bucket
+        assert answer.headers["x-ratelimit-remaining"] == str(CAPACITY - tokens), answer
 
     def quota(self, user: User) -> dict[str, int]:
         body = {"userId": user.user_id, "provider": PROVIDER}
@@ -374,6 +405,14 @@ class Client:
         assert [s.level for s in over] == [limits_pb2.LIMIT_LEVEL_USER_BUCKET]
         return Decision(False, denied.reason)
 
+    def consume_with_api_key(self, user: User, api_key: str, tokens: int) -> None:
+        keyed = self.clients[f"{user.username}/key"] = LeakyClient(self.gateway.grpc)
+        owner = keyed.use_api_key(api_key)
+        assert owner.user_id == keyed.user_id == user.user_id
+        answer = keyed.consume(PROVIDER, tokens)
+        assert answer.allowed
+        assert answer.remaining == CAPACITY - tokens  # the key's owner's bucket
+
     def quota(self, user: User) -> dict[str, int]:
         quota = self.of(user).get_quota(PROVIDER)
         assert (quota.user_id, quota.tier) == (user.user_id, "USER")
@@ -402,11 +441,13 @@ def run_flow(flow: Transport) -> None:
     flow.login(user)
     assert user.token
     assert user.token != registered_token  # a fresh token (its own jti)
-    key_id, _secret = flow.create_api_key(user)
+    key_id, secret = flow.create_api_key(user)
     assert flow.list_api_keys(user) == [key_id]
+    # With the API key instead of the JWT (Envoy's ext_authz): the same user's bucket.
+    flow.consume_with_api_key(user, secret, CHUNK)
 
-    decisions = []
-    for _ in range(4):  # 200 + 200 fit the 500-token bucket; the third 200 does not
+    decisions = [Decision(True)]
+    for _ in range(3):  # 200 + 200 fit the 500-token bucket; the third 200 does not
         decisions.append(flow.consume(user, CHUNK))
         if not decisions[-1].allowed:
             break
@@ -493,8 +534,13 @@ def test_the_readme_python_client_example_prints_what_it_says(
         client.register(name, f"{name}@example.com", PASSWORD)
     code = example.replace('"alice"', f'"{name}"').replace('"127.0.0.1:8080"', repr(gateway.grpc))
     assert code != example
-    expected = [line.split("# ", 1)[1].strip() for line in example.splitlines() if "print(" in line]
-    assert len(expected) == 4
+    # What each print shows is its comment, up to a colon (after which the README explains).
+    expected = [
+        line.split("# ", 1)[1].split(":")[0].strip()
+        for line in example.splitlines()
+        if "print(" in line
+    ]
+    assert len(expected) == 5
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102 (our own README)
     assert capsys.readouterr().out.splitlines() == expected
 
