@@ -310,3 +310,37 @@ def test_usage_and_a_purchase_reach_report_through_kafka_the_projection_and_cass
             health_pb2.HealthCheckRequest(), timeout=5
         )
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_an_api_key_consumes_as_its_owner_through_the_stack_envoy(
+    stack_gateway: Gateway, stack: Stack
+) -> None:
+    # ADR 0041 on the stack's Envoy (EDS clusters, ext_authz to auth instances from Consul);
+    # a stack started before that config has no edge authentication to test.
+    admin = component(stack, "envoy").admin_port  # type: ignore[attr-defined]
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/config_dump", timeout=10) as dump:
+        if b"envoy.filters.http.ext_authz" not in dump.read():
+            pytest.skip("the running stack's Envoy predates edge authentication (ADR 0041)")
+    owner = register(stack_gateway)
+    status, _, key = call(
+        stack_gateway,
+        "POST",
+        "/api/v1/auth/api-keys",
+        {"userId": owner["userId"], "name": "stack"},
+        {"authorization": f"Bearer {owner['token']}"},
+    )
+    assert status == 200, key
+    body = {"userId": owner["userId"], "provider": "openai", "tokens": 4}
+    status, _, answer = call(
+        stack_gateway, "POST", "/api/v1/tokens/consume", body, {"x-api-key": key["apiKey"]}
+    )
+    assert status == 200, answer
+    assert answer["allowed"] is True
+    forged = {"x-api-key": key["apiKey"], "x-leaky-user-id": str(uuid.uuid4())}
+    other = {**body, "userId": register(stack_gateway)["userId"]}
+    status, _, refused = call(stack_gateway, "POST", "/api/v1/tokens/consume", other, forged)
+    assert status == 403, refused
+    status, _, refused = call(
+        stack_gateway, "POST", "/api/v1/tokens/consume", body, {"x-api-key": "lt_not-a-key"}
+    )
+    assert (status, refused["code"]) == (401, 16)

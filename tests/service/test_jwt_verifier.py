@@ -321,3 +321,15 @@ async def test_cache_size_zero_checks_every_token_in_full(decodes: list[str]) ->
     await verifier.verify(token)
     assert len(decodes) == 2
     assert verifier.cached == 0
+
+
+async def test_mesh_tokens_for_api_key_calls_verify_and_carry_the_key_id() -> None:
+    # ADR 0041: auth mints them for the edge's API-key calls, for "<aud>#mesh".
+    keys = KeySet()
+    verifier = verifier_for(keys)
+    caller = await verifier.verify(keys.token(aud="aud#mesh", akid="key-1", amr=["api_key"]))
+    assert (caller.user_id, caller.api_key_id) == ("user-1", "key-1")
+    assert (await verifier.verify(keys.token())).api_key_id == ""
+    for audience in ("other", "other#mesh", "aud#other"):
+        with pytest.raises(errors.UnauthenticatedError):
+            await verifier.verify(keys.token(aud=audience, jti=audience))

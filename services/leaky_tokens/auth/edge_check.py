@@ -3,10 +3,11 @@
 Envoy calls Check only for requests with an X-Api-Key and no verified JWT (gateway/
 edge_auth.py). A valid key answers OK with the headers the services get: the mesh token in
 `authorization` (the services verify it as any JWT), `x-leaky-user-id`, `x-leaky-api-key-id`
-and `x-leaky-auth: api_key`; the key itself is removed (except for ValidateApiKey, which
-reads it). A refused key answers 401, which Envoy turns into the google.rpc.Status JSON of
-every other error (hardening.local_reply_config). Errors (the store is down) fail the call,
-and Envoy answers 503: a key is never let through unchecked.
+and `x-leaky-auth: api_key`; the key itself is removed. (Public RPCs, ValidateApiKey among
+them, never come here: they ignore credentials, and ValidateApiKey reads the key itself.)
+A refused key answers 401, which Envoy turns into the google.rpc.Status JSON of every other
+error (hardening.local_reply_config). Errors (the store is down) fail the call, and Envoy
+answers 503: a key is never let through unchecked.
 """
 
 from __future__ import annotations
@@ -29,10 +30,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 AUTHORIZATION_SERVICE = pb.DESCRIPTOR.services_by_name["Authorization"]
 CHECK = f"/{AUTHORIZATION_SERVICE.full_name}/Check"
 API_KEY_HEADER = "x-api-key"
-# ValidateApiKey answers about the key it is sent: its calls keep the header.
-KEEPS_API_KEY = frozenset(
-    {"/leaky.auth.v1.AuthService/ValidateApiKey", "/api/v1/auth/api-keys/validate"}
-)
 
 
 def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
@@ -42,12 +39,7 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
-def _path(request: pb.CheckRequest) -> str:
-    path = request.attributes.request.http.path.partition("?")[0]
-    return path.rstrip("/") or "/"
-
-
-def allowed(identity: EdgeIdentity, path: str) -> pb.CheckResponse:
+def allowed(identity: EdgeIdentity) -> pb.CheckResponse:
     """OK with the verified identity as headers for the services."""
     key = identity.owner.key
     return pb.CheckResponse(
@@ -59,7 +51,7 @@ def allowed(identity: EdgeIdentity, path: str) -> pb.CheckResponse:
                 _header("x-leaky-api-key-id", key.id),
                 _header("x-leaky-auth", API_KEY_AUTH),
             ],
-            headers_to_remove=[] if path in KEEPS_API_KEY else [API_KEY_HEADER],
+            headers_to_remove=[API_KEY_HEADER],
         ),
     )
 
@@ -89,4 +81,4 @@ class EdgeAuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             identity = await self._gate.admit(secret)
         except UnauthenticatedError as error:
             return refused(error)
-        return allowed(identity, _path(request))
+        return allowed(identity)

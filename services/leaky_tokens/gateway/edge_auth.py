@@ -41,6 +41,8 @@ JWKS_PATH = "/oauth2/jwks"
 # Envoy 1.40's jwt_authn cannot refetch on an unknown kid: the set is refetched in the
 # background this often, so a rotated key verifies at the edge within this bound.
 JWKS_CACHE_SECONDS = 5
+# Envoy's counter of successful JWKS fetches (`leaky up` waits for the first one).
+JWKS_FETCHED_STAT = "jwt_authn.jwks_fetch_success"
 # The services' JwtVerifier leeway (runtime/jwt_verifier.py): the edge is no stricter.
 CLOCK_SKEW_SECONDS = 30
 
@@ -130,6 +132,23 @@ def jwt_authn_filter(
 
 # Runs right after jwt_authn. Header names are lower case inside Envoy.
 IDENTITY_SCRIPT = r"""
+local public = { PUBLIC_PATHS }
+local public_prefixes = { PUBLIC_PREFIX_LIST }
+
+-- Public RPCs ignore credentials (ADR 0005): an API key on them is never checked here.
+local function is_public(path)
+  local bare = (string.gsub(string.match(path, "^[^?]*"), "/+$", ""))
+  if public[bare] then
+    return true
+  end
+  for _, prefix in ipairs(public_prefixes) do
+    if string.sub(path, 1, #prefix) == prefix then
+      return true
+    end
+  end
+  return false
+end
+
 function envoy_on_request(h)
   local headers = h:headers()
   local forged = {}
@@ -147,17 +166,38 @@ function envoy_on_request(h)
   if payload and type(payload["sub"]) == "string" then
     headers:add("USER_ID_HEADER", payload["sub"])
     headers:add("AUTH_HEADER", "jwt")
-  elseif headers:get("API_KEY_HEADER") ~= nil then
+  elseif headers:get("API_KEY_HEADER") ~= nil and not is_public(headers:get(":path") or "") then
     meta:set("leaky", "api_key", "1")
   end
 end
 """
 
 
-def identity_filter() -> dict[str, Any]:
-    """Strip forged identity headers; forward a verified JWT's subject; flag API-key calls."""
+def public_paths(services: tuple[Service, ...]) -> tuple[list[str], list[str]]:
+    """(exact paths, prefixes) of the public RPCs: gRPC paths, HTTP bindings, streams."""
+    templates = {
+        b.template for b in bindings.http_bindings(services) if b.grpc_path in PUBLIC_GRPC_PATHS
+    }
+    if any("{" in t for t in templates):
+        raise ValueError("a public HTTP binding with path variables needs a pattern match")
+    exact = sorted({*PUBLIC_GRPC_PATHS, *(t.rstrip("/") for t in templates)})
+    return exact, sorted({p for s in services for p in s.gateway_prefixes})
+
+
+def _lua_string(value: str) -> str:
+    if any(c in value for c in '"\\\n'):
+        raise ValueError(f"not a plain path: {value!r}")
+    return f'"{value}"'
+
+
+def identity_filter(services: tuple[Service, ...]) -> dict[str, Any]:
+    """Strip forged identity headers; forward a verified JWT's subject; flag API-key calls
+    (not on public RPCs, which ignore credentials)."""
+    exact, prefixes = public_paths(services)
     script = IDENTITY_SCRIPT
     for name, value in {
+        "PUBLIC_PATHS": ", ".join(f"[{_lua_string(p)}] = true" for p in exact),
+        "PUBLIC_PREFIX_LIST": ", ".join(_lua_string(p) for p in prefixes),
         "PREFIX_LENGTH": str(len(IDENTITY_PREFIX)),
         "PREFIX": IDENTITY_PREFIX,
         "JWT_FILTER": JWT_AUTHN_FILTER,
@@ -200,7 +240,10 @@ def request_filters(
     services: tuple[Service, ...], *, issuer: str, audience: str
 ) -> list[dict[str, Any]]:
     """The filters before the transcoder (after the hardening Lua and CORS)."""
-    return [jwt_authn_filter(services, issuer=issuer, audience=audience), identity_filter()]
+    return [
+        jwt_authn_filter(services, issuer=issuer, audience=audience),
+        identity_filter(services),
+    ]
 
 
 def after_transcoding_filters() -> list[dict[str, Any]]:

@@ -9,11 +9,13 @@ import os
 import signal
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from leaky_tokens.gateway.edge_auth import JWKS_FETCHED_STAT
 from leaky_tokens.loopback import HOST, envoy_binary, format_table, http_ok, log_tail
 from leaky_tokens.mesh.plan import (
     Child,
@@ -98,6 +100,28 @@ async def _wait_http_ready(child: Child, url: str, deadline: float) -> None:
         await asyncio.sleep(0.1)
 
 
+def _jwks_loaded(admin: str) -> bool:
+    """True once Envoy's jwt_authn has fetched the JWKS at least once (ADR 0041): before it,
+    the edge would refuse every token, so `leaky up` is not ready."""
+    url = f"http://{admin}/stats?filter={JWKS_FETCHED_STAT}"
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            text = response.read().decode()
+    except OSError:
+        return False
+    counts = [line.rpartition(":")[2].strip() for line in text.splitlines()]
+    return any(count.isdigit() and int(count) > 0 for count in counts)
+
+
+async def _wait_jwks(child: Child, admin: str, deadline: float) -> None:
+    while not await asyncio.to_thread(_jwks_loaded, admin):
+        if child.process and child.process.returncode is not None:
+            raise _failed(child, f"exited with code {child.process.returncode}")
+        if time.monotonic() > deadline:
+            raise _failed(child, "never fetched the JWKS from the auth service in time")
+        await asyncio.sleep(0.1)
+
+
 async def _start_all(
     children: list[Child],
     envoy: Child | None,
@@ -113,6 +137,7 @@ async def _start_all(
     if envoy is not None:
         await _spawn(envoy)
         await _wait_http_ready(envoy, f"http://{HOST}:{ports.envoy_admin}/ready", deadline)
+        await _wait_jwks(envoy, f"{HOST}:{ports.envoy_admin}", deadline)
         return
     # The stack's Envoy finds the services through Consul: wait until it routes to each.
     by_name = {c.name: c for c in children}

@@ -79,6 +79,8 @@ class JwtVerifier:
         self._fetch = fetch_jwks
         self._issuer = issuer
         self._audience = audience
+        # Login tokens, and the mesh tokens auth mints for API-key calls at the edge (ADR 0041).
+        self._audiences = [audience, mesh_audience(audience)]
         self._leeway = leeway_seconds
         self._min_refresh = min_refresh_interval
         self._max_age = max_age
@@ -195,7 +197,7 @@ class JwtVerifier:
                 key,
                 algorithms=["RS256"],
                 issuer=self._issuer,
-                audience=[self._audience, mesh_audience(self._audience)],
+                audience=self._audiences,
                 leeway=self._leeway,
                 options={"require": ["exp", "iat", "sub", "iss", "aud", "jti"]},
             )

@@ -1,0 +1,258 @@
+"""Identity at the front door (ADR 0041): JWTs checked by Envoy, API keys through ext_authz,
+identity headers no client can forge, and services that verify the caller themselves."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from leaky.token.v1 import token_pb2, token_pb2_grpc
+from tests.e2e.conftest import Gateway
+from tests.e2e.test_gateway import call, register
+
+pytestmark = pytest.mark.e2e
+
+CONSUME = "/api/v1/tokens/consume"
+
+
+def api_key(gateway: Gateway, user: dict[str, Any]) -> dict[str, Any]:
+    status, _, body = call(
+        gateway,
+        "POST",
+        "/api/v1/auth/api-keys",
+        {"userId": user["userId"], "name": "e2e"},
+        {"authorization": f"Bearer {user['token']}"},
+    )
+    assert status == 200, body
+    return dict(body)
+
+
+def consume(gateway: Gateway, user_id: str, headers: dict[str, str], tokens: int = 3) -> Any:
+    return call(
+        gateway,
+        "POST",
+        CONSUME,
+        {"userId": user_id, "provider": "openai", "tokens": tokens},
+        headers,
+    )
+
+
+def quota_used(gateway: Gateway, user: dict[str, Any]) -> int:
+    status, _, body = call(
+        gateway,
+        "GET",
+        f"/api/v1/tokens/quota?userId={user['userId']}&provider=openai",
+        headers={"authorization": f"Bearer {user['token']}"},
+    )
+    assert status == 200, body
+    return int(body["windowUsed"])
+
+
+def signing_key(gateway: Gateway) -> tuple[str, rsa.RSAPrivateKey]:
+    """The auth service's current signing key, read from the mesh's own database (embedded
+    `leaky up` keeps keys unencrypted unless a passphrase is set), to sign test tokens that
+    differ from real ones in one claim only."""
+    with sqlite3.connect(gateway.data_dir / "auth.db") as db:
+        kid, pem = db.execute(
+            "SELECT kid, private_pem FROM signing_keys ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+    key = load_pem_private_key(pem, password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return kid, key
+
+
+def signed(gateway: Gateway, user: dict[str, Any], **overrides: object) -> str:
+    kid, key = signing_key(gateway)
+    now = datetime.now(UTC)
+    claims = {
+        "iss": "leaky-tokens-auth",
+        "aud": "leaky-tokens",
+        "sub": user["userId"],
+        "roles": ["USER"],
+        "orgs": [],
+        "iat": now,
+        "exp": now + timedelta(minutes=5),
+        "jti": f"e2e-{time.monotonic_ns()}",
+        **overrides,
+    }
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+
+
+def test_an_api_key_consumes_as_its_owner_through_envoy(gateway: Gateway) -> None:
+    owner = register(gateway)
+    key = api_key(gateway, owner)
+    before = quota_used(gateway, owner)
+    status, _, body = consume(gateway, owner["userId"], {"x-api-key": key["apiKey"]}, 7)
+    assert status == 200, body
+    assert body["allowed"] is True
+    assert quota_used(gateway, owner) == before + 7
+
+
+def test_an_api_key_cannot_act_for_another_user(gateway: Gateway) -> None:
+    owner, other = register(gateway), register(gateway)
+    key = api_key(gateway, owner)
+    status, _, body = consume(gateway, other["userId"], {"x-api-key": key["apiKey"]})
+    assert status == 403, body
+    assert quota_used(gateway, other) == 0
+
+
+def test_an_api_key_works_over_native_grpc_through_envoy(gateway: Gateway) -> None:
+    owner = register(gateway)
+    key = api_key(gateway, owner)
+    with grpc.insecure_channel(gateway.grpc) as channel:
+        stub = token_pb2_grpc.TokenServiceStub(channel)
+        answer = stub.Consume(
+            token_pb2.ConsumeRequest(user_id=owner["userId"], provider="openai", tokens=2),
+            metadata=(("x-api-key", key["apiKey"]),),
+            timeout=10,
+        )
+        assert answer.allowed
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Consume(
+                token_pb2.ConsumeRequest(user_id=owner["userId"], provider="openai", tokens=2),
+                metadata=(("x-api-key", "lt_not-a-key"),),
+                timeout=10,
+            )
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_bad_api_key_is_refused_at_the_edge_with_the_error_shape(gateway: Gateway) -> None:
+    owner = register(gateway)
+    status, headers, body = consume(gateway, owner["userId"], {"x-api-key": "lt_not-a-key"})
+    assert status == 401
+    assert headers["content-type"] == "application/json"
+    assert body == {"code": 16, "message": "invalid api key", "details": []}
+
+
+def test_a_revoked_key_is_refused_soon_after(gateway: Gateway) -> None:
+    owner = register(gateway)
+    key = api_key(gateway, owner)
+    assert consume(gateway, owner["userId"], {"x-api-key": key["apiKey"]})[0] == 200
+    status, _, _ = call(
+        gateway,
+        "DELETE",
+        f"/api/v1/auth/api-keys?userId={owner['userId']}&apiKeyId={key['id']}",
+        headers={"authorization": f"Bearer {owner['token']}"},
+    )
+    assert status == 200
+    # Polled, not timed: the sub-second bound is the gate's (tests/unit/test_edge_auth.py).
+    deadline = time.monotonic() + 10
+    while (answer := consume(gateway, owner["userId"], {"x-api-key": key["apiKey"]}))[0] != 401:
+        assert answer[0] == 200, answer
+        assert time.monotonic() < deadline, "the revoked key was never refused"
+        time.sleep(0.05)
+    assert answer[2]["code"] == 16
+
+
+def test_a_forged_identity_header_never_reaches_a_service(gateway: Gateway) -> None:
+    victim, attacker = register(gateway), register(gateway)
+    forged = {"x-leaky-user-id": victim["userId"], "x-leaky-auth": "jwt"}
+    # Alone: no credentials, refused by the service (it saw no identity).
+    status, _, body = consume(gateway, victim["userId"], forged)
+    assert status == 401, body
+    assert body["details"][0]["reason"] == "MISSING_CREDENTIALS"
+    # Beside the attacker's own token or key: the call is the attacker's.
+    key = api_key(gateway, attacker)
+    for credentials in (
+        {"authorization": f"Bearer {attacker['token']}"},
+        {"x-api-key": key["apiKey"]},
+    ):
+        status, _, body = consume(gateway, victim["userId"], {**forged, **credentials})
+        assert status == 403, body
+    assert quota_used(gateway, victim) == 0
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["expired", "wrong issuer", "wrong audience", "mesh audience", "tampered", "foreign key"],
+)
+def test_bad_jwts_are_refused_by_envoy_with_the_error_shape(gateway: Gateway, case: str) -> None:
+    user = register(gateway)
+    past = datetime.now(UTC) - timedelta(hours=2)
+    if case == "expired":
+        token = signed(gateway, user, iat=past, exp=past + timedelta(minutes=5))
+    elif case == "wrong issuer":
+        token = signed(gateway, user, iss="someone-else")
+    elif case == "wrong audience":
+        token = signed(gateway, user, aud="another-api")
+    elif case == "mesh audience":  # the tokens auth mints for API keys stay inside the mesh
+        token = signed(gateway, user, aud="leaky-tokens#mesh")
+    elif case == "tampered":
+        header, payload, signature = user["token"].split(".")
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims["roles"] = ["ADMIN"]
+        forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+        token = f"{header}.{forged}.{signature}"
+    else:
+        kid, _ = signing_key(gateway)
+        foreign = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        claims = jwt.decode(user["token"], options={"verify_signature": False})
+        token = jwt.encode(claims, foreign, algorithm="RS256", headers={"kid": kid})
+    status, headers, body = consume(gateway, user["userId"], {"authorization": f"Bearer {token}"})
+    # Envoy's jwt_authn answers a token for another audience 403: valid, but not for us.
+    expected = (403, 7) if "audience" in case else (401, 16)
+    assert (status, body["code"]) == expected, body
+    assert headers["content-type"] == "application/json"
+    assert set(body) == {"code", "message", "details"}
+    # Envoy's jwt_authn answered (its messages name the Jwt, no ErrorInfo), not the service.
+    assert "Jwt" in body["message"], body
+    assert body["details"] == []
+    assert quota_used(gateway, user) == 0
+
+
+def test_the_same_signing_key_and_claims_pass(gateway: Gateway) -> None:
+    # The control for the cases above: a token made the same way, nothing wrong with it.
+    user = register(gateway)
+    status, _, body = consume(
+        gateway, user["userId"], {"authorization": f"Bearer {signed(gateway, user)}"}
+    )
+    assert status == 200, body
+
+
+def test_public_routes_need_no_credentials_and_ignore_bad_ones(gateway: Gateway) -> None:
+    user = register(gateway)
+    expired = signed(
+        gateway,
+        user,
+        iat=datetime.now(UTC) - timedelta(hours=2),
+        exp=datetime.now(UTC) - timedelta(hours=1),
+    )
+    for headers in ({}, {"authorization": f"Bearer {expired}"}, {"x-api-key": "lt_not-a-key"}):
+        for method, path, body in (
+            ("GET", "/oauth2/jwks", None),
+            ("GET", "/api/v1/tokens/status", None),
+            ("GET", "/api/v1/analytics/health", None),
+            (
+                "POST",
+                "/api/v1/auth/login",
+                {"username": user["username"], "password": "correct horse"},
+            ),
+        ):
+            status, _, answer = call(gateway, method, path, body, headers)
+            assert status == 200, (path, headers, answer)
+
+
+def test_validate_api_key_through_envoy_still_sees_the_key(gateway: Gateway) -> None:
+    owner = register(gateway)
+    key = api_key(gateway, owner)
+    status, _, body = call(
+        gateway, "GET", "/api/v1/auth/api-keys/validate", headers={"x-api-key": key["apiKey"]}
+    )
+    assert status == 200, body
+    assert (body["userId"], body["apiKeyId"]) == (owner["userId"], key["id"])
+    # A public RPC: the edge does not check the key, the service answers about it.
+    status, _, body = call(
+        gateway, "GET", "/api/v1/auth/api-keys/validate", headers={"x-api-key": "lt_not-a-key"}
+    )
+    assert status == 401, body
+    assert body["details"][0]["reason"] == "INVALID_API_KEY"
