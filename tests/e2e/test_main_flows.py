@@ -23,10 +23,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+import grpc
 import pytest
 
 from leaky.token.v1 import limits_pb2, token_pb2
-from leaky_tokens.client import AsyncLeakyClient, LeakyClient, RateLimited
+from leaky_tokens.client import AsyncLeakyClient, LeakyClient, RateLimited, Unauthenticated
 from leaky_tokens.stack.orchestrator import Stack
 from tests.e2e.conftest import Gateway, leaky_up
 from tests.e2e.test_gateway import call
@@ -412,6 +413,9 @@ class Client:
         answer = keyed.consume(PROVIDER, tokens)
         assert answer.allowed
         assert answer.remaining == CAPACITY - tokens  # the key's owner's bucket
+        with LeakyClient(self.gateway.grpc) as wrong, pytest.raises(Unauthenticated) as refused:
+            wrong.use_api_key(api_key + "x")
+        assert refused.value.code is grpc.StatusCode.UNAUTHENTICATED
 
     def quota(self, user: User) -> dict[str, int]:
         quota = self.of(user).get_quota(PROVIDER)
