@@ -151,12 +151,15 @@ class LeakyClient:
 
     # -- auth --------------------------------------------------------------------------
 
-    def register(self, username: str, email: str, password: str) -> auth_pb2.RegisterResponse:
+    def register(
+        self, username: str, email: str, password: str, *, timeout: timedelta | None = None
+    ) -> auth_pb2.RegisterResponse:
         """Create a user and authenticate as them (never retried: not idempotent)."""
         answer = self._call(
             self._auth.Register,
             auth_pb2.RegisterRequest(username=username, email=email, password=password),
             idempotent=False,
+            timeout=timeout,
             authenticated=False,
         )
         with self._lock:
@@ -190,43 +193,62 @@ class LeakyClient:
         """The current JWT (empty with an API key or before logging in)."""
         return self._credentials.token
 
-    def validate_api_key(self) -> auth_pb2.ValidateApiKeyResponse:
+    def validate_api_key(
+        self, *, timeout: timedelta | None = None
+    ) -> auth_pb2.ValidateApiKeyResponse:
         return self._call(
-            self._auth.ValidateApiKey, auth_pb2.ValidateApiKeyRequest(), idempotent=True
+            self._auth.ValidateApiKey,
+            auth_pb2.ValidateApiKeyRequest(),
+            idempotent=True,
+            timeout=timeout,
         )
 
     def create_api_key(
-        self, name: str = "", *, expires_at: datetime | None = None, user_id: str = ""
+        self,
+        name: str = "",
+        *,
+        expires_at: datetime | None = None,
+        user_id: str = "",
+        timeout: timedelta | None = None,
     ) -> auth_pb2.CreateApiKeyResponse:
         """A new API key (its secret, `api_key`, is shown only here)."""
         request = Requests.create_api_key(user_id or self.user_id, name, expires_at)
-        return self._call(self._auth.CreateApiKey, request, idempotent=False)
+        return self._call(self._auth.CreateApiKey, request, idempotent=False, timeout=timeout)
 
     def list_api_keys(
-        self, *, user_id: str = "", page_size: int = 0, page_token: str = ""
+        self,
+        *,
+        user_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: timedelta | None = None,
     ) -> auth_pb2.ListApiKeysResponse:
         request = auth_pb2.ListApiKeysRequest(
             user_id=user_id or self.user_id, page_size=page_size, page_token=page_token
         )
-        return self._call(self._auth.ListApiKeys, request, idempotent=True)
+        return self._call(self._auth.ListApiKeys, request, idempotent=True, timeout=timeout)
 
     def revoke_api_key(
-        self, api_key_id: str, *, user_id: str = ""
+        self, api_key_id: str, *, user_id: str = "", timeout: timedelta | None = None
     ) -> auth_pb2.RevokeApiKeyResponse:
         request = auth_pb2.RevokeApiKeyRequest(
             user_id=user_id or self.user_id, api_key_id=api_key_id
         )
-        return self._call(self._auth.RevokeApiKey, request, idempotent=False)
+        return self._call(self._auth.RevokeApiKey, request, idempotent=False, timeout=timeout)
 
     # -- token -------------------------------------------------------------------------
 
-    def get_quota(self, provider: str, *, user_id: str = "") -> token_pb2.Quota:
+    def get_quota(
+        self, provider: str, *, user_id: str = "", timeout: timedelta | None = None
+    ) -> token_pb2.Quota:
         request = token_pb2.GetQuotaRequest(user_id=user_id or self.user_id, provider=provider)
-        return self._call(self._token.GetQuota, request, idempotent=True)
+        return self._call(self._token.GetQuota, request, idempotent=True, timeout=timeout)
 
-    def get_org_quota(self, org_id: str, provider: str) -> token_pb2.Quota:
+    def get_org_quota(
+        self, org_id: str, provider: str, *, timeout: timedelta | None = None
+    ) -> token_pb2.Quota:
         request = token_pb2.GetOrgQuotaRequest(org_id=org_id, provider=provider)
-        return self._call(self._token.GetOrgQuota, request, idempotent=True)
+        return self._call(self._token.GetOrgQuota, request, idempotent=True, timeout=timeout)
 
     def consume(
         self,
@@ -261,24 +283,31 @@ class LeakyClient:
         user_id: str = "",
         ttl: timedelta | None = None,
         idempotency_key: str = "",
+        timeout: timedelta | None = None,
     ) -> token_pb2.ReserveResponse:
         """Hold an estimate. Retried only with an idempotency key."""
         request = Requests.reserve(
             user_id or self.user_id, provider, tokens, org_id, ttl, idempotency_key
         )
-        return self._call(self._token.Reserve, request, idempotent=bool(idempotency_key))
+        return self._call(
+            self._token.Reserve, request, idempotent=bool(idempotency_key), timeout=timeout
+        )
 
-    def settle(self, reservation_id: str, actual_tokens: int) -> token_pb2.SettleResponse:
+    def settle(
+        self, reservation_id: str, actual_tokens: int, *, timeout: timedelta | None = None
+    ) -> token_pb2.SettleResponse:
         """Close a reservation at the actual count (idempotent, so retried)."""
         request = token_pb2.SettleRequest(
             reservation_id=reservation_id, actual_tokens=actual_tokens
         )
-        return self._call(self._token.Settle, request, idempotent=True)
+        return self._call(self._token.Settle, request, idempotent=True, timeout=timeout)
 
-    def release(self, reservation_id: str) -> token_pb2.ReleaseResponse:
+    def release(
+        self, reservation_id: str, *, timeout: timedelta | None = None
+    ) -> token_pb2.ReleaseResponse:
         """Give a whole reservation back (idempotent, so retried)."""
         request = token_pb2.ReleaseRequest(reservation_id=reservation_id)
-        return self._call(self._token.Release, request, idempotent=True)
+        return self._call(self._token.Release, request, idempotent=True, timeout=timeout)
 
     @contextmanager
     def reservation(
@@ -290,6 +319,7 @@ class LeakyClient:
         user_id: str = "",
         ttl: timedelta | None = None,
         idempotency_key: str = "",
+        timeout: timedelta | None = None,
     ) -> Iterator[Reservation]:
         """Reserve `estimate` tokens for the block: settle at `r.actual` (the estimate when
         unset) when it ends normally, release everything when it raises (the exception goes
@@ -301,17 +331,18 @@ class LeakyClient:
             user_id=user_id,
             ttl=ttl,
             idempotency_key=idempotency_key,
+            timeout=timeout,
         )
         handle = Reservation(held)
         try:
             yield handle
         except BaseException as error:
             try:
-                handle.released = self.release(handle.reservation_id)
+                handle.released = self.release(handle.reservation_id, timeout=timeout)
             except LeakyError as failed:
                 error.add_note(release_note(handle, failed))
             raise
-        handle.settled = self.settle(handle.reservation_id, handle.settle_at)
+        handle.settled = self.settle(handle.reservation_id, handle.settle_at, timeout=timeout)
 
     def purchase(
         self,
@@ -321,6 +352,7 @@ class LeakyClient:
         org_id: str = "",
         user_id: str = "",
         idempotency_key: str = "",
+        timeout: timedelta | None = None,
     ) -> token_pb2.TokenPurchase:
         """Start a purchase saga (status STARTED). Retried only with an idempotency key (a
         repeat returns the same purchase)."""
@@ -331,17 +363,21 @@ class LeakyClient:
             tokens=tokens,
             idempotency_key=idempotency_key,
         )
-        return self._call(self._token.Purchase, request, idempotent=bool(idempotency_key))
+        return self._call(
+            self._token.Purchase, request, idempotent=bool(idempotency_key), timeout=timeout
+        )
 
-    def get_purchase(self, saga_id: str) -> token_pb2.TokenPurchase:
+    def get_purchase(
+        self, saga_id: str, *, timeout: timedelta | None = None
+    ) -> token_pb2.TokenPurchase:
         request = token_pb2.GetPurchaseRequest(saga_id=saga_id)
-        return self._call(self._token.GetPurchase, request, idempotent=True)
+        return self._call(self._token.GetPurchase, request, idempotent=True, timeout=timeout)
 
     def list_purchases(
-        self, *, page_size: int = 0, page_token: str = ""
+        self, *, page_size: int = 0, page_token: str = "", timeout: timedelta | None = None
     ) -> token_pb2.ListPurchasesResponse:
         request = token_pb2.ListPurchasesRequest(page_size=page_size, page_token=page_token)
-        return self._call(self._token.ListPurchases, request, idempotent=True)
+        return self._call(self._token.ListPurchases, request, idempotent=True, timeout=timeout)
 
     def wait_for_purchase(
         self, saga_id: str, *, timeout: timedelta = timedelta(seconds=60), interval: float = 0.2
@@ -367,18 +403,25 @@ class LeakyClient:
         limit: int | None = None,
         user_id: str = "",
         org_id: str = "",
+        timeout: timedelta | None = None,
     ) -> analytics_pb2.GetReportResponse:
         """Window totals for a provider, scoped to `user_id` or `org_id` (the caller's
         visible usage when both are empty)."""
         request = Requests.report(provider, window_minutes, limit, user_id, org_id)
-        return self._call(self._analytics.GetReport, request, idempotent=True)
+        return self._call(self._analytics.GetReport, request, idempotent=True, timeout=timeout)
 
     def get_usage(
-        self, provider: str, *, limit: int | None = None, user_id: str = "", org_id: str = ""
+        self,
+        provider: str,
+        *,
+        limit: int | None = None,
+        user_id: str = "",
+        org_id: str = "",
+        timeout: timedelta | None = None,
     ) -> analytics_pb2.GetUsageResponse:
         """The latest usage events of a provider, scoped like `get_report`."""
         request = Requests.usage(provider, limit, user_id, org_id)
-        return self._call(self._analytics.GetUsage, request, idempotent=True)
+        return self._call(self._analytics.GetUsage, request, idempotent=True, timeout=timeout)
 
 
 def new_idempotency_key() -> str:
