@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -160,3 +162,24 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         )
     with mesh:
         yield running
+
+
+
+# The OpenAPI document `make openapi` generates from the protos (ADR 0043).
+OPENAPI_DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "openapi" / "leaky.swagger.json"
+
+
+@pytest.fixture(scope="session")
+def registered_bearer(gateway: Gateway) -> dict[str, str]:
+    """The Authorization header of a freshly registered user (role USER) on the mesh."""
+    name = f"u{uuid.uuid4().hex[:10]}"
+    body = {"username": name, "email": f"{name}@example.com", "password": "correct horse"}
+    request = urllib.request.Request(
+        f"{gateway.http}/api/v1/auth/register",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        token = json.loads(response.read())["token"]
+    return {"authorization": f"Bearer {token}"}
