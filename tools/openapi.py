@@ -78,9 +78,7 @@ def public_protos() -> list[str]:
 
     from leaky_tokens.topology import SERVICES
 
-    files = {
-        import_module(s.proto_module).DESCRIPTOR.name for s in SERVICES if s.proto_services
-    }
+    files = {import_module(s.proto_module).DESCRIPTOR.name for s in SERVICES if s.proto_services}
     return sorted(files, key=lambda f: (f != "leaky/auth/v1/auth.proto", f))  # auth: the info
 
 

@@ -164,7 +164,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         yield running
 
 
-
 # The OpenAPI document `make openapi` generates from the protos (ADR 0043).
 OPENAPI_DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "openapi" / "leaky.swagger.json"
 

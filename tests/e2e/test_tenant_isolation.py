@@ -17,7 +17,7 @@ import base64
 import json
 import sqlite3
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -74,7 +74,8 @@ def world(gateway: Gateway) -> World:
     a, b, root = register(gateway), register(gateway), admin(gateway)
     orgs = {"org_a": create_org(gateway, a), "org_b": create_org(gateway, b)}
     purchases, reservations = {}, {}
-    for name, user, org in (("A", a, ""), ("B", b, ""), ("org_a", a, "org_a"), ("org_b", b, "org_b")):
+    buyers = (("A", a, ""), ("B", b, ""), ("org_a", a, "org_a"), ("org_b", b, "org_b"))
+    for name, user, org in buyers:
         body = {"userId": user["userId"], "provider": PROVIDER, "tokens": 10}
         if org:
             body["orgId"] = orgs[org]
@@ -329,8 +330,8 @@ VARIANTS = (
 
 
 @pytest.fixture(scope="module")
-def tokens(world: World) -> Iterator[dict[str, str]]:
-    yield {variant: mint(world, variant) for variant in ("valid", *VARIANTS)}
+def tokens(world: World) -> dict[str, str]:
+    return {variant: mint(world, variant) for variant in ("valid", *VARIANTS)}
 
 
 @pytest.mark.parametrize("transport", ["envoy", "direct"])

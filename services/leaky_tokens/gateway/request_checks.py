@@ -64,7 +64,8 @@ local function drop_unforwardable(headers, is_grpc)
     if string.sub(key, 1, 1) ~= ":" then
       if string.find(key, "[^0-9a-z_.-]") then
         drop[#drop + 1] = key
-      elseif not is_grpc and (string.sub(key, 1, 5) == "grpc-" or string.sub(key, -4) == "-bin") then
+      elseif not is_grpc and (string.sub(key, 1, 5) == "grpc-" or string.sub(key, -4) == "-bin")
+      then
         drop[#drop + 1] = key
       end
     end
