@@ -168,9 +168,27 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 OPENAPI_DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "openapi" / "leaky.swagger.json"
 
 
-@pytest.fixture(scope="session")
-def registered_bearer(gateway: Gateway) -> dict[str, str]:
-    """The Authorization header of a freshly registered user (role USER) on the mesh."""
+@pytest.fixture(scope="module")
+def fuzz_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A `leaky up` of its own for schemathesis: its thousands of generated requests (failed
+    logins from 127.0.0.1 among them, which the per-address login throttle counts) must not
+    change what the shared mesh's other tests see."""
+    port, admin = free_port(), free_port()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LEAKY_AUTH_REGISTER_PER_ADDRESS", "100000")
+        with leaky_up(
+            ["--port", str(port), "--admin-port", str(admin)],
+            tmp_path_factory.mktemp("fuzz"),
+            f"http://127.0.0.1:{port}",
+            ("/api/v1/tokens/status",),
+        ) as running:
+            yield running
+
+
+@pytest.fixture(scope="module")
+def registered_bearer(fuzz_gateway: Gateway) -> dict[str, str]:
+    """The Authorization header of a freshly registered user (role USER) on fuzz_gateway."""
+    gateway = fuzz_gateway
     name = f"u{uuid.uuid4().hex[:10]}"
     body = {"username": name, "email": f"{name}@example.com", "password": "correct horse"}
     request = urllib.request.Request(
