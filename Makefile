@@ -35,7 +35,7 @@ PYTHON_NEWEST := $(firstword $(foreach p,python3.$(PY_HIGH) $(wildcard $(HOME)/.
 endif
 VENV_NEWEST := .venv-3.$(PY_HIGH)
 
-.PHONY: grpcurl promtool rules-check install check-python compose-check stack-up stack-down gen gen-check proto-lint proto-breaking lint typecheck layers envoy-validate \
+.PHONY: grpcurl promtool rules-check install check-python compose-check stack-up stack-down gen gen-check openapi openapi-check proto-lint proto-breaking lint typecheck layers envoy-validate \
         docs test test-fast test-newest test-unit test-service test-integration test-e2e check up lock clean
 
 # The pre-commit hook (.pre-commit-config.yaml runs the linters and test-fast) in a clone's
@@ -88,6 +88,17 @@ gen: install
 gen-check: gen
 	git diff --exit-code -- gen $(DESCRIPTOR) protos
 	test -z "$$(git status --porcelain -- gen $(DESCRIPTOR) protos)"
+
+# The OpenAPI (Swagger 2.0) document of the HTTP/JSON API Envoy serves, from the protos and
+# docs/openapi/openapiv2.yaml with grpc-gateway's protoc-gen-openapiv2 v2.34.0 (built once with
+# `go install` from the Go module proxy, cached in $(LEAKY_TOOLS_DIR)): tools/openapi.py, ADR 0043.
+openapi: install
+	$(PY) tools/openapi.py >/dev/null
+
+# CI: the committed document must be what the protos generate.
+openapi-check: openapi
+	git diff --exit-code -- docs/openapi
+	test -z "$$(git status --porcelain -- docs/openapi)"
 
 proto-lint: install
 	$(BIN)/buf lint
@@ -189,7 +200,7 @@ rules-check: promtool
 	cd deploy && $(CURDIR)/$(BIN)/promtool test rules prometheus-rules.test.yml
 
 # CI: everything, then the fast tier again on the newest supported interpreter.
-check: gen-check proto-lint proto-breaking lint typecheck layers envoy-validate compose-check rules-check test test-newest
+check: gen-check openapi-check proto-lint proto-breaking lint typecheck layers envoy-validate compose-check rules-check test test-newest
 
 # The native stack (no Docker): Redis, PostgreSQL, Kafka, Cassandra, Consul, discovery, Envoy.
 stack-up: install

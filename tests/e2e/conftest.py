@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -160,3 +162,41 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         )
     with mesh:
         yield running
+
+
+# The OpenAPI document `make openapi` generates from the protos (ADR 0043).
+OPENAPI_DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "openapi" / "leaky.swagger.json"
+
+
+@pytest.fixture(scope="module")
+def fuzz_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A `leaky up` of its own for schemathesis: its thousands of generated requests (failed
+    logins from 127.0.0.1 among them, which the per-address login throttle counts) must not
+    change what the shared mesh's other tests see."""
+    port, admin = free_port(), free_port()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LEAKY_AUTH_REGISTER_PER_ADDRESS", "100000")
+        with leaky_up(
+            ["--port", str(port), "--admin-port", str(admin)],
+            tmp_path_factory.mktemp("fuzz"),
+            f"http://127.0.0.1:{port}",
+            ("/api/v1/tokens/status",),
+        ) as running:
+            yield running
+
+
+@pytest.fixture(scope="module")
+def registered_bearer(fuzz_gateway: Gateway) -> dict[str, str]:
+    """The Authorization header of a freshly registered user (role USER) on fuzz_gateway."""
+    gateway = fuzz_gateway
+    name = f"u{uuid.uuid4().hex[:10]}"
+    body = {"username": name, "email": f"{name}@example.com", "password": "correct horse"}
+    request = urllib.request.Request(
+        f"{gateway.http}/api/v1/auth/register",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        token = json.loads(response.read())["token"]
+    return {"authorization": f"Bearer {token}"}

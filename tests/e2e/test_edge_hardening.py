@@ -263,6 +263,23 @@ def test_oversized_header_is_431_not_rate_limiting(gateway: Gateway) -> None:
     assert "too large" in assert_status_shape(error, 3)
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"a|b": "x"},  # a legal HTTP name, not a legal gRPC metadata key
+        {"x-trace-bin": "!!not base64!!"},  # binary metadata gRPC cannot decode
+        {"grpc-encoding": "zz"},  # a gRPC transport header from an HTTP client
+    ],
+)
+def test_headers_grpc_cannot_carry_are_dropped_not_a_500(
+    gateway: Gateway, header: dict[str, str]
+) -> None:
+    # Found by tests/e2e/test_schemathesis.py: gRPC refused such metadata with INTERNAL (500).
+    status, _, body = call(gateway, "GET", "/api/v1/tokens/status", headers=header)
+    assert status == 200, body
+    assert body["status"] == "ok"
+
+
 def test_service_errors_share_the_shape(gateway: Gateway) -> None:
     status, _, error = call(gateway, "GET", "/api/v1/auth/api-keys?userId=nobody")
     assert status == 401

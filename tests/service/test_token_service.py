@@ -12,6 +12,8 @@ from google.rpc import error_details_pb2
 
 from leaky.token.v1 import limits_pb2 as lpb
 from leaky.token.v1 import token_pb2 as pb
+from leaky_tokens.token.domain import access
+from leaky_tokens.token.domain.ports import Subject
 from tests.support.grpc_errors import reason, trailers, unpack, violations
 from tests.support.token_service import TokenHarness, limit_decision, token_service
 
@@ -194,6 +196,27 @@ async def test_bad_input_names_each_field(svc: TokenHarness) -> None:
     assert violations(error) == ["provider", "tokens", "idempotencyKey"]
     error = await refused(svc.stub.Consume(pb.ConsumeRequest(), metadata=svc.auth()))
     assert violations(error) == ["userId", "provider", "tokens"]
+
+
+async def test_ids_with_control_characters_are_bad_input_even_for_admin(
+    svc: TokenHarness,
+) -> None:
+    """ADMIN passes no membership check, so such an id used to reach the store, whose keys
+    separate fields with \\x1e: INTERNAL (HTTP 500; found by schemathesis as ADMIN)."""
+    admin = svc.auth("admin-1", "ADMIN")
+    bad_org = pb.GetOrgQuotaRequest(org_id="o\x1ex", provider="qwen")
+    error = await refused(svc.stub.GetOrgQuota(bad_org, metadata=admin))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(error) == ["orgId"]
+    error = await refused(svc.stub.Consume(consume(user="u\x1fx"), metadata=admin))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(error) == ["userId"]
+    # A reservation id naming such a subject is not one this service made: NOT_FOUND.
+    forged = access.reservation_id("id", Subject("u\x1ex", "openai", None))
+    error = await refused(
+        svc.stub.Release(pb.ReleaseRequest(reservation_id=forged), metadata=admin)
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_the_same_idempotency_key_debits_once(svc: TokenHarness) -> None:

@@ -54,6 +54,27 @@ local function frame_problem(h, headers)
   return nil
 end
 
+-- gRPC metadata keys are [0-9a-z_.-]: a header name HTTP allows beyond that ("a|b"), and from
+-- an HTTP/JSON client a "-bin" header (binary metadata, base64) or a reserved "grpc-*" one,
+-- would reach the service as metadata gRPC refuses, answered INTERNAL (HTTP 500). No service
+-- reads such a header: it is dropped, the request goes on.
+local function drop_unforwardable(headers, is_grpc)
+  local drop = {}
+  for key, _ in pairs(headers) do
+    if string.sub(key, 1, 1) ~= ":" then
+      if string.find(key, "[^0-9a-z_.-]") then
+        drop[#drop + 1] = key
+      elseif not is_grpc and (string.sub(key, 1, 5) == "grpc-" or string.sub(key, -4) == "-bin")
+      then
+        drop[#drop + 1] = key
+      end
+    end
+  end
+  for _, key in ipairs(drop) do
+    headers:remove(key)
+  end
+end
+
 function envoy_on_request(h)
   local headers = h:headers()
   local method = headers:get(":method") or ""
@@ -72,6 +93,7 @@ function envoy_on_request(h)
     end
     return h:respond({ [":status"] = "431" }, "request headers too large")
   end
+  drop_unforwardable(headers, is_grpc)
   if method == "HEAD" then
     -- Answered like GET; the body is dropped on the way out.
     headers:replace(":method", "GET")

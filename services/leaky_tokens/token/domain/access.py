@@ -51,6 +51,12 @@ def check_subject(
         check.fail("userId", f"must be at most {MAX_ID} characters")
     if len(org_id) > MAX_ID:
         check.fail("orgId", f"must be at most {MAX_ID} characters")
+    # The stores key levels by these ids (the Redis layout separates fields with \x1e/\x1f):
+    # an id with a control character is bad input, never a store error (found by schemathesis
+    # as ADMIN, whom no membership check stops first).
+    for name, value in (("userId", user_id), ("orgId", org_id)):
+        if _has_control(value):
+            check.fail(name, "must not contain control characters")
     if check.require("provider", provider) and provider not in policy.providers:
         check.violations.extend(UnknownProviderError(provider, policy.providers).violations)
 
@@ -108,5 +114,7 @@ def reservation_subject(rid: str) -> Subject | None:
     if not (isinstance(fields, list) and len(fields) == 4):
         return None
     if not all(isinstance(f, str) for f in fields) or not all(fields[:3]):
+        return None
+    if any(_has_control(f) for f in fields):  # never an id this service made
         return None
     return Subject(fields[1], fields[2], fields[3] or None)
