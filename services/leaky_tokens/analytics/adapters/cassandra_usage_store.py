@@ -238,6 +238,17 @@ def encode_shares(shares: Mapping[str, list[int]]) -> bytes:
     return _HEADER.pack(1, len(ids)) + counts.tobytes() + "\0".join(ids).encode()
 
 
+def _int64_pairs(blob: bytes) -> tuple[int, array.array[int], int]:
+    """A version-1 blob's count n, its 2n int64s and where the bytes after them start."""
+    _, n = _HEADER.unpack_from(blob)
+    end = _HEADER.size + 16 * n
+    numbers = array.array("q")
+    numbers.frombytes(blob[_HEADER.size : end])
+    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
+        numbers.byteswap()
+    return n, numbers, end
+
+
 def decode_shares(blob: bytes) -> dict[str, list[int]]:
     """The inverse of `encode_shares`."""
     if not blob:
@@ -245,12 +256,7 @@ def decode_shares(blob: bytes) -> dict[str, list[int]]:
     if blob[0] == 2:
         loaded: dict[str, list[int]] = json.loads(blob[1:])
         return loaded
-    _, n = _HEADER.unpack_from(blob)
-    end = _HEADER.size + 16 * n
-    counts = array.array("q")
-    counts.frombytes(blob[_HEADER.size : end])
-    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
-        counts.byteswap()
+    n, counts, end = _int64_pairs(blob)
     ids = blob[end:].decode().split("\0") if n else []
     pairs = counts.tolist()
     return {user: pairs[2 * i : 2 * i + 2] for i, user in enumerate(ids)}
@@ -266,12 +272,7 @@ def _shares_into(totals: Totals, blob: bytes | None) -> None:
         for user, (tokens, events) in items:
             _add_share(users, user, tokens, events)
         return
-    _, n = _HEADER.unpack_from(blob)
-    end = _HEADER.size + 16 * n
-    counts = array.array("q")
-    counts.frombytes(blob[_HEADER.size : end])
-    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
-        counts.byteswap()
+    n, counts, end = _int64_pairs(blob)
     ids = blob[end:].decode().split("\0") if n else []
     tokens_of = counts[0::2]
     events_of = counts[1::2]
@@ -324,12 +325,7 @@ def decode_recent(blob: bytes, provider: str) -> list[UsageFact]:
             UsageFact(e, at, FactKind(k), provider, u, o, tokens, allowed)
             for e, at, k, u, o, tokens, allowed in json.loads(blob[1:])
         ]
-    _, n = _HEADER.unpack_from(blob)
-    end = _HEADER.size + 16 * n
-    numbers = array.array("q")
-    numbers.frombytes(blob[_HEADER.size : end])
-    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
-        numbers.byteswap()
+    n, numbers, end = _int64_pairs(blob)
     flags = blob[end : end + n]
     strings = blob[end + n :].decode().split("\0") if n else []
     return [
