@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -46,6 +45,7 @@ from leaky_tokens.stack.kafka import Kafka
 from leaky_tokens.stack.orchestrator import Stack
 from leaky_tokens.stack.workers import WorkerComponent
 from leaky_tokens.topology import WORKERS
+from tests.support import worker_process
 from tests.support.cassandra_store import (
     cassandra_port,
     drop_keyspace,
@@ -176,27 +176,19 @@ class Worker:
             f"{prefix}_SESSION_TIMEOUT_MS": "6000",  # the killed worker's lapses soon
             **self.store.env,
         }
-        with (self.root / "worker.log").open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "leaky_tokens.analytics.projection_worker"],
-                env=env, cwd=ROOT, stdout=out, stderr=out,
-            )  # fmt: skip
+        self.process = worker_process.launch(
+            "leaky_tokens.analytics.projection_worker", env, self.root
+        )
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         process, self.process = self.process, None
-        if process is None:
-            return 0
-        process.send_signal(sig)
-        try:
-            return process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait(30)
+        return worker_process.stop(process, sig)
 
     def alive(self) -> None:
         if self.process is not None and self.process.poll() is not None:
-            log = (self.root / "worker.log").read_text()[-3000:]
-            raise AssertionError(f"worker exited {self.process.returncode}:\n{log}")
+            raise AssertionError(
+                f"worker exited {self.process.returncode}:\n{worker_process.log_tail(self.root)}"
+            )
 
     async def health(self, want: int) -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from leaky_tokens.stack.registry import default_components
 from leaky_tokens.stack.workers import WorkerComponent
 from leaky_tokens.token.adapters.kafka_event_bus import KafkaEventBus
 from leaky_tokens.token.adapters.saga_contract import OutboxRecord
+from tests.support import worker_process
 from tests.support.net import free_port
 from tests.support.saga_doubles import lines, write_outbox
 from tests.support.stack import component
@@ -67,22 +67,11 @@ class Worker:
             "LEAKY_TEST_SAGA_DIR": str(self.root),
             **self.extra,
         }
-        with (self.root / "worker.log").open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "leaky_tokens.token.saga_worker"],
-                env=env, cwd=ROOT, stdout=out, stderr=out,
-            )  # fmt: skip
+        self.process = worker_process.launch("leaky_tokens.token.saga_worker", env, self.root)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         process, self.process = self.process, None
-        if process is None:
-            return 0
-        process.send_signal(sig)
-        try:
-            return process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait(30)
+        return worker_process.stop(process, sig)
 
     async def serving(self) -> None:
         """Wait until its health says SERVING: topic created, consumer joined its group."""
@@ -104,7 +93,7 @@ class Worker:
         return lines(self.root / f"{participant}.handled")
 
     def log_tail(self) -> str:
-        return (self.root / "worker.log").read_text()[-3000:]
+        return worker_process.log_tail(self.root)
 
 
 @pytest.fixture

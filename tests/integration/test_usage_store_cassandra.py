@@ -164,7 +164,11 @@ async def test_duplicates_replays_and_crashes_give_exact_totals_and_n_raw_rows(
     facts = make_facts(1_200, seed=1)
     batches = deliveries(facts, partitions=3, seed=2)
     keyspace = store._keyspace
-    crash_at = {len(batches) // 4: "cell_write", len(batches) // 2: "raw_insert"}
+    crash_at = {
+        len(batches) // 4: "cell_write",
+        len(batches) // 2: "recent_insert",
+        3 * len(batches) // 4: "raw_insert",
+    }
     current = store
     for number, batch in enumerate(batches):
         if number in crash_at:
@@ -186,14 +190,15 @@ async def test_duplicates_replays_and_crashes_give_exact_totals_and_n_raw_rows(
             assert raw_count(cql, keyspace, Scope.everyone(), provider, days) == sum(
                 1 for f in facts if f.provider == provider
             )
-            for user in USERS:
-                assert raw_count(cql, keyspace, Scope(ScopeKind.USER, user), provider, days) == (
-                    sum(
-                        1
-                        for f in facts
-                        if f.provider == provider and f.user_id == user and f.kind.is_decision
-                    )
+            for user in USERS:  # every decision once, from the usage_recent chunks
+                mine = sorted(
+                    (f for f in facts if f.provider == provider and f.user_id == user),
+                    key=lambda f: (f.occurred_at_ms, f.event_id),
+                    reverse=True,
                 )
+                want = [f for f in mine if f.kind.is_decision]
+                assert await current.latest(Scope(ScopeKind.USER, user), provider, 500) == want
+                assert await current.latest(Scope(ScopeKind.USER, user), provider, 7) == want[:7]
         decisions = sorted(
             (f for f in facts if f.provider == "openai" and f.kind.is_decision),
             key=lambda f: (f.occurred_at_ms, f.event_id),
@@ -258,6 +263,9 @@ async def test_raw_rows_carry_the_ttl_from_settings(port: int, cql: Session) -> 
             cql.execute(
                 f"SELECT scope_kind, TTL(tokens) FROM {store._keyspace}.usage_raw ALLOW FILTERING"
             )
+        )
+        rows += cql.execute(
+            f"SELECT scope_kind, TTL(facts) FROM {store._keyspace}.usage_recent ALLOW FILTERING"
         )
     assert sorted(kind for kind, _ in rows) == ["all", "org", "user"]
     for _, ttl in rows:
@@ -400,3 +408,23 @@ async def test_a_bucket_with_only_a_zero_token_give_back_is_present(
     got = await store.buckets(Scope(ScopeKind.USER, "u"), "openai", Resolution.HOUR, [T0])
     assert dict(got) == {T0: Totals.of([give_back])}
     assert await store.latest(Scope.everyone(), "openai", 5) == []
+
+
+async def test_latest_still_reads_the_user_and_org_copies_of_older_versions(
+    store: CassandraUsageStore, cql: Session
+) -> None:
+    # Before usage_recent (ADR 0045) a user's or org's decisions were raw rows of their own:
+    # until those expire, latest() merges them with the new rows.
+    old = UsageFact("old-1", T0, FactKind.CONSUME, "openai", "u", "org", 5, True)
+    new = UsageFact("new-1", T0 + 1_000, FactKind.CONSUME, "openai", "u", "org", 6, False)
+    for kind, scope_id in (("user", "u"), ("org", "org")):
+        cql.execute(
+            f"INSERT INTO {store._keyspace}.usage_raw (scope_kind, scope_id, provider, day,"
+            " occurred_at, event_id, kind, decision, user_id, org_id, tokens, allowed)"
+            " VALUES (%s, %s, 'openai', %s, %s, 'old-1', 'consume', true, 'u', 'org', 5, true)",
+            (kind, scope_id, T0 - T0 % DAY_MS, T0),
+        )
+    await store.project([SourcedFact(TOPIC, 0, 0, new)])  # also lists the day, as before
+    assert await store.latest(Scope(ScopeKind.USER, "u"), "openai", 10) == [new, old]
+    assert await store.latest(Scope(ScopeKind.ORG, "org"), "openai", 1) == [new]
+    assert await store.latest(Scope(ScopeKind.ORG, "org"), "openai", 2) == [new, old]

@@ -26,22 +26,27 @@ from leaky_tokens.analytics.adapters.dead_letters import (
     DeadLetter,
 )
 from leaky_tokens.analytics.adapters.faust_projection import (
-    ConsumerState,
     FaustConfig,
     ProjectionWatch,
     Projector,
     build_app,
 )
-from leaky_tokens.analytics.adapters.projection_health import (
-    NOT_SERVING,
-    SERVING,
-    HealthReporter,
-    verdict,
-)
 from leaky_tokens.analytics.adapters.projection_metrics import ProjectionMetrics
 from leaky_tokens.analytics.adapters.projection_settings import ProjectionSettings
 from leaky_tokens.analytics.domain.facts import FactKind, PurchaseFact, PurchaseState, UsageFact
-from leaky_tokens.analytics.projection_worker import STORES, open_store, store_factory
+from leaky_tokens.analytics.projection_worker import (
+    STORES,
+    open_store,
+    stalled_gauge,
+    store_factory,
+)
+from leaky_tokens.runtime.faust_worker import (
+    NOT_SERVING,
+    SERVING,
+    ConsumerState,
+    HealthReporter,
+    verdict,
+)
 from leaky_tokens.runtime.settings import SettingsError
 from tests.support.usage_store_double import RecordingUsageStore
 from tests.support.wait import eventually
@@ -286,7 +291,7 @@ async def test_the_store_comes_from_store_factory_or_the_store_named() -> None:
         store_factory="tests.support.usage_store_double:RecordingUsageStore"
     )
     assert isinstance(await open_store(store_factory(chosen)), RecordingUsageStore)
-    with pytest.raises(SettingsError, match="cannot be loaded"):
+    with pytest.raises(SettingsError, match="STORE_FACTORY: cannot load"):
         store_factory(ProjectionSettings(store_factory="leaky_tokens.nowhere:open"))
     with pytest.raises(SettingsError, match="not callable"):
         store_factory(ProjectionSettings(store_factory=f"{STORES_MODULE}:ENV_PREFIX"))
@@ -300,7 +305,13 @@ async def test_the_health_reporter_publishes_not_serving_and_the_stalled_gauge()
     metrics = ProjectionMetrics(registry)
     watch = ProjectionWatch()
     reporter = HealthReporter(
-        servicer, lambda: state, watch, metrics, stuck_after_s=60, interval_s=1
+        servicer,
+        lambda: state,
+        watch,
+        label="analytics projection",
+        stuck_after_s=60,
+        interval_s=1,
+        observe=stalled_gauge(metrics, watch, 60),
     )
 
     async def status() -> int:

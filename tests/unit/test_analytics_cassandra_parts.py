@@ -7,9 +7,12 @@ import pytest
 from leaky_tokens.analytics.adapters.cassandra_settings import CassandraStoreSettings
 from leaky_tokens.analytics.adapters.cassandra_usage_store import (
     _shares_into,
+    decode_recent,
     decode_shares,
+    encode_recent,
     encode_shares,
 )
+from leaky_tokens.analytics.domain.facts import FactKind, UsageFact
 from leaky_tokens.analytics.domain.totals import Totals, UserShare
 from leaky_tokens.runtime.settings import SettingsError
 
@@ -25,6 +28,22 @@ from leaky_tokens.runtime.settings import SettingsError
 )
 def test_shares_blob_round_trips(shares: dict[str, list[int]]) -> None:
     assert decode_shares(encode_shares(shares)) == shares
+
+
+@pytest.mark.parametrize(
+    "facts",
+    [
+        [],
+        [UsageFact("e1", 1_700_000_000_123, FactKind.CONSUME, "openai", "u1", "", 7, True)],
+        [
+            UsageFact(f"e{i}", 2**41 + i, kind, "openai", f"ü{i % 3}", "org", 2**53 - i, i % 2 == 0)
+            for i, kind in enumerate([k for k in FactKind if k.is_decision] * 3)
+        ],
+        [UsageFact("e\0", 5, FactKind.CONSUME, "openai", "u", "o", 1, False)],  # JSON fallback
+    ],
+)
+def test_recent_blob_round_trips(facts: list[UsageFact]) -> None:
+    assert decode_recent(encode_recent(facts), "openai") == facts
 
 
 def test_shares_are_added_into_totals_users() -> None:

@@ -12,12 +12,12 @@ from grpc_health.v1 import health_pb2
 
 from leaky.events.v1.events_pb2 import EventEnvelope
 from leaky_tokens.mesh.plan import MeshPorts, StackTargets, port_plan, service_children
+from leaky_tokens.runtime.faust_worker import ConsumerState, HealthReporter, verdict
 from leaky_tokens.runtime.settings import SettingsError, load
 from leaky_tokens.stack.component import StackPaths
 from leaky_tokens.stack.registry import default_components
 from leaky_tokens.stack.workers import WorkerComponent
-from leaky_tokens.token.adapters.faust_saga import ConsumerState, HandleWatch, handle_until_done
-from leaky_tokens.token.adapters.saga_health import HealthReporter, verdict
+from leaky_tokens.token.adapters.faust_saga import HandleWatch, handle_until_done
 from leaky_tokens.token.adapters.saga_settings import SagaWorkerSettings
 from leaky_tokens.token.saga_worker import build_parts, load_factory
 from tests.support.wait import eventually
@@ -91,7 +91,13 @@ async def test_the_reporter_flips_the_server_health_and_back() -> None:
     clock, health = Clock(), health_aio.HealthServicer()
     watch = HandleWatch(clock)
     reporter = HealthReporter(
-        health, lambda: HEALTHY, watch, stuck_after_s=1.0, interval_s=1.0, monotonic=clock
+        health,
+        lambda: HEALTHY,
+        watch,
+        label="saga worker",
+        stuck_after_s=1.0,
+        interval_s=1.0,
+        monotonic=clock,
     )
 
     async def status() -> int:

@@ -18,6 +18,10 @@ ADR 0036 explains the design; in short:
   another writer's id there (a rebalance, a restart) claims the partition and drops its cache.
   The table also holds the latest event time applied from the partition, written before the
   cells, so a bucket after it is known to be empty and is not read.
+* `latest()` of a user or an org reads `recent` chunks: per batch, source partition, scope
+  and day one row holding that scope's decisions of the batch (ADR 0045), instead of a raw row
+  per decision and scope; the ALL scope's raw rows (one per fact) stay, for `latest()` and
+  the event-id look-up.
 * Queries read a bucket's cells of every partition in one partition read and sum them; a
   cell of the ALL or ORG scope packs its users' shares into one blob.
 """
@@ -26,11 +30,15 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
+import hashlib
+import heapq
 import json
 import struct
 import sys
+import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -93,6 +101,7 @@ PARTITION_BATCH_ROWS = 500  # rows of one partition per batch (one mutation)
 # How many leading bind parameters of each write statement make its partition key.
 PARTITION_KEY = {
     "raw_insert": 4,
+    "recent_insert": 4,
     "day_insert": 3,
     "cell_write": 5,
     "source_claim": 3,
@@ -128,6 +137,14 @@ def _schema(keyspace: str, replication_factor: int) -> list[str]:
             allowed boolean,
             PRIMARY KEY ((scope_kind, scope_id, provider, day), occurred_at, event_id)
         ) WITH CLUSTERING ORDER BY (occurred_at DESC, event_id DESC)""",
+        # A user's or org's decisions, one row per projected batch, source partition and day
+        # (ADR 0045): `latest()` of those scopes reads the rows newest first. Replaces the
+        # USER/ORG copies in usage_raw (still read for rows written before it).
+        f"""CREATE TABLE IF NOT EXISTS {k}.usage_recent (
+            scope_kind text, scope_id text, provider text, day bigint,
+            newest bigint, chunk bigint, facts blob,
+            PRIMARY KEY ((scope_kind, scope_id, provider, day), newest, chunk)
+        ) WITH CLUSTERING ORDER BY (newest DESC, chunk ASC)""",
         f"""CREATE TABLE IF NOT EXISTS {k}.usage_raw_days (
             scope_kind text, scope_id text, provider text, day bigint,
             PRIMARY KEY ((scope_kind, scope_id, provider), day)
@@ -166,6 +183,10 @@ _STATEMENTS = {
     "raw_latest": "SELECT event_id, occurred_at, kind, provider, user_id, org_id, tokens, allowed"
     " FROM {k}.usage_raw WHERE scope_kind = ? AND scope_id = ? AND provider = ? AND day = ?"
     " AND decision = true LIMIT ? ALLOW FILTERING",
+    "recent_insert": "INSERT INTO {k}.usage_recent (scope_kind, scope_id, provider, day, newest,"
+    " chunk, facts) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?",
+    "recent_latest": "SELECT newest, facts FROM {k}.usage_recent WHERE scope_kind = ?"
+    " AND scope_id = ? AND provider = ? AND day = ?",
     "day_insert": "INSERT INTO {k}.usage_raw_days (scope_kind, scope_id, provider, day)"
     " VALUES (?, ?, ?, ?) USING TTL ?",
     "days": "SELECT day FROM {k}.usage_raw_days WHERE scope_kind = ? AND scope_id = ?"
@@ -217,6 +238,17 @@ def encode_shares(shares: Mapping[str, list[int]]) -> bytes:
     return _HEADER.pack(1, len(ids)) + counts.tobytes() + "\0".join(ids).encode()
 
 
+def _int64_pairs(blob: bytes) -> tuple[int, array.array[int], int]:
+    """A version-1 blob's count n, its 2n int64s and where the bytes after them start."""
+    _, n = _HEADER.unpack_from(blob)
+    end = _HEADER.size + 16 * n
+    numbers = array.array("q")
+    numbers.frombytes(blob[_HEADER.size : end])
+    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
+        numbers.byteswap()
+    return n, numbers, end
+
+
 def decode_shares(blob: bytes) -> dict[str, list[int]]:
     """The inverse of `encode_shares`."""
     if not blob:
@@ -224,12 +256,7 @@ def decode_shares(blob: bytes) -> dict[str, list[int]]:
     if blob[0] == 2:
         loaded: dict[str, list[int]] = json.loads(blob[1:])
         return loaded
-    _, n = _HEADER.unpack_from(blob)
-    end = _HEADER.size + 16 * n
-    counts = array.array("q")
-    counts.frombytes(blob[_HEADER.size : end])
-    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
-        counts.byteswap()
+    n, counts, end = _int64_pairs(blob)
     ids = blob[end:].decode().split("\0") if n else []
     pairs = counts.tolist()
     return {user: pairs[2 * i : 2 * i + 2] for i, user in enumerate(ids)}
@@ -245,12 +272,7 @@ def _shares_into(totals: Totals, blob: bytes | None) -> None:
         for user, (tokens, events) in items:
             _add_share(users, user, tokens, events)
         return
-    _, n = _HEADER.unpack_from(blob)
-    end = _HEADER.size + 16 * n
-    counts = array.array("q")
-    counts.frombytes(blob[_HEADER.size : end])
-    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
-        counts.byteswap()
+    n, counts, end = _int64_pairs(blob)
     ids = blob[end:].decode().split("\0") if n else []
     tokens_of = counts[0::2]
     events_of = counts[1::2]
@@ -268,6 +290,57 @@ def _add_share(users: dict[str, UserShare], user: str, tokens: int, events: int)
     else:
         share.tokens += tokens
         share.events += events
+
+
+# --- a scope's decisions of one batch packed in one blob (usage_recent) --------------------
+
+_KINDS = tuple(FactKind)
+_KIND_INDEX = {kind: i for i, kind in enumerate(_KINDS)}
+
+
+def encode_recent(facts: Sequence[UsageFact]) -> bytes:
+    """Pack decisions of one provider: version 1 is (occurred_at, tokens) int64 pairs, then a
+    byte per fact (kind index * 2 + allowed), then NUL-joined (event id, user, org) strings;
+    version 2 (JSON) when a string holds a NUL."""
+    strings = [s for f in facts for s in (f.event_id, f.user_id, f.org_id)]
+    if any("\0" in s for s in strings):
+        rows = [
+            [f.event_id, f.occurred_at_ms, f.kind.value, f.user_id, f.org_id, f.tokens, f.allowed]
+            for f in facts
+        ]
+        return b"\x02" + json.dumps(rows, separators=(",", ":")).encode()
+    numbers = array.array("q", [n for f in facts for n in (f.occurred_at_ms, f.tokens)])
+    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
+        numbers.byteswap()
+    flags = bytes(_KIND_INDEX[f.kind] * 2 + f.allowed for f in facts)
+    return _HEADER.pack(1, len(facts)) + numbers.tobytes() + flags + "\0".join(strings).encode()
+
+
+def decode_recent(blob: bytes, provider: str) -> list[UsageFact]:
+    """The inverse of `encode_recent` (the provider is the row's)."""
+    if not blob:
+        return []
+    if blob[0] == 2:
+        return [
+            UsageFact(e, at, FactKind(k), provider, u, o, tokens, allowed)
+            for e, at, k, u, o, tokens, allowed in json.loads(blob[1:])
+        ]
+    n, numbers, end = _int64_pairs(blob)
+    flags = blob[end : end + n]
+    strings = blob[end + n :].decode().split("\0") if n else []
+    return [
+        UsageFact(
+            strings[3 * i],
+            numbers[2 * i],
+            _KINDS[flags[i] >> 1],
+            provider,
+            strings[3 * i + 1],
+            strings[3 * i + 2],
+            numbers[2 * i + 1],
+            bool(flags[i] & 1),
+        )
+        for i in range(n)
+    ]
 
 
 # --- rollup cells ---------------------------------------------------------------------------
@@ -478,14 +551,71 @@ class CassandraUsageStore:
         await self._run_all(session, requests)
 
     async def _run_all(self, session: Session, requests: list[Any]) -> None:
-        gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+        """Run every request, at most MAX_IN_FLIGHT at once; raise the first error once all
+        have finished. The driver's callbacks submit the next request (as its own
+        `execute_concurrent` does) and only the last one wakes this loop: no task, future or
+        loop wake-up per request."""
+        if not requests:
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        lock = threading.Lock()
+        queue = iter(requests)
+        left = [len(requests)]
+        wanted = [0]  # submissions owed (one per finished request while any is queued)
+        stopped = [False]  # the caller was cancelled: submit nothing more
+        errors: list[BaseException] = []
+        here = threading.local()  # a callback run inside our own submit: the loop goes on
 
-        async def one(request: Any) -> None:
-            async with gate:
-                await _wrap(session.execute_async(request))
+        def settle() -> None:
+            if not done.done():
+                if errors:
+                    done.set_exception(errors[0])
+                else:
+                    done.set_result(None)
 
+        def finished(error: BaseException | None) -> None:
+            with lock:
+                if error is not None:
+                    errors.append(error)
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                loop.call_soon_threadsafe(settle)
+            else:
+                submit(1)
+
+        def submit(count: int) -> None:
+            with lock:
+                wanted[0] += count
+            if getattr(here, "submitting", False):
+                return  # the loop below, further up this thread's stack, submits it
+            here.submitting = True
+            try:
+                while True:
+                    with lock:
+                        if not wanted[0]:
+                            return
+                        wanted[0] -= 1
+                        request = None if stopped[0] else next(queue, None)
+                    if request is None:
+                        continue
+                    try:
+                        future = session.execute_async(request)
+                    except Exception as error:  # reported like a failed request
+                        finished(error)
+                        continue
+                    future.add_callbacks(lambda _: finished(None), finished)
+            finally:
+                here.submitting = False
+
+        submit(min(MAX_IN_FLIGHT, len(requests)))
         try:
-            await _gather(one(r) for r in requests)
+            await done
+        except asyncio.CancelledError:
+            with lock:
+                stopped[0] = True  # what is in flight lands; nothing new goes out
+            raise
         except _OUTAGE as error:
             raise self._unavailable(error) from error
 
@@ -556,7 +686,7 @@ class CassandraUsageStore:
                     cell.add(fact, decision)
         for cell in updated.values():
             cell.applied_offset = max(cell.applied_offset, last_offset)
-        # Cells first, then the index and the scoped raw copies, and the ALL-scope raw rows (the
+        # Cells first, then the index and the user/org chunks, and the ALL-scope raw rows (the
         # ones looked up) last: a looked-up row implies everything else is written (ADR 0036).
         await self._write_all(
             [
@@ -569,8 +699,8 @@ class CassandraUsageStore:
         await self._write_all(index)
         self._known_providers.update(providers)
         self._known_days.update(days)
-        await self._write_all(self._raw_writes(facts, looked_up=False))
-        await self._write_all(self._raw_writes(facts, looked_up=True))
+        await self._write_all(self._recent_writes(facts))
+        await self._write_all(self._raw_writes(facts))
         source.cells.update(updated)
         self._evict(source)
 
@@ -667,39 +797,50 @@ class CassandraUsageStore:
         )
         return "cell_write", params, 250 + 2 * (len(scope_id) + len(provider)) + len(blob or b"")
 
-    def _raw_writes(
-        self, facts: list[UsageFact], *, looked_up: bool
-    ) -> list[tuple[str, tuple[Any, ...], int]]:
-        """The ALL-scope raw rows (`looked_up`: every fact, give-backs too) or the USER and
-        ORG copies of the decisions."""
+    def _raw_writes(self, facts: list[UsageFact]) -> list[tuple[str, tuple[Any, ...], int]]:
+        """The ALL-scope raw rows: every fact, give-backs too (`decision` false)."""
         writes = []
         for fact in facts:
-            day = _day(fact.occurred_at_ms)
-            decision = fact.kind.is_decision
-            if looked_up:
-                scopes: Sequence[Scope] = (Scope.everyone(),)
-            elif decision:
-                scopes = scopes_of(fact)[1:]
-            else:
+            params = (
+                "all",
+                "",
+                fact.provider,
+                _day(fact.occurred_at_ms),
+                fact.occurred_at_ms,
+                fact.event_id,
+                fact.kind.value,
+                fact.kind in DECISIONS,
+                fact.user_id,
+                fact.org_id,
+                fact.tokens,
+                fact.allowed,
+                self._ttl,
+            )
+            size = 160 + 2 * (len(fact.event_id) + len(fact.user_id) + len(fact.org_id))
+            writes.append(("raw_insert", params, size))
+        return writes
+
+    def _recent_writes(self, facts: list[UsageFact]) -> list[tuple[str, tuple[Any, ...], int]]:
+        """One usage_recent row per (user or org scope, provider, day) of the batch's decisions.
+
+        Keyed by the newest fact's time and a digest of the row's event ids: the same facts
+        written again (a replay) are the same row, and a replay that finds some of them in
+        raw already writes another row, never a smaller copy over this one (`latest()`
+        de-duplicates by event id)."""
+        groups: dict[tuple[str, str, str, int], list[UsageFact]] = {}
+        for fact in facts:
+            if fact.kind not in DECISIONS:
                 continue
-            for scope in scopes:
-                params = (
-                    scope.kind.value,
-                    scope.id,
-                    fact.provider,
-                    day,
-                    fact.occurred_at_ms,
-                    fact.event_id,
-                    fact.kind.value,
-                    decision,
-                    fact.user_id,
-                    fact.org_id,
-                    fact.tokens,
-                    fact.allowed,
-                    self._ttl,
-                )
-                size = 160 + 2 * (len(fact.event_id) + len(fact.user_id) + len(fact.org_id))
-                writes.append(("raw_insert", params, size))
+            day = _day(fact.occurred_at_ms)
+            groups.setdefault(("user", fact.user_id, fact.provider, day), []).append(fact)
+            if fact.org_id:
+                groups.setdefault(("org", fact.org_id, fact.provider, day), []).append(fact)
+        writes = []
+        for (kind, scope_id, provider, day), group in groups.items():
+            blob = encode_recent(group)
+            newest = max(fact.occurred_at_ms for fact in group)
+            params = (kind, scope_id, provider, day, newest, _chunk_id(group), blob, self._ttl)
+            writes.append(("recent_insert", params, 120 + 2 * len(scope_id) + len(blob)))
         return writes
 
     def _index_writes(
@@ -817,18 +958,77 @@ class CassandraUsageStore:
         if limit <= 0:
             return []
         days = await self._execute("days", (scope.kind.value, scope.id, provider))
-        found: list[UsageFact] = []
+        found: dict[str, UsageFact] = {}
         for (day,) in days:
-            rows = await self._execute(
-                "raw_latest", (scope.kind.value, scope.id, provider, day, limit - len(found))
-            )
-            for event_id, at, kind, prov, user, org, tokens, allowed in rows:
-                found.append(
-                    UsageFact(event_id, at, FactKind(kind), prov, user, org, tokens, allowed)
+            if scope.kind is ScopeKind.ALL:
+                rows = await self._execute(
+                    "raw_latest", (scope.kind.value, scope.id, provider, day, limit - len(found))
                 )
-            if len(found) >= limit:
+                for event_id, at, kind, prov, user, org, tokens, allowed in rows:
+                    found[event_id] = UsageFact(
+                        event_id, at, FactKind(kind), prov, user, org, tokens, allowed
+                    )
+            else:
+                await self._latest_of_day(scope, provider, day, limit, found)
+            if len(found) >= limit:  # every older day's facts are older still
                 break
-        return found[:limit]
+        newest_first = sorted(found.values(), key=_newest_first, reverse=True)
+        return newest_first[:limit]
+
+    async def _latest_of_day(
+        self, scope: Scope, provider: str, day: int, limit: int, found: dict[str, UsageFact]
+    ) -> None:
+        """Add the day's `limit` latest decisions of a user or org scope to `found`.
+
+        Rows written before usage_recent existed (USER/ORG copies in usage_raw, until their TTL
+        ends) first; then usage_recent rows, newest first: a row's facts are no newer than
+        its `newest`, so reading stops at the first row older than the limit-th fact found."""
+        key = (scope.kind.value, scope.id, provider, day)
+        for event_id, at, kind, prov, user, org, tokens, allowed in await self._execute(
+            "raw_latest", (*key, limit)
+        ):
+            found.setdefault(
+                event_id, UsageFact(event_id, at, FactKind(kind), prov, user, org, tokens, allowed)
+            )
+        times = [fact.occurred_at_ms for fact in found.values()]
+        heapq.heapify(times)
+        while len(times) > limit:
+            heapq.heappop(times)
+        async with contextlib.aclosing(
+            self._pages("recent_latest", key, fetch_size=limit)
+        ) as pages:
+            async for page in pages:
+                for newest, blob in page:
+                    if len(times) >= limit and newest < times[0]:
+                        return
+                    for fact in decode_recent(blob or b"", provider):
+                        if fact.event_id in found:
+                            continue  # a replay's copy
+                        found[fact.event_id] = fact
+                        if len(times) < limit:
+                            heapq.heappush(times, fact.occurred_at_ms)
+                        elif fact.occurred_at_ms > times[0]:
+                            heapq.heapreplace(times, fact.occurred_at_ms)
+
+    async def _pages(
+        self, name: str, params: Sequence[Any], *, fetch_size: int
+    ) -> AsyncGenerator[list[tuple[Any, ...]], None]:
+        """One prepared statement's rows, a page of `fetch_size` at a time, fetched only as
+        the caller asks for it."""
+        session = await self._ready()
+        statement = self._prepared[name].bind(params)
+        statement.fetch_size = max(fetch_size, 1)
+        try:
+            future = session.execute_async(statement)
+            while True:
+                page = await _wrap(future)
+                yield list(page or [])
+                if not future.has_more_pages:
+                    return
+                future.clear_callbacks()
+                future.start_fetching_next_page()
+        except _OUTAGE as error:
+            raise self._unavailable(error) from error
 
     async def buckets(
         self, scope: Scope, provider: str, resolution: Resolution, starts: Sequence[int]
@@ -901,6 +1101,16 @@ def _with_created(view: PurchaseView, created: int) -> PurchaseView:
         created,
         view.updated_at_ms,
     )
+
+
+def _chunk_id(facts: Sequence[UsageFact]) -> int:
+    """A signed 64-bit digest of the facts' event ids, in any order."""
+    ids = "\0".join(sorted(fact.event_id for fact in facts)).encode()
+    return int.from_bytes(hashlib.blake2b(ids, digest_size=8).digest(), "big", signed=True)
+
+
+def _newest_first(fact: UsageFact) -> tuple[int, str]:
+    return fact.occurred_at_ms, fact.event_id
 
 
 def _cell_keys(fact: UsageFact) -> list[CellKey]:

@@ -28,6 +28,7 @@ from leaky_tokens.analytics.adapters.event_facts import PoisonEventError, decode
 from leaky_tokens.analytics.adapters.projection_metrics import ProjectionMetrics
 from leaky_tokens.analytics.domain.facts import SourcedFact
 from leaky_tokens.analytics.domain.ports import UsageStore
+from leaky_tokens.runtime.faust_worker import faust_app, raw_topic
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,14 @@ class ProjectionWatch:
         """Topics whose current call failed at least once, or has run over `after_s`."""
         now = self._now()
         return {t: c for t, c in self._calls.items() if c.failures or now - c.started > after_s}
+
+    def reason(self, stuck_after_s: float) -> str:
+        """The health verdict's part (runtime.faust_worker.Watch): the stalled topics."""
+        return "; ".join(
+            f"{topic}: the {c.what} call "
+            + (f"failed {c.failures} time(s), last {c.error}" if c.failures else "hangs")
+            for topic, c in sorted(self.stalled(stuck_after_s).items())
+        )
 
 
 class Projector:
@@ -191,30 +200,13 @@ class FaustConfig:
 
 def build_app(config: FaustConfig, projector: Projector) -> faust.App:
     """A Faust app with one agent per topic (concurrency 1: per-partition order is kept)."""
-    brokers = ";".join(f"kafka://{h.strip()}" for h in config.bootstrap.split(",") if h.strip())
-    app = faust.App(
-        config.group,
-        broker=brokers,
-        store="memory://",  # no tables: the projection's state is the usage store
-        web_enabled=False,  # health is the worker's gRPC server, metrics its /metrics
-        autodiscover=False,
-        datadir=str(config.datadir),
-        topic_disable_leader=True,
-        topic_allow_declare=False,  # the worker creates its topics itself
-        consumer_auto_offset_reset="earliest",  # a new group projects the whole topic
-        broker_commit_interval=config.commit_interval_s,
-        broker_session_timeout=config.session_timeout_s,
-        broker_heartbeat_interval=config.session_timeout_s / 3,
-        # A rebalance must not wait for a batch stuck on a store outage: the agent is
-        # restarted, the unfinished batch was not acked and comes again (ADR 0033, 0039).
-        stream_wait_empty=False,
-    )
+    app = faust_app(
+        config.group, config.bootstrap, config.datadir,
+        commit_interval_s=config.commit_interval_s, session_timeout_s=config.session_timeout_s,
+    )  # fmt: skip
     for name in config.topics:
-        topic = app.topic(
-            name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        )
         agent = _agent(name, projector, config)
-        app.agent(topic, name=f"analytics-project-{name}", concurrency=1)(agent)
+        app.agent(raw_topic(app, name), name=f"analytics-project-{name}", concurrency=1)(agent)
     return app
 
 
@@ -225,18 +217,3 @@ def _agent(topic: str, projector: Projector, config: FaustConfig) -> Any:
 
     run.__name__ = run.__qualname__ = "project_" + topic.replace(".", "_").replace("-", "_")
     return run
-
-
-@dataclass(frozen=True)
-class ConsumerState:
-    """The app's consumer as the health check sees it."""
-
-    running: bool  # started, not crashed, not stopping
-    joined: bool  # finished at least one rebalance
-    rebalancing: bool
-
-
-def consumer_state(app: faust.App) -> ConsumerState:
-    """Read the app's state (no I/O)."""
-    running = bool(app.started and not app.crashed and not app.should_stop)
-    return ConsumerState(running, app.rebalancing_count > 0, bool(app.rebalancing))

@@ -1,25 +1,30 @@
-"""Settings of the analytics projection worker (LEAKY_ANALYTICS_PROJECTION_*)."""
+"""Settings of the analytics projection worker (LEAKY_ANALYTICS_PROJECTION_*).
+
+Kafka, retries and health are every Faust worker's (runtime/faust_worker.py); these are the
+projection's own."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from leaky_tokens.runtime.server import ServerSettings
+from leaky_tokens.runtime.faust_worker import FaustWorkerSettings
 from leaky_tokens.runtime.settings import SettingsError, doc
 
 STORES = ("cassandra", "sqlite")
 
 
 @dataclass(frozen=True)
-class ProjectionSettings(ServerSettings):
-    """The Faust projection worker: gRPC health (ServerSettings), /metrics, Kafka, the store."""
+class ProjectionSettings(FaustWorkerSettings):
+    """The Faust projection worker: the shared worker settings, /metrics, topics, the store."""
 
     port: int = field(default=50056, metadata=doc("gRPC health port (0 picks a free one)."))
     metrics_port: int = field(
         default=9106, metadata=doc("Prometheus /metrics port of the projection; 0 disables.")
     )
-    kafka_bootstrap: str = field(
-        default="127.0.0.1:9092", metadata=doc("Kafka bootstrap servers (host:port,...).")
+    group: str = field(
+        default="leaky-analytics-projection",
+        metadata=doc("Faust app id = Kafka consumer group of the projection's agents."),
     )
     usage_topic: str = field(
         default="leaky.usage.v1",
@@ -41,16 +46,6 @@ class ProjectionSettings(ServerSettings):
             "Where messages that can never be projected go, with headers giving the reason,"
             " source topic, partition and offset."
         ),
-    )
-    topic_partitions: int = field(
-        default=3, metadata=doc("Partitions a missing topic is created with.")
-    )
-    topic_replication: int = field(
-        default=1, metadata=doc("Replication factor it is created with (1: a single broker).")
-    )
-    group: str = field(
-        default="leaky-analytics-projection",
-        metadata=doc("Faust app id = Kafka consumer group of the projection's agents."),
     )
     store: str = field(
         default="cassandra",
@@ -74,60 +69,12 @@ class ProjectionSettings(ServerSettings):
         default=100,
         metadata=doc("How long a partial batch waits for more messages before it is projected."),
     )
-    retry_backoff_ms: int = field(
-        default=100, metadata=doc("First wait before a failed store call is retried; doubles.")
-    )
-    retry_backoff_max_ms: int = field(
-        default=5_000, metadata=doc("Longest wait between retries while the store is down.")
-    )
-    stuck_after_ms: int = field(
-        default=30_000,
-        metadata=doc(
-            "Health also goes NOT_SERVING when one store call has not returned for this long"
-            " (a failed call does so at once), or the consumer is not running or assigned."
-        ),
-    )
-    health_interval_ms: int = field(
-        default=500, metadata=doc("How often the worker re-evaluates its health.")
-    )
-    session_timeout_ms: int = field(
-        default=10_000,
-        metadata=doc(
-            "Kafka group session timeout: a dead worker holds its partitions this long"
-            " (broker minimum 6000)."
-        ),
-    )
-    commit_interval_ms: int = field(
-        default=1_000, metadata=doc("How often projected offsets are committed to Kafka.")
-    )
-    publish_timeout_ms: int = field(
-        default=10_000,
-        metadata=doc("A dead letter Kafka has not acknowledged by then is published again."),
-    )
+
+    POSITIVE: ClassVar[tuple[str, ...]] = ("batch_size", "batch_window_ms")
+    NOT_EMPTY: ClassVar[tuple[str, ...]] = ("usage_topic", "purchase_topic", "dead_letter_topic")
 
     def __post_init__(self) -> None:
-        for name in (
-            "topic_partitions",
-            "topic_replication",
-            "batch_size",
-            "batch_window_ms",
-            "retry_backoff_ms",
-            "retry_backoff_max_ms",
-            "stuck_after_ms",
-            "health_interval_ms",
-            "session_timeout_ms",
-            "commit_interval_ms",
-            "publish_timeout_ms",
-        ):
-            if getattr(self, name) <= 0:
-                raise SettingsError(f"{name}: must be positive, got {getattr(self, name)}")
-        if self.retry_backoff_max_ms < self.retry_backoff_ms:
-            raise SettingsError("retry_backoff_max_ms: must not be below retry_backoff_ms")
-        for name in ("kafka_bootstrap", "usage_topic", "purchase_topic", "dead_letter_topic"):
-            if not getattr(self, name).strip():
-                raise SettingsError(f"{name}: must not be empty")
-        if not self.group.strip():
-            raise SettingsError("group: must not be empty")
+        super().__post_init__()
         topics = {self.usage_topic, self.purchase_topic, self.dead_letter_topic}
         if len(topics) != 3:
             raise SettingsError("usage_topic, purchase_topic, dead_letter_topic: must differ")

@@ -22,6 +22,7 @@ from typing import Any
 import faust
 
 from leaky.events.v1.events_pb2 import EventEnvelope
+from leaky_tokens.runtime.faust_worker import faust_app, raw_topic
 from leaky_tokens.token.adapters import event_codec
 from leaky_tokens.token.adapters.saga_contract import Participant
 
@@ -64,6 +65,14 @@ class HandleWatch:
         """Participants whose current handle started more than `after_s` ago."""
         now = self._now()
         return {p: f for p, f in self._in_flight.items() if now - f.started > after_s}
+
+    def reason(self, stuck_after_s: float) -> str:
+        """The health verdict's part (runtime.faust_worker.Watch): the stuck handles."""
+        return "; ".join(
+            f"{name} has been handling {f.event_id} for over {stuck_after_s:g} s "
+            f"({f.attempts} attempt(s))"
+            for name, f in sorted(self.stuck(stuck_after_s).items())
+        )
 
 
 async def handle_until_done(
@@ -118,35 +127,12 @@ def build_app(
     agent's stream and commits an offset only once every agent acked it (message refcount),
     so each participant sees every event and none is committed before all handled it.
     """
-    brokers = ";".join(f"kafka://{h.strip()}" for h in config.bootstrap.split(",") if h.strip())
-    app = faust.App(
-        config.group,
-        broker=brokers,
-        store="memory://",  # no tables: the saga's state lives in PostgreSQL
-        web_enabled=False,  # health is the worker's gRPC server, not Faust's web view
-        autodiscover=False,
-        datadir=str(config.datadir),
-        topic_disable_leader=True,  # no leader election topic: nothing here needs a leader
-        topic_allow_declare=False,  # the worker creates the topic itself (kafka_topics.py)
-        consumer_auto_offset_reset="earliest",  # a new group starts at the topic's beginning
-        broker_commit_interval=config.commit_interval_s,
-        broker_session_timeout=config.session_timeout_s,
-        broker_heartbeat_interval=config.session_timeout_s / 3,  # Kafka's advice: a third
+    app = faust_app(
+        config.group, config.bootstrap, config.datadir,
+        commit_interval_s=config.commit_interval_s, session_timeout_s=config.session_timeout_s,
         producer_acks=-1,
-        # A rebalance does not wait for in-flight handles: with several agents on one topic,
-        # Faust's wait would hang on a message its cleared buffers still count, until the
-        # group times the member out. Not waiting, an unfinished handle is simply not acked
-        # and its event comes again (participants are idempotent; commits skip revoked
-        # partitions).
-        stream_wait_empty=False,
-    )
-    topic = app.topic(
-        config.topic,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    )  # fmt: skip
+    topic = raw_topic(app, config.topic)
     names = [p.name for p in participants]
     if len(set(names)) != len(names):
         raise ValueError(f"participant names must be unique, got {names}")
@@ -186,18 +172,3 @@ async def _one(
         )
     event.ack()  # handled: the offset may now be committed
     watch.done(participant.name)
-
-
-@dataclass(frozen=True)
-class ConsumerState:
-    """The app's consumer as the health check sees it."""
-
-    running: bool  # started, not crashed, not stopping
-    joined: bool  # finished at least one rebalance (has its assignment, possibly empty)
-    rebalancing: bool
-
-
-def consumer_state(app: faust.App) -> ConsumerState:
-    """Read the app's state (no I/O)."""
-    running = bool(app.started and not app.crashed and not app.should_stop)
-    return ConsumerState(running, app.rebalancing_count > 0, bool(app.rebalancing))
