@@ -8,7 +8,15 @@ from typing import Any
 
 import yaml
 
-from leaky_tokens.gateway import bindings, hardening, request_checks
+from leaky_tokens.gateway import (
+    bindings,
+    edge_limits,
+    edge_policy,
+    edge_settings,
+    hardening,
+    request_checks,
+)
+from leaky_tokens.gateway.edge_settings import GatewaySettings
 from leaky_tokens.runtime.paths import descriptor
 from leaky_tokens.topology import SERVICES, Service, public_services
 
@@ -118,10 +126,12 @@ RETRY_POLICY = {
 }
 
 
-def _routes(services: tuple[Service, ...]) -> list[dict[str, Any]]:
+def _routes(services: tuple[Service, ...], edge: GatewaySettings) -> list[dict[str, Any]]:
     # HTTP paths match no route until the transcoder has turned them into gRPC paths, except
-    # a method the path's bindings do not take: 405.
-    routes = bindings.method_not_allowed_routes(services)
+    # a method the path's bindings do not take: 405 (and CORS preflights, when on).
+    routes = edge_policy.preflight_routes(services, edge)
+    routes += bindings.method_not_allowed_routes(services)
+    routes += edge_policy.read_routes(services, hardening.grpc_route_headers())
     routes += [
         {
             "match": {"prefix": f"/{name}/"},
@@ -139,7 +149,10 @@ def _routes(services: tuple[Service, ...]) -> list[dict[str, Any]]:
                     "match": {"prefix": prefix},
                     "route": {"cluster": service.slug, "timeout": "0s"},
                     **hardening.grpc_route_headers(),
-                    "typed_per_filter_config": request_checks.for_streams(),
+                    "typed_per_filter_config": {
+                        **request_checks.for_streams(),
+                        **edge_policy.for_streams(),
+                    },
                 }
             )
     return routes
@@ -153,14 +166,18 @@ def render(
     descriptor: Path = DESCRIPTOR,
     discovery: tuple[str, int] | None = None,
     services: tuple[Service, ...] = SERVICES,
+    edge: GatewaySettings | None = None,
 ) -> dict[str, Any]:
     """The whole bootstrap config as a dict (dump it as YAML or JSON).
 
     Without `discovery` the upstreams' endpoints are static; with it (host, port of the
     discovery service) Envoy polls their live endpoints over REST EDS (ADR 0007). Routes
-    and transcoded services come from `services` (the topology).
+    and transcoded services come from `services` (the topology); `edge` (default: from
+    LEAKY_GATEWAY_*) sets limits, CORS and the body size (ADR 0042).
     """
+    edge = edge if edge is not None else edge_settings.load()
     http_filters = [
+        edge_policy.body_limit_filter(edge),
         request_checks.request_checks_filter(),
         {
             "name": "envoy.filters.http.grpc_json_transcoder",
@@ -182,6 +199,9 @@ def render(
             },
         },
         request_checks.after_transcoding_filter(bindings.query_refused_calls(services)),
+        # After the transcoder: HTTP/JSON requests have a route only once it has run.
+        *edge_policy.cors_filters(edge),
+        *edge_limits.filters(edge),
         {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": ROUTER},
@@ -201,11 +221,13 @@ def render(
                     "name": "leaky",
                     "domains": ["*"],
                     **hardening.virtual_host_headers(),
-                    "routes": _routes(services),
+                    **edge_limits.virtual_host(edge),
+                    **edge_policy.virtual_host(edge),
+                    "routes": _routes(services, edge),
                 }
             ],
         },
-        "local_reply_config": hardening.local_reply_config(),
+        "local_reply_config": edge_limits.with_local_replies(hardening.local_reply_config()),
         "http_filters": http_filters,
     }
     return {
@@ -245,14 +267,22 @@ def dump(config: dict[str, Any]) -> str:
     return str(yaml.safe_dump(config, sort_keys=False))
 
 
+COMPOSE_STATS_PORT = 9902  # deploy/prometheus.yml scrapes envoy:9902
+
+
 def compose_yaml(services: tuple[Service, ...] = SERVICES) -> str:
     """The Envoy config compose.yaml mounts: EDS from the `discovery` container."""
     config = render(
         listen=("0.0.0.0", 8080),  # noqa: S104 (inside the container)
-        admin=("0.0.0.0", 9901),  # noqa: S104
+        admin=("127.0.0.1", 9901),  # the container's loopback: only the healthcheck reaches it
         upstreams=eds_upstreams(services),
         descriptor=Path("/etc/envoy/leaky.pb"),
         discovery=("discovery", 18000),
         services=services,
+        edge=GatewaySettings(),  # the committed file: defaults, whatever the environment
     )
+    # Prometheus (another container) reads the stats through a listener of their own.
+    listener, cluster = edge_policy.stats_listener(COMPOSE_STATS_PORT, 9901)
+    config["static_resources"]["listeners"].append(listener)
+    config["static_resources"]["clusters"].append(cluster)
     return "# Generated by `leaky envoy-config --compose`; do not edit.\n" + dump(config)
