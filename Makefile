@@ -226,6 +226,14 @@ bench: install
 bench-analytics: install
 	$(PY) tools/bench_analytics.py $(BENCH_ANALYTICS_ARGS)
 
+# Consume through Envoy (HTTP/JSON with wrk, native gRPC with ghz) against direct gRPC at one
+# concurrency, edge rate limits on and off (issue 10 section 4, docs/benchmarks.md, ADR 0042).
+# Needs wrk (apt-get install wrk) and ghz (installed into the harness's cache if missing);
+# never part of check or test. BENCH_EDGE_ARGS: e.g. --runs 5, -c 50, -z 20, --edge-limits on.
+.PHONY: bench-edge
+bench-edge: install
+	$(PY) tools/bench_edge.py $(BENCH_EDGE_ARGS)
+
 # Regenerate docs/configuration.md from the settings classes (a test checks it).
 docs: install
 	{ sed '/^| variable/,$$d' docs/configuration.md; $(BIN)/leaky settings; } > docs/configuration.md.new

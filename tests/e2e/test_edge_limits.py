@@ -151,7 +151,8 @@ def test_native_grpc_counts_on_the_same_method_and_gets_resource_exhausted(
                 refused = error
                 break
     assert codes[-1] == grpc.StatusCode.RESOURCE_EXHAUSTED, codes
-    metadata = dict(refused.trailing_metadata() or ()) | dict(refused.initial_metadata() or ())  # type: ignore[attr-defined]
+    pairs = [*(refused.trailing_metadata() or ()), *(refused.initial_metadata() or ())]  # type: ignore[attr-defined]
+    metadata = {str(k): str(v) for k, v in pairs}
     assert metadata["x-ratelimit-limit"] == str(STATUS_LIMIT)
     assert metadata["ratelimit"].startswith('"edge-status";r=0;')
 
