@@ -185,6 +185,11 @@ def _start(procs: Processes, work: Path, edge_limits: bool) -> Mesh:
         # On a shared 2-core box a Redis call can stall past the 100 ms default, and the store
         # then refuses everything for a while (fail_closed): that would measure the machine.
         "STORE_TIMEOUT_MS": "1000",
+        # Likewise the provider call's resilience: a stall past its 2 s deadline five times in
+        # a row opens the breaker for 10 s of UNAVAILABLE. Measured here is the path, not that.
+        "PROVIDER_TIMEOUT_SECONDS": "30",
+        "PROVIDER_BREAKER_FAILURES": "1000000",
+        "PROVIDER_MAX_CONCURRENT": "1000",
     }
     token_pid = procs.start(
         "token", [py, "-m", "leaky_tokens.token"], _env("TOKEN", settings), token
@@ -283,6 +288,7 @@ def _wrk_load(wrk: str, mesh: Mesh, args: argparse.Namespace, work: Path) -> Loa
     script.write_text(WRK_SCRIPT.format(body=body, jwt=mesh.jwt))
     url = f"http://{mesh.envoy}{CONSUME_PATH}"
     base = [wrk, "-t", str(args.wrk_threads), "-c", str(args.c), "-s", str(script), "--latency"]
+    base += ["--timeout", "20s"]  # ghz's default; wrk's 2 s would resend calls still running
     subprocess.run([*base, "-d", "3s", url], capture_output=True, check=False)  # warm-up
     token_before = tree_cpu_seconds(mesh.token_pid)
     envoy_before = tree_cpu_seconds(mesh.envoy_pid)
