@@ -108,12 +108,15 @@ typecheck: install
 layers: install
 	$(BIN)/lint-imports
 
-# Every Envoy config we ship: embedded (static), native stack (EDS), compose (EDS, containers).
+# Every Envoy config we ship: embedded (static), native stack (EDS), compose (EDS, containers),
+# and the embedded one with the optional parts on (CORS, failure_mode_deny; ADR 0042).
 envoy-validate: install
 	$(BIN)/leaky envoy-config --out $(VENV)/envoy-embedded.yaml
 	$(PY) -c 'from leaky_tokens.stack.edge import Envoy; print(Envoy().config())' > $(VENV)/envoy-stack.yaml
 	sed 's#/etc/envoy/leaky.pb#$(CURDIR)/envoy/leaky.pb#' deploy/envoy.yaml > $(VENV)/envoy-compose.yaml
-	for c in embedded stack compose; do \
+	LEAKY_GATEWAY_CORS_ALLOWED_ORIGINS='https://app.example.com,*' LEAKY_GATEWAY_RATELIMIT_FAILURE_MODE_DENY=true \
+	  $(BIN)/leaky envoy-config --out $(VENV)/envoy-options.yaml  # what the defaults leave out
+	for c in embedded stack compose options; do \
 	  $(BIN)/envoy --mode validate -c $(VENV)/envoy-$$c.yaml --log-level warn || exit 1; done
 
 # The quick loop, and the pre-commit hook: the unit and service tiers (in-process servers and

@@ -128,6 +128,19 @@ def test_edge_limits_can_be_turned_off() -> None:
     assert "rate_limits" not in host(config)
 
 
+def test_a_topology_without_the_token_service_has_no_edge_limits() -> None:
+    services = tuple(s for s in SERVICES if s.slug != "token")
+    config = render(
+        listen=("127.0.0.1", 8080),
+        admin=("127.0.0.1", 9901),
+        upstreams=[],
+        services=services,
+        edge=GatewaySettings(),
+    )
+    assert edge_limits.RATELIMIT_FILTER not in filter_names(config)
+    assert "rate_limits" not in host(config)
+
+
 def test_failure_mode_deny_answers_503() -> None:
     config = rendered(GatewaySettings(ratelimit_failure_mode_deny=True, ratelimit_domain="edge"))
     (found,) = [f for f in hcm(config)["http_filters"] if f["name"] == edge_limits.RATELIMIT_FILTER]

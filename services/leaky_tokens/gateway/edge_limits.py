@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from leaky_tokens.gateway.edge_settings import GatewaySettings
+from leaky_tokens.topology import Service
 
 _T = "type.googleapis.com/envoy.extensions.filters.http."
 RATELIMIT_FILTER = "envoy.filters.http.ratelimit"
@@ -72,18 +73,23 @@ def rate_limits() -> list[dict[str, Any]]:
     ]
 
 
-def virtual_host(settings: GatewaySettings) -> dict[str, Any]:
+def enabled(settings: GatewaySettings, services: tuple[Service, ...]) -> bool:
+    """Edge limits are on, and the topology has the service that answers them."""
+    return settings.ratelimit and any(s.slug == RLS_CLUSTER for s in services)
+
+
+def virtual_host(settings: GatewaySettings, services: tuple[Service, ...]) -> dict[str, Any]:
     """Virtual host fields: the rate_limits (none when edge limits are off)."""
-    return {"rate_limits": rate_limits()} if settings.ratelimit else {}
+    return {"rate_limits": rate_limits()} if enabled(settings, services) else {}
 
 
-def filters(settings: GatewaySettings) -> list[dict[str, Any]]:
+def filters(settings: GatewaySettings, services: tuple[Service, ...]) -> list[dict[str, Any]]:
     """The ratelimit filter and the Lua filter that tidies rate-limit headers ([] when off).
 
     Both sit after the transcoder: before it an HTTP/JSON request matches no route yet (the
     routes are gRPC paths), and Envoy's ratelimit filter does nothing without a route.
     """
-    if not settings.ratelimit:
+    if not enabled(settings, services):
         return []
     config: dict[str, Any] = {
         "@type": _T + "ratelimit.v3.RateLimit",

@@ -201,7 +201,7 @@ def render(
         request_checks.after_transcoding_filter(bindings.query_refused_calls(services)),
         # After the transcoder: HTTP/JSON requests have a route only once it has run.
         *edge_policy.cors_filters(edge),
-        *edge_limits.filters(edge),
+        *edge_limits.filters(edge, services),
         {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": ROUTER},
@@ -221,7 +221,7 @@ def render(
                     "name": "leaky",
                     "domains": ["*"],
                     **hardening.virtual_host_headers(),
-                    **edge_limits.virtual_host(edge),
+                    **edge_limits.virtual_host(edge, services),
                     **edge_policy.virtual_host(edge),
                     "routes": _routes(services, edge),
                 }
