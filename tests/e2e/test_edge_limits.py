@@ -64,6 +64,9 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "LEAKY_TOKEN_POLICY_FILE": str(_policy(data / "policy.yaml")),
         "LEAKY_GATEWAY_CORS_ALLOWED_ORIGINS": ORIGIN,
         "LEAKY_GATEWAY_MAX_REQUEST_BYTES": str(MAX_BODY),
+        # Fail-open after 200 ms by default: on a loaded CI box an answer could come without
+        # the headers these tests read. The timeout is not what they test.
+        "LEAKY_GATEWAY_RATELIMIT_TIMEOUT_MS": "5000",
     }
     with leaky_up(
         ["--port", str(port), "--admin-port", str(admin)],
