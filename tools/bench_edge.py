@@ -39,6 +39,7 @@ from leaky_tokens.assets.tools.bench_procs import (
     Ghz,
     Processes,
     free_port,
+    free_ports,
     load_average,
     tree_cpu_seconds,
 )
@@ -98,14 +99,14 @@ def main() -> None:
         raise SystemExit("bench-edge: needs wrk (Debian: apt-get install wrk)")
     out = Path(args.out).resolve()
     work = Path(tempfile.mkdtemp(prefix="leaky-bench-edge-"))
-    ghz = Ghz(ghz_binary, args.c, args.z)
+    ghz = Ghz(ghz_binary, args.c, args.z, connections=args.token_processes)
     modes = ["on", "off"] if args.edge_limits == "both" else [args.edge_limits]
     load_before = load_average()
     sections = []
     for mode in modes:
         procs = Processes(work)
         try:
-            mesh = _start(procs, work / mode, mode == "on")
+            mesh = _start(procs, work / mode, mode == "on", args.token_processes)
             sections.append(_measure(mesh, ghz, wrk, args, work / mode, mode))
         finally:
             procs.stop_all()
@@ -123,6 +124,12 @@ def _options() -> argparse.Namespace:
     parser.add_argument("-z", type=int, default=20, help="seconds per run (after 3 s warm-up)")
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk -t")
     parser.add_argument("--edge-limits", choices=("on", "off", "both"), default="both")
+    parser.add_argument(
+        "--token-processes",
+        type=int,
+        default=1,
+        help="token service processes sharing its port (LEAKY_TOKEN_PROCESSES; CPU summed)",
+    )
     parser.add_argument("--out", default=str(ROOT / ".leaky" / "bench" / "edge-latest.md"))
     return parser.parse_args()
 
@@ -145,7 +152,7 @@ def _env(service: str, values: dict[str, str]) -> dict[str, str]:
     return {f"LEAKY_{service}_{k}": v for k, v in values.items()}
 
 
-def _start(procs: Processes, work: Path, edge_limits: bool) -> Mesh:
+def _start(procs: Processes, work: Path, edge_limits: bool, processes: int) -> Mesh:
     """Redis, auth, provider stub, token service, then Envoy in front of them."""
     work.mkdir(parents=True)
     py = sys.executable
@@ -191,9 +198,13 @@ def _start(procs: Processes, work: Path, edge_limits: bool) -> Mesh:
         "PROVIDER_BREAKER_FAILURES": "1000000",
         "PROVIDER_MAX_CONCURRENT": "1000",
     }
+    metrics = free_ports(processes) if processes > 1 else 0
+    settings |= {"PROCESSES": str(processes), "METRICS_PORT": str(metrics)}
     token_pid = procs.start(
         "token", [py, "-m", "leaky_tokens.token"], _env("TOKEN", settings), token
     )
+    for index in range(processes if metrics else 0):  # each worker's /metrics: it serves
+        procs.await_port("token", procs.started[-1][1], metrics + index)
     ports = {"auth": auth, "token": token, "provider": provider}
     upstreams = [
         Upstream(s.slug, ((("127.0.0.1", ports[s.slug]),) if s.slug in ports else ()))
@@ -251,6 +262,8 @@ def _ghz_load(ghz: Ghz, target: str, mesh: Mesh) -> Load:
     base += ["--call", CONSUME_CALL, "-d", body]
     base += ["--metadata", f'{{"authorization":"Bearer {mesh.jwt}"}}']
     base += ["-c", str(ghz.concurrency), "--duration-stop=ignore"]
+    # One connection lands on one process: as many as there are token processes.
+    base += ["--connections", str(ghz.connections)]
     subprocess.run([*base, "-z", f"{ghz.warmup}s", target], capture_output=True, check=False)
     token_before = tree_cpu_seconds(mesh.token_pid)
     envoy_before = tree_cpu_seconds(mesh.envoy_pid)
@@ -354,7 +367,9 @@ def _report(
         f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
         f"- load average before / after: {before} / {after}",
         f"- command: make bench-edge BENCH_EDGE_ARGS='--runs {args.runs} -c {args.c} "
-        f"-z {args.z} --edge-limits {args.edge_limits}' (medians of {args.runs} runs)",
+        f"-z {args.z} --edge-limits {args.edge_limits}"
+        + (f" --token-processes {args.token_processes}" if args.token_processes > 1 else "")
+        + f"' (medians of {args.runs} runs)",
         "",
         "| edge limits | path | rps | p50 ms | p99 ms | errors | token CPU µs/req "
         "| Envoy CPU µs/req | rps vs direct | p99 vs direct |",
