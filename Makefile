@@ -119,12 +119,15 @@ typecheck: install
 layers: install
 	$(BIN)/lint-imports
 
-# Every Envoy config we ship: embedded (static), native stack (EDS), compose (EDS, containers).
+# Every Envoy config we ship: embedded (static), native stack (EDS), compose (EDS, containers),
+# and the embedded one with the optional parts on (CORS, failure_mode_deny; ADR 0042).
 envoy-validate: install
 	$(BIN)/leaky envoy-config --out $(VENV)/envoy-embedded.yaml
 	$(PY) -c 'from leaky_tokens.stack.edge import Envoy; print(Envoy().config())' > $(VENV)/envoy-stack.yaml
 	sed 's#/etc/envoy/leaky.pb#$(CURDIR)/envoy/leaky.pb#' deploy/envoy.yaml > $(VENV)/envoy-compose.yaml
-	for c in embedded stack compose; do \
+	LEAKY_GATEWAY_CORS_ALLOWED_ORIGINS='https://app.example.com,*' LEAKY_GATEWAY_RATELIMIT_FAILURE_MODE_DENY=true \
+	  $(BIN)/leaky envoy-config --out $(VENV)/envoy-options.yaml  # what the defaults leave out
+	for c in embedded stack compose options; do \
 	  $(BIN)/envoy --mode validate -c $(VENV)/envoy-$$c.yaml --log-level warn || exit 1; done
 
 # The quick loop, and the pre-commit hook: the unit and service tiers (in-process servers and
@@ -236,6 +239,14 @@ bench: install
 .PHONY: bench-analytics
 bench-analytics: install
 	$(PY) tools/bench_analytics.py $(BENCH_ANALYTICS_ARGS)
+
+# Consume through Envoy (HTTP/JSON with wrk, native gRPC with ghz) against direct gRPC at one
+# concurrency, edge rate limits on and off (issue 10 section 4, docs/benchmarks.md, ADR 0042).
+# Needs wrk (apt-get install wrk) and ghz (installed into the harness's cache if missing);
+# never part of check or test. BENCH_EDGE_ARGS: e.g. --runs 5, -c 50, -z 20, --edge-limits on.
+.PHONY: bench-edge
+bench-edge: install
+	$(PY) tools/bench_edge.py $(BENCH_EDGE_ARGS)
 
 # Regenerate docs/configuration.md from the settings classes (a test checks it).
 docs: install

@@ -139,6 +139,7 @@ def _settings(args: argparse.Namespace) -> int:
     import importlib
 
     from leaky_tokens.discovery.bootstrap import DiscoverySettings
+    from leaky_tokens.gateway.edge_settings import GatewaySettings
     from leaky_tokens.runtime.paths import PathSettings
     from leaky_tokens.stack.settings import StackSettings
 
@@ -152,6 +153,7 @@ def _settings(args: argparse.Namespace) -> int:
         classes.append((getattr(importlib.import_module(module), name), worker.env_prefix))
     classes += [
         (DiscoverySettings, "LEAKY_DISCOVERY"),
+        (GatewaySettings, "LEAKY_GATEWAY"),
         (PathSettings, "LEAKY"),
         (StackSettings, "LEAKY_STACK"),
     ]

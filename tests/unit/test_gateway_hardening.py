@@ -11,6 +11,7 @@ import yaml
 
 from leaky_tokens.gateway import edge_auth
 from leaky_tokens.gateway.bindings import _path_regex
+from leaky_tokens.gateway.edge_policy import ADMIN_CLUSTER
 from leaky_tokens.gateway.envoy_config import compose_yaml
 from leaky_tokens.gateway.hardening import GRPC_CODE_OF_STATUS
 from leaky_tokens.gateway.request_checks import QUERY_CHECK_FILTER
@@ -39,9 +40,9 @@ def routes(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_no_cluster_can_lose_its_last_host_to_outlier_detection(config: dict[str, Any]) -> None:
-    clusters = config["static_resources"]["clusters"]
-    # The discovery cluster and the JWKS loop back to Envoy itself serve no service.
-    services = [c for c in clusters if c["name"] not in ("discovery", edge_auth.JWKS_CLUSTER)]
+    # The discovery cluster, the JWKS loop back to Envoy itself and the admin serve no service.
+    skip = ("discovery", edge_auth.JWKS_CLUSTER, ADMIN_CLUSTER)
+    services = [c for c in config["static_resources"]["clusters"] if c["name"] not in skip]
     assert services
     for cluster in services:
         outlier = cluster["outlier_detection"]
@@ -144,6 +145,7 @@ def test_local_replies_carry_grpc_codes_and_the_access_log_no_secrets(
     by_status = {
         m["filter"]["status_code_filter"]["comparison"]["value"]["default_value"]: m
         for m in mappers
+        if "status_code_filter" in m["filter"]  # the edge's own refusals first (ADR 0042)
     }
     assert by_status[400]["body_format_override"]["json_format"]["code"] == 3
     assert by_status[431]["body_format_override"]["json_format"]["code"] == 3

@@ -46,7 +46,11 @@ def routes(config_yaml: str) -> dict[str, str]:
     config = yaml.safe_load(config_yaml)
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     (host,) = hcm["typed_config"]["route_config"]["virtual_hosts"]
-    return {r["match"]["prefix"]: r["route"]["cluster"] for r in host["routes"] if "route" in r}
+    return {
+        r["match"]["prefix"]: r["route"]["cluster"]
+        for r in host["routes"]
+        if "route" in r and "prefix" in r["match"]  # read calls have exact routes too
+    }
 
 
 def transcoded(config_yaml: str) -> list[str]:

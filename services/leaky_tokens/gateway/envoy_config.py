@@ -8,7 +8,16 @@ from typing import Any
 
 import yaml
 
-from leaky_tokens.gateway import bindings, edge_auth, hardening, request_checks
+from leaky_tokens.gateway import (
+    bindings,
+    edge_auth,
+    edge_limits,
+    edge_policy,
+    edge_settings,
+    hardening,
+    request_checks,
+)
+from leaky_tokens.gateway.edge_settings import GatewaySettings
 from leaky_tokens.runtime.paths import descriptor
 from leaky_tokens.topology import SERVICES, Service, public_services
 
@@ -118,10 +127,12 @@ RETRY_POLICY = {
 }
 
 
-def _routes(services: tuple[Service, ...]) -> list[dict[str, Any]]:
+def _routes(services: tuple[Service, ...], edge: GatewaySettings) -> list[dict[str, Any]]:
     # HTTP paths match no route until the transcoder has turned them into gRPC paths, except
-    # a method the path's bindings do not take: 405.
-    routes = bindings.method_not_allowed_routes(services)
+    # a method the path's bindings do not take: 405 (and CORS preflights, when on).
+    routes = edge_policy.preflight_routes(services, edge)
+    routes += bindings.method_not_allowed_routes(services)
+    routes += edge_policy.read_routes(services, hardening.grpc_route_headers())
     routes += [
         {
             "match": {"prefix": f"/{name}/"},
@@ -139,7 +150,10 @@ def _routes(services: tuple[Service, ...]) -> list[dict[str, Any]]:
                     "match": {"prefix": prefix},
                     "route": {"cluster": service.slug, "timeout": "0s"},
                     **hardening.grpc_route_headers(),
-                    "typed_per_filter_config": request_checks.for_streams(),
+                    "typed_per_filter_config": {
+                        **request_checks.for_streams(),
+                        **edge_policy.for_streams(),
+                    },
                 }
             )
     return routes
@@ -155,17 +169,21 @@ def render(
     services: tuple[Service, ...] = SERVICES,
     issuer: str | None = None,
     audience: str | None = None,
+    edge: GatewaySettings | None = None,
 ) -> dict[str, Any]:
     """The whole bootstrap config as a dict (dump it as YAML or JSON).
 
     Without `discovery` the upstreams' endpoints are static; with it (host, port of the
     discovery service) Envoy polls their live endpoints over REST EDS (ADR 0007). Routes
     and transcoded services come from `services` (the topology). JWTs are checked for
-    `issuer` and `audience` (default: edge_auth.issuer_and_audience(); ADR 0041).
+    `issuer` and `audience` (default: edge_auth.issuer_and_audience(); ADR 0041); `edge`
+    (default: from LEAKY_GATEWAY_*) sets limits, CORS and the body size (ADR 0042).
     """
     if issuer is None or audience is None:
         issuer, audience = edge_auth.issuer_and_audience()
+    edge = edge if edge is not None else edge_settings.load()
     http_filters = [
+        edge_policy.body_limit_filter(edge),
         request_checks.request_checks_filter(),
         *edge_auth.request_filters(services, issuer=issuer, audience=audience),
         {
@@ -188,8 +206,12 @@ def render(
             },
         },
         request_checks.after_transcoding_filter(bindings.query_refused_calls(services)),
-        # After the transcoder (ext_authz skips requests with no route), before rate limits.
+        # After the transcoder: ext_authz, CORS and rate limits skip requests with no route,
+        # and an HTTP/JSON request has one only once the transcoder has run. ext_authz comes
+        # before the limits, which key on the identity headers it sets.
         *edge_auth.after_transcoding_filters(),
+        *edge_policy.cors_filters(edge),
+        *edge_limits.filters(edge, services),
         {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": ROUTER},
@@ -209,11 +231,13 @@ def render(
                     "name": "leaky",
                     "domains": ["*"],
                     **hardening.virtual_host_headers(),
-                    "routes": _routes(services),
+                    **edge_limits.virtual_host(edge, services),
+                    **edge_policy.virtual_host(edge),
+                    "routes": _routes(services, edge),
                 }
             ],
         },
-        "local_reply_config": hardening.local_reply_config(),
+        "local_reply_config": edge_limits.with_local_replies(hardening.local_reply_config()),
         "http_filters": http_filters,
     }
     return {
@@ -254,14 +278,22 @@ def dump(config: dict[str, Any]) -> str:
     return str(yaml.safe_dump(config, sort_keys=False))
 
 
+COMPOSE_STATS_PORT = 9902  # deploy/prometheus.yml scrapes envoy:9902
+
+
 def compose_yaml(services: tuple[Service, ...] = SERVICES) -> str:
     """The Envoy config compose.yaml mounts: EDS from the `discovery` container."""
     config = render(
         listen=("0.0.0.0", 8080),  # noqa: S104 (inside the container)
-        admin=("0.0.0.0", 9901),  # noqa: S104
+        admin=("127.0.0.1", 9901),  # the container's loopback: only the healthcheck reaches it
         upstreams=eds_upstreams(services),
         descriptor=Path("/etc/envoy/leaky.pb"),
         discovery=("discovery", 18000),
         services=services,
+        edge=GatewaySettings(),  # the committed file: defaults, whatever the environment
     )
+    # Prometheus (another container) reads the stats through a listener of their own.
+    listener, cluster = edge_policy.stats_listener(COMPOSE_STATS_PORT, 9901)
+    config["static_resources"]["listeners"].append(listener)
+    config["static_resources"]["clusters"].append(cluster)
     return "# Generated by `leaky envoy-config --compose`; do not edit.\n" + dump(config)
