@@ -24,6 +24,9 @@ pytestmark = pytest.mark.e2e
 
 STATUS_METHOD = "/leaky.token.v1.TokenService/GetStatus"
 STATUS_LIMIT = 3  # per client address and minute, this module's policy only
+QUOTA_METHOD = "/leaky.token.v1.TokenService/GetQuota"
+KEYS_METHOD = "/leaky.auth.v1.AuthService/ListApiKeys"
+PER_CALLER_LIMIT = 3  # per user (GetQuota) and per API key (ListApiKeys) and minute
 ORIGIN = "https://app.example.com"
 MAX_BODY = 4096
 # A second client: Linux routes all of 127.0.0.0/8 to loopback, so a socket bound to
@@ -50,6 +53,15 @@ def _policy(path: Path) -> Path:
             ],
         }
     )
+    # Per identified caller: the headers the auth filters set (ADR 0041) are descriptors.
+    for method, key, name in (
+        (QUOTA_METHOD, "user_id", "edge-quota-user"),
+        (KEYS_METHOD, "api_key_id", "edge-keys-api-key"),
+    ):
+        limit = {"name": name, "unit": "minute", "requests_per_unit": PER_CALLER_LIMIT}
+        policy["rate_limits"]["descriptors"].append(
+            {"key": "method", "value": method, "descriptors": [{"key": key, "rate_limit": limit}]}
+        )
     path.write_text(yaml.safe_dump(policy, sort_keys=False))
     return path
 
@@ -232,3 +244,55 @@ def test_unknown_paths_are_404_and_not_counted(edge: Gateway) -> None:
     asking = {"origin": ORIGIN, "access-control-request-method": "GET"}
     status, _, _ = request(edge, "OPTIONS", "/api/v1/nope", headers=asking)
     assert status == 404
+
+
+def _until_refused(edge: Gateway, path: str, headers: dict[str, str]) -> list[int]:
+    """Statuses of GETs on path until the first 429 (a clock minute may turn mid-loop: at most
+    twice the limit passes first)."""
+    statuses = []
+    for _ in range(2 * PER_CALLER_LIMIT + 2):
+        status, _, _ = request(edge, "GET", path, headers=headers)
+        statuses.append(status)
+        if status == 429:
+            break
+    return statuses
+
+
+def test_edge_limits_count_per_verified_user(edge: Gateway) -> None:
+    a, b = _register(edge), _register(edge)
+    quota = "/api/v1/tokens/quota?userId={}&provider=openai"
+    statuses = _until_refused(
+        edge, quota.format(a["userId"]), {"authorization": f"Bearer {a['token']}"}
+    )
+    assert statuses[-1] == 429, statuses
+    assert set(statuses[:-1]) == {200}, statuses
+    # Same route and client address, another user: a budget of their own.
+    status, lines, _ = request(
+        edge, "GET", quota.format(b["userId"]), headers={"authorization": f"Bearer {b['token']}"}
+    )
+    assert status == 200
+    assert int(one(lines, "x-ratelimit-remaining")) == PER_CALLER_LIMIT - 1
+    # A client-sent identity header cannot move A's calls onto another count: Envoy drops it.
+    forged = {"authorization": f"Bearer {a['token']}", "x-leaky-user-id": b["userId"]}
+    status, _, _ = request(edge, "GET", quota.format(a["userId"]), headers=forged)
+    assert status == 429
+
+
+def test_edge_limits_count_per_api_key(edge: Gateway) -> None:
+    user = _register(edge)
+    auth = {"authorization": f"Bearer {user['token']}", "content-type": "application/json"}
+    keys = []
+    for name in ("one", "two"):
+        body = json.dumps({"userId": user["userId"], "name": name}).encode()
+        status, _, raw = request(edge, "POST", "/api/v1/auth/api-keys", body, auth)
+        assert status == 200, raw
+        keys.append(json.loads(raw)["apiKey"])
+    path = f"/api/v1/auth/api-keys?userId={user['userId']}"
+    statuses = _until_refused(edge, path, {"x-api-key": keys[0]})
+    assert statuses[-1] == 429, statuses
+    assert set(statuses[:-1]) == {200}, statuses
+    # The owner's other key, and the owner's JWT (no key id), are not that key's count.
+    status, _, _ = request(edge, "GET", path, headers={"x-api-key": keys[1]})
+    assert status == 200
+    status, _, _ = request(edge, "GET", path, headers={"authorization": auth["authorization"]})
+    assert status == 200
