@@ -95,8 +95,8 @@ class RedisRequestCounter:
         # built once per second per plan (its `hits` tuple, kept alive by the entry, so its
         # id is not reused meanwhile). Bounded; cleared when full.
         self._calls: dict[int, tuple[Sequence[CounterHit], int, _Call]] = {}
-        # Plans Redis answered "every hit over its limit" for: (hits, first window end in
-        # ms, the counts read). Counts only grow within a window and a refusal counts
+        # Plans Redis answered "every hit over its limit" for, with the counts read and the
+        # span their windows share. Counts only grow within a window and a refusal counts
         # nothing, so until the first of those windows ends the answer is the same again,
         # computed here (ADR 0046; upstream's local over-limit cache).
         self._over: dict[int, _Over] = {}
