@@ -54,7 +54,7 @@ def test_hits_of_a_window_off_the_second_are_packed_afresh_every_time() -> None:
 
 
 def test_the_batch_interval_setting_is_bounded() -> None:
-    assert RlsSettings().rls_batch_interval_us == 1000
+    assert RlsSettings().rls_batch_interval_us == 2000
     with pytest.raises(SettingsError, match="rls_batch_interval_us"):
         RlsSettings(rls_batch_interval_us=-1)
     with pytest.raises(SettingsError, match="rls_batch_interval_us"):

@@ -57,7 +57,7 @@ class RlsSettings:
         metadata=doc("Answer X-RateLimit-* and IETF RateLimit / RateLimit-Policy headers."),
     )
     rls_batch_interval_us: int = field(
-        default=1000,
+        default=2000,
         metadata=doc(
             "While busy, send the request counters' Redis batch at most this often "
             "(microseconds; a request after a quiet interval goes at once); 0 = every "

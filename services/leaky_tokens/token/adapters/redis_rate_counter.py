@@ -20,6 +20,7 @@ from leaky_tokens.token.domain.rate_counter import CounterHit, CountStep, count_
 SCRIPT = (files("leaky_tokens.token.adapters") / "lua" / "rate_counter.lua").read_text()
 SHA = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
 _CALLS_CACHED = 4096  # plans whose call of this second is kept
+_OVER_KEPT = 4096  # plans remembered over their limit until a window ends (ADR 0046)
 _HEADS = (b"$7\r\nEVALSHA\r\n" + bulk(SHA.encode()), b"$4\r\nEVAL\r\n" + bulk(SCRIPT.encode()))
 _DOWN = (
     rx.ConnectionError,
@@ -38,6 +39,16 @@ class _Call:
     args: tuple[str, ...]
     packed_keys: bytes  # the keys as RESP bulk strings, and the arguments (RedisWire)
     packed_args: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Over:
+    """A plan refused with every hit over its limit, valid from `since` to `until` (ms)."""
+
+    hits: Sequence[CounterHit]  # the plan's own tuple (kept alive: its id stays its key)
+    since: int
+    until: int
+    stored: dict[tuple[str, int], int]
 
 
 def _packed(values: Sequence[str]) -> bytes:
@@ -84,6 +95,11 @@ class RedisRequestCounter:
         # built once per second per plan (its `hits` tuple, kept alive by the entry, so its
         # id is not reused meanwhile). Bounded; cleared when full.
         self._calls: dict[int, tuple[Sequence[CounterHit], int, _Call]] = {}
+        # Plans Redis answered "every hit over its limit" for, with the counts read and the
+        # span their windows share. Counts only grow within a window and a refusal counts
+        # nothing, so until the first of those windows ends the answer is the same again,
+        # computed here (ADR 0046; upstream's local over-limit cache).
+        self._over: dict[int, _Over] = {}
 
     def space_batches(self, seconds: float) -> None:
         """Flush at most every `seconds` while busy (0: at once); see BatchDispatcher."""
@@ -102,6 +118,9 @@ class RedisRequestCounter:
     async def hit(self, hits: Sequence[CounterHit], now_ms: int) -> CountStep:
         if not hits:
             return CountStep(True, ())
+        over = self._over.get(id(hits))
+        if over is not None and over.hits is hits and over.since <= now_ms < over.until:
+            return count_step(hits, over.stored, now_ms)
         reply = await self._dispatch.submit(self._call(hits, now_ms))
         stored = {
             (h.key, window_start(h, now_ms)): int(n)
@@ -111,7 +130,28 @@ class RedisRequestCounter:
         step = count_step(hits, stored, now_ms)
         if step.admitted != bool(int(reply[-1])):
             raise RuntimeError("the rate counter script and count_step disagree on a verdict")
+        if not step.admitted and not any(w.within for w in step.hits):
+            self._remember_over(hits, stored, now_ms)
         return step
+
+    def _remember_over(
+        self, hits: Sequence[CounterHit], stored: dict[tuple[str, int], int], now_ms: int
+    ) -> None:
+        """Keep a refusal whose every hit is over its limit until the first window ends.
+
+        Exact, not a guess: the counts read are lower bounds of the counts later (only
+        admitted requests add, and only to their own windows), so every hit stays over and
+        the request stays refused with nothing counted; count_step recomputes the remaining
+        counts (0) and the time to each reset at every call. A refusal with a hit still
+        within its limit is not kept (its remaining count would be stale).
+        """
+        if len(self._over) >= _OVER_KEPT:
+            self._over.clear()
+        starts = [window_start(h, now_ms) for h in hits]
+        ends = [start + h.window_ms for h, start in zip(hits, starts, strict=True)]
+        # Between the last window start and the first window end every hit is in the window
+        # its count was read in (a clock stepped back before it goes to Redis again).
+        self._over[id(hits)] = _Over(hits, max(starts), min(ends), stored)
 
     def _call(self, hits: Sequence[CounterHit], now_ms: int) -> _Call:
         second = now_ms // 1000
