@@ -24,6 +24,7 @@ from typing import TypeVar
 from leaky_tokens.runtime import paths
 from leaky_tokens.runtime.errors import UnavailableError
 from leaky_tokens.runtime.settings import SettingsError, doc
+from leaky_tokens.runtime.sqlite_wal import enable_wal
 
 T = TypeVar("T")
 DEFAULT_FILE = "events.sqlite"
@@ -202,7 +203,7 @@ class EventLogFile:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
+                enable_wal(conn, BUSY_TIMEOUT_S)
                 conn.execute("PRAGMA synchronous=FULL")  # an acknowledged batch survives power loss
                 with _immediate(conn):
                     _create(conn)

@@ -15,6 +15,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from leaky_tokens.runtime.errors import UnavailableError
+from leaky_tokens.runtime.sqlite_wal import enable_wal
 
 T = TypeVar("T")
 # Execution option of a connection that only reads: SQLite runs it without a write lock.
@@ -33,9 +34,7 @@ def make_engine(url: str) -> AsyncEngine:
     @sa.event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # the driver's own BEGIN off: ours below
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.close()
+        enable_wal(dbapi_conn)
 
     @sa.event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Any) -> None:

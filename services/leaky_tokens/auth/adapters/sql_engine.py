@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from leaky_tokens.auth.domain.ports import DuplicateError
 from leaky_tokens.runtime import sql
+from leaky_tokens.runtime.sqlite_wal import enable_wal
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -24,8 +25,8 @@ def make_engine(url: str) -> AsyncEngine:
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.close()
+            enable_wal(dbapi_conn)
 
         return engine
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, hide_parameters=True)
