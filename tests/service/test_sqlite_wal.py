@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from leaky_tokens.runtime.sqlite_wal import enable_wal
 
 
 def _mode(path: Path) -> str:
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn:  # (sqlite3's own `with` does not close)
         return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
 
 
@@ -77,7 +78,7 @@ def test_a_refusal_past_the_wait_is_raised() -> None:
 
 def test_a_file_already_in_wal_mode_needs_no_lock(tmp_path: Path) -> None:
     path = tmp_path / "x.db"
-    with sqlite3.connect(path) as first:
+    with closing(sqlite3.connect(path)) as first:
         first.execute("PRAGMA journal_mode=WAL")
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # a writer at work: readers and the mode query still run
