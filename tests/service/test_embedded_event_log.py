@@ -435,11 +435,11 @@ async def _tail_child(log: Path, db: Path) -> asyncio.subprocess.Process:
 
 async def _until_past(store: SqliteUsageStore, position: int) -> None:
     """Wait (up to a minute) until the projection's position in USAGE passes position."""
-    for _ in range(1200):
-        if await store.position(USAGE) > position:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the projection never passed position {position}")
+
+    async def past() -> bool:
+        return await store.position(USAGE) > position
+
+    await eventually(past, 60, what=f"the projection passes position {position}")
 
 
 async def test_a_tailer_killed_mid_stream_resumes_exactly_once(

@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -91,13 +92,19 @@ async def _wait_grpc_health(child: Child, deadline: float, target: str | None = 
             await asyncio.sleep(0.1)
 
 
-async def _wait_http_ready(child: Child, url: str, deadline: float) -> None:
-    while not await asyncio.to_thread(http_ok, url):
+async def _wait_for(child: Child, ready: Callable[[], bool], deadline: float, late: str) -> None:
+    """Poll the blocking check `ready` (in a thread) until it holds; fail if the child exits
+    or the deadline passes (`late` says what did not happen)."""
+    while not await asyncio.to_thread(ready):
         if child.process and child.process.returncode is not None:
             raise _failed(child, f"exited with code {child.process.returncode}")
         if time.monotonic() > deadline:
-            raise _failed(child, f"was not reachable at {url} in time")
+            raise _failed(child, late)
         await asyncio.sleep(0.1)
+
+
+async def _wait_http_ready(child: Child, url: str, deadline: float) -> None:
+    await _wait_for(child, lambda: http_ok(url), deadline, f"was not reachable at {url} in time")
 
 
 def _jwks_loaded(admin: str) -> bool:
@@ -114,12 +121,8 @@ def _jwks_loaded(admin: str) -> bool:
 
 
 async def _wait_jwks(child: Child, admin: str, deadline: float) -> None:
-    while not await asyncio.to_thread(_jwks_loaded, admin):
-        if child.process and child.process.returncode is not None:
-            raise _failed(child, f"exited with code {child.process.returncode}")
-        if time.monotonic() > deadline:
-            raise _failed(child, "never fetched the JWKS from the auth service in time")
-        await asyncio.sleep(0.1)
+    late = "never fetched the JWKS from the auth service in time"
+    await _wait_for(child, lambda: _jwks_loaded(admin), deadline, late)
 
 
 async def _start_all(
