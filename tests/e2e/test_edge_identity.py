@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,12 +13,12 @@ import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from leaky.token.v1 import token_pb2, token_pb2_grpc
 from tests.e2e.conftest import Gateway
 from tests.e2e.test_analytics import admin
 from tests.e2e.test_gateway import call, register
+from tests.support.jwks import current_signing_key
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -60,21 +59,8 @@ def quota_used(gateway: Gateway, user: dict[str, Any]) -> int:
     return int(body["windowUsed"])
 
 
-def signing_key(gateway: Gateway) -> tuple[str, rsa.RSAPrivateKey]:
-    """The auth service's current signing key, read from the mesh's own database (embedded
-    `leaky up` keeps keys unencrypted unless a passphrase is set), to sign test tokens that
-    differ from real ones in one claim only."""
-    with sqlite3.connect(gateway.data_dir / "auth.db") as db:
-        kid, pem = db.execute(
-            "SELECT kid, private_pem FROM signing_keys ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-    key = load_pem_private_key(pem, password=None)
-    assert isinstance(key, rsa.RSAPrivateKey)
-    return kid, key
-
-
 def signed(gateway: Gateway, user: dict[str, Any], **overrides: object) -> str:
-    kid, key = signing_key(gateway)
+    kid, key = current_signing_key(gateway.data_dir / "auth.db")
     now = datetime.now(UTC)
     claims = {
         "iss": "leaky-tokens-auth",
@@ -198,7 +184,7 @@ def test_bad_jwts_are_refused_by_envoy_with_the_error_shape(gateway: Gateway, ca
         forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
         token = f"{header}.{forged}.{signature}"
     else:
-        kid, _ = signing_key(gateway)
+        kid, _ = current_signing_key(gateway.data_dir / "auth.db")
         foreign = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         claims = jwt.decode(user["token"], options={"verify_signature": False})
         token = jwt.encode(claims, foreign, algorithm="RS256", headers={"kid": kid})
@@ -262,10 +248,13 @@ def test_validate_api_key_through_envoy_still_sees_the_key(gateway: Gateway) -> 
     assert body["details"][0]["reason"] == "INVALID_API_KEY"
 
 
-def test_a_rotated_signing_key_is_accepted_at_the_edge_after_a_refetch(gateway: Gateway) -> None:
-    # Envoy 1.40 cannot refetch on an unknown kid: its JWKS is refetched every 5 s
-    # (edge_auth.JWKS_CACHE_SECONDS). Polled until the new key verifies; the test ends only
-    # then, so later tests never meet the window.
+def test_a_rotated_signing_key_is_accepted_at_the_edge_from_its_first_token(
+    gateway: Gateway,
+) -> None:
+    # Envoy 1.40 cannot refetch on an unknown kid: it refetches the JWKS every
+    # edge_auth.JWKS_CACHE_SECONDS. A rotated key is published first and signs only after
+    # LEAKY_AUTH_SIGNING_KEY_LEAD_SECONDS (ADR 0049), so the edge holds it before any token
+    # carries its kid: the first token signed with it passes, never a 401.
     boss = admin(gateway)
     old_kid = jwt.get_unverified_header(boss["token"])["kid"]
     status, _, rotated = call(
@@ -277,15 +266,22 @@ def test_a_rotated_signing_key_is_accepted_at_the_edge_after_a_refetch(gateway: 
     )
     assert status == 200, rotated
     assert rotated["kid"] != old_kid
+    assert rotated["publishedKids"][:2] == [rotated["kid"], old_kid]
+    # Until active_from the previous key signs.
     user = register(gateway)
-    assert jwt.get_unverified_header(user["token"])["kid"] == rotated["kid"]
+    assert jwt.get_unverified_header(user["token"])["kid"] == old_kid
 
-    def accepted() -> bool:
-        answer = consume(gateway, user["userId"], {"authorization": f"Bearer {user['token']}"})
-        assert answer[0] in (200, 401), answer
-        return bool(answer[0] == 200)
+    def signed_with_the_new_key() -> dict[str, Any] | None:
+        fresh = register(gateway)
+        return fresh if jwt.get_unverified_header(fresh["token"])["kid"] == rotated["kid"] else None
 
-    wait_until(accepted, 30, what="the edge accepts the rotated key", interval=0.2)
+    first = wait_until(
+        signed_with_the_new_key, 60, what="tokens signed with the rotated key", interval=1.0
+    )
+    status, _, body = consume(
+        gateway, first["userId"], {"authorization": f"Bearer {first['token']}"}
+    )
+    assert status == 200, body
     # The previous key stays published: tokens signed before the rotation still pass.
     status, _, body = consume(gateway, boss["userId"], {"authorization": f"Bearer {boss['token']}"})
     assert status == 200, body

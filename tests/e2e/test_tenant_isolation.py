@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from typing import Any
 import grpc
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.protobuf import json_format, message_factory
 from google.protobuf.message import Message
@@ -38,6 +36,7 @@ from tests.e2e.conftest import Gateway
 from tests.e2e.test_analytics import admin
 from tests.e2e.test_gateway import call, register
 from tests.e2e.test_token_consume import bearer, create_org
+from tests.support.jwks import current_signing_key
 
 pytestmark = pytest.mark.e2e
 
@@ -260,19 +259,6 @@ def test_tenant_isolation_matrix(
 # -- credentials
 
 
-def _current_signing_key(w: World) -> tuple[str, rsa.RSAPrivateKey]:
-    """The auth service's current signing key, from its SQLite database in the mesh's data
-    directory (embedded `leaky up` stores keys unencrypted: LEAKY_AUTH_SIGNING_KEY_PASSPHRASE
-    is empty)."""
-    with sqlite3.connect(w.gateway.data_dir / "auth.db") as db:
-        kid, pem = db.execute(
-            "SELECT kid, private_pem FROM signing_keys ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-    key = serialization.load_pem_private_key(bytes(pem), password=None)
-    assert isinstance(key, rsa.RSAPrivateKey)
-    return str(kid), key
-
-
 def _claims_of(token: str) -> dict[str, Any]:
     payload = token.split(".")[1]
     return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
@@ -284,7 +270,7 @@ def _b64(data: bytes) -> str:
 
 def mint(w: World, variant: str) -> str:
     """A JWT for user A: the real signing key and claims, changed as `variant` says."""
-    kid, key = _current_signing_key(w)
+    kid, key = current_signing_key(w.gateway.data_dir / "auth.db")
     real = w.users["A"]["token"]
     claims = _claims_of(real)
     now = datetime.now(UTC)

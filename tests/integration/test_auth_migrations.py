@@ -1,4 +1,5 @@
-"""Migrations 0002 and 0003 on a database that already holds organizations (SQLite, PostgreSQL)."""
+"""Migrations 0002-0004 on a database that already holds organizations and signing keys
+(SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -124,3 +125,23 @@ async def test_0003_stops_on_names_that_now_clash_naming_both(engine: AsyncEngin
         await migrate(engine)
     assert "Caf\\xe9" in str(info.value)
     assert "Cafe\\u0301" in str(info.value)
+
+
+async def test_0004_makes_every_existing_signing_key_active_from_its_creation(
+    engine: AsyncEngine,
+) -> None:
+    await upgrade_to(engine, "0003")
+    async with engine.begin() as conn:
+        for kid, created in (("k-old", "2026-01-01 00:00:00"), ("k-new", "2026-02-01 00:00:00")):
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO signing_keys (kid, private_pem, created_at)"
+                    " VALUES (:kid, :pem, :created)"
+                ),
+                {"kid": kid, "pem": b"pem", "created": created},
+            )
+    await migrate(engine)
+    keys = await SqlAuthStore(engine).list_signing_keys(5)
+    assert [k.kid for k in keys] == ["k-new", "k-old"]
+    assert all(k.active_from == k.created_at for k in keys)
+    assert keys[0].created_at.month == 2

@@ -169,7 +169,7 @@ async def test_orgs_and_memberships(store: Store) -> None:
 async def test_signing_keys_newest_first_even_with_equal_timestamps(store: Store) -> None:
     for kid in ("k-b", "k-a", "k-c"):
         await store.add_signing_key(
-            SigningKey(kid=kid, private_pem=b"pem-" + kid.encode(), created_at=T0)
+            SigningKey(kid=kid, private_pem=b"pem-" + kid.encode(), created_at=T0, active_from=T0)
         )
     keys = await store.list_signing_keys(2)
     assert [k.kid for k in keys] == ["k-c", "k-a"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
+import jwt
 import pytest
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
@@ -41,7 +43,25 @@ class Mesh:
 
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
-    auth_settings = AuthSettings(port=0, metrics_port=0, max_message_bytes=64 * 1024)
+    async for running in serve_mesh():
+        yield running
+
+
+@pytest.fixture
+async def mesh_without_lead() -> AsyncIterator[Mesh]:
+    """A rotated key signs at once: for what peers do with a new kid (the lead has its own
+    tests)."""
+    async for running in serve_mesh(signing_key_lead_seconds=0):
+        yield running
+
+
+async def serve_mesh(signing_key_lead_seconds: int = 15) -> AsyncIterator[Mesh]:
+    auth_settings = AuthSettings(
+        port=0,
+        metrics_port=0,
+        max_message_bytes=64 * 1024,
+        signing_key_lead_seconds=signing_key_lead_seconds,
+    )
     # The real servicer and RSA tokens (peers verify them) on the in-memory store and fast
     # hashing; the SQL store and argon2 have their own tests.
     auth = await build_auth(auth_settings, store=InMemoryAuthStore(), hasher=FakePasswordHasher())
@@ -236,6 +256,14 @@ async def test_jwks_publishes_current_and_previous_key_after_rotation(mesh: Mesh
     )
     after = await mesh.auth.GetJwks(pb.GetJwksRequest())
     assert [k.kid for k in after.keys] == [rotated.kid, before.keys[0].kid]
+    # Published first, signing after the lead: until then logins still get the previous kid.
+    lead = rotated.active_from.ToDatetime(UTC) - datetime.now(UTC)
+    assert timedelta(seconds=10) < lead <= timedelta(seconds=15)
+    fresh = await mesh.auth.Login(pb.LoginRequest(username="alice", password="correct horse"))
+    assert jwt.get_unverified_header(fresh.token)["kid"] == before.keys[0].kid
+    with pytest.raises(grpc.aio.AioRpcError) as pending:
+        await mesh.auth.RotateSigningKey(pb.RotateSigningKeyRequest(), metadata=bearer(admin.token))
+    assert pending.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     # A token signed with the previous key still works.
     await mesh.auth.ListApiKeys(
         pb.ListApiKeysRequest(user_id=me.user_id), metadata=bearer(me.token)
@@ -327,7 +355,10 @@ async def test_token_service_verifies_auth_tokens_through_jwks(mesh: Mesh) -> No
     assert (quota.user_id, quota.tier, quota.window_used) == (me.user_id, "USER", 0)
 
 
-async def test_peer_service_refreshes_jwks_when_a_new_key_appears(mesh: Mesh) -> None:
+async def test_peer_service_refreshes_jwks_when_a_new_key_appears(
+    mesh_without_lead: Mesh,
+) -> None:
+    mesh = mesh_without_lead
     await register(mesh)
     await mesh.auth_components.app.grant_role("alice", "ADMIN")
     admin = await mesh.auth.Login(pb.LoginRequest(username="alice", password="correct horse"))

@@ -37,6 +37,7 @@ async def test_retired_key_is_refused_by_auth_at_once_and_by_peers_after_the_bou
         argon2_time_cost=FAST_HASHER["time_cost"],
         argon2_memory_kib=FAST_HASHER["memory_kib"],
         published_keys=2,
+        signing_key_lead_seconds=0,  # retirement is under test here, not the lead
     )
     auth = await build_auth(auth_settings)
     auth_server = await start_server(auth.spec, auth_settings, auth.verifier)
@@ -107,6 +108,7 @@ async def test_with_one_published_key_rotation_retires_the_old_one_at_once(
         argon2_time_cost=FAST_HASHER["time_cost"],
         argon2_memory_kib=FAST_HASHER["memory_kib"],
         published_keys=1,
+        signing_key_lead_seconds=0,  # retirement is under test here, not the lead
     )
     auth = await build_auth(settings)
     server = await start_server(auth.spec, settings, auth.verifier)

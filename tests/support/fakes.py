@@ -69,7 +69,8 @@ class FakeTokenCrypto:
     MARK = b"fake-hmac:"
 
     async def generate_key(self, kid: str, now: datetime) -> SigningKey:
-        return SigningKey(kid=kid, private_pem=self.MARK + secrets.token_bytes(32), created_at=now)
+        secret = self.MARK + secrets.token_bytes(32)
+        return SigningKey(kid=kid, private_pem=secret, created_at=now, active_from=now)
 
     def _secret(self, key: SigningKey) -> bytes:
         if not key.private_pem.startswith(self.MARK):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from jwt.algorithms import RSAAlgorithm
 
 
@@ -51,3 +54,20 @@ class KeySet:
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
     """gRPC metadata carrying a bearer token."""
     return (("authorization", f"Bearer {token}"),)
+
+
+def current_signing_key(auth_db: Path) -> tuple[str, rsa.RSAPrivateKey]:
+    """The key auth signs with now, read from its SQLite database (embedded `leaky up` keeps
+    keys unencrypted unless LEAKY_AUTH_SIGNING_KEY_PASSPHRASE is set): the newest whose
+    active_from has passed (a rotated key is published before it signs, ADR 0049). SQLite
+    holds naive UTC timestamps, which order as text."""
+    now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
+    with sqlite3.connect(auth_db) as db:
+        kid, pem = db.execute(
+            "SELECT kid, private_pem FROM signing_keys WHERE active_from <= ?"
+            " ORDER BY seq DESC LIMIT 1",
+            (now,),
+        ).fetchone()
+    key = load_pem_private_key(bytes(pem), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return str(kid), key

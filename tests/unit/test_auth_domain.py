@@ -12,8 +12,10 @@ import jwt
 import pytest
 
 from leaky_tokens.auth.adapters.in_memory_auth_store import InMemoryAuthStore
+from leaky_tokens.auth.bootstrap import AuthSettings
 from leaky_tokens.auth.domain.model import ADMIN
-from leaky_tokens.auth.domain.service import AuthApp, hash_api_key
+from leaky_tokens.auth.domain.service import AuthApp, AuthPolicy, hash_api_key
+from leaky_tokens.gateway.edge_auth import JWKS_CACHE_SECONDS
 from leaky_tokens.runtime.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -121,18 +123,36 @@ async def test_issued_token_verifies_with_the_current_signing_key(
         crypto.decode(f"{header}.{payload}.{signature[:-4]}AAAA", keys, audience="leaky-tokens")
 
 
-async def test_rotation_keeps_previous_key_published_and_signs_with_new(
-    auth_app: AuthApp,
+async def test_rotation_publishes_the_new_key_first_and_signs_with_it_after_the_lead(
+    auth_app: AuthApp, clock: FakeClock
 ) -> None:
     user_id = await register(auth_app)
     admin = caller_of(user_id, ADMIN)
     first = (await auth_app.jwks())[0]["kid"]
-    new_kid, published = await auth_app.rotate_signing_key(admin)
-    assert published == [new_kid, first]
+    new, published = await auth_app.rotate_signing_key(admin)
+    assert published == [new.kid, first]
+    assert new.active_from == clock.now() + AuthPolicy().signing_key_lead
+    # Published, not yet signing: every JWKS cache gets the kid before any token carries it.
     session = await auth_app.login("alice", "correct horse")
-    assert jwt.get_unverified_header(session.token)["kid"] == new_kid
+    assert jwt.get_unverified_header(session.token)["kid"] == first
+    with pytest.raises(FailedPreconditionError) as pending:
+        await auth_app.rotate_signing_key(admin)
+    assert pending.value.reason == "SIGNING_KEY_PENDING"
+    clock.advance(seconds=AuthPolicy().signing_key_lead.total_seconds())
+    session = await auth_app.login("alice", "correct horse")
+    assert jwt.get_unverified_header(session.token)["kid"] == new.kid
+    assert [k["kid"] for k in await auth_app.jwks()] == [new.kid, first]
     third, published = await auth_app.rotate_signing_key(admin)
-    assert published == [third, new_kid]
+    assert published == [third.kid, new.kid, first]
+    clock.advance(seconds=AuthPolicy().signing_key_lead.total_seconds())
+    assert [k["kid"] for k in await auth_app.jwks()] == [third.kid, new.kid]
+
+
+def test_the_rotation_lead_outlasts_two_edge_jwks_refetches() -> None:
+    # The edge cannot refetch on an unknown kid (Envoy 1.40); it refetches every
+    # JWKS_CACHE_SECONDS. A lead of two periods covers one failed or slow fetch.
+    assert AuthPolicy().signing_key_lead.total_seconds() >= 2 * JWKS_CACHE_SECONDS
+    assert AuthSettings().signing_key_lead_seconds == AuthPolicy().signing_key_lead.total_seconds()
 
 
 async def test_only_admin_rotates_signing_keys(auth_app: AuthApp) -> None:

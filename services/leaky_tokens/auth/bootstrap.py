@@ -61,6 +61,14 @@ class AuthSettings(ServerSettings):
     published_keys: int = field(
         default=2, metadata=doc("Signing keys in the JWKS: the current one and previous ones.")
     )
+    signing_key_lead_seconds: int = field(
+        default=15,
+        metadata=doc(
+            "A rotated signing key is published in the JWKS this long before it signs tokens, "
+            "so the edge's JWKS cache (refetched every 5 s) and the services' hold it first; "
+            "0 makes it current at once."
+        ),
+    )
     signing_key_passphrase: str = field(
         default="", metadata=doc("Encrypts signing keys at rest; empty stores them unencrypted.")
     )
@@ -245,6 +253,8 @@ async def build(
     throttle_policy = settings.throttle_policy()  # check the settings before touching the DB
     if settings.published_keys < 1:
         raise SettingsError("LEAKY_AUTH_PUBLISHED_KEYS must be at least 1")
+    if settings.signing_key_lead_seconds < 0:
+        raise SettingsError("LEAKY_AUTH_SIGNING_KEY_LEAD_SECONDS must be at least 0")
     if settings.max_api_keys_per_user < 1 or settings.max_owned_orgs_per_user < 1:
         raise SettingsError(
             "LEAKY_AUTH_MAX_API_KEYS_PER_USER and LEAKY_AUTH_MAX_OWNED_ORGS_PER_USER must be "
@@ -314,6 +324,7 @@ def policy_of(settings: AuthSettings) -> AuthPolicy:
         audience=settings.jwt_audience,
         token_ttl=timedelta(seconds=settings.token_ttl_seconds),
         published_keys=settings.published_keys,
+        signing_key_lead=timedelta(seconds=settings.signing_key_lead_seconds),
         max_api_keys_per_user=settings.max_api_keys_per_user,
         max_owned_orgs_per_user=settings.max_owned_orgs_per_user,
     )

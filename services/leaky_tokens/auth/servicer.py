@@ -199,8 +199,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: pb.RotateSigningKeyRequest, context: Context
     ) -> pb.RotateSigningKeyResponse:
         client_address(context)  # for the audit line
-        kid, published = await self._app.rotate_signing_key(current_caller())
-        return pb.RotateSigningKeyResponse(kid=kid, published_kids=published)
+        key, published = await self._app.rotate_signing_key(current_caller())
+        return pb.RotateSigningKeyResponse(
+            kid=key.kid, published_kids=published, active_from=timestamp(key.active_from)
+        )
 
     async def CreateOrganization(
         self, request: pb.CreateOrganizationRequest, context: Context

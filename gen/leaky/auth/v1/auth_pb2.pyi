@@ -573,27 +573,33 @@ Global___RotateSigningKeyRequest: _TypeAlias = RotateSigningKeyRequest  # noqa: 
 
 @_typing.final
 class RotateSigningKeyResponse(_message.Message):
-    """RotateSigningKeyResponse names the new current key."""
+    """RotateSigningKeyResponse names the new key and when it becomes current."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     KID_FIELD_NUMBER: _builtins.int
     PUBLISHED_KIDS_FIELD_NUMBER: _builtins.int
+    ACTIVE_FROM_FIELD_NUMBER: _builtins.int
     kid: _builtins.str
     """The new key's id."""
     @_builtins.property
     def published_kids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Ids of the keys now published in the JWKS."""
+        """Ids of the keys now published in the JWKS, the new (pending) key first."""
+
+    @_builtins.property
+    def active_from(self) -> _timestamp_pb2.Timestamp:
+        """When the new key starts signing tokens; until then the previous key signs."""
 
     def __init__(
         self,
         *,
         kid: _builtins.str = ...,
         published_kids: _abc.Iterable[_builtins.str] | None = ...,
+        active_from: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["active_from", b"active_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kid", b"kid", "published_kids", b"published_kids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_from", b"active_from", "kid", b"kid", "published_kids", b"published_kids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -165,7 +165,10 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RotateSigningKey(self, request, context):
-        """RotateSigningKey makes a new signing key current; the previous one stays in the JWKS (ADMIN).
+        """RotateSigningKey publishes a new signing key in the JWKS at once and makes it current at
+        active_from (after LEAKY_AUTH_SIGNING_KEY_LEAD_SECONDS), so every JWKS cache holds it
+        before a token carries its kid; the previous keys stay published (ADMIN).
+        FAILED_PRECONDITION SIGNING_KEY_PENDING while an earlier rotation is still pending.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

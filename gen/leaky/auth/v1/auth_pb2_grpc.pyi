@@ -56,7 +56,11 @@ class AuthServiceStub:
     GetJwks: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GetJwksRequest, _auth_pb2.GetJwksResponse]
     """GetJwks serves the public signing keys (current and previous) as a JWK set."""
     RotateSigningKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RotateSigningKeyRequest, _auth_pb2.RotateSigningKeyResponse]
-    """RotateSigningKey makes a new signing key current; the previous one stays in the JWKS (ADMIN)."""
+    """RotateSigningKey publishes a new signing key in the JWKS at once and makes it current at
+    active_from (after LEAKY_AUTH_SIGNING_KEY_LEAD_SECONDS), so every JWKS cache holds it
+    before a token carries its kid; the previous keys stay published (ADMIN).
+    FAILED_PRECONDITION SIGNING_KEY_PENDING while an earlier rotation is still pending.
+    """
     CreateOrganization: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateOrganizationRequest, _auth_pb2.CreateOrganizationResponse]
     """CreateOrganization creates an organization owned by the caller."""
     ListMyOrganizations: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListMyOrganizationsRequest, _auth_pb2.ListMyOrganizationsResponse]
@@ -96,7 +100,11 @@ class AuthServiceAsyncStub(AuthServiceStub):
     GetJwks: _aio.UnaryUnaryMultiCallable[_auth_pb2.GetJwksRequest, _auth_pb2.GetJwksResponse]  # type: ignore[assignment]
     """GetJwks serves the public signing keys (current and previous) as a JWK set."""
     RotateSigningKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.RotateSigningKeyRequest, _auth_pb2.RotateSigningKeyResponse]  # type: ignore[assignment]
-    """RotateSigningKey makes a new signing key current; the previous one stays in the JWKS (ADMIN)."""
+    """RotateSigningKey publishes a new signing key in the JWKS at once and makes it current at
+    active_from (after LEAKY_AUTH_SIGNING_KEY_LEAD_SECONDS), so every JWKS cache holds it
+    before a token carries its kid; the previous keys stay published (ADMIN).
+    FAILED_PRECONDITION SIGNING_KEY_PENDING while an earlier rotation is still pending.
+    """
     CreateOrganization: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateOrganizationRequest, _auth_pb2.CreateOrganizationResponse]  # type: ignore[assignment]
     """CreateOrganization creates an organization owned by the caller."""
     ListMyOrganizations: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListMyOrganizationsRequest, _auth_pb2.ListMyOrganizationsResponse]  # type: ignore[assignment]
@@ -181,7 +189,11 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.RotateSigningKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.RotateSigningKeyResponse, _abc.Awaitable[_auth_pb2.RotateSigningKeyResponse]]:
-        """RotateSigningKey makes a new signing key current; the previous one stays in the JWKS (ADMIN)."""
+        """RotateSigningKey publishes a new signing key in the JWKS at once and makes it current at
+        active_from (after LEAKY_AUTH_SIGNING_KEY_LEAD_SECONDS), so every JWKS cache holds it
+        before a token carries its kid; the previous keys stay published (ADMIN).
+        FAILED_PRECONDITION SIGNING_KEY_PENDING while an earlier rotation is still pending.
+        """
 
     @_abc_1.abstractmethod
     def CreateOrganization(

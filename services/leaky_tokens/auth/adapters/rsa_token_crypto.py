@@ -61,7 +61,7 @@ class RsaTokenCrypto:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, self._encryption()
         )
         self._loaded[kid] = private
-        return SigningKey(kid=kid, private_pem=pem, created_at=now)
+        return SigningKey(kid=kid, private_pem=pem, created_at=now, active_from=now)
 
     def sign(self, claims: dict[str, Any], key: SigningKey) -> str:
         return jwt.encode(claims, self._private(key), algorithm="RS256", headers={"kid": key.kid})

@@ -122,4 +122,6 @@ signing_keys = sa.Table(
     sa.Column("kid", sa.String(64), nullable=False, unique=True),
     sa.Column("private_pem", sa.LargeBinary(), nullable=False),
     sa.Column("created_at", UtcDateTime(), nullable=False),
+    # Published from created_at, signing from active_from (ADR 0049: pre-published rotation).
+    sa.Column("active_from", UtcDateTime(), nullable=False),
 )

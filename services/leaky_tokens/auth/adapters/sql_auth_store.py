@@ -321,7 +321,10 @@ class SqlAuthStore:
         async with self._engine.begin() as conn:
             await conn.execute(
                 signing_keys.insert().values(
-                    kid=key.kid, private_pem=key.private_pem, created_at=key.created_at
+                    kid=key.kid,
+                    private_pem=key.private_pem,
+                    created_at=key.created_at,
+                    active_from=key.active_from,
                 )
             )
 
@@ -329,6 +332,11 @@ class SqlAuthStore:
         query = sa.select(signing_keys).order_by(signing_keys.c.seq.desc()).limit(limit)
         async with self._engine.connect() as conn:
             return [
-                SigningKey(kid=r.kid, private_pem=r.private_pem, created_at=r.created_at)
+                SigningKey(
+                    kid=r.kid,
+                    private_pem=r.private_pem,
+                    created_at=r.created_at,
+                    active_from=r.active_from,
+                )
                 for r in await conn.execute(query)
             ]

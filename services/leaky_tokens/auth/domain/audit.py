@@ -19,7 +19,9 @@ client_address_var: contextvars.ContextVar[str] = contextvars.ContextVar(
 
 # Detail names an audit event may carry. A closed list: a secret (password, API key, token,
 # key material) cannot reach the audit log by someone adding a field in passing.
-ALLOWED_DETAILS = frozenset({"username", "role", "reason", "key_id", "kid", "locked"})
+ALLOWED_DETAILS = frozenset(
+    {"username", "role", "reason", "key_id", "kid", "locked", "active_from"}
+)
 
 
 @dataclass(frozen=True)

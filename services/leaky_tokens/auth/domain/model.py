@@ -80,6 +80,8 @@ class SigningKey:
     kid: str
     private_pem: bytes
     created_at: datetime
+    # When it starts signing tokens; until then it is only published in the JWKS (ADR 0049).
+    active_from: datetime
 
 
 @dataclass(frozen=True)

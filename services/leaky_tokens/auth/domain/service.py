@@ -56,6 +56,8 @@ class AuthPolicy:
     audience: str = "leaky-tokens"
     token_ttl: timedelta = timedelta(hours=1)
     published_keys: int = 2
+    # A rotated key is published this long before it signs (ADR 0049); zero: current at once.
+    signing_key_lead: timedelta = timedelta(seconds=15)
     max_api_keys_per_user: int = 100  # active (unrevoked, unexpired) keys
     max_owned_orgs_per_user: int = 20
 
@@ -331,34 +333,59 @@ class AuthApp(OrganizationCases):
     # -- signing keys ---------------------------------------------------------------------
 
     async def ensure_signing_key(self) -> SigningKey:
-        """The current signing key, creating the first one if the store has none."""
-        keys = await self._store.list_signing_keys(1)
-        key = keys[0] if keys else await self._new_signing_key()
+        """The current signing key, creating the first one (current at once) if there is none."""
+        _, active = await self._signing_keys()
+        key = active[0] if active else await self._new_signing_key(self._clock.now())
         self._crypto.public_jwk(key)  # fail at start, not at first login, if it cannot load
         return key
 
-    async def _current_key(self) -> SigningKey:
-        keys = await self._store.list_signing_keys(1)
-        if not keys:
-            raise FailedPreconditionError("no signing key", reason="NO_SIGNING_KEY")
-        return keys[0]
+    async def _signing_keys(self) -> tuple[list[SigningKey], list[SigningKey]]:
+        """(pending, active), newest first: a pending key is published but does not sign yet;
+        the first active key is the current one. At most one key is pending at a time."""
+        keys = await self._store.list_signing_keys(self._policy.published_keys + 1)
+        now = self._clock.now()
+        return [k for k in keys if k.active_from > now], [k for k in keys if k.active_from <= now]
 
-    async def _new_signing_key(self) -> SigningKey:
+    async def _current_key(self) -> SigningKey:
+        _, active = await self._signing_keys()
+        if not active:
+            raise FailedPreconditionError("no signing key", reason="NO_SIGNING_KEY")
+        return active[0]
+
+    async def _new_signing_key(self, active_from: datetime) -> SigningKey:
         key = await self._crypto.generate_key(self._random.new_id(), self._clock.now())
+        key = replace(key, active_from=active_from)
         await self._store.add_signing_key(key)
         return key
 
-    async def rotate_signing_key(self, caller: Caller) -> tuple[str, list[str]]:
-        """ADMIN: a new current key; the previous stays published so live tokens still verify."""
+    async def rotate_signing_key(self, caller: Caller) -> tuple[SigningKey, list[str]]:
+        """ADMIN: a new signing key, published at once and current after the policy's lead, so
+        every JWKS cache (the edge's, the services') holds it before a token carries its kid;
+        the previous keys stay published so live tokens still verify."""
         if not caller.is_admin:
             raise PermissionDeniedError("ADMIN role required", reason="ADMIN_REQUIRED")
-        key = await self._new_signing_key()
+        pending, _ = await self._signing_keys()
+        if pending:
+            raise FailedPreconditionError(
+                f"signing key {pending[0].kid} is already pending: it becomes current at "
+                f"{pending[0].active_from.isoformat()}; rotate again after that",
+                reason="SIGNING_KEY_PENDING",
+            )
+        key = await self._new_signing_key(self._clock.now() + self._policy.signing_key_lead)
         self._audit.record(
-            AuditEvent("signing_key.rotated", "success", caller.user_id, "", {"kid": key.kid})
+            AuditEvent(
+                "signing_key.rotated",
+                "success",
+                caller.user_id,
+                "",
+                {"kid": key.kid, "active_from": key.active_from.isoformat()},
+            )
         )
-        return key.kid, [k["kid"] for k in await self.jwks()]
+        return key, [k["kid"] for k in await self.jwks()]
 
     async def jwks(self) -> list[dict[str, str]]:
-        """Public JWKs of the current and previous keys, current first."""
-        keys = await self._store.list_signing_keys(self._policy.published_keys)
+        """Public JWKs: a pending key first, then the current key and previous ones (the
+        policy's published_keys of them)."""
+        pending, active = await self._signing_keys()
+        keys = pending + active[: self._policy.published_keys]
         return [self._crypto.public_jwk(k) for k in keys]
