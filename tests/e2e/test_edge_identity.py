@@ -278,6 +278,7 @@ def test_a_rotated_signing_key_is_accepted_at_the_edge_from_its_first_token(
     first = wait_until(
         signed_with_the_new_key, 60, what="tokens signed with the rotated key", interval=1.0
     )
+    assert first is not None  # wait_until returns only a truthy result
     status, _, body = consume(
         gateway, first["userId"], {"authorization": f"Bearer {first['token']}"}
     )
