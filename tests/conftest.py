@@ -8,6 +8,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, settings
 
 from leaky_tokens.auth.adapters.in_memory_auth_store import InMemoryAuthStore
 from leaky_tokens.auth.adapters.migrate import migrate
@@ -19,6 +20,12 @@ from leaky_tokens.stack.orchestrator import Stack
 from leaky_tokens.stack.postgres import Postgres
 from tests.support.fakes import FakeClock, FakePasswordHasher, FakeTokenCrypto
 from tests.support.stack import component, running_stack
+
+# Tests never assert on wall-clock time: Hypothesis' default 200 ms deadline per example and
+# its too-slow health check fail properties on a loaded machine (seen in CI-like runs with
+# other work on the 2 cores). Tests that need more set their own settings on top.
+settings.register_profile("leaky", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("leaky")
 
 # Cheap argon2 parameters: the tests exercise behaviour, not hashing cost.
 FAST_HASHER = {"time_cost": 1, "memory_kib": 1024}
