@@ -227,8 +227,15 @@ promtool: install
 # beside envoyproxy/ratelimit and the do-nothing ceiling, then Consume with ghz. A script, never
 # part of check or test; its first run needs ERL_SRC (see ../shared/bench/README.md).
 # BENCH_ARGS: e.g. --runs 5, -c 50, -z 20, --phases consume, --profile (py-spy in .venv).
+# The Debian packages the benchmarks run (each script starts a private redis-server; bench-edge
+# drives HTTP with wrk), installed only where missing, as the stack does for its own.
+.PHONY: bench-packages
+bench-packages:
+	@command -v redis-server >/dev/null || { $(call APT,redis-server,the benchmarks start a private redis-server); }
+	@command -v wrk >/dev/null || { $(call APT,wrk,make bench-edge drives HTTP/JSON with it); }
+
 .PHONY: bench
-bench: install
+bench: install bench-packages
 	$(PY) tools/bench.py $(BENCH_ARGS)
 
 # The analytics benchmark (issue 9 section 5, docs/benchmarks.md, ADR 0036): usage events at a
@@ -242,10 +249,10 @@ bench-analytics: install
 
 # Consume through Envoy (HTTP/JSON with wrk, native gRPC with ghz) against direct gRPC at one
 # concurrency, edge rate limits on and off (issue 10 section 4, docs/benchmarks.md, ADR 0042).
-# Needs wrk (apt-get install wrk) and ghz (installed into the harness's cache if missing);
+# Needs wrk (bench-packages installs it) and ghz (installed into the harness's cache if missing);
 # never part of check or test. BENCH_EDGE_ARGS: e.g. --runs 5, -c 50, -z 20, --edge-limits on.
 .PHONY: bench-edge
-bench-edge: install
+bench-edge: install bench-packages
 	$(PY) tools/bench_edge.py $(BENCH_EDGE_ARGS)
 
 # Regenerate docs/configuration.md from the settings classes (a test checks it).
