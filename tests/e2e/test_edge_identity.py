@@ -13,6 +13,8 @@ import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from leaky.token.v1 import token_pb2, token_pb2_grpc
 from tests.e2e.conftest import Gateway
@@ -24,6 +26,7 @@ from tests.support.wait import wait_until
 pytestmark = pytest.mark.e2e
 
 CONSUME = "/api/v1/tokens/consume"
+ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
 
 def api_key(gateway: Gateway, user: dict[str, Any]) -> dict[str, Any]:
@@ -114,12 +117,80 @@ def test_an_api_key_works_over_native_grpc_through_envoy(gateway: Gateway) -> No
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_a_bad_api_key_is_refused_at_the_edge_with_the_error_shape(gateway: Gateway) -> None:
+def error_info(reason: str) -> dict[str, Any]:
+    return {"@type": ERROR_INFO, "reason": reason, "domain": "leaky-tokens", "metadata": {}}
+
+
+def expiring_api_key(gateway: Gateway, user: dict[str, Any]) -> dict[str, Any]:
+    """A key of `user` that has expired (created to expire in 2 s, then waited for)."""
+    soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat().replace("+00:00", "Z")
+    status, _, key = call(
+        gateway,
+        "POST",
+        "/api/v1/auth/api-keys",
+        {"userId": user["userId"], "name": "e2e-expiring", "expiresAt": soon},
+        {"authorization": f"Bearer {user['token']}"},
+    )
+    assert status == 200, key
+    time.sleep(max(0.0, (datetime.fromisoformat(soon) - datetime.now(UTC)).total_seconds()))
+    return dict(key)
+
+
+@pytest.mark.parametrize(
+    ("case", "reason", "message"),
+    [
+        ("invalid", "INVALID_API_KEY", "invalid api key"),
+        ("expired", "API_KEY_EXPIRED", "api key expired"),
+        ("empty", "MISSING_API_KEY", "api key is required"),
+    ],
+)
+def test_a_bad_api_key_is_refused_at_the_edge_with_the_error_shape(
+    gateway: Gateway, case: str, reason: str, message: str
+) -> None:
     owner = register(gateway)
-    status, headers, body = consume(gateway, owner["userId"], {"x-api-key": "lt_not-a-key"})
-    assert status == 401
+    secret = {"invalid": "lt_not-a-key", "empty": " "}.get(case, "")
+    if case == "expired":
+        secret = expiring_api_key(gateway, owner)["apiKey"]
+
+    def answer() -> Any:  # the gate may remember the key's last answer for 0.5 s
+        got = consume(gateway, owner["userId"], {"x-api-key": secret})
+        assert got[0] in (200, 401), got
+        return got if got[0] == 401 and got[2]["details"][0]["reason"] == reason else None
+
+    _, headers, body = wait_until(answer, 10, what=f"{reason} at the edge")
     assert headers["content-type"] == "application/json"
-    assert body == {"code": 16, "message": "invalid api key", "details": []}
+    # ADR 0048: the google.rpc.Status of every other error, its ErrorInfo included.
+    assert body == {"code": 16, "message": message, "details": [error_info(reason)]}
+    assert "grpc-status-details-bin" not in headers  # that is for gRPC callers
+    assert headers["www-authenticate"] == 'ApiKey realm="leaky-tokens"'
+    # The same shape as a service's own error through the transcoder (no key, no token).
+    _, _, service_error = consume(gateway, owner["userId"], {})
+    assert service_error["details"] == [error_info("MISSING_CREDENTIALS")], service_error
+    assert quota_used(gateway, owner) == 0
+
+
+def test_a_bad_api_key_over_native_grpc_gets_the_error_info(gateway: Gateway) -> None:
+    # Through Envoy, not to the service: Check's refusal, as a service would send it.
+    owner = register(gateway)
+    with grpc.insecure_channel(gateway.grpc) as channel:
+        stub = token_pb2_grpc.TokenServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Consume(
+                token_pb2.ConsumeRequest(user_id=owner["userId"], provider="openai", tokens=2),
+                metadata=(("x-api-key", "lt_not-a-key"),),
+                timeout=10,
+            )
+    error = refused.value
+    assert isinstance(error, grpc.Call)
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error.details() == "invalid api key"
+    status = rpc_status.from_call(error)  # also checks code and message against the call's
+    assert status is not None
+    assert len(status.details) == 1
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert (info.reason, info.domain) == ("INVALID_API_KEY", "leaky-tokens")
+    assert quota_used(gateway, owner) == 0
 
 
 def test_a_revoked_key_is_refused_soon_after(gateway: Gateway) -> None:
@@ -142,6 +213,7 @@ def test_a_revoked_key_is_refused_soon_after(gateway: Gateway) -> None:
 
     answer = wait_until(refused, 10, what="the revoked key is refused")
     assert answer[2]["code"] == 16
+    assert answer[2]["details"] == [error_info("INVALID_API_KEY")]
 
 
 def test_a_forged_identity_header_never_reaches_a_service(gateway: Gateway) -> None:

@@ -25,8 +25,9 @@ pytestmark = pytest.mark.e2e
 STATUS_METHOD = "/leaky.token.v1.TokenService/GetStatus"
 STATUS_LIMIT = 3  # per client address and minute, this module's policy only
 QUOTA_METHOD = "/leaky.token.v1.TokenService/GetQuota"
-KEYS_METHOD = "/leaky.auth.v1.AuthService/ListApiKeys"
-PER_CALLER_LIMIT = 3  # per user (GetQuota) and per API key (ListApiKeys) and minute
+# A read an API key may make (ADR 0048: a key cannot list API keys).
+ORGS_METHOD = "/leaky.auth.v1.AuthService/ListMyOrganizations"
+PER_CALLER_LIMIT = 3  # per user (GetQuota) and per API key (ListMyOrganizations) and minute
 ORIGIN = "https://app.example.com"
 MAX_BODY = 4096
 # A second client: Linux routes all of 127.0.0.0/8 to loopback, so a socket bound to
@@ -56,7 +57,7 @@ def _policy(path: Path) -> Path:
     # Per identified caller: the headers the auth filters set (ADR 0041) are descriptors.
     for method, key, name in (
         (QUOTA_METHOD, "user_id", "edge-quota-user"),
-        (KEYS_METHOD, "api_key_id", "edge-keys-api-key"),
+        (ORGS_METHOD, "api_key_id", "edge-orgs-api-key"),
     ):
         limit = {"name": name, "unit": "minute", "requests_per_unit": PER_CALLER_LIMIT}
         policy["rate_limits"]["descriptors"].append(
@@ -287,7 +288,7 @@ def test_edge_limits_count_per_api_key(edge: Gateway) -> None:
         status, _, raw = request(edge, "POST", "/api/v1/auth/api-keys", body, auth)
         assert status == 200, raw
         keys.append(json.loads(raw)["apiKey"])
-    path = f"/api/v1/auth/api-keys?userId={user['userId']}"
+    path = "/api/v1/auth/orgs"
     statuses = _until_refused(edge, path, {"x-api-key": keys[0]})
     assert statuses[-1] == 429, statuses
     assert set(statuses[:-1]) == {200}, statuses

@@ -17,7 +17,7 @@ import base64
 import json
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -58,6 +58,7 @@ class World:
     orgs: dict[str, str]  # "org_a", "org_b" -> id
     purchases: dict[str, str]  # object -> saga id
     reservations: dict[str, str]  # user object -> reservation id
+    api_keys: dict[str, str] = field(default_factory=dict)  # "A" -> the secret of A's key
 
     def port(self, slug: str) -> int:
         return dict(zip((s.slug for s in SERVICES), self.gateway.grpc_ports, strict=True))[slug]
@@ -84,7 +85,10 @@ def world(gateway: Gateway) -> World:
         body = {"userId": user["userId"], "provider": PROVIDER, "tokens": 5, "ttl": "600s"}
         status, _, held = call(gateway, "POST", "/api/v1/tokens/reservations", body, bearer(user))
         reservations[name] = _ok(status, held)["reservation"]["reservationId"]
-    return World(gateway, {"A": a, "B": b, "ADMIN": root}, orgs, purchases, reservations)
+    body = {"userId": a["userId"], "name": "isolation"}
+    _, _, key = call(gateway, "POST", "/api/v1/auth/api-keys", body, bearer(a))
+    keys = {"A": _ok(200, key)["apiKey"]}
+    return World(gateway, {"A": a, "B": b, "ADMIN": root}, orgs, purchases, reservations, keys)
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,11 @@ def purchase_history(w: World, subject: dict[str, Any], obj: str) -> Request:
 def api_keys(w: World, subject: dict[str, Any], obj: str) -> Request:
     fields = {"userId": w.users[obj]["userId"]}
     return Request("auth", "ListApiKeys", "GET /api/v1/auth/api-keys", fields)
+
+
+def create_api_key(w: World, subject: dict[str, Any], obj: str) -> Request:
+    fields = {"userId": w.users[obj]["userId"], "name": "matrix"}
+    return Request("auth", "CreateApiKey", "POST /api/v1/auth/api-keys", fields)
 
 
 def org_members(w: World, subject: dict[str, Any], obj: str) -> Request:
@@ -254,6 +263,73 @@ def test_tenant_isolation_matrix(
     else:
         code, body = over_grpc(world, request, (("authorization", f"Bearer {caller['token']}"),))
         assert code == (grpc.StatusCode.OK if allowed else refused_grpc), body
+
+
+# -- API-key callers (ADR 0048): A's key acts as A for metered work and reads, within A's
+# tenancy, and is refused whatever administers identity or money, even on A's own objects.
+KEY_OPERATIONS: dict[str, Operation] = {
+    "consume": consume,
+    "quota": quota,
+    "report": report,
+    "org-members": org_members,
+    "purchase": purchase,
+    "create-api-key": create_api_key,
+    "api-keys": api_keys,
+}
+NOT_ALLOWED = "API_KEY_NOT_ALLOWED"
+# (operation, object) -> (HTTP status through Envoy, ErrorInfo reason of a refusal).
+KEY_CELLS: dict[tuple[str, str], tuple[int, str]] = {
+    ("consume", "A"): (200, ""),
+    ("consume", "org_a"): (200, ""),
+    ("quota", "A"): (200, ""),
+    ("report", "org_a"): (200, ""),
+    ("org-members", "org_a"): (200, ""),
+    ("consume", "B"): (403, "NOT_YOUR_USER_ID"),  # the key is A's: B's tenancy stays shut
+    ("org-members", "org_b"): (403, "NOT_ORG_MEMBER"),
+    ("purchase", "A"): (403, NOT_ALLOWED),
+    ("purchase", "org_a"): (403, NOT_ALLOWED),
+    ("create-api-key", "A"): (403, NOT_ALLOWED),
+    ("api-keys", "A"): (403, NOT_ALLOWED),
+}
+
+
+@pytest.mark.parametrize(
+    ("op", "obj"), sorted(KEY_CELLS), ids=[f"{op}-A-key-on-{obj}" for op, obj in sorted(KEY_CELLS)]
+)
+def test_an_api_key_caller_through_envoy(world: World, op: str, obj: str) -> None:
+    expected, reason = KEY_CELLS[(op, obj)]
+    request = KEY_OPERATIONS[op](world, world.users["A"], obj)
+    status, body = over_http(world, request, {"x-api-key": world.api_keys["A"]})
+    assert status == expected, body
+    if reason:
+        assert body["code"] == 7, body
+        assert body["details"][0]["reason"] == reason, body
+
+
+def test_an_api_key_refusal_changed_nothing(world: World) -> None:
+    a = world.users["A"]
+
+    def holdings() -> tuple[set[str], set[str]]:
+        status, keys = over_http(world, api_keys(world, a, "A"), bearer(a))
+        got, bought = call(world.gateway, "GET", "/api/v1/tokens/purchases", None, bearer(a))[::2]
+        return (
+            {k["id"] for k in _ok(status, keys)["apiKeys"]},
+            {p["sagaId"] for p in _ok(got, bought)["purchases"]},
+        )
+
+    before = holdings()
+    for op in ("create-api-key", "purchase"):
+        request = KEY_OPERATIONS[op](world, a, "A")
+        assert over_http(world, request, {"x-api-key": world.api_keys["A"]})[0] == 403
+    assert holdings() == before
+
+
+def test_an_api_key_sent_directly_to_a_service_is_no_credential(world: World) -> None:
+    # Only Envoy's ext_authz turns a key into a (mesh) token; a service never reads one.
+    code, body = over_grpc(
+        world, consume(world, world.users["A"], "A"), (("x-api-key", world.api_keys["A"]),)
+    )
+    assert code == grpc.StatusCode.UNAUTHENTICATED, body
 
 
 # -- credentials

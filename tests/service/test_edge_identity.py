@@ -8,17 +8,20 @@ accepts; the services never take identity from x-leaky-* headers (ADR 0041).
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 
 import grpc
 import jwt
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 
 from leaky.auth.v1 import auth_pb2 as pb
 from leaky.token.v1 import token_pb2
 from leaky.vendor.envoy.service.auth.v3 import external_auth_pb2 as ext_pb
 from leaky.vendor.envoy.service.auth.v3 import external_auth_pb2_grpc
-from leaky_tokens.auth.edge_check import API_KEY_HEADER
+from leaky_tokens.auth.edge_check import API_KEY_HEADER, GRPC_CALLER_KEY, METADATA_NAMESPACE
 from tests.service.test_auth_service import Mesh, bearer, mesh, register  # noqa: F401
 
 
@@ -68,14 +71,55 @@ async def test_check_answers_a_valid_key_with_a_mesh_token_the_token_service_acc
     assert quota.user_id == me.user_id
 
 
-async def test_check_refuses_unknown_and_missing_keys_with_401(mesh: Mesh) -> None:
+def denied_headers(response: ext_pb.CheckResponse) -> dict[str, str]:
+    return {h.header.key: h.header.value for h in response.denied_response.headers}
+
+
+def grpc_caller(request: ext_pb.CheckRequest) -> ext_pb.CheckRequest:
+    """The request as Envoy sends it for a native gRPC caller (the identity filter's mark)."""
+    marks = request.attributes.metadata_context.filter_metadata[METADATA_NAMESPACE]
+    marks.update({"api_key": "1", GRPC_CALLER_KEY: "1"})
+    return request
+
+
+async def test_check_refuses_unknown_and_missing_keys_with_401_and_error_info(
+    mesh: Mesh,
+) -> None:
     check = external_auth_pb2_grpc.AuthorizationStub(mesh.auth_channel)
-    for headers in ({API_KEY_HEADER: "lt_not-a-key"}, {}):
+    for headers, reason, message in (
+        ({API_KEY_HEADER: "lt_not-a-key"}, "INVALID_API_KEY", "invalid api key"),
+        ({}, "MISSING_API_KEY", "api key is required"),
+    ):
         answer = await check.Check(check_request(headers))
         assert answer.status.code == grpc.StatusCode.UNAUTHENTICATED.value[0]
         assert answer.denied_response.status.code == 401
-        assert answer.denied_response.body
         assert not answer.HasField("ok_response")
+        # HTTP callers: the google.rpc.Status JSON, printed as the transcoder prints errors.
+        assert json.loads(answer.denied_response.body) == {
+            "code": 16,
+            "message": message,
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": reason,
+                    "domain": "leaky-tokens",
+                    "metadata": {},
+                }
+            ],
+        }
+        assert denied_headers(answer)["content-type"] == "application/json"
+        assert "grpc-status-details-bin" not in denied_headers(answer)
+        # gRPC callers: the message as body (grpc-message), the Status in the details header.
+        answer = await check.Check(grpc_caller(check_request(headers)))
+        assert answer.denied_response.status.code == 401
+        assert answer.denied_response.body == message
+        sent = denied_headers(answer)
+        assert "content-type" not in sent
+        status = status_pb2.Status.FromString(base64.b64decode(sent["grpc-status-details-bin"]))
+        assert (status.code, status.message) == (16, message)
+        info = error_details_pb2.ErrorInfo()
+        assert status.details[0].Unpack(info)
+        assert (info.reason, info.domain) == (reason, "leaky-tokens")
 
 
 async def test_a_revoked_key_is_refused_by_check_within_the_cache_bound(mesh: Mesh) -> None:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from leaky_tokens.analytics.servicer import PUBLIC_METHODS as ANALYTICS_PUBLIC
+from leaky_tokens.auth import edge_check
 from leaky_tokens.auth.adapters.in_memory_auth_store import InMemoryAuthStore
 from leaky_tokens.auth.domain.api_key_gate import ApiKeyGate
 from leaky_tokens.auth.domain.service import AuthApp
@@ -263,3 +264,36 @@ def test_a_verified_token_drops_a_key_sent_beside_it(config: dict[str, Any]) -> 
     script = by_name(config, edge_auth.IDENTITY_FILTER)["default_source_code"]["inline_string"]
     jwt_branch = script[script.index('headers:add("x-leaky-auth", "jwt")') : script.index("elseif")]
     assert 'headers:remove("x-api-key")' in jwt_branch
+
+
+def test_check_refusals_pass_the_local_reply_unchanged(config: dict[str, Any]) -> None:
+    # ADR 0048: the 401 of a denial carries Check's google.rpc.Status body as it is; an
+    # ext_authz error (flagged UAEX too) keeps the generic mapping (503, UNAVAILABLE).
+    listener = config["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    mappers = hcm["local_reply_config"]["mappers"]
+    (denied,) = [m for m in mappers if "and_filter" in m["filter"]]
+    flags, status = denied["filter"]["and_filter"]["filters"]
+    assert flags == {"response_flag_filter": {"flags": ["UAEX"]}}
+    assert status["status_code_filter"]["comparison"]["value"]["default_value"] == 401
+    assert denied["body_format_override"] == {
+        "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+        "content_type": "application/json",
+    }
+    # Before the mappers by status alone (mappers apply in order, the first match wins).
+    plain_401 = next(
+        i
+        for i, m in enumerate(mappers)
+        if m["filter"].get("status_code_filter", {}).get("comparison", {}).get("value", {})
+        == {"default_value": 401, "runtime_key": "leaky.none"}
+    )
+    assert mappers.index(denied) < plain_401
+
+
+def test_native_grpc_api_key_calls_are_marked_for_check(config: dict[str, Any]) -> None:
+    script = by_name(config, edge_auth.IDENTITY_FILTER)["default_source_code"]["inline_string"]
+    key_branch = script[script.index("elseif") :]
+    assert f'meta:set("leaky", "{edge_check.GRPC_CALLER_KEY}", "1")' in key_branch
+    assert edge_check.GRPC_CALLER_KEY == edge_auth.GRPC_CALLER_KEY
+    ext_authz = by_name(config, edge_auth.EXT_AUTHZ_FILTER)
+    assert ext_authz["metadata_context_namespaces"] == [edge_check.METADATA_NAMESPACE]

@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from leaky_tokens import cli
 from leaky_tokens.runtime import errors, settings
+from leaky_tokens.runtime.identity import API_KEY_NOT_ALLOWED, Caller, refuse_api_key
 from leaky_tokens.runtime.jwt_verifier import bearer_token
 from leaky_tokens.runtime.logging import JsonFormatter, request_id_var
 from leaky_tokens.runtime.status import to_status
@@ -126,3 +127,17 @@ def test_compose_envoy_config_matches_the_code() -> None:
     generated = out.getvalue()
     committed = (ROOT / "deploy" / "envoy.yaml").read_text()
     assert generated == committed, "run: leaky envoy-config --compose --out deploy/envoy.yaml"
+
+
+def test_refuse_api_key_refuses_api_key_callers_only() -> None:
+    # ADR 0048: an API key's caller (a mesh token's akid) is refused, ADMIN or not.
+    person = Caller("u1", frozenset({"ADMIN"}), frozenset())
+    refuse_api_key(person, "create API keys")  # a login token: nothing to refuse
+    keyed = Caller("u1", frozenset({"ADMIN"}), frozenset(), api_key_id="key-1")
+    with pytest.raises(errors.PermissionDeniedError) as refused:
+        refuse_api_key(keyed, "create API keys")
+    assert refused.value.reason == API_KEY_NOT_ALLOWED
+    assert refused.value.metadata == {"api_key_id": "key-1"}
+    assert "cannot create API keys" in refused.value.message
+    status = to_status(refused.value)
+    assert status.code == grpc.StatusCode.PERMISSION_DENIED

@@ -66,6 +66,9 @@ USER_ID_HEADER = "x-leaky-user-id"
 API_KEY_ID_HEADER = "x-leaky-api-key-id"
 AUTH_HEADER = "x-leaky-auth"
 API_KEY_HEADER = "x-api-key"
+# Dynamic metadata ("leaky" namespace) marking a native gRPC API-key call; ext_authz sends the
+# namespace to Check (auth/edge_check.py reads the same key), which answers it in gRPC's shape.
+GRPC_CALLER_KEY = "api_key_grpc"
 
 # ADR 0005's credential-free RPCs (the servicers' PUBLIC_METHODS; a unit test keeps them
 # equal). The gateway's streams (health, reflection) are public too.
@@ -181,6 +184,12 @@ function envoy_on_request(h)
     headers:remove("API_KEY_HEADER")
   elseif headers:get("API_KEY_HEADER") ~= nil and not is_public(headers:get(":path") or "") then
     meta:set("leaky", "api_key", "1")
+    -- Check answers a native gRPC caller's refusal as gRPC (after the transcoder, every
+    -- request it sees says application/grpc).
+    local ctype = string.lower(headers:get("content-type") or "")
+    if string.sub(ctype, 1, 16) == "application/grpc" then
+      meta:set("leaky", "GRPC_CALLER_KEY", "1")
+    end
   end
 end
 """
@@ -218,6 +227,7 @@ def identity_filter(services: tuple[Service, ...]) -> dict[str, Any]:
         "USER_ID_HEADER": USER_ID_HEADER,
         "AUTH_HEADER": AUTH_HEADER,
         "API_KEY_HEADER": API_KEY_HEADER,
+        "GRPC_CALLER_KEY": GRPC_CALLER_KEY,
     }.items():
         script = script.replace(name, value)
     return {
@@ -240,6 +250,8 @@ def ext_authz_filter() -> dict[str, Any]:
             "status_on_error": {"code": "ServiceUnavailable"},
             # The key is all Check needs; nothing else of the request goes to it.
             "allowed_headers": {"patterns": [{"exact": API_KEY_HEADER}]},
+            # The identity filter's marks: whether the caller speaks native gRPC.
+            "metadata_context_namespaces": ["leaky"],
             "filter_enabled_metadata": {
                 "filter": "leaky",
                 "path": [{"key": "api_key"}],
@@ -247,6 +259,40 @@ def ext_authz_filter() -> dict[str, Any]:
             },
         },
     }
+
+
+def with_local_replies(config: dict[str, Any]) -> dict[str, Any]:
+    """A local_reply_config whose first mapper passes Check's refusals unchanged (ADR 0048).
+
+    Check answers a refused key with 401 and the google.rpc.Status JSON (ErrorInfo included)
+    as the body, or for a gRPC caller the plain message (sent as grpc-message) beside
+    grpc-status-details-bin: the body goes out as Check wrote it. Only the 401 of a denial:
+    an ext_authz error (Check unreachable) is flagged UAEX too, and its empty 503 keeps the
+    generic mapping.
+    """
+    denied = {
+        "and_filter": {
+            "filters": [
+                {"response_flag_filter": {"flags": ["UAEX"]}},
+                {
+                    "status_code_filter": {
+                        "comparison": {
+                            "op": "EQ",
+                            "value": {"default_value": 401, "runtime_key": "leaky.none"},
+                        }
+                    }
+                },
+            ]
+        }
+    }
+    mapper = {
+        "filter": denied,
+        "body_format_override": {
+            "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+            "content_type": "application/json",
+        },
+    }
+    return {**config, "mappers": [mapper, *config["mappers"]]}
 
 
 def request_filters(

@@ -237,7 +237,9 @@ def render(
                 }
             ],
         },
-        "local_reply_config": edge_limits.with_local_replies(hardening.local_reply_config()),
+        "local_reply_config": edge_limits.with_local_replies(
+            edge_auth.with_local_replies(hardening.local_reply_config())
+        ),
         "http_filters": http_filters,
     }
     return {

@@ -114,6 +114,8 @@ def local_reply_config() -> dict[str, Any]:
 
     The same shape as service errors: {"code": <gRPC code>, "message", "details": []}; the HTTP
     status stays. gRPC clients get grpc-status from Envoy and this JSON in grpc-message.
+    Mappers put before these (edge_auth, edge_limits) answer the edge's own refusals with an
+    ErrorInfo: a refused API key passes Check's own Status body (ADR 0048).
     """
 
     def body(code: int | str) -> dict[str, Any]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass
 
-from leaky_tokens.runtime.errors import UnauthenticatedError
+from leaky_tokens.runtime.errors import PermissionDeniedError, UnauthenticatedError
 
 ADMIN = "ADMIN"
 API_KEY_AUTH = "api_key"  # the `amr` value of a mesh token minted for an API-key call
+API_KEY_NOT_ALLOWED = "API_KEY_NOT_ALLOWED"  # ErrorInfo reason of refuse_api_key
 
 
 def mesh_audience(audience: str) -> str:
@@ -42,3 +43,21 @@ def current_caller() -> Caller:
     if caller is None:
         raise UnauthenticatedError("authentication required", reason="MISSING_CREDENTIALS")
     return caller
+
+
+def refuse_api_key(caller: Caller, action: str) -> None:
+    """PERMISSION_DENIED (API_KEY_NOT_ALLOWED) when the call was made with an API key.
+
+    A key acts as its owner for metered work (consume, quota, reservations, analytics reads,
+    listing organizations and their members), never to administer identity or money: it
+    cannot create, list or revoke API keys, rotate signing keys, create an organization,
+    change its members, purchase or grant tokens (ADR 0048). A leaked key is then a spend
+    risk bounded by its owner's limits, not a way to mint more keys or keep access after
+    revocation. Every use case of that list calls this first, before looking at its input.
+    """
+    if caller.api_key_id:
+        raise PermissionDeniedError(
+            f"an API key cannot {action}: sign in and use the bearer token",
+            reason=API_KEY_NOT_ALLOWED,
+            metadata={"api_key_id": caller.api_key_id},
+        )

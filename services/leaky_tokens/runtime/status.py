@@ -43,14 +43,9 @@ class _Status(grpc.Status):
     trailing_metadata: tuple[tuple[str, str | bytes], ...]
 
 
-def to_status(error: errors.DomainError) -> grpc.Status:
-    """Status with ErrorInfo always, BadRequest for field violations, RetryInfo when known.
-
-    A known retry delay also goes out as `retry-after` metadata (whole seconds), which
-    Envoy's transcoder passes on as the HTTP Retry-After header of the 429; the error's own
-    `details` are packed after these and its `headers` go out beside `retry-after` (e.g. the
-    token service's LimitDecision and X-RateLimit-* / RateLimit fields).
-    """
+def to_rpc_status(error: errors.DomainError) -> status_pb2.Status:
+    """The google.rpc.Status of an error: ErrorInfo always, BadRequest for field violations,
+    RetryInfo when a retry delay is known, then the error's own `details`."""
     code = next((c for cls, c in _CODES if isinstance(error, cls)), code_pb2.UNKNOWN)
     details = [
         _pack(
@@ -77,9 +72,18 @@ def to_status(error: errors.DomainError) -> grpc.Status:
         delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     details += [_pack(extra) for extra in error.details if isinstance(extra, Message)]
-    status = rpc_status.to_status(
-        status_pb2.Status(code=code, message=error.message, details=details)
-    )
+    return status_pb2.Status(code=code, message=error.message, details=details)
+
+
+def to_status(error: errors.DomainError) -> grpc.Status:
+    """The gRPC status of an error, its google.rpc.Status (to_rpc_status) in the details.
+
+    A known retry delay also goes out as `retry-after` metadata (whole seconds), which
+    Envoy's transcoder passes on as the HTTP Retry-After header of the 429; the error's own
+    `headers` go out beside `retry-after` (e.g. the token service's LimitDecision and
+    X-RateLimit-* / RateLimit fields).
+    """
+    status = rpc_status.to_status(to_rpc_status(error))
     extra_headers = list(error.headers.items())
     if isinstance(error, errors.ResourceExhaustedError) and error.retry_after_seconds > 0:
         extra_headers.append(("retry-after", str(max(1, math.ceil(error.retry_after_seconds)))))

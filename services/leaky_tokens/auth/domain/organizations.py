@@ -15,7 +15,7 @@ from leaky_tokens.runtime.errors import (
     PermissionDeniedError,
     Validator,
 )
-from leaky_tokens.runtime.identity import Caller
+from leaky_tokens.runtime.identity import Caller, refuse_api_key
 from leaky_tokens.runtime.ports import Clock, Randomness
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ class OrganizationCases:
 
     async def create_org(self, caller: Caller, name: str) -> Organization:
         """Create an organization owned by the caller."""
+        refuse_api_key(caller, "create organizations")
         v = Validator()
         name = rules.check_org_name(v, name)
         v.raise_if_any()
@@ -93,6 +94,7 @@ class OrganizationCases:
 
     async def add_member(self, caller: Caller, org_id: str, user_id: str) -> Membership:
         """Owner or ADMIN: add an existing user to an organization."""
+        refuse_api_key(caller, "add organization members")
         org = await self._org(org_id)
         v = Validator()
         user_id = rules.check_uuid(v, "user_id", user_id)
@@ -110,6 +112,7 @@ class OrganizationCases:
 
     async def remove_member(self, caller: Caller, org_id: str, user_id: str) -> None:
         """Owner or ADMIN removes a member; any member may remove themselves (leave)."""
+        refuse_api_key(caller, "remove organization members")
         org = await self._org(org_id)
         v = Validator()
         user_id = rules.check_uuid(v, "user_id", user_id)

@@ -40,7 +40,7 @@ from leaky_tokens.runtime.errors import (
     UnauthenticatedError,
     Validator,
 )
-from leaky_tokens.runtime.identity import API_KEY_AUTH, Caller, mesh_audience
+from leaky_tokens.runtime.identity import API_KEY_AUTH, Caller, mesh_audience, refuse_api_key
 from leaky_tokens.runtime.ports import Clock, Randomness
 
 API_KEY_PREFIX = "lt_"
@@ -221,6 +221,7 @@ class AuthApp(OrganizationCases):
         self, caller: Caller, user_id: str, name: str, expires_at: datetime | None
     ) -> IssuedApiKey:
         """Issue a key for the caller (or, for ADMIN, anyone); the secret is returned once."""
+        refuse_api_key(caller, "create API keys")
         user_id = await self._owner(caller, user_id)
         now = self._clock.now()
         v = Validator()
@@ -258,6 +259,7 @@ class AuthApp(OrganizationCases):
         self, caller: Caller, user_id: str, page_size: int = 0, page_token: str = ""
     ) -> Page[ApiKey]:
         """A page of a user's keys (expired included, revoked not), newest first, no secrets."""
+        refuse_api_key(caller, "list API keys")
         user_id = await self._owner(caller, user_id)
         v = Validator()
         size = paging.check_page_size(v, page_size)
@@ -276,6 +278,7 @@ class AuthApp(OrganizationCases):
 
     async def revoke_api_key(self, caller: Caller, user_id: str, key_id: str) -> datetime:
         """Revoke one of a user's keys; NOT_FOUND if it is not theirs or already revoked."""
+        refuse_api_key(caller, "revoke API keys")
         user_id = await self._owner(caller, user_id)
         v = Validator()
         key_id = rules.check_uuid(v, "api_key_id", key_id)
@@ -362,6 +365,7 @@ class AuthApp(OrganizationCases):
         """ADMIN: a new signing key, published at once and current after the policy's lead, so
         every JWKS cache (the edge's, the services') holds it before a token carries its kid;
         the previous keys stay published so live tokens still verify."""
+        refuse_api_key(caller, "rotate signing keys")
         if not caller.is_admin:
             raise PermissionDeniedError("ADMIN role required", reason="ADMIN_REQUIRED")
         pending, _ = await self._signing_keys()

@@ -14,7 +14,7 @@ from leaky_tokens.runtime.errors import (
     ResourceExhaustedError,
     Validator,
 )
-from leaky_tokens.runtime.identity import Caller
+from leaky_tokens.runtime.identity import Caller, refuse_api_key
 from leaky_tokens.runtime.ports import Clock, Randomness
 from leaky_tokens.token.domain import access
 from leaky_tokens.token.domain.decision import Allowed, Denied, Level, Snapshot
@@ -216,6 +216,7 @@ class Metering:
         reason: str, key: str,
     ) -> QuotaView:  # fmt: skip
         """Credit a purchased balance (ADMIN only); a repeated idempotency key credits once."""
+        refuse_api_key(caller, "grant tokens")
         if not caller.is_admin:
             raise PermissionDeniedError("only ADMIN may grant tokens", reason="ADMIN_ONLY")
         policy = self._policy.current

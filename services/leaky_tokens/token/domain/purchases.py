@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from leaky_tokens.runtime.errors import AlreadyExistsError, NotFoundError, Validator
-from leaky_tokens.runtime.identity import Caller
+from leaky_tokens.runtime.identity import Caller, refuse_api_key
 from leaky_tokens.runtime.ports import Clock, Randomness
 from leaky_tokens.token.domain import access
 from leaky_tokens.token.domain.peers import Membership, NotOrgMemberError, PolicySource
@@ -73,6 +73,7 @@ class Purchases:
     ) -> Started:  # fmt: skip
         """Record a STARTED saga and its PurchaseRequested in one transaction; a key the
         caller used before answers with that saga, or 409 when it named another purchase."""
+        refuse_api_key(caller, "purchase tokens")
         check = Validator()
         access.check_subject(check, self._policy.current, user_id, provider, org_id)
         access.check_tokens(check, "tokens", tokens, self._limits, 1)
