@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tests.support.tiers import TESTS, TIMEOUTS, tier
+from tests.support.tiers import PROPERTY_FACTOR, TESTS, TIMEOUTS, tier
 
 
 def test_the_tier_is_the_first_folder_under_tests() -> None:
@@ -18,6 +20,16 @@ def test_this_unit_test_runs_under_the_unit_timeout(request: pytest.FixtureReque
     marker = request.node.get_closest_marker("timeout")
     assert marker is not None
     assert marker.args == (TIMEOUTS["unit"],)
+
+
+@settings(max_examples=1)
+@given(st.none())
+def test_a_property_gets_a_multiple_of_the_tier_timeout(
+    request: pytest.FixtureRequest, _: None
+) -> None:
+    marker = request.node.get_closest_marker("timeout")
+    assert marker is not None
+    assert marker.args == (TIMEOUTS["unit"] * PROPERTY_FACTOR,)
 
 
 @pytest.mark.timeout(42)
