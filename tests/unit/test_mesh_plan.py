@@ -121,7 +121,8 @@ def test_the_ratelimit_deployment_runs_the_token_service_serving_the_rls_on_its_
     stack = StackTargets("127.0.0.1:8500", "127.0.0.1:8080", {}, redis_url="redis://r:6379/0")
     on_stack = {c.name: c for c in service_children(ports, tmp_path, stack)}
     env = on_stack["ratelimit"].env
-    assert env["LEAKY_TOKEN_STORE_REDIS_URL"] == on_stack["token"].env["LEAKY_TOKEN_STORE_REDIS_URL"]
+    token_env = on_stack["token"].env
+    assert env["LEAKY_TOKEN_STORE_REDIS_URL"] == token_env["LEAKY_TOKEN_STORE_REDIS_URL"]
     assert env["LEAKY_TOKEN_STORE_BACKEND"] == "redis"
     assert env["LEAKY_TOKEN_CONSUL_ADDRESS"] == "127.0.0.1:8500"
     assert "LEAKY_TOKEN_SAGA_RUNNER" not in env  # the token-saga worker is the token service's
