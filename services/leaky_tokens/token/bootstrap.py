@@ -332,7 +332,9 @@ def _build_rls_only(
         config_file=rls_config,
         policy=lambda: policy.current,
         counter=MeteredRequestCounter(rate_counter(settings), metrics),
-        store=MeteredDecisionStore(store, metrics, Rpc.SHOULD_RATE_LIMIT) if store else None,
+        store=None
+        if store is None
+        else MeteredDecisionStore(store, metrics, Rpc.SHOULD_RATE_LIMIT),
         shared_store=shared,
     )
     closers.append(rls.close)
