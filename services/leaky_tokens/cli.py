@@ -146,6 +146,8 @@ def _settings(args: argparse.Namespace) -> int:
     # Every service of the topology, then the processes and tools beside them.
     classes: list[tuple[type, str]] = []
     for service in topology.SERVICES:
+        if service.package:  # another deployment of a package listed already (its settings)
+            continue
         module, _, name = service.settings_class.partition(":")
         classes.append((getattr(importlib.import_module(module), name), service.env_prefix))
     for worker in topology.WORKERS:

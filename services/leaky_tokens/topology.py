@@ -40,21 +40,31 @@ class Service:
     targets: tuple[str, ...] = ()
     uses_redis: bool = False  # keeps its state in the native stack's Redis (--stack)
     publishes_events: bool = False  # relays its usage events to the stack's Kafka (--stack)
+    # Another deployment of a service package: it runs that package (its module, settings
+    # and env prefix, so it shares that service's settings) with <PREFIX>_SERVE=`serve`,
+    # its own port, Consul name and Envoy cluster (the slug). "" = the package is the slug.
+    package: str = ""
+    serve: str = ""
+
+    @property
+    def runs(self) -> str:
+        """The service package this process runs."""
+        return self.package or self.slug
 
     @property
     def module(self) -> str:
         """The module run as `python -m <module>`."""
-        return f"leaky_tokens.{self.slug}"
+        return f"leaky_tokens.{self.runs}"
 
     @property
     def env_prefix(self) -> str:
         """Prefix of its settings' environment variables, e.g. LEAKY_AUTH."""
-        return f"LEAKY_{self.slug.upper()}"
+        return f"LEAKY_{self.runs.upper()}"
 
     @property
     def settings_class(self) -> str:
         """`module:Class` of its settings dataclass (for `leaky settings`)."""
-        return f"{self.module}.bootstrap:{self.slug.capitalize()}Settings"
+        return f"{self.module}.bootstrap:{self.runs.capitalize()}Settings"
 
 
 SERVICES: tuple[Service, ...] = (
@@ -104,7 +114,22 @@ SERVICES: tuple[Service, ...] = (
         proto_module="leaky.provider.v1.provider_pb2",
         needs_auth_target=True,
     ),
+    # Envoy's rate-limit service (the edge limits, ADR 0042): the token service's code serving
+    # ShouldRateLimit alone (LEAKY_TOKEN_SERVE=rls), on the same policy and store settings,
+    # so the per-request RLS call does not share a process with Consume (ADR 0047).
+    Service(
+        slug="ratelimit",
+        grpc_port=50057,
+        metrics_port=9107,
+        needs_auth_target=True,
+        uses_redis=True,
+        package="token",
+        serve="rls",
+    ),
 )
+
+# The deployment Envoy's ratelimit filter calls (its cluster and Consul service).
+RATELIMIT = "ratelimit"
 
 
 @dataclass(frozen=True)

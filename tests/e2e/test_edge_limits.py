@@ -1,11 +1,12 @@
 """Edge limits and policy through `leaky up` (ADR 0042): Envoy's ratelimit filter asking the
-token service, 429 with the rate-limit headers, other routes and clients untouched; 413 for
-large bodies; CORS preflights; unknown paths 404."""
+ratelimit deployment (ADR 0047), 429 with the rate-limit headers, other routes and clients
+untouched; 413 for large bodies; CORS preflights; unknown paths 404."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from leaky.token.v1 import token_pb2, token_pb2_grpc
+from leaky_tokens.token.adapters.token_metrics import Rpc
 from leaky_tokens.token.rls_wiring import SHIPPED_POLICY
 from tests.e2e.conftest import Gateway, leaky_up
 from tests.support.net import free_port
@@ -115,6 +117,31 @@ def one(lines: list[tuple[str, str]], name: str) -> str:
     """The single value of a header (fails on none or several)."""
     (value,) = [v for k, v in lines if k == name]
     return value
+
+
+def rls_decisions(gateway: Gateway, slug: str) -> float:
+    """ShouldRateLimit's request-count decisions (leaky_token_decisions, every outcome) as
+    `slug`'s /metrics exports them."""
+    url = f"http://127.0.0.1:{gateway.metrics_ports[slug]}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    rpc = f'rpc="{Rpc.SHOULD_RATE_LIMIT.value}"'
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith("leaky_token_decisions_total{") and rpc in line
+    )
+
+
+def test_envoy_asks_the_ratelimit_deployment_not_the_token_process(edge: Gateway) -> None:
+    # ADR 0047: the per-request ShouldRateLimit goes to its own process (the token service's
+    # code with LEAKY_TOKEN_SERVE=rls), so Consume's process no longer pays for it.
+    rls_before, token_before = rls_decisions(edge, "ratelimit"), rls_decisions(edge, "token")
+    for _ in range(3):
+        status, _, _ = request(edge, "GET", "/oauth2/jwks")
+        assert status == 200
+    assert rls_decisions(edge, "ratelimit") >= rls_before + 3
+    assert rls_decisions(edge, "token") == token_before
 
 
 def test_a_route_over_its_edge_limit_gets_429_with_every_header(edge: Gateway) -> None:

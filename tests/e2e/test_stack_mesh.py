@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -398,3 +401,89 @@ def test_an_api_key_consumes_as_its_owner_through_the_stack_envoy(
             edge, "POST", consume_path, body, {"authorization": "Bearer " + ".".join(tampered)}
         )
         assert status == 401, refused
+
+
+def _cluster_hosts(admin: int, cluster: str) -> set[int]:
+    """Ports of the healthy hosts Envoy's admin lists for `cluster`."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/clusters", timeout=5) as page:
+        lines = page.read().decode().splitlines()
+    return {
+        int(line.split("::")[1].rpartition(":")[2])
+        for line in lines
+        if line.startswith(f"{cluster}::") and line.endswith("::health_flags::healthy")
+    }
+
+
+def _counter(admin: int, name: str) -> int:
+    url = f"http://127.0.0.1:{admin}/stats?filter={urllib.parse.quote(f'^{name}$')}"
+    with urllib.request.urlopen(url, timeout=5) as stats:
+        text = stats.read().decode().strip()
+    return int(text.rpartition(":")[2]) if text else 0
+
+
+def test_the_stack_config_asks_the_ratelimit_deployment_found_in_consul(
+    stack_gateway: Gateway, stack: Stack, tmp_path: Path
+) -> None:
+    # ADR 0047 on the stack config: the ratelimit filter's cluster is `ratelimit`, fed by
+    # discovery from Consul, where this run's ratelimit (the token service serving the RLS
+    # alone) registered. A discovery and an Envoy of our own render this branch's stack
+    # config (the stack's own may predate the ratelimit cluster), on the stack's Consul.
+    rls_port = stack_gateway.grpc_ports[slugs().index("ratelimit")]
+    token_port = stack_gateway.grpc_ports[slugs().index("token")]
+    discovery_port, port, admin = free_port(), free_port(), free_port()
+    consul_address = component(stack, "consul").address
+    env = {
+        "LEAKY_DISCOVERY_HOST": "127.0.0.1",
+        "LEAKY_DISCOVERY_PORT": str(discovery_port),
+        "LEAKY_DISCOVERY_CONSUL_ADDRESS": consul_address,
+        "LEAKY_DISCOVERY_SERVICES": ",".join(slugs()),
+    }
+    log = (tmp_path / "processes.log").open("wb")
+    discovery = subprocess.Popen(
+        [sys.executable, "-m", "leaky_tokens.discovery"],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    config = tmp_path / "envoy.yaml"
+    config.write_text(Envoy(port, admin, discovery_port).config())
+    envoy = subprocess.Popen(
+        [envoy_binary(), "-c", str(config), "--use-dynamic-base-id", "--log-level", "warn"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(
+            lambda: rls_port in _cluster_hosts(admin, "ratelimit"),
+            60,
+            what="this run's ratelimit healthy in our Envoy's ratelimit cluster",
+            ignoring=(OSError,),
+        )
+        assert rls_port not in _cluster_hosts(admin, "token")
+        assert token_port not in _cluster_hosts(admin, "ratelimit")
+        gateway = Gateway(
+            http=f"http://127.0.0.1:{port}",
+            grpc=f"127.0.0.1:{port}",
+            process=envoy,
+            data_dir=tmp_path,
+            grpc_ports=[],
+        )
+        wait_until(
+            lambda: call(gateway, "GET", "/api/v1/tokens/status")[0] == 200,
+            60,
+            what="our Envoy routing to the token service",
+            ignoring=(OSError,),
+        )
+        asked = "cluster.ratelimit.upstream_rq_completed"
+        before = _counter(admin, asked)
+        for _ in range(3):
+            status, headers, _ = call(gateway, "GET", "/api/v1/tokens/status")
+            assert status == 200
+        assert _counter(admin, asked) >= before + 3  # one ShouldRateLimit per request
+        assert "edge-address" in headers.get("ratelimit-policy", "")  # the RLS's answer
+    finally:
+        envoy.terminate()
+        discovery.terminate()
+        envoy.wait(timeout=10)
+        discovery.wait(timeout=10)
+        log.close()

@@ -57,7 +57,7 @@ def host(config: dict[str, Any]) -> dict[str, Any]:
     return dict(hcm(config)["route_config"]["virtual_hosts"][0])
 
 
-def test_the_ratelimit_filter_asks_the_token_service_after_the_transcoder(
+def test_the_ratelimit_filter_asks_the_ratelimit_deployment_after_the_transcoder(
     config: dict[str, Any],
 ) -> None:
     names = filter_names(config)
@@ -73,7 +73,8 @@ def test_the_ratelimit_filter_asks_the_token_service_after_the_transcoder(
     assert typed["rate_limited_as_resource_exhausted"] is True
     assert "enable_x_ratelimit_headers" not in typed  # the RLS sends them: no second set
     cluster = typed["rate_limit_service"]["grpc_service"]["envoy_grpc"]["cluster_name"]
-    assert cluster == "token"
+    # A deployment of its own (ADR 0047), not the token process that serves Consume.
+    assert cluster == "ratelimit"
     assert cluster in {c["name"] for c in config["static_resources"]["clusters"]}
 
 
@@ -128,8 +129,8 @@ def test_edge_limits_can_be_turned_off() -> None:
     assert "rate_limits" not in host(config)
 
 
-def test_a_topology_without_the_token_service_has_no_edge_limits() -> None:
-    services = tuple(s for s in SERVICES if s.slug != "token")
+def test_a_topology_without_the_ratelimit_deployment_has_no_edge_limits() -> None:
+    services = tuple(s for s in SERVICES if s.slug != "ratelimit")
     config = render(
         listen=("127.0.0.1", 8080),
         admin=("127.0.0.1", 9901),

@@ -23,7 +23,8 @@ from leaky_tokens.mesh.supervisor import status_table
 def test_every_port_of_the_run_is_checked_and_a_taken_one_names_its_flag() -> None:
     ports = MeshPorts.from_bases(8080, 9901, 50050, 9101)
     planned = {use.port for use in port_plan(ports)}
-    assert planned == {8080, 9901, 50050, 50051, 50052, 50053, 50054, 9101, 9102, 9103, 9104}
+    grpc = {50050, 50051, 50052, 50053, 50054, 50057}  # 50057: ratelimit (ADR 0047)
+    assert planned == {8080, 9901, *grpc, 9101, 9102, 9103, 9104, 9107}
     # With the stack, its Envoy owns the gateway: only our services' ports are checked.
     assert 8080 not in {use.port for use in port_plan(ports, embedded=False)}
 
@@ -95,6 +96,36 @@ def test_the_token_service_is_told_its_provider_and_with_the_stack_its_redis(
     )
     assert on_stack["auth"].env["LEAKY_AUTH_DATABASE_URL"] == "postgresql+psycopg://x/leaky_auth"
     assert "LEAKY_AUTH_STORE_BACKEND" not in on_stack["auth"].env
+
+
+def test_the_ratelimit_deployment_runs_the_token_service_serving_the_rls_on_its_redis(
+    tmp_path: Path,
+) -> None:
+    # ADR 0047: the token package with SERVE=rls on a port of its own, the token service's
+    # other settings (policy, store) from the same environment, and the stack's Redis.
+    ports = MeshPorts.from_bases(8080, 9901, 41000, 19101)
+    embedded = {c.name: c for c in service_children(ports, tmp_path)}
+    rls, token = embedded["ratelimit"], embedded["token"]
+    assert rls.argv == token.argv  # python -m leaky_tokens.token
+    assert rls.env["LEAKY_TOKEN_SERVE"] == "rls"
+    assert "LEAKY_TOKEN_SERVE" not in token.env  # serves everything (and its own RLS)
+    assert (rls.env["LEAKY_TOKEN_PORT"], rls.env["LEAKY_TOKEN_METRICS_PORT"]) == ("41007", "19107")
+    assert (token.env["LEAKY_TOKEN_PORT"], token.env["LEAKY_TOKEN_METRICS_PORT"]) == (
+        "41002",
+        "19102",
+    )
+    assert rls.log_path.name == "ratelimit.log"
+    assert "LEAKY_TOKEN_STORE_BACKEND" not in rls.env  # embedded: its own memory (ADR 0047)
+    uses = {use.port: use.what for use in port_plan(ports)}
+    assert uses[41007] == "ratelimit gRPC"
+    stack = StackTargets("127.0.0.1:8500", "127.0.0.1:8080", {}, redis_url="redis://r:6379/0")
+    on_stack = {c.name: c for c in service_children(ports, tmp_path, stack)}
+    env = on_stack["ratelimit"].env
+    token_env = on_stack["token"].env
+    assert env["LEAKY_TOKEN_STORE_REDIS_URL"] == token_env["LEAKY_TOKEN_STORE_REDIS_URL"]
+    assert env["LEAKY_TOKEN_STORE_BACKEND"] == "redis"
+    assert env["LEAKY_TOKEN_CONSUL_ADDRESS"] == "127.0.0.1:8500"
+    assert "LEAKY_TOKEN_SAGA_RUNNER" not in env  # the token-saga worker is the token service's
 
 
 def test_the_saga_worker_gets_a_metrics_port_in_stack_mode_moved_with_the_services(

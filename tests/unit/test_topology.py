@@ -21,7 +21,14 @@ from leaky_tokens.stack import postgres
 from leaky_tokens.stack.component import StackPaths
 from leaky_tokens.stack.edge import Discovery, Envoy
 from leaky_tokens.token.adapters.purchase_settings import PurchaseSagaSettings
-from leaky_tokens.topology import SERVICES, WORKERS, Service, public_services, slugs
+from leaky_tokens.topology import (
+    SERVICES,
+    WORKERS,
+    Service,
+    by_slug,
+    public_services,
+    slugs,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,6 +128,9 @@ def test_every_proto_service_is_in_the_topology_once() -> None:
 
 def test_settings_defaults_are_the_topology_ports() -> None:
     for service in SERVICES:
+        if service.package:  # another deployment of a package: its port is set where it runs
+            assert service.grpc_port != by_slug(service.package).grpc_port
+            continue
         module, _, name = service.settings_class.partition(":")
         settings = getattr(importlib.import_module(module), name)()
         assert (settings.port, settings.metrics_port) == (
@@ -137,6 +147,12 @@ def test_compose_runs_and_probes_every_topology_service() -> None:
         entry = compose[service.slug]
         assert entry["command"] == ["python", "-m", service.module]
         assert f"127.0.0.1:{service.grpc_port}" in entry["healthcheck"]["test"]
+        if service.package:  # its own port and serve mode on top of the shared block
+            env = entry["environment"]
+            assert env[f"{service.env_prefix}_PORT"] == str(service.grpc_port)
+            assert env[f"{service.env_prefix}_METRICS_PORT"] == str(service.metrics_port)
+            assert env[f"{service.env_prefix}_SERVE"] == service.serve
+            assert env[f"{service.env_prefix}_STORE_BACKEND"] == "redis"  # the package's store
     prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     targets = {
         t
@@ -177,12 +193,14 @@ def test_compose_runs_probes_and_scrapes_every_worker() -> None:
             assert f"{worker.name}:{worker.metrics_port}" in targets
     # Every process's settings load from that block (a value its parser refuses fails here).
     plain = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
-    processes = [(s.settings_class, s.env_prefix, s.grpc_port) for s in SERVICES] + [
-        (w.settings_class, w.env_prefix, w.health_port) for w in WORKERS
-    ]
-    for settings_class, prefix, port in processes:
+    processes = [
+        (s.settings_class, s.env_prefix, s.grpc_port, services[s.slug]["environment"])
+        for s in SERVICES
+    ] + [(w.settings_class, w.env_prefix, w.health_port, env) for w in WORKERS]
+    for settings_class, prefix, port, own in processes:
         module, _, name = settings_class.partition(":")
-        assert load(getattr(importlib.import_module(module), name), prefix, plain).port == port
+        values = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in own.items()}
+        assert load(getattr(importlib.import_module(module), name), prefix, values).port == port
     assert load(PurchaseSagaSettings, "LEAKY_TOKEN", plain).saga_runner == "external"
     assert load(CassandraStoreSettings, "LEAKY_ANALYTICS", plain).cassandra_hosts == ("cassandra",)
 

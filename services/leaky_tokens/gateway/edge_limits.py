@@ -1,7 +1,8 @@
-"""Edge request-rate limits: Envoy's ratelimit filter asking the token service (ADR 0042).
+"""Edge request-rate limits: Envoy's ratelimit filter asking the RLS (ADRs 0042, 0047).
 
 Every request routed to a service is described to `ShouldRateLimit` (the token service's RLS,
-ADR 0025) by the virtual host's `rate_limits`, one descriptor per entry:
+ADR 0025, served for Envoy by the `ratelimit` deployment, ADR 0047) by the virtual host's
+`rate_limits`, one descriptor per entry:
 
 - (method, remote_address): the gRPC method (`:path` once the transcoder has run, so an
   HTTP/JSON call and a native gRPC call of one method count alike) and the connection's peer
@@ -23,12 +24,14 @@ from __future__ import annotations
 from typing import Any
 
 from leaky_tokens.gateway.edge_settings import GatewaySettings
-from leaky_tokens.topology import Service
+from leaky_tokens.topology import RATELIMIT, Service
 
 _T = "type.googleapis.com/envoy.extensions.filters.http."
 RATELIMIT_FILTER = "envoy.filters.http.ratelimit"
 HEADERS_FILTER = "leaky.rate_limit_headers"
-RLS_CLUSTER = "token"  # the token service serves ShouldRateLimit on its own port
+# ShouldRateLimit is asked of a deployment of its own (the token service's code serving the
+# RLS alone, ADR 0047), not of the token process that also serves Consume.
+RLS_CLUSTER = RATELIMIT
 
 # Descriptor keys, as the policy file's rate_limits name them.
 METHOD_KEY = "method"
@@ -74,7 +77,7 @@ def rate_limits() -> list[dict[str, Any]]:
 
 
 def enabled(settings: GatewaySettings, services: tuple[Service, ...]) -> bool:
-    """Edge limits are on, and the topology has the service that answers them."""
+    """Edge limits are on, and the topology has the deployment that answers them."""
     return settings.ratelimit and any(s.slug == RLS_CLUSTER for s in services)
 
 

@@ -17,8 +17,9 @@ class GatewaySettings:
     ratelimit: bool = field(
         default=True,
         metadata=doc(
-            "Edge request-rate limits: Envoy asks the token service's ShouldRateLimit for "
-            "every request to a service (limits in the token policy's rate_limits)."
+            "Edge request-rate limits: Envoy asks ShouldRateLimit of the ratelimit deployment "
+            "(the token service serving the RLS alone, ADR 0047) for every request to a "
+            "service (limits in the token policy's rate_limits)."
         ),
     )
     ratelimit_domain: str = field(

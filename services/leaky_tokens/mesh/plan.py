@@ -146,6 +146,8 @@ def service_children(
                 f"{prefix}_METRICS_PORT": str(metrics),
             }
         )
+        if service.serve:  # another deployment of its package (the ratelimit's rls)
+            child_env[f"{prefix}_SERVE"] = service.serve
         if service.needs_auth_target:
             child_env[f"{prefix}_AUTH_TARGET"] = auth_target
         for peer in service.targets:

@@ -56,6 +56,10 @@ from leaky_tokens.token.servicer import PENDING, PUBLIC_METHODS, TOKEN_SERVICE, 
 
 ENV_PREFIX = "LEAKY_TOKEN"
 SHIPPED_POLICY = Path(__file__).with_name(DEFAULT_POLICY)
+# What one process serves (`serve`): everything, or ShouldRateLimit alone (ADR 0047).
+SERVE_ALL = "all"
+SERVE_RLS = "rls"
+RLS_SLUG = "ratelimit"  # the rls deployment's Consul service, metrics and log name
 log = logging.getLogger(__name__)
 
 
@@ -65,6 +69,14 @@ class TokenSettings(PeerSettings, PurchaseSagaSettings, RlsSettings, RelaySettin
     database_url and saga_* ones the purchase saga's (shared with the saga worker)."""
 
     port: int = field(default=50052, metadata=doc("gRPC port."))
+    serve: str = field(
+        default=SERVE_ALL,
+        metadata=doc(
+            "What this process serves: all (TokenService and ShouldRateLimit) or rls "
+            "(ShouldRateLimit alone, registered in Consul as ratelimit: the deployment "
+            "Envoy's edge limits ask, ADR 0047)."
+        ),
+    )
     metrics_port: int = field(default=9102, metadata=doc("Prometheus /metrics port; 0 disables."))
     policy_poll_seconds: float = field(
         default=1.0,
@@ -120,6 +132,8 @@ class TokenSettings(PeerSettings, PurchaseSagaSettings, RlsSettings, RelaySettin
         PurchaseSagaSettings.__post_init__(self)  # the store's settings too
         RelaySettings.__post_init__(self)
         RlsSettings.__post_init__(self)
+        if self.serve not in (SERVE_ALL, SERVE_RLS):
+            raise SettingsError(f"serve: {SERVE_ALL} or {SERVE_RLS}, got {self.serve!r}")
         if not 0 <= self.metrics_tenant_top_n <= MAX_TOP_N:
             raise SettingsError(
                 f"metrics_tenant_top_n: must be 0 to {MAX_TOP_N}, got {self.metrics_tenant_top_n}"
@@ -168,15 +182,14 @@ async def build(
     the payment stub of the saga_payment_* settings (ADR 0032).
     """
     clock = clock or SystemClock()
+    if settings.serve == SERVE_RLS:
+        return _build_rls_only(
+            settings, clock, jwks=jwks, monotonic=monotonic, store=store, policy=policy
+        )
     closers: list[Callable[[], Awaitable[None]]] = []
     metrics = TokenMetrics(tenant_top_n=settings.metrics_tenant_top_n)
     watched: list[Reloadable] = []  # reloaded on SIGHUP and on change, by one Reloader
-    if policy is None:
-        try:
-            policy = PolicyFile(Path(settings.policy_file or SHIPPED_POLICY))
-        except PolicyError as error:  # one line naming file:line, not a traceback
-            raise SystemExit(f"token: bad policy file: {error}") from None
-        watched.append(policy)
+    policy = _policy(settings, policy, watched)
     try:  # before any connection opens: a bad file stops the service with one line
         rls_config = rls_config_file(settings)
     except PolicyError as error:
@@ -266,6 +279,81 @@ async def build(
         peer.spec, peer.verifier, peer.owned_jwks, policy, metering, closers, rls.config_file,
         saga_store, saga,
     )  # fmt: skip
+
+
+def _policy(
+    settings: TokenSettings, policy: PolicyFile | None, watched: list[Reloadable]
+) -> PolicyFile:
+    """The caller's policy, or the policy file (reloaded: added to `watched`)."""
+    if policy is not None:
+        return policy
+    try:
+        found = PolicyFile(Path(settings.policy_file or SHIPPED_POLICY))
+    except PolicyError as error:  # one line naming file:line, not a traceback
+        raise SystemExit(f"token: bad policy file: {error}") from None
+    watched.append(found)
+    return found
+
+
+def _build_rls_only(
+    settings: TokenSettings,
+    clock: Clock,
+    *,
+    jwks: JwksFetcher | None,
+    monotonic: Callable[[], float],
+    store: DecisionStore | None,
+    policy: PolicyFile | None,
+) -> TokenComponents:
+    """ShouldRateLimit alone (serve=rls, ADR 0047): the same policy file, rls_config and
+    store settings as the token service, so the same rules and, on Redis, the same counters
+    and buckets; no TokenService, relay, sweeper, saga, membership or provider.
+
+    On the memory store the request counters are this process's own (Envoy asks only this
+    deployment, so the edge's counts are still in one place), but token_bucket descriptors
+    would charge buckets Consume never sees: they are refused (FAILED_PRECONDITION).
+    """
+    closers: list[Callable[[], Awaitable[None]]] = []
+    metrics = TokenMetrics()
+    watched: list[Reloadable] = []
+    policy = _policy(settings, policy, watched)
+    try:
+        rls_config = rls_config_file(settings)
+    except PolicyError as error:
+        raise SystemExit(f"{RLS_SLUG}: bad rls_config: {error}") from None
+    shared = store is not None or settings.backend is not Backend.MEMORY
+    if store is None and shared:
+        store = _store(settings, closers)
+    if isinstance(store, ResilientDecisionStore):
+        store.listen(metrics.watch_degraded(store.mode.value))
+    rls = build_rls(
+        settings,
+        settings,
+        clock,
+        config_file=rls_config,
+        policy=lambda: policy.current,
+        counter=MeteredRequestCounter(rate_counter(settings), metrics),
+        store=None
+        if store is None
+        else MeteredDecisionStore(store, metrics, Rpc.SHOULD_RATE_LIMIT),
+        shared_store=shared,
+    )
+    closers.append(rls.close)
+    if rls.config_file is not None:
+        watched.append(rls.config_file)
+    reloader = Reloader(watched)
+    reloader.start(settings.policy_poll_seconds)
+    closers.append(reloader.stop)
+    spec = ServiceSpec(
+        RLS_SLUG,
+        (RLS_SERVICE_NAME,),
+        rls.register,
+        RLS_PUBLIC_METHODS,
+        collectors=(*metrics.collectors, rls.servicer.metrics.shadow),
+    )
+    peer = peer_components(settings, spec, jwks=jwks, monotonic=monotonic)
+    return TokenComponents(
+        peer.spec, peer.verifier, peer.owned_jwks, policy, None, closers, rls.config_file
+    )
 
 
 def _store(settings: TokenSettings, closers: list[Callable[[], Awaitable[None]]]) -> DecisionStore:

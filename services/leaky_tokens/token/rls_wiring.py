@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import grpc
 
+from leaky_tokens.runtime.errors import FailedPreconditionError
 from leaky_tokens.runtime.ports import Clock
 from leaky_tokens.runtime.settings import SettingsError, doc
 from leaky_tokens.token.adapters.config_files import load_policy, load_rate_limit_path
@@ -19,12 +20,13 @@ from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisi
 from leaky_tokens.token.adapters.settings import Backend, TokenStoreSettings
 from leaky_tokens.token.adapters.store_factory import decision_store, redis_counter, redis_store
 from leaky_tokens.token.adapters.watched_config import WatchedConfig
+from leaky_tokens.token.domain.decision import Allowed, Denied
 from leaky_tokens.token.domain.policy import Policy
 from leaky_tokens.token.domain.policy_parse import DEFAULT_POLICY
 from leaky_tokens.token.domain.ports import DecisionStore
 from leaky_tokens.token.domain.rate_counter import RequestCounterStore
 from leaky_tokens.token.domain.rls_config import RateLimitConfig
-from leaky_tokens.token.domain.rls_tokens import TokenDescriptors
+from leaky_tokens.token.domain.rls_tokens import TokenCharge, TokenDescriptors
 from leaky_tokens.token.rls_lane import rls_lane
 from leaky_tokens.token.rls_servicer import RLS_SERVICE, SHOULD_RATE_LIMIT, RateLimitServicer
 
@@ -184,6 +186,24 @@ def _decision_store(
     )
 
 
+class UnsharedTokens(TokenDescriptors):
+    """Token descriptors in a ShouldRateLimit-only process on the memory store (ADR 0047):
+    its buckets would be its own, not the ones Consume charges, so each such request is
+    refused, saying where to ask instead, rather than counted where nothing else looks."""
+
+    def __init__(self) -> None:  # nothing to charge
+        pass
+
+    async def charge(
+        self, charges: Mapping[int, TokenCharge], now_ms: int
+    ) -> dict[int, Allowed | Denied]:
+        raise FailedPreconditionError(
+            "token_bucket descriptors need the token service's store: this ShouldRateLimit-"
+            "only process keeps its counters in memory (store_backend=memory); ask the token "
+            "service's own port, or run both on redis"
+        )
+
+
 def build_rls(
     settings: RlsSettings,
     store_settings: TokenStoreSettings,
@@ -193,18 +213,27 @@ def build_rls(
     policy: Callable[[], Policy] | None = None,
     counter: RequestCounterStore | None = None,
     store: DecisionStore | None = None,
+    shared_store: bool = True,
 ) -> RlsWiring:
     """ShouldRateLimit over `config_file` (`rls_config_file(settings)`, read by the caller
     before it opens any connection; None: the policy's own rules) and `counter` (default: the
     one store_backend names); token descriptors charge `store`, which should be the
-    bootstrap's own decision store (default: one built from the same settings)."""
+    bootstrap's own decision store (default: one built from the same settings). Without
+    `shared_store` (a ShouldRateLimit-only process on the memory store) token descriptors
+    are refused: `UnsharedTokens`."""
     closers: list[Callable[[], Awaitable[None]]] = []
     counter = counter or rate_counter(store_settings)
     closers.append(counter.close)
-    if store is None:
-        store = _decision_store(store_settings, closers)
     source = policy_source(policy)
-    tokens = TokenDescriptors(store, token_policy(config_file, source), lambda: uuid.uuid4().hex)
+    tokens: TokenDescriptors
+    if not shared_store:
+        tokens = UnsharedTokens()
+    else:
+        if store is None:
+            store = _decision_store(store_settings, closers)
+        tokens = TokenDescriptors(
+            store, token_policy(config_file, source), lambda: uuid.uuid4().hex
+        )
     servicer = RateLimitServicer(
         config_source(config_file, source),
         counter,
