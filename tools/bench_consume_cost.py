@@ -8,12 +8,13 @@ Consume calls with ghz at fixed concurrency to each server in turn, rounds inter
 busy neighbour weighs on all alike. Per server it prints the median of the token process's
 utime+stime (/proc/<pid>/stat) over those calls ÷ N, and its Redis's and the provider's CPU
 per call in the same runs. `--profile` records the first server with py-spy (raw) over one
-extra run and prints its frames by own and inclusive samples. Every process it starts it
-stops by PID.
+extra run and prints its frames by own and inclusive samples (`--native`: C frames too, which
+pauses the process per sample). Every process it starts it stops by PID.
 
   python tools/bench_consume_cost.py --calls 20000 --rounds 3
   git archive <before> services | tar -x -C /tmp/before   # then, before/after in one run:
   python tools/bench_consume_cost.py --against /tmp/before --variant shards8:STORE_SHARDS=8
+  python tools/bench_consume_cost.py --against a=/tmp/a --against b=/tmp/b   # several trees
 """
 
 from __future__ import annotations
@@ -58,8 +59,11 @@ def main() -> None:
         auth, provider, provider_pid = _peers(procs, work)
         (work / "policy.yaml").write_text(bench.POLICY)
         trees: list[tuple[str, str, dict[str, str]]] = [("ours", "", {})]
-        if args.against:
-            trees.append(("against", str(Path(args.against).resolve() / "services"), {}))
+        for spec in args.against:
+            # NAME=DIR names the server; a bare DIR is "against" (once) or the folder's name.
+            name, _, tree = spec.rpartition("=") if "=" in spec else ("", "", spec)
+            name = name or ("against" if len(args.against) == 1 else Path(tree).name)
+            trees.append((name, str(Path(tree).resolve() / "services"), {}))
         for spec in args.variant:
             name, _, settings = spec.partition(":")
             pairs = dict(p.split("=", 1) for p in settings.split(",") if "=" in p)
@@ -90,7 +94,12 @@ def main() -> None:
         for s in servers:  # warm up: connections, JWKS, scripts, caches
             load(s.target, max(args.calls // 10, 500))
         if args.profile:
-            _profile(servers[0], lambda: load(servers[0].target, args.calls, strict=False), work)
+            _profile(
+                servers[0],
+                lambda: load(servers[0].target, args.calls, strict=False),
+                work,
+                native=args.native,
+            )
         figures: dict[str, dict[str, list[float]]] = {
             s.name: {"token": [], "redis": [], "provider": []} for s in servers
         }
@@ -172,15 +181,16 @@ def _token(
     return _Server(name, pid, redis_pid, f"127.0.0.1:{port}")
 
 
-def _profile(server: _Server, run: object, work: Path) -> None:
+def _profile(server: _Server, run: object, work: Path, *, native: bool = False) -> None:
     """py-spy (from this venv) on `server` over one run; the frames by own and inclusive."""
     spy = Path(sys.executable).with_name("py-spy")
     if not spy.exists():
         raise SystemExit(f"--profile needs py-spy in {spy.parent} (pip install py-spy)")
     raw = work / "profile.txt"
     argv = [str(spy), "record", "--pid", str(server.token_pid), "--format", "raw", "-o", str(raw)]
-    # --nonblocking: a paused process misses its store timeouts and degrades.
-    argv += ["--rate", "200", "--nonblocking"]
+    # --nonblocking: a paused process misses its store timeouts; --native cannot go without
+    # pausing it (py-spy), so it samples less often.
+    argv += ["--rate", "100", "--native"] if native else ["--rate", "200", "--nonblocking"]
     spying = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
     time.sleep(1)
     assert callable(run)
@@ -196,7 +206,12 @@ def _options() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="measured runs per server")
     parser.add_argument("-c", type=int, default=50, help="ghz concurrency")
     parser.add_argument("--connections", type=int, default=1, help="ghz connections")
-    parser.add_argument("--against", help="another checkout whose services/ also serves")
+    parser.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        help="[NAME=]DIR: another checkout whose services/ also serves (repeatable)",
+    )
     parser.add_argument(
         "--variant",
         action="append",
@@ -204,6 +219,9 @@ def _options() -> argparse.Namespace:
         help="NAME:KEY=VALUE[,KEY=VALUE]: this checkout again with LEAKY_TOKEN_KEY=VALUE",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the first server")
+    parser.add_argument(
+        "--native", action="store_true", help="with --profile: C frames too (py-spy --native)"
+    )
     return parser.parse_args()
 
 

@@ -112,6 +112,48 @@ async def test_retention_keeps_the_newest_rows_and_drops_old_ones(tmp_path: Path
     await log.close()
 
 
+async def test_age_retention_deletes_the_aged_records_before_the_first_young_one(
+    tmp_path: Path,
+) -> None:
+    # Retention walks from the oldest record and stops at the first young one (ADR 0050): a
+    # record a lagging writer appended after it waits for it, and is never a reason to delete
+    # the young one (deleting through the newest aged offset did that).
+    clock = Clock()
+    path = tmp_path / "events.sqlite"
+    log = EventLogFile(path, keep_seconds=60, now_ms=clock.now_ms)
+    lagging = EventLogFile(path, keep_seconds=60, now_ms=lambda: clock.now - 40_000)
+    await log.append(USAGE, entries([consumed("old")]))
+    clock.now += 30_000
+    await log.append(USAGE, entries([consumed("young")]))
+    await lagging.append(USAGE, entries([consumed("lagging")]))  # stamped 10 s before "old"
+    clock.now += 45_000  # "old" and "lagging" are past 60 s, "young" is 45 s old
+    assert await log.prune() == 1
+    kept = await log.read(USAGE, 0, 10)
+    assert [r.event_id for r in kept] == ["young", "lagging"]
+    assert await log.truncated_through(USAGE) == kept[0].seq - 1
+    clock.now += 20_000  # now "young" has aged too
+    assert await log.prune() == 2
+    assert await log.read(USAGE, 0, 10) == []
+    assert await log.truncated_through(USAGE) == kept[-1].seq
+    await lagging.close()
+    await log.close()
+
+
+async def test_row_retention_counts_rows_not_offsets(tmp_path: Path) -> None:
+    # Another topic's records between this one's leave gaps in its offsets: a topic whose
+    # offset span is wider than keep_rows but whose rows are not more keeps them all.
+    log = EventLogFile(tmp_path / "events.sqlite", keep_rows=3)
+    for i in range(3):
+        await log.append(USAGE, entries([consumed(f"u{i}")]))
+        await log.append(PURCHASE, entries([consumed(f"p{i}")]))
+    assert await log.prune() == 0
+    await log.append(USAGE, entries([consumed("u3")]))
+    assert await log.prune() == 1
+    assert [r.event_id for r in await log.read(USAGE, 0, 10)] == ["u1", "u2", "u3"]
+    assert len(await log.read(PURCHASE, 0, 10)) == 3
+    await log.close()
+
+
 async def test_a_quiet_topic_is_pruned_beside_a_busy_one(tmp_path: Path) -> None:
     # One instance appending two topics: the busy one must not take every pruning slot.
     clock = Clock()
