@@ -10,13 +10,15 @@ import signal
 import subprocess
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from leaky.events.v1.events_pb2 import EventEnvelope
@@ -211,13 +213,38 @@ def purchase_event(i: int) -> EventEnvelope:
     return envelope
 
 
-async def publish(producer: AIOKafkaProducer, topic: str, envelopes: list[EventEnvelope]) -> None:
+@asynccontextmanager
+async def producing(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    """A started producer (acks from all replicas), stopped on exit."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The offsets `group` has committed on `topic`, by partition (none: absent)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        found = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in found.items() if tp.topic == topic}
+
+
+async def publish(
+    producer: AIOKafkaProducer, topic: str, envelopes: list[EventEnvelope]
+) -> list[Any]:
+    """Send each envelope keyed by its partition key; their RecordMetadata once all are
+    acknowledged (`.partition`, `.offset`)."""
     sent = [
         await producer.send(topic, value=e.SerializeToString(), key=e.partition_key.encode())
         for e in envelopes
     ]
-    for delivery in sent:
-        await delivery
+    return [await delivery for delivery in sent]
 
 
 def expected_buckets(facts: list[UsageFact]) -> dict[tuple[Scope, str, Resolution, int], Totals]:
