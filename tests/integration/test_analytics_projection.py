@@ -4,8 +4,10 @@ computation; poison goes to the dead-letter topic with its reason; a store outag
 health NOT_SERVING and the projection resumes when the store is back.
 
 The store is the `usage_store` fixture: the stack's real Cassandra (a fresh keyspace per
-test), except for the outage test, which needs a store it can take down without stopping the
-shared Cassandra: tests/support's SQLite-file double (honest dedup by event id).
+test), except for the outage test here, which takes tests/support's SQLite-file double down
+(honest dedup by event id) to check Consul's view; the real Cassandra store through an outage
+(and a Kafka restart) is test_analytics_projection_outages.py's. The worker harness and the
+events are tests/support/projection_worker.py's.
 """
 
 from __future__ import annotations
