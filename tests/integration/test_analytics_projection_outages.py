@@ -59,6 +59,7 @@ pytestmark = pytest.mark.integration
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+RETRIES = 10  # backoff 20 ms doubling to 200 ms: well over a second of stalled batch
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ def own_broker(tmp_path_factory: pytest.TempPathFactory, stack: Stack) -> Iterat
 
 
 @pytest.fixture
-def running(tmp_path: Path) -> Iterator[list[Worker]]:
+def running() -> Iterator[list[Worker]]:
     """Workers the test starts, stopped (SIGTERM) afterwards if still running."""
     workers: list[Worker] = []
     try:
@@ -145,19 +146,15 @@ async def test_a_kafka_restart_mid_stream_loses_nothing_and_the_worker_rides_it_
             await publish(producer, worker.usage_topic, first + before_copies)
         await wait_decisions(worker, reader, 30, "some projected before the stop")
         assert len(await decisions(reader)) < 180, "meant to stop Kafka with events unprojected"
-        log = tmp_path / "worker.log"
-        seen = log.stat().st_size
+        mark = worker.log_mark()
         await asyncio.to_thread(own_broker.stop)
-
         kafka_port = own_broker.kafka.port
-        failures = (f"127.0.0.1:{kafka_port}".encode(), f"'127.0.0.1', {kafka_port})".encode())
+        failures = (f"127.0.0.1:{kafka_port}", f"'127.0.0.1', {kafka_port})")
 
         def noticed() -> bool:  # its Kafka client logged failing to reach the broker
             worker.alive()
-            with log.open("rb") as text:
-                text.seek(seen)
-                written = text.read()
-            return any(failure in written for failure in failures)
+            messages = [str(r.get("msg", "")) for r in worker.records(mark)]
+            return any(failure in m for m in messages for failure in failures)
 
         await eventually(noticed, DELIVERY, what="the worker noticing Kafka is gone")
         await asyncio.to_thread(own_broker.start)
@@ -184,9 +181,26 @@ async def test_a_cassandra_outage_pauses_the_projection_commits_nothing_unwritte
         reader = worker.store.reader()  # straight to the node, past the proxy
         topic = worker.usage_topic
 
-        async def stalled() -> None:
+        async def stalled(since: int) -> None:
+            """NOT_SERVING, and the store call retried RETRIES times since the log's `since`:
+            a commit interval (200 ms) has passed many times while the batch waited."""
             await worker.health(NOT_SERVING)
             assert worker.metrics()["leaky_analytics_projection_stalled"] == 1
+
+            def retried() -> bool:
+                worker.alive()
+                return any(
+                    r.get("msg") == "analytics projection stalled; retrying"
+                    and r.get("attempt", 0) >= RETRIES
+                    for r in worker.records(since)
+                )
+
+            await eventually(retried, DELIVERY, what=f"{RETRIES} retries of the store call")
+
+        async def nothing_committed_past(unwritten: list[Any]) -> None:
+            committed = await committed_offsets(kafka.address, worker.group, topic)
+            for partition, offsets in offsets_by_partition(unwritten).items():
+                assert committed.get(partition, 0) <= min(offsets), (partition, committed)
 
         try:
             worker.start()
@@ -198,10 +212,12 @@ async def test_a_cassandra_outage_pauses_the_projection_commits_nothing_unwritte
 
                 # 1. Cassandra goes away: the projection stalls in the same process and
                 # resumes when it is back; copies of projected events count once.
+                mark = worker.log_mark()
                 proxy.cut()
-                await publish(producer, topic, events[150:300] + events[100:150])
-                await stalled()
+                unwritten = await publish(producer, topic, events[150:300] + events[100:150])
+                await stalled(mark)
                 assert len(await decisions(reader)) == 90  # nothing more written
+                await nothing_committed_past(unwritten)
                 proxy.restore()
                 await worker.health(SERVING)
                 await wait_decisions(worker, reader, 180, "projected after the outage")
@@ -209,13 +225,12 @@ async def test_a_cassandra_outage_pauses_the_projection_commits_nothing_unwritte
 
                 # 2. Gone again, and the worker is killed while it waits: no offset of an
                 # event it did not write was committed, so a new worker projects them.
+                mark = worker.log_mark()
                 proxy.cut()
                 unwritten = await publish(producer, topic, events[300:] + events[200:220])
-                await stalled()
+                await stalled(mark)
                 worker.stop(signal.SIGKILL)
-                committed = await committed_offsets(kafka.address, worker.group, topic)
-                for partition, offsets in offsets_by_partition(unwritten).items():
-                    assert committed.get(partition, 0) <= min(offsets), (partition, committed)
+                await nothing_committed_past(unwritten)
                 assert len(await decisions(reader)) == 180
                 proxy.restore()
                 worker.start()

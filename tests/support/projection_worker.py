@@ -5,6 +5,8 @@ the brute-force answers to compare the store with."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -146,6 +148,27 @@ class Worker:
     def stop(self, sig: int = signal.SIGTERM) -> int:
         process, self.process = self.process, None
         return worker_process.stop(process, sig)
+
+    @property
+    def log(self) -> Path:
+        return self.root / "worker.log"
+
+    def log_mark(self) -> int:
+        """Where the log ends now: `records(since=...)` reads what comes after."""
+        return self.log.stat().st_size if self.log.exists() else 0
+
+    def records(self, since: int = 0) -> list[dict[str, Any]]:
+        """The worker's JSON log records written after `since` (other lines skipped)."""
+        with self.log.open("rb") as text:
+            text.seek(since)
+            lines = text.read().splitlines()
+        found = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    found.append(record)
+        return found
 
     def alive(self) -> None:
         if self.process is not None and self.process.poll() is not None:
