@@ -7,7 +7,9 @@
   (tests/support/tcp_proxy.py), so the worker's driver loses its connections and has new ones
   refused, as when the node is down, while the shared node stays up for everyone else. The
   projection stalls (health NOT_SERVING), commits no offset past what it wrote, resumes in the
-  same process, and a worker killed during the outage loses nothing either.
+  same process, and a worker killed during the outage loses nothing either. The proxy can
+  also hang (hold every byte): requests time out, the batch waits, and the held writes land
+  late, after their retry was sent.
 
 Each test has its own keyspace, topics and group; what is stored is compared with a
 brute-force computation over the events, and the raw table is also read with plain CQL.
@@ -125,6 +127,30 @@ async def wait_decisions(worker: Worker, reader: UsageStore, count: int, what: s
     await eventually(reached, DELIVERY, what=what)
 
 
+async def stalled(worker: Worker, since: int, retries: int = RETRIES) -> None:
+    """NOT_SERVING and stalled 1, and the store call retried `retries` times since the log's
+    `since`: commit intervals (200 ms) have passed many times while the batch waited."""
+    await worker.health(NOT_SERVING)
+    assert worker.metrics()["leaky_analytics_projection_stalled"] == 1
+
+    def retried() -> bool:
+        worker.alive()
+        return any(
+            r.get("msg") == "analytics projection stalled; retrying"
+            and r.get("attempt", 0) >= retries
+            for r in worker.records(since)
+        )
+
+    await eventually(retried, DELIVERY, what=f"{retries} retries of the store call")
+
+
+async def nothing_committed_past(bootstrap: str, worker: Worker, unwritten: list[Any]) -> None:
+    """The worker's group committed no offset of the `unwritten` messages (or later)."""
+    committed = await committed_offsets(bootstrap, worker.group, worker.usage_topic)
+    for partition, offsets in offsets_by_partition(unwritten).items():
+        assert committed.get(partition, 0) <= min(offsets), (partition, committed)
+
+
 async def test_a_kafka_restart_mid_stream_loses_nothing_and_the_worker_rides_it_out(
     own_broker: OwnBroker, keyspace: tuple[int, str], tmp_path: Path, running: list[Worker]
 ) -> None:
@@ -180,28 +206,6 @@ async def test_a_cassandra_outage_pauses_the_projection_commits_nothing_unwritte
         running.append(worker)
         reader = worker.store.reader()  # straight to the node, past the proxy
         topic = worker.usage_topic
-
-        async def stalled(since: int) -> None:
-            """NOT_SERVING, and the store call retried RETRIES times since the log's `since`:
-            a commit interval (200 ms) has passed many times while the batch waited."""
-            await worker.health(NOT_SERVING)
-            assert worker.metrics()["leaky_analytics_projection_stalled"] == 1
-
-            def retried() -> bool:
-                worker.alive()
-                return any(
-                    r.get("msg") == "analytics projection stalled; retrying"
-                    and r.get("attempt", 0) >= RETRIES
-                    for r in worker.records(since)
-                )
-
-            await eventually(retried, DELIVERY, what=f"{RETRIES} retries of the store call")
-
-        async def nothing_committed_past(unwritten: list[Any]) -> None:
-            committed = await committed_offsets(kafka.address, worker.group, topic)
-            for partition, offsets in offsets_by_partition(unwritten).items():
-                assert committed.get(partition, 0) <= min(offsets), (partition, committed)
-
         try:
             worker.start()
             await worker.health(SERVING)
@@ -215,9 +219,9 @@ async def test_a_cassandra_outage_pauses_the_projection_commits_nothing_unwritte
                 mark = worker.log_mark()
                 proxy.cut()
                 unwritten = await publish(producer, topic, events[150:300] + events[100:150])
-                await stalled(mark)
+                await stalled(worker, mark)
                 assert len(await decisions(reader)) == 90  # nothing more written
-                await nothing_committed_past(unwritten)
+                await nothing_committed_past(kafka.address, worker, unwritten)
                 proxy.restore()
                 await worker.health(SERVING)
                 await wait_decisions(worker, reader, 180, "projected after the outage")
@@ -228,15 +232,54 @@ async def test_a_cassandra_outage_pauses_the_projection_commits_nothing_unwritte
                 mark = worker.log_mark()
                 proxy.cut()
                 unwritten = await publish(producer, topic, events[300:] + events[200:220])
-                await stalled(mark)
+                await stalled(worker, mark)
                 worker.stop(signal.SIGKILL)
-                await nothing_committed_past(unwritten)
+                await nothing_committed_past(kafka.address, worker, unwritten)
                 assert len(await decisions(reader)) == 180
                 proxy.restore()
                 worker.start()
                 await worker.health(SERVING)
                 await wait_decisions(worker, reader, 270, "projected by the new worker")
             await stored_exactly(reader, port, name, events)
+            assert worker.stop() == 0
+        finally:
+            await reader.close()
+
+
+async def test_a_hanging_cassandra_times_out_stalls_the_projection_and_it_resumes(
+    stack: Stack, keyspace: tuple[int, str], tmp_path: Path, running: list[Worker]
+) -> None:
+    """The node accepts connections and requests but never answers (the proxy holds every
+    byte): requests time out, the batch waits, and what was held reaches the node late,
+    after the retry was sent, when the proxy forwards again."""
+    kafka = component(stack, "kafka")
+    assert isinstance(kafka, Kafka)
+    port, name = keyspace
+    events = [usage_event(i) for i in range(200)]
+    with tcp_proxy(port) as proxy:
+        store = cassandra_real(port, name, worker_port=proxy.port)
+        store.env["LEAKY_ANALYTICS_CASSANDRA_REQUEST_TIMEOUT_MS"] = "1000"
+        worker = Worker(kafka.address, tmp_path, store)
+        running.append(worker)
+        reader = worker.store.reader()
+        topic = worker.usage_topic
+        try:
+            worker.start()
+            await worker.health(SERVING)
+            async with producing(kafka.address) as producer:
+                await publish(producer, topic, events[:100])
+                await wait_decisions(worker, reader, 60, "projected before the hang")
+                mark = worker.log_mark()
+                proxy.freeze()
+                unwritten = await publish(producer, topic, events[100:] + events[50:80])
+                await stalled(worker, mark, retries=3)
+                assert len(await decisions(reader)) == 60
+                await nothing_committed_past(kafka.address, worker, unwritten)
+                proxy.restore()
+                await worker.health(SERVING)
+                await wait_decisions(worker, reader, 120, "projected after the hang")
+            await stored_exactly(reader, port, name, events)
+            worker.alive()
             assert worker.stop() == 0
         finally:
             await reader.close()

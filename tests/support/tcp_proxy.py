@@ -1,8 +1,9 @@
 """A TCP proxy a test puts in front of a shared server to take it away from one client
 without touching the server: `cut()` resets every proxied connection and stops listening
-(new connections are refused, as from a server that is down), `restore()` listens again on
-the same port. It runs on its own thread and event loop, so a test blocked in a synchronous
-wait does not stall the traffic it forwards."""
+(new connections are refused, as from a server that is down), `freeze()` keeps accepting
+and holding connections but forwards nothing either way (a server that hangs), `restore()`
+undoes either (listening again on the same port). It runs on its own thread and event loop,
+so a test blocked in a synchronous wait does not stall the traffic it forwards."""
 
 from __future__ import annotations
 
@@ -29,14 +30,19 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._pumps: set[asyncio.Future[None]] = set()
+        self._flowing = asyncio.Event()
 
     def start(self) -> None:
         self._thread.start()
         self.restore()
 
     def restore(self) -> None:
-        """Listen (again) on `port`."""
+        """Listen (again) on `port` and forward (again)."""
         self._run(self._listen())
+
+    def freeze(self) -> None:
+        """Forward nothing more, in either direction, until `restore()`; keep accepting."""
+        self._run(self._freeze())
 
     def cut(self) -> None:
         """Refuse new connections and reset every open one."""
@@ -52,7 +58,11 @@ class TcpProxy:
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
 
+    async def _freeze(self) -> None:
+        self._flowing.clear()
+
     async def _listen(self) -> None:
+        self._flowing.set()
         if self._server is None:
             self._server = await asyncio.start_server(
                 self._accept, HOST, self.port, reuse_address=True
@@ -73,8 +83,8 @@ class TcpProxy:
         try:
             up_reader, upstream = await asyncio.open_connection(HOST, self.target_port)
             both = {
-                asyncio.ensure_future(_pump(reader, upstream)),
-                asyncio.ensure_future(_pump(up_reader, writer)),
+                asyncio.ensure_future(self._pump(reader, upstream)),
+                asyncio.ensure_future(self._pump(up_reader, writer)),
             }
             self._pumps |= both
             try:
@@ -92,12 +102,12 @@ class TcpProxy:
                 if end is not None:
                     end.transport.abort()  # a reset, as from a server that went away
 
-
-async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError):
-        while data := await source.read(65536):
-            sink.write(data)
-            await sink.drain()
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await source.read(65536):
+                await self._flowing.wait()  # frozen: held (and TCP backpressure) until restored
+                sink.write(data)
+                await sink.drain()
 
 
 @contextlib.contextmanager
