@@ -90,6 +90,14 @@ def running() -> Iterator[list[Worker]]:
     finally:
         for worker in workers:
             worker.stop()
+            # Shown when the test failed: the worker's own story, without aiokafka's.
+            own = [
+                r
+                for r in worker.records()
+                if not str(r.get("logger", "")).startswith(("aiokafka", "alembic"))
+            ]
+            for record in own[-60:]:
+                print(record)
 
 
 def usage_facts(events: list[EventEnvelope]) -> list[UsageFact]:

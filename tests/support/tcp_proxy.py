@@ -9,14 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
-from tests.support.net import free_port
+from tests.support.net import port_free
 
 HOST = "127.0.0.1"
 T = TypeVar("T")
+# Below Linux's ephemeral range (32768-60999): while the proxy is cut its port is unbound,
+# and an outgoing connection on this busy machine must not take it as its local port before
+# `restore()` binds it again. Other tests' ports (free_port) come from the ephemeral range.
+QUIET_PORTS = range(20_000, 32_768)
+
+
+def quiet_port(attempts: int = 200) -> int:
+    """A port of QUIET_PORTS that is free right now."""
+    for _ in range(attempts):
+        port = random.choice(QUIET_PORTS)  # noqa: S311 (a port, not a secret)
+        if port_free(port):
+            return port
+    raise RuntimeError(f"no free port in {QUIET_PORTS} after {attempts} attempts")
 
 
 class TcpProxy:
@@ -24,7 +38,7 @@ class TcpProxy:
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
-        self.port = free_port()
+        self.port = quiet_port()
         self.accepted = 0  # connections accepted so far (cut or not)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
