@@ -8,8 +8,8 @@
   refused, as when the node is down, while the shared node stays up for everyone else. The
   projection stalls (health NOT_SERVING), commits no offset past what it wrote, resumes in the
   same process, and a worker killed during the outage loses nothing either. The proxy can
-  also hang (hold every byte): requests time out, the batch waits, and the held writes land
-  late, after their retry was sent.
+  also hang (hold every byte): requests time out, the batch waits, and the held requests
+  reach the node late, with their retries, when it answers again.
 
 Each test has its own keyspace, topics and group; what is stored is compared with a
 brute-force computation over the events, and the raw table is also read with plain CQL.
@@ -258,8 +258,8 @@ async def test_a_hanging_cassandra_times_out_stalls_the_projection_and_it_resume
     stack: Stack, keyspace: tuple[int, str], tmp_path: Path, running: list[Worker]
 ) -> None:
     """The node accepts connections and requests but never answers (the proxy holds every
-    byte): requests time out, the batch waits, and what was held reaches the node late,
-    after the retry was sent, when the proxy forwards again."""
+    byte): requests time out, the batch waits with nothing committed, and what was held
+    reaches the node late, with the retries, when the proxy forwards again."""
     kafka = component(stack, "kafka")
     assert isinstance(kafka, Kafka)
     port, name = keyspace
