@@ -21,8 +21,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from leaky.events.v1.events_pb2 import EventEnvelope
-from leaky_tokens.stack.component import StackPaths
-from leaky_tokens.stack.kafka import Kafka, metadata_ready
+from leaky_tokens.stack.kafka import Kafka
 from leaky_tokens.stack.orchestrator import Stack
 from leaky_tokens.stack.redis import Redis as RedisComponent
 from leaky_tokens.token.adapters import event_codec
@@ -37,9 +36,10 @@ from leaky_tokens.token.domain.bucket import BucketLimit
 from leaky_tokens.token.domain.decision import Level
 from leaky_tokens.token.domain.policy import LevelLimits
 from leaky_tokens.token.domain.ports import DecisionRequest, Subject
-from tests.support.net import free_port
+from tests.support import own_kafka
+from tests.support.own_kafka import OwnBroker
 from tests.support.stack import component
-from tests.support.wait import eventually, wait_until
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -235,44 +235,10 @@ async def test_a_relay_killed_mid_stream_loses_nothing(shared: Env, tmp_path: Pa
     assert deduplicated(got) == sorted(ids)
 
 
-class OwnBroker:
-    """A Kafka broker of this test's own (the shared one serves other tests), restartable."""
-
-    def __init__(self, root: Path) -> None:
-        self.kafka = Kafka(port=free_port(), controller_port=free_port())
-        self.paths = StackPaths(root, StackPaths.default().cache)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.kafka.provision(self.paths)  # the jars the shared stack already cached
-        self.kafka.prepare(self.paths)
-        launch = self.kafka.launch(self.paths)
-        with self.paths.log("kafka").open("ab") as out:
-            self.process = subprocess.Popen(
-                launch.argv, cwd=launch.cwd, env={**os.environ, **launch.env},
-                stdout=out, stderr=out, start_new_session=True,
-            )  # fmt: skip
-        wait_until(lambda: metadata_ready(self.kafka.address), 180, what="own kafka broker")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(30)
-            self.process = None
-
-
 @pytest.fixture
 def own_broker(tmp_path_factory: pytest.TempPathFactory, stack: Stack) -> Iterator[OwnBroker]:
-    broker = OwnBroker(tmp_path_factory.mktemp("own-kafka"))
-    try:
-        broker.start()
+    with own_kafka.own_broker(tmp_path_factory.mktemp("own-kafka")) as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
 async def test_a_kafka_outage_delays_events_and_then_delivers_them_all(

@@ -37,18 +37,36 @@ def new_keyspace() -> str:
     return f"leaky_test_{uuid.uuid4().hex[:16]}"
 
 
-def drop_keyspace(port: int, keyspace: str) -> None:
-    """Drop a test keyspace (blocking)."""
+def _cluster(port: int) -> Cluster:
     profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy())
-    cluster = Cluster(
+    return Cluster(
         ["127.0.0.1"],
         port=port,
         protocol_version=5,
         connect_timeout=10,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
     )
+
+
+def drop_keyspace(port: int, keyspace: str) -> None:
+    """Drop a test keyspace (blocking)."""
+    cluster = _cluster(port)
     try:
         cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
+    finally:
+        cluster.shutdown()
+
+
+def raw_event_ids(port: int, keyspace: str) -> list[str]:
+    """The event ids of every row of the raw table's ALL scope (where the store keeps each
+    usage fact once, give-backs included, and looks ids up), read with CQL past the store's
+    code (blocking)."""
+    cluster = _cluster(port)
+    try:
+        rows = cluster.connect().execute(
+            f"SELECT scope_kind, event_id FROM {keyspace}.usage_raw", timeout=60
+        )
+        return [row.event_id for row in rows if row.scope_kind == "all"]
     finally:
         cluster.shutdown()
 

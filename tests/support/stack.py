@@ -21,8 +21,11 @@ def running_stack() -> Iterator[Stack]:
     # a stack worker would consume the real purchase topic with the real saga parts.
     components = default_components(workers=False)
     stack = Stack(components, StackPaths.default(), say=lambda line: print(line))
-    before = {row.name for row in stack.status() if row.state == "healthy"}
-    # Decided before `up`, so a start-up that fails half way is cleaned up too.
+    # Running (a live PID) is someone else's, healthy or not: a component whose readiness probe
+    # fails on a loaded machine, or that another session is starting, is waited for by `up`
+    # and must not be stopped after this session (that restarted the shared Cassandra under
+    # everyone's tests). Decided before `up`, so a start-up that fails half way is cleaned up.
+    before = {row.name for row in stack.status() if row.state != "stopped"}
     started = [c.name for c in stack.components if c.name not in before]
     STARTED_BY_TESTS.update(started)
     try:
