@@ -25,8 +25,9 @@ def test_this_unit_test_runs_under_the_unit_timeout(request: pytest.FixtureReque
 @settings(max_examples=1)
 @given(st.none())
 def test_a_property_gets_a_multiple_of_the_tier_timeout(
-    request: pytest.FixtureRequest, _: None
+    request: pytest.FixtureRequest, value: None
 ) -> None:
+    assert value is None
     marker = request.node.get_closest_marker("timeout")
     assert marker is not None
     assert marker.args == (TIMEOUTS["unit"] * PROPERTY_FACTOR,)
