@@ -554,7 +554,12 @@ class CassandraUsageStore:
         """Run every request, at most MAX_IN_FLIGHT at once; raise the first error once all
         have finished. The driver's callbacks submit the next request (as its own
         `execute_concurrent` does) and only the last one wakes this loop: no task, future or
-        loop wake-up per request."""
+        loop wake-up per request.
+
+        One deadline for the phase instead of the driver's timer per request (ADR 0051: a
+        libev timer made and cancelled per request): the request timeout per wave of
+        MAX_IN_FLIGHT requests. When it passes, nothing more is submitted and the phase
+        fails as an outage (the caller retries the batch; what was written stays valid)."""
         if not requests:
             return
         loop = asyncio.get_running_loop()
@@ -601,7 +606,7 @@ class CassandraUsageStore:
                     if request is None:
                         continue
                     try:
-                        future = session.execute_async(request)
+                        future = session.execute_async(request, timeout=None)
                     except Exception as error:  # reported like a failed request
                         finished(error)
                         continue
@@ -610,12 +615,18 @@ class CassandraUsageStore:
                 here.submitting = False
 
         submit(min(MAX_IN_FLIGHT, len(requests)))
+        waves = -(-len(requests) // MAX_IN_FLIGHT)
         try:
-            await done
-        except asyncio.CancelledError:
+            await asyncio.wait_for(done, self._timeout * waves)
+        except (asyncio.CancelledError, TimeoutError) as error:
             with lock:
                 stopped[0] = True  # what is in flight lands; nothing new goes out
-            raise
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            late = OperationTimedOut(
+                errors=f"{len(requests)} requests not done in {self._timeout * waves:g} s"
+            )
+            raise self._unavailable(late) from error
         except _OUTAGE as error:
             raise self._unavailable(error) from error
 
