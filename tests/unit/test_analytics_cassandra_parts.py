@@ -1,11 +1,17 @@
-"""The Cassandra usage store's pure parts: the user-shares blob and its settings' checks."""
+"""The Cassandra usage store's pure parts: the user-shares blob, its settings' checks and the
+write phase's submission and deadline (against a session double)."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 import pytest
 
 from leaky_tokens.analytics.adapters.cassandra_settings import CassandraStoreSettings
 from leaky_tokens.analytics.adapters.cassandra_usage_store import (
+    MAX_IN_FLIGHT,
+    CassandraUsageStore,
     _shares_into,
     decode_recent,
     decode_shares,
@@ -13,6 +19,7 @@ from leaky_tokens.analytics.adapters.cassandra_usage_store import (
     encode_shares,
 )
 from leaky_tokens.analytics.domain.facts import FactKind, UsageFact
+from leaky_tokens.analytics.domain.ports import UsageStoreUnavailableError
 from leaky_tokens.analytics.domain.totals import Totals, UserShare
 from leaky_tokens.runtime.settings import SettingsError
 
@@ -76,3 +83,47 @@ def test_shares_are_added_into_totals_users() -> None:
 def test_bad_settings_are_refused(field: str, value: object) -> None:
     with pytest.raises(SettingsError, match=field):
         CassandraStoreSettings(**{field: value})  # type: ignore[arg-type]
+
+
+class _Answered:
+    """A driver future answered at once (ok) or never (a Cassandra that stopped answering)."""
+
+    def __init__(self, answer: bool) -> None:
+        self._answer = answer
+
+    def add_callbacks(self, ok: Callable[[object], None], _err: Callable[[object], None]) -> None:
+        if self._answer:
+            ok(None)
+
+
+class _Session:
+    def __init__(self, answer_first: int) -> None:
+        self.answer_first = answer_first
+        self.submitted: list[object] = []
+        self.timeouts: list[object] = []
+
+    def execute_async(self, request: object, timeout: object = "unset") -> _Answered:
+        self.submitted.append(request)
+        self.timeouts.append(timeout)
+        return _Answered(len(self.submitted) <= self.answer_first)
+
+
+def _store(timeout_ms: int) -> CassandraUsageStore:
+    return CassandraUsageStore(CassandraStoreSettings(cassandra_request_timeout_ms=timeout_ms))
+
+
+async def test_a_write_phase_submits_every_request_without_a_driver_timer_per_request() -> None:
+    session = _Session(answer_first=10**6)
+    await _store(5_000)._run_all(session, list(range(300)))
+    assert session.submitted == list(range(300))
+    assert set(session.timeouts) == {None}  # one deadline for the phase instead
+
+
+async def test_a_write_phase_not_answered_in_time_is_unavailable_and_submits_no_more() -> None:
+    session = _Session(answer_first=5)  # then silence; 300 requests = 3 waves of 50 ms
+    started = time.monotonic()
+    with pytest.raises(UsageStoreUnavailableError, match=r"300 requests not done in 0\.15 s"):
+        await _store(50)._run_all(session, list(range(300)))
+    assert time.monotonic() - started < 5
+    # 128 in flight at first, 5 of them answered (each answer submits one more); then none.
+    assert len(session.submitted) == MAX_IN_FLIGHT + 5

@@ -554,7 +554,12 @@ class CassandraUsageStore:
         """Run every request, at most MAX_IN_FLIGHT at once; raise the first error once all
         have finished. The driver's callbacks submit the next request (as its own
         `execute_concurrent` does) and only the last one wakes this loop: no task, future or
-        loop wake-up per request."""
+        loop wake-up per request.
+
+        One deadline for the phase instead of the driver's timer per request (ADR 0051: a
+        libev timer made and cancelled per request): the request timeout per wave of
+        MAX_IN_FLIGHT requests. When it passes, nothing more is submitted and the phase
+        fails as an outage (the caller retries the batch; what was written stays valid)."""
         if not requests:
             return
         loop = asyncio.get_running_loop()
@@ -601,7 +606,7 @@ class CassandraUsageStore:
                     if request is None:
                         continue
                     try:
-                        future = session.execute_async(request)
+                        future = session.execute_async(request, timeout=None)
                     except Exception as error:  # reported like a failed request
                         finished(error)
                         continue
@@ -610,12 +615,18 @@ class CassandraUsageStore:
                 here.submitting = False
 
         submit(min(MAX_IN_FLIGHT, len(requests)))
+        waves = -(-len(requests) // MAX_IN_FLIGHT)
         try:
-            await done
-        except asyncio.CancelledError:
+            await asyncio.wait_for(done, self._timeout * waves)
+        except (asyncio.CancelledError, TimeoutError) as error:
             with lock:
                 stopped[0] = True  # what is in flight lands; nothing new goes out
-            raise
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            late = OperationTimedOut(
+                errors=f"{len(requests)} requests not done in {self._timeout * waves:g} s"
+            )
+            raise self._unavailable(late) from error
         except _OUTAGE as error:
             raise self._unavailable(error) from error
 
@@ -658,16 +669,23 @@ class CassandraUsageStore:
         unique: dict[str, tuple[int, UsageFact]] = {}
         for offset, fact in items:
             unique.setdefault(fact.event_id, (offset, fact))
-        seen = await self._in_raw([fact for _, fact in unique.values()])
+        lookup = self._in_raw([fact for _, fact in unique.values()])
+        # Before any cell: whoever reads this knows no later bucket holds our writes. Taken
+        # over every fact of the call, not only the fresh ones, so that it goes out with the
+        # look-up (one round trip less): a fact found in raw was applied, so its time is at
+        # or below the max_occurred already stored, and the value written is the same.
+        newest = max(fact.occurred_at_ms for _, fact in unique.values())
+        if newest > source.max_occurred:
+            seen, _ = await _gather(
+                [lookup, self._execute("source_max", (newest, topic, partition))]
+            )
+            source.max_occurred = newest
+        else:
+            seen = await lookup
         fresh = [(o, f) for o, f in unique.values() if f.event_id not in seen]
         if not fresh:
             return
         last_offset = max(offset for offset, _ in items)
-        newest = max(fact.occurred_at_ms for _, fact in fresh)
-        if newest > source.max_occurred:
-            # Before any cell: whoever reads this knows no later bucket holds our writes.
-            await self._execute("source_max", (newest, topic, partition))
-            source.max_occurred = newest
         # The cells the facts count in, as they are now (cache, Cassandra, or empty).
         counted = [
             (offset, fact, fact.kind in DECISIONS, _cell_keys(fact)) for offset, fact in fresh
@@ -696,10 +714,10 @@ class CassandraUsageStore:
         )
         facts = [fact for _, fact in fresh]
         providers, days, index = self._index_writes(facts)
-        await self._write_all(index)
+        # The index and the chunks in one phase (neither needs the other first).
+        await self._write_all(index + self._recent_writes(facts))
         self._known_providers.update(providers)
         self._known_days.update(days)
-        await self._write_all(self._recent_writes(facts))
         await self._write_all(self._raw_writes(facts))
         source.cells.update(updated)
         self._evict(source)
