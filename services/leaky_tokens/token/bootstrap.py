@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from leaky_tokens.token.adapters.relay_settings import BusKind, RelaySettings
 from leaky_tokens.token.adapters.reservation_sweeper import ReservationSweeper
 from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
 from leaky_tokens.token.adapters.saga_embedded import EmbeddedSaga, purchase_saga
-from leaky_tokens.token.adapters.settings import Backend
+from leaky_tokens.token.adapters.settings import Backend, FailureMode
 from leaky_tokens.token.adapters.sql_saga_store import SqlSagaStore
 from leaky_tokens.token.adapters.store_factory import decision_store, redis_store
 from leaky_tokens.token.adapters.tenant_usage import MAX_TOP_N
@@ -48,6 +48,7 @@ from leaky_tokens.token.rls_wiring import (  # RLS (ADR 0025)
     RLS_PUBLIC_METHODS,
     RLS_SERVICE_NAME,
     RlsSettings,
+    RlsWiring,
     build_rls,
     rate_counter,
     rls_config_file,
@@ -59,7 +60,7 @@ SHIPPED_POLICY = Path(__file__).with_name(DEFAULT_POLICY)
 # What one process serves (`serve`): everything, or ShouldRateLimit alone (ADR 0047).
 SERVE_ALL = "all"
 SERVE_RLS = "rls"
-RLS_SLUG = "ratelimit"  # the rls deployment's Consul service, metrics and log name
+RLS_SLUG = "ratelimit"  # the rls deployment's Consul service and metrics name (logs: token)
 log = logging.getLogger(__name__)
 
 
@@ -241,21 +242,7 @@ async def build(
         on_started=saga.kick if saga is not None else lambda: None,
     )  # fmt: skip
     token = TokenServicer(clock, metering, purchases)
-    rls = build_rls(
-        settings,
-        settings,
-        clock,
-        config_file=rls_config,
-        policy=lambda: policy.current,
-        counter=MeteredRequestCounter(rate_counter(settings), metrics),
-        store=MeteredDecisionStore(store, metrics, Rpc.SHOULD_RATE_LIMIT),
-    )  # RLS
-    closers.append(rls.close)  # RLS (ADR 0025)
-    if rls.config_file is not None:
-        watched.append(rls.config_file)
-    reloader = Reloader(watched)
-    reloader.start(settings.policy_poll_seconds)
-    closers.append(reloader.stop)
+    rls = _rls_reloaded(settings, clock, rls_config, policy, metrics, store, watched, closers)
 
     def register(server: grpc.aio.Server) -> None:
         token_pb2_grpc.add_TokenServiceServicer_to_server(token, server)
@@ -322,9 +309,42 @@ def _build_rls_only(
         raise SystemExit(f"{RLS_SLUG}: bad rls_config: {error}") from None
     shared = store is not None or settings.backend is not Backend.MEMORY
     if store is None and shared:
-        store = _store(settings, closers)
+        # No relay runs here: fail_open and local_emergency would keep the events of token
+        # decisions made while Redis is down in a local store nobody ships. Such decisions
+        # fail closed instead (the edge's own descriptors are request counters, unaffected).
+        store = _store(replace(settings, store_failure_mode=FailureMode.FAIL_CLOSED), closers)
     if isinstance(store, ResilientDecisionStore):
         store.listen(metrics.watch_degraded(store.mode.value))
+    rls = _rls_reloaded(
+        settings, clock, rls_config, policy, metrics, store, watched, closers, shared=shared
+    )
+    spec = ServiceSpec(
+        RLS_SLUG,
+        (RLS_SERVICE_NAME,),
+        rls.register,
+        RLS_PUBLIC_METHODS,
+        collectors=(*metrics.collectors, rls.servicer.metrics.shadow),
+    )
+    peer = peer_components(settings, spec, jwks=jwks, monotonic=monotonic)
+    return TokenComponents(
+        peer.spec, peer.verifier, peer.owned_jwks, policy, None, closers, rls.config_file
+    )
+
+
+def _rls_reloaded(
+    settings: TokenSettings,
+    clock: Clock,
+    rls_config: WatchedConfig[RateLimitConfig] | None,
+    policy: PolicyFile,
+    metrics: TokenMetrics,
+    store: DecisionStore | None,
+    watched: list[Reloadable],
+    closers: list[Callable[[], Awaitable[None]]],
+    *,
+    shared: bool = True,
+) -> RlsWiring:
+    """ShouldRateLimit (ADR 0025) on the policy and rls_config, metered, closed at shutdown,
+    and the reloader of every watched file (the policy's and rls_config) started."""
     rls = build_rls(
         settings,
         settings,
@@ -343,17 +363,7 @@ def _build_rls_only(
     reloader = Reloader(watched)
     reloader.start(settings.policy_poll_seconds)
     closers.append(reloader.stop)
-    spec = ServiceSpec(
-        RLS_SLUG,
-        (RLS_SERVICE_NAME,),
-        rls.register,
-        RLS_PUBLIC_METHODS,
-        collectors=(*metrics.collectors, rls.servicer.metrics.shadow),
-    )
-    peer = peer_components(settings, spec, jwks=jwks, monotonic=monotonic)
-    return TokenComponents(
-        peer.spec, peer.verifier, peer.owned_jwks, policy, None, closers, rls.config_file
-    )
+    return rls
 
 
 def _store(settings: TokenSettings, closers: list[Callable[[], Awaitable[None]]]) -> DecisionStore:
