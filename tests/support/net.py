@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import socket
 import subprocess
 from pathlib import Path
@@ -61,3 +62,18 @@ def serving_port(process: subprocess.Popen[bytes], log_path: Path, timeout: floa
         return 0
 
     return wait_until(reported, timeout, what=f"a 'serving' line in {log_path.name}")
+
+
+# Below Linux's ephemeral range (32768-60999): while a proxy is cut or a broker restarts, its
+# port is unbound, and an outgoing connection on this busy machine must not take it as its
+# local port before it is bound again. Other tests' ports (free_port) come from the ephemeral range.
+QUIET_PORTS = range(20_000, 32_768)
+
+
+def quiet_port(attempts: int = 200) -> int:
+    """A port of QUIET_PORTS that is free right now."""
+    for _ in range(attempts):
+        port = random.choice(QUIET_PORTS)  # noqa: S311 (a port, not a secret)
+        if port_free(port):
+            return port
+    raise RuntimeError(f"no free port in {QUIET_PORTS} after {attempts} attempts")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from leaky_tokens.stack.component import StackPaths
 from leaky_tokens.stack.kafka import Kafka, metadata_ready
-from tests.support.net import free_port
+from tests.support.net import quiet_port
 from tests.support.wait import wait_until
 
 STARTUP = 180.0  # a cold JVM on a loaded 2-core machine; a bound, never asserted on
@@ -25,7 +25,7 @@ class OwnBroker:
     """One KRaft broker on free ports under `root`; its data survives `stop()`/`start()`."""
 
     def __init__(self, root: Path) -> None:
-        self.kafka = Kafka(port=free_port(), controller_port=free_port())
+        self.kafka = Kafka(port=quiet_port(), controller_port=quiet_port())
         self.paths = StackPaths(root, StackPaths.default().cache)
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -9,28 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
-from tests.support.net import port_free
+from tests.support.net import quiet_port
 
 HOST = "127.0.0.1"
 T = TypeVar("T")
-# Below Linux's ephemeral range (32768-60999): while the proxy is cut its port is unbound,
-# and an outgoing connection on this busy machine must not take it as its local port before
-# `restore()` binds it again. Other tests' ports (free_port) come from the ephemeral range.
-QUIET_PORTS = range(20_000, 32_768)
-
-
-def quiet_port(attempts: int = 200) -> int:
-    """A port of QUIET_PORTS that is free right now."""
-    for _ in range(attempts):
-        port = random.choice(QUIET_PORTS)  # noqa: S311 (a port, not a secret)
-        if port_free(port):
-            return port
-    raise RuntimeError(f"no free port in {QUIET_PORTS} after {attempts} attempts")
 
 
 class TcpProxy:
@@ -96,6 +82,8 @@ class TcpProxy:
         upstream: asyncio.StreamWriter | None = None
         try:
             up_reader, upstream = await asyncio.open_connection(HOST, self.target_port)
+            if self._server is None:  # cut while this connection was being opened
+                return
             both = {
                 asyncio.ensure_future(self._pump(reader, upstream)),
                 asyncio.ensure_future(self._pump(up_reader, writer)),

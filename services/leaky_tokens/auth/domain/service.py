@@ -43,6 +43,8 @@ from leaky_tokens.runtime.errors import (
 from leaky_tokens.runtime.identity import API_KEY_AUTH, Caller, mesh_audience, refuse_api_key
 from leaky_tokens.runtime.ports import Clock, Randomness
 
+# Pending signing keys a JWKS read leaves room for (normally at most one: see _signing_keys).
+PENDING_ROOM = 4
 API_KEY_PREFIX = "lt_"
 API_KEY_SECRET_BYTES = 32
 API_KEY_SHOWN_CHARS = 11  # "lt_" + 8 characters: enough to recognise, useless to an attacker
@@ -344,8 +346,10 @@ class AuthApp(OrganizationCases):
 
     async def _signing_keys(self) -> tuple[list[SigningKey], list[SigningKey]]:
         """(pending, active), newest first: a pending key is published but does not sign yet;
-        the first active key is the current one. At most one key is pending at a time."""
-        keys = await self._store.list_signing_keys(self._policy.published_keys + 1)
+        the first active key is the current one. A rotation refuses while a key is pending,
+        but two at once (two replicas) can both pass that check: the window read leaves room
+        for a few pending keys, so none of them pushes a live key out of the JWKS."""
+        keys = await self._store.list_signing_keys(self._policy.published_keys + PENDING_ROOM)
         now = self._clock.now()
         return [k for k in keys if k.active_from > now], [k for k in keys if k.active_from <= now]
 
