@@ -418,3 +418,28 @@ async def test_while_events_keep_coming_passes_are_paced_not_back_to_back() -> N
 def test_a_negative_pass_interval_is_refused_by_name() -> None:
     with pytest.raises(SettingsError, match="events_pass_ms"):
         RelaySettings(events_pass_ms=-1)
+
+
+async def test_a_backlog_drains_pass_after_pass_without_the_pace() -> None:
+    store, bus = InMemoryDecisionStore(), FlakyBus()
+    ids = await recorded(store, 12)
+    waits: list[float] = []
+    drained = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(bus.delivered) == 12:
+            drained.set()
+        await asyncio.sleep(0)
+
+    relayer = EventRelay(
+        store, bus, TOPIC, now_ms=lambda: T0, sleep=sleep, batch=5, pass_s=10.0, poll_s=0.2
+    )
+    relayer.start()
+    await drained.wait()
+    await relayer.stop()
+    assert bus.delivered == ids
+    # Two full batches went out back to back; only the pass that found the log's end
+    # (2 events) waited for the pace.
+    assert waits[0] > 9.0
+    assert len([w for w in waits if w > 0.2]) == 1

@@ -248,7 +248,8 @@ class EventLogFile:
 
     def _prune(self, conn: sqlite3.Connection, topic: str, now: int) -> int:
         # Every query here walks the (topic, seq) index from one end and stops where the
-        # answer is, so a prune costs what it deletes, not the topic's size: scanning every
+        # answer is: a prune costs what it deletes, plus at most keep_rows index entries
+        # when the topic's offsets span more than that, never the file's size: scanning every
         # row's appended_ms (no index) every PRUNE_INTERVAL_MS took several % of a busy token
         # service's CPU with a few 10,000 rows (ADR 0050).
         first = _scalar(conn, "SELECT min(seq) FROM events WHERE topic = ?", topic)

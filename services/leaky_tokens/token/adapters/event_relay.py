@@ -51,6 +51,7 @@ class EventRelay:
         self._now_ms = now_ms
         self._lease = lease or SoleLease()
         self._batch = batch
+        self._behind = False  # the last pass filled a batch from some shard and relayed
         self._poll = poll_s
         self._pass = pass_s
         self._backoff = backoff_s
@@ -130,6 +131,7 @@ class EventRelay:
             raise unavailable
         if not more and unavailable is None:  # every log read to its end and relayed
             self._set_lag(None)
+        self._behind = more and total > 0
         return total
 
     def _groups(
@@ -254,9 +256,11 @@ class EventRelay:
                 await self._sleep(self._poll)
                 continue
             # Busy: passes at most every `pass_s`, or passes would repeat back to back,
-            # each a read of every shard, costing more than the decisions themselves.
+            # each a read of every shard, costing more than the decisions themselves. A
+            # pass that filled a batch has a backlog behind it: the next one starts at once,
+            # so a backlog drains at the bus's pace, not batch / pass_s.
             left = self._pass - (asyncio.get_running_loop().time() - started)
-            if left > 0:
+            if left > 0 and not self._behind:
                 await self._sleep(left)
 
     def start(self) -> None:
