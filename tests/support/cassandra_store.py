@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -57,16 +58,25 @@ def drop_keyspace(port: int, keyspace: str) -> None:
         cluster.shutdown()
 
 
-def raw_event_ids(port: int, keyspace: str) -> list[str]:
+def raw_event_ids(
+    port: int, keyspace: str, *, polls: int = 1, until: set[str] | None = None
+) -> list[str]:
     """The event ids of every row of the raw table's ALL scope (where the store keeps each
     usage fact once, give-backs included, and looks ids up), read with CQL past the store's
-    code (blocking)."""
+    code (blocking). With `until`, read up to `polls` times, 0.2 s apart, until every id of
+    it is there (one connection for all the reads)."""
     cluster = _cluster(port)
     try:
-        rows = cluster.connect().execute(
-            f"SELECT scope_kind, event_id FROM {keyspace}.usage_raw", timeout=60
-        )
-        return [row.event_id for row in rows if row.scope_kind == "all"]
+        session = cluster.connect()
+        for attempt in range(polls):
+            rows = session.execute(
+                f"SELECT scope_kind, event_id FROM {keyspace}.usage_raw", timeout=60
+            )
+            found = [row.event_id for row in rows if row.scope_kind == "all"]
+            if until is None or until <= set(found) or attempt == polls - 1:
+                return found
+            time.sleep(0.2)
+        return []
     finally:
         cluster.shutdown()
 
