@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -9,8 +10,8 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from tests.support.net import free_port, port_free
-from tests.support.wait import wait_until
+from tests.support.net import port_free
+from tests.support.wait import WaitTimeout, wait_until
 
 HOST = "127.0.0.1"
 
@@ -30,12 +31,17 @@ def _answers(port: int, expected: str, *args: str) -> bool:
     return expected in _cli(port, *args)
 
 
+# Node ports whose cluster bus (port + 10000) is below Linux's ephemeral range (32768-60999)
+# too: an outgoing connection of the busy test session could take a port picked from that
+# range before the node binds it (CI saw a node never answer).
+NODE_PORTS = range(20_000, 22_768)
+
+
 def _ports(count: int) -> list[int]:
-    # A node also listens on its port + 10000 (the cluster bus), which must exist and be free.
     found: list[int] = []
     while len(found) < count:
-        port = free_port()
-        if port + 10000 < 65536 and port_free(port + 10000) and port not in found:
+        port = random.choice(NODE_PORTS)  # noqa: S311 (a port, not a secret)
+        if port not in found and port_free(port) and port_free(port + 10000):
             found.append(port)
     return found
 
@@ -72,13 +78,20 @@ def redis_cluster(folder: Path, nodes: int = 3) -> Iterator[list[int]]:
                         str(home),
                         "--daemonize",
                         "no",
+                        "--logfile",
+                        str(home / "redis.log"),
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
             )
         for port in ports:
-            wait_until(partial(_answers, port, "PONG", "ping"), 15, what=f"node {port}")
+            try:
+                wait_until(partial(_answers, port, "PONG", "ping"), 15, what=f"node {port}")
+            except WaitTimeout as error:
+                log = folder / str(port) / "redis.log"
+                tail = log.read_text()[-2000:] if log.exists() else "(no log)"
+                raise WaitTimeout(f"{error}; its log ends:\n{tail}") from None
         created = subprocess.run(
             [
                 "redis-cli",
