@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from leaky_tokens.token.adapters.saga_sql import make_engine, migrate
 from leaky_tokens.token.adapters.stub_payment import PaymentStubConfig, StubPaymentGateway
 from tests.service.test_token_purchases import balance, buy, settled
 from tests.support.stack import component
-from tests.support.token_service import token_service
+from tests.support.token_service import redis_settings, token_service
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +32,7 @@ async def on_stack(stack: Stack, postgres_url: str) -> dict[str, Any]:
     await engine.dispose()
     redis = component(stack, "redis")
     assert isinstance(redis, RedisComponent)
-    return {
-        "store_backend": "redis",
-        "store_redis_url": redis.url,
-        "store_key_prefix": f"t{uuid.uuid4().hex[:8]}",
-        "store_timeout_ms": 2000,
-        "database_url": postgres_url,
-    }
+    return {**redis_settings(redis.url), "database_url": postgres_url}
 
 
 async def test_twenty_concurrent_purchases_with_one_key_credit_once_on_postgres_and_redis(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import textwrap
 import uuid
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -20,8 +19,9 @@ from leaky_tokens.stack.redis import Redis as RedisComponent
 from leaky_tokens.token.adapters.policy_file import PolicyFile
 from leaky_tokens.token.bootstrap import TokenSettings, build
 from tests.support.grpc_errors import reason
+from tests.support.rls_requests import descriptor_request, token_request
 from tests.support.stack import component
-from tests.support.token_service import POLICY, token_service
+from tests.support.token_service import POLICY, redis_settings, token_service
 
 pytestmark = pytest.mark.integration
 R = rls.RateLimitResponse
@@ -45,17 +45,7 @@ RLS_POLICY = POLICY + textwrap.dedent(
 
 
 def api_key(value: str) -> rls.RateLimitRequest:
-    req = rls.RateLimitRequest(domain="leaky")
-    req.descriptors.add().entries.add(key="api_key", value=value)
-    return req
-
-
-def tokens(user: str, hits: int) -> rls.RateLimitRequest:
-    req = rls.RateLimitRequest(domain="leaky", hits_addend=hits)
-    entries = req.descriptors.add().entries
-    entries.add(key="provider", value="openai")
-    entries.add(key="user_id", value=user)
-    return req
+    return descriptor_request(("api_key", value))
 
 
 async def test_the_deployment_and_the_token_service_share_counters_and_buckets(
@@ -63,12 +53,7 @@ async def test_the_deployment_and_the_token_service_share_counters_and_buckets(
 ) -> None:
     redis = component(stack, "redis")
     assert isinstance(redis, RedisComponent)
-    settings: dict[str, Any] = {
-        "store_backend": "redis",
-        "store_redis_url": redis.url,
-        "store_key_prefix": f"t{uuid.uuid4().hex[:8]}",  # sessions sharing a stack never meet
-        "store_timeout_ms": 2000,
-    }
+    settings = redis_settings(redis.url)
     async with token_service(tmp_path, policy=RLS_POLICY, **settings) as svc:
         # The deployment as `leaky up --stack` runs it: the same settings, serve=rls.
         config = TokenSettings(port=0, metrics_port=0, serve="rls", **settings)
@@ -98,7 +83,7 @@ async def test_the_deployment_and_the_token_service_share_counters_and_buckets(
                 )
                 # Token buckets: 80 of openai's 100 charged through the deployment leave too
                 # few for a Consume of 60 on the token service.
-                charged = await deployment.ShouldRateLimit(tokens("user-1", 80))
+                charged = await deployment.ShouldRateLimit(token_request("user-1", 80))
                 assert charged.overall_code == R.OK
                 request = pb.ConsumeRequest(user_id="user-1", provider="openai", tokens=60)
                 with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from leaky_tokens.stack.redis import Redis as RedisComponent
 from tests.support.grpc_errors import reason, trailers
 from tests.support.net import free_port
 from tests.support.stack import component
-from tests.support.token_service import token_service
+from tests.support.token_service import redis_settings, token_service
 
 pytestmark = pytest.mark.integration
 
@@ -23,12 +22,7 @@ pytestmark = pytest.mark.integration
 async def test_consume_rate_limit_and_refund_on_redis(stack: Stack, tmp_path: Path) -> None:
     redis = component(stack, "redis")
     assert isinstance(redis, RedisComponent)
-    settings: dict[str, Any] = {
-        "store_backend": "redis",
-        "store_redis_url": redis.url,
-        "store_key_prefix": f"t{uuid.uuid4().hex[:8]}",  # sessions sharing a stack never meet
-        "store_timeout_ms": 2000,
-    }
+    settings = redis_settings(redis.url)
     async with token_service(tmp_path, **settings) as svc:
         request = pb.ConsumeRequest(user_id="user-1", provider="openai", tokens=60)
         await svc.stub.Consume(request, metadata=svc.auth())

@@ -22,6 +22,7 @@ from leaky_tokens.token.bootstrap import build as build_token
 from leaky_tokens.token.domain.ports import DecisionStore
 from tests.support.fakes import FakeClock
 from tests.support.jwks import KeySet
+from tests.support.rls_requests import descriptor_request, token_request
 
 R = pb.RateLimitResponse
 LOGIN = "/leaky.auth.v1.AuthService/Login"
@@ -29,20 +30,7 @@ LOGIN = "/leaky.auth.v1.AuthService/Login"
 
 def edge_request(method: str, address: str) -> pb.RateLimitRequest:
     """What Envoy's ratelimit filter sends for an anonymous call (edge_limits.rate_limits)."""
-    req = pb.RateLimitRequest(domain="leaky")
-    entries = req.descriptors.add().entries
-    entries.add(key="method", value=method)
-    entries.add(key="remote_address", value=address)
-    return req
-
-
-def token_request(user: str, hits: int) -> pb.RateLimitRequest:
-    """A token_bucket descriptor of the shipped policy: `hits` LLM tokens of openai."""
-    req = pb.RateLimitRequest(domain="leaky", hits_addend=hits)
-    entries = req.descriptors.add().entries
-    entries.add(key="provider", value="openai")
-    entries.add(key="user_id", value=user)
-    return req
+    return descriptor_request(("method", method), ("remote_address", address))
 
 
 @asynccontextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -172,3 +173,14 @@ def limit_decision(error: grpc.aio.AioRpcError) -> limits_pb2.LimitDecision:
     found = unpack(error, limits_pb2.LimitDecision)
     assert found is not None
     return found  # type: ignore[no-any-return]
+
+
+def redis_settings(redis_url: str) -> dict[str, Any]:
+    """Token settings for the stack's Redis: a key prefix of its own (sessions sharing a
+    stack never meet) and a store timeout a loaded machine does not trip."""
+    return {
+        "store_backend": "redis",
+        "store_redis_url": redis_url,
+        "store_key_prefix": f"t{uuid.uuid4().hex[:8]}",
+        "store_timeout_ms": 2000,
+    }
