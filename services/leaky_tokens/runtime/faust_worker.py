@@ -27,6 +27,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 from prometheus_client.registry import Collector
 
+from leaky_tokens.runtime import faust_consumer
 from leaky_tokens.runtime import logging as leaky_logging
 from leaky_tokens.runtime.kafka_topics import ensure_topic_waiting
 from leaky_tokens.runtime.paths import data_dir
@@ -134,7 +135,9 @@ def faust_app(
     """A Faust app as both workers run it: no tables, web server, leader or topic declaration.
 
     `options` are passed on (the saga's `producer_acks`)."""
-    brokers = ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip())
+    faust_consumer.register()
+    scheme = faust_consumer.TRANSPORT_SCHEME  # Faust's aiokafka transport, cheaper hand-over
+    brokers = ";".join(f"{scheme}://{h.strip()}" for h in bootstrap.split(",") if h.strip())
     return faust.App(
         group,
         broker=brokers,

@@ -1,0 +1,110 @@
+"""The workers' Faust consumer (runtime/faust_consumer.py, ADR 0052): the hand-over of a
+message to the conductor, without Kafka. The fetch loop itself runs in the workers'
+integration tests (tests/integration/test_analytics_projection*.py, test_token_saga*)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import faust
+import pytest
+from mode import Service
+from mode.utils.locks import Event
+
+from leaky_tokens.runtime import faust_consumer
+from leaky_tokens.runtime.faust_consumer import LeakyConsumer, LeakyTransport
+from leaky_tokens.runtime.faust_worker import faust_app
+
+
+class Handing(Service):
+    """What `_hand_over` uses of a consumer: `callback`, `suspend_flow`, `wait_first`."""
+
+    def __init__(self, callback: Any) -> None:
+        super().__init__()
+        self.callback = callback
+        self.suspend_flow = Event()
+        self.raced = 0
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
+        self.raced += 1
+        return await super().wait_first(*coros, timeout=timeout)
+
+
+async def hand_over(consumer: Handing, message: object) -> None:
+    await LeakyConsumer._hand_over(consumer, message)  # type: ignore[arg-type]
+
+
+async def test_a_hand_over_with_room_is_done_in_one_step_without_a_race() -> None:
+    got: list[object] = []
+
+    async def callback(message: object) -> None:
+        got.append(message)
+
+    consumer = Handing(callback)
+    await hand_over(consumer, "m1")
+    await hand_over(consumer, "m2")
+    assert got == ["m1", "m2"]
+    assert consumer.raced == 0
+
+
+async def test_a_blocked_hand_over_gives_way_when_the_flow_is_suspended() -> None:
+    entered, never = asyncio.Event(), asyncio.Event()
+    cancelled: list[bool] = []
+
+    async def callback(message: object) -> None:
+        entered.set()
+        try:
+            await never.wait()  # a full agent buffer
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    consumer = Handing(callback)
+    handing = asyncio.ensure_future(hand_over(consumer, "m"))
+    await entered.wait()
+    await asyncio.sleep(0)
+    assert not handing.done()
+    consumer.suspend_flow.set()  # a rebalance: Faust's stop_flow()
+    await asyncio.wait_for(handing, 5)
+    assert consumer.raced == 1
+    await asyncio.sleep(0)
+    assert cancelled == [True]  # not delivered later, after the rebalance
+
+
+async def test_a_blocked_hand_over_completes_when_the_buffer_frees() -> None:
+    room = asyncio.Event()
+    got: list[object] = []
+
+    async def callback(message: object) -> None:
+        await room.wait()
+        got.append(message)
+
+    consumer = Handing(callback)
+    handing = asyncio.ensure_future(hand_over(consumer, "m"))
+    await asyncio.sleep(0.01)
+    room.set()
+    await asyncio.wait_for(handing, 5)
+    assert got == ["m"]
+    assert consumer.raced == 1
+
+
+@pytest.mark.parametrize("blocks", [False, True])
+async def test_a_hand_over_that_raises_raises(blocks: bool) -> None:
+    async def callback(message: object) -> None:
+        if blocks:
+            await asyncio.sleep(0.01)
+        raise RuntimeError("conductor broke")
+
+    with pytest.raises(RuntimeError, match="conductor broke"):
+        await hand_over(Handing(callback), "m")
+
+
+def test_the_workers_apps_are_built_on_the_leaky_transport(tmp_path: Any) -> None:
+    app = faust_app(
+        "g", "127.0.0.1:9092,127.0.0.2:9093", tmp_path, commit_interval_s=1, session_timeout_s=30
+    )
+    assert isinstance(app, faust.App)
+    assert [u.scheme for u in app.conf.broker] == [faust_consumer.TRANSPORT_SCHEME] * 2
+    assert isinstance(app.transport, LeakyTransport)
+    assert LeakyTransport.Consumer is LeakyConsumer
