@@ -26,9 +26,9 @@ class Handing(Service):
         self.suspend_flow = Event()
         self.raced = 0
 
-    async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
+    async def wait_first(self, *coros: Any, **options: Any) -> Any:
         self.raced += 1
-        return await super().wait_first(*coros, timeout=timeout)
+        return await super().wait_first(*coros, **options)
 
 
 async def hand_over(consumer: Handing, message: object) -> None:
