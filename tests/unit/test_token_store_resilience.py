@@ -117,11 +117,79 @@ async def test_one_call_per_interval_probes_a_store_that_is_still_down() -> None
 
 
 async def test_a_hanging_store_counts_as_down_after_the_timeout() -> None:
-    store, primary, _, changes = wrapped(FailureMode.FAIL_CLOSED)
+    store, primary, _, changes = wrapped(FailureMode.FAIL_CLOSED)  # trip_after_s=0
     primary.state = "hang"
     with pytest.raises(StoreUnavailableError):
         await store.decide(ask(10))
     assert changes == [True]
+
+
+def slow_tripping(
+    mode: FailureMode,
+) -> tuple[ResilientDecisionStore, FlakyStore, FakeMonotonic, list[bool]]:
+    primary, clock = FlakyStore(), FakeMonotonic()
+    changes: list[bool] = []
+    store = ResilientDecisionStore(
+        primary, mode, timeout_s=0.01, recovery_s=1.0, trip_after_s=0.5,
+        on_degraded=changes.append, monotonic=clock,
+    )  # fmt: skip
+    return store, primary, clock, changes
+
+
+async def test_a_timeout_then_an_answer_fails_one_call_and_does_not_degrade() -> None:
+    store, primary, clock, changes = slow_tripping(FailureMode.FAIL_CLOSED)
+    primary.state = "hang"  # a stalled moment
+    with pytest.raises(StoreUnavailableError):
+        await store.decide(ask(10))
+    assert not store.degraded
+    primary.state = "up"
+    clock.now += 0.4
+    assert isinstance((await store.decide(ask(10))).result, Allowed)
+    primary.state = "hang"  # a new stall: the clock starts again after the answer
+    clock.now += 0.4
+    with pytest.raises(StoreUnavailableError):
+        await store.decide(ask(10))
+    assert not store.degraded
+    assert changes == []
+
+
+async def test_timeouts_that_go_on_with_no_answer_degrade_the_store() -> None:
+    store, primary, clock, changes = slow_tripping(FailureMode.LOCAL_EMERGENCY)
+    primary.state = "hang"
+    first = await store.decide(ask(1))  # the call falls back, the store is not degraded yet
+    assert isinstance(first.result, Allowed)
+    assert not store.degraded
+    clock.now += 0.49
+    await store.decide(ask(1))
+    assert not store.degraded
+    clock.now += 0.01
+    await store.decide(ask(1))
+    assert store.degraded
+    assert changes == [True]
+    calls = primary.calls
+    await store.decide(ask(1))  # degraded: the primary is spared until the retry time
+    assert primary.calls == calls
+
+
+async def test_a_refused_connection_degrades_at_once_whatever_the_trip_time() -> None:
+    store, primary, _, changes = slow_tripping(FailureMode.FAIL_CLOSED)
+    primary.state = "down"
+    with pytest.raises(StoreUnavailableError):
+        await store.decide(ask(10))
+    assert store.degraded
+    assert changes == [True]
+
+
+def test_a_redis_timeout_maps_to_the_store_timeout_error() -> None:
+    from redis import exceptions as rx
+
+    from leaky_tokens.token.adapters.redis_errors import mapped
+    from leaky_tokens.token.domain.ports import StoreTimeoutError
+
+    assert isinstance(mapped(rx.TimeoutError("no reply within 100 ms")), StoreTimeoutError)
+    refused = mapped(rx.ConnectionError("refused"))
+    assert isinstance(refused, StoreUnavailableError)
+    assert not isinstance(refused, StoreTimeoutError)
 
 
 async def test_fail_open_admits_beyond_the_limits_and_still_records_events() -> None:
@@ -182,6 +250,9 @@ def test_settings_read_the_failure_mode_and_refuse_unknown_ones() -> None:
         load(TokenStoreSettings, "LEAKY_TOKEN", {"LEAKY_TOKEN_STORE_FAILURE_MODE": "maybe"})
     with pytest.raises(SettingsError, match="store_emergency_percent"):
         TokenStoreSettings(store_emergency_percent=0)
+    assert TokenStoreSettings().store_trip_after_ms == 500
+    with pytest.raises(SettingsError, match="store_trip_after_ms"):
+        TokenStoreSettings(store_trip_after_ms=-1)
 
 
 async def test_the_factory_wraps_redis_in_the_failure_policy_and_keeps_memory_bare() -> None:

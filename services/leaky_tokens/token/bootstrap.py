@@ -31,7 +31,7 @@ from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisi
 from leaky_tokens.token.adapters.saga_embedded import EmbeddedSaga, purchase_saga
 from leaky_tokens.token.adapters.settings import Backend, FailureMode
 from leaky_tokens.token.adapters.sql_saga_store import SqlSagaStore
-from leaky_tokens.token.adapters.store_factory import decision_store, redis_store
+from leaky_tokens.token.adapters.store_factory import decision_store, redis_store, resilient
 from leaky_tokens.token.adapters.tenant_usage import MAX_TOP_N
 from leaky_tokens.token.adapters.token_metrics import Rpc, TokenMetrics
 from leaky_tokens.token.adapters.watched_config import Reloadable, Reloader, WatchedConfig
@@ -379,14 +379,7 @@ def _store(settings: TokenSettings, closers: list[Callable[[], Awaitable[None]]]
     def degraded(now: bool) -> None:
         log.warning("decision store %s", "degraded" if now else "recovered")
 
-    return ResilientDecisionStore(
-        primary,
-        settings.failure_mode,
-        timeout_s=settings.store_timeout_ms / 1000,
-        recovery_s=settings.store_recovery_ms / 1000,
-        emergency_percent=settings.store_emergency_percent,
-        on_degraded=degraded,
-    )
+    return resilient(primary, settings, degraded)
 
 
 def _resilience(settings: TokenSettings) -> Resilience:

@@ -16,9 +16,13 @@ from leaky_tokens.runtime.ports import Clock
 from leaky_tokens.runtime.settings import SettingsError, doc
 from leaky_tokens.token.adapters.config_files import load_policy, load_rate_limit_path
 from leaky_tokens.token.adapters.in_memory_rate_counter import InMemoryRequestCounter
-from leaky_tokens.token.adapters.resilient_decision_store import ResilientDecisionStore
 from leaky_tokens.token.adapters.settings import Backend, TokenStoreSettings
-from leaky_tokens.token.adapters.store_factory import decision_store, redis_counter, redis_store
+from leaky_tokens.token.adapters.store_factory import (
+    decision_store,
+    redis_counter,
+    redis_store,
+    resilient,
+)
 from leaky_tokens.token.adapters.watched_config import WatchedConfig
 from leaky_tokens.token.domain.decision import Allowed, Denied
 from leaky_tokens.token.domain.policy import Policy
@@ -177,13 +181,7 @@ def _decision_store(
         return decision_store(settings)
     primary = redis_store(settings)
     closers.append(primary.close)
-    return ResilientDecisionStore(
-        primary,
-        settings.failure_mode,
-        timeout_s=settings.store_timeout_ms / 1000,
-        recovery_s=settings.store_recovery_ms / 1000,
-        emergency_percent=settings.store_emergency_percent,
-    )
+    return resilient(primary, settings)
 
 
 class UnsharedTokens(TokenDescriptors):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis import exceptions as rx
 
-from leaky_tokens.token.domain.ports import StoreUnavailableError
+from leaky_tokens.token.domain.ports import StoreTimeoutError, StoreUnavailableError
 
 # What says "the store cannot serve now" (the failure policy takes over), as opposed to a
 # script's own error: connection trouble, a cluster without a primary for the slot, a
@@ -28,7 +28,10 @@ def unavailable(result: object) -> bool:
 
 
 def mapped(error: object) -> BaseException:
-    """StoreUnavailableError for what `unavailable` says, else the error itself."""
+    """StoreUnavailableError for what `unavailable` says (StoreTimeoutError for a reply that
+    did not come in time), else the error itself."""
+    if isinstance(error, rx.TimeoutError):
+        return StoreTimeoutError(f"redis: {error}")
     if unavailable(error):
         return StoreUnavailableError(f"redis: {error}")
     if isinstance(error, BaseException):

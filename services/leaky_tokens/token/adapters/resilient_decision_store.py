@@ -26,6 +26,7 @@ from leaky_tokens.token.domain.ports import (
     ReserveRequest,
     RevertOutcome,
     StoredEvent,
+    StoreTimeoutError,
     StoreUnavailableError,
     Subject,
 )
@@ -43,10 +44,14 @@ _LOCAL_IDS = 100_000  # decisions answered locally, remembered for their refunds
 class ResilientDecisionStore:
     """A DecisionStore that keeps deciding, as its mode says, while the primary is down.
 
-    A call that fails or takes longer than `timeout_s` marks the store degraded (the
-    `on_degraded` hook hears every change, for the metric); while degraded, calls go to the
-    fallback and one call every `recovery_s` tries the primary again, so recovery needs no
-    operator. Decisions answered locally keep their events in the local store, served as
+    A call that fails (a refused or broken connection, an error that says Redis cannot
+    serve) marks the store degraded at once (the `on_degraded` hook hears every change, for
+    the metric). A call that takes longer than `timeout_s` fails alone: only when timeouts
+    have gone on for `trip_after_s` with no call answered in between is the store degraded
+    (ADR 0054), so a stalled moment of this process (a busy box, a start-up burst) is not
+    taken for Redis being gone. While degraded, calls go to the fallback and one call every
+    `recovery_s` tries the primary again, so recovery needs no operator. Decisions answered
+    locally keep their events in the local store, served as
     the last shard of `read_events`, so the relay forwards them too. Refunds, settlements
     and releases go where their decision was made; admin grants need the primary.
     """
@@ -58,6 +63,7 @@ class ResilientDecisionStore:
         *,
         timeout_s: float,
         recovery_s: float,
+        trip_after_s: float = 0.0,
         emergency_percent: int = 10,
         on_degraded: Callable[[bool], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
@@ -67,6 +73,8 @@ class ResilientDecisionStore:
         self._mode = mode
         self._timeout = timeout_s
         self._recovery = recovery_s
+        self._trip_after = trip_after_s
+        self._slow_since: float | None = None  # the first of the timeouts since an answer
         self._percent = emergency_percent
         self._hooks = [on_degraded] if on_degraded is not None else []
         self._monotonic = monotonic
@@ -238,12 +246,30 @@ class ResilientDecisionStore:
             # decision's path); the call runs in the caller's task, cancelled at the deadline.
             async with asyncio.timeout(max(self._timeout, at_least_s)):
                 result = await call()
-        except (StoreUnavailableError, TimeoutError, OSError) as error:
-            self._retry_at = self._monotonic() + self._recovery
-            self._set_degraded(True)
+        except (StoreTimeoutError, TimeoutError) as error:
+            self._timed_out()
+            raise StoreUnavailableError(f"token store timed out: {error!r}") from error
+        except (StoreUnavailableError, OSError) as error:
+            self._trip()
             raise StoreUnavailableError(f"token store unavailable: {error!r}") from error
+        self._slow_since = None
         self._set_degraded(False)
         return result
+
+    def _timed_out(self) -> None:
+        now = self._monotonic()
+        if self._degraded:  # a probe that timed out: still down
+            self._trip()
+            return
+        if self._slow_since is None:
+            self._slow_since = now
+        if now - self._slow_since >= self._trip_after:
+            self._trip()
+
+    def _trip(self) -> None:
+        self._retry_at = self._monotonic() + self._recovery
+        self._slow_since = None
+        self._set_degraded(True)
 
     def _set_degraded(self, degraded: bool) -> None:
         if degraded != self._degraded:

@@ -54,6 +54,14 @@ class TokenStoreSettings:
     store_recovery_ms: int = field(
         default=1000, metadata=doc("While degraded, how often a call tries Redis again.")
     )
+    store_trip_after_ms: int = field(
+        default=500,
+        metadata=doc(
+            "Timed-out store calls mark Redis unreachable only once they have gone on this long"
+            " with no call answered in between (a refused connection trips at once; 0: the"
+            " first timeout trips)."
+        ),
+    )
     store_record_ttl_ms: int = field(
         default=3_600_000,
         metadata=doc("How long decisions (for refunds) and idempotency keys are kept."),
@@ -70,6 +78,8 @@ class TokenStoreSettings:
         _one_of("store_failure_mode", self.store_failure_mode, FailureMode)
         if not 1 <= self.store_emergency_percent <= 100:
             raise SettingsError("store_emergency_percent must be between 1 and 100")
+        if self.store_trip_after_ms < 0:
+            raise SettingsError("store_trip_after_ms must not be negative")
         for name in (
             "store_timeout_ms",
             "store_recovery_ms",

@@ -70,11 +70,21 @@ def decision_store(
     """In memory, or Redis wrapped in the failure policy of `store_failure_mode`."""
     if settings.backend is Backend.MEMORY:
         return InMemoryDecisionStore(record_ttl_ms=settings.store_record_ttl_ms)
+    return resilient(redis_store(settings), settings, on_degraded)
+
+
+def resilient(
+    primary: DecisionStore,
+    settings: TokenStoreSettings,
+    on_degraded: Callable[[bool], None] | None = None,
+) -> ResilientDecisionStore:
+    """`primary` wrapped in the failure policy the settings describe (ADR 0021, 0054)."""
     return ResilientDecisionStore(
-        redis_store(settings),
+        primary,
         settings.failure_mode,
         timeout_s=settings.store_timeout_ms / 1000,
         recovery_s=settings.store_recovery_ms / 1000,
+        trip_after_s=settings.store_trip_after_ms / 1000,
         emergency_percent=settings.store_emergency_percent,
         on_degraded=on_degraded,
     )

@@ -25,6 +25,11 @@ class StoreUnavailableError(UnavailableError):
     """The decision store cannot be reached in time (the failure policy decides what next)."""
 
 
+class StoreTimeoutError(StoreUnavailableError):
+    """The decision store did not answer in time: it may be slow (or this process may be),
+    not down (the failure policy trips only when timeouts persist, ADR 0054)."""
+
+
 class ReservationIdTakenError(AlreadyExistsError):
     """Another subject holds a reservation with this id (ids are meant to be fresh)."""
 
