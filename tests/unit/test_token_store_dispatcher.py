@@ -176,3 +176,106 @@ def test_the_bounds_must_be_sane() -> None:
         BatchDispatcher(Recorder().send, max_inflight=0)
     with pytest.raises(ValueError, match="min_interval_s"):
         BatchDispatcher(Recorder().send, min_interval_s=-1)
+
+
+class Starter:
+    """A `start` that hands out one future per batch (None while `ready` is false) and an
+    async `send` that records the batches it got instead."""
+
+    def __init__(self, ready: bool = True) -> None:
+        self.ready = ready
+        self.started: list[tuple[list[int], asyncio.Future[Sequence[object]]]] = []
+        self.sent: list[list[int]] = []
+
+    def start(self, calls: Sequence[int]) -> asyncio.Future[Sequence[object]] | None:
+        if not self.ready:
+            return None
+        future: asyncio.Future[Sequence[object]] = asyncio.get_running_loop().create_future()
+        self.started.append((list(calls), future))
+        return future
+
+    async def send(self, calls: Sequence[int]) -> list[int | BaseException]:
+        self.sent.append(list(calls))
+        return [c * 10 for c in calls]
+
+    def answer(self, n: int = 0) -> None:
+        calls, future = self.started[n]
+        future.set_result([ValueError(f"bad {c}") if c < 0 else c * 10 for c in calls])
+
+
+async def test_a_started_batch_is_answered_from_its_future_without_a_task() -> None:
+    st = Starter()
+    dispatch = BatchDispatcher(st.send, start=st.start)
+    calls = asyncio.gather(*(dispatch.submit(i) for i in (1, -2, 3)), return_exceptions=True)
+    await settle()
+    assert [c for c, _ in st.started] == [[1, -2, 3]]
+    # this test's task and gather's three: the batch in flight has no task of its own
+    assert len(asyncio.all_tasks()) == 4
+    st.answer()
+    results = await calls
+    assert (results[0], results[2]) == (10, 30)
+    assert isinstance(results[1], ValueError)
+    assert st.sent == []  # never sent a second time through `send`
+
+
+async def test_a_batch_that_cannot_start_at_once_goes_through_send() -> None:
+    st = Starter(ready=False)
+    dispatch = BatchDispatcher(st.send, start=st.start)
+    assert await dispatch.submit(4) == 40
+    assert st.sent == [[4]]
+    st.ready = True
+    later = asyncio.ensure_future(dispatch.submit(5))
+    await settle()
+    st.answer()
+    assert await later == 50
+    assert st.sent == [[4]]
+
+
+async def test_a_failed_start_fails_every_call_of_its_batch_and_releases_the_held() -> None:
+    st = Starter()
+    dispatch = BatchDispatcher(st.send, max_inflight=1, start=st.start)
+    first = asyncio.gather(dispatch.submit(1), dispatch.submit(2), return_exceptions=True)
+    await settle()
+    held = asyncio.ensure_future(dispatch.submit(3))
+    await settle()
+    assert len(st.started) == 1  # the bound holds the third call back
+    st.started[0][1].set_exception(ConnectionError("down"))
+    assert all(isinstance(r, ConnectionError) for r in await first)
+    await settle()
+    assert [c for c, _ in st.started] == [[1, 2], [3]]
+    st.answer(1)
+    assert await held == 30
+
+
+async def test_a_start_that_raises_fails_its_batch_only() -> None:
+    calls_made: list[list[int]] = []
+
+    def start(calls: Sequence[int]) -> asyncio.Future[Sequence[object]] | None:
+        calls_made.append(list(calls))
+        if len(calls_made) == 1:
+            raise OSError("cannot write")
+        done: asyncio.Future[Sequence[object]] = asyncio.get_running_loop().create_future()
+        done.set_result([c * 10 for c in calls])
+        return done
+
+    dispatch = BatchDispatcher(Recorder().send, start=start)
+    with pytest.raises(OSError, match="cannot write"):
+        await dispatch.submit(1)
+    assert await dispatch.submit(2) == 20
+
+
+async def test_close_waits_for_started_batches_and_a_quitter_does_not_disturb_them() -> None:
+    st = Starter()
+    dispatch = BatchDispatcher(st.send, start=st.start)
+    quitter = asyncio.ensure_future(dispatch.submit(1))
+    stayer = asyncio.ensure_future(dispatch.submit(2))
+    await settle()
+    quitter.cancel()
+    closing = asyncio.ensure_future(dispatch.close())
+    await settle()
+    assert not closing.done()  # the started batch is still out
+    st.answer()
+    await closing
+    assert await stayer == 20
+    with pytest.raises(asyncio.CancelledError):
+        await quitter
