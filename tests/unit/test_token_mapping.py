@@ -51,9 +51,6 @@ class _Ids:
         self.n += 1
         return f"d{self.n:06d}"
 
-    def secret(self, nbytes: int) -> str:
-        return "s" * nbytes
-
 
 class _Members:
     async def org_ids(self, user_id: str, credential: str) -> frozenset[str]:
@@ -179,7 +176,7 @@ def test_whole_seconds_round_up_exactly() -> None:
 )
 def test_struct_fills_as_struct_update_does(values: dict[str, object]) -> None:
     fast, reference = struct_pb2.Struct(), struct_pb2.Struct()
-    reference.update(values)  # type: ignore[arg-type]
+    reference.update(values)
     mapping.struct(fast, values)
     assert fast == reference
 

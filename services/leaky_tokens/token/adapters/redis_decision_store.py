@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -18,12 +17,7 @@ from leaky_tokens.token.adapters.redis_errors import mapped as _mapped
 from leaky_tokens.token.adapters.redis_errors import unavailable as _unavailable
 from leaky_tokens.token.adapters.redis_event_log import RedisEventLog
 from leaky_tokens.token.adapters.redis_scripts import Script, load_scripts
-from leaky_tokens.token.adapters.redis_wire import (
-    RedisWire,
-    WireScript,
-    run_scripts,
-    script_payload,
-)
+from leaky_tokens.token.adapters.redis_wire import RedisWire, WireScript, run_scripts
 from leaky_tokens.token.adapters.snapshots import current
 from leaky_tokens.token.domain import decision as dec
 from leaky_tokens.token.domain import reservation as res
@@ -46,7 +40,6 @@ from leaky_tokens.token.domain.ports import (
 from leaky_tokens.token.domain.reservation import ReservationStatus, Reserved, Settlement
 
 Client = Redis | RedisCluster
-Reply = asyncio.Future[list[Any]]
 HOUR_MS = 3_600_000
 
 
@@ -84,10 +77,7 @@ class RedisDecisionStore:
         self._sweep_limit = str(sweep_limit)
         self._scripts = load_scripts()
         self._wired = {s.name: WireScript(s.sha, s.text) for s in self._scripts.values()}
-        self._dispatch: BatchDispatcher[_Call, Any] = BatchDispatcher(
-            self._send, max_batch, start=self._start if wire is not None else None
-        )
-        self._retries: set[asyncio.Task[None]] = set()
+        self._dispatch: BatchDispatcher[_Call, Any] = BatchDispatcher(self._send, max_batch)
         # The relay's reads on a connection of their own (ADR 0035).
         self._events_wire = events_wire
         self._events = RedisEventLog(client, self._layout, events_wire)
@@ -288,69 +278,16 @@ class RedisDecisionStore:
     async def _send(self, calls: Sequence[_Call]) -> list[Any]:
         try:
             results = await self._pipeline(calls, cached=True)
-            if _missing(results):
-                await self._again(calls, results)
-        except (rx.RedisError, rx.RedisClusterException, OSError) as error:
-            raise _store_error(error) from error
-        return _replies(results)
-
-    def _start(self, calls: Sequence[_Call]) -> asyncio.Future[Sequence[Any]] | None:
-        """`_send` without a task (RedisWire only): the batch is written now and a
-        done-callback makes its replies what `_send` returns; None while there is no
-        connection (then `_send`, which connects). ADR 0053."""
-        assert self._wire is not None
-        batch = [(self._wired[c.script.name], (c.stream,), c.args) for c in calls]
-        try:
-            sent = self._wire.start(script_payload(batch, cached=True), len(calls))
-        except (rx.RedisError, OSError) as error:
-            raise _store_error(error) from error
-        if sent is None:
-            return None
-        out: asyncio.Future[Sequence[Any]] = asyncio.get_running_loop().create_future()
-        sent.add_done_callback(lambda done: self._replied(calls, done, out))
-        return out
-
-    def _replied(
-        self, calls: Sequence[_Call], done: Reply, out: asyncio.Future[Sequence[Any]]
-    ) -> None:
-        if out.done():
-            return
-        if done.cancelled():
-            out.cancel()
-            return
-        error = done.exception()
-        if error is not None:
-            out.set_exception(_store_error(error, cause=True))
-            return
-        results = done.result()
-        if not _missing(results):
-            out.set_result(_replies(results))
-            return
-
-        # A restarted or failed-over server: the scripts again as EVAL, in a task (rare).
-        async def again() -> None:
-            try:
-                await self._again(calls, results)
-            except asyncio.CancelledError:
-                out.cancel()
-                raise
-            except Exception as error:
-                if not out.done():
-                    out.set_exception(_store_error(error, cause=True))
-                return
-            if not out.done():
-                out.set_result(_replies(results))
-
-        task = asyncio.ensure_future(again())
-        self._retries.add(task)
-        task.add_done_callback(self._retries.discard)
-
-    async def _again(self, calls: Sequence[_Call], results: list[Any]) -> None:
-        """EVAL (the text, which the server caches) for the calls that got NoScriptError."""
-        missing = [i for i, r in enumerate(results) if isinstance(r, rx.NoScriptError)]
-        again = await self._pipeline([calls[i] for i in missing], cached=False)
-        for i, result in zip(missing, again, strict=True):
-            results[i] = result
+            missing = [i for i, r in enumerate(results) if isinstance(r, rx.NoScriptError)]
+            if missing:  # a restarted or failed-over server: EVAL sends the text and caches it
+                again = await self._pipeline([calls[i] for i in missing], cached=False)
+                for i, result in zip(missing, again, strict=True):
+                    results[i] = result
+        except (rx.RedisError, rx.RedisClusterException) as error:
+            raise _mapped(error) from error
+        except OSError as error:
+            raise StoreUnavailableError(f"redis: {error}") from error
+        return [_mapped(r) if _unavailable(r) else r for r in results]
 
     async def _pipeline(self, calls: Sequence[_Call], *, cached: bool) -> list[Any]:
         if self._wire is not None:
@@ -365,28 +302,6 @@ class RedisDecisionStore:
             else:
                 pipe.execute_command("EVAL", c.script.text, 1, c.stream, *c.args)
         return list(await pipe.execute(raise_on_error=False))
-
-
-def _missing(results: Sequence[Any]) -> bool:
-    return any(isinstance(r, rx.NoScriptError) for r in results)
-
-
-def _replies(results: Sequence[Any]) -> list[Any]:
-    return [_mapped(r) if _unavailable(r) else r for r in results]
-
-
-def _store_error(error: BaseException, *, cause: bool = False) -> BaseException:
-    """What a failed batch raises: the store's error for Redis' and the socket's (`cause`:
-    chained to the original, as `raise ... from` would)."""
-    if isinstance(error, (rx.RedisError, rx.RedisClusterException)):
-        found = _mapped(error)
-    elif isinstance(error, OSError):
-        found = StoreUnavailableError(f"redis: {error}")
-    else:
-        return error
-    if cause and found is not error:
-        found.__cause__ = error
-    return found
 
 
 def _check_text(*texts: str) -> None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 C = TypeVar("C")
 R = TypeVar("R")
-Results = Sequence[Any]  # one result per call (R, or an exception standing for its failure)
 
 
 class BatchDispatcher(Generic[C, R]):
@@ -32,12 +31,6 @@ class BatchDispatcher(Generic[C, R]):
     what arrived meanwhile (one write, one script call, one reply for all), while a call
     arriving after a quiet interval leaves at once (envoyproxy/ratelimit's
     REDIS_PIPELINE_WINDOW, applied only when busy).
-
-    `start` (optional) sends a batch without a task: it writes the batch at once and returns
-    a future of the same results `send` would return (or fail with what `send` would
-    raise), which hands them to the callers from its done-callback; None means it cannot
-    start at once (no connection yet), and that batch goes through `send` in a task of its
-    own. Each batch takes one of the two paths, never both (a batch is never sent twice).
     """
 
     def __init__(
@@ -46,7 +39,6 @@ class BatchDispatcher(Generic[C, R]):
         max_batch: int = 256,
         max_inflight: int | None = None,
         min_interval_s: float = 0.0,
-        start: Callable[[Sequence[C]], asyncio.Future[Results] | None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -55,7 +47,6 @@ class BatchDispatcher(Generic[C, R]):
         if min_interval_s < 0:
             raise ValueError("min_interval_s must not be negative")
         self._send = send
-        self._start = start
         self._max = max_batch
         self._max_inflight = max_inflight
         self._running = 0  # batches sent, not yet answered
@@ -64,7 +55,7 @@ class BatchDispatcher(Generic[C, R]):
         self._calls: list[C] = []
         self._waiters: list[asyncio.Future[R]] = []
         self._scheduled = False
-        self._inflight: set[asyncio.Future[Any]] = set()
+        self._inflight: set[asyncio.Task[None]] = set()
         self.batches_sent = 0
 
     async def submit(self, call: C) -> R:
@@ -111,40 +102,22 @@ class BatchDispatcher(Generic[C, R]):
         self._running += 1
         if self._interval:
             self._next = asyncio.get_running_loop().time() + self._interval
-        if self._start is not None:
-            try:
-                sent = self._start(calls)
-            except Exception as error:  # as a raising `send`: the whole batch fails
-                self._answer(waiters, error, None)
-                return
-            if sent is not None:
-                self._inflight.add(sent)
-                sent.add_done_callback(lambda done: self._started(waiters, done))
-                return
         task = asyncio.ensure_future(self._deliver(calls, waiters))
         self._inflight.add(task)  # keep a reference until done (the loop holds weak ones)
         task.add_done_callback(self._inflight.discard)
 
-    def _started(self, waiters: list[asyncio.Future[R]], done: asyncio.Future[Results]) -> None:
-        """A batch sent by `start` came back (a done-callback: no task, no extra loop turn)."""
-        self._inflight.discard(done)
-        if done.cancelled():
-            self._answer(waiters, asyncio.CancelledError("the batch was cancelled"), None)
-        elif (error := done.exception()) is not None:
-            self._answer(waiters, error, None)
-        else:
-            self._answer(waiters, None, done.result())
-
-    def _answer(
-        self, waiters: list[asyncio.Future[R]], error: BaseException | None, results: Results | None
-    ) -> None:
-        self._done()
-        if error is not None:
+    async def _deliver(self, calls: list[C], waiters: list[asyncio.Future[R]]) -> None:
+        try:
+            results = await self._send(calls)
+        except BaseException as error:
+            self._done()
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
             return
-        assert results is not None
+        self._done()
         for waiter, result in zip(waiters, results, strict=True):
             if waiter.done():  # the caller gave up (cancelled, timed out)
                 continue
@@ -152,16 +125,6 @@ class BatchDispatcher(Generic[C, R]):
                 waiter.set_exception(result)
             else:
                 waiter.set_result(result)
-
-    async def _deliver(self, calls: list[C], waiters: list[asyncio.Future[R]]) -> None:
-        try:
-            results = await self._send(calls)
-        except BaseException as error:
-            self._answer(waiters, error, None)
-            if not isinstance(error, Exception):
-                raise
-            return
-        self._answer(waiters, None, results)
 
     def _done(self) -> None:
         """A batch came back: the calls held meanwhile leave now (no extra loop turn)."""

@@ -148,28 +148,17 @@ class RedisWire:
             conn.transport.close()
             await conn.closed
 
-    def start(self, payload: bytes, count: int) -> asyncio.Future[list[Any]] | None:
-        """`execute` without a coroutine: the batch is written now and the future gets its
-        replies (or the error `execute` would raise); None when there is no live connection
-        (then `execute`, which connects)."""
-        conn = self._conn
-        if conn is None or conn.broken is not None:
-            return None
-        return self._write(conn, payload, count)
-
     async def _send(self, conn: _Connection, payload: bytes, count: int) -> list[Any]:
-        return await self._write(conn, payload, count)
-
-    def _write(self, conn: _Connection, payload: bytes, count: int) -> asyncio.Future[list[Any]]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         conn.pending.append((count, future, []))
         assert conn.transport is not None
         conn.transport.write(payload)
         timer = loop.call_later(self._timeout, self._expire, conn, future)
-        # Done, failed or given up (an awaiting caller cancelled): the timer goes.
-        future.add_done_callback(lambda _: timer.cancel())
-        return future
+        try:
+            return await future
+        finally:
+            timer.cancel()
 
     def _expire(
         self, conn: _Connection, future: asyncio.Future[list[Any]], polled: bool = False
@@ -251,11 +240,5 @@ async def run_scripts(
     cached: bool,
 ) -> list[Any]:
     """One batch of script calls: their replies (or error replies as exceptions), in order."""
-    return await wire.execute(script_payload(calls, cached=cached), len(calls))
-
-
-def script_payload(
-    calls: Sequence[tuple[WireScript, Sequence[str], Sequence[str]]], *, cached: bool
-) -> bytes:
-    """The batch of script calls as one payload."""
-    return b"".join(s.call(keys, args, cached=cached) for s, keys, args in calls)
+    payload = b"".join(s.call(keys, args, cached=cached) for s, keys, args in calls)
+    return await wire.execute(payload, len(calls))
