@@ -51,6 +51,9 @@ class _Ids:
         self.n += 1
         return f"d{self.n:06d}"
 
+    def secret(self, nbytes: int) -> str:
+        return "s" * nbytes
+
 
 class _Members:
     async def org_ids(self, user_id: str, credential: str) -> frozenset[str]:
@@ -176,7 +179,7 @@ def test_whole_seconds_round_up_exactly() -> None:
 )
 def test_struct_fills_as_struct_update_does(values: dict[str, object]) -> None:
     fast, reference = struct_pb2.Struct(), struct_pb2.Struct()
-    reference.update(values)
+    reference.update(values)  # type: ignore[arg-type]
     mapping.struct(fast, values)
     assert fast == reference
 

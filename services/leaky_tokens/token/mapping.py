@@ -252,7 +252,7 @@ def struct(target: struct_pb2.Struct, values: Mapping[str, object]) -> None:
             inner.Clear()
             struct(inner, value)  # type: ignore[arg-type]
         else:  # bool before numbers, None, lists, anything else: protobuf's own rules
-            target.update({key: value})
+            target.update({key: value})  # type: ignore[dict-item]
 
 
 def reservation(scope: Scope, held: Reservation, *, created: bool = False) -> pb.Reservation:
