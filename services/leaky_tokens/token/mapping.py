@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
-from typing import TypeAlias
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple, TypeAlias
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from leaky.token.v1 import limits_pb2 as lpb
 from leaky.token.v1 import token_pb2 as pb
@@ -34,6 +34,7 @@ from leaky_tokens.token.domain.units import ceil_div
 from leaky_tokens.token.domain.windows import Period
 
 LevelCode: TypeAlias = lpb.LimitLevel.ValueType
+LimitUnit: TypeAlias = lpb.LimitUnit.ValueType
 _BUCKET: dict[Level, LevelCode] = {
     Level.USER_BUCKET: lpb.LIMIT_LEVEL_USER_BUCKET,
     Level.ORG_BUCKET: lpb.LIMIT_LEVEL_ORG_BUCKET,
@@ -76,36 +77,54 @@ def duration(ms: int) -> duration_pb2.Duration:
     return out
 
 
-def _status(scope: Scope, level: LevelCode, limit: int, remaining: int) -> lpb.LimitStatus:
-    name = f"{scope.subject.provider}/{_NAMES[level]}"
-    return lpb.LimitStatus(
-        level=level, name=name, code=lpb.LIMIT_CODE_OK, limit=limit, remaining=max(0, remaining)
-    )
+def _set(field: duration_pb2.Duration, ms: int) -> None:
+    """`field.FromMilliseconds(ms)` without its Python-level normalization when ms >= 0."""
+    if ms >= 0:
+        field.seconds, field.nanos = divmod(ms, 1000)
+        field.nanos *= 1_000_000
+    else:
+        field.FromMilliseconds(ms)
 
 
-def _bucket(scope: Scope, st: LevelStatus) -> lpb.LimitStatus:
-    out = _status(scope, _BUCKET[st.level], st.limit, st.remaining)
-    out.reset_after.FromMilliseconds(st.reset_after_ms)
+class Row(NamedTuple):
+    """One level as the contract reports it, in domain values: what a LimitStatus and the
+    rate-limit headers are both made of (the headers are not read back from the messages)."""
+
+    level: LevelCode
+    name: str
+    limit: int
+    remaining: int
+    reset_after_ms: int | None  # None: a purchased balance (no reset, no window)
+    window_ms: int | None
+    unit: LimitUnit
+
+
+def _bucket(scope: Scope, st: LevelStatus) -> Row:
+    code = _BUCKET[st.level]
     bl = scope.limits.buckets[st.level]
-    out.window.FromMilliseconds(ceil_div(bl.capacity_units, bl.leak_per_ms))
-    return out
+    window = ceil_div(bl.capacity_units, bl.leak_per_ms)
+    return Row(code, _name(scope, code), st.limit, max(0, st.remaining), st.reset_after_ms,
+               window, lpb.LIMIT_UNIT_UNSPECIFIED)  # fmt: skip
 
 
-def _window(scope: Scope, level: Level, limit: int, remaining: int) -> lpb.LimitStatus:
-    out = _status(scope, _WINDOW[level], limit, remaining)
+def _window(scope: Scope, level: Level, limit: int, remaining: int) -> Row:
+    code = _WINDOW[level]
     ql = scope.limits.quotas[level]
-    out.reset_after.FromMilliseconds(max(0, ql.window_end_ms - scope.now_ms))
-    out.window.FromMilliseconds(ql.window_end_ms - ql.window_start_ms)
-    out.unit = _UNITS.get(scope.policy.window.period, lpb.LIMIT_UNIT_UNSPECIFIED)
-    return out
+    return Row(
+        code, _name(scope, code), limit, max(0, remaining),
+        max(0, ql.window_end_ms - scope.now_ms), ql.window_end_ms - ql.window_start_ms,
+        _UNITS.get(scope.policy.window.period, lpb.LIMIT_UNIT_UNSPECIFIED),
+    )  # fmt: skip
 
 
-def statuses(
-    scope: Scope, levels: Iterable[LevelStatus], snapshot: Snapshot | None
-) -> list[lpb.LimitStatus]:
+def _name(scope: Scope, code: LevelCode) -> str:
+    return f"{scope.subject.provider}/{_NAMES[code]}"
+
+
+def rows(scope: Scope, levels: Iterable[LevelStatus], snapshot: Snapshot | None) -> list[Row]:
     """Every level as the contract reports it; with the states, a quota's window and purchased
     balance are two levels (a denial reports the pool as its window level)."""
-    out: list[lpb.LimitStatus] = []
+    out: list[Row] = []
     for st in levels:
         if st.level in BUCKET_LEVELS:
             out.append(_bucket(scope, st))
@@ -117,62 +136,89 @@ def statuses(
         left = quota_math.window_remaining(slot.limit, slot.state)
         out.append(_window(scope, st.level, st.limit, left))
         bal = slot.state.balance
-        out.append(_status(scope, _PURCHASED[st.level], bal, bal))
+        code = _PURCHASED[st.level]
+        out.append(Row(code, _name(scope, code), bal, max(0, bal), None, None,
+                       lpb.LIMIT_UNIT_UNSPECIFIED))  # fmt: skip
     return out
+
+
+def fill(target: RepeatedCompositeFieldContainer[lpb.LimitStatus], found: list[Row]) -> None:
+    """Append one LimitStatus per row to a repeated field, built in place (no copies)."""
+    for r in found:
+        st = target.add(level=r.level, name=r.name, code=lpb.LIMIT_CODE_OK, limit=r.limit,
+                        remaining=r.remaining)  # fmt: skip
+        if r.reset_after_ms is not None:
+            _set(st.reset_after, r.reset_after_ms)
+        if r.window_ms is not None:
+            _set(st.window, r.window_ms)
+            if r.unit:
+                st.unit = r.unit
+
+
+def statuses(
+    scope: Scope, levels: Iterable[LevelStatus], snapshot: Snapshot | None
+) -> list[lpb.LimitStatus]:
+    """`rows` as LimitStatus messages."""
+    out = lpb.LimitDecision()
+    fill(out.limits, rows(scope, levels, snapshot))
+    return list(out.limits)
 
 
 def denial(error: LimitDeniedError) -> LimitDeniedError:
     """Attach the LimitDecision detail and the rate-limit headers to a denial."""
     denied: Denied = error.denied
-    found = statuses(error.scope, denied.statuses, None)
+    found = rows(error.scope, denied.statuses, None)
     waits = {_WINDOW.get(x.level) or _BUCKET[x.level]: x.wait_ms for x in denied.limiting}
-    for st in found:
+    decision = lpb.LimitDecision(decision_id=error.decision_id)
+    fill(decision.limits, found)
+    for st in decision.limits:
         if st.level in waits:
             st.code = lpb.LIMIT_CODE_OVER_LIMIT
             if (wait := waits[st.level]) is not None:
                 st.retry_after.CopyFrom(duration(wait))
     worst = _WINDOW.get(denied.level) or _BUCKET[denied.level]
-    decision = lpb.LimitDecision(decision_id=error.decision_id, limits=found)
     decision.decided_at.CopyFrom(_ts(error.scope.now_ms))
     error.details = (decision,)
     error.headers = headers(found, worst)
     return error
 
 
-def _seconds(value: duration_pb2.Duration) -> int:
-    return math.ceil(value.ToMilliseconds() / 1000)
+def _seconds(ms: int | None) -> int:
+    """Whole seconds, rounded up (ceil(ms / 1000) in integers: exact at any size)."""
+    return -(-(ms or 0) // 1000)
 
 
-def headers(found: list[lpb.LimitStatus], level: LevelCode) -> dict[str, str]:
+def headers(found: list[Row], level: LevelCode) -> dict[str, str]:
     """X-RateLimit-* of the limiting level; IETF RateLimit / RateLimit-Policy of every level
     that has a window (a purchased balance has none), the limiting level first."""
-    first = next(s for s in found if s.level == level)
-    ordered = [first, *(s for s in found if s is not first and s.HasField("window"))]
+    first = next(r for r in found if r.level == level)
+    ordered = [first, *(r for r in found if r is not first and r.window_ms is not None)]
     return {
         "x-ratelimit-limit": str(first.limit),
         "x-ratelimit-remaining": str(first.remaining),
-        "x-ratelimit-reset": str(_seconds(first.reset_after)),
+        "x-ratelimit-reset": str(_seconds(first.reset_after_ms)),
         "ratelimit-policy": ", ".join(
-            f'"{s.name}";q={s.limit};w={_seconds(s.window)}' for s in ordered
+            f'"{r.name}";q={r.limit};w={_seconds(r.window_ms)}' for r in ordered
         ),
         "ratelimit": ", ".join(
-            f'"{s.name}";r={s.remaining};t={_seconds(s.reset_after)}' for s in ordered
+            f'"{r.name}";r={r.remaining};t={_seconds(r.reset_after_ms)}' for r in ordered
         ),
     }
 
 
-def allowed_headers(found: list[lpb.LimitStatus]) -> dict[str, str]:
+def allowed_headers(found: list[Row]) -> dict[str, str]:
     """The rate-limit headers of an allowed answer: X-RateLimit-* of the windowed level with
     the least room left, RateLimit / RateLimit-Policy of every windowed level."""
-    windowed = [s for s in found if s.HasField("window")]
+    windowed = [r for r in found if r.window_ms is not None]
     if not windowed:
         return {}
-    tightest = min(windowed, key=lambda s: s.remaining)
+    tightest = min(windowed, key=lambda r: r.remaining)
     return headers(found, tightest.level)
 
 
-def consume_response(done: Consumed) -> pb.ConsumeResponse:
-    """An allowed consume: the user's bucket as the original reported it, plus every level."""
+def consume_response(done: Consumed) -> tuple[pb.ConsumeResponse, dict[str, str]]:
+    """An allowed consume (the user's bucket as the original reported it, plus every level)
+    and its rate-limit headers, both from the same rows."""
     scope, allowed = done.scope, done.allowed
     user = next(s for s in allowed.statuses if s.level is Level.USER_BUCKET)
     slot = allowed.snapshot.buckets[Level.USER_BUCKET]
@@ -182,14 +228,31 @@ def consume_response(done: Consumed) -> pb.ConsumeResponse:
         used=ceil_div(slot.state.level, slot.limit.scale),
         remaining=user.remaining,
         wait_seconds=0,
-        timestamp=_ts(scope.now_ms),
         decision_id=done.decision_id,
-        limits=statuses(scope, allowed.statuses, allowed.snapshot),
         replayed=done.replayed,
     )
+    out.timestamp.FromMilliseconds(scope.now_ms)
+    found = rows(scope, allowed.statuses, allowed.snapshot)
+    fill(out.limits, found)
     if done.provider_response is not None:
-        out.provider_response.update(dict(done.provider_response))  # type: ignore[arg-type]
-    return out
+        struct(out.provider_response, done.provider_response)
+    return out, allowed_headers(found)
+
+
+def struct(target: struct_pb2.Struct, values: Mapping[str, object]) -> None:
+    """`target.update(values)`, the common JSON types set directly (Struct.update's generic
+    per-value dispatch cost about as much as the rest of the mapping)."""
+    fields = target.fields
+    for key, value in values.items():
+        kind = type(value)
+        if kind is str:
+            fields[key].string_value = value  # type: ignore[assignment]
+        elif kind is dict:
+            inner = fields[key].struct_value
+            inner.Clear()
+            struct(inner, value)  # type: ignore[arg-type]
+        else:  # bool before numbers, None, lists, anything else: protobuf's own rules
+            target.update({key: value})  # type: ignore[dict-item]
 
 
 def reservation(scope: Scope, held: Reservation, *, created: bool = False) -> pb.Reservation:
@@ -212,14 +275,16 @@ def reservation(scope: Scope, held: Reservation, *, created: bool = False) -> pb
     return out
 
 
-def reserve_response(done: Held) -> pb.ReserveResponse:
-    """A granted reservation and every level after the hold."""
+def reserve_response(done: Held) -> tuple[pb.ReserveResponse, dict[str, str]]:
+    """A granted reservation and every level after the hold, and its rate-limit headers."""
     r = done.reserved
-    return pb.ReserveResponse(
+    out = pb.ReserveResponse(
         reservation=reservation(done.scope, r.reservation, created=True),
-        limits=statuses(done.scope, r.statuses, r.snapshot),
         replayed=done.replayed,
     )
+    found = rows(done.scope, r.statuses, r.snapshot)
+    fill(out.limits, found)
+    return out, allowed_headers(found)
 
 
 def _after(done: Closed) -> list[lpb.LimitStatus]:

@@ -73,8 +73,8 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
                 current_caller(), _credential(context), r.user_id, r.org_id, r.provider,
                 r.tokens, r.prompt, _key(r.idempotency_key, context),
             )  # fmt: skip
-        out = mapping.consume_response(done)
-        add_response_headers(mapping.allowed_headers(list(out.limits)))
+        out, headers = mapping.consume_response(done)
+        add_response_headers(headers)
         return out
 
     async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.ReserveResponse:
@@ -85,8 +85,8 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
                 current_caller(), _credential(context), r.user_id, r.org_id, r.provider,
                 r.tokens, ttl, _key(r.idempotency_key, context),
             )  # fmt: skip
-        out = mapping.reserve_response(held)
-        add_response_headers(mapping.allowed_headers(list(out.limits)))
+        out, headers = mapping.reserve_response(held)
+        add_response_headers(headers)
         return out
 
     async def Settle(self, request: pb.SettleRequest, context: Context) -> pb.SettleResponse:
