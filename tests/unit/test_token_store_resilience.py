@@ -66,15 +66,16 @@ class FakeMonotonic:
 
 
 def wrapped(
-    mode: FailureMode,
+    mode: FailureMode, *, timeout_s: float = 0.05, trip_after_s: float = 0.0
 ) -> tuple[ResilientDecisionStore, FlakyStore, FakeMonotonic, list[bool]]:
     primary, clock = FlakyStore(), FakeMonotonic()
     changes: list[bool] = []
     store = ResilientDecisionStore(
         primary,
         mode,
-        timeout_s=0.05,
+        timeout_s=timeout_s,
         recovery_s=1.0,
+        trip_after_s=trip_after_s,
         emergency_percent=10,
         on_degraded=changes.append,
         monotonic=clock,
@@ -127,13 +128,7 @@ async def test_a_hanging_store_counts_as_down_after_the_timeout() -> None:
 def slow_tripping(
     mode: FailureMode,
 ) -> tuple[ResilientDecisionStore, FlakyStore, FakeMonotonic, list[bool]]:
-    primary, clock = FlakyStore(), FakeMonotonic()
-    changes: list[bool] = []
-    store = ResilientDecisionStore(
-        primary, mode, timeout_s=0.01, recovery_s=1.0, trip_after_s=0.5,
-        on_degraded=changes.append, monotonic=clock,
-    )  # fmt: skip
-    return store, primary, clock, changes
+    return wrapped(mode, timeout_s=0.01, trip_after_s=0.5)
 
 
 async def test_a_timeout_then_an_answer_fails_one_call_and_does_not_degrade() -> None:
