@@ -55,6 +55,7 @@ from cassandra.connection import ConnectionException
 from cassandra.policies import ConstantReconnectionPolicy, RoundRobinPolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, tuple_factory
 
+from leaky_tokens.analytics.adapters.cassandra_binding import RowBinder
 from leaky_tokens.analytics.adapters.cassandra_settings import CassandraStoreSettings
 from leaky_tokens.analytics.domain.facts import (
     FactKind,
@@ -381,6 +382,35 @@ class _Cell:
                 share[0] += fact.tokens
                 share[1] += 1
 
+    def merge(self, other: _Cell) -> None:
+        """Count in everything `other` counted (the same as adding its facts one by one)."""
+        self.events += other.events
+        self.allowed_events += other.allowed_events
+        self.tokens += other.tokens
+        self.allowed_tokens += other.allowed_tokens
+        self.refunded_tokens += other.refunded_tokens
+        if self.shares is not None and other.shares:
+            shares = self.shares
+            for user, (tokens, events) in other.shares.items():
+                share = shares.get(user)
+                if share is None:
+                    shares[user] = [tokens, events]
+                else:
+                    share[0] += tokens
+                    share[1] += events
+
+
+@dataclass(slots=True)
+class _Minute:
+    """A call's fresh facts of one (scope, provider, minute), summed once for the minute, hour
+    and day cells they count in. `low` is their lowest offset: a cell whose applied offset is
+    below it takes the sum whole; the others (a replay over a partly written call) take the
+    facts one by one, each only if its offset is above the cell's."""
+
+    sum: _Cell
+    low: int
+    facts: list[tuple[int, UsageFact, bool]] = field(default_factory=list)
+
 
 @dataclass
 class _Source:
@@ -419,6 +449,7 @@ class CassandraUsageStore:
         self._cluster: Cluster | None = None
         self._session: Session | None = None
         self._prepared: dict[str, PreparedStatement] = {}
+        self._binders: dict[str, RowBinder] = {}  # the write statements' (PARTITION_KEY)
         self._connecting = asyncio.Lock()
         self._sources: dict[tuple[str, int], _Source] = {}
         self._known_providers: set[tuple[ScopeKind, str, str]] = set()
@@ -474,6 +505,8 @@ class CassandraUsageStore:
         except BaseException:
             cluster.shutdown()
             raise
+        version = cluster.protocol_version
+        self._binders = {name: RowBinder(prepared[name], version) for name in PARTITION_KEY}
         self._cluster, self._session, self._prepared = cluster, session, prepared
 
     def _unavailable(self, error: BaseException) -> UsageStoreUnavailableError:
@@ -516,6 +549,7 @@ class CassandraUsageStore:
         if not writes:
             return
         session = await self._ready()
+        binders = self._binders
         groups: dict[tuple[Any, ...], list[tuple[str, tuple[Any, ...], int]]] = {}
         for write in writes:
             name, params, _ = write
@@ -529,7 +563,7 @@ class CassandraUsageStore:
                 for i in range(0, len(group), PARTITION_BATCH_ROWS):
                     batch = BatchStatement(BatchType.UNLOGGED)
                     for name, params, _ in group[i : i + PARTITION_BATCH_ROWS]:
-                        batch.add(self._prepared[name], params)
+                        binders[name].add_to(batch, params)
                     requests.append(batch)
                 continue
             for name, params, size in group:
@@ -545,7 +579,7 @@ class CassandraUsageStore:
                     requests.append(shared)
                     shared_bytes = 0
                     partitions = set()
-                shared.add(self._prepared[name], params)
+                binders[name].add_to(shared, params)
                 shared_bytes += size
                 partitions.add(key)
         await self._run_all(session, requests)
@@ -686,22 +720,25 @@ class CassandraUsageStore:
         if not fresh:
             return
         last_offset = max(offset for offset, _ in items)
+        minutes = _minutes(fresh)
         # The cells the facts count in, as they are now (cache, Cassandra, or empty).
-        counted = [
-            (offset, fact, fact.kind in DECISIONS, _cell_keys(fact)) for offset, fact in fresh
-        ]
+        targets = [(_cells_of(minute_key), minute) for minute_key, minute in minutes.items()]
         keys: dict[CellKey, None] = {}
-        for _, _, _, fact_keys in counted:
-            keys.update(dict.fromkeys(fact_keys))
+        for cell_keys, _ in targets:
+            keys.update(dict.fromkeys(cell_keys))
         # Updated in place, cached ones too: if a write below fails, _project_source marks
         # the source unclaimed, so the next call drops the whole cache and reads it again.
         updated = await self._load_cells(key, source, list(keys))
-        for offset, fact, decision, fact_keys in counted:
-            for cell_key in fact_keys:
+        for cell_keys, minute in targets:
+            for cell_key in cell_keys:
                 cell = updated[cell_key]
                 # applied_offset is raised only after this loop: it is the cell's as loaded.
-                if offset > cell.applied_offset:
-                    cell.add(fact, decision)
+                if minute.low > cell.applied_offset:
+                    cell.merge(minute.sum)
+                    continue
+                for offset, fact, decision in minute.facts:
+                    if offset > cell.applied_offset:
+                        cell.add(fact, decision)
         for cell in updated.values():
             cell.applied_offset = max(cell.applied_offset, last_offset)
         # Cells first, then the index and the user/org chunks, and the ALL-scope raw rows (the
@@ -1131,25 +1168,40 @@ def _newest_first(fact: UsageFact) -> tuple[int, str]:
     return fact.occurred_at_ms, fact.event_id
 
 
-def _cell_keys(fact: UsageFact) -> list[CellKey]:
-    """The cells a fact counts in: minute, hour and day of each of its scopes."""
-    t, provider = fact.occurred_at_ms, fact.provider
-    minute, hour, day = t - t % MINUTE_MS, t - t % HOUR_MS, t - t % DAY_MS
-    keys: list[CellKey] = [
-        ("all", "", provider, MINUTE_MS, minute),
-        ("all", "", provider, HOUR_MS, hour),
-        ("all", "", provider, DAY_MS, day),
-        ("user", fact.user_id, provider, MINUTE_MS, minute),
-        ("user", fact.user_id, provider, HOUR_MS, hour),
-        ("user", fact.user_id, provider, DAY_MS, day),
-    ]
-    if fact.org_id:
-        keys += [
-            ("org", fact.org_id, provider, MINUTE_MS, minute),
-            ("org", fact.org_id, provider, HOUR_MS, hour),
-            ("org", fact.org_id, provider, DAY_MS, day),
-        ]
-    return keys
+# (scope kind value, scope id, provider, minute start)
+MinuteKey = tuple[str, str, str, int]
+
+
+def _minutes(fresh: Sequence[tuple[int, UsageFact]]) -> dict[MinuteKey, _Minute]:
+    """The facts summed per scope (ALL, the user, the org if any), provider and minute."""
+    minutes: dict[MinuteKey, _Minute] = {}
+    for offset, fact in fresh:
+        t, provider, decision = fact.occurred_at_ms, fact.provider, fact.kind in DECISIONS
+        minute = t - t % MINUTE_MS
+        scope_keys = [("all", "", provider, minute), ("user", fact.user_id, provider, minute)]
+        if fact.org_id:
+            scope_keys.append(("org", fact.org_id, provider, minute))
+        for minute_key in scope_keys:
+            summed = minutes.get(minute_key)
+            if summed is None:
+                summed = minutes[minute_key] = _Minute(
+                    _Cell(shares=None if minute_key[0] == "user" else {}), offset
+                )
+            elif offset < summed.low:
+                summed.low = offset
+            summed.sum.add(fact, decision)
+            summed.facts.append((offset, fact, decision))
+    return minutes
+
+
+def _cells_of(minute_key: MinuteKey) -> tuple[CellKey, CellKey, CellKey]:
+    """The minute, hour and day cells of one scope's minute."""
+    kind, scope_id, provider, minute = minute_key
+    return (
+        (kind, scope_id, provider, MINUTE_MS, minute),
+        (kind, scope_id, provider, HOUR_MS, minute - minute % HOUR_MS),
+        (kind, scope_id, provider, DAY_MS, minute - minute % DAY_MS),
+    )
 
 
 def _wrap(future: ResponseFuture) -> asyncio.Future[Any]:
