@@ -190,6 +190,10 @@ class Run:
                 "LEAKY_ANALYTICS_CASSANDRA_PORT": str(a.cassandra_port),
                 "LEAKY_ANALYTICS_CASSANDRA_KEYSPACE": self.keyspace,
                 "LEAKY_ANALYTICS_CASSANDRA_REQUEST_TIMEOUT_MS": "60000",
+                "LEAKY_ANALYTICS_CASSANDRA_BATCH_MAX_BYTES": str(a.cassandra_batch_max_bytes),
+                "LEAKY_ANALYTICS_CASSANDRA_BATCH_MAX_PARTITIONS": str(
+                    a.cassandra_batch_max_partitions
+                ),
             }
             command = [sys.executable, "-m", "leaky_tokens.analytics.projection_worker"]
             with (self.work / f"worker-{n}.log").open("ab") as out:
@@ -643,6 +647,10 @@ def options() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="projection worker processes")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--batch-window-ms", type=int, default=100)
+    # The store's defaults; the stack's Cassandra accepts up to 48 KiB and 100 partitions
+    # without a warning (ADR 0055).
+    parser.add_argument("--cassandra-batch-max-bytes", type=int, default=4_500)
+    parser.add_argument("--cassandra-batch-max-partitions", type=int, default=10)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--orgs", type=int, default=50)
     parser.add_argument("--poll-ms", type=int, default=50)

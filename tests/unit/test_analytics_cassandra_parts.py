@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from cassandra.query import BatchStatement
 
 from leaky_tokens.analytics.adapters.cassandra_settings import CassandraStoreSettings
 from leaky_tokens.analytics.adapters.cassandra_usage_store import (
@@ -78,6 +79,9 @@ def test_shares_are_added_into_totals_users() -> None:
         ("cassandra_raw_ttl_days", 7301),
         ("cassandra_replication_factor", 0),
         ("cassandra_request_timeout_ms", -1),
+        ("cassandra_batch_max_bytes", 0),
+        ("cassandra_batch_max_bytes", 50 * 1024 + 1),
+        ("cassandra_batch_max_partitions", 0),
     ],
 )
 def test_bad_settings_are_refused(field: str, value: object) -> None:
@@ -127,3 +131,44 @@ async def test_a_write_phase_not_answered_in_time_is_unavailable_and_submits_no_
     assert time.monotonic() - started < 5
     # 128 in flight at first, 5 of them answered (each answer submits one more); then none.
     assert len(session.submitted) == MAX_IN_FLIGHT + 5
+
+
+class _Binder:
+    def add_to(self, batch: BatchStatement, params: tuple[object, ...]) -> None:
+        batch._add_statement_and_params(True, b"id", list(params))
+
+
+@pytest.mark.parametrize(
+    ("max_bytes", "max_partitions", "sizes", "want"),
+    [
+        (4_500, 3, [100] * 7, [3, 3, 1]),  # partitions per shared batch
+        (1_000, 10, [400] * 5, [2, 2, 1]),  # estimated bytes per shared batch
+        (1_000, 10, [400, 1_000, 400], [2]),  # a row at the limit goes alone, unbatched
+    ],
+)
+async def test_shared_batches_keep_to_the_configured_partitions_and_bytes(
+    max_bytes: int, max_partitions: int, sizes: list[int], want: list[int]
+) -> None:
+    store = CassandraUsageStore(
+        CassandraStoreSettings(
+            cassandra_batch_max_bytes=max_bytes, cassandra_batch_max_partitions=max_partitions
+        )
+    )
+    session = _Session(answer_first=10**6)
+    store._session = session
+    store._binders = {"provider_insert": _Binder()}  # type: ignore[dict-item]
+    # One row per partition (the statement's partition key is its first two values).
+    big = {i for i, size in enumerate(sizes) if size >= max_bytes}
+    store._prepared = {"provider_insert": _Prepared()}
+    writes = [
+        ("provider_insert", ("user", f"u{i}", "openai"), size) for i, size in enumerate(sizes)
+    ]
+    await store._write_all(writes)
+    batches = [r for r in session.submitted if isinstance(r, BatchStatement)]
+    assert [len(b._statements_and_parameters) for b in batches] == want
+    assert len(session.submitted) - len(batches) == len(big)
+
+
+class _Prepared:
+    def bind(self, params: tuple[object, ...]) -> tuple[object, ...]:
+        return params

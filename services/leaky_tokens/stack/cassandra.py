@@ -137,6 +137,11 @@ file_cache_size: 64MiB
 key_cache_size: 16MiB
 concurrent_compactors: 1
 storage_compatibility_mode: NONE
+# The usage store may be told to share unlogged batches wider than its defaults
+# (cassandra_batch_max_bytes / _partitions, ADR 0055): no warning logged per such batch.
+batch_size_warn_threshold: 48KiB
+batch_size_fail_threshold: 64KiB
+unlogged_batch_across_partitions_warn_threshold: 100
 """
         (dirs["conf"] / "cassandra.yaml").write_text(config)
         (dirs["conf"] / "logback.xml").write_text(LOGBACK)

@@ -38,6 +38,22 @@ class CassandraStoreSettings:
         metadata=doc("A Cassandra request not answered by then fails (the store is unavailable)."),
     )
 
+    cassandra_batch_max_bytes: int = field(
+        default=4_500,
+        metadata=doc(
+            "Estimated size up to which the projection's rows of several partitions share one"
+            " unlogged batch. Keep it under the server's batch_size_warn_threshold (5 KiB by"
+            " default; batch_size_fail_threshold, 50 KiB, refuses the batch): ADR 0055."
+        ),
+    )
+    cassandra_batch_max_partitions: int = field(
+        default=10,
+        metadata=doc(
+            "Most partitions one shared unlogged batch covers. Keep it at or under the server's"
+            " unlogged_batch_across_partitions_warn_threshold (10 by default): ADR 0055."
+        ),
+    )
+
     def __post_init__(self) -> None:
         if not self.cassandra_hosts:
             raise SettingsError("cassandra_hosts: at least one host is needed")
@@ -51,9 +67,17 @@ class CassandraStoreSettings:
             "cassandra_replication_factor",
             "cassandra_raw_ttl_days",
             "cassandra_request_timeout_ms",
+            "cassandra_batch_max_bytes",
+            "cassandra_batch_max_partitions",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name}: must be positive, got {getattr(self, name)}")
         # CQL's TTL limit is 20 years.
+        if self.cassandra_batch_max_bytes > 50 * 1024:
+            raise SettingsError(
+                "cassandra_batch_max_bytes: at most 51200 (the server's default"
+                f" batch_size_fail_threshold refuses bigger batches); got"
+                f" {self.cassandra_batch_max_bytes}"
+            )
         if self.cassandra_raw_ttl_days > 7300:
             raise SettingsError("cassandra_raw_ttl_days: at most 7300 (CQL's 20-year TTL limit)")

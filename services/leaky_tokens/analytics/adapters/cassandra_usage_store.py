@@ -95,8 +95,6 @@ KEEP_MS = {MINUTE_MS: 15 * MINUTE_MS, HOUR_MS: 3 * HOUR_MS, DAY_MS: 3 * DAY_MS}
 DECISIONS = frozenset(kind for kind in FactKind if kind.is_decision)
 IN_CHUNK = 100  # ids per existence lookup
 MAX_IN_FLIGHT = 128  # concurrent requests per call
-BATCH_BYTES = 4_500  # unlogged batches stay under Cassandra's 5 KiB warning (estimated)
-BATCH_PARTITIONS = 10  # and its "unlogged batch covering more than 10 partitions" warning
 OWN_BATCH_ROWS = 8  # a partition with this many rows in one write gets its own batches
 PARTITION_BATCH_ROWS = 500  # rows of one partition per batch (one mutation)
 # How many leading bind parameters of each write statement make its partition key.
@@ -444,6 +442,9 @@ class CassandraUsageStore:
         self._keyspace = settings.cassandra_keyspace
         self._ttl = settings.cassandra_raw_ttl_days * 86_400
         self._timeout = settings.cassandra_request_timeout_ms / 1000
+        # Shared unlogged batches stay under the server's warnings (estimated sizes).
+        self._batch_bytes = settings.cassandra_batch_max_bytes
+        self._batch_partitions = settings.cassandra_batch_max_partitions
         # A fresh id per instance: a restarted process is a new writer and re-reads its cells.
         self.writer_id = writer_id or uuid.uuid4().hex
         self._cluster: Cluster | None = None
@@ -543,13 +544,14 @@ class CassandraUsageStore:
 
         A partition with many rows gets batches of its own: Cassandra applies each as one
         mutation and does not size-check it. The other partitions' rows share batches of at
-        most BATCH_PARTITIONS partitions and about BATCH_BYTES (below the server's
-        warnings); big rows go alone.
+        most cassandra_batch_max_partitions partitions and about cassandra_batch_max_bytes
+        (below the server's warnings); big rows go alone.
         """
         if not writes:
             return
         session = await self._ready()
         binders = self._binders
+        max_bytes, max_partitions = self._batch_bytes, self._batch_partitions
         groups: dict[tuple[Any, ...], list[tuple[str, tuple[Any, ...], int]]] = {}
         for write in writes:
             name, params, _ = write
@@ -567,13 +569,13 @@ class CassandraUsageStore:
                     requests.append(batch)
                 continue
             for name, params, size in group:
-                if size >= BATCH_BYTES:
+                if size >= max_bytes:
                     requests.append(self._prepared[name].bind(params))
                     continue
                 if (
                     shared is None
-                    or shared_bytes + size > BATCH_BYTES
-                    or (key not in partitions and len(partitions) >= BATCH_PARTITIONS)
+                    or shared_bytes + size > max_bytes
+                    or (key not in partitions and len(partitions) >= max_partitions)
                 ):
                     shared = BatchStatement(BatchType.UNLOGGED)
                     requests.append(shared)
