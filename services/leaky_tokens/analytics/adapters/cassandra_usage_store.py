@@ -705,7 +705,11 @@ class CassandraUsageStore:
         unique: dict[str, tuple[int, UsageFact]] = {}
         for offset, fact in items:
             unique.setdefault(fact.event_id, (offset, fact))
-        lookup = self._in_raw([fact for _, fact in unique.values()])
+        # Only a fact no later than the partition's max_occurred can be in raw: a copy of an
+        # event comes through the partition of the first (the relay keys both alike), and
+        # max_occurred covers every fact ever counted from it (written before the cells).
+        known = source.max_occurred
+        lookup = self._in_raw([f for _, f in unique.values() if f.occurred_at_ms <= known])
         # Before any cell: whoever reads this knows no later bucket holds our writes. Taken
         # over every fact of the call, not only the fresh ones, so that it goes out with the
         # look-up (one round trip less): a fact found in raw was applied, so its time is at
@@ -778,6 +782,8 @@ class CassandraUsageStore:
 
     async def _in_raw(self, facts: list[UsageFact]) -> set[str]:
         """The event ids among `facts` already in the raw table."""
+        if not facts:
+            return set()
         groups: dict[tuple[str, int], list[UsageFact]] = {}
         for fact in facts:
             groups.setdefault((fact.provider, _day(fact.occurred_at_ms)), []).append(fact)
