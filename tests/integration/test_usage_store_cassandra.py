@@ -222,12 +222,15 @@ async def crash_half_way(
     statement: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Project `batch` but fail once half of its `statement` writes are done."""
+    """Project `batch` but fail once half of the writes of the phase with `statement` (all
+    of its rows of that statement first, the phase's others after) are done."""
     real = store._write_all
 
     async def failing(writes: list[tuple[str, tuple[Any, ...], int]]) -> None:
-        if writes and writes[0][0] == statement:
-            await real(writes[: len(writes) // 2])
+        if any(name == statement for name, _, _ in writes):
+            ours = [write for write in writes if write[0] == statement]
+            others = [write for write in writes if write[0] != statement]
+            await real((ours + others)[: len(ours) // 2])
             raise UsageStoreUnavailableError("injected crash")
         await real(writes)
 

@@ -747,18 +747,17 @@ class CassandraUsageStore:
                         cell.add(fact, decision)
         for cell in updated.values():
             cell.applied_offset = max(cell.applied_offset, last_offset)
-        # Cells first, then the index and the user/org chunks, and the ALL-scope raw rows (the
-        # ones looked up) last: a looked-up row implies everything else is written (ADR 0036).
-        await self._write_all(
-            [
-                self._cell_write(cell_key, cell, topic, partition)
-                for cell_key, cell in updated.items()
-            ]
-        )
+        # The cells, the index and the user/org chunks in one phase (none needs another
+        # first), then the ALL-scope raw rows (the ones looked up) last: a looked-up row
+        # implies everything else is written (ADR 0036). Chunks or an index written before
+        # their cells (a crash in between) show an event in `latest()` before Report counts
+        # it, until the replay writes the cells.
         facts = [fact for _, fact in fresh]
         providers, days, index = self._index_writes(facts)
-        # The index and the chunks in one phase (neither needs the other first).
-        await self._write_all(index + self._recent_writes(facts))
+        cells = [
+            self._cell_write(cell_key, cell, topic, partition) for cell_key, cell in updated.items()
+        ]
+        await self._write_all(cells + index + self._recent_writes(facts))
         self._known_providers.update(providers)
         self._known_days.update(days)
         await self._write_all(self._raw_writes(facts))
