@@ -60,6 +60,13 @@ LOGBACK = """<configuration scan="false">
 """
 
 
+# What the stack's workers and benchmarks give the usage store for shared unlogged batches
+# (cassandra_batch_max_bytes / _partitions): within the thresholds this node is configured
+# with (prepare()), wider than the store's defaults, which suit a server's defaults.
+STORE_BATCH_MAX_BYTES = 30_000
+STORE_BATCH_MAX_PARTITIONS = 60
+
+
 def find_java17() -> str:
     """The Java 17 `java` Cassandra runs on (found once); no other JDK will do."""
     return find_java(
@@ -137,8 +144,8 @@ file_cache_size: 64MiB
 key_cache_size: 16MiB
 concurrent_compactors: 1
 storage_compatibility_mode: NONE
-# The usage store may be told to share unlogged batches wider than its defaults
-# (cassandra_batch_max_bytes / _partitions, ADR 0055): no warning logged per such batch.
+# The stack's usage store shares unlogged batches wider than the store's defaults
+# (STORE_BATCH_MAX_BYTES / _PARTITIONS below, ADR 0055): no warning logged per such batch.
 batch_size_warn_threshold: 48KiB
 batch_size_fail_threshold: 64KiB
 unlogged_batch_across_partitions_warn_threshold: 100

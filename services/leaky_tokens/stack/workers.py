@@ -9,6 +9,7 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from leaky_tokens.stack.cassandra import STORE_BATCH_MAX_BYTES, STORE_BATCH_MAX_PARTITIONS
 from leaky_tokens.stack.component import HOST, Component, Launch, StackPaths
 from leaky_tokens.topology import Worker
 
@@ -86,6 +87,8 @@ class WorkerComponent(Component):
             host, _, cql_port = self.cassandra.rpartition(":")
             env[f"{within}_CASSANDRA_HOSTS"] = host
             env[f"{within}_CASSANDRA_PORT"] = cql_port
+            env[f"{within}_CASSANDRA_BATCH_MAX_BYTES"] = str(STORE_BATCH_MAX_BYTES)
+            env[f"{within}_CASSANDRA_BATCH_MAX_PARTITIONS"] = str(STORE_BATCH_MAX_PARTITIONS)
         return Launch([sys.executable, "-m", self.worker.module], env=env)
 
     def ready(self, paths: StackPaths) -> bool:
