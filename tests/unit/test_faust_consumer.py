@@ -31,8 +31,8 @@ class Handing(Service):
         return await super().wait_first(*coros, **options)
 
 
-async def hand_over(consumer: Handing, message: object) -> None:
-    await LeakyConsumer._hand_over(consumer, message)  # type: ignore[arg-type]
+async def hand_over(consumer: Handing, *messages: object) -> None:
+    await LeakyConsumer._hand_over(consumer, list(messages))  # type: ignore[arg-type]
 
 
 async def test_a_hand_over_with_room_is_done_in_one_step_without_a_race() -> None:
@@ -42,10 +42,29 @@ async def test_a_hand_over_with_room_is_done_in_one_step_without_a_race() -> Non
         got.append(message)
 
     consumer = Handing(callback)
-    await hand_over(consumer, "m1")
-    await hand_over(consumer, "m2")
-    assert got == ["m1", "m2"]
+    await hand_over(consumer, "m1", "m2", "m3")
+    await hand_over(consumer, "m4")
+    assert got == ["m1", "m2", "m3", "m4"]
     assert consumer.raced == 0
+
+
+async def test_a_chunk_blocked_half_way_delivers_the_rest_in_order_when_the_buffer_frees() -> None:
+    room = asyncio.Event()
+    got: list[object] = []
+
+    async def callback(message: object) -> None:
+        if message == "m2":
+            await room.wait()  # the agent's buffer is full at the second message
+        got.append(message)
+
+    consumer = Handing(callback)
+    handing = asyncio.ensure_future(hand_over(consumer, "m1", "m2", "m3"))
+    await asyncio.sleep(0.01)
+    assert got == ["m1"]
+    room.set()
+    await asyncio.wait_for(handing, 5)
+    assert got == ["m1", "m2", "m3"]
+    assert consumer.raced == 1
 
 
 async def test_a_blocked_hand_over_gives_way_when_the_flow_is_suspended() -> None:

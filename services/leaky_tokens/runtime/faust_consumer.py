@@ -6,11 +6,14 @@ message so that a hand-over blocked on a full agent buffer gives way when the fl
 suspended (a rebalance), the consumer stops or it crashes. That race is ~37 µs of CPU per
 message on our machines, more than a third of Faust's whole per-message cost.
 
-`LeakyConsumer` hands a message over as one task and lets it run a step; almost always it is
-done then (the agent's buffer had room), at ~8 µs. Only a hand-over still blocked after that
-step is raced as Faust races it, by `wait_first` on the same events, so the behaviour under
-rebalance, stop and crash is Faust's. The rest of the loop (read offsets, offset gaps,
-`commit_every`, the yield every 100 messages, the stop and cancel handling) does what
+`LeakyConsumer` hands up to 100 fetched messages over as one task that delivers them in
+order, and lets it run a step; almost always it is done then (the agent's buffer had room):
+one task and one loop iteration per 100 messages (ADR 0055; one per message before, ADR
+0052). Only a hand-over still blocked after that step is raced as Faust races it, by
+`wait_first` on the same events, so the behaviour under rebalance, stop and crash is Faust's
+(the messages of the chunk not delivered when the flow is suspended are dropped, as Faust
+drops the one it was handing over; they were not acked, so they come again). The rest of
+the loop (read offsets, offset gaps, `commit_every`, the stop and cancel handling) does what
 Faust's does, for faust-streaming 0.15 (pinned in the lock files; the workers' integration
 tests run through this loop).
 
@@ -28,7 +31,7 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 TRANSPORT_SCHEME = "leaky-kafka"
-YIELD_EVERY = 100  # messages handed over between two yields to the loop, as Faust's
+YIELD_EVERY = 100  # messages handed over in one task, between two yields to the loop
 
 
 class LeakyConsumer(faust_aiokafka.Consumer):
@@ -39,7 +42,6 @@ class LeakyConsumer(faust_aiokafka.Consumer):
         fetcher_stopped = fetcher._stopped.is_set
         read_offsets = self._read_offset
         acks_enabled_for = self.app.topics.acks_enabled_for
-        since_yield = 0
         try:
             while not (consumer_stopped() or fetcher_stopped()):
                 self.diag.set_flag(CONSUMER_FETCHING)
@@ -48,11 +50,8 @@ class LeakyConsumer(faust_aiokafka.Consumer):
                 if self.should_stop:
                     self.diag.unset_flag(CONSUMER_FETCHING)
                     continue
+                chunk: list[Any] = []
                 async for tp, message in records:
-                    since_yield += 1
-                    if since_yield > YIELD_EVERY:
-                        await asyncio.sleep(0)
-                        since_yield = 0
                     offset = message.offset
                     last = read_offsets[tp]
                     if last is not None and offset < last:
@@ -62,8 +61,13 @@ class LeakyConsumer(faust_aiokafka.Consumer):
                     if self._commit_every is not None and self._n_acked >= self._commit_every:
                         self._n_acked = 0
                         await self.commit()
-                    await self._hand_over(message)
+                    chunk.append(message)
                     read_offsets[tp] = offset
+                    if len(chunk) >= YIELD_EVERY:
+                        await self._hand_over(chunk)
+                        chunk = []
+                if chunk:
+                    await self._hand_over(chunk)
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -81,9 +85,16 @@ class LeakyConsumer(faust_aiokafka.Consumer):
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
-    async def _hand_over(self, message: Any) -> None:
-        """`callback(message)` as one task given one step; raced as Faust does if not done."""
-        task = asyncio.ensure_future(self.callback(message))
+    async def _hand_over(self, messages: list[Any]) -> None:
+        """`callback(message)` for each, in order, in one task given one step; raced as Faust
+        races a hand-over only if that step did not finish them all."""
+        callback = self.callback
+
+        async def deliver() -> None:
+            for message in messages:
+                await callback(message)
+
+        task = asyncio.ensure_future(deliver())
         await asyncio.sleep(0)  # the task's first step runs before this resumes
         if task.done():
             task.result()  # its exception, if it raised
