@@ -185,7 +185,6 @@ class Run:
                 f"{p}_METRICS_PORT": "0",
                 f"{p}_CONSUL_ADDRESS": "",
                 f"{p}_BATCH_SIZE": str(a.batch_size),
-                f"{p}_BATCH_WINDOW_MS": str(a.batch_window_ms),
                 f"{p}_LOG_LEVEL": "WARNING",
                 "LEAKY_ANALYTICS_CASSANDRA_HOSTS": a.cassandra_host,
                 "LEAKY_ANALYTICS_CASSANDRA_PORT": str(a.cassandra_port),
@@ -196,6 +195,8 @@ class Run:
                     a.cassandra_batch_max_partitions
                 ),
             }
+            if a.batch_window_ms is not None:
+                env[f"{p}_BATCH_WINDOW_MS"] = str(a.batch_window_ms)
             command = [sys.executable, "-m", "leaky_tokens.analytics.projection_worker"]
             with (self.work / f"worker-{n}.log").open("ab") as out:
                 process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=out)
@@ -381,8 +382,7 @@ def rate_phase(args: argparse.Namespace, work: Path, cassandra_pid: int | None) 
         cass_cpu = cpu([cassandra_pid] if cassandra_pid else []) - cass_cpu0
         kafka_cpu = cpu([args.kafka_pid] if args.kafka_pid else []) - kafka_cpu0
         parts, offsets, times = read_sent(sent_path)
-        lags: list[float] = []
-        lag_at: list[tuple[int, float]] = []
+        lag_at: list[tuple[int, float]] = []  # (occurred_at ms, lag s) of each event seen
         unseen = 0
         for p, o, at in zip(parts, offsets, times, strict=True):
             key = (at - at % MINUTE_MS, p)
@@ -391,8 +391,8 @@ def rate_phase(args: argparse.Namespace, work: Path, cassandra_pid: int | None) 
             if seen is None or i == len(seen[1]):
                 unseen += 1
                 continue
-            lags.append(seen[0][i] - at / 1000)
-            lag_at.append((at, lags[-1]))
+            lag_at.append((at, seen[0][i] - at / 1000))
+        lags = [lag for _, lag in lag_at]
         if args.lags_out:  # lag by second of production: where the slow events are
             by_second: dict[int, list[float]] = {}
             for at, lag in lag_at:
@@ -656,7 +656,9 @@ def options() -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--workers", type=int, default=1, help="projection worker processes")
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--batch-window-ms", type=int, default=250)  # the worker's default
+    parser.add_argument(
+        "--batch-window-ms", type=int, help="the worker's batch window (default: its own)"
+    )
     # What the stack gives its worker (its Cassandra accepts them without a warning; the
     # store's own defaults, 4500 and 10, suit a server's defaults: ADR 0055).
     parser.add_argument("--cassandra-batch-max-bytes", type=int, default=STORE_BATCH_MAX_BYTES)

@@ -72,12 +72,12 @@ class CassandraStoreSettings:
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name}: must be positive, got {getattr(self, name)}")
-        # CQL's TTL limit is 20 years.
         if self.cassandra_batch_max_bytes > 50 * 1024:
             raise SettingsError(
                 "cassandra_batch_max_bytes: at most 51200 (the server's default"
                 f" batch_size_fail_threshold refuses bigger batches); got"
                 f" {self.cassandra_batch_max_bytes}"
             )
+        # CQL's TTL limit is 20 years.
         if self.cassandra_raw_ttl_days > 7300:
             raise SettingsError("cassandra_raw_ttl_days: at most 7300 (CQL's 20-year TTL limit)")
