@@ -248,6 +248,22 @@ async def test_nothing_is_acked_before_project_returns(rig: Rig, usage: Any) -> 
     await eventually(lambda: all(acked(events)), WAIT, what="acked once project returned")
 
 
+async def test_while_a_batch_is_retried_the_next_one_waits_unacked(rig: Rig, usage: Any) -> None:
+    rig.store.down = True
+    first = [await put(usage, consumed(f"r{i}")) for i in range(4)]
+    await eventually(lambda: rig.store.failures >= 1, WAIT, what="failed once")
+    later = [await put(usage, consumed(f"s{i}")) for i in range(3)]
+    await eventually(lambda: rig.store.failures >= 4, WAIT, what="retried")
+    assert acked(first + later) == [False] * 7
+    assert all(call == rig.store.calls[0] for call in rig.store.calls)  # never the next one
+
+    rig.store.down = False
+    await eventually(lambda: all(acked(first + later)), WAIT, what="acked after the outage")
+    assert rig.store.most_running == 1
+    assert sorted(rig.store.applied) == ["r0", "r1", "r2", "r3", "s0", "s1", "s2"]
+    assert max(s.offset for s in rig.store.applied.values() if s.fact.event_id < "s") == 3
+
+
 async def test_purchase_events_are_projected_from_the_purchase_topic(rig: Rig) -> None:
     envelope = EventEnvelope(event_id="p1")
     envelope.occurred_at.FromMilliseconds(1_700_000_000_000)

@@ -134,17 +134,24 @@ class RecordingUsageStore(_ReadSide):
     # While set, project blocks after recording the call (a test looks at acks meanwhile).
     hold: asyncio.Event | None = None
     entered: asyncio.Event = field(default_factory=asyncio.Event)
+    running: int = 0  # project calls under way now
+    most_running: int = 0  # the most ever under way at once
 
     async def project(self, facts: Sequence[SourcedFact]) -> None:
         self.calls.append(list(facts))
         self.entered.set()
-        if self.hold is not None:
-            await self.hold.wait()
-        if self.down:
-            self.failures += 1
-            raise UsageStoreUnavailableError("the test store is down")
-        for sourced in facts:
-            self.applied.setdefault(sourced.fact.event_id, sourced)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            if self.hold is not None:
+                await self.hold.wait()
+            if self.down:
+                self.failures += 1
+                raise UsageStoreUnavailableError("the test store is down")
+            for sourced in facts:
+                self.applied.setdefault(sourced.fact.event_id, sourced)
+        finally:
+            self.running -= 1
 
     def facts(self) -> list[Fact]:
         return [s.fact for s in self.applied.values()]

@@ -127,3 +127,20 @@ def test_the_workers_apps_are_built_on_the_leaky_transport(tmp_path: Any) -> Non
     assert [u.scheme for u in app.conf.broker] == [faust_consumer.TRANSPORT_SCHEME] * 2
     assert isinstance(app.transport, LeakyTransport)
     assert LeakyTransport.Consumer is LeakyConsumer
+
+
+async def test_the_worker_consumer_fetches_with_a_short_broker_wait(tmp_path: Any) -> None:
+    # Faust's 1,500 ms held a busy partition behind a quiet one of the same broker (ADR 0056).
+    app = faust_app("g", "127.0.0.1:1", tmp_path, commit_interval_s=1, session_timeout_s=30)
+    consumer = app.consumer
+    assert isinstance(consumer, LeakyConsumer)
+    thread = consumer._thread
+    assert isinstance(thread, faust_consumer.LeakyConsumerThread)
+    # Never started: its thread service's own event loop is closed by hand (as in the
+    # projection's agent tests).
+    thread.thread_loop.close()
+    made = thread._create_worker_consumer(consumer.transport)
+    try:
+        assert made._fetch_max_wait_ms == faust_consumer.FETCH_MAX_WAIT_MS < 1500
+    finally:
+        await made.stop()  # never started: only marks it closed

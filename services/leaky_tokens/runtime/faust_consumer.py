@@ -17,6 +17,14 @@ the loop (read offsets, offset gaps, `commit_every`, the stop and cancel handlin
 Faust's does, for faust-streaming 0.15 (pinned in the lock files; the workers' integration
 tests run through this loop).
 
+Faust builds the worker's aiokafka consumer with `fetch_max_wait_ms=1500`: a fetch for
+partitions with nothing new is held by the broker that long, and while it is held aiokafka
+sends no other fetch to that broker. A worker owns partitions of the busy usage topic and of
+the quiet purchase topic on the same broker; whenever the usage partition still had records
+buffered when the fetch went out, the fetch held only the quiet partition, and the usage
+partition waited up to 1.5 s behind it (measured: most of the projection's lag p99, ADR
+0056). `LeakyConsumerThread` builds it with `FETCH_MAX_WAIT_MS` instead.
+
 Used through the broker URL scheme `leaky-kafka://` (`TRANSPORT_SCHEME`), which `register()`
 adds to Faust's transports; `faust_worker.faust_app` builds its apps on it.
 """
@@ -32,10 +40,29 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 TRANSPORT_SCHEME = "leaky-kafka"
 YIELD_EVERY = 100  # messages handed over in one task, between two yields to the loop
+# How long the broker may hold a fetch that finds nothing new (Faust: 1500 ms): the most a
+# partition with records waits behind a quiet one of the same broker. An idle worker sends
+# one fetch per broker this often.
+FETCH_MAX_WAIT_MS = 100
+
+
+class LeakyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread; its worker consumer waits `FETCH_MAX_WAIT_MS` per fetch."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        if not hasattr(consumer, "_fetch_max_wait_ms"):  # read by start(), for its Fetcher
+            raise RuntimeError("aiokafka changed: AIOKafkaConsumer has no _fetch_max_wait_ms")
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
 
 
 class LeakyConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer; only the hand-over of a message to the conductor differs."""
+    """Faust's aiokafka consumer; the hand-over of a message to the conductor differs, and
+    its fetches are held `FETCH_MAX_WAIT_MS` at most."""
+
+    def _new_consumer_thread(self) -> LeakyConsumerThread:
+        return LeakyConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # the fetcher's loop
         consumer_stopped = self._stopped.is_set
