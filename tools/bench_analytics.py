@@ -184,7 +184,6 @@ class Run:
                 f"{p}_PORT": str(self.ports[-1]),
                 f"{p}_METRICS_PORT": "0",
                 f"{p}_CONSUL_ADDRESS": "",
-                f"{p}_BATCH_SIZE": str(a.batch_size),
                 f"{p}_LOG_LEVEL": "WARNING",
                 "LEAKY_ANALYTICS_CASSANDRA_HOSTS": a.cassandra_host,
                 "LEAKY_ANALYTICS_CASSANDRA_PORT": str(a.cassandra_port),
@@ -195,6 +194,8 @@ class Run:
                     a.cassandra_batch_max_partitions
                 ),
             }
+            if a.batch_size is not None:
+                env[f"{p}_BATCH_SIZE"] = str(a.batch_size)
             if a.batch_window_ms is not None:
                 env[f"{p}_BATCH_WINDOW_MS"] = str(a.batch_window_ms)
             command = [sys.executable, "-m", "leaky_tokens.analytics.projection_worker"]
@@ -620,7 +621,8 @@ def main() -> None:
     args.kafka_pid = pid_on(int(args.bootstrap.split(",")[0].rpartition(":")[2]))
     rows = []
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"{stamp}; {machine()}; workers {args.workers}, batch {args.batch_size}", flush=True)
+    batch = args.batch_size or "the worker's"
+    print(f"{stamp}; {machine()}; workers {args.workers}, batch {batch}", flush=True)
     for phase in args.phases:
         if phase == "report":  # again over a keyspace a drain --keep left
             from leaky_tokens.analytics.adapters.cassandra_usage_store import CassandraUsageStore
@@ -654,8 +656,11 @@ def options() -> argparse.Namespace:
         "--span-minutes", type=int, default=1440,
         help="the drain's events lie in the last minutes before now (fewer events, same density)",
     )  # fmt: skip
-    parser.add_argument("--workers", type=int, default=1, help="projection worker processes")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument(
+        "--workers", type=int, default=3,
+        help="projection worker processes (default: one per partition of the bench topic)",
+    )  # fmt: skip
+    parser.add_argument("--batch-size", type=int, help="the worker's batch size (default: its own)")
     parser.add_argument(
         "--batch-window-ms", type=int, help="the worker's batch window (default: its own)"
     )
