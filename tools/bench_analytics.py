@@ -657,7 +657,7 @@ def options() -> argparse.Namespace:
         help="the drain's events lie in the last minutes before now (fewer events, same density)",
     )  # fmt: skip
     parser.add_argument(
-        "--workers", type=int, default=3,
+        "--workers", type=int,
         help="projection worker processes (default: one per partition of the bench topic)",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, help="the worker's batch size (default: its own)")
@@ -686,7 +686,9 @@ def options() -> argparse.Namespace:
     parser.add_argument("--topic", default="")
     parser.add_argument("--out", default="")
     parser.add_argument("--count", type=int, default=0)
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.workers = args.workers or args.partitions
+    return args
 
 
 if __name__ == "__main__":
