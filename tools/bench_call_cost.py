@@ -11,6 +11,14 @@ interleave the kinds, so a busy neighbour weighs on all of them alike; medians a
   git archive <before> services tools | tar -x -C /tmp/before   # then, before/after:
   python tools/bench_call_cost.py --kinds bare,ours --against /tmp/before
   python tools/bench_call_cost.py --kinds bare,ours,ours+uvloop,ours+opt --option NAME=VALUE
+
+ShouldRateLimit's own lane (ADR 0057): `ours-lane` answers fixed bytes on it, `ours-rls` runs
+the real servicer there (the harness's config, counters in memory); `+burnN` adds N µs of
+Python per call to ours-lane (what a µs of ours costs in the server), `+gcN` sets the
+collector's first threshold; BENCH_CALL_KEY=api_key sends the over-limit request.
+
+  BENCH_CALL_KEY=api_key python tools/bench_call_cost.py \
+    --kinds bare,ours-lane+uvloop,ours-rls+uvloop,ours-lane+uvloop+burn10 --calls 60000
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -39,7 +47,9 @@ from leaky_tokens.assets.tools.bench_procs import Processes, cpu_seconds, free_p
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "leaky-bench" / "erl"
 CALL = "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
 METHOD = f"/{CALL}"
-REQUEST = {"domain": "leaky", "descriptors": [{"entries": [{"key": "user_id", "value": "hot"}]}]}
+# user_id: the harness's allowed rule; api_key (BENCH_CALL_KEY=api_key): its 10 per minute.
+KEY = os.environ.get("BENCH_CALL_KEY", "user_id")
+REQUEST = {"domain": "leaky", "descriptors": [{"entries": [{"key": KEY, "value": "hot"}]}]}
 # What each kind of server is; `ours*` go through runtime/server.py's start_server.
 KINDS = {
     "bare": "grpc.aio.server() with the servicer, nothing else (the harness's ceiling)",
@@ -47,8 +57,15 @@ KINDS = {
     "ours": "start_server: our interceptor, health, reflection; a public no-work servicer",
     "ours-headers": "as ours, the servicer adding two response headers (Consume's path)",
     "ours-auth": "as ours, the method protected and called without a token (UNAUTHENTICATED)",
+    "ours-lane": "as ours, the method on ShouldRateLimit's own lane (rls_lane), bytes in and out",
+    "ours-lane-big": "as ours-lane, answering OVER_LIMIT with a limit and five headers",
+    "ours-rls": "as ours-lane, the real ShouldRateLimit (the harness's config, counters in memory)",
 }
 OK = rls_pb2.RateLimitResponse.OK
+HARNESS_CONFIG = (
+    Path(__file__).resolve().parent.parent.parent
+    / "shared/bench/rls-bench/runtime/ratelimit/config/leaky.yaml"
+)
 
 
 def _answer(request: rls_pb2.RateLimitRequest) -> rls_pb2.RateLimitResponse:
@@ -99,10 +116,15 @@ async def _serve(kind: str, port: int, options: list[tuple[str, Any]]) -> None:
     from leaky_tokens.runtime.jwt_verifier import JwtVerifier
     from leaky_tokens.runtime.server import ServerSettings, ServiceSpec, start_server
 
+    def generated(server: grpc.aio.Server) -> None:
+        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(servicer, server)
+
+    register = {"ours-lane": _lane_register, "ours-lane-big": _lane_big, "ours-rls": _rls_register}
+    register_of = register.get(kind, generated)
     spec = ServiceSpec(
         "bench",
         ("envoy.service.ratelimit.v3.RateLimitService",),
-        lambda s: rls_pb2_grpc.add_RateLimitServiceServicer_to_server(servicer, s),
+        register_of,
         public_methods=frozenset() if kind == "ours-auth" else frozenset({METHOD}),
     )
 
@@ -114,8 +136,70 @@ async def _serve(kind: str, port: int, options: list[tuple[str, Any]]) -> None:
     await running.server.wait_for_termination()
 
 
+def _rls_register(server: grpc.aio.Server) -> None:
+    from leaky_tokens.runtime.system import SystemClock
+    from leaky_tokens.token.adapters.settings import TokenStoreSettings
+    from leaky_tokens.token.rls_wiring import RlsSettings, build_rls, rls_config_file
+
+    config = HARNESS_CONFIG
+    settings = RlsSettings(rls_config=str(config))
+    wiring = build_rls(
+        settings, TokenStoreSettings(), SystemClock(), config_file=rls_config_file(settings)
+    )
+    wiring.register(server)
+
+
+def _lane_big(server: grpc.aio.Server) -> None:
+    r = rls_pb2.RateLimitResponse
+    status = r.DescriptorStatus(
+        code=r.OVER_LIMIT,
+        current_limit=r.RateLimit(name="api_key", requests_per_unit=10, unit=r.RateLimit.MINUTE),
+        limit_remaining=0,
+    )
+    status.duration_until_reset.seconds = 41
+    headers = [
+        ("x-ratelimit-limit", "10"),
+        ("x-ratelimit-remaining", "0"),
+        ("x-ratelimit-reset", "41"),
+        ("ratelimit-policy", '"api_key";q=10;w=60'),
+        ("ratelimit", '"api_key";r=0;t=41'),
+    ]
+    response = r(overall_code=r.OVER_LIMIT, statuses=[status])
+    for k, v in headers:
+        response.response_headers_to_add.add(key=k, value=v)
+    _lane_register(server, response.SerializeToString())
+
+
+def _lane_register(server: grpc.aio.Server, answer_bytes: bytes | None = None) -> None:
+    """As RlsWiring.register: the own lane, answering the trivial response's bytes."""
+    from leaky_tokens.token.rls_lane import rls_lane
+
+    request = rls_pb2.RateLimitRequest(domain="leaky")
+    request.descriptors.add()
+    answer_bytes = answer_bytes or _answer(request).SerializeToString()
+
+    burn = float(os.environ.get("BENCH_BURN_US", "0")) / 1e6
+
+    async def answer(data: bytes) -> bytes:
+        if burn:  # BENCH_BURN_US: this much Python work per call, to see what it costs
+            until = time.perf_counter() + burn
+            while time.perf_counter() < until:
+                pass
+        return answer_bytes
+
+    lane = rls_lane(METHOD, answer, 4 * 1024 * 1024)
+    handlers = {"ShouldRateLimit": cast("grpc.RpcMethodHandler[Any, Any]", lane)}
+    service = "envoy.service.ratelimit.v3.RateLimitService"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
+
+
 def _serve_main(args: argparse.Namespace) -> None:
     options = [_option(o) for o in args.option]
+    if os.environ.get("BENCH_GC0"):
+        import gc
+
+        gc.set_threshold(int(os.environ["BENCH_GC0"]), *gc.get_threshold()[1:])
     if args.uvloop:
         uvloop = importlib.import_module("uvloop")  # measured here, not a dependency
         uvloop.run(_serve(args.serve, args.port, options))
@@ -205,6 +289,12 @@ def main() -> None:
             if "opt" in variants:  # the --option list applies to +opt kinds only
                 argv += [f"--option={o}" for o in args.option]
             env = {"PYTHONPATH": tree} if tree else {}
+            gc0 = [v[2:] for v in variants if v.startswith("gc")]
+            if gc0:  # KIND+gcN: the collector's first threshold set to N
+                env["BENCH_GC0"] = gc0[0]
+            burn = [v[4:] for v in variants if v.startswith("burn")]
+            if burn:  # KIND+burnN: N µs of Python work per call (ours-lane)
+                env["BENCH_BURN_US"] = burn[0]
             started[kind] = (procs.start(kind, argv, env, port), f"127.0.0.1:{port}")
         for _pid, target in started.values():  # warm up: connections, caches, the JIT-less rest
             load.run(target, max(args.calls // 10, 500))

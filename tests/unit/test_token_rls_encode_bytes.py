@@ -20,7 +20,9 @@ UINT32_MAX = 2**32 - 1
     remaining=st.integers(0, UINT32_MAX),
     reset_ms=st.integers(0, 400 * 86_400_000),
     headers=st.booleans(),
-    name=st.sampled_from(["", "per_user", "ünïcode rule"]),
+    # Names around the length where the RateLimit header's lengths take a second byte.
+    name=st.sampled_from(["", "per_user", "ünïcode rule"])
+    | st.integers(80, 140).map(lambda n: "r" * n),
     per_unit=st.integers(1, 2**40),
     unit=st.sampled_from(list(Unit)),
 )

@@ -25,6 +25,7 @@ class Shown:
     wire: bytes = b""  # current_limit as DescriptorStatus field 2, encoded (encode_bytes)
     fixed_headers: bytes = b""  # x-ratelimit-limit, encoded (encode_bytes)
     policy_header: bytes = b""  # ratelimit-policy, encoded
+    state_prefix: bytes = b""  # the RateLimit field's value up to its remaining count
 
 
 def shown_of(limit: RateLimit) -> Shown | None:
@@ -46,6 +47,7 @@ def shown_of(limit: RateLimit) -> Shown | None:
         _field(0x12, current.SerializeToString()),
         _header(b"x-ratelimit-limit", str(limit.requests_per_unit)),
         _header(b"ratelimit-policy", policy),
+        f'"{name}";r='.encode(),
     )
 
 
@@ -134,6 +136,25 @@ def _header(key: bytes, value: str) -> bytes:
     return _field(0x1A, _field(0x0A, key) + _field(0x12, value.encode()))
 
 
+# duration_until_reset's fields, written once: `seconds` (field 1) below a day, and `nanos`
+# (field 2) of every whole millisecond (protobuf leaves a zero field out).
+_SECONDS = [b""] + [b"\x08" + _varint(n) for n in range(1, 86_400)]
+_NANOS = [b""] + [b"\x10" + _varint(ms * 1_000_000) for ms in range(1, 1000)]
+# A header entry's key (HeaderValueOption.header.key, field 1) and the value's tag (field 2).
+_REMAINING = b"\x0a\x15x-ratelimit-remaining\x12"
+_RESET = b"\x0a\x11x-ratelimit-reset\x12"
+_STATE = b"\x0a\x09ratelimit\x12"
+# Below this many bytes a RateLimit value keeps its header entry under 128 bytes, so every
+# length in the three per-answer headers is one byte.
+_SHORT_STATE = 0x80 - len(_STATE) - 2
+
+
+def _duration(ms: int) -> bytes:
+    seconds, ms = divmod(ms, 1000)
+    head = _SECONDS[seconds] if seconds < 86_400 else b"\x08" + _varint(seconds)
+    return head + _NANOS[ms]
+
+
 def encode_bytes(
     result: Verdict,
     code: _R.Code.ValueType,
@@ -148,25 +169,35 @@ def encode_bytes(
     rule = shown[0] if shown is not None and one is not None else None
     if one is None or rule is None or not rule.wire or one.tokens is not None or one.limit is None:
         return encode(result, code, with_headers, shown).SerializeToString()
-    seconds, ms = divmod(one.reset_after_ms, 1000)
-    duration = (b"\x08" + _varint(seconds) if seconds else b"") + (
-        b"\x10" + _varint(ms * 1_000_000) if ms else b""
-    )
+    duration = _duration(one.reset_after_ms)
+    remaining = one.remaining
     status = _CODE[one.over] + rule.wire
-    if one.remaining:
-        status += b"\x18" + _varint(one.remaining)
-    out = _CODE[code == _R.OVER_LIMIT] + _field(0x12, status + _field(0x22, duration))
+    if remaining:
+        status += b"\x18" + _varint(remaining)
+    status += b"\x22%c%b" % (len(duration), duration)
+    out = _CODE[code == _R.OVER_LIMIT] + _field(0x12, status)
     if not with_headers or result.headline is not one:
         return out
-    reset = _seconds(one.reset_after_ms)
-    left = str(one.remaining)
-    return b"".join(
-        (
-            out,
-            rule.fixed_headers,
-            _header(b"x-ratelimit-remaining", left),
-            _header(b"x-ratelimit-reset", str(reset)),
-            rule.policy_header,
-            _header(b"ratelimit", f'"{rule.name}";r={left};t={reset}'),
-        )
+    left = b"%d" % remaining
+    reset = b"%d" % _seconds(one.reset_after_ms)
+    state = b"%b%b;t=%b" % (rule.state_prefix, left, reset)
+    if len(state) >= _SHORT_STATE:  # a long rule name: lengths of more than one byte
+        tail = _header(b"ratelimit", state.decode())
+    else:
+        tail = b"\x1a%c%b%c%b" % (len(_STATE) + 1 + len(state), _STATE, len(state), state)
+    # In protobuf's order: limit, remaining, reset, policy, state. Remaining and reset are
+    # at most 20 digits, so their entries' lengths are one byte.
+    return b"%b%b\x1a%c%b%c%b\x1a%c%b%c%b%b%b" % (
+        out,
+        rule.fixed_headers,
+        len(_REMAINING) + 1 + len(left),
+        _REMAINING,
+        len(left),
+        left,
+        len(_RESET) + 1 + len(reset),
+        _RESET,
+        len(reset),
+        reset,
+        rule.policy_header,
+        tail,
     )
