@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from google.protobuf import json_format, timestamp_pb2
 
 from leaky.provider.v1 import provider_pb2 as pb
+from leaky_tokens.token.adapters.circuit_breaker import BreakerState
 from leaky_tokens.token.adapters.grpc_chat_provider import GrpcChatProvider, Resilience, answer
 from leaky_tokens.token.domain.peers import ChatCall, ProviderUnavailableError
 
@@ -106,3 +109,35 @@ async def test_the_last_attempt_and_other_codes_are_not_retried() -> None:
     with pytest.raises(ProviderUnavailableError):
         await GrpcChatProvider(refused, RESILIENCE, sleep=sleep).chat(CALL)
     assert refused.calls == 1
+
+
+class Hanging:
+    """A provider whose calls never answer (until cancelled) while `hang` is set."""
+
+    def __init__(self) -> None:
+        self.calls, self.hang = 0, True
+
+    async def __call__(
+        self, request: pb.ChatRequest, deadline: float, credential: str
+    ) -> pb.ChatResponse:
+        self.calls += 1
+        if self.hang:
+            await asyncio.Event().wait()
+        return pb.ChatResponse(message=f"{request.prompt} as {credential}")
+
+
+async def test_calls_cancelled_by_their_callers_do_not_open_the_circuit() -> None:
+    # A load generator stopping (or clients going away) with many calls in flight: before,
+    # each cancellation counted as a provider failure and the circuit opened for everyone.
+    hanging = Hanging()
+    provider = GrpcChatProvider(hanging, Resilience(breaker_failures=5))
+    calls = [asyncio.create_task(provider.chat(CALL)) for _ in range(20)]
+    await asyncio.sleep(0)
+    assert hanging.calls == 20
+    for task in calls:
+        task.cancel()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    assert provider.breaker.state is BreakerState.CLOSED
+    hanging.hang = False  # the provider answers again: the circuit let the call through
+    assert await provider.chat(CALL) == {"message": "hello as tok"}

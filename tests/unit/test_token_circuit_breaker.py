@@ -49,3 +49,25 @@ def test_a_success_resets_the_count_of_failures_in_a_row() -> None:
     breaker.succeeded()
     breaker.failed()
     assert state(breaker) is BreakerState.CLOSED
+
+
+def test_an_abandoned_call_counts_nothing_and_an_abandoned_trial_lets_the_next_call_try() -> None:
+    t = Ticks()
+    breaker = CircuitBreaker(2, 10.0, t)
+    breaker.failed()
+    for _ in range(5):  # callers gone mid-call: not failures
+        assert breaker.allow()
+        breaker.abandoned(trial=False)
+    assert state(breaker) is BreakerState.CLOSED
+    breaker.failed()  # the second failure in a row still opens it
+    assert state(breaker) is BreakerState.OPEN
+    t.now = 10.0
+    assert breaker.allow()  # the trial ...
+    breaker.abandoned(trial=False)  # ... an older call abandoned meanwhile changes nothing
+    assert not breaker.allow()
+    breaker.abandoned(trial=True)  # the trial's caller went away
+    assert state(breaker) is BreakerState.HALF_OPEN
+    assert breaker.allow()  # the next call is the trial now
+    assert not breaker.allow()
+    breaker.succeeded()
+    assert state(breaker) is BreakerState.CLOSED

@@ -54,6 +54,16 @@ class CircuitBreaker:
         """A call went well: the circuit closes."""
         self._failures, self._opened_at, self._trial = 0, None, False
 
+    def abandoned(self, trial: bool) -> None:
+        """A call ended without saying anything about the provider (its caller went away).
+
+        Neither a success nor a failure: the count of failures in a row stays. If it was the
+        half-open trial (`trial`: the circuit was half-open when `allow()` let it through),
+        the next call may try instead; otherwise nothing changes.
+        """
+        if trial and self._opened_at is not None:
+            self._trial = False
+
     def failed(self) -> None:
         """A call failed: count it; a failed trial (or the threshold) opens the circuit."""
         self._failures += 1

@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import struct_pb2
 
 from leaky.provider.v1 import provider_pb2, provider_pb2_grpc
-from leaky_tokens.token.adapters.circuit_breaker import CircuitBreaker
+from leaky_tokens.token.adapters.circuit_breaker import BreakerState, CircuitBreaker
 from leaky_tokens.token.domain.peers import ChatCall, ProviderUnavailableError
 
 # Only these mean "the call may not have reached a working provider": anything else
@@ -105,6 +105,7 @@ class GrpcChatProvider:
     async def chat(self, call: ChatCall) -> Mapping[str, object]:
         if self._slots.locked():
             raise ProviderUnavailableError("the provider concurrency limit is reached")
+        trial = self.breaker.state is BreakerState.HALF_OPEN  # read with allow(), no await
         if not self.breaker.allow():
             raise ProviderUnavailableError("the provider circuit is open")
         async with self._slots:
@@ -115,6 +116,12 @@ class GrpcChatProvider:
                 raise ProviderUnavailableError(
                     f"the provider call failed: {error.code().name}"
                 ) from error
+            except asyncio.CancelledError:
+                # The caller went away (a client gone, a load generator stopping with calls
+                # in flight): nothing is known about the provider, so no failure is counted;
+                # a burst of cancellations must not open the circuit for everyone else.
+                self.breaker.abandoned(trial)
+                raise
             except BaseException:
                 self.breaker.failed()
                 raise
