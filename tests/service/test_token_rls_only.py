@@ -4,6 +4,9 @@ ShouldRateLimit alone, the policy's edge limits, token descriptors refused on th
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -51,6 +54,24 @@ def test_serve_takes_all_or_rls_only() -> None:
     assert TokenSettings().serve == "all"
     with pytest.raises(SettingsError, match="serve"):
         TokenSettings(serve="consume")
+
+
+@pytest.mark.parametrize(("serve", "name"), [("rls", "ratelimit"), ("all", "token")])
+def test_the_process_names_itself_after_what_it_serves(serve: str, name: str) -> None:
+    # Its logs' `service` and its messages: the ratelimit deployment's used to say `token`.
+    env = {**os.environ, "LEAKY_TOKEN_SERVE": serve, "LEAKY_TOKEN_PROCESSES": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "leaky_tokens.token"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"{name}: bad setting: LEAKY_TOKEN_PROCESSES must be at least 1"
+    )
 
 
 async def test_it_serves_should_rate_limit_alone_named_ratelimit() -> None:

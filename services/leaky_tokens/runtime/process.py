@@ -46,6 +46,7 @@ def run_service(
     build: Callable[[S], Awaitable[Components]],
     *,
     single_process_reason: Callable[[S], str] = lambda settings: ONE_PROCESS,
+    name_of: Callable[[S], str] | None = None,
 ) -> None:
     """Load settings, configure logs, build the service and serve it until SIGTERM/SIGINT.
 
@@ -53,11 +54,15 @@ def run_service(
     (runtime/workers.py), if the service allows it: `single_process_reason` says why these
     settings need one process, or "" when they can share (the default refuses: a service
     whose state lives in its process, e.g. an in-memory store, would split it).
+    `name_of` names the process by its settings (logs' `service`, messages) where one module
+    serves as more than one deployment; else it is `slug`.
     """
     try:
         config = settings_mod.load(settings_cls, env_prefix)
     except settings_mod.SettingsError as error:
         sys.exit(f"{slug}: bad setting: {error}")
+    if name_of is not None:
+        slug = name_of(config)
     leaky_logging.configure(slug, config.log_level)
     if config.processes < 1:
         sys.exit(f"{slug}: bad setting: {env_prefix}_PROCESSES must be at least 1")

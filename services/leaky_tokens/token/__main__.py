@@ -1,7 +1,7 @@
 """`python -m leaky_tokens.token`: run the token service."""
 
 from leaky_tokens.runtime.process import run_service
-from leaky_tokens.token.bootstrap import ENV_PREFIX, TokenSettings, build
+from leaky_tokens.token.bootstrap import ENV_PREFIX, RLS_SLUG, SERVE_RLS, TokenSettings, build
 
 
 def _single_process_reason(settings: TokenSettings) -> str:
@@ -11,7 +11,17 @@ def _single_process_reason(settings: TokenSettings) -> str:
     return ""
 
 
+def _name(settings: TokenSettings) -> str:
+    """The deployment's name in its logs: the ShouldRateLimit-only one is `ratelimit`."""
+    return RLS_SLUG if settings.serve == SERVE_RLS else "token"
+
+
 if __name__ == "__main__":
     run_service(
-        "token", TokenSettings, ENV_PREFIX, build, single_process_reason=_single_process_reason
+        "token",
+        TokenSettings,
+        ENV_PREFIX,
+        build,
+        single_process_reason=_single_process_reason,
+        name_of=_name,
     )

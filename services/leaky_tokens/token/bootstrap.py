@@ -60,7 +60,7 @@ SHIPPED_POLICY = Path(__file__).with_name(DEFAULT_POLICY)
 # What one process serves (`serve`): everything, or ShouldRateLimit alone (ADR 0047).
 SERVE_ALL = "all"
 SERVE_RLS = "rls"
-RLS_SLUG = "ratelimit"  # the rls deployment's Consul service and metrics name (logs: token)
+RLS_SLUG = "ratelimit"  # the rls deployment's Consul service, metrics and logs name
 log = logging.getLogger(__name__)
 
 
