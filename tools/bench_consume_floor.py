@@ -25,10 +25,11 @@ from typing import Any
 
 import grpc
 
-from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from leaky.vendor.envoy.service.ratelimit.v3 import rls_pb2_grpc
 
 # tools/ is also leaky_tokens.assets.tools (a symlink): imported by that name, mypy checks them.
 from leaky_tokens.assets.tools.bench import CACHE, RLS_CALL, _ceiling, _rls_schema
+from leaky_tokens.assets.tools.bench_call_cost import _answer
 from leaky_tokens.assets.tools.bench_procs import (
     Ghz,
     Processes,
@@ -40,16 +41,11 @@ from leaky_tokens.assets.tools.bench_procs import (
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = ROOT.parent / "shared" / "bench"
-OK = rls_pb2.RateLimitResponse.OK
 
 
 class _Upstream(rls_pb2_grpc.RateLimitServiceServicer):
     async def ShouldRateLimit(self, request: Any, context: Any) -> Any:
-        statuses = [
-            rls_pb2.RateLimitResponse.DescriptorStatus(code=OK, limit_remaining=1)
-            for _ in request.descriptors
-        ]
-        return rls_pb2.RateLimitResponse(overall_code=OK, statuses=statuses)
+        return _answer(request)  # the ceiling's answer
 
 
 class _Chain(rls_pb2_grpc.RateLimitServiceServicer):

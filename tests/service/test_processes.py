@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.exits import run_module
 from tests.support.wait import wait_until
 
 CHECK = "/grpc.health.v1.Health/Check"
@@ -111,14 +112,8 @@ def test_two_processes_share_the_port_and_both_answer(tmp_path: Path) -> None:
 
 
 def test_a_token_service_on_the_memory_store_refuses_a_second_process() -> None:
-    env = {**os.environ, "LEAKY_TOKEN_PROCESSES": "2", "LEAKY_TOKEN_STORE_BACKEND": "memory"}
-    done = subprocess.run(
-        [sys.executable, "-m", "leaky_tokens.token"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = run_module(
+        "leaky_tokens.token", {"LEAKY_TOKEN_PROCESSES": "2", "LEAKY_TOKEN_STORE_BACKEND": "memory"}
     )
     assert done.returncode != 0
     assert "LEAKY_TOKEN_PROCESSES must be 1: the memory store" in done.stderr

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC
@@ -22,6 +19,7 @@ from leaky_tokens.provider.bootstrap import ProviderSettings, build
 from leaky_tokens.provider.domain.completion import count_tokens
 from leaky_tokens.runtime.server import start_server
 from leaky_tokens.runtime.settings import SettingsError, load
+from tests.support.exits import run_module
 from tests.support.fakes import FakeClock, RecordingSleep, ScriptedRandomness
 from tests.support.jwks import KeySet, bearer
 
@@ -220,14 +218,8 @@ def test_bad_tuning_is_refused_when_the_settings_are_read(
 
 
 def test_the_process_exits_with_one_line_naming_the_bad_setting() -> None:
-    env = {**os.environ, "LEAKY_PROVIDER_ERROR_RATE": "2", "LEAKY_PROVIDER_PORT": "0"}
-    done = subprocess.run(
-        [sys.executable, "-m", "leaky_tokens.provider"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = run_module(
+        "leaky_tokens.provider", {"LEAKY_PROVIDER_ERROR_RATE": "2", "LEAKY_PROVIDER_PORT": "0"}
     )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [

@@ -4,9 +4,6 @@ ShouldRateLimit alone, the policy's edge limits, token descriptors refused on th
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,6 +20,7 @@ from leaky_tokens.token.adapters.in_memory_decision_store import InMemoryDecisio
 from leaky_tokens.token.bootstrap import RLS_SLUG, TokenSettings
 from leaky_tokens.token.bootstrap import build as build_token
 from leaky_tokens.token.domain.ports import DecisionStore
+from tests.support.exits import run_module
 from tests.support.fakes import FakeClock
 from tests.support.jwks import KeySet
 from tests.support.rls_requests import descriptor_request, token_request
@@ -59,14 +57,8 @@ def test_serve_takes_all_or_rls_only() -> None:
 @pytest.mark.parametrize(("serve", "name"), [("rls", "ratelimit"), ("all", "token")])
 def test_the_process_names_itself_after_what_it_serves(serve: str, name: str) -> None:
     # Its logs' `service` and its messages: the ratelimit deployment's used to say `token`.
-    env = {**os.environ, "LEAKY_TOKEN_SERVE": serve, "LEAKY_TOKEN_PROCESSES": "0"}
-    done = subprocess.run(
-        [sys.executable, "-m", "leaky_tokens.token"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = run_module(
+        "leaky_tokens.token", {"LEAKY_TOKEN_SERVE": serve, "LEAKY_TOKEN_PROCESSES": "0"}
     )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
